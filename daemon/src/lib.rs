@@ -1,1 +1,293 @@
+//! sotad: an on-device voice daemon driven over MQTT.
+//!
+//! # Layout
+//! - `config`: layered configuration, checked at start-up.
+//! - `broker`: the embedded MQTT broker used when no broker is configured.
+//! - `mqtt`: topics, request parsing, the connection task and every publication.
+//! - `service`: runs requests and answers them.
+//! - `telemetry`: counters and the periodic telemetry sample.
+//! - `systemd`: readiness, watchdog and status notifications.
+//!
+//! [`run`] wires them together; `main.rs` only parses the command line and passes a shutdown
+//! future (SIGTERM/SIGINT), so tests can run the daemon in-process with their own.
 
+pub mod broker;
+pub mod config;
+pub mod mqtt;
+pub mod service;
+pub mod systemd;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::mqtt::outbound::OFFLINE;
+use crate::mqtt::{Backoff, Command, Connection, Publisher, Topics};
+use crate::service::Service;
+use crate::telemetry::{Metrics, Sampler};
+
+/// How long the farewell (`offline`, then DISCONNECT) may take once work is done.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The retained `capabilities` document.
+#[derive(Debug, Serialize)]
+pub struct Capabilities {
+    pub version: &'static str,
+    pub protocol: u32,
+    pub device_id: String,
+    pub commands: Vec<&'static str>,
+    /// Loaded engines with their models; empty until engines are configured.
+    pub engines: Vec<EngineInfo>,
+    pub audio: AudioInfo,
+    pub features: Vec<&'static str>,
+    pub build: BuildInfo,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineInfo {
+    pub stage: &'static str,
+    pub engine: String,
+    pub model: String,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct AudioInfo {
+    pub capture: Option<String>,
+    pub playback: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildInfo {
+    pub target_arch: &'static str,
+    pub target_os: &'static str,
+    pub cpu_features: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Limits {
+    pub max_packet_bytes: usize,
+    pub max_request_bytes: usize,
+}
+
+/// Protocol version of docs/protocol.md; raised on incompatible changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+fn capabilities(config: &Config, device_id: &str) -> Capabilities {
+    let mut features = vec!["ping", "telemetry", "dedup_by_id"];
+    if config.mqtt.persistent_session {
+        features.push("persistent_session");
+    }
+    if config.uses_embedded_broker() {
+        features.push("embedded_broker");
+    }
+    if config.mqtt.tls.enabled {
+        features.push("tls");
+    }
+    Capabilities {
+        version: env!("CARGO_PKG_VERSION"),
+        protocol: PROTOCOL_VERSION,
+        device_id: device_id.to_string(),
+        commands: Command::ALL.iter().map(|c| c.name()).collect(),
+        engines: Vec::new(),
+        audio: AudioInfo::default(),
+        features,
+        build: BuildInfo {
+            target_arch: std::env::consts::ARCH,
+            target_os: std::env::consts::OS,
+            cpu_features: cpu_features(),
+        },
+        limits: Limits {
+            max_packet_bytes: config.mqtt.max_packet_bytes,
+            max_request_bytes: config.mqtt.max_request_bytes,
+        },
+    }
+}
+
+/// SIMD features the inference kernels care about, detected at run time.
+fn cpu_features() -> Vec<&'static str> {
+    let mut found = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx") {
+            found.push("avx");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            found.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            found.push("fma");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            found.push("avx512f");
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            found.push("neon");
+        }
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            found.push("dotprod");
+        }
+        if std::arch::is_aarch64_feature_detected!("i8mm") {
+            found.push("i8mm");
+        }
+        if std::arch::is_aarch64_feature_detected!("fp16") {
+            found.push("fp16");
+        }
+    }
+    found
+}
+
+/// Runs the daemon until `shutdown` completes, then stops in order:
+/// stop taking requests, let in-flight ones finish (bounded by
+/// `service.shutdown_timeout_secs`), publish `offline`, disconnect.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let device_id = config.device_id();
+    let topics = Topics::new(&config.mqtt.prefix, &device_id);
+
+    let (host, port) = if config.uses_embedded_broker() {
+        let listen: SocketAddr = config
+            .broker
+            .listen
+            .parse()
+            .context("configuration key `broker.listen`")?;
+        broker::start(listen, config.mqtt.max_packet_bytes)?;
+        (listen.ip().to_string(), listen.port())
+    } else {
+        (config.mqtt.host.clone(), config.mqtt.port)
+    };
+
+    let options = mqtt::connection::options(&config, &topics, &host, port)?;
+    // A small request channel: the event loop drains it continuously, and telemetry (QoS 0)
+    // is dropped rather than queued when it is full.
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_connection_timeout(config.mqtt.connect_timeout_secs);
+    // Small request/reply messages: without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms.
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    let publisher = Publisher::new(client.clone(), topics.clone(), metrics.clone());
+    let capabilities = Arc::new(serde_json::to_vec(&capabilities(&config, &device_id))?);
+
+    let intake = CancellationToken::new();
+    let stop_connection = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (inbound_tx, inbound_rx) = mpsc::channel(config.service.request_queue);
+
+    let connection = Connection {
+        eventloop,
+        publisher: publisher.clone(),
+        capabilities,
+        inbound: inbound_tx,
+        metrics: metrics.clone(),
+        backoff: Backoff::new(
+            Duration::from_millis(config.mqtt.reconnect_min_ms),
+            Duration::from_millis(config.mqtt.reconnect_max_ms),
+        ),
+        intake: intake.clone(),
+        stop: stop_connection.clone(),
+        persistent_session: config.mqtt.persistent_session,
+    };
+    let connection_task = tokio::spawn(connection.run());
+
+    let service = Service::new(
+        inbound_rx,
+        publisher.clone(),
+        metrics.clone(),
+        config.mqtt.max_request_bytes,
+        device_id.clone(),
+        tracker.clone(),
+        intake.clone(),
+        config.mqtt.persistent_session,
+    );
+    let service_task = tokio::spawn(service.run());
+
+    let telemetry_task = tokio::spawn(telemetry_loop(
+        publisher.clone(),
+        metrics.clone(),
+        Sampler::new(config.telemetry.thermal_zones.clone()),
+        Duration::from_secs(config.telemetry.interval_secs),
+        intake.clone(),
+    ));
+
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        device_id,
+        broker = format!("{host}:{port}"),
+        embedded_broker = config.uses_embedded_broker(),
+        topics = topics.base(),
+        "sotad ready"
+    );
+    systemd::ready(&format!("serving {}", topics.base()));
+
+    let watchdog = systemd::watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = watchdog_tick.tick(), if watchdog.is_some() => systemd::watchdog_ping(),
+        }
+    }
+
+    // Shutdown, in order.
+    let timeout = Duration::from_secs(config.service.shutdown_timeout_secs);
+    tracing::info!(timeout_s = timeout.as_secs(), "stopping: no new requests; finishing in-flight work");
+    systemd::stopping();
+    intake.cancel();
+    let _ = service_task.await;
+    tracker.close();
+    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+        tracing::warn!(timeout_s = timeout.as_secs(), "in-flight requests did not finish in time; cancelled");
+    }
+    let _ = telemetry_task.await;
+
+    // Farewell: the retained `offline` first, then DISCONNECT (which keeps the broker from
+    // publishing the will; the status already says offline).
+    let farewell = async {
+        publisher.status(OFFLINE).await;
+        let _ = client.disconnect().await;
+    };
+    if tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await.is_err() {
+        tracing::warn!("broker unreachable; could not publish offline (the will reports it once the broker notices)");
+    }
+    if tokio::time::timeout(FAREWELL_TIMEOUT, connection_task)
+        .await
+        .is_err()
+    {
+        stop_connection.cancel();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn telemetry_loop(
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+    mut sampler: Sampler,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sample = sampler.sample(&metrics);
+        publisher.telemetry(&sample);
+    }
+}

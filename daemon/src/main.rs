@@ -1,1 +1,175 @@
-fn main() {}
+//! The `sotad` command line: parse arguments, load configuration, set up logging, then hand
+//! over to `sotad::run` with SIGTERM/SIGINT as the shutdown signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sotad::config::{self, Config, FileLayer};
+
+mod demo;
+
+#[derive(Parser)]
+#[command(name = "sotad", version, about = "On-device voice daemon: hear, think and speak, driven over MQTT")]
+struct Cli {
+    /// Configuration file (default: /etc/sotad/sotad.toml if it exists).
+    #[arg(long, short, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon (the default).
+    Run,
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCmd,
+    },
+    /// Start the daemon on an embedded broker, exercise it as a client, print what happened, stop.
+    Demo {
+        /// How long to watch telemetry before stopping, in seconds.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the fully commented default configuration.
+    Default,
+    /// Load and check the configuration layers; print the result.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let file = match &cli.config {
+        Some(path) => FileLayer::Explicit(path.clone()),
+        None => FileLayer::System,
+    };
+    match cli.command.unwrap_or(Cmd::Run) {
+        Cmd::Config {
+            action: ConfigCmd::Default,
+        } => {
+            print!("{}", config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Cmd::Config {
+            action: ConfigCmd::Check,
+        } => match Config::load(file) {
+            Ok(config) => {
+                println!(
+                    "configuration ok: device {}, broker {}, topics under {}/{}",
+                    config.device_id(),
+                    if config.uses_embedded_broker() {
+                        format!("embedded on {}", config.broker.listen)
+                    } else {
+                        format!("{}:{}", config.mqtt.host, config.mqtt.port)
+                    },
+                    config.mqtt.prefix,
+                    config.device_id()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sotad: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run => {
+            let config = match Config::load(file) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sotad: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&config.log.level);
+            run_daemon(config)
+        }
+        Cmd::Demo { seconds } => {
+            let config = match Config::load(file) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sotad: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // The demo prints its own story; keep the daemon's logs to warnings.
+            // rumqttd reports clients it has already dropped as errors at shutdown; hide them here.
+            init_logging(if std::env::var_os("RUST_LOG").is_some() { &config.log.level } else { "warn,rumqttd=off" });
+            match runtime().and_then(|rt| rt.block_on(demo::run(config, seconds))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sotad demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Two workers are plenty for MQTT and coordination; inference runs on its own threads.
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sotad-io")
+        .enable_all()
+        .build()?)
+}
+
+fn run_daemon(config: Config) -> ExitCode {
+    let result = runtime().and_then(|rt| rt.block_on(sotad::run(config, shutdown_signal())));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "sotad failed");
+            eprintln!("sotad: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers; stop sotad with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutdown requested");
+}
+
+/// Logs as `key=value` text on stderr; under systemd (journald) without timestamps or colour,
+/// since the journal adds its own.
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.is_empty() => EnvFilter::try_new(&f).unwrap_or_else(|_| EnvFilter::new(level)),
+        // rumqttd logs every connection at info; its warnings are what matter here.
+        _ => EnvFilter::new(format!("rumqttd=warn,{level}")),
+    };
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true);
+    if journald {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}

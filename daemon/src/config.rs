@@ -1,0 +1,666 @@
+//! Configuration: one serde tree that mirrors `configs/default.toml`.
+//!
+//! Layers, each overriding the one before: the built-in defaults (that very file, embedded),
+//! then `/etc/sotad/sotad.toml` or `--config PATH`, then `SOTAD__SECTION__KEY` environment
+//! variables. Every key that the defaults do not have is rejected, and every value is checked
+//! here, at start-up, so that a mistake names its key, its source and what is allowed.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use config::{Config as Layers, Environment, File, FileFormat, Map, Source, Value, ValueKind};
+use serde::Deserialize;
+
+/// The fully commented default configuration, printed by `sotad config default`.
+pub const DEFAULT_TOML: &str = include_str!("../../configs/default.toml");
+
+/// Where sotad looks for its configuration when no `--config` is given.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/sotad/sotad.toml";
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "SOTAD";
+
+const DEFAULTS_ORIGIN: &str = "the built-in defaults";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub device: Device,
+    pub mqtt: Mqtt,
+    pub broker: Broker,
+    pub service: Service,
+    pub telemetry: Telemetry,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// Topic level that identifies this device; empty means the hostname.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {
+    /// Empty: use the embedded broker.
+    pub host: String,
+    pub port: u16,
+    pub prefix: String,
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+    pub password_file: String,
+    pub keep_alive_secs: u64,
+    pub connect_timeout_secs: u64,
+    pub persistent_session: bool,
+    pub max_packet_bytes: usize,
+    pub max_request_bytes: usize,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub tls: Tls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub enabled: bool,
+    pub ca_file: String,
+    pub client_cert_file: String,
+    pub client_key_file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Broker {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub request_queue: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    pub interval_secs: u64,
+    pub thermal_zones: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    pub level: String,
+}
+
+/// A configuration mistake: which key, which source, and what is wrong or allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key, e.g. `mqtt.port`; empty when the problem is a whole source.
+    pub key: String,
+    /// Where the offending value came from: a file path, "the environment", or the defaults.
+    pub origin: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "configuration ({}): {}", self.origin, self.message)
+        } else {
+            write!(
+                f,
+                "configuration key `{}` (from {}): {}",
+                self.key, self.origin, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where the file layer comes from.
+#[derive(Debug, Clone)]
+pub enum FileLayer {
+    /// `--config PATH`: the file must exist.
+    Explicit(PathBuf),
+    /// `/etc/sotad/sotad.toml` if it exists.
+    System,
+    /// Defaults and environment only (tests, `sotad demo`).
+    None,
+}
+
+impl Config {
+    /// Loads the layers from the process environment.
+    pub fn load(file: FileLayer) -> Result<Config, ConfigError> {
+        let env: Map<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        Self::load_with_env(file, env)
+    }
+
+    /// Loads the layers with an explicit set of environment variables (for tests).
+    pub fn load_with_env(
+        file: FileLayer,
+        env: Map<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder =
+            Layers::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        match &file {
+            FileLayer::Explicit(path) => {
+                check_readable(path)?;
+                builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+            }
+            FileLayer::System => {
+                let path = Path::new(SYSTEM_CONFIG_PATH);
+                if path.exists() {
+                    check_readable(path)?;
+                    builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+                }
+            }
+            FileLayer::None => {}
+        }
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("telemetry.thermal_zones")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let layers = builder.build().map_err(|e| from_config_error(&file, e))?;
+
+        let merged = layers.collect().map_err(|e| from_config_error(&file, e))?;
+        reject_unknown_keys(&merged)?;
+
+        let config: Config = layers
+            .clone()
+            .try_deserialize()
+            .map_err(|e| from_config_error(&file, e))?;
+        config.validate(&|key| origin_of(&layers, key))?;
+        Ok(config)
+    }
+
+    /// Checks every value against what is allowed. `origin` names the source of a key.
+    fn validate(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let fail = |key: &str, message: String| ConfigError {
+            key: key.to_string(),
+            origin: origin(key),
+            message,
+        };
+        let range = |key: &str, value: u64, lo: u64, hi: u64| {
+            if value < lo || value > hi {
+                Err(fail(key, format!("{value} is out of range; allowed: {lo} to {hi}")))
+            } else {
+                Ok(())
+            }
+        };
+
+        if !self.device.id.is_empty() && !is_valid_device_id(&self.device.id) {
+            return Err(fail(
+                "device.id",
+                format!(
+                    "{:?} is not allowed; allowed: 1-64 characters from A-Z a-z 0-9 _ . - (or empty for the hostname)",
+                    self.device.id
+                ),
+            ));
+        }
+        let m = &self.mqtt;
+        if !m.host.is_empty() && (m.host.contains(char::is_whitespace) || m.host.contains('/')) {
+            return Err(fail(
+                "mqtt.host",
+                format!(
+                    "{:?} is not a host name or address (write it without scheme or port; the port is mqtt.port)",
+                    m.host
+                ),
+            ));
+        }
+        range("mqtt.port", u64::from(m.port), 1, 65535)?;
+        if !is_valid_topic_level(&m.prefix) {
+            return Err(fail(
+                "mqtt.prefix",
+                format!(
+                    "{:?} is not allowed; allowed: 1-64 characters without '+', '#', '/', NUL or spaces",
+                    m.prefix
+                ),
+            ));
+        }
+        if m.client_id.len() > 128 {
+            return Err(fail(
+                "mqtt.client_id",
+                "is longer than 128 bytes; allowed: up to 128 bytes, or empty for sotad-<device id>"
+                    .to_string(),
+            ));
+        }
+        if !m.password.is_empty() && !m.password_file.is_empty() {
+            return Err(fail(
+                "mqtt.password_file",
+                "is set together with mqtt.password; set one of them".to_string(),
+            ));
+        }
+        if (!m.password.is_empty() || !m.password_file.is_empty()) && m.username.is_empty() {
+            return Err(fail(
+                "mqtt.username",
+                "is empty but a password is set; MQTT sends a password only with a user name"
+                    .to_string(),
+            ));
+        }
+        if !m.password_file.is_empty() {
+            check_readable(Path::new(&m.password_file))
+                .map_err(|e| fail("mqtt.password_file", e.message))?;
+        }
+        range("mqtt.keep_alive_secs", m.keep_alive_secs, 5, 3600)?;
+        range("mqtt.connect_timeout_secs", m.connect_timeout_secs, 1, 300)?;
+        range(
+            "mqtt.max_packet_bytes",
+            m.max_packet_bytes as u64,
+            65_536,
+            268_435_455,
+        )?;
+        range(
+            "mqtt.max_request_bytes",
+            m.max_request_bytes as u64,
+            1024,
+            m.max_packet_bytes as u64,
+        )?;
+        range("mqtt.reconnect_min_ms", m.reconnect_min_ms, 10, 600_000)?;
+        range(
+            "mqtt.reconnect_max_ms",
+            m.reconnect_max_ms,
+            m.reconnect_min_ms,
+            3_600_000,
+        )?;
+        if m.tls.enabled {
+            if m.host.is_empty() {
+                return Err(fail(
+                    "mqtt.tls.enabled",
+                    "is true but mqtt.host is empty: the embedded broker speaks plain MQTT on loopback; set mqtt.host or turn TLS off".to_string(),
+                ));
+            }
+            check_readable(Path::new(&m.tls.ca_file))
+                .map_err(|e| fail("mqtt.tls.ca_file", e.message))?;
+            match (
+                m.tls.client_cert_file.is_empty(),
+                m.tls.client_key_file.is_empty(),
+            ) {
+                (true, true) => {}
+                (false, false) => {
+                    check_readable(Path::new(&m.tls.client_cert_file))
+                        .map_err(|e| fail("mqtt.tls.client_cert_file", e.message))?;
+                    check_readable(Path::new(&m.tls.client_key_file))
+                        .map_err(|e| fail("mqtt.tls.client_key_file", e.message))?;
+                }
+                (true, false) => {
+                    return Err(fail(
+                        "mqtt.tls.client_cert_file",
+                        "is empty but mqtt.tls.client_key_file is set; set both or neither"
+                            .to_string(),
+                    ));
+                }
+                (false, true) => {
+                    return Err(fail(
+                        "mqtt.tls.client_key_file",
+                        "is empty but mqtt.tls.client_cert_file is set; set both or neither"
+                            .to_string(),
+                    ));
+                }
+            }
+        }
+        if self.broker.listen.parse::<SocketAddr>().is_err() {
+            return Err(fail(
+                "broker.listen",
+                format!(
+                    "{:?} is not an address:port; allowed e.g. \"127.0.0.1:1883\" or \"[::1]:1883\"",
+                    self.broker.listen
+                ),
+            ));
+        }
+        range(
+            "service.request_queue",
+            self.service.request_queue as u64,
+            1,
+            4096,
+        )?;
+        range(
+            "service.shutdown_timeout_secs",
+            self.service.shutdown_timeout_secs,
+            0,
+            300,
+        )?;
+        range("telemetry.interval_secs", self.telemetry.interval_secs, 1, 86_400)?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(fail(
+                "log.level",
+                format!(
+                    "{:?} is not a log filter ({e}); allowed: error, warn, info, debug, trace, or e.g. \"info,sotad=debug\"",
+                    self.log.level
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The device id used in topics: the configured one, or the hostname made topic-safe.
+    pub fn device_id(&self) -> String {
+        if !self.device.id.is_empty() {
+            return self.device.id.clone();
+        }
+        device_id_from_hostname(&hostname())
+    }
+
+    /// The MQTT client id: the configured one, or `sotad-<device id>`.
+    pub fn client_id(&self) -> String {
+        if self.mqtt.client_id.is_empty() {
+            format!("sotad-{}", self.device_id())
+        } else {
+            self.mqtt.client_id.clone()
+        }
+    }
+
+    /// True when sotad must start its own broker.
+    pub fn uses_embedded_broker(&self) -> bool {
+        self.mqtt.host.is_empty()
+    }
+}
+
+fn check_readable(path: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(path).map(|_| ()).map_err(|e| ConfigError {
+        key: String::new(),
+        origin: path.display().to_string(),
+        message: format!("cannot read {}: {e}", path.display()),
+    })
+}
+
+fn from_config_error(file: &FileLayer, error: config::ConfigError) -> ConfigError {
+    match error {
+        config::ConfigError::Type {
+            origin,
+            unexpected,
+            expected,
+            key,
+        } => ConfigError {
+            key: key.unwrap_or_default(),
+            origin: origin.unwrap_or_else(|| DEFAULTS_ORIGIN.to_string()),
+            message: format!("has the wrong type: found {unexpected}, expected {expected}"),
+        },
+        config::ConfigError::FileParse { uri, cause } => ConfigError {
+            key: String::new(),
+            origin: uri.unwrap_or_else(|| DEFAULTS_ORIGIN.to_string()),
+            message: format!("is not valid TOML: {cause}"),
+        },
+        config::ConfigError::NotFound(key) => ConfigError {
+            key,
+            origin: DEFAULTS_ORIGIN.to_string(),
+            message: "is missing".to_string(),
+        },
+        other => ConfigError {
+            key: String::new(),
+            origin: match file {
+                FileLayer::Explicit(p) => p.display().to_string(),
+                FileLayer::System => SYSTEM_CONFIG_PATH.to_string(),
+                FileLayer::None => "the environment".to_string(),
+            },
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Every dotted key of a value tree, tables included.
+fn keys_of(map: &Map<String, Value>, prefix: &str, out: &mut Vec<(String, Value)>) {
+    for (k, v) in map {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        out.push((key.clone(), v.clone()));
+        if let ValueKind::Table(t) = &v.kind {
+            keys_of(t, &key, out);
+        }
+    }
+}
+
+fn default_keys() -> BTreeSet<String> {
+    let defaults = File::from_str(DEFAULT_TOML, FileFormat::Toml)
+        .collect()
+        .expect("the embedded default config is valid TOML (checked by a unit test)");
+    let mut all = Vec::new();
+    keys_of(&defaults, "", &mut all);
+    all.into_iter().map(|(k, _)| k).collect()
+}
+
+fn reject_unknown_keys(merged: &Map<String, Value>) -> Result<(), ConfigError> {
+    let known = default_keys();
+    let mut all = Vec::new();
+    keys_of(merged, "", &mut all);
+    for (key, value) in all {
+        if known.contains(&key) {
+            continue;
+        }
+        let (section, _) = key.rsplit_once('.').unwrap_or(("", key.as_str()));
+        let siblings: Vec<&str> = known
+            .iter()
+            .filter_map(|k| {
+                let (s, leaf) = k.rsplit_once('.').unwrap_or(("", k.as_str()));
+                (s == section).then_some(leaf)
+            })
+            .collect();
+        let where_ = if section.is_empty() {
+            "at the top level".to_string()
+        } else {
+            format!("in [{section}]")
+        };
+        return Err(ConfigError {
+            key: key.clone(),
+            origin: value
+                .origin()
+                .map(str::to_string)
+                .unwrap_or_else(|| DEFAULTS_ORIGIN.to_string()),
+            message: format!(
+                "is not a known key; known keys {where_}: {}",
+                siblings.join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn origin_of(layers: &Layers, key: &str) -> String {
+    layers
+        .get::<Value>(key)
+        .ok()
+        .and_then(|v| v.origin().map(str::to_string))
+        .unwrap_or_else(|| DEFAULTS_ORIGIN.to_string())
+}
+
+fn is_valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn is_valid_topic_level(level: &str) -> bool {
+    !level.is_empty()
+        && level.len() <= 64
+        && !level
+            .chars()
+            .any(|c| matches!(c, '+' | '#' | '/' | '\0') || c.is_whitespace())
+}
+
+/// The kernel's host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Turns a host name into a valid device id: invalid characters become '-', and an empty
+/// result becomes "sotad".
+pub fn device_id_from_hostname(host: &str) -> String {
+    let id: String = host
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if id.is_empty() { "sotad".to_string() } else { id }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Map<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file_with(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn load_file(text: &str) -> (tempfile::NamedTempFile, Result<Config, ConfigError>) {
+        let f = file_with(text);
+        let r = Config::load_with_env(FileLayer::Explicit(f.path().into()), env(&[]));
+        (f, r)
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load_with_env(FileLayer::None, env(&[])).unwrap();
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.mqtt.prefix, "sotad");
+        assert!(c.uses_embedded_broker());
+        assert!(c.mqtt.max_packet_bytes >= 1_300_000, "fits a 30 s WAV as base64");
+        assert!(!c.device_id().is_empty());
+    }
+
+    #[test]
+    fn shipped_board_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load_with_env(FileLayer::Explicit(path.clone()), env(&[]))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "default + three boards, found {seen}");
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        let f = file_with("[mqtt]\nhost = \"broker.lan\"\nport = 8883\n");
+        let c = Config::load_with_env(
+            FileLayer::Explicit(f.path().into()),
+            env(&[
+                ("SOTAD__MQTT__PORT", "1884"),
+                ("SOTAD__MQTT__TLS__ENABLED", "false"),
+                ("SOTAD__TELEMETRY__THERMAL_ZONES", "cpu-thermal,gpu-thermal"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.host, "broker.lan");
+        assert_eq!(c.mqtt.port, 1884);
+        assert_eq!(c.telemetry.thermal_zones, vec!["cpu-thermal", "gpu-thermal"]);
+        assert!(!c.uses_embedded_broker());
+    }
+
+    #[test]
+    fn unknown_key_in_file_names_key_file_and_siblings() {
+        let (f, r) = load_file("[mqtt]\nhots = \"x\"\n");
+        let e = r.unwrap_err();
+        assert_eq!(e.key, "mqtt.hots");
+        assert_eq!(e.origin, f.path().display().to_string());
+        assert!(e.message.contains("host"), "{e}");
+        let (_f, r) = load_file("[mqttt]\nhost = \"x\"\n");
+        assert_eq!(r.unwrap_err().key, "mqttt");
+    }
+
+    #[test]
+    fn unknown_key_in_environment_is_rejected() {
+        let e = Config::load_with_env(FileLayer::None, env(&[("SOTAD__MQTT__HOTS", "x")]))
+            .unwrap_err();
+        assert_eq!(e.key, "mqtt.hots");
+        assert_eq!(e.origin, "the environment");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_source() {
+        let (f, r) = load_file("[mqtt]\nport = \"abc\"\n");
+        let e = r.unwrap_err();
+        assert_eq!(e.key, "mqtt.port");
+        assert_eq!(e.origin, f.path().display().to_string());
+        assert!(e.to_string().contains("wrong type"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_source_and_range() {
+        for (text, key, allowed) in [
+            ("[mqtt]\nport = 0\n", "mqtt.port", "1 to 65535"),
+            ("[telemetry]\ninterval_secs = 0\n", "telemetry.interval_secs", "1 to 86400"),
+            ("[mqtt]\nmax_packet_bytes = 10\n", "mqtt.max_packet_bytes", "65536"),
+            ("[mqtt]\nreconnect_min_ms = 5000\nreconnect_max_ms = 100\n", "mqtt.reconnect_max_ms", "5000"),
+            ("[device]\nid = \"a/b\"\n", "device.id", "A-Z"),
+            ("[mqtt]\nprefix = \"a/#\"\n", "mqtt.prefix", "'+'"),
+            ("[broker]\nlisten = \"localhost\"\n", "broker.listen", "address:port"),
+            ("[log]\nlevel = \"loud=???\"\n", "log.level", "debug"),
+            ("[mqtt]\npassword = \"x\"\n", "mqtt.username", "password"),
+        ] {
+            let (f, r) = load_file(text);
+            let e = r.unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert_eq!(e.origin, f.path().display().to_string(), "{text}");
+            assert!(e.message.contains(allowed), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start_up() {
+        let (_f, r) = load_file(
+            "[mqtt]\nhost = \"b\"\n[mqtt.tls]\nenabled = true\nca_file = \"/nonexistent/ca.pem\"\n",
+        );
+        let e = r.unwrap_err();
+        assert_eq!(e.key, "mqtt.tls.ca_file");
+        assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn missing_explicit_file_and_bad_toml_are_reported() {
+        let e = Config::load_with_env(
+            FileLayer::Explicit("/nonexistent/sotad.toml".into()),
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/sotad.toml"), "{e}");
+        let (_f, r) = load_file("[mqtt\nhost=");
+        assert!(r.unwrap_err().message.contains("TOML"));
+    }
+
+    #[test]
+    fn hostname_becomes_a_topic_safe_device_id() {
+        assert_eq!(device_id_from_hostname("pi 4/kitchen"), "pi-4-kitchen");
+        assert_eq!(device_id_from_hostname(""), "sotad");
+        assert_eq!(device_id_from_hostname("robot-1.lan"), "robot-1.lan");
+    }
+}

@@ -1,0 +1,17 @@
+//! MQTT: the only module that knows topic strings and payload JSON.
+//!
+//! - `topics`: the topic tree of one device.
+//! - `request`: parsing untrusted request payloads; error replies.
+//! - `dedup`: recognizing QoS-1 redeliveries by request id.
+//! - `connection`: the task that owns the event loop (connect, back-off, re-subscribe, route).
+//! - `outbound`: every publication, with its QoS and retain flag.
+
+pub mod connection;
+pub mod dedup;
+pub mod outbound;
+pub mod request;
+pub mod topics;
+
+pub use connection::{Backoff, Connection, Inbound};
+pub use outbound::Publisher;
+pub use topics::{Command, Topics};

@@ -1,0 +1,116 @@
+//! Topic names: the only place that spells them out.
+//!
+//! Every topic sits under `<prefix>/<device_id>/`. See docs/protocol.md for payloads.
+
+/// A request kind that sotad subscribes to and answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Command {
+    /// `ping`: answered on `pong` with version and uptime.
+    Ping,
+}
+
+impl Command {
+    /// Every command, in subscription order.
+    pub const ALL: [Command; 1] = [Command::Ping];
+
+    /// The topic suffix the request arrives on.
+    pub fn request_suffix(self) -> &'static str {
+        match self {
+            Command::Ping => "ping",
+        }
+    }
+
+    /// The topic suffix the successful reply goes to.
+    pub fn reply_suffix(self) -> &'static str {
+        match self {
+            Command::Ping => "pong",
+        }
+    }
+
+    /// Name used in telemetry and logs.
+    pub fn name(self) -> &'static str {
+        self.request_suffix()
+    }
+}
+
+/// The topic tree of one device.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// `<prefix>/<device_id>`
+    base: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str, device_id: &str) -> Topics {
+        Topics {
+            base: format!("{prefix}/{device_id}"),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn join(&self, suffix: &str) -> String {
+        format!("{}/{suffix}", self.base)
+    }
+
+    /// Retained `online` / `offline`; `offline` is also the broker-held last will.
+    pub fn status(&self) -> String {
+        self.join("status")
+    }
+
+    /// Retained JSON describing version, engines, audio devices and features.
+    pub fn capabilities(&self) -> String {
+        self.join("capabilities")
+    }
+
+    /// Periodic JSON samples.
+    pub fn telemetry(&self) -> String {
+        self.join("telemetry")
+    }
+
+    /// Errors about requests that could not be handled, and problems that belong to no request.
+    pub fn error(&self) -> String {
+        self.join("error")
+    }
+
+    pub fn request(&self, command: Command) -> String {
+        self.join(command.request_suffix())
+    }
+
+    pub fn reply(&self, command: Command) -> String {
+        self.join(command.reply_suffix())
+    }
+
+    /// Which command a received topic is, if any.
+    pub fn route(&self, topic: &str) -> Option<Command> {
+        let suffix = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        Command::ALL
+            .into_iter()
+            .find(|c| c.request_suffix() == suffix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_under_prefix_and_device() {
+        let t = Topics::new("sotad", "kitchen");
+        assert_eq!(t.status(), "sotad/kitchen/status");
+        assert_eq!(t.request(Command::Ping), "sotad/kitchen/ping");
+        assert_eq!(t.reply(Command::Ping), "sotad/kitchen/pong");
+    }
+
+    #[test]
+    fn routing_matches_only_own_request_topics() {
+        let t = Topics::new("sotad", "kitchen");
+        assert_eq!(t.route("sotad/kitchen/ping"), Some(Command::Ping));
+        assert_eq!(t.route("sotad/kitchen/pong"), None);
+        assert_eq!(t.route("sotad/kitchenette/ping"), None);
+        assert_eq!(t.route("sotad/kitchen/ping/x"), None);
+        assert_eq!(t.route("other/kitchen/ping"), None);
+    }
+}
