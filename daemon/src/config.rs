@@ -177,13 +177,17 @@ impl Config {
         let layers = builder.build().map_err(|e| from_config_error(&file, e))?;
 
         let merged = layers.collect().map_err(|e| from_config_error(&file, e))?;
-        reject_unknown_keys(&merged)?;
+        reject_unknown_keys(&merged, &file)?;
 
-        let config: Config = layers
-            .clone()
-            .try_deserialize()
-            .map_err(|e| from_config_error(&file, e))?;
-        config.validate(&|key| origin_of(&layers, key))?;
+        let config: Config = layers.try_deserialize().map_err(|e| {
+            let mut error = from_config_error(&file, e);
+            // Conversion errors (e.g. 99999 for a u16) come without an origin; look it up.
+            if !error.key.is_empty() && error.origin == DEFAULTS_ORIGIN {
+                error.origin = origin_of(&merged, &error.key, &file);
+            }
+            error
+        })?;
+        config.validate(&|key| origin_of(&merged, key, &file))?;
         Ok(config)
     }
 
@@ -245,9 +249,10 @@ impl Config {
             ));
         }
         if (!m.password.is_empty() || !m.password_file.is_empty()) && m.username.is_empty() {
+            let key = if m.password.is_empty() { "mqtt.password_file" } else { "mqtt.password" };
             return Err(fail(
-                "mqtt.username",
-                "is empty but a password is set; MQTT sends a password only with a user name"
+                key,
+                "is set but mqtt.username is empty; MQTT sends a password only with a user name"
                     .to_string(),
             ));
         }
@@ -377,6 +382,18 @@ fn check_readable(path: &Path) -> Result<(), ConfigError> {
     })
 }
 
+/// Names a value's source for the user: the config crate records files by a path relative to
+/// the working directory, so the file layer is shown as it was given instead.
+fn display_origin(origin: Option<&str>, file: &FileLayer) -> String {
+    match (origin, file) {
+        (None, _) => DEFAULTS_ORIGIN.to_string(),
+        (Some("the environment"), _) => "the environment".to_string(),
+        (Some(_), FileLayer::Explicit(path)) => path.display().to_string(),
+        (Some(_), FileLayer::System) => SYSTEM_CONFIG_PATH.to_string(),
+        (Some(other), FileLayer::None) => other.to_string(),
+    }
+}
+
 fn from_config_error(file: &FileLayer, error: config::ConfigError) -> ConfigError {
     match error {
         config::ConfigError::Type {
@@ -386,12 +403,12 @@ fn from_config_error(file: &FileLayer, error: config::ConfigError) -> ConfigErro
             key,
         } => ConfigError {
             key: key.unwrap_or_default(),
-            origin: origin.unwrap_or_else(|| DEFAULTS_ORIGIN.to_string()),
+            origin: display_origin(origin.as_deref(), file),
             message: format!("has the wrong type: found {unexpected}, expected {expected}"),
         },
         config::ConfigError::FileParse { uri, cause } => ConfigError {
             key: String::new(),
-            origin: uri.unwrap_or_else(|| DEFAULTS_ORIGIN.to_string()),
+            origin: display_origin(uri.as_deref(), file),
             message: format!("is not valid TOML: {cause}"),
         },
         config::ConfigError::NotFound(key) => ConfigError {
@@ -435,7 +452,7 @@ fn default_keys() -> BTreeSet<String> {
     all.into_iter().map(|(k, _)| k).collect()
 }
 
-fn reject_unknown_keys(merged: &Map<String, Value>) -> Result<(), ConfigError> {
+fn reject_unknown_keys(merged: &Map<String, Value>, file: &FileLayer) -> Result<(), ConfigError> {
     let known = default_keys();
     let mut all = Vec::new();
     keys_of(merged, "", &mut all);
@@ -458,10 +475,7 @@ fn reject_unknown_keys(merged: &Map<String, Value>) -> Result<(), ConfigError> {
         };
         return Err(ConfigError {
             key: key.clone(),
-            origin: value
-                .origin()
-                .map(str::to_string)
-                .unwrap_or_else(|| DEFAULTS_ORIGIN.to_string()),
+            origin: display_origin(value.origin(), file),
             message: format!(
                 "is not a known key; known keys {where_}: {}",
                 siblings.join(", ")
@@ -471,12 +485,16 @@ fn reject_unknown_keys(merged: &Map<String, Value>) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn origin_of(layers: &Layers, key: &str) -> String {
-    layers
-        .get::<Value>(key)
-        .ok()
-        .and_then(|v| v.origin().map(str::to_string))
-        .unwrap_or_else(|| DEFAULTS_ORIGIN.to_string())
+fn origin_of(merged: &Map<String, Value>, key: &str, file: &FileLayer) -> String {
+    let mut parts = key.split('.');
+    let mut value = parts.next().and_then(|first| merged.get(first));
+    for part in parts {
+        value = match value.map(|v| &v.kind) {
+            Some(ValueKind::Table(t)) => t.get(part),
+            _ => None,
+        };
+    }
+    display_origin(value.and_then(Value::origin), file)
 }
 
 fn is_valid_device_id(id: &str) -> bool {
@@ -607,11 +625,13 @@ mod tests {
 
     #[test]
     fn wrong_type_names_key_and_source() {
-        let (f, r) = load_file("[mqtt]\nport = \"abc\"\n");
-        let e = r.unwrap_err();
-        assert_eq!(e.key, "mqtt.port");
-        assert_eq!(e.origin, f.path().display().to_string());
-        assert!(e.to_string().contains("wrong type"), "{e}");
+        for text in ["[mqtt]\nport = \"abc\"\n", "[mqtt]\nport = 99999\n"] {
+            let (f, r) = load_file(text);
+            let e = r.unwrap_err();
+            assert_eq!(e.key, "mqtt.port", "{text}");
+            assert_eq!(e.origin, f.path().display().to_string(), "{text}");
+            assert!(e.to_string().contains("wrong type"), "{e}");
+        }
     }
 
     #[test]
@@ -625,7 +645,7 @@ mod tests {
             ("[mqtt]\nprefix = \"a/#\"\n", "mqtt.prefix", "'+'"),
             ("[broker]\nlisten = \"localhost\"\n", "broker.listen", "address:port"),
             ("[log]\nlevel = \"loud=???\"\n", "log.level", "debug"),
-            ("[mqtt]\npassword = \"x\"\n", "mqtt.username", "password"),
+            ("[mqtt]\npassword = \"x\"\n", "mqtt.password", "mqtt.username"),
         ] {
             let (f, r) = load_file(text);
             let e = r.unwrap_err();
