@@ -1,1 +1,379 @@
-//! Test helpers
+//! Helpers for sotad's integration tests: a real mosquitto broker on a free loopback port,
+//! the real `sotad` binary as a child process, and an MQTT test client (rumqttc).
+//!
+//! Nothing here is a stand-in: the broker is Debian's mosquitto, the daemon is the binary that
+//! ships. The binary is found next to the test executable (`target/<profile>/sotad`), or at
+//! `$SOTAD_BIN`; build it first (`cargo build --release -p sotad`, as scripts/test.sh does).
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+
+/// The sotad binary under test.
+pub fn sotad_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SOTAD_BIN") {
+        return PathBuf::from(path);
+    }
+    // target/<profile>/deps/<test-exe> -> target/<profile>/sotad
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("sotad");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first with `cargo build -p sotad` in the same profile (scripts/test.sh does), or set SOTAD_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) with a pid we spawned; at worst the process is already gone (ESRCH).
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, sig);
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> anyhow::Result<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            bail!("process {} did not exit within {timeout:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Debian's mosquitto, on a free loopback port, with persistence in a temporary directory so
+/// that sessions and retained messages survive a restart (as on a real installation).
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> anyhow::Result<Mosquitto> {
+        let dir = tempfile::tempdir()?;
+        // mosquitto started as root drops to the `mosquitto` user, which must be able to write
+        // its persistence file and log here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
+        let mut broker = Mosquitto {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        let conf = broker.dir.path().join("mosquitto.conf");
+        let mut f = std::fs::File::create(&conf)?;
+        writeln!(f, "listener {} 127.0.0.1", broker.port)?;
+        writeln!(f, "allow_anonymous true")?;
+        writeln!(f, "persistence true")?;
+        writeln!(f, "persistence_location {}/", broker.dir.path().display())?;
+        writeln!(f, "autosave_interval 1")?;
+        writeln!(f, "log_dest file {}/mosquitto.log", broker.dir.path().display())?;
+        writeln!(f, "log_type all")?;
+        writeln!(f, "max_queued_messages 10000")?;
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting mosquitto (apt-get install mosquitto; scripts/test.sh does)")?;
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10))
+    }
+
+    /// Stops the broker the way systemd would (SIGTERM: it saves sessions and retained messages).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGTERM);
+            wait_timeout(&mut child, Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.spawn()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The real sotad binary with a configuration file written for the test.
+pub struct Sotad {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub device_id: String,
+}
+
+impl Sotad {
+    /// Starts `sotad --config <file> run`, the file holding `config_toml`.
+    pub fn start(config_toml: &str, device_id: &str) -> anyhow::Result<Sotad> {
+        let dir = tempfile::tempdir()?;
+        let conf = dir.path().join("sotad.toml");
+        std::fs::write(&conf, config_toml)?;
+        let log = std::fs::File::create(dir.path().join("sotad.log"))?;
+        let child = Command::new(sotad_bin())
+            .arg("--config")
+            .arg(&conf)
+            .arg("run")
+            .env("RUST_LOG", "info,rumqttd=warn")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting sotad")?;
+        Ok(Sotad {
+            child: Some(child),
+            dir,
+            device_id: device_id.to_string(),
+        })
+    }
+
+    /// A configuration for `port` on loopback, with fast reconnects, plus `extra` TOML lines
+    /// appended to the [mqtt] section.
+    pub fn config_for(port: u16, device_id: &str, extra_mqtt: &str) -> String {
+        format!(
+            "[device]\nid = \"{device_id}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
+             reconnect_min_ms = 100\nreconnect_max_ms = 1000\n{extra_mqtt}\n\
+             [telemetry]\ninterval_secs = 1\n"
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn sigterm(&mut self) {
+        if let Some(child) = &self.child {
+            signal(child, libc::SIGTERM);
+        }
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let child = self.child.as_mut().context("sotad already reaped")?;
+        let status = wait_timeout(child, timeout)?;
+        self.child = None;
+        Ok(status)
+    }
+
+    /// Resident set size from /proc, in KiB: (total, anonymous).
+    pub fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("VmRSS:"), field("RssAnon:")))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sotad.log")).unwrap_or_default()
+    }
+
+    pub fn topic(&self, suffix: &str) -> String {
+        format!("sotad/{}/{suffix}", self.device_id)
+    }
+}
+
+impl Drop for Sotad {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- sotad log ---\n{}", self.log());
+        }
+    }
+}
+
+/// An MQTT client for tests, polled by its own task; received publishes arrive on a channel.
+/// It reconnects by itself (like any integrator's client) when the broker goes away.
+pub struct TestClient {
+    pub client: AsyncClient,
+    /// Filters to subscribe again on every ConnAck (a restarted broker may have lost them).
+    filters: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    rx: mpsc::UnboundedReceiver<Publish>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestClient {
+    /// Connects as `id`; `persistent` keeps the session (and QoS-1 messages) across reconnects.
+    pub async fn connect(port: u16, id: &str, persistent: bool) -> anyhow::Result<TestClient> {
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options
+            .set_clean_session(!persistent)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (connected_tx, mut connected_rx) = mpsc::unbounded_channel();
+        let filters = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let resubscribe = (client.clone(), filters.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send(p);
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        if !ack.session_present {
+                            for filter in resubscribe.1.lock().unwrap().iter() {
+                                let _ = resubscribe.0.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                            }
+                        }
+                        let _ = connected_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), connected_rx.recv())
+            .await
+            .context("test client could not connect within 10 s")?;
+        Ok(TestClient {
+            client,
+            filters,
+            rx,
+            task,
+        })
+    }
+
+    pub async fn subscribe(&self, filter: &str) -> anyhow::Result<()> {
+        self.filters.lock().unwrap().push(filter.to_string());
+        self.client.subscribe(filter, QoS::AtLeastOnce).await?;
+        // Let the SUBACK arrive before the test publishes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> anyhow::Result<()> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await?;
+        Ok(())
+    }
+
+    /// Waits for a publish on `topic` whose payload satisfies `accept`; others are discarded.
+    pub async fn expect(
+        &mut self,
+        topic: &str,
+        timeout: Duration,
+        accept: impl Fn(&[u8]) -> bool,
+    ) -> anyhow::Result<Publish> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let p = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .with_context(|| format!("nothing acceptable on {topic} within {timeout:?}"))?
+                .context("client task ended")?;
+            if p.topic == topic && accept(&p.payload) {
+                return Ok(p);
+            }
+        }
+    }
+
+    /// Waits for a JSON message on `topic` whose `id` is `id`.
+    pub async fn expect_id(
+        &mut self,
+        topic: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let p = self
+            .expect(topic, timeout, |payload| {
+                serde_json::from_slice::<serde_json::Value>(payload)
+                    .is_ok_and(|v| v["id"] == id)
+            })
+            .await?;
+        Ok(serde_json::from_slice(&p.payload)?)
+    }
+
+    /// Everything received so far, without waiting.
+    pub fn drain(&mut self) -> Vec<Publish> {
+        let mut out = Vec::new();
+        while let Ok(p) = self.rx.try_recv() {
+            out.push(p);
+        }
+        out
+    }
+
+    /// Receives for `duration`, returning everything.
+    pub async fn collect_for(&mut self, duration: Duration) -> Vec<Publish> {
+        let deadline = tokio::time::Instant::now() + duration;
+        let mut out = Vec::new();
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            out.push(p);
+        }
+        out
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
