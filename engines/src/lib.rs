@@ -3,3 +3,8 @@
 //! Everything here is synchronous and free of I/O runtimes: no tokio, no MQTT, no ALSA.
 //! The daemon drives these engines from dedicated worker threads; tests and benchmarks
 //! drive them directly from files, on any target (including aarch64 under qemu).
+
+pub mod error;
+pub mod gguf;
+
+pub use error::{Error, Result};
