@@ -145,10 +145,7 @@ impl Config {
     }
 
     /// Loads the layers with an explicit set of environment variables (for tests).
-    pub fn load_with_env(
-        file: FileLayer,
-        env: Map<String, String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load_with_env(file: FileLayer, env: Map<String, String>) -> Result<Config, ConfigError> {
         let mut builder =
             Layers::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         match &file {
@@ -200,7 +197,10 @@ impl Config {
         };
         let range = |key: &str, value: u64, lo: u64, hi: u64| {
             if value < lo || value > hi {
-                Err(fail(key, format!("{value} is out of range; allowed: {lo} to {hi}")))
+                Err(fail(
+                    key,
+                    format!("{value} is out of range; allowed: {lo} to {hi}"),
+                ))
             } else {
                 Ok(())
             }
@@ -249,7 +249,11 @@ impl Config {
             ));
         }
         if (!m.password.is_empty() || !m.password_file.is_empty()) && m.username.is_empty() {
-            let key = if m.password.is_empty() { "mqtt.password_file" } else { "mqtt.password" };
+            let key = if m.password.is_empty() {
+                "mqtt.password_file"
+            } else {
+                "mqtt.password"
+            };
             return Err(fail(
                 key,
                 "is set but mqtt.username is empty; MQTT sends a password only with a user name"
@@ -338,7 +342,12 @@ impl Config {
             0,
             300,
         )?;
-        range("telemetry.interval_secs", self.telemetry.interval_secs, 1, 86_400)?;
+        range(
+            "telemetry.interval_secs",
+            self.telemetry.interval_secs,
+            1,
+            86_400,
+        )?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(fail(
                 "log.level",
@@ -375,11 +384,13 @@ impl Config {
 }
 
 fn check_readable(path: &Path) -> Result<(), ConfigError> {
-    std::fs::File::open(path).map(|_| ()).map_err(|e| ConfigError {
-        key: String::new(),
-        origin: path.display().to_string(),
-        message: format!("cannot read {}: {e}", path.display()),
-    })
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| ConfigError {
+            key: String::new(),
+            origin: path.display().to_string(),
+            message: format!("cannot read {}: {e}", path.display()),
+        })
 }
 
 /// Names a value's source for the user: the config crate records files by a path relative to
@@ -534,7 +545,11 @@ pub fn device_id_from_hostname(host: &str) -> String {
             }
         })
         .collect();
-    if id.is_empty() { "sotad".to_string() } else { id }
+    if id.is_empty() {
+        "sotad".to_string()
+    } else {
+        id
+    }
 }
 
 #[cfg(test)]
@@ -567,7 +582,10 @@ mod tests {
         assert_eq!(c.mqtt.port, 1883);
         assert_eq!(c.mqtt.prefix, "sotad");
         assert!(c.uses_embedded_broker());
-        assert!(c.mqtt.max_packet_bytes >= 1_300_000, "fits a 30 s WAV as base64");
+        assert!(
+            c.mqtt.max_packet_bytes >= 1_300_000,
+            "fits a 30 s WAV as base64"
+        );
         assert!(!c.device_id().is_empty());
     }
 
@@ -600,7 +618,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.mqtt.host, "broker.lan");
         assert_eq!(c.mqtt.port, 1884);
-        assert_eq!(c.telemetry.thermal_zones, vec!["cpu-thermal", "gpu-thermal"]);
+        assert_eq!(
+            c.telemetry.thermal_zones,
+            vec!["cpu-thermal", "gpu-thermal"]
+        );
         assert!(!c.uses_embedded_broker());
     }
 
@@ -617,8 +638,8 @@ mod tests {
 
     #[test]
     fn unknown_key_in_environment_is_rejected() {
-        let e = Config::load_with_env(FileLayer::None, env(&[("SOTAD__MQTT__HOTS", "x")]))
-            .unwrap_err();
+        let e =
+            Config::load_with_env(FileLayer::None, env(&[("SOTAD__MQTT__HOTS", "x")])).unwrap_err();
         assert_eq!(e.key, "mqtt.hots");
         assert_eq!(e.origin, "the environment");
     }
@@ -638,14 +659,34 @@ mod tests {
     fn out_of_range_values_name_key_source_and_range() {
         for (text, key, allowed) in [
             ("[mqtt]\nport = 0\n", "mqtt.port", "1 to 65535"),
-            ("[telemetry]\ninterval_secs = 0\n", "telemetry.interval_secs", "1 to 86400"),
-            ("[mqtt]\nmax_packet_bytes = 10\n", "mqtt.max_packet_bytes", "65536"),
-            ("[mqtt]\nreconnect_min_ms = 5000\nreconnect_max_ms = 100\n", "mqtt.reconnect_max_ms", "5000"),
+            (
+                "[telemetry]\ninterval_secs = 0\n",
+                "telemetry.interval_secs",
+                "1 to 86400",
+            ),
+            (
+                "[mqtt]\nmax_packet_bytes = 10\n",
+                "mqtt.max_packet_bytes",
+                "65536",
+            ),
+            (
+                "[mqtt]\nreconnect_min_ms = 5000\nreconnect_max_ms = 100\n",
+                "mqtt.reconnect_max_ms",
+                "5000",
+            ),
             ("[device]\nid = \"a/b\"\n", "device.id", "A-Z"),
             ("[mqtt]\nprefix = \"a/#\"\n", "mqtt.prefix", "'+'"),
-            ("[broker]\nlisten = \"localhost\"\n", "broker.listen", "address:port"),
+            (
+                "[broker]\nlisten = \"localhost\"\n",
+                "broker.listen",
+                "address:port",
+            ),
             ("[log]\nlevel = \"loud=???\"\n", "log.level", "debug"),
-            ("[mqtt]\npassword = \"x\"\n", "mqtt.password", "mqtt.username"),
+            (
+                "[mqtt]\npassword = \"x\"\n",
+                "mqtt.password",
+                "mqtt.username",
+            ),
         ] {
             let (f, r) = load_file(text);
             let e = r.unwrap_err();

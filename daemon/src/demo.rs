@@ -50,7 +50,10 @@ pub async fn run(mut config: Config, seconds: u64) -> anyhow::Result<()> {
             Ok(Ok(event)) => event,
             Ok(Err(_)) if ping_sent.is_none() => {
                 if daemon.is_finished() {
-                    return Err(daemon.await?.err().unwrap_or_else(|| anyhow::anyhow!("daemon exited")));
+                    return Err(daemon
+                        .await?
+                        .err()
+                        .unwrap_or_else(|| anyhow::anyhow!("daemon exited")));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -61,7 +64,11 @@ pub async fn run(mut config: Config, seconds: u64) -> anyhow::Result<()> {
         let Event::Incoming(Packet::Publish(p)) = event else {
             continue;
         };
-        let suffix = p.topic.strip_prefix(&base).unwrap_or(&p.topic).trim_start_matches('/');
+        let suffix = p
+            .topic
+            .strip_prefix(&base)
+            .unwrap_or(&p.topic)
+            .trim_start_matches('/');
         let text = String::from_utf8_lossy(&p.payload);
         match suffix {
             "status" => {
@@ -69,7 +76,12 @@ pub async fn run(mut config: Config, seconds: u64) -> anyhow::Result<()> {
                 if text == "online" && ping_sent.is_none() {
                     ping_sent = Some(Instant::now());
                     client
-                        .publish(format!("{base}/ping"), QoS::AtLeastOnce, false, r#"{"id":"demo-1"}"#)
+                        .publish(
+                            format!("{base}/ping"),
+                            QoS::AtLeastOnce,
+                            false,
+                            r#"{"id":"demo-1"}"#,
+                        )
                         .await?;
                 }
                 if text == "offline" {
@@ -79,7 +91,9 @@ pub async fn run(mut config: Config, seconds: u64) -> anyhow::Result<()> {
             }
             "capabilities" => println!("  capabilities  {text}"),
             "pong" => {
-                let rtt = ping_sent.map(|t| t.elapsed().as_secs_f64() * 1000.0).unwrap_or(0.0);
+                let rtt = ping_sent
+                    .map(|t| t.elapsed().as_secs_f64() * 1000.0)
+                    .unwrap_or(0.0);
                 println!("  pong          {text}  (round trip {rtt:.1} ms)");
                 telemetry_until = Some(Instant::now() + Duration::from_secs(seconds));
             }
@@ -114,6 +128,8 @@ pub async fn run(mut config: Config, seconds: u64) -> anyhow::Result<()> {
             ping_sent.is_some()
         );
     }
-    println!("demo finished: the daemon answered ping, published telemetry and said offline on exit");
+    println!(
+        "demo finished: the daemon answered ping, published telemetry and said offline on exit"
+    );
     Ok(())
 }

@@ -244,13 +244,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     // Shutdown, in order.
     let timeout = Duration::from_secs(config.service.shutdown_timeout_secs);
-    tracing::info!(timeout_s = timeout.as_secs(), "stopping: no new requests; finishing in-flight work");
+    tracing::info!(
+        timeout_s = timeout.as_secs(),
+        "stopping: no new requests; finishing in-flight work"
+    );
     systemd::stopping();
     intake.cancel();
     let _ = service_task.await;
     tracker.close();
     if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
-        tracing::warn!(timeout_s = timeout.as_secs(), "in-flight requests did not finish in time; cancelled");
+        tracing::warn!(
+            timeout_s = timeout.as_secs(),
+            "in-flight requests did not finish in time; cancelled"
+        );
     }
     let _ = telemetry_task.await;
 
@@ -260,8 +266,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         publisher.status(OFFLINE).await;
         let _ = client.disconnect().await;
     };
-    if tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await.is_err() {
-        tracing::warn!("broker unreachable; could not publish offline (the will reports it once the broker notices)");
+    if tokio::time::timeout(FAREWELL_TIMEOUT, farewell)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "broker unreachable; could not publish offline (the will reports it once the broker notices)"
+        );
     }
     if tokio::time::timeout(FAREWELL_TIMEOUT, connection_task)
         .await

@@ -10,7 +10,11 @@ use sotad::config::{self, Config, FileLayer};
 mod demo;
 
 #[derive(Parser)]
-#[command(name = "sotad", version, about = "On-device voice daemon: hear, think and speak, driven over MQTT")]
+#[command(
+    name = "sotad",
+    version,
+    about = "On-device voice daemon: hear, think and speak, driven over MQTT"
+)]
 struct Cli {
     /// Configuration file (default: /etc/sotad/sotad.toml if it exists).
     #[arg(long, short, global = true, value_name = "PATH")]
@@ -100,7 +104,11 @@ fn main() -> ExitCode {
             };
             // The demo prints its own story; keep the daemon's logs to warnings.
             // rumqttd reports clients it has already dropped as errors at shutdown; hide them here.
-            init_logging(if std::env::var_os("RUST_LOG").is_some() { &config.log.level } else { "warn,rumqttd=off" });
+            init_logging(if std::env::var_os("RUST_LOG").is_some() {
+                &config.log.level
+            } else {
+                "warn,rumqttd=off"
+            });
             match runtime().and_then(|rt| rt.block_on(demo::run(config, seconds))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

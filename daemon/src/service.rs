@@ -97,7 +97,9 @@ impl Service {
         let name = command.name();
         self.metrics.request_received(name);
         let parsed = match command {
-            Command::Ping => request::parse::<PingRequest>(&publish.payload, self.max_request_bytes),
+            Command::Ping => {
+                request::parse::<PingRequest>(&publish.payload, self.max_request_bytes)
+            }
         };
         let request = match parsed {
             Ok(request) => request,
@@ -118,7 +120,12 @@ impl Service {
         };
         if !self.recent.first_time(command, request.id()) {
             self.metrics.mqtt.duplicates.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(command = name, id = request.id(), dup = publish.dup, "redelivered request skipped");
+            tracing::info!(
+                command = name,
+                id = request.id(),
+                dup = publish.dup,
+                "redelivered request skipped"
+            );
             self.publisher.ack(&publish).await;
             return;
         }

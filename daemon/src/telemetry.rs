@@ -158,7 +158,11 @@ impl Metrics {
     }
 
     pub fn set_last_error(&self, error: impl Into<String>) {
-        *self.mqtt.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.into());
+        *self
+            .mqtt
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(error.into());
     }
 
     fn stages_snapshot(&self) -> BTreeMap<String, StageSnapshot> {
@@ -270,7 +274,10 @@ impl Sampler {
             system: SystemSample {
                 load_avg: read_load_avg(),
                 mem_available_bytes: read_mem_available(),
-                temperatures_c: read_temperatures(Path::new("/sys/class/thermal"), &self.thermal_zones),
+                temperatures_c: read_temperatures(
+                    Path::new("/sys/class/thermal"),
+                    &self.thermal_zones,
+                ),
             },
             mqtt: MqttSample {
                 connected: m.connected.load(Ordering::Relaxed),
@@ -279,7 +286,11 @@ impl Sampler {
                 duplicates: m.duplicates.load(Ordering::Relaxed),
                 publish_dropped: m.publish_dropped.load(Ordering::Relaxed),
                 oversized_dropped: m.oversized_dropped.load(Ordering::Relaxed),
-                last_error: m.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                last_error: m
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
             },
             stages: metrics.stages_snapshot(),
             queues: metrics
@@ -414,7 +425,10 @@ mod tests {
         for _ in 0..(2 * LATENCY_WINDOW) {
             metrics.request_done("ping", true, Duration::from_millis(1));
         }
-        let l = metrics.stages_snapshot()["ping"].latency_ms.clone().unwrap();
+        let l = metrics.stages_snapshot()["ping"]
+            .latency_ms
+            .clone()
+            .unwrap();
         assert_eq!((l.samples, l.max), (LATENCY_WINDOW, 1.0));
     }
 
@@ -432,9 +446,13 @@ mod tests {
     #[test]
     fn thermal_zones_are_read_and_filtered() {
         let root = tempfile::tempdir().unwrap();
-        for (i, (kind, temp)) in [("cpu-thermal", "51100"), ("gpu-thermal", "47000"), ("cpu-thermal", "53000")]
-            .iter()
-            .enumerate()
+        for (i, (kind, temp)) in [
+            ("cpu-thermal", "51100"),
+            ("gpu-thermal", "47000"),
+            ("cpu-thermal", "53000"),
+        ]
+        .iter()
+        .enumerate()
         {
             let zone = root.path().join(format!("thermal_zone{i}"));
             std::fs::create_dir(&zone).unwrap();
@@ -445,7 +463,10 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all["cpu-thermal"], 53.0);
         let only = read_temperatures(root.path(), &["gpu-thermal".to_string()]);
-        assert_eq!(only.into_iter().collect::<Vec<_>>(), vec![("gpu-thermal".to_string(), 47.0)]);
+        assert_eq!(
+            only.into_iter().collect::<Vec<_>>(),
+            vec![("gpu-thermal".to_string(), 47.0)]
+        );
         assert!(read_temperatures(Path::new("/nonexistent"), &[]).is_empty());
     }
 

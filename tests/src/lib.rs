@@ -84,6 +84,14 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> anyhow::Result<Mosquitto> {
+        Self::start_with(|_| Ok(String::new()))
+    }
+
+    /// Starts with extra configuration lines for the listener, written by `extra` (which gets
+    /// the broker's directory to put password files or certificates in).
+    pub fn start_with(
+        extra: impl FnOnce(&Path) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Mosquitto> {
         let dir = tempfile::tempdir()?;
         // mosquitto started as root drops to the `mosquitto` user, which must be able to write
         // its persistence file and log here.
@@ -97,11 +105,21 @@ impl Mosquitto {
         let conf = broker.dir.path().join("mosquitto.conf");
         let mut f = std::fs::File::create(&conf)?;
         writeln!(f, "listener {} 127.0.0.1", broker.port)?;
-        writeln!(f, "allow_anonymous true")?;
+        let extra = extra(broker.dir.path())?;
+        if extra.contains("allow_anonymous") {
+            write!(f, "{extra}")?;
+        } else {
+            writeln!(f, "allow_anonymous true")?;
+            write!(f, "{extra}")?;
+        }
         writeln!(f, "persistence true")?;
         writeln!(f, "persistence_location {}/", broker.dir.path().display())?;
         writeln!(f, "autosave_interval 1")?;
-        writeln!(f, "log_dest file {}/mosquitto.log", broker.dir.path().display())?;
+        writeln!(
+            f,
+            "log_dest file {}/mosquitto.log",
+            broker.dir.path().display()
+        )?;
         writeln!(f, "log_type all")?;
         writeln!(f, "max_queued_messages 10000")?;
         broker.spawn()?;
@@ -117,7 +135,7 @@ impl Mosquitto {
             .spawn()
             .context("starting mosquitto (apt-get install mosquitto; scripts/test.sh does)")?;
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10))
+        wait_for_port(self.port, Duration::from_secs(10)).with_context(|| self.log())
     }
 
     /// Stops the broker the way systemd would (SIGTERM: it saves sessions and retained messages).
@@ -158,16 +176,32 @@ pub struct Sotad {
 impl Sotad {
     /// Starts `sotad --config <file> run`, the file holding `config_toml`.
     pub fn start(config_toml: &str, device_id: &str) -> anyhow::Result<Sotad> {
+        Self::start_with_env(config_toml, device_id, &[])
+    }
+
+    /// Like [`Sotad::start`], with extra environment variables (e.g. systemd's NOTIFY_SOCKET).
+    pub fn start_with_env(
+        config_toml: &str,
+        device_id: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Sotad> {
         let dir = tempfile::tempdir()?;
         let conf = dir.path().join("sotad.toml");
         std::fs::write(&conf, config_toml)?;
         let log = std::fs::File::create(dir.path().join("sotad.log"))?;
-        let child = Command::new(sotad_bin())
+        let mut command = Command::new(sotad_bin());
+        command
             .arg("--config")
             .arg(&conf)
             .arg("run")
             .env("RUST_LOG", "info,rumqttd=warn")
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -262,7 +296,24 @@ pub struct TestClient {
 impl TestClient {
     /// Connects as `id`; `persistent` keeps the session (and QoS-1 messages) across reconnects.
     pub async fn connect(port: u16, id: &str, persistent: bool) -> anyhow::Result<TestClient> {
+        Self::connect_options(MqttOptions::new(id, "127.0.0.1", port), persistent).await
+    }
+
+    pub async fn connect_with_credentials(
+        port: u16,
+        id: &str,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<TestClient> {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options.set_credentials(user, password);
+        Self::connect_options(options, false).await
+    }
+
+    async fn connect_options(
+        mut options: MqttOptions,
+        persistent: bool,
+    ) -> anyhow::Result<TestClient> {
         options
             .set_clean_session(!persistent)
             .set_keep_alive(Duration::from_secs(5))
@@ -281,7 +332,9 @@ impl TestClient {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         if !ack.session_present {
                             for filter in resubscribe.1.lock().unwrap().iter() {
-                                let _ = resubscribe.0.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                                let _ = resubscribe
+                                    .0
+                                    .try_subscribe(filter.clone(), QoS::AtLeastOnce);
                             }
                         }
                         let _ = connected_tx.send(());
@@ -345,8 +398,7 @@ impl TestClient {
     ) -> anyhow::Result<serde_json::Value> {
         let p = self
             .expect(topic, timeout, |payload| {
-                serde_json::from_slice::<serde_json::Value>(payload)
-                    .is_ok_and(|v| v["id"] == id)
+                serde_json::from_slice::<serde_json::Value>(payload).is_ok_and(|v| v["id"] == id)
             })
             .await?;
         Ok(serde_json::from_slice(&p.payload)?)

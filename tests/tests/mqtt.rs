@@ -30,11 +30,15 @@ async fn wait_online(client: &mut TestClient, sotad: &Sotad) {
 async fn status_and_capabilities_are_retained_after_start() {
     let broker = Mosquitto::start().unwrap();
     let sotad = Sotad::start(&Sotad::config_for(broker.port, "retained", ""), "retained").unwrap();
-    let mut first = TestClient::connect(broker.port, "t-retained-1", false).await.unwrap();
+    let mut first = TestClient::connect(broker.port, "t-retained-1", false)
+        .await
+        .unwrap();
     wait_online(&mut first, &sotad).await;
 
     // A client that connects later gets both from the broker's retained store.
-    let mut late = TestClient::connect(broker.port, "t-retained-2", false).await.unwrap();
+    let mut late = TestClient::connect(broker.port, "t-retained-2", false)
+        .await
+        .unwrap();
     late.subscribe(&sotad.topic("status")).await.unwrap();
     late.subscribe(&sotad.topic("capabilities")).await.unwrap();
     let status = late
@@ -51,8 +55,18 @@ async fn status_and_capabilities_are_retained_after_start() {
     let caps = json(&caps.payload);
     assert_eq!(caps["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(caps["device_id"], "retained");
-    assert!(caps["commands"].as_array().unwrap().contains(&Value::from("ping")));
-    assert!(caps["features"].as_array().unwrap().contains(&Value::from("persistent_session")));
+    assert!(
+        caps["commands"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("ping"))
+    );
+    assert!(
+        caps["features"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("persistent_session"))
+    );
     assert!(caps["limits"]["max_packet_bytes"].as_u64().unwrap() >= 1_300_000);
 }
 
@@ -60,7 +74,9 @@ async fn status_and_capabilities_are_retained_after_start() {
 async fn telemetry_is_published_periodically() {
     let broker = Mosquitto::start().unwrap();
     let sotad = Sotad::start(&Sotad::config_for(broker.port, "tele", ""), "tele").unwrap();
-    let mut client = TestClient::connect(broker.port, "t-tele", false).await.unwrap();
+    let mut client = TestClient::connect(broker.port, "t-tele", false)
+        .await
+        .unwrap();
     wait_online(&mut client, &sotad).await;
     client.subscribe(&sotad.topic("telemetry")).await.unwrap();
     client.subscribe(&sotad.topic("pong")).await.unwrap();
@@ -68,7 +84,10 @@ async fn telemetry_is_published_periodically() {
         .publish(&sotad.topic("ping"), r#"{"id":"tele-1"}"#)
         .await
         .unwrap();
-    client.expect_id(&sotad.topic("pong"), "tele-1", WAIT).await.unwrap();
+    client
+        .expect_id(&sotad.topic("pong"), "tele-1", WAIT)
+        .await
+        .unwrap();
     // The sample after the ping counts it, with a latency.
     let sample = client
         .expect(&sotad.topic("telemetry"), WAIT, |p| {
@@ -92,7 +111,9 @@ async fn telemetry_is_published_periodically() {
 async fn kill_9_makes_the_broker_publish_offline() {
     let broker = Mosquitto::start().unwrap();
     let mut sotad = Sotad::start(&Sotad::config_for(broker.port, "crash", ""), "crash").unwrap();
-    let mut client = TestClient::connect(broker.port, "t-crash", false).await.unwrap();
+    let mut client = TestClient::connect(broker.port, "t-crash", false)
+        .await
+        .unwrap();
     wait_online(&mut client, &sotad).await;
     sotad.kill9().unwrap();
     let offline = client
@@ -101,9 +122,14 @@ async fn kill_9_makes_the_broker_publish_offline() {
         .expect("the broker publishes the last will after kill -9");
     // The will is retained, so a dashboard that connects later also sees the crash.
     drop(offline);
-    let mut late = TestClient::connect(broker.port, "t-crash-late", false).await.unwrap();
+    let mut late = TestClient::connect(broker.port, "t-crash-late", false)
+        .await
+        .unwrap();
     late.subscribe(&sotad.topic("status")).await.unwrap();
-    let retained = late.expect(&sotad.topic("status"), WAIT, |_| true).await.unwrap();
+    let retained = late
+        .expect(&sotad.topic("status"), WAIT, |_| true)
+        .await
+        .unwrap();
     assert!(retained.retain);
     assert_eq!(&retained.payload[..], b"offline");
 }
@@ -116,25 +142,44 @@ async fn broker_restart_reconnects_and_serves_requests_queued_while_away() {
         .replace("reconnect_min_ms = 100", "reconnect_min_ms = 3000")
         .replace("reconnect_max_ms = 1000", "reconnect_max_ms = 6000");
     let sotad = Sotad::start(&config, "restart").unwrap();
-    let mut client = TestClient::connect(broker.port, "t-restart", true).await.unwrap();
+    let mut client = TestClient::connect(broker.port, "t-restart", true)
+        .await
+        .unwrap();
     wait_online(&mut client, &sotad).await;
     client.subscribe(&sotad.topic("pong")).await.unwrap();
-    client.publish(&sotad.topic("ping"), r#"{"id":"before"}"#).await.unwrap();
-    client.expect_id(&sotad.topic("pong"), "before", WAIT).await.unwrap();
+    client
+        .publish(&sotad.topic("ping"), r#"{"id":"before"}"#)
+        .await
+        .unwrap();
+    client
+        .expect_id(&sotad.topic("pong"), "before", WAIT)
+        .await
+        .unwrap();
 
     broker.restart().unwrap();
     // The test client reconnects within ~50 ms and publishes; sotad is still waiting to retry.
     let published = Instant::now();
-    client.publish(&sotad.topic("ping"), r#"{"id":"while-away"}"#).await.unwrap();
+    client
+        .publish(&sotad.topic("ping"), r#"{"id":"while-away"}"#)
+        .await
+        .unwrap();
     let pong = client
         .expect_id(&sotad.topic("pong"), "while-away", Duration::from_secs(30))
         .await
-        .unwrap_or_else(|e| panic!("{e}\nsotad log:\n{}\nbroker log:\n{}", sotad.log(), broker.log()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nsotad log:\n{}\nbroker log:\n{}",
+                sotad.log(),
+                broker.log()
+            )
+        });
     assert_eq!(pong["version"], env!("CARGO_PKG_VERSION"));
 
     // Prove the order from the broker's own log: the request arrived before sotad reconnected.
     let log = broker.log();
-    let restart_at = log.rfind("mosquitto version").expect("restart in broker log");
+    let restart_at = log
+        .rfind("mosquitto version")
+        .expect("restart in broker log");
     let after = &log[restart_at..];
     let request_at = after
         .find("'sotad/restart/ping'")
@@ -158,7 +203,9 @@ async fn broker_restart_reconnects_and_serves_requests_queued_while_away() {
 async fn malformed_requests_get_errors_and_sotad_keeps_serving() {
     let broker = Mosquitto::start().unwrap();
     let sotad = Sotad::start(&Sotad::config_for(broker.port, "bad", ""), "bad").unwrap();
-    let mut client = TestClient::connect(broker.port, "t-bad", false).await.unwrap();
+    let mut client = TestClient::connect(broker.port, "t-bad", false)
+        .await
+        .unwrap();
     wait_online(&mut client, &sotad).await;
     client.subscribe(&sotad.topic("error")).await.unwrap();
     client.subscribe(&sotad.topic("pong")).await.unwrap();
@@ -166,14 +213,56 @@ async fn malformed_requests_get_errors_and_sotad_keeps_serving() {
 
     let oversized = format!(r#"{{"id":"big","pad":"{}"}}"#, "x".repeat(300 * 1024));
     let cases: Vec<(&str, Vec<u8>, &str, Value, Option<&str>)> = vec![
-        ("not json", b"hello".to_vec(), "invalid_json", Value::Null, None),
-        ("invalid utf-8", b"{\"id\":\"\xff\"}".to_vec(), "invalid_utf8", Value::Null, None),
-        ("wrong type", br#"{"id":42}"#.to_vec(), "invalid_request", Value::Null, Some("id")),
-        ("unknown field", br#"{"id":"u-1","colour":"red"}"#.to_vec(), "invalid_request", Value::from("u-1"), None),
-        ("missing id", br#"{}"#.to_vec(), "invalid_request", Value::Null, Some("id")),
-        ("not an object", br#"["id"]"#.to_vec(), "invalid_request", Value::Null, None),
+        (
+            "not json",
+            b"hello".to_vec(),
+            "invalid_json",
+            Value::Null,
+            None,
+        ),
+        (
+            "invalid utf-8",
+            b"{\"id\":\"\xff\"}".to_vec(),
+            "invalid_utf8",
+            Value::Null,
+            None,
+        ),
+        (
+            "wrong type",
+            br#"{"id":42}"#.to_vec(),
+            "invalid_request",
+            Value::Null,
+            Some("id"),
+        ),
+        (
+            "unknown field",
+            br#"{"id":"u-1","colour":"red"}"#.to_vec(),
+            "invalid_request",
+            Value::from("u-1"),
+            None,
+        ),
+        (
+            "missing id",
+            br#"{}"#.to_vec(),
+            "invalid_request",
+            Value::Null,
+            Some("id"),
+        ),
+        (
+            "not an object",
+            br#"["id"]"#.to_vec(),
+            "invalid_request",
+            Value::Null,
+            None,
+        ),
         ("empty", Vec::new(), "invalid_json", Value::Null, None),
-        ("oversized", oversized.into_bytes(), "payload_too_large", Value::from("big"), None),
+        (
+            "oversized",
+            oversized.into_bytes(),
+            "payload_too_large",
+            Value::from("big"),
+            None,
+        ),
     ];
     for (what, payload, code, id, field) in cases {
         client.publish(&ping, payload).await.unwrap();
@@ -185,7 +274,10 @@ async fn malformed_requests_get_errors_and_sotad_keeps_serving() {
         assert_eq!(error["code"], code, "{what}: {error}");
         assert_eq!(error["id"], id, "{what}: {error}");
         assert_eq!(error["request_topic"], ping.as_str(), "{what}: {error}");
-        assert!(!error["message"].as_str().unwrap_or("").is_empty(), "{what}");
+        assert!(
+            !error["message"].as_str().unwrap_or("").is_empty(),
+            "{what}"
+        );
         if let Some(field) = field {
             assert_eq!(error["field"], field, "{what}: {error}");
         }
@@ -211,7 +303,9 @@ async fn a_message_over_the_packet_limit_is_dropped_and_sotad_recovers() {
         "max_packet_bytes = 65536\nmax_request_bytes = 65536",
     );
     let sotad = Sotad::start(&config, "huge").unwrap();
-    let mut client = TestClient::connect(broker.port, "t-huge", false).await.unwrap();
+    let mut client = TestClient::connect(broker.port, "t-huge", false)
+        .await
+        .unwrap();
     wait_online(&mut client, &sotad).await;
     client.subscribe(&sotad.topic("error")).await.unwrap();
     client.subscribe(&sotad.topic("pong")).await.unwrap();
@@ -228,8 +322,16 @@ async fn a_message_over_the_packet_limit_is_dropped_and_sotad_recovers() {
         .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
     let error = json(&error.payload);
     assert_eq!(error["code"], "connection", "{error}");
-    assert!(error["message"].as_str().unwrap().contains("mqtt.max_packet_bytes"));
-    client.publish(&sotad.topic("ping"), r#"{"id":"after-huge"}"#).await.unwrap();
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("mqtt.max_packet_bytes")
+    );
+    client
+        .publish(&sotad.topic("ping"), r#"{"id":"after-huge"}"#)
+        .await
+        .unwrap();
     client
         .expect_id(&sotad.topic("pong"), "after-huge", WAIT)
         .await
@@ -240,12 +342,16 @@ async fn a_message_over_the_packet_limit_is_dropped_and_sotad_recovers() {
 async fn sigterm_publishes_offline_and_exits_zero_within_the_bound() {
     let broker = Mosquitto::start().unwrap();
     let mut sotad = Sotad::start(&Sotad::config_for(broker.port, "term", ""), "term").unwrap();
-    let mut client = TestClient::connect(broker.port, "t-term", false).await.unwrap();
+    let mut client = TestClient::connect(broker.port, "t-term", false)
+        .await
+        .unwrap();
     wait_online(&mut client, &sotad).await;
     let sent = Instant::now();
     sotad.sigterm();
     // The bound: service.shutdown_timeout_secs (5 by default) plus the 2 s farewell.
-    let status = sotad.wait_exit(Duration::from_secs(8)).expect("exits within the bound");
+    let status = sotad
+        .wait_exit(Duration::from_secs(8))
+        .expect("exits within the bound");
     let took = sent.elapsed();
     assert!(status.success(), "exit status {status:?}");
     client
@@ -274,12 +380,21 @@ async fn the_embedded_broker_serves_clients() {
         }
     };
     client.subscribe(&sotad.topic("status")).await.unwrap();
-    let status = client.expect(&sotad.topic("status"), WAIT, |_| true).await.unwrap();
+    let status = client
+        .expect(&sotad.topic("status"), WAIT, |_| true)
+        .await
+        .unwrap();
     assert_eq!(&status.payload[..], b"online");
     assert!(status.retain);
     client.subscribe(&sotad.topic("pong")).await.unwrap();
-    client.publish(&sotad.topic("ping"), r#"{"id":"emb-1"}"#).await.unwrap();
-    let pong = client.expect_id(&sotad.topic("pong"), "emb-1", WAIT).await.unwrap();
+    client
+        .publish(&sotad.topic("ping"), r#"{"id":"emb-1"}"#)
+        .await
+        .unwrap();
+    let pong = client
+        .expect_id(&sotad.topic("pong"), "emb-1", WAIT)
+        .await
+        .unwrap();
     assert_eq!(pong["device_id"], "embedded");
     sotad.sigterm();
     assert!(sotad.wait_exit(Duration::from_secs(10)).unwrap().success());
@@ -294,7 +409,10 @@ async fn a_busy_port_for_the_embedded_broker_is_a_clear_start_up_error() {
     let status = sotad.wait_exit(WAIT).unwrap();
     assert!(!status.success());
     let log = sotad.log();
-    assert!(log.contains("broker.listen") && log.contains(&port.to_string()), "{log}");
+    assert!(
+        log.contains("broker.listen") && log.contains(&port.to_string()),
+        "{log}"
+    );
 }
 
 /// 20 broker stop/start cycles with QoS-1 pings flowing the whole time: every request is
@@ -304,7 +422,9 @@ async fn soak_broker_restarts_every_request_answered_once() {
     const CYCLES: usize = 20;
     let mut broker = Mosquitto::start().unwrap();
     let sotad = Sotad::start(&Sotad::config_for(broker.port, "soak", ""), "soak").unwrap();
-    let mut client = TestClient::connect(broker.port, "t-soak", true).await.unwrap();
+    let mut client = TestClient::connect(broker.port, "t-soak", true)
+        .await
+        .unwrap();
     wait_online(&mut client, &sotad).await;
     client.subscribe(&sotad.topic("pong")).await.unwrap();
     client.subscribe(&sotad.topic("telemetry")).await.unwrap();
@@ -372,9 +492,17 @@ async fn soak_broker_restarts_every_request_answered_once() {
     let missing: Vec<u64> = (0..total)
         .filter(|n| !replies.contains_key(&format!("soak-{n}")))
         .collect();
-    assert!(missing.is_empty(), "{} of {total} requests unanswered: {missing:?}\n{}", missing.len(), sotad.log());
+    assert!(
+        missing.is_empty(),
+        "{} of {total} requests unanswered: {missing:?}\n{}",
+        missing.len(),
+        sotad.log()
+    );
     let ran_twice: Vec<_> = replies.iter().filter(|(_, r)| r.len() > 1).collect();
-    assert!(ran_twice.is_empty(), "requests run more than once: {ran_twice:?}");
+    assert!(
+        ran_twice.is_empty(),
+        "requests run more than once: {ran_twice:?}"
+    );
 
     // Memory: flat after warm-up (the id memory is bounded; allow allocator noise).
     let (rss_warm, anon_warm) = rss_after_warmup.unwrap();

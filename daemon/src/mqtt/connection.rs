@@ -61,7 +61,12 @@ impl Backoff {
 }
 
 /// Builds the client options: identity, will, limits, credentials and TLS.
-pub fn options(config: &Config, topics: &Topics, host: &str, port: u16) -> anyhow::Result<MqttOptions> {
+pub fn options(
+    config: &Config,
+    topics: &Topics,
+    host: &str,
+    port: u16,
+) -> anyhow::Result<MqttOptions> {
     let m = &config.mqtt;
     let mut options = MqttOptions::new(config.client_id(), host, port);
     options
@@ -70,12 +75,20 @@ pub fn options(config: &Config, topics: &Topics, host: &str, port: u16) -> anyho
         // Leave room for the MQTT header around a payload of the configured size.
         .set_max_packet_size(m.max_packet_bytes + 1024, m.max_packet_bytes + 1024)
         .set_manual_acks(true)
-        .set_last_will(LastWill::new(topics.status(), OFFLINE, QoS::AtLeastOnce, true));
+        .set_last_will(LastWill::new(
+            topics.status(),
+            OFFLINE,
+            QoS::AtLeastOnce,
+            true,
+        ));
     let password = if m.password_file.is_empty() {
         m.password.clone()
     } else {
         let text = std::fs::read_to_string(&m.password_file).map_err(|e| {
-            anyhow::anyhow!("configuration key `mqtt.password_file`: cannot read {}: {e}", m.password_file)
+            anyhow::anyhow!(
+                "configuration key `mqtt.password_file`: cannot read {}: {e}",
+                m.password_file
+            )
         })?;
         text.lines().next().unwrap_or_default().to_string()
     };
@@ -210,7 +223,10 @@ impl Connection {
 
     fn route(&mut self, publish: Publish) {
         let Some(command) = self.publisher.topics().route(&publish.topic) else {
-            tracing::debug!(topic = publish.topic, "message on an unexpected topic ignored");
+            tracing::debug!(
+                topic = publish.topic,
+                "message on an unexpected topic ignored"
+            );
             let publisher = self.publisher.clone();
             tokio::spawn(async move { publisher.ack(&publish).await });
             return;
@@ -250,9 +266,7 @@ impl Connection {
 async fn announce(publisher: Publisher, capabilities: Arc<Vec<u8>>, dropped_oversized: bool) {
     let filters: Vec<_> = Command::ALL
         .into_iter()
-        .map(|c| {
-            rumqttc::SubscribeFilter::new(publisher.topics().request(c), QoS::AtLeastOnce)
-        })
+        .map(|c| rumqttc::SubscribeFilter::new(publisher.topics().request(c), QoS::AtLeastOnce))
         .collect();
     if let Err(e) = publisher.client().subscribe_many(filters).await {
         tracing::warn!(error = %e, "subscribe failed");
@@ -281,7 +295,11 @@ mod tests {
         let delays: Vec<u128> = (0..8).map(|_| b.next_delay().as_millis()).collect();
         for (i, d) in delays.iter().enumerate() {
             let full = (100u128 << i).min(1000);
-            assert!(*d >= full / 2 && *d <= full, "attempt {i}: {d} ms not in [{}, {full}]", full / 2);
+            assert!(
+                *d >= full / 2 && *d <= full,
+                "attempt {i}: {d} ms not in [{}, {full}]",
+                full / 2
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

@@ -51,7 +51,11 @@ impl Publisher {
                 return;
             }
         };
-        if let Err(e) = self.client.publish(topic.clone(), qos, retain, payload).await {
+        if let Err(e) = self
+            .client
+            .publish(topic.clone(), qos, retain, payload)
+            .await
+        {
             // Only fails when the event loop is gone, i.e. during shutdown.
             tracing::warn!(topic, error = %e, "publish failed");
         }

@@ -175,9 +175,7 @@ pub fn parse<R: Request>(payload: &[u8], max_bytes: usize) -> Result<R, RequestE
             return Err(RequestError::new(
                 None,
                 ErrorCode::InvalidRequest,
-                format!(
-                    "field `id` must be 1 to {MAX_ID_BYTES} bytes without control characters"
-                ),
+                format!("field `id` must be 1 to {MAX_ID_BYTES} bytes without control characters"),
             )
             .with_field("id"));
         }
@@ -243,7 +241,10 @@ mod tests {
     #[test]
     fn missing_and_mistyped_id() {
         let e = err(br#"{"x":1}"#);
-        assert_eq!((e.code, e.field.as_deref(), e.id), (ErrorCode::InvalidRequest, Some("id"), None));
+        assert_eq!(
+            (e.code, e.field.as_deref(), e.id),
+            (ErrorCode::InvalidRequest, Some("id"), None)
+        );
         let e = err(br#"{"id":5}"#);
         assert_eq!(e.field.as_deref(), Some("id"));
         assert!(e.message.contains("a number"), "{}", e.message);
@@ -287,7 +288,12 @@ mod tests {
     fn arbitrary_bytes_never_panic() {
         // A deterministic xorshift over mutations of valid and invalid payloads; the cargo-fuzz
         // target (fuzz/fuzz_targets/request.rs) explores further.
-        let seeds: [&[u8]; 4] = [br#"{"id":"a"}"#, br#"{"id":["x"],"a":{"b":null}}"#, b"\xff\xfe", b"[[[[[["];
+        let seeds: [&[u8]; 4] = [
+            br#"{"id":"a"}"#,
+            br#"{"id":["x"],"a":{"b":null}}"#,
+            b"\xff\xfe",
+            b"[[[[[[",
+        ];
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         for i in 0..20_000 {
             let mut bytes = seeds[i % seeds.len()].to_vec();
