@@ -21,7 +21,10 @@ esac
 
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="${CPU:+-C target-cpu=$CPU}"
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu ${QEMU_CPU:-cortex-a72}"
+# No `-L /usr/aarch64-linux-gnu`: that sysroot's ld.so (libc6-arm64-cross) would load the
+# multiarch libc6:arm64 from /lib/aarch64-linux-gnu, a different glibc build, and the pair
+# deadlocks in pthread_create. Without -L, qemu runs the multiarch ld.so and libc together.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -cpu ${QEMU_CPU:-cortex-a72}"
 # C parts (alsa-sys, aws-lc-sys): the cross gcc, and pkg-config pointed at the arm64 libraries.
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar

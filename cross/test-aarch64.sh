@@ -16,6 +16,6 @@ echo "== aarch64: building tests (release)"
 "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --lib --tests --no-run
 for cpu in "${cores[@]}"; do
   echo "== aarch64 tests under qemu -cpu $cpu"
-  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu $cpu"
+  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -cpu $cpu"
   "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --lib --tests
 done

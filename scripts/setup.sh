@@ -14,9 +14,10 @@ SUDO=
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
 
 # gcc for crates with C parts (aws-lc for TLS), ALSA headers, the broker and clients that
-# the tests run, openssl for the TLS test's certificates.
+# the tests run, openssl for the TLS test's certificates, espeak-ng (GPL, run as a separate
+# program) for phonemes.
 PACKAGES=(build-essential pkg-config cmake libasound2-dev mosquitto mosquitto-clients
-          openssl ca-certificates python3 curl)
+          openssl ca-certificates python3 curl espeak-ng)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

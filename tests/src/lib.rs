@@ -248,6 +248,18 @@ impl Sotad {
         Ok(status)
     }
 
+    /// Waits `for_` and fails if sotad exited meanwhile: a refused connection must be retried,
+    /// never fatal. Returns the log so far.
+    pub async fn assert_still_running_after(&mut self, for_: Duration) -> String {
+        tokio::time::sleep(for_).await;
+        assert!(
+            self.wait_exit(Duration::from_millis(10)).is_err(),
+            "sotad must keep running\n{}",
+            self.log()
+        );
+        self.log()
+    }
+
     /// Resident set size from /proc, in KiB: (total, anonymous).
     pub fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;

@@ -69,12 +69,9 @@ async fn credentials_are_sent_and_a_wrong_password_is_retried_not_fatal() {
         "username = \"robot\"\npassword = \"nope\"",
     );
     let mut sotad3 = Sotad::start(&bad, "badauth").unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        sotad3.wait_exit(Duration::from_millis(10)).is_err(),
-        "sotad must keep running"
-    );
-    let log = sotad3.log();
+    let log = sotad3
+        .assert_still_running_after(Duration::from_secs(2))
+        .await;
     assert!(
         log.contains("NotAuthorized") || log.contains("BadUserNamePassword"),
         "{log}"
@@ -213,12 +210,9 @@ async fn tls_with_the_configured_ca_and_an_untrusted_ca_is_retried() {
             "/etc/ssl/certs/ca-certificates.crt",
         );
     let mut refused = Sotad::start(&untrusted, "tls-untrusted").unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        refused.wait_exit(Duration::from_millis(10)).is_err(),
-        "sotad must keep running"
-    );
-    let log = refused.log();
+    let log = refused
+        .assert_still_running_after(Duration::from_secs(2))
+        .await;
     assert!(
         log.contains("reconnecting") && log.to_lowercase().contains("certificate"),
         "{log}"
