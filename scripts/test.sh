@@ -4,8 +4,9 @@
 # test.sh — set up a Debian 12 machine and run sotad's whole test suite.
 # This is the README's test command, and what CI (.ci/run) runs.
 #
-# One release build serves everything: the daemon binary that the integration tests start,
-# and the test harnesses (which share its compiled dependencies).
+# One release build serves everything on x86: the daemon binary that the integration tests
+# start, and the test harnesses (which share its compiled dependencies). Then one aarch64
+# release build of the engines' and daemon's unit tests, run under qemu on two cores.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,3 +17,6 @@ echo "== build (release)"
 cargo build --release --locked -p sotad
 echo "== tests"
 cargo test --release --locked --workspace
+
+echo "== aarch64: cross build, and the engines' and daemon's unit tests under qemu (Pi 4 and Pi 5 cores)"
+cross/test-aarch64.sh cortex-a72 cortex-a76
