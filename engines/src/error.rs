@@ -32,6 +32,35 @@ pub enum Error {
     /// Boxed so that `Result<T, Error>` stays small on the happy path.
     #[error(transparent)]
     Gguf(Box<GgufError>),
+
+    /// A WAV file is malformed or uses an encoding the reader does not support.
+    #[error(transparent)]
+    Wav(Box<crate::audio::WavError>),
+
+    /// Audio could not be resampled.
+    #[error(
+        "cannot resample {channels}-channel audio from {from_rate} Hz to {to_rate} Hz: {reason}"
+    )]
+    Resample {
+        /// Input sample rate.
+        from_rate: u32,
+        /// Requested output sample rate.
+        to_rate: u32,
+        /// Number of channels.
+        channels: usize,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A CTranslate2 model directory (`model.bin`, `config.json`, `vocabulary.txt`) is
+    /// malformed, unsupported, or lacks a variable the model needs.
+    #[error(transparent)]
+    Ct2(Box<crate::stt::ct2::Ct2Error>),
+
+    /// A text-to-speech model (ONNX graph, Piper voice config) is malformed, unsupported, or
+    /// lacks a parameter the VITS architecture needs.
+    #[error(transparent)]
+    Tts(Box<crate::tts::TtsError>),
 }
 
 impl Error {
@@ -39,7 +68,7 @@ impl Error {
     pub fn as_gguf(&self) -> Option<&GgufError> {
         match self {
             Error::Gguf(e) => Some(e),
-            Error::Io { .. } => None,
+            _ => None,
         }
     }
 }

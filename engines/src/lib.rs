@@ -4,7 +4,10 @@
 //! The daemon drives these engines from dedicated worker threads; tests and benchmarks
 //! drive them directly from files, on any target (including aarch64 under qemu).
 
+pub mod audio;
 pub mod error;
 pub mod gguf;
+pub mod stt;
+pub mod tts;
 
 pub use error::{Error, Result};
