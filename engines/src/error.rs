@@ -61,6 +61,11 @@ pub enum Error {
     /// lacks a parameter the VITS architecture needs.
     #[error(transparent)]
     Tts(Box<crate::tts::TtsError>),
+
+    /// Quantized weights or activations that the kernels cannot use: an unsupported type, a
+    /// row that is not a whole number of blocks, or a buffer of the wrong length.
+    #[error(transparent)]
+    Quant(Box<crate::quant::QuantError>),
 }
 
 impl Error {

@@ -7,6 +7,7 @@
 pub mod audio;
 pub mod error;
 pub mod gguf;
+pub mod quant;
 pub mod stt;
 pub mod tts;
 

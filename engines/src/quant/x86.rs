@@ -1,0 +1,521 @@
+//! x86_64 kernels: AVX2 with FMA and F16C, selected at run time.
+//!
+//! Every kernel computes `N` dot products (one weight row against `N` activation rows) at
+//! once, so that the weight block, once loaded and unpacked into registers, is reused across
+//! the activation rows of a prefill batch; `N = 1` is the plain vector dot product.
+//!
+//! The integer core of each format is `_mm256_maddubs_epi16` (unsigned × signed bytes into
+//! 16-bit pairs) followed by `_mm256_madd_epi16` (into 32-bit lanes). Signed weights go
+//! through the usual sign transfer: `|w| · (x · sign(w))`, which needs activations in
+//! −127..=127 (our quantizers never produce −128). Neither step can overflow for any input:
+//! the largest pair sum is 2·128·127 = 32512.
+//!
+//! Float accumulation: 32-element formats accumulate `d_w·d_x` times the eight 32-bit lanes
+//! in eight f32 lanes and add them up at the end, so the result differs from the scalar
+//! reference by rounding only. The k-quants reduce each super-block to one exact integer and
+//! fold it in with [`k_accumulate`], exactly like the scalar code, so they match it bit for
+//! bit.
+
+// Rust 1.87 made most intrinsics safe to call from functions with matching target features;
+// the crate's minimum version (1.85) still needs the `unsafe` blocks, which newer compilers
+// then report as unnecessary.
+#![allow(unused_unsafe)]
+
+use std::arch::x86_64::*;
+
+use super::layout::*;
+use crate::gguf::GgmlType;
+
+/// Whether this CPU can run these kernels (AVX2, FMA and F16C, detected at run time).
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// `N` dot products of the weight row `w` (`nb` blocks of `ty`) with the activation rows `xs`.
+///
+/// # Panics
+///
+/// If the CPU lacks AVX2, FMA or F16C, or the lengths do not match (see
+/// [`check_dot_lengths`]).
+pub(super) fn dot<const N: usize>(ty: GgmlType, nb: usize, w: &[u8], xs: [&[u8]; N]) -> [f32; N] {
+    assert!(
+        available(),
+        "AVX2/FMA/F16C kernels called on a CPU without them"
+    );
+    check_dot_lengths(ty, nb, w, &xs);
+    let xp = xs.map(<[u8]>::as_ptr);
+    let wp = w.as_ptr();
+    // SAFETY: the CPU features these functions enable were detected just above, and
+    // `check_dot_lengths` proved that `w` holds `nb` blocks of `ty` and every `xs[j]` `nb`
+    // blocks of its activation type, which is exactly what each kernel reads.
+    unsafe {
+        match ty {
+            GgmlType::Q4_0 => q4_0::<N>(wp, xp, nb),
+            GgmlType::Q4_1 => q4_1::<N>(wp, xp, nb),
+            GgmlType::Q5_0 => q5_0::<N>(wp, xp, nb),
+            GgmlType::Q5_1 => q5_1::<N>(wp, xp, nb),
+            GgmlType::Q8_0 => q8_0::<N>(wp, xp, nb),
+            GgmlType::Q4_K => q4_k::<N>(wp, xp, nb),
+            GgmlType::Q5_K => q5_k::<N>(wp, xp, nb),
+            GgmlType::Q6_K => q6_k::<N>(wp, xp, nb),
+            other => unreachable!("check_dot_lengths accepted {other}"),
+        }
+    }
+}
+
+// ----- helpers -----------------------------------------------------------------------------
+
+/// Widens the two f16 at `p` (bytes 0-3) with F16C: lanes 0 and 1 (lanes 2 and 3 are 0).
+///
+/// Loading the four bytes with `movd` writes the whole register. (Converting a single f16
+/// from a scalar made LLVM insert it into whatever register was at hand, here the running
+/// sum, and the false dependency serialized the whole loop: 2.5x slower.)
+///
+/// # Safety
+///
+/// `p` must be valid for reading 4 bytes; the CPU must have F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16x2(p: *const u8) -> __m128 {
+    // SAFETY: the caller guarantees four readable bytes; F16C is enabled on this function.
+    unsafe { _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned())) }
+}
+
+/// The f16 at `p`, widened and broadcast to eight lanes.
+///
+/// Broadcasting before converting keeps every lane in use, so the load is a full-register
+/// `vpbroadcastw` (see [`f16x2`] for what happens otherwise).
+///
+/// # Safety
+///
+/// `p` must be valid for reading 2 bytes; the CPU must have AVX2 and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16x8(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees two readable bytes; AVX2 and F16C are enabled.
+    unsafe { _mm256_cvtph_ps(_mm_set1_epi16(p.cast::<i16>().read_unaligned())) }
+}
+
+/// Reads the little-endian f32 at `p`.
+///
+/// # Safety
+///
+/// `p` must be valid for reading 4 bytes.
+#[inline]
+unsafe fn f32_at_ptr(p: *const u8) -> f32 {
+    // SAFETY: guaranteed by the caller; x86_64 is little-endian.
+    unsafe { p.cast::<f32>().read_unaligned() }
+}
+
+/// Loads 32 bytes from `p`.
+///
+/// # Safety
+///
+/// `p` must be valid for reading 32 bytes; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load32(p: *const u8) -> __m256i {
+    // SAFETY: guaranteed by the caller; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p.cast()) }
+}
+
+/// Horizontal sum of eight f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_f32(v: __m256) -> f32 {
+    // SAFETY: register-only intrinsics; AVX2 is enabled on this function.
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// Horizontal sum of eight i32 lanes (exact: callers' sums fit in i32).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    // SAFETY: register-only intrinsics; AVX2 is enabled on this function.
+    unsafe {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01));
+        _mm_cvtsi128_si32(s)
+    }
+}
+
+/// Σ of unsigned bytes `a` times signed bytes `b`, in eight i32 lanes (each lane the sum of
+/// four products).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_u8_i8(a: __m256i, b: __m256i) -> __m256i {
+    // SAFETY: register-only intrinsics; AVX2 is enabled on this function.
+    unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)) }
+}
+
+/// The 16 bytes at `p` split into 32 nibbles: low nibbles in bytes 0-15, high in 16-31.
+///
+/// # Safety
+///
+/// `p` must be valid for reading 16 bytes; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let q = _mm_loadu_si128(p.cast());
+        let m = _mm_set1_epi8(0x0f);
+        let lo = _mm_and_si128(q, m);
+        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m);
+        _mm256_set_m128i(hi, lo)
+    }
+}
+
+/// Byte `j` is 0x10 if bit `j` of the little-endian u32 at `p` is set, else 0: the fifth bits
+/// of a Q5_0 / Q5_1 block, in element order.
+///
+/// # Safety
+///
+/// `p` must be valid for reading 4 bytes; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fifth_bits(p: *const u8) -> __m256i {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let qh = p.cast::<u32>().read_unaligned();
+        // Copy byte k of qh to bytes 8k..8k+8 (the shuffle works within each 128-bit half,
+        // and both halves hold the broadcast word), then test one bit per byte.
+        let v = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(qh as i32),
+            _mm256_setr_epi64x(
+                0,
+                0x0101_0101_0101_0101,
+                0x0202_0202_0202_0202,
+                0x0303_0303_0303_0303,
+            ),
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    }
+}
+
+/// The activation block at `xp[j] + offset`.
+///
+/// # Safety
+///
+/// The caller guarantees the offset is inside row `j`.
+#[inline(always)]
+unsafe fn at<const N: usize>(xp: &[*const u8; N], j: usize, offset: usize) -> *const u8 {
+    // SAFETY: guaranteed by the caller.
+    unsafe { xp[j].add(offset) }
+}
+
+// ----- 32-element formats ------------------------------------------------------------------
+
+/// Signed weights (Q4_0, Q5_0, Q8_0) against Q8_0 activations; `unpack` turns a weight block
+/// into 32 signed bytes.
+///
+/// # Safety
+///
+/// `wp` must point to `nb` blocks of `w_bytes` bytes and each `xp[j]` to `nb` Q8_0 blocks;
+/// the CPU must have AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn signed_q8_0<const N: usize>(
+    wp: *const u8,
+    xp: [*const u8; N],
+    nb: usize,
+    w_bytes: usize,
+    unpack: impl Fn(*const u8) -> __m256i,
+) -> [f32; N] {
+    // SAFETY: every pointer below stays inside block `i < nb` of its row (caller's contract).
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for i in 0..nb {
+            let wb = wp.add(i * w_bytes);
+            let dw = f16x8(wb);
+            let q = unpack(wb);
+            let q_abs = _mm256_sign_epi8(q, q);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let xb = at(&xp, j, i * Q8_0_BYTES);
+                let y = _mm256_sign_epi8(load32(xb.add(2)), q);
+                let p = _mm256_cvtepi32_ps(dot_u8_i8(q_abs, y));
+                *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, f16x8(xb)), p, *acc);
+            }
+        }
+        let mut out = [0.0; N];
+        for (o, acc) in out.iter_mut().zip(acc) {
+            *o = hsum_f32(acc);
+        }
+        out
+    }
+}
+
+/// Unsigned weights with a minimum (Q4_1, Q5_1) against Q8_1 activations: `unpack` gives 32
+/// unsigned values; the minimum term is `m_w · s_x`.
+///
+/// # Safety
+///
+/// As [`signed_q8_0`], with Q8_1 activations.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unsigned_q8_1<const N: usize>(
+    wp: *const u8,
+    xp: [*const u8; N],
+    nb: usize,
+    w_bytes: usize,
+    unpack: impl Fn(*const u8) -> __m256i,
+) -> [f32; N] {
+    // SAFETY: every pointer below stays inside block `i < nb` of its row (caller's contract).
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); N];
+        // Lane 1 accumulates the minimum terms m_w·s_x (lane 0 is unused).
+        let mut mins = [_mm_setzero_ps(); N];
+        for i in 0..nb {
+            let wb = wp.add(i * w_bytes);
+            let dm = f16x2(wb); // (d_w, m_w)
+            let q = unpack(wb);
+            for j in 0..N {
+                let xb = at(&xp, j, i * Q8_1_BYTES);
+                let p = _mm256_cvtepi32_ps(dot_u8_i8(q, load32(xb.add(4))));
+                let prod = _mm_mul_ps(dm, f16x2(xb)); // (d_w·d_x, m_w·s_x)
+                acc[j] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), p, acc[j]);
+                mins[j] = _mm_add_ps(mins[j], prod);
+            }
+        }
+        let mut out = [0.0; N];
+        for j in 0..N {
+            out[j] = hsum_f32(acc[j]) + _mm_cvtss_f32(_mm_movehdup_ps(mins[j]));
+        }
+        out
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
+    // SAFETY: forwarded contract; the closure reads bytes 2..18 of a block.
+    unsafe {
+        signed_q8_0(wp, xp, nb, Q4_0_BYTES, |wb| {
+            _mm256_sub_epi8(nibbles(wb.add(2)), _mm256_set1_epi8(8))
+        })
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
+    // SAFETY: forwarded contract; the closure reads bytes 2..22 of a block.
+    unsafe {
+        signed_q8_0(wp, xp, nb, Q5_0_BYTES, |wb| {
+            let q = _mm256_or_si256(nibbles(wb.add(6)), fifth_bits(wb.add(2)));
+            _mm256_sub_epi8(q, _mm256_set1_epi8(16))
+        })
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
+    // SAFETY: forwarded contract; the closure reads bytes 2..34 of a block.
+    unsafe { signed_q8_0(wp, xp, nb, Q8_0_BYTES, |wb| load32(wb.add(2))) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
+    // SAFETY: forwarded contract; the closure reads bytes 4..20 of a block.
+    unsafe { unsigned_q8_1(wp, xp, nb, Q4_1_BYTES, |wb| nibbles(wb.add(4))) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_1<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
+    // SAFETY: forwarded contract; the closure reads bytes 4..24 of a block.
+    unsafe {
+        unsigned_q8_1(wp, xp, nb, Q5_1_BYTES, |wb| {
+            _mm256_or_si256(nibbles(wb.add(8)), fifth_bits(wb.add(4)))
+        })
+    }
+}
+
+// ----- k-quants ----------------------------------------------------------------------------
+
+/// `Σ_s min_s · (bsum_2s + bsum_2s+1)` for the Q8_K block at `xb`.
+///
+/// # Safety
+///
+/// `xb` must point to a whole Q8_K block; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k_min_term(xb: *const u8, mins_pairs: __m256i) -> i32 {
+    // SAFETY: the bsums are the last 32 bytes of the block.
+    unsafe { hsum_i32(_mm256_madd_epi16(load32(xb.add(Q8_K_BSUMS)), mins_pairs)) }
+}
+
+/// The eight 6-bit minimums as sixteen i16 lanes, each repeated twice (lanes 2s and 2s+1
+/// hold min s), to pair with the sixteen Q8_K block sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mins_pairs(mn: &[u8; 8]) -> __m256i {
+    // SAFETY: `mn` is 8 readable bytes.
+    unsafe {
+        let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(mn.as_ptr().cast()));
+        _mm256_or_si256(v, _mm256_slli_epi32(v, 16))
+    }
+}
+
+/// Q4_K and Q5_K against Q8_K. `unpack(wb, c)` returns the two sub-blocks of 64-element
+/// chunk `c` as unsigned bytes (sub-block `2c`, then `2c+1`).
+///
+/// # Safety
+///
+/// `wp` must point to `nb` super-blocks of `w_bytes` bytes and each `xp[j]` to `nb` Q8_K
+/// blocks; the CPU must have AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k_with_mins<const N: usize>(
+    wp: *const u8,
+    xp: [*const u8; N],
+    nb: usize,
+    w_bytes: usize,
+    unpack: impl Fn(*const u8, usize) -> (__m256i, __m256i),
+) -> [f32; N] {
+    // SAFETY: every pointer below stays inside super-block `i < nb` of its row.
+    unsafe {
+        let mut sums = [0.0f32; N];
+        for i in 0..nb {
+            let wb = wp.add(i * w_bytes);
+            let scales = &*wb.add(K_SCALES).cast::<[u8; 12]>();
+            let (sc, mn) = k_scales_mins(scales);
+            let mut acc = [_mm256_setzero_si256(); N];
+            for c in 0..4 {
+                let (lo, hi) = unpack(wb, c);
+                let s_lo = _mm256_set1_epi16(i16::from(sc[2 * c]));
+                let s_hi = _mm256_set1_epi16(i16::from(sc[2 * c + 1]));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let y = at(&xp, j, i * Q8_K_BYTES + Q8_K_QS + 64 * c);
+                    let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load32(y)), s_lo);
+                    let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load32(y.add(32))), s_hi);
+                    *acc = _mm256_add_epi32(*acc, _mm256_add_epi32(p_lo, p_hi));
+                }
+            }
+            let pairs = mins_pairs(&mn);
+            let d_dmin = f16x2(wb); // (d, dmin)
+            for j in 0..N {
+                let xb = at(&xp, j, i * Q8_K_BYTES);
+                let d = _mm_mul_ps(d_dmin, _mm_set1_ps(f32_at_ptr(xb)));
+                let (d, dmin) = (_mm_cvtss_f32(d), _mm_cvtss_f32(_mm_movehdup_ps(d)));
+                let imin = k_min_term(xb, pairs);
+                sums[j] = k_accumulate(sums[j], d, hsum_i32(acc[j]), dmin, imin);
+            }
+        }
+        sums
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
+    // SAFETY: forwarded contract; the closure reads 32 bytes of `qs` per chunk.
+    unsafe {
+        k_with_mins(wp, xp, nb, Q4_K_BYTES, |wb, c| {
+            let q = load32(wb.add(Q4_K_QS + 32 * c));
+            let m = _mm256_set1_epi8(0x0f);
+            (
+                _mm256_and_si256(q, m),
+                _mm256_and_si256(_mm256_srli_epi16(q, 4), m),
+            )
+        })
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
+    // SAFETY: forwarded contract; the closure reads 32 bytes of `qs` and the 32 of `qh`.
+    unsafe {
+        k_with_mins(wp, xp, nb, Q5_K_BYTES, |wb, c| {
+            let q = load32(wb.add(Q5_K_QS + 32 * c));
+            // Bits 2c and 2c+1 of each qh byte are the fifth bits of sub-blocks 2c and 2c+1.
+            // After a 16-bit shift right by 2c (c <= 3) they are bits 0 and 1 of their byte;
+            // bits arriving from the neighbouring byte land in bits 8-2c..7, never below 2.
+            // The left shifts then move bit 0 / bit 1 to bit 4 within the byte.
+            let h = _mm256_srl_epi16(load32(wb.add(Q5_K_QH)), _mm_cvtsi32_si128(2 * c as i32));
+            let m = _mm256_set1_epi8(0x0f);
+            let b4 = _mm256_set1_epi8(0x10);
+            let lo = _mm256_or_si256(
+                _mm256_and_si256(q, m),
+                _mm256_and_si256(_mm256_slli_epi16(h, 4), b4),
+            );
+            let hi = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(q, 4), m),
+                _mm256_and_si256(_mm256_slli_epi16(h, 3), b4),
+            );
+            (lo, hi)
+        })
+    }
+}
+
+/// Q6_K against Q8_K. The six-bit values are used unsigned (0..=63) with `maddubs`; the −32
+/// offset is applied once per super-block through the Q8_K block sums:
+/// `Σ_g s_g Σ (q−32)·y = Σ_g s_g Σ q·y − 32 Σ_g s_g·bsum_g`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
+    // SAFETY: every pointer below stays inside super-block `i < nb` of its row.
+    unsafe {
+        let mut sums = [0.0f32; N];
+        let m4 = _mm256_set1_epi8(0x0f);
+        let m2 = _mm256_set1_epi8(0x30);
+        for i in 0..nb {
+            let wb = wp.add(i * Q6_K_BYTES);
+            let sc = &*wb.add(Q6_K_SCALES).cast::<[i8; 16]>();
+            let mut acc = [_mm256_setzero_si256(); N];
+            for half in 0..2 {
+                let ql0 = load32(wb.add(64 * half));
+                let ql1 = load32(wb.add(64 * half + 32));
+                let qh = load32(wb.add(Q6_K_QH + 32 * half));
+                // Bits 4-5 of each value come from bit pairs 0-1, 2-3, 4-5, 6-7 of qh; the
+                // 16-bit shifts move them within the byte (spill-over is masked off).
+                let q = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                        _mm256_and_si256(qh, m2),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
+                    ),
+                ];
+                for (k, q) in q.into_iter().enumerate() {
+                    // 32 values = groups 8·half + 2k (bytes 0-15) and + 1 (bytes 16-31).
+                    let g = 8 * half + 2 * k;
+                    let s = _mm256_set_m128i(
+                        _mm_set1_epi16(i16::from(sc[g + 1])),
+                        _mm_set1_epi16(i16::from(sc[g])),
+                    );
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let y = at(&xp, j, i * Q8_K_BYTES + Q8_K_QS + 128 * half + 32 * k);
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load32(y)), s);
+                        *acc = _mm256_add_epi32(*acc, p);
+                    }
+                }
+            }
+            let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr().cast()));
+            // d is the last field: read it with the scale byte pair before it (lane 1).
+            let dw = _mm_cvtss_f32(_mm_movehdup_ps(f16x2(wb.add(Q6_K_D - 2))));
+            for j in 0..N {
+                let xb = at(&xp, j, i * Q8_K_BYTES);
+                let offset = hsum_i32(_mm256_madd_epi16(load32(xb.add(Q8_K_BSUMS)), scales16));
+                let isum = hsum_i32(acc[j]) - 32 * offset;
+                sums[j] = k_accumulate(sums[j], dw * f32_at_ptr(xb), isum, 0.0, 0);
+            }
+        }
+        sums
+    }
+}
