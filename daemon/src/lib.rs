@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::mqtt::dedup::RecentIds;
 use crate::mqtt::outbound::OFFLINE;
 use crate::mqtt::{Backoff, Command, Connection, Publisher, Topics};
 use crate::service::Service;
@@ -202,16 +203,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let connection_task = tokio::spawn(connection.run());
 
-    let service = Service::new(
-        inbound_rx,
-        publisher.clone(),
-        metrics.clone(),
-        config.mqtt.max_request_bytes,
-        device_id.clone(),
-        tracker.clone(),
-        intake.clone(),
-        config.mqtt.persistent_session,
-    );
+    let service = Service {
+        inbound: inbound_rx,
+        publisher: publisher.clone(),
+        metrics: metrics.clone(),
+        recent: RecentIds::new(service::REMEMBERED_IDS),
+        max_request_bytes: config.mqtt.max_request_bytes,
+        device_id: device_id.clone(),
+        tracker: tracker.clone(),
+        intake: intake.clone(),
+        persistent_session: config.mqtt.persistent_session,
+    };
     let service_task = tokio::spawn(service.run());
 
     let telemetry_task = tokio::spawn(telemetry_loop(

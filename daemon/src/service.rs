@@ -19,7 +19,7 @@ use crate::mqtt::{Command, Inbound, Publisher};
 use crate::telemetry::Metrics;
 
 /// How many request ids are remembered to recognize redeliveries.
-const REMEMBERED_IDS: usize = 4096;
+pub const REMEMBERED_IDS: usize = 4096;
 
 pub struct Service {
     /// Requests routed by the connection task.
@@ -40,29 +40,6 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(
-        inbound: mpsc::Receiver<Inbound>,
-        publisher: Publisher,
-        metrics: Arc<Metrics>,
-        max_request_bytes: usize,
-        device_id: String,
-        tracker: TaskTracker,
-        intake: CancellationToken,
-        persistent_session: bool,
-    ) -> Service {
-        Service {
-            inbound,
-            publisher,
-            metrics,
-            recent: RecentIds::new(REMEMBERED_IDS),
-            max_request_bytes,
-            device_id,
-            tracker,
-            intake,
-            persistent_session,
-        }
-    }
-
     pub async fn run(mut self) {
         loop {
             let inbound = tokio::select! {

@@ -220,7 +220,9 @@ async fn malformed_requests_get_errors_and_sotad_keeps_serving() {
     let ping = sotad.topic("ping");
 
     let oversized = format!(r#"{{"id":"big","pad":"{}"}}"#, "x".repeat(300 * 1024));
-    let cases: Vec<(&str, Vec<u8>, &str, Value, Option<&str>)> = vec![
+    // (what, payload, expected code, expected id, expected field)
+    type Case<'a> = (&'a str, Vec<u8>, &'a str, Value, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "not json",
             b"hello".to_vec(),
