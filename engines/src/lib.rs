@@ -7,6 +7,7 @@
 pub mod audio;
 pub mod error;
 pub mod gguf;
+mod mapped;
 pub mod quant;
 pub mod stt;
 pub mod tts;

@@ -66,11 +66,10 @@ mod value;
 pub mod writer;
 
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use crate::mapped::Backing;
 
 pub use self::types::{GgmlType, QK_K, ValueType};
 pub use self::value::{ArrayIter, ArrayValue, MAX_ARRAY_DEPTH, Value};
@@ -78,7 +77,7 @@ pub use self::writer::{GgufWriter, MetaArray, MetaValue};
 pub use crate::error::{GgufError, GgufErrorKind, GgufSubject};
 
 use self::parse::Header;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Alignment of tensor data when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
@@ -88,21 +87,6 @@ pub const MAX_DIMS: u32 = 4;
 pub const ALIGNMENT_KEY: &str = "general.alignment";
 /// Metadata key holding the model architecture (`llama`, `qwen2`, ...).
 pub const ARCHITECTURE_KEY: &str = "general.architecture";
-
-/// Where the file's bytes live.
-enum Backing {
-    Mmap(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Backing {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Backing::Mmap(m) => m,
-            Backing::Owned(v) => v,
-        }
-    }
-}
 
 struct Inner {
     backing: Backing,
@@ -125,18 +109,7 @@ impl GgufFile {
     /// memory-mapped model file; model files are treated as read-only).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let io_err = |action, source| Error::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        };
-        let file = File::open(path).map_err(|e| io_err("open", e))?;
-        // SAFETY: the mapping is read-only and only ever viewed as `&[u8]`. Undefined
-        // behaviour would require another process to truncate or rewrite the file while it
-        // is mapped, which the daemon's model directory does not do (models are replaced by
-        // renaming a new file into place, which leaves existing mappings intact).
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| io_err("memory-map", e))?;
-        Self::from_backing(Backing::Mmap(mmap), Some(path.to_owned()))
+        Self::from_backing(Backing::map(path)?, Some(path.to_owned()))
     }
 
     /// Parses a GGUF file held in memory, taking ownership of the buffer (no copy).

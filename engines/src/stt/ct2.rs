@@ -67,13 +67,12 @@ pub mod writer;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::mapped::Backing;
 use half::{bf16, f16};
-use memmap2::Mmap;
 
 pub use self::json::JsonValue;
 pub use self::writer::Ct2Writer;
@@ -752,20 +751,6 @@ fn read_variable(c: &mut Cursor<'_>) -> Result<VariableInfo, Box<Ct2Error>> {
 
 // ----- the model -------------------------------------------------------------------------
 
-enum Backing {
-    Mmap(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Backing {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Backing::Mmap(m) => m,
-            Backing::Owned(v) => v,
-        }
-    }
-}
-
 struct Inner {
     backing: Backing,
     dir: Option<PathBuf>,
@@ -801,11 +786,8 @@ impl Ct2Model {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let bin_path = dir.join(MODEL_FILE);
-        let file = File::open(&bin_path).map_err(io_err("open", &bin_path))?;
-        // SAFETY: the mapping is read-only and only ever viewed as `&[u8]`; see
-        // `GgufFile::open` for why model files are not modified while mapped.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(io_err("memory-map", &bin_path))?;
-        let header = parse(&mmap).map_err(|e| e.path(Some(&bin_path)))?;
+        let backing = Backing::map(&bin_path)?;
+        let header = parse(backing.bytes()).map_err(|e| e.path(Some(&bin_path)))?;
 
         let config_path = dir.join(CONFIG_FILE);
         let config = match std::fs::read(&config_path) {
@@ -817,7 +799,7 @@ impl Ct2Model {
 
         let model = Self {
             inner: Arc::new(Inner {
-                backing: Backing::Mmap(mmap),
+                backing,
                 dir: Some(dir.to_owned()),
                 bin_path: Some(bin_path),
                 header,

@@ -62,12 +62,11 @@ pub mod wire;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use crate::mapped::Backing;
 
 use self::wire::Decoder;
 use super::error::{TtsError, TtsErrorKind, TtsFile, TtsSubject};
@@ -779,21 +778,6 @@ fn parse_shape(mut d: Decoder<'_>) -> PResult<Vec<Dim>> {
 
 // ----- the model ---------------------------------------------------------------------------
 
-/// Where the file's bytes live.
-enum Backing {
-    Mmap(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Backing {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Backing::Mmap(m) => m,
-            Backing::Owned(v) => v,
-        }
-    }
-}
-
 struct Inner {
     backing: Backing,
     path: Option<PathBuf>,
@@ -816,16 +800,7 @@ impl OnnxModel {
     /// replaced by renaming).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let io_err = |action, source| Error::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        };
-        let file = File::open(path).map_err(|e| io_err("open", e))?;
-        // SAFETY: the mapping is read-only and only ever viewed as `&[u8]`; see
-        // `GgufFile::open` for why the model directory does not change mapped files.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| io_err("memory-map", e))?;
-        Self::from_backing(Backing::Mmap(mmap), Some(path.to_owned()))
+        Self::from_backing(Backing::map(path)?, Some(path.to_owned()))
     }
 
     /// Parses an ONNX model held in memory, taking ownership of the buffer (no copy).
