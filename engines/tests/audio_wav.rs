@@ -3,6 +3,9 @@
 //! LibriVox recordings, and a deterministic mutation fuzzer asserting that no input makes the
 //! reader panic.
 
+mod common;
+
+use common::Rng;
 use std::path::PathBuf;
 
 use sotad_engines::Error;
@@ -639,23 +642,6 @@ fn librivox_recordings() {
 }
 
 // ----- no panics -------------------------------------------------------------------------
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 #[test]
 fn mutated_and_truncated_files_never_panic() {

@@ -2,8 +2,9 @@
 //! corruption (checking that errors name the file, the tensor or key, and the offset), and a
 //! deterministic mutation fuzzer asserting that no input makes the parser panic.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
+use common::{Rng, TempFile};
 
 use sotad_engines::Error;
 use sotad_engines::gguf::{
@@ -12,56 +13,6 @@ use sotad_engines::gguf::{
 };
 
 // ----- helpers ---------------------------------------------------------------------------
-
-/// A file in the system temp directory, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("sotad-gguf-test-{}-{tag}-{n}.gguf", std::process::id());
-        TempFile(std::env::temp_dir().join(name))
-    }
-
-    fn with_bytes(tag: &str, bytes: &[u8]) -> Self {
-        let f = Self::new(tag);
-        std::fs::write(&f.0, bytes).expect("write temp file");
-        f
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()

@@ -2,17 +2,11 @@
 //! set; scripts/test.sh runs it first). The file must be there: a missing model fails the test
 //! with the command that installs it, rather than skipping.
 
-use std::path::PathBuf;
+mod common;
+
+use common::models_dir;
 
 use sotad_engines::gguf::{GgmlType, GgufFile};
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("SOTAD_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models")
-        })
-}
 
 fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -4,6 +4,9 @@
 //! with `Ct2Writer`, including a deterministic mutation fuzzer asserting that no input makes
 //! the reader panic.
 
+mod common;
+
+use common::{Rng, models_dir};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,14 +17,6 @@ use sotad_engines::stt::ct2::{Ct2ErrorKind, Ct2Model, Ct2Writer, DType};
 use sotad_engines::stt::weights::{WhisperDims, WhisperWeights};
 
 // ----- helpers ---------------------------------------------------------------------------
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("SOTAD_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models")
-        })
-}
 
 fn tiny_en_dir() -> PathBuf {
     let dir = models_dir().join("whisper-tiny.en-ct2");
@@ -61,27 +56,6 @@ fn ct2_err(e: &Error) -> &sotad_engines::stt::ct2::Ct2Error {
     match e {
         Error::Ct2(c) => c,
         other => panic!("expected a CTranslate2 error, got {other}"),
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     }
 }
 

@@ -10,6 +10,9 @@
 //!   word differently from the library call Piper makes: the only difference in these texts
 //!   is one primary stress (`ˈ`) where Piper has a secondary stress (`ˌ`).
 
+mod common;
+
+use common::models_dir;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -17,14 +20,6 @@ use sotad_engines::tts::VoiceConfig;
 use sotad_engines::tts::phonemize::{
     PhonemeIdMap, clause_ends, clauses_from_cli, ids_from_cli, phonemes_to_ids, sentences,
 };
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("SOTAD_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models")
-        })
-}
 
 fn joe_config() -> VoiceConfig {
     let path = models_dir().join("piper/en_US-joe-medium.onnx.json");

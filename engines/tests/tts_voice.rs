@@ -7,9 +7,11 @@
 //!   inference round-trips several VITS variants, each kind of damage gives a located error,
 //!   and a deterministic mutation fuzzer (20 000 iterations) never makes the parser panic.
 
+mod common;
+
+use common::{Rng, TempFile, models_dir};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
 
 use sotad_engines::Error;
 use sotad_engines::tts::onnx::{
@@ -21,14 +23,6 @@ use sotad_engines::tts::piper_voice::{
 use sotad_engines::tts::{PiperVoice, TtsErrorKind, TtsFile, TtsSubject, VitsConfig, VoiceConfig};
 
 // ----- helpers ---------------------------------------------------------------------------
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("SOTAD_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models")
-        })
-}
 
 fn joe_path() -> PathBuf {
     let path = models_dir().join("piper/en_US-joe-medium.onnx");
@@ -51,48 +45,6 @@ fn joe() -> PiperVoice {
 
 fn joe_config() -> VoiceConfig {
     VoiceConfig::open(format!("{}.json", joe_path().display())).unwrap()
-}
-
-/// A file in the system temp directory, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn with_bytes(tag: &str, bytes: &[u8]) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("sotad-tts-test-{}-{tag}-{n}.onnx", std::process::id());
-        let path = std::env::temp_dir().join(name);
-        std::fs::write(&path, bytes).unwrap();
-        TempFile(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Deterministic pseudo-random numbers (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 fn rss_kib(field: &str) -> u64 {

@@ -1,0 +1,75 @@
+//! Helpers shared by the engines' integration tests: the model cache, temporary files, and a
+//! deterministic pseudo-random generator for mutation (no-panic) tests.
+//!
+//! Each test binary uses a subset, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Where scripts/install-models.sh puts the real weights and speech clips.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("SOTAD_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models")
+        })
+}
+
+/// A file in the system temp directory, removed on drop.
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// A fresh, unique path (the file is not created).
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("sotad-test-{}-{tag}-{n}", std::process::id());
+        TempFile(std::env::temp_dir().join(name))
+    }
+
+    /// A unique file holding `bytes`.
+    pub fn with_bytes(tag: &str, bytes: &[u8]) -> Self {
+        let f = Self::new(tag);
+        std::fs::write(&f.0, bytes).expect("write temp file");
+        f
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+
+    /// Uniform in [-0.5, 0.5).
+    pub fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+}
