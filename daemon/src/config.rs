@@ -32,7 +32,56 @@ pub struct Config {
     pub broker: Broker,
     pub service: Service,
     pub telemetry: Telemetry,
+    pub models: Models,
+    pub stt: Stt,
+    pub llm: Llm,
+    pub tts: Tts,
     pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    /// Relative model paths are resolved against this directory.
+    pub dir: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stt {
+    /// Whisper model directory; empty: STT off.
+    pub model: String,
+    /// ISO language code; empty: detect.
+    pub language: String,
+    pub beam_size: usize,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Llm {
+    /// GGUF file; empty: LLM off.
+    pub model: String,
+    pub context: usize,
+    pub threads: usize,
+    pub system_prompt: String,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub sessions: usize,
+    pub session_turns: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tts {
+    /// Piper voice `.onnx`; empty: TTS off.
+    pub voice: String,
+    pub speaker: u32,
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -348,6 +397,39 @@ impl Config {
             1,
             86_400,
         )?;
+        if !self.stt.language.is_empty()
+            && !(self.stt.language.len() <= 3
+                && self.stt.language.chars().all(|c| c.is_ascii_lowercase()))
+        {
+            return Err(fail(
+                "stt.language",
+                format!(
+                    "{:?} is not a language code; allowed: an ISO 639-1 code such as \"en\" or \"de\", or empty to detect",
+                    self.stt.language
+                ),
+            ));
+        }
+        range("stt.beam_size", self.stt.beam_size as u64, 1, 8)?;
+        range("stt.threads", self.stt.threads as u64, 0, 256)?;
+        let l = &self.llm;
+        range("llm.context", l.context as u64, 64, 131_072)?;
+        range("llm.threads", l.threads as u64, 0, 256)?;
+        range("llm.max_tokens", l.max_tokens as u64, 1, l.context as u64)?;
+        let float = |key: &str, value: f32, lo: f32, hi: f32| {
+            if value.is_finite() && value >= lo && value <= hi {
+                Ok(())
+            } else {
+                Err(fail(key, format!("{value} is out of range; allowed: {lo} to {hi}")))
+            }
+        };
+        float("llm.temperature", l.temperature, 0.0, 5.0)?;
+        range("llm.top_k", l.top_k as u64, 0, 100_000)?;
+        float("llm.top_p", l.top_p, 0.0, 1.0)?;
+        float("llm.min_p", l.min_p, 0.0, 1.0)?;
+        float("llm.repeat_penalty", l.repeat_penalty, 0.5, 3.0)?;
+        range("llm.sessions", l.sessions as u64, 0, 1024)?;
+        range("llm.session_turns", l.session_turns as u64, 1, 256)?;
+        range("tts.threads", self.tts.threads as u64, 0, 256)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(fail(
                 "log.level",
@@ -375,6 +457,20 @@ impl Config {
         } else {
             self.mqtt.client_id.clone()
         }
+    }
+
+    /// A model path from the configuration: absolute as given, relative under `models.dir`.
+    /// `None` when the value is empty (the stage is off).
+    pub fn model_path(&self, value: &str) -> Option<PathBuf> {
+        if value.is_empty() {
+            return None;
+        }
+        let path = Path::new(value);
+        Some(if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            Path::new(&self.models.dir).join(path)
+        })
     }
 
     /// True when sotad must start its own broker.

@@ -13,10 +13,16 @@
 
 pub mod broker;
 pub mod config;
+pub mod llm;
 pub mod mqtt;
+pub mod pipeline;
+pub mod sentences;
 pub mod service;
+pub mod stt;
 pub mod systemd;
 pub mod telemetry;
+pub mod tts;
+pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,7 +39,7 @@ use crate::config::Config;
 use crate::mqtt::dedup::RecentIds;
 use crate::mqtt::outbound::OFFLINE;
 use crate::mqtt::{Backoff, Command, Connection, Publisher, Topics};
-use crate::service::Service;
+use crate::service::{Service, Stages};
 use crate::telemetry::{Metrics, Sampler};
 
 /// How long the farewell (`offline`, then DISCONNECT) may take once work is done.
@@ -46,7 +52,7 @@ pub struct Capabilities {
     pub protocol: u32,
     pub device_id: String,
     pub commands: Vec<&'static str>,
-    /// Loaded engines with their models; empty until engines are configured.
+    /// Configured engines with their models.
     pub engines: Vec<EngineInfo>,
     pub audio: AudioInfo,
     pub features: Vec<&'static str>,
@@ -99,7 +105,7 @@ fn capabilities(config: &Config, device_id: &str) -> Capabilities {
         protocol: PROTOCOL_VERSION,
         device_id: device_id.to_string(),
         commands: Command::ALL.iter().map(|c| c.name()).collect(),
-        engines: Vec::new(),
+        engines: engines(config),
         audio: AudioInfo::default(),
         features,
         build: BuildInfo {
@@ -112,6 +118,25 @@ fn capabilities(config: &Config, device_id: &str) -> Capabilities {
             max_request_bytes: config.mqtt.max_request_bytes,
         },
     }
+}
+
+/// The configured engines and their models (whether they loaded shows in telemetry).
+fn engines(config: &Config) -> Vec<EngineInfo> {
+    let mut found = Vec::new();
+    for (stage, engine, value) in [
+        ("stt", "whisper", &config.stt.model),
+        ("llm", "gguf", &config.llm.model),
+        ("tts", "piper", &config.tts.voice),
+    ] {
+        if let Some(path) = config.model_path(value) {
+            found.push(EngineInfo {
+                stage,
+                engine: engine.to_string(),
+                model: path.display().to_string(),
+            });
+        }
+    }
+    found
 }
 
 /// SIMD features the inference kernels care about, detected at run time.
@@ -170,6 +195,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         (config.mqtt.host.clone(), config.mqtt.port)
     };
 
+    // Engines load on their own threads while MQTT comes up.
+    let stages = Stages::spawn(&config);
     let options = mqtt::connection::options(&config, &topics, &host, port)?;
     // A small request channel: the event loop drains it continuously, and telemetry (QoS 0)
     // is dropped rather than queued when it is full.
@@ -180,6 +207,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     network.set_tcp_nodelay(true);
     eventloop.set_network_options(network);
     let publisher = Publisher::new(client.clone(), topics.clone(), metrics.clone());
+    let turns = pipeline::Turns::new(stages.clone(), publisher.clone(), metrics.clone(), None);
     let capabilities = Arc::new(serde_json::to_vec(&capabilities(&config, &device_id))?);
 
     let intake = CancellationToken::new();
@@ -209,6 +237,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics: metrics.clone(),
         recent: RecentIds::new(service::REMEMBERED_IDS),
         max_request_bytes: config.mqtt.max_request_bytes,
+        max_packet_bytes: config.mqtt.max_packet_bytes,
+        stages: stages.clone(),
+        turns: turns.clone(),
         device_id: device_id.clone(),
         tracker: tracker.clone(),
         intake: intake.clone(),
@@ -220,6 +251,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         publisher.clone(),
         metrics.clone(),
         Sampler::new(config.telemetry.thermal_zones.clone()),
+        stages.clone(),
         Duration::from_secs(config.telemetry.interval_secs),
         intake.clone(),
     ));
@@ -290,6 +322,7 @@ async fn telemetry_loop(
     publisher: Publisher,
     metrics: Arc<Metrics>,
     mut sampler: Sampler,
+    stages: Stages,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -300,6 +333,7 @@ async fn telemetry_loop(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        stages.report(&metrics);
         let sample = sampler.sample(&metrics);
         publisher.telemetry(&sample);
     }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sotad::config::{self, Config, FileLayer};
 
+mod cli;
 mod demo;
 
 #[derive(Parser)]
@@ -37,6 +38,38 @@ enum Cmd {
         /// How long to watch telemetry before stopping, in seconds.
         #[arg(long, default_value_t = 3)]
         seconds: u64,
+    },
+}
+
+    /// Transcribe a WAV file with the configured Whisper model and print the text.
+    Transcribe {
+        /// WAV file (any rate and channel count; PCM 8/16/24/32-bit or float).
+        file: PathBuf,
+        /// Language code; default `stt.language` (empty: detect).
+        #[arg(long)]
+        language: Option<String>,
+        /// Translate to English instead of transcribing.
+        #[arg(long)]
+        translate: bool,
+        /// Print segments with timestamps and the timings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A conversation with the configured LLM in the terminal (one line per turn; empty line or EOF ends).
+    Chat {
+        /// Think before answering (models that can, e.g. Qwen3); the thinking is printed dimmed.
+        #[arg(long)]
+        thinking: bool,
+    },
+    /// Speak TEXT with the configured Piper voice into a WAV file.
+    Say {
+        text: String,
+        /// Output WAV file.
+        #[arg(long, short, default_value = "sotad-say.wav")]
+        output: PathBuf,
+        /// Voice name (default `tts.voice`).
+        #[arg(long)]
+        voice: Option<String>,
     },
 }
 
@@ -94,6 +127,18 @@ fn main() -> ExitCode {
             init_logging(&config.log.level);
             run_daemon(config)
         }
+        Cmd::Transcribe {
+            file: path,
+            language,
+            translate,
+            json,
+        } => with_config(file, |config| cli::transcribe(&config, &path, language, translate, json)),
+        Cmd::Chat { thinking } => with_config(file, |config| cli::chat(&config, thinking)),
+        Cmd::Say {
+            text,
+            output,
+            voice,
+        } => with_config(file, |config| cli::say(&config, &text, &output, voice)),
         Cmd::Demo { seconds } => {
             let config = match Config::load(file) {
                 Ok(c) => c,
@@ -116,6 +161,29 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Loads the configuration, logs warnings only, and runs a one-shot command.
+fn with_config(file: FileLayer, f: impl FnOnce(Config) -> anyhow::Result<()>) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sotad: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(if std::env::var_os("RUST_LOG").is_some() {
+        &config.log.level
+    } else {
+        "warn"
+    });
+    match f(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sotad: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

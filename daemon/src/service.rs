@@ -13,10 +13,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Config;
 use crate::mqtt::dedup::RecentIds;
-use crate::mqtt::request::{self, ErrorCode, PingRequest, Pong, Request, RequestError};
+use crate::mqtt::request::{self, ErrorCode, PingRequest, Pong, RequestError};
 use crate::mqtt::{Command, Inbound, Publisher};
 use crate::telemetry::Metrics;
+use crate::worker::{EngineState, SubmitError};
+use crate::pipeline::{self, Turns};
+use crate::{llm, stt, tts};
 
 /// How many request ids are remembered to recognize redeliveries.
 pub const REMEMBERED_IDS: usize = 4096;
@@ -30,6 +34,10 @@ pub struct Service {
     pub recent: RecentIds,
     /// `mqtt.max_request_bytes`.
     pub max_request_bytes: usize,
+    /// `mqtt.max_packet_bytes`: the limit for requests that carry audio.
+    pub max_packet_bytes: usize,
+    pub stages: Stages,
+    pub turns: Turns,
     pub device_id: String,
     /// Handlers run as tracked tasks so that shutdown can wait for them.
     pub tracker: TaskTracker,
@@ -73,13 +81,9 @@ impl Service {
         let started = Instant::now();
         let name = command.name();
         self.metrics.request_received(name);
-        let parsed = match command {
-            Command::Ping => {
-                request::parse::<PingRequest>(&publish.payload, self.max_request_bytes)
-            }
-        };
-        let request = match parsed {
-            Ok(request) => request,
+        let parsed = self.parse(command, &publish.payload);
+        let job = match parsed {
+            Ok(job) => job,
             Err(error) => {
                 tracing::info!(
                     topic = publish.topic,
@@ -95,30 +99,293 @@ impl Service {
                 return;
             }
         };
-        if !self.recent.first_time(command, request.id()) {
+        if !self.recent.first_time(command, job.id()) {
             self.metrics.mqtt.duplicates.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 command = name,
-                id = request.id(),
+                id = job.id(),
                 dup = publish.dup,
                 "redelivered request skipped"
             );
             self.publisher.ack(&publish).await;
             return;
         }
+        let ctx = Ctx {
+            publisher: self.publisher.clone(),
+            metrics: self.metrics.clone(),
+            device_id: self.device_id.clone(),
+            stages: self.stages.clone(),
+            turns: self.turns.clone(),
+        };
         let publisher = self.publisher.clone();
         let metrics = self.metrics.clone();
-        let device_id = self.device_id.clone();
         self.tracker.spawn(async move {
-            let pong = Pong {
-                id: request.id,
-                version: env!("CARGO_PKG_VERSION"),
-                device_id,
-                uptime_s: metrics.uptime().as_secs_f64(),
-            };
-            publisher.reply(command, &pong).await;
+            let result = job.run(command, ctx).await;
+            let ok = result.is_ok();
+            if let Err(error) = result {
+                tracing::info!(
+                    command = name,
+                    id = error.id.as_deref().unwrap_or(""),
+                    code = ?error.code,
+                    error = error.message,
+                    "request failed"
+                );
+                publisher.error(&error, Some(&publish.topic)).await;
+            }
             publisher.ack(&publish).await;
-            metrics.request_done(name, true, started.elapsed());
+            metrics.request_done(name, ok, started.elapsed());
         });
     }
+
+    /// Parses a payload into the job its command runs.
+    fn parse(&self, command: Command, payload: &[u8]) -> Result<Job, RequestError> {
+        let max = self.max_request_bytes;
+        Ok(match command {
+            Command::Ping => Job::Ping(request::parse::<PingRequest>(payload, max)?),
+            // Audio may be as large as the connection allows.
+            Command::SttTranscribe => Job::Transcribe(stt::parse(payload, self.max_packet_bytes)?),
+            Command::LlmAsk => {
+                let r: llm::AskRequest = request::parse(payload, max)?;
+                llm::validate(&r)?;
+                Job::Ask(r)
+            }
+            Command::LlmCancel => Job::Cancel(request::parse(payload, max)?),
+            Command::TurnText => {
+                let r: pipeline::TextTurnRequest = request::parse(payload, max)?;
+                pipeline::validate(&r)?;
+                Job::Turn(r)
+            }
+            Command::TtsSay => {
+                let r: tts::SayRequest = request::parse(payload, max)?;
+                tts::validate(&r)?;
+                Job::Say(r)
+            }
+        })
+    }
+}
+
+/// The engine stages; `None` where the configuration turned a stage off.
+#[derive(Clone, Default)]
+pub struct Stages {
+    pub stt: Option<stt::SttWorker>,
+    pub llm: Option<llm::LlmStage>,
+    pub tts: Option<tts::TtsWorker>,
+    /// `service.request_queue`: each stage's queue capacity.
+    pub queue_capacity: usize,
+}
+
+impl Stages {
+    /// Starts a worker thread for every configured stage; loading happens on those threads.
+    pub fn spawn(config: &Config) -> Stages {
+        Stages {
+            stt: stt::spawn(config),
+            llm: llm::spawn(config),
+            tts: tts::spawn(config),
+            queue_capacity: config.service.request_queue,
+        }
+    }
+}
+
+impl Stages {
+    /// Puts each engine's state and queue depth into the metrics for telemetry.
+    pub fn report(&self, metrics: &Metrics) {
+        fn one<E: 'static>(metrics: &Metrics, worker: &crate::worker::Worker<E>, capacity: usize) {
+            let state = match worker.state() {
+                EngineState::Loading => "loading".to_string(),
+                EngineState::Ready { .. } => "ready".to_string(),
+                EngineState::Failed(why) => format!("failed: {why}"),
+            };
+            metrics.engine_state(worker.name(), state);
+            metrics.queue(worker.name(), worker.queued(), capacity);
+        }
+        let capacity = self.queue_capacity;
+        if let Some(w) = &self.stt {
+            one(metrics, w, capacity);
+        }
+        if let Some(l) = &self.llm {
+            one(metrics, &l.worker, capacity);
+        }
+        if let Some(w) = &self.tts {
+            one(metrics, w, capacity);
+        }
+    }
+}
+
+/// What a running job may use.
+struct Ctx {
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+    device_id: String,
+    stages: Stages,
+    turns: Turns,
+}
+
+/// A parsed request, ready to run.
+enum Job {
+    Ping(PingRequest),
+    Transcribe(stt::Transcribe),
+    Ask(llm::AskRequest),
+    Cancel(llm::CancelRequest),
+    Say(tts::SayRequest),
+    Turn(pipeline::TextTurnRequest),
+}
+
+impl Job {
+    fn id(&self) -> &str {
+        match self {
+            Job::Ping(r) => &r.id,
+            Job::Transcribe(r) => &r.id,
+            Job::Ask(r) => &r.id,
+            Job::Cancel(r) => &r.id,
+            Job::Say(r) => &r.id,
+            Job::Turn(r) => &r.id,
+        }
+    }
+
+    async fn run(self, command: Command, ctx: Ctx) -> Result<(), RequestError> {
+        match self {
+            Job::Ping(r) => {
+                let pong = Pong {
+                    id: r.id,
+                    version: env!("CARGO_PKG_VERSION"),
+                    device_id: ctx.device_id,
+                    uptime_s: ctx.metrics.uptime().as_secs_f64(),
+                };
+                ctx.publisher.reply(command, &pong).await;
+                Ok(())
+            }
+            Job::Transcribe(r) => {
+                let worker = stage(&r.id, ctx.stages.stt.as_ref(), "stt", "stt.model")?;
+                let id = r.id.clone();
+                let transcript = worker
+                    .submit(move |engine| engine.run(&r))
+                    .map_err(|e| submit_error(&id, e))?
+                    .await
+                    .map_err(|e| submit_error(&id, e))??;
+                ctx.publisher.reply(command, &transcript).await;
+                Ok(())
+            }
+            Job::Ask(r) => {
+                let llm = stage(&r.id, ctx.stages.llm.as_ref(), "llm", "llm.model")?;
+                let reply = ask(llm, r, &ctx.publisher).await?;
+                ctx.publisher.reply(command, &reply).await;
+                Ok(())
+            }
+            Job::Cancel(r) => {
+                let llm = stage(&r.id, ctx.stages.llm.as_ref(), "llm", "llm.model")?;
+                if llm.cancel(&r.id) {
+                    Ok(())
+                } else {
+                    Err(RequestError::new(
+                        Some(r.id.clone()),
+                        ErrorCode::NotFound,
+                        format!("no llm/ask with id {:?} is queued or running", r.id),
+                    ))
+                }
+            }
+            Job::Turn(r) => {
+                let input = pipeline::Input::Text {
+                    text: r.text,
+                    session: r.session,
+                };
+                ctx.turns.run(r.id, input).await;
+                Ok(())
+            }
+            Job::Say(r) => {
+                let worker = stage(&r.id, ctx.stages.tts.as_ref(), "tts", "tts.voice")?;
+                let done = say(worker, r, &ctx.publisher).await?;
+                ctx.publisher.reply(command, &done).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn stage<'a, T>(
+    id: &str,
+    stage: Option<&'a T>,
+    name: &str,
+    key: &str,
+) -> Result<&'a T, RequestError> {
+    stage.ok_or_else(|| {
+        RequestError::new(
+            Some(id.to_string()),
+            ErrorCode::Unavailable,
+            format!("the {name} stage is off: configuration key `{key}` is empty"),
+        )
+    })
+}
+
+fn submit_error(id: &str, e: SubmitError) -> RequestError {
+    let code = match e {
+        SubmitError::Busy(_) => ErrorCode::Busy,
+        SubmitError::Unavailable(_) => ErrorCode::Unavailable,
+        SubmitError::Crashed(_) => ErrorCode::Internal,
+    };
+    RequestError::new(Some(id.to_string()), code, e.to_string())
+}
+
+/// Runs an `llm/ask`, publishing its tokens as they come.
+pub async fn ask(
+    llm: &llm::LlmStage,
+    request: llm::AskRequest,
+    publisher: &Publisher,
+) -> Result<llm::Reply, RequestError> {
+    let id = request.id.clone();
+    let cancel = llm.register(&id);
+    let (tokens_tx, mut tokens_rx) = mpsc::channel::<String>(llm::TOKEN_STREAM_BUFFER);
+    let submitted = llm.worker.submit(move |engine| {
+        let mut stream = llm::Stream {
+            tokens: Some(tokens_tx),
+            cancel,
+            dropped: 0,
+        };
+        engine.ask(&request, &mut stream)
+    });
+    let result = match submitted {
+        Ok(done) => {
+            let topic = publisher.topics().llm_tokens();
+            let forward = async {
+                let mut seq = 0u64;
+                while let Some(text) = tokens_rx.recv().await {
+                    publisher.stream(
+                        &topic,
+                        &llm::TokenChunk {
+                            id: &id,
+                            seq,
+                            text: &text,
+                        },
+                    );
+                    seq += 1;
+                }
+            };
+            let (result, ()) = tokio::join!(done, forward);
+            result.map_err(|e| submit_error(&id, e)).and_then(|r| r)
+        }
+        Err(e) => Err(submit_error(&id, e)),
+    };
+    llm.finish(&id);
+    result
+}
+
+/// Runs a `tts/say`, publishing each sentence's WAV as it is ready.
+pub async fn say(
+    worker: &tts::TtsWorker,
+    request: tts::SayRequest,
+    publisher: &Publisher,
+) -> Result<tts::Done, RequestError> {
+    let id = request.id.clone();
+    let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(tts::AUDIO_BUFFER);
+    let cancel = tts::CancelFlag::default();
+    let done = worker
+        .submit(move |engine| engine.say(&request, &audio_tx, &cancel))
+        .map_err(|e| submit_error(&id, e))?;
+    let topic = publisher.topics().tts_audio(&id);
+    let forward = async {
+        while let Some(chunk) = audio_rx.recv().await {
+            publisher.bytes(&topic, chunk.wav()).await;
+        }
+    };
+    let (result, ()) = tokio::join!(done, forward);
+    result.map_err(|e| submit_error(&id, e))?
 }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub mqtt: MqttMetrics,
     stages: Mutex<BTreeMap<&'static str, StageMetrics>>,
     queues: Mutex<BTreeMap<&'static str, QueueMetrics>>,
+    /// Engine state by stage: `loading`, `ready`, or `failed: <why>`.
+    engines: Mutex<BTreeMap<&'static str, String>>,
 }
 
 /// Connection health, updated by the connection task.
@@ -112,6 +114,7 @@ impl Metrics {
             mqtt: MqttMetrics::default(),
             stages: Mutex::new(BTreeMap::new()),
             queues: Mutex::new(BTreeMap::new()),
+            engines: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -157,6 +160,34 @@ impl Metrics {
         queues.entry(name).or_default().dropped += 1;
     }
 
+    /// Records a finished voice-loop turn: `turn` counts turns (ok = answered) with their
+    /// total time, and `turn.<part>` the latency parts, so telemetry shows their percentiles.
+    pub fn turn_done(&self, outcome: &str, latency: &crate::pipeline::Latency) {
+        let ms = |x: f64| Duration::from_secs_f64(x.max(0.0) / 1e3);
+        self.request_received("turn");
+        self.request_done("turn", outcome == "answered", ms(latency.total_ms));
+        for (name, value) in [
+            ("turn.endpoint", latency.endpoint_ms),
+            ("turn.stt", latency.stt_ms),
+            ("turn.ttft", latency.ttft_ms),
+            ("turn.first_audio", latency.first_audio_ms),
+            ("turn.response", latency.response_ms),
+        ] {
+            if let Some(v) = value {
+                self.request_received(name);
+                self.request_done(name, true, ms(v));
+            }
+        }
+    }
+
+    /// Records an engine's state for the next sample.
+    pub fn engine_state(&self, stage: &'static str, state: String) {
+        self.engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stage, state);
+    }
+
     pub fn set_last_error(&self, error: impl Into<String>) {
         *self
             .mqtt
@@ -200,6 +231,8 @@ pub struct TelemetrySample {
     pub mqtt: MqttSample,
     pub stages: BTreeMap<String, StageSnapshot>,
     pub queues: BTreeMap<String, QueueMetrics>,
+    /// Configured engines: `loading`, `ready` or `failed: <why>`.
+    pub engines: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -293,6 +326,13 @@ impl Sampler {
                     .clone(),
             },
             stages: metrics.stages_snapshot(),
+            engines: metrics
+                .engines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             queues: metrics
                 .queues
                 .lock()

@@ -441,3 +441,59 @@ impl Drop for TestClient {
         self.task.abort();
     }
 }
+
+/// The model cache (`$SOTAD_MODELS_DIR`, default `~/.cache/sotad/models`), as
+/// `scripts/install-models.sh` fills it. Tests that need models fail when it is missing.
+pub fn models_dir() -> PathBuf {
+    let dir = match std::env::var_os("SOTAD_MODELS_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sotad/models"),
+    };
+    assert!(
+        dir.join("smollm2-135m-instruct-q4_1.gguf").is_file(),
+        "models missing in {}: run scripts/install-models.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// The LibriVox clips of Debian's pocketsphinx-testdata with their transcripts.
+pub fn librivox_clips() -> Vec<(PathBuf, String)> {
+    let dir = models_dir().join("speech/librivox");
+    let list = std::fs::read_to_string(dir.join("transcription")).expect("librivox transcription");
+    list.lines()
+        .filter_map(|line| {
+            let (text, name) = line.rsplit_once(" (")?;
+            let name = name.trim_end_matches(')');
+            let text = text.replace("<s>", "").replace("</s>", "");
+            Some((dir.join(format!("{name}.wav")), text.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Lower-case words without punctuation, for comparing transcripts.
+pub fn normalize_words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .replace('-', " ")
+        .split_whitespace()
+        .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>())
+        .filter(|w| !w.is_empty())
+        .map(|w| if w == "mr" { "mister".to_string() } else { w })
+        .collect()
+}
+
+/// Word error rate of `hypothesis` against `reference` after [`normalize_words`].
+pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
+    let r = normalize_words(reference);
+    let h = normalize_words(hypothesis);
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut cur = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            let sub = prev[j] + usize::from(rw != hw);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[h.len()] as f64 / r.len().max(1) as f64
+}

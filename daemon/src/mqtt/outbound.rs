@@ -67,6 +67,12 @@ impl Publisher {
             .await;
     }
 
+    /// An event (QoS 1), e.g. `turn/started`.
+    pub async fn event<T: Serialize>(&self, topic: &str, body: &T) {
+        self.json(topic.to_string(), QoS::AtLeastOnce, false, body)
+            .await;
+    }
+
     /// An error about a request, or about no request when `request_topic` is None (QoS 1).
     pub async fn error(&self, error: &RequestError, request_topic: Option<&str>) {
         let body = ErrorReply {
@@ -96,6 +102,35 @@ impl Publisher {
             .await
         {
             tracing::warn!(error = %e, "publishing capabilities failed");
+        }
+    }
+
+    /// One message of a stream (QoS 0), e.g. `llm/tokens`; dropped and counted when the
+    /// outgoing queue is full: the final reply carries the whole result.
+    pub fn stream<T: Serialize>(&self, topic: &str, body: &T) {
+        let Ok(payload) = serde_json::to_vec(body) else {
+            return;
+        };
+        if self
+            .client
+            .try_publish(topic, QoS::AtMostOnce, false, payload)
+            .is_err()
+        {
+            self.metrics
+                .mqtt
+                .publish_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A binary payload (QoS 1), e.g. a WAV on `tts/audio/<id>`; waits for room in the queue.
+    pub async fn bytes(&self, topic: &str, payload: Vec<u8>) {
+        if let Err(e) = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+        {
+            tracing::warn!(topic, error = %e, "publish failed");
         }
     }
 

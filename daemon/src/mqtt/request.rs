@@ -22,6 +22,13 @@ pub enum ErrorCode {
     InvalidJson,
     /// JSON, but not a valid request: missing or unknown field, wrong type, bad value.
     InvalidRequest,
+    /// The audio in the request cannot be decoded (broken WAV header, unsupported format).
+    InvalidAudio,
+    /// The request names something that does not exist (e.g. `llm/cancel` of an unknown id).
+    NotFound,
+    /// The stage is off in the configuration, or its model could not be loaded; the message
+    /// names the configuration key and the file.
+    Unavailable,
     /// The request queue is full; try again later.
     Busy,
     /// sotad is stopping and did not take the request.
@@ -54,7 +61,7 @@ impl RequestError {
         }
     }
 
-    fn with_field(mut self, field: impl Into<String>) -> RequestError {
+    pub fn with_field(mut self, field: impl Into<String>) -> RequestError {
         self.field = Some(field.into());
         self
     }

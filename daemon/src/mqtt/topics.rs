@@ -7,16 +7,38 @@
 pub enum Command {
     /// `ping`: answered on `pong` with version and uptime.
     Ping,
+    /// `stt/transcribe`: a WAV (raw bytes, or base64 in JSON); answered on `stt/transcript`.
+    SttTranscribe,
+    /// `llm/ask`: a prompt or messages; tokens stream on `llm/tokens`, the answer on `llm/reply`.
+    LlmAsk,
+    /// `llm/cancel`: stops a running `llm/ask`, which then replies with stop reason `cancelled`.
+    LlmCancel,
+    /// `tts/say`: text; audio on `tts/audio/<id>` (one WAV per sentence), then `tts/done`.
+    TtsSay,
+    /// `turn/text`: a typed question through the voice loop's LLM → TTS path; events on `turn/*`.
+    TurnText,
 }
 
 impl Command {
     /// Every command, in subscription order.
-    pub const ALL: [Command; 1] = [Command::Ping];
+    pub const ALL: [Command; 6] = [
+        Command::Ping,
+        Command::SttTranscribe,
+        Command::LlmAsk,
+        Command::LlmCancel,
+        Command::TtsSay,
+        Command::TurnText,
+    ];
 
     /// The topic suffix the request arrives on.
     pub fn request_suffix(self) -> &'static str {
         match self {
             Command::Ping => "ping",
+            Command::SttTranscribe => "stt/transcribe",
+            Command::LlmAsk => "llm/ask",
+            Command::LlmCancel => "llm/cancel",
+            Command::TtsSay => "tts/say",
+            Command::TurnText => "turn/text",
         }
     }
 
@@ -24,6 +46,10 @@ impl Command {
     pub fn reply_suffix(self) -> &'static str {
         match self {
             Command::Ping => "pong",
+            Command::SttTranscribe => "stt/transcript",
+            Command::LlmAsk | Command::LlmCancel => "llm/reply",
+            Command::TtsSay => "tts/done",
+            Command::TurnText => "turn/done",
         }
     }
 
@@ -73,6 +99,21 @@ impl Topics {
     /// Errors about requests that could not be handled, and problems that belong to no request.
     pub fn error(&self) -> String {
         self.join("error")
+    }
+
+    /// Voice-loop events: `turn/started`, `turn/transcript`, `turn/reply`, `turn/done`.
+    pub fn turn(&self, event: &str) -> String {
+        self.join(&format!("turn/{event}"))
+    }
+
+    /// The token stream of `llm/ask` (QoS 0).
+    pub fn llm_tokens(&self) -> String {
+        self.join("llm/tokens")
+    }
+
+    /// One WAV per synthesized sentence of the `tts/say` request `id`, in order (QoS 1).
+    pub fn tts_audio(&self, id: &str) -> String {
+        self.join(&format!("tts/audio/{id}"))
     }
 
     pub fn request(&self, command: Command) -> String {

@@ -1,0 +1,127 @@
+//! One-shot commands that use the engines directly, without MQTT: `transcribe`, `chat`, `say`.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, anyhow};
+use sotad::config::Config;
+use sotad::{llm, stt, tts};
+
+pub fn transcribe(
+    config: &Config,
+    path: &Path,
+    language: Option<String>,
+    translate: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let wav = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut engine = stt::load(config).map_err(|e| anyhow!(e))?;
+    let request = stt::Transcribe {
+        id: path.display().to_string(),
+        wav,
+        language,
+        task: if translate {
+            stt::Task::Translate
+        } else {
+            stt::Task::Transcribe
+        },
+        beam_size: None,
+        initial_prompt: None,
+    };
+    let t = engine
+        .run(&request)
+        .map_err(|e| anyhow!("{}: {}", path.display(), e.message))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&t)?);
+    } else {
+        println!("{}", t.text);
+    }
+    Ok(())
+}
+
+pub fn chat(config: &Config, thinking: bool) -> anyhow::Result<()> {
+    let mut engine = llm::load(config).map_err(|e| anyhow!(e))?;
+    let stdin = std::io::stdin();
+    let mut turn = 0u64;
+    eprintln!("sotad chat: type a message and press Enter; an empty line ends.");
+    loop {
+        eprint!("> ");
+        std::io::stderr().flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        turn += 1;
+        let request = llm::AskRequest {
+            id: format!("chat-{turn}"),
+            prompt: Some(line.trim().to_string()),
+            messages: None,
+            session: Some("terminal".into()),
+            options: llm::Options {
+                thinking: Some(thinking),
+                ..Default::default()
+            },
+        };
+        llm::validate(&request).map_err(|e| anyhow!(e.message))?;
+        // Print pieces as they come, from the engine thread's callback.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
+        let printer = std::thread::spawn(move || {
+            let mut out = std::io::stdout();
+            while let Some(piece) = rx.blocking_recv() {
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+            }
+        });
+        let mut stream = llm::Stream {
+            tokens: Some(tx),
+            cancel: Arc::new(AtomicBool::new(false)),
+            dropped: 0,
+        };
+        let reply = engine.ask(&request, &mut stream);
+        drop(stream);
+        let _ = printer.join();
+        let reply = reply.map_err(|e| anyhow!(e.message))?;
+        println!();
+        eprintln!(
+            "  [{} tokens, first after {:.0} ms, {:.1} tok/s, stop: {}]",
+            reply.timings.generated_tokens,
+            reply.timings.ttft_ms,
+            reply.timings.decode_tok_s,
+            reply.stop_reason
+        );
+    }
+}
+
+pub fn say(config: &Config, text: &str, output: &Path, voice: Option<String>) -> anyhow::Result<()> {
+    let mut engine = tts::load(config).map_err(|e| anyhow!(e))?;
+    let request = tts::SayRequest {
+        id: "say".into(),
+        text: text.to_string(),
+        voice,
+        speaker: None,
+        scales: tts::Scales::default(),
+    };
+    tts::validate(&request).map_err(|e| anyhow!(e.message))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<tts::Chunk>(1024);
+    let done = engine
+        .say(&request, &tx, &AtomicBool::new(false))
+        .map_err(|e| anyhow!(e.message))?;
+    drop(tx);
+    let mut samples = Vec::new();
+    while let Ok(chunk) = rx.try_recv() {
+        samples.extend_from_slice(&chunk.samples);
+    }
+    let wav = sotad_engines::audio::encode_wav_i16(&samples, done.sample_rate, 1);
+    std::fs::write(output, wav).with_context(|| format!("cannot write {}", output.display()))?;
+    println!(
+        "{}: {:.2} s of speech ({} sentences), first audio after {:.0} ms, real-time factor {:.3}",
+        output.display(),
+        done.audio_s,
+        done.chunks,
+        done.timings.first_audio_ms,
+        done.timings.real_time_factor
+    );
+    Ok(())
+}

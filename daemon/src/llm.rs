@@ -1,0 +1,567 @@
+//! The LLM stage: `llm/ask` and `llm/cancel` over the LLM engine worker.
+//!
+//! Conversations: a request with a `session` id continues that conversation; its turns are
+//! remembered (at most `llm.session_turns` per session, `llm.sessions` sessions, least recently
+//! used forgotten first). The engine keeps one KV cache and reuses whatever token prefix the
+//! new prompt shares with the previous one, so a follow-up in the same session only computes
+//! the new turn, and switching sessions recomputes from the end of the shared system prompt.
+//!
+//! Tokens stream on `llm/tokens` at QoS 0 through a bounded channel: when MQTT falls behind,
+//! tokens are dropped from the stream (counted), never from the final `llm/reply`.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sotad_engines::llm as engine;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::mqtt::request::{ErrorCode, Request, RequestError};
+use crate::worker::Worker;
+
+/// Longest prompt or message accepted, in bytes (the request size limit applies too).
+pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
+/// Tokens waiting to be published before the stream starts dropping them.
+pub const TOKEN_STREAM_BUFFER: usize = 256;
+
+/// The engine thread's state: the model, its one live session, remembered conversations.
+pub struct Llm {
+    model: engine::Model,
+    session: engine::Session,
+    conversations: Conversations,
+    defaults: Defaults,
+}
+
+#[derive(Debug, Clone)]
+struct Defaults {
+    system_prompt: String,
+    max_tokens: usize,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    min_p: f32,
+    repeat_penalty: f32,
+}
+
+/// The async side: the worker and the cancel flags of running requests.
+#[derive(Clone)]
+pub struct LlmStage {
+    pub worker: Worker<Llm>,
+    running: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
+}
+
+/// Starts the LLM worker if `llm.model` is set; the model loads on the worker thread.
+pub fn spawn(config: &Config) -> Option<LlmStage> {
+    config.model_path(&config.llm.model)?;
+    let config = config.clone();
+    let worker = Worker::spawn("llm", config.service.request_queue, move || load(&config));
+    Some(LlmStage {
+        worker,
+        running: Arc::default(),
+    })
+}
+
+/// Loads the configured model; the error names the configuration key and the file.
+pub fn load(config: &Config) -> Result<Llm, String> {
+    let c = &config.llm;
+    let Some(path) = config.model_path(&c.model) else {
+        return Err("the LLM is off: configuration key `llm.model` is empty".into());
+    };
+    let options = engine::LoadOptions {
+        context_len: c.context,
+        threads: crate::stt::threads(c.threads),
+        ..Default::default()
+    };
+    let model = engine::Model::load(&path, &options).map_err(|e| {
+        format!("the LLM is not available: configuration key `llm.model` = {:?}: {e}", c.model)
+    })?;
+    let session = model.session();
+    Ok(Llm {
+        model,
+        session,
+        conversations: Conversations::new(c.sessions, c.session_turns),
+        defaults: Defaults {
+            system_prompt: c.system_prompt.clone(),
+            max_tokens: c.max_tokens,
+            temperature: c.temperature,
+            top_k: c.top_k,
+            top_p: c.top_p,
+            min_p: c.min_p,
+            repeat_penalty: c.repeat_penalty,
+        },
+    })
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AskRequest {
+    pub id: String,
+    /// A single user message. Exactly one of `prompt` and `messages`.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// A whole conversation: `[{"role": "system"|"user"|"assistant", "content": "..."}]`.
+    #[serde(default)]
+    pub messages: Option<Vec<MessageIn>>,
+    /// Continue (or start) this conversation; its earlier turns are prepended.
+    #[serde(default)]
+    pub session: Option<String>,
+    #[serde(default)]
+    pub options: Options,
+}
+
+impl Request for AskRequest {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageIn {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    /// Generation stops before any of these strings (at most 8, each 1-64 bytes).
+    pub stop: Option<Vec<String>>,
+    /// Models that think (Qwen3): whether to think first; the thinking is returned apart.
+    pub thinking: Option<bool>,
+    /// Replace the configured system prompt for this request ("" for none).
+    pub system_prompt: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    pub id: String,
+}
+
+impl Request for CancelRequest {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Checks what serde cannot: exactly one of prompt/messages, sizes, ranges.
+pub fn validate(r: &AskRequest) -> Result<(), RequestError> {
+    let invalid = |field: &str, message: String| {
+        RequestError::new(Some(r.id.clone()), ErrorCode::InvalidRequest, message).with_field(field)
+    };
+    match (&r.prompt, &r.messages) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "messages",
+                "give either `prompt` or `messages`, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "prompt",
+                "missing field `prompt` (or `messages`): what should the model answer?".into(),
+            ));
+        }
+        (Some(p), None) if p.trim().is_empty() => {
+            return Err(invalid("prompt", "the prompt is empty".into()));
+        }
+        (Some(p), None) if p.len() > MAX_PROMPT_BYTES => {
+            return Err(invalid(
+                "prompt",
+                format!("the prompt is {} bytes; the limit is {MAX_PROMPT_BYTES}", p.len()),
+            ));
+        }
+        (None, Some(m)) => {
+            if m.is_empty() {
+                return Err(invalid("messages", "`messages` is empty".into()));
+            }
+            for (i, msg) in m.iter().enumerate() {
+                if msg.content.len() > MAX_PROMPT_BYTES {
+                    return Err(invalid(
+                        &format!("messages[{i}].content"),
+                        format!("{} bytes; the limit is {MAX_PROMPT_BYTES}", msg.content.len()),
+                    ));
+                }
+            }
+            if m.last().map(|x| x.role) != Some(Role::User) {
+                return Err(invalid(
+                    "messages",
+                    "the last message must have role `user`".into(),
+                ));
+            }
+        }
+        _ => {}
+    }
+    if let Some(s) = &r.session
+        && (s.is_empty() || s.len() > 128)
+    {
+        return Err(invalid("session", "must be 1 to 128 bytes".into()));
+    }
+    let o = &r.options;
+    let float = |field: &str, v: Option<f32>, lo: f32, hi: f32| match v {
+        Some(x) if !(x.is_finite() && x >= lo && x <= hi) => Err(invalid(
+            &format!("options.{field}"),
+            format!("{x} is out of range; allowed: {lo} to {hi}"),
+        )),
+        _ => Ok(()),
+    };
+    float("temperature", o.temperature, 0.0, 5.0)?;
+    float("top_p", o.top_p, 0.0, 1.0)?;
+    float("min_p", o.min_p, 0.0, 1.0)?;
+    float("repeat_penalty", o.repeat_penalty, 0.5, 3.0)?;
+    if let Some(n) = o.max_tokens
+        && !(1..=32_768).contains(&n)
+    {
+        return Err(invalid(
+            "options.max_tokens",
+            format!("{n} is out of range; allowed: 1 to 32768"),
+        ));
+    }
+    if let Some(stop) = &o.stop
+        && (stop.len() > 8 || stop.iter().any(|s| s.is_empty() || s.len() > 64))
+    {
+        return Err(invalid(
+            "options.stop",
+            "allowed: at most 8 strings of 1 to 64 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The answer on `llm/reply`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reply {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    pub text: String,
+    /// What a thinking model thought before answering; never spoken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
+    /// `eos`, `stop`, `max_tokens`, `cancelled` or `context_full`.
+    pub stop_reason: String,
+    pub timings: Timings,
+    /// Tokens left out of the `llm/tokens` stream because MQTT fell behind.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tokens_dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    /// Prompt tokens reused from the previous request's cache.
+    pub cached_tokens: usize,
+    pub generated_tokens: usize,
+    pub ttft_ms: f64,
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    pub total_ms: f64,
+}
+
+/// One streamed token on `llm/tokens`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenChunk<'a> {
+    pub id: &'a str,
+    pub seq: u64,
+    pub text: &'a str,
+}
+
+impl LlmStage {
+    /// Registers a cancel flag for `id`; dropped from the table by [`LlmStage::finish`].
+    pub fn register(&self, id: &str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), flag.clone());
+        flag
+    }
+
+    pub fn finish(&self, id: &str) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Flags the request `id` as cancelled; false when no such request is queued or running.
+    pub fn cancel(&self, id: &str) -> bool {
+        match self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            Some(flag) => {
+                flag.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels every running request (shutdown, barge-in).
+    pub fn cancel_all(&self) {
+        for flag in self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a generation needs besides the request: where tokens go and when to stop.
+pub struct Stream {
+    pub tokens: Option<mpsc::Sender<String>>,
+    pub cancel: Arc<AtomicBool>,
+    pub dropped: u64,
+}
+
+impl Llm {
+    /// Answers `request` on the engine thread, streaming text pieces into `stream`.
+    pub fn ask(&mut self, request: &AskRequest, stream: &mut Stream) -> Result<Reply, RequestError> {
+        let o = &request.options;
+        let d = &self.defaults;
+        let system = o.system_prompt.clone().unwrap_or_else(|| d.system_prompt.clone());
+        // The conversation: remembered turns of the session, then the new messages.
+        let mut messages: Vec<engine::Message> = Vec::new();
+        let given: Vec<engine::Message> = match (&request.prompt, &request.messages) {
+            (Some(p), _) => vec![engine::Message::user(p)],
+            (None, Some(m)) => m.iter().map(to_engine).collect(),
+            (None, None) => Vec::new(),
+        };
+        let has_system = given.first().is_some_and(|m| m.role == engine::Role::System);
+        if !has_system && !system.is_empty() {
+            messages.push(engine::Message::system(&system));
+        }
+        if let Some(session) = &request.session {
+            messages.extend(self.conversations.history(session).iter().cloned());
+        }
+        messages.extend(given.iter().cloned());
+
+        let options = engine::GenerateOptions {
+            max_tokens: o.max_tokens.unwrap_or(d.max_tokens),
+            temperature: o.temperature.unwrap_or(d.temperature),
+            top_k: o.top_k.unwrap_or(d.top_k),
+            top_p: o.top_p.unwrap_or(d.top_p),
+            min_p: o.min_p.unwrap_or(d.min_p),
+            repeat_penalty: o.repeat_penalty.unwrap_or(d.repeat_penalty),
+            seed: o.seed.unwrap_or_else(fastrand::u64_any),
+            stop: o.stop.clone().unwrap_or_default(),
+            thinking: o.thinking.unwrap_or(false),
+            ..Default::default()
+        };
+        let cancel = stream.cancel.clone();
+        let tokens = stream.tokens.clone();
+        let mut dropped = 0u64;
+        let result = self.session.chat(&messages, &options, |piece: &str| {
+            if let Some(tx) = &tokens
+                && tx.try_send(piece.to_string()).is_err()
+            {
+                dropped += 1;
+            }
+            if cancel.load(Ordering::Relaxed) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        stream.dropped = dropped;
+        let reply = result.map_err(|e| {
+            RequestError::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())
+        })?;
+        if let Some(session) = &request.session {
+            self.conversations
+                .remember(session, &given, engine::Message::assistant(&reply.text));
+        }
+        let t = &reply.timings;
+        Ok(Reply {
+            id: request.id.clone(),
+            session: request.session.clone(),
+            text: reply.text.trim().to_string(),
+            thinking: reply.thinking.clone().filter(|t| !t.trim().is_empty()),
+            stop_reason: stop_reason(reply.stop_reason).to_string(),
+            timings: Timings {
+                prompt_tokens: t.prompt_tokens,
+                cached_tokens: t.cached_tokens,
+                generated_tokens: t.generated_tokens,
+                ttft_ms: t.ttft_ms,
+                prefill_tok_s: t.prefill_tok_s,
+                decode_tok_s: t.decode_tok_s,
+                total_ms: t.total_ms,
+            },
+            tokens_dropped: dropped,
+        })
+    }
+
+    pub fn model(&self) -> &engine::Model {
+        &self.model
+    }
+}
+
+/// The protocol's name of a stop reason.
+pub fn stop_reason(reason: engine::StopReason) -> &'static str {
+    match reason {
+        engine::StopReason::Eos => "eos",
+        engine::StopReason::StopString => "stop",
+        engine::StopReason::MaxTokens => "max_tokens",
+        engine::StopReason::Cancelled => "cancelled",
+        engine::StopReason::ContextFull => "context_full",
+    }
+}
+
+fn to_engine(m: &MessageIn) -> engine::Message {
+    match m.role {
+        Role::System => engine::Message::system(&m.content),
+        Role::User => engine::Message::user(&m.content),
+        Role::Assistant => engine::Message::assistant(&m.content),
+    }
+}
+
+/// Remembered conversations, least recently used first.
+pub struct Conversations {
+    max_sessions: usize,
+    max_turns: usize,
+    sessions: VecDeque<(String, Vec<engine::Message>)>,
+}
+
+impl Conversations {
+    pub fn new(max_sessions: usize, max_turns: usize) -> Conversations {
+        Conversations {
+            max_sessions,
+            max_turns: max_turns.max(1),
+            sessions: VecDeque::new(),
+        }
+    }
+
+    /// The remembered turns of `session` (empty if unknown); marks it most recently used.
+    pub fn history(&mut self, session: &str) -> &[engine::Message] {
+        match self.sessions.iter().position(|(s, _)| s == session) {
+            Some(i) => {
+                let entry = self.sessions.remove(i).expect("index from position");
+                self.sessions.push_back(entry);
+                &self.sessions.back().expect("just pushed").1
+            }
+            None => &[],
+        }
+    }
+
+    /// Appends a turn (the new messages and the answer), dropping the oldest turns beyond
+    /// the bound and the least recently used session beyond the session bound.
+    pub fn remember(&mut self, session: &str, asked: &[engine::Message], answer: engine::Message) {
+        if self.max_sessions == 0 {
+            return;
+        }
+        let i = match self.sessions.iter().position(|(s, _)| s == session) {
+            Some(i) => i,
+            None => {
+                if self.sessions.len() >= self.max_sessions {
+                    self.sessions.pop_front();
+                }
+                self.sessions.push_back((session.to_string(), Vec::new()));
+                self.sessions.len() - 1
+            }
+        };
+        let turns = &mut self.sessions[i].1;
+        turns.extend(
+            asked
+                .iter()
+                .filter(|m| m.role != engine::Role::System)
+                .cloned(),
+        );
+        turns.push(answer);
+        // A turn starts at a user message; keep the last `max_turns` of them.
+        let starts: Vec<usize> = turns
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.role == engine::Role::User)
+            .map(|(i, _)| i)
+            .collect();
+        if starts.len() > self.max_turns {
+            let cut = starts[starts.len() - self.max_turns];
+            turns.drain(..cut);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::request;
+
+    fn ask(json: &str) -> Result<AskRequest, RequestError> {
+        let r: AskRequest = request::parse(json.as_bytes(), 1 << 20)?;
+        validate(&r)?;
+        Ok(r)
+    }
+
+    #[test]
+    fn ask_validation_names_the_field() {
+        assert!(ask(r#"{"id":"1","prompt":"hi"}"#).is_ok());
+        let e = ask(r#"{"id":"1"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("prompt"));
+        let e = ask(r#"{"id":"1","prompt":"a","messages":[]}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("messages"));
+        let e = ask(r#"{"id":"1","prompt":"a","options":{"temperature":9}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("options.temperature"));
+        let e = ask(r#"{"id":"1","prompt":"a","options":{"temprature":1}}"#).unwrap_err();
+        assert!(e.message.contains("temprature"), "{}", e.message);
+        let e = ask(r#"{"id":"1","messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}]}"#)
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("messages"));
+        let e = ask(r#"{"id":"1","messages":[{"role":"robot","content":"a"}]}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("messages[0].role"));
+    }
+
+    #[test]
+    fn conversations_keep_bounded_turns_and_sessions() {
+        let mut c = Conversations::new(2, 2);
+        for i in 0..3 {
+            c.remember(
+                "a",
+                &[engine::Message::user(&format!("q{i}"))],
+                engine::Message::assistant(&format!("a{i}")),
+            );
+        }
+        let h: Vec<String> = c.history("a").iter().map(|m| m.content.clone()).collect();
+        assert_eq!(h, ["q1", "a1", "q2", "a2"]);
+        c.remember("b", &[engine::Message::user("x")], engine::Message::assistant("y"));
+        c.remember("c", &[engine::Message::user("x")], engine::Message::assistant("y"));
+        assert_eq!(c.len(), 2);
+        assert!(c.history("a").is_empty(), "least recently used session forgotten");
+    }
+}

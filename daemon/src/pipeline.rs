@@ -1,0 +1,495 @@
+//! The voice loop: utterance → STT → LLM (streamed, cut at sentence ends) → TTS sentence by
+//! sentence → playback and MQTT, with one id per turn and a latency breakdown.
+//!
+//! Every edge is bounded, with a written policy:
+//! - capture → VAD: frames, `try_send`, dropped and counted when the VAD falls behind
+//!   (the capture thread never blocks);
+//! - VAD → turns: utterances, `try_send` into a queue of 2, dropped and counted when full;
+//! - LLM → sentences: the token stream of [`crate::service::ask`] (bounded, tokens dropped
+//!   from the MQTT stream only; the turn uses the pieces it receives in full, see below);
+//! - sentences → TTS: one job per sentence on the TTS worker queue (busy → the sentence is
+//!   skipped and counted; the reply text still goes out on `turn/reply`);
+//! - TTS → MQTT/playback: [`crate::tts::AUDIO_BUFFER`] chunks, the engine waits (audio is
+//!   never dropped).
+//!
+//! Inference runs on the engine threads; this module only coordinates, on tokio.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::mqtt::Publisher;
+use crate::mqtt::request::{ErrorCode, Request, RequestError};
+use crate::sentences::SentenceSplitter;
+use crate::service::Stages;
+use crate::telemetry::Metrics;
+use crate::{llm, tts};
+
+/// What starts a turn.
+pub enum Input {
+    /// Text injected over MQTT (`turn/text`).
+    Text { text: String, session: Option<String> },
+    /// An utterance from the microphone, 16 kHz mono, with when the endpointer saw its end.
+    Speech {
+        samples: Vec<f32>,
+        /// Delay from the true end of speech to the endpoint (trailing silence), in ms.
+        endpoint_ms: f64,
+        endpointed_at: Instant,
+    },
+}
+
+/// `turn/text`: a typed question that runs the LLM → TTS path of the voice loop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextTurnRequest {
+    pub id: String,
+    pub text: String,
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+impl Request for TextTurnRequest {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+pub fn validate(r: &TextTurnRequest) -> Result<(), RequestError> {
+    if r.text.trim().is_empty() || r.text.len() > llm::MAX_PROMPT_BYTES {
+        return Err(RequestError::new(
+            Some(r.id.clone()),
+            ErrorCode::InvalidRequest,
+            format!("`text` must be 1 to {} bytes of text", llm::MAX_PROMPT_BYTES),
+        )
+        .with_field("text"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Started<'a> {
+    pub turn: &'a str,
+    pub source: &'a str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TranscriptEvent<'a> {
+    pub turn: &'a str,
+    pub text: &'a str,
+    pub language: &'a str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplyEvent<'a> {
+    pub turn: &'a str,
+    pub text: &'a str,
+    pub stop_reason: &'a str,
+}
+
+/// Where the time of a turn went, in milliseconds; absent stages did not run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// True end of speech → endpoint (trailing silence the endpointer waited for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stt_ms: Option<f64>,
+    /// Start of the LLM stage → first token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// Start of the turn (the endpoint, or the text's arrival) → first audio sample ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_audio_ms: Option<f64>,
+    /// True end of speech (or arrival) → first audio: what the person waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_ms: Option<f64>,
+    pub total_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DoneEvent<'a> {
+    pub turn: &'a str,
+    /// `answered`, `no_speech`, `cancelled` or `failed`.
+    pub outcome: &'a str,
+    pub transcript: &'a str,
+    pub reply: &'a str,
+    pub audio_s: f64,
+    pub sentences: usize,
+    pub latency: Latency,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One turn in progress, so a new one (barge-in) or `listen/stop` can cancel it.
+struct Current {
+    turn: String,
+    cancel: Arc<AtomicBool>,
+    llm_id: String,
+}
+
+/// Audio of a turn: sent to MQTT and, when configured, to the player.
+pub type PlaybackSender = std::sync::mpsc::SyncSender<PlayItem>;
+
+pub enum PlayItem {
+    Audio { samples: Vec<f32>, sample_rate: u32, cancel: Arc<AtomicBool> },
+}
+
+/// The turn runner, shared by the MQTT service (`turn/text`) and the microphone path.
+#[derive(Clone)]
+pub struct Turns {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    stages: Stages,
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+    current: Mutex<Option<Current>>,
+    seq: AtomicU64,
+    /// Set while a turn is producing or playing speech (the microphone is ignored meanwhile
+    /// unless barge-in is on).
+    speaking: AtomicBool,
+    playback: Option<PlaybackSender>,
+    session: String,
+}
+
+impl Turns {
+    pub fn new(
+        stages: Stages,
+        publisher: Publisher,
+        metrics: Arc<Metrics>,
+        playback: Option<PlaybackSender>,
+    ) -> Turns {
+        Turns {
+            inner: Arc::new(Inner {
+                stages,
+                publisher,
+                metrics,
+                current: Mutex::new(None),
+                seq: AtomicU64::new(0),
+                speaking: AtomicBool::new(false),
+                playback,
+                session: "voice".to_string(),
+            }),
+        }
+    }
+
+    /// Whether a turn is in progress (speech being produced or played).
+    pub fn speaking(&self) -> bool {
+        self.inner.speaking.load(Ordering::Relaxed)
+    }
+
+    /// A fresh turn id.
+    pub fn next_id(&self) -> String {
+        format!("turn-{}", self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Cancels the turn in progress, if any (barge-in, `listen/stop`, `mute`).
+    pub fn cancel_current(&self) -> Option<String> {
+        let current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        current.cancel.store(true, Ordering::Relaxed);
+        if let Some(llm) = &self.inner.stages.llm {
+            llm.cancel(&current.llm_id);
+        }
+        Some(current.turn)
+    }
+
+    /// Runs one turn to its end, publishing its events. A turn already in progress is
+    /// cancelled first: the newest question wins.
+    pub async fn run(&self, turn: String, input: Input) {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let topics = inner.publisher.topics().clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let llm_id = format!("{turn}/llm");
+        if let Some(previous) = self.cancel_current() {
+            tracing::info!(previous, turn, "new turn cancels the one in progress");
+        }
+        *inner.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Current {
+            turn: turn.clone(),
+            cancel: cancel.clone(),
+            llm_id: llm_id.clone(),
+        });
+        inner.speaking.store(true, Ordering::Relaxed);
+        let source = match &input {
+            Input::Text { .. } => "text",
+            Input::Speech { .. } => "speech",
+        };
+        inner
+            .publisher
+            .event(&topics.turn("started"), &Started { turn: &turn, source })
+            .await;
+
+        let mut latency = Latency::default();
+        let mut outcome = "answered";
+        let mut error = None;
+        let mut transcript = String::new();
+        let mut reply = String::new();
+        let mut audio_s = 0.0;
+        let mut sentences = 0usize;
+
+        // 1. Speech to text.
+        let (question, session, origin) = match input {
+            Input::Text { text, session } => (Some(text), session, started),
+            Input::Speech {
+                samples,
+                endpoint_ms,
+                endpointed_at,
+            } => {
+                latency.endpoint_ms = Some(round1(endpoint_ms));
+                let origin = endpointed_at
+                    .checked_sub(std::time::Duration::from_secs_f64(endpoint_ms / 1e3))
+                    .unwrap_or(endpointed_at);
+                match self.transcribe(samples).await {
+                    Ok((text, language, ms)) => {
+                        latency.stt_ms = Some(round1(ms));
+                        transcript = text.clone();
+                        inner
+                            .publisher
+                            .event(
+                                &topics.turn("transcript"),
+                                &TranscriptEvent {
+                                    turn: &turn,
+                                    text: &text,
+                                    language: &language,
+                                },
+                            )
+                            .await;
+                        if text.trim().is_empty() {
+                            outcome = "no_speech";
+                            (None, None, origin)
+                        } else {
+                            (Some(text), Some(inner.session.clone()), origin)
+                        }
+                    }
+                    Err(e) => {
+                        outcome = "failed";
+                        error = Some(e);
+                        (None, None, origin)
+                    }
+                }
+            }
+        };
+
+        // 2. LLM, streamed into sentences; 3. each sentence to TTS as soon as it is complete.
+        if let Some(question) = question
+            && !cancel.load(Ordering::Relaxed)
+        {
+            match self
+                .answer(&turn, &llm_id, question, session, &cancel, started)
+                .await
+            {
+                Ok(a) => {
+                    reply = a.text;
+                    latency.ttft_ms = a.ttft_ms.map(round1);
+                    latency.first_audio_ms = a.first_audio.map(|t| round1(ms_between(started, t)));
+                    latency.response_ms = a.first_audio.map(|t| round1(ms_between(origin, t)));
+                    audio_s = a.audio_s;
+                    sentences = a.sentences;
+                    inner
+                        .publisher
+                        .event(
+                            &topics.turn("reply"),
+                            &ReplyEvent {
+                                turn: &turn,
+                                text: &reply,
+                                stop_reason: &a.stop_reason,
+                            },
+                        )
+                        .await;
+                    if a.stop_reason == "cancelled" || cancel.load(Ordering::Relaxed) {
+                        outcome = "cancelled";
+                    }
+                }
+                Err(e) => {
+                    outcome = if cancel.load(Ordering::Relaxed) { "cancelled" } else { "failed" };
+                    error = Some(e);
+                }
+            }
+        }
+        latency.total_ms = round1(ms_between(started, Instant::now()));
+        {
+            let mut current = inner.current.lock().unwrap_or_else(|e| e.into_inner());
+            if current.as_ref().is_some_and(|c| c.turn == turn) {
+                *current = None;
+                inner.speaking.store(false, Ordering::Relaxed);
+            }
+        }
+        inner.metrics.turn_done(outcome, &latency);
+        inner
+            .publisher
+            .event(
+                &topics.turn("done"),
+                &DoneEvent {
+                    turn: &turn,
+                    outcome,
+                    transcript: &transcript,
+                    reply: &reply,
+                    audio_s,
+                    sentences,
+                    latency,
+                    error,
+                },
+            )
+            .await;
+    }
+
+    async fn transcribe(&self, samples: Vec<f32>) -> Result<(String, String, f64), String> {
+        let Some(stt) = &self.inner.stages.stt else {
+            return Err("speech-to-text is off: configuration key `stt.model` is empty".into());
+        };
+        let started = Instant::now();
+        let t = stt
+            .submit(move |engine| {
+                engine.transcribe_samples(&samples, None, crate::stt::Task::Transcribe, None, None)
+            })
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())??;
+        Ok((t.text.trim().to_string(), t.language.clone(), ms_between(started, Instant::now())))
+    }
+
+    async fn answer(
+        &self,
+        turn: &str,
+        llm_id: &str,
+        question: String,
+        session: Option<String>,
+        cancel: &Arc<AtomicBool>,
+        started: Instant,
+    ) -> Result<Answer, String> {
+        let inner = &self.inner;
+        let Some(llm) = &inner.stages.llm else {
+            return Err("the LLM is off: configuration key `llm.model` is empty".into());
+        };
+        let request = llm::AskRequest {
+            id: llm_id.to_string(),
+            prompt: Some(question),
+            messages: None,
+            session,
+            options: llm::Options::default(),
+        };
+        let flag = llm.register(llm_id);
+        if cancel.load(Ordering::Relaxed) {
+            flag.store(true, Ordering::Relaxed);
+        }
+        let (tokens_tx, mut tokens_rx) = mpsc::channel::<String>(llm::TOKEN_STREAM_BUFFER * 4);
+        let submitted = llm.worker.submit(move |engine| {
+            let mut stream = llm::Stream {
+                tokens: Some(tokens_tx),
+                cancel: flag,
+                dropped: 0,
+            };
+            engine.ask(&request, &mut stream)
+        });
+        let done = match submitted {
+            Ok(done) => done,
+            Err(e) => {
+                llm.finish(llm_id);
+                return Err(e.to_string());
+            }
+        };
+
+        // Speech for the sentences, in order, as they complete.
+        let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(tts::AUDIO_BUFFER);
+        let mut ttft = None;
+        let tokens = async {
+            // Owns the audio sender: the channel closes once every sentence is synthesized.
+            let audio_tx = audio_tx;
+            let mut jobs = Vec::new();
+            let mut splitter = SentenceSplitter::new();
+            let mut speak = |sentence: String| {
+                let Some(tts) = &inner.stages.tts else {
+                    return;
+                };
+                let request = tts::SayRequest {
+                    id: format!("{turn}/{}", jobs.len()),
+                    text: sentence,
+                    voice: None,
+                    speaker: None,
+                    scales: tts::Scales::default(),
+                };
+                let tx = audio_tx.clone();
+                let cancel = cancel.clone();
+                match tts.submit(move |engine| engine.say(&request, &tx, &cancel)) {
+                    Ok(job) => jobs.push(job),
+                    Err(e) => {
+                        inner.metrics.queue_dropped("tts");
+                        tracing::warn!(turn, error = %e, "a sentence was not spoken");
+                    }
+                }
+            };
+            while let Some(piece) = tokens_rx.recv().await {
+                if ttft.is_none() {
+                    ttft = Some(ms_between(started, Instant::now()));
+                }
+                for sentence in splitter.push(&piece) {
+                    speak(sentence);
+                }
+            }
+            if let Some(rest) = splitter.finish() {
+                speak(rest);
+            }
+            for job in jobs {
+                if let Ok(Err(e)) = job.await {
+                    tracing::warn!(turn, error = e.message, "a sentence could not be synthesized");
+                }
+            }
+        };
+        let audio_topic = inner.publisher.topics().tts_audio(turn);
+        let mut first_audio = None;
+        let mut samples_out = 0usize;
+        let mut rate = 22050;
+        let mut chunks = 0usize;
+        let forward = async {
+            while let Some(chunk) = audio_rx.recv().await {
+                first_audio.get_or_insert_with(Instant::now);
+                samples_out += chunk.samples.len();
+                rate = chunk.sample_rate;
+                chunks += 1;
+                if let Some(player) = &inner.playback {
+                    let item = PlayItem::Audio {
+                        samples: chunk.samples.clone(),
+                        sample_rate: chunk.sample_rate,
+                        cancel: cancel.clone(),
+                    };
+                    if player.try_send(item).is_err() {
+                        inner.metrics.queue_dropped("playback");
+                    }
+                }
+                inner.publisher.bytes(&audio_topic, chunk.wav()).await;
+            }
+        };
+        let (result, (), ()) = tokio::join!(done, tokens, forward);
+        llm.finish(llm_id);
+        let reply = result.map_err(|e| e.to_string())?.map_err(|e| e.message)?;
+        Ok(Answer {
+            text: reply.text,
+            stop_reason: reply.stop_reason,
+            ttft_ms: ttft,
+            first_audio,
+            audio_s: samples_out as f64 / f64::from(rate),
+            sentences: chunks,
+        })
+    }
+}
+
+struct Answer {
+    text: String,
+    stop_reason: String,
+    ttft_ms: Option<f64>,
+    first_audio: Option<Instant>,
+    audio_s: f64,
+    sentences: usize,
+}
+
+fn ms_between(a: Instant, b: Instant) -> f64 {
+    b.saturating_duration_since(a).as_secs_f64() * 1e3
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}

@@ -1,0 +1,136 @@
+//! Cutting streamed LLM text into sentences for speech, as soon as each one is complete.
+//!
+//! A sentence ends at `.`, `!`, `?` (or `…`, `;`, `:`) followed by whitespace, or at a line
+//! break. Very short pieces ("1.", "e.g.") are held back and joined to what follows, so the
+//! voice does not stop after every abbreviation. Markdown emphasis and list markers that
+//! small models like to emit are removed: they are not meant to be read aloud.
+
+/// Accumulates streamed text and yields complete sentences.
+#[derive(Debug, Default)]
+pub struct SentenceSplitter {
+    pending: String,
+}
+
+/// Sentences shorter than this (in characters) wait for more text.
+const MIN_CHARS: usize = 12;
+
+impl SentenceSplitter {
+    pub fn new() -> SentenceSplitter {
+        SentenceSplitter::default()
+    }
+
+    /// Adds a piece of text; returns the sentences it completed, in order.
+    pub fn push(&mut self, piece: &str) -> Vec<String> {
+        self.pending.push_str(piece);
+        let mut out = Vec::new();
+        loop {
+            let Some(end) = self.sentence_end() else {
+                break;
+            };
+            let sentence: String = self.pending.drain(..end).collect();
+            let cleaned = clean(&sentence);
+            if !cleaned.is_empty() {
+                out.push(cleaned);
+            }
+        }
+        out
+    }
+
+    /// The rest, once the stream has ended.
+    pub fn finish(&mut self) -> Option<String> {
+        let rest = clean(&std::mem::take(&mut self.pending));
+        (!rest.is_empty()).then_some(rest)
+    }
+
+    /// Byte index just past the first sentence end that leaves a long enough sentence.
+    fn sentence_end(&self) -> Option<usize> {
+        let text = &self.pending;
+        let mut chars = text.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            let next = chars.peek().map(|&(_, n)| n);
+            let end = match c {
+                '\n' => Some(i + 1),
+                '.' | '!' | '?' | '…' | ';' | ':' if next.is_some_and(char::is_whitespace) => {
+                    Some(i + c.len_utf8())
+                }
+                _ => None,
+            };
+            if c == '.' && end.is_some() && is_abbreviation(&text[..i]) {
+                continue;
+            }
+            if let Some(end) = end
+                && (c == '\n' && text[..end].trim().is_empty()
+                    || text[..end].trim().chars().count() >= MIN_CHARS)
+            {
+                return Some(end);
+            }
+        }
+        None
+    }
+}
+
+/// Whether the word just before a period is an abbreviation (`e.g`, `Dr`, `U.S`, a single letter).
+fn is_abbreviation(before: &str) -> bool {
+    let word = before
+        .rsplit(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or("");
+    const KNOWN: [&str; 12] = [
+        "mr", "mrs", "ms", "dr", "st", "vs", "etc", "no", "jr", "sr", "prof", "approx",
+    ];
+    word.contains('.')
+        || (word.chars().count() == 1 && word.chars().all(char::is_alphabetic))
+        || KNOWN.contains(&word.to_lowercase().as_str())
+}
+
+/// Removes markdown markers and collapses whitespace.
+fn clean(sentence: &str) -> String {
+    let mut words = Vec::new();
+    for word in sentence.split_whitespace() {
+        let w = word.trim_matches(|c| matches!(c, '*' | '#' | '`' | '_'));
+        if w.is_empty() || w == "-" {
+            continue;
+        }
+        words.push(w);
+    }
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(pieces: &[&str]) -> Vec<String> {
+        let mut s = SentenceSplitter::new();
+        let mut out: Vec<String> = pieces.iter().flat_map(|p| s.push(p)).collect();
+        out.extend(s.finish());
+        out
+    }
+
+    #[test]
+    fn sentences_come_out_as_soon_as_they_end() {
+        let mut s = SentenceSplitter::new();
+        assert!(s.push("The capital of France").is_empty());
+        assert!(s.push(" is Paris.").is_empty(), "the end needs the following space");
+        assert_eq!(s.push(" It is"), ["The capital of France is Paris."]);
+        assert_eq!(s.push(" lovely!\n"), ["It is lovely!"]);
+        assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn short_pieces_and_abbreviations_are_joined() {
+        assert_eq!(
+            split(&["Hi. I am Robbie, e.g. a robot. Yes"]),
+            ["Hi. I am Robbie, e.g. a robot.", "Yes"]
+        );
+        assert_eq!(split(&["3.14 is pi. Done"]), ["3.14 is pi. Done"]);
+    }
+
+    #[test]
+    fn markdown_is_not_read_aloud() {
+        assert_eq!(
+            split(&["**Bold** claim here.\n- first item\n\n"]),
+            ["Bold claim here.", "first item"]
+        );
+    }
+}
