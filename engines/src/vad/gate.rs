@@ -6,7 +6,7 @@
 //! `margin_db` above the tracked noise floor, and stays open `hangover_ms` after the last
 //! window that opened it, so soft word endings still reach the model.
 //!
-//! The noise floor falls at once to any quieter window and rises slowly (`rise_db_per_s`)
+//! The noise floor falls at once to any quieter window (but not below `min_db - margin_db`) and rises slowly (`rise_db_per_s`)
 //! towards louder windows, but only while the caller reports no speech: a steady fan or hum
 //! is learnt within seconds, a long utterance is not learnt as noise.
 
@@ -98,8 +98,12 @@ impl EnergyGate {
         // Judge against the floor as it was before this window.
         let before = self.floor_db;
         let loud = level >= self.cfg.min_db && level >= before + self.cfg.margin_db;
+        // The floor never goes below min_db - margin_db: quieter than that, the absolute
+        // threshold decides anyway, and a floor learnt from digital silence would take
+        // minutes to climb back to a real room's noise.
+        let lowest = self.cfg.min_db - self.cfg.margin_db;
         self.floor_db = if level < before {
-            level
+            level.max(lowest)
         } else if speech_active {
             before
         } else {
