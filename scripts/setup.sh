@@ -15,9 +15,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
 
 # gcc for crates with C parts (aws-lc for TLS), ALSA headers, the broker and clients that
 # the tests run, openssl for the TLS test's certificates, espeak-ng (GPL, run as a separate
-# program) for phonemes.
+# program) for phonemes, sox for the audio tests and the VAD benchmark's noise.
 PACKAGES=(build-essential pkg-config cmake libasound2-dev mosquitto mosquitto-clients
-          openssl ca-certificates python3 curl espeak-ng)
+          openssl ca-certificates python3 curl espeak-ng sox)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

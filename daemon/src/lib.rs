@@ -11,6 +11,7 @@
 //! [`run`] wires them together; `main.rs` only parses the command line and passes a shutdown
 //! future (SIGTERM/SIGINT), so tests can run the daemon in-process with their own.
 
+pub mod audio;
 pub mod broker;
 pub mod config;
 pub mod llm;

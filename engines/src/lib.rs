@@ -11,5 +11,6 @@ mod mapped;
 pub mod quant;
 pub mod stt;
 pub mod tts;
+pub mod vad;
 
 pub use error::{Error, Result};
