@@ -16,6 +16,7 @@ mod nfd_table;
 pub mod onnx;
 pub mod phonemize;
 pub mod piper_voice;
+pub mod vits;
 
 pub use self::error::{TtsError, TtsErrorKind, TtsFile, TtsSubject};
 pub use self::piper_voice::{PiperVoice, VitsConfig, VoiceConfig};
