@@ -9,6 +9,7 @@
 //!
 //! Errors are [`TtsError`]s, reaching callers as [`crate::Error::Tts`].
 
+mod conv;
 mod error;
 mod json;
 mod nfd;

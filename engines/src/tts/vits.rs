@@ -21,8 +21,9 @@
 //! A multi-speaker voice adds its speaker embedding (`emb_g`) through the `cond` layers of the
 //! duration predictor, the flow's WaveNets and the decoder.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
+use super::conv::{Act, Conv1d, ConvTranspose1d};
 use super::error::{TtsError, TtsErrorKind, TtsFile};
 use super::piper_voice::{DurationPredictorConfig, PiperVoice, ResBlockKind, VitsConfig};
 use crate::error::Result;
@@ -663,13 +664,38 @@ impl Dp {
 
 // ----- flow --------------------------------------------------------------------------------
 
+fn fast_conv(voice: &PiperVoice, name: &str, dilation: usize, bias: bool) -> Result<Conv1d> {
+    let w = voice.param(&format!("{name}.weight"))?;
+    let d: Vec<usize> = w
+        .dims()
+        .iter()
+        .map(|&v| usize::try_from(v).unwrap_or(0))
+        .collect();
+    let [c_out, c_in, k] = d[..] else {
+        return Err(TtsError::new(
+            TtsFile::Request,
+            TtsErrorKind::Inference {
+                stage: "loading weights",
+                reason: format!("{name}.weight has shape {d:?}, expected 3 dimensions"),
+            },
+        )
+        .into());
+    };
+    let b = if bias {
+        Some(load_vec(voice, &format!("{name}.bias"))?)
+    } else {
+        None
+    };
+    Ok(Conv1d::new(&w.to_f32_vec()?, c_out, c_in, k, b, dilation))
+}
+
 #[derive(Debug, Clone)]
 struct Coupling {
-    pre: Conv,
-    in_layers: Vec<Conv>,
-    res_skip: Vec<Conv>,
-    cond: Option<Conv>,
-    post: Conv,
+    pre: Conv1d,
+    in_layers: Vec<Conv1d>,
+    res_skip: Vec<Conv1d>,
+    cond: Option<Conv1d>,
+    post: Conv1d,
     hidden: usize,
 }
 
@@ -681,13 +707,13 @@ impl Coupling {
         let mut res_skip = Vec::with_capacity(fl.n_layers);
         let mut dilation = 1usize;
         for l in 0..fl.n_layers {
-            in_layers.push(Conv::load(
+            in_layers.push(fast_conv(
                 voice,
                 &format!("{f}.enc.in_layers.{l}"),
                 dilation,
                 true,
             )?);
-            res_skip.push(Conv::load(
+            res_skip.push(fast_conv(
                 voice,
                 &format!("{f}.enc.res_skip_layers.{l}"),
                 1,
@@ -696,94 +722,88 @@ impl Coupling {
             dilation = dilation.saturating_mul(fl.dilation_rate);
         }
         Ok(Self {
-            pre: Conv::load(voice, &format!("{f}.pre"), 1, true)?,
+            pre: fast_conv(voice, &format!("{f}.pre"), 1, true)?,
             in_layers,
             res_skip,
             cond: if c.gin_channels > 0 {
-                Some(Conv::load(voice, &format!("{f}.enc.cond_layer"), 1, true)?)
+                Some(fast_conv(voice, &format!("{f}.enc.cond_layer"), 1, true)?)
             } else {
                 None
             },
-            post: Conv::load(voice, &format!("{f}.post"), 1, true)?,
+            post: fast_conv(voice, &format!("{f}.post"), 1, true)?,
             hidden: fl.hidden_channels,
         })
     }
 
-    /// The reverse pass on `[1, C, F]`.
-    fn reverse(&self, z: &Tensor, g: Option<&Tensor>) -> CResult<Tensor> {
-        let (_, c, _) = z.dims3()?;
+    /// The reverse pass on `z` `[C, F]` in place; `g` is the speaker embedding `[gin]`.
+    fn reverse(&self, z: &mut [f32], f: usize, g: Option<&[f32]>) {
+        let c = z.len() / f;
         let half = c / 2;
-        let x0 = z.narrow(1, 0, half)?;
-        let x1 = z.narrow(1, half, c - half)?;
-        let mut h = self.pre.forward(&x0.contiguous()?)?;
+        let (x0, x1) = z.split_at_mut(half * f);
+        let mut h = self.pre.forward(x0, f, Act::Identity, None);
         let gc = match (&self.cond, g) {
-            (Some(cond), Some(g)) => Some(cond.forward(g)?),
+            (Some(cond), Some(g)) => Some(cond.forward(g, 1, Act::Identity, None)),
             _ => None,
         };
         let hd = self.hidden;
         let n = self.in_layers.len();
-        let mut out: Option<Tensor> = None;
+        let mut out = vec![0f32; hd * f];
+        let mut acts = vec![0f32; hd * f];
         for (l, (inl, rs)) in self.in_layers.iter().zip(&self.res_skip).enumerate() {
-            let mut x_in = inl.forward(&h)?;
-            if let Some(gc) = &gc {
-                x_in = x_in.broadcast_add(&gc.narrow(1, l * 2 * hd, 2 * hd)?)?;
+            let x_in = inl.forward(&h, f, Act::Identity, None);
+            for ch in 0..hd {
+                let (gt, gs) = match &gc {
+                    Some(gc) => (gc[l * 2 * hd + ch], gc[l * 2 * hd + hd + ch]),
+                    None => (0.0, 0.0),
+                };
+                let a = &x_in[ch * f..(ch + 1) * f];
+                let b = &x_in[(hd + ch) * f..(hd + ch + 1) * f];
+                for ((o, &av), &bv) in acts[ch * f..(ch + 1) * f].iter_mut().zip(a).zip(b) {
+                    *o = (av + gt).tanh() * sigmoid(bv + gs);
+                }
             }
-            let acts =
-                (x_in.narrow(1, 0, hd)?.tanh()? * candle_sigmoid(&x_in.narrow(1, hd, hd)?)?)?;
-            let rsa = rs.forward(&acts)?;
-            let skip = if l + 1 < n {
-                h = (h + rsa.narrow(1, 0, hd)?)?;
-                rsa.narrow(1, hd, hd)?
+            let rsa = rs.forward(&acts, f, Act::Identity, None);
+            if l + 1 < n {
+                for (hv, &r) in h.iter_mut().zip(&rsa[..hd * f]) {
+                    *hv += r;
+                }
+                for (o, &r) in out.iter_mut().zip(&rsa[hd * f..]) {
+                    *o += r;
+                }
             } else {
-                rsa
-            };
-            out = Some(match out {
-                Some(o) => (o + skip)?,
-                None => skip,
-            });
+                for (o, &r) in out.iter_mut().zip(&rsa) {
+                    *o += r;
+                }
+            }
         }
-        let out = out.unwrap_or(h);
-        let m = self.post.forward(&out)?;
-        let x1 = (x1 - m)?;
-        Tensor::cat(&[&x0, &x1], 1)
+        let m = self.post.forward(&out, f, Act::Identity, None);
+        for (v, &mv) in x1.iter_mut().zip(&m) {
+            *v -= mv;
+        }
     }
 }
 
-fn candle_sigmoid(x: &Tensor) -> CResult<Tensor> {
-    // 1 / (1 + exp(-x))
-    (x.neg()?.exp()? + 1.0)?.recip()
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
 }
 
 // ----- decoder -----------------------------------------------------------------------------
 
 #[derive(Debug, Clone)]
-struct Up {
-    /// ConvTranspose1d weight `[in, out, k]` and bias `[1, out, 1]`.
-    w: Tensor,
-    b: Tensor,
-    stride: usize,
-    pad: usize,
-}
-
-#[derive(Debug, Clone)]
 enum ResBlock {
-    One(Vec<(Conv, Conv)>),
-    Two(Vec<Conv>),
+    One(Vec<(Conv1d, Conv1d)>),
+    Two(Vec<Conv1d>),
 }
 
 #[derive(Debug, Clone)]
 struct Decoder {
-    pre: Conv,
-    cond: Option<Conv>,
-    ups: Vec<Up>,
+    pre: Conv1d,
+    cond: Option<Conv1d>,
+    ups: Vec<ConvTranspose1d>,
     /// `n_kernels` blocks per upsampling layer.
     blocks: Vec<Vec<ResBlock>>,
-    post: Conv,
-}
-
-fn leaky(x: &Tensor, slope: f64) -> CResult<Tensor> {
-    // max(x, slope * x) for 0 < slope < 1.
-    x.maximum(&(x * slope)?)
+    post: Conv1d,
 }
 
 impl Decoder {
@@ -792,21 +812,25 @@ impl Decoder {
         let nk = d.resblock_kernel_sizes.len();
         let mut ups = Vec::new();
         let mut blocks = Vec::new();
+        let mut ch = d.upsample_initial_channel;
         for (u, (&rate, &k)) in d
             .upsample_rates
             .iter()
             .zip(&d.upsample_kernel_sizes)
             .enumerate()
         {
-            let w = load(voice, &format!("dec.ups.{u}.weight"))?;
-            let b = load(voice, &format!("dec.ups.{u}.bias"))?;
-            let out = b.dims1().map_err(ce("loading weights"))?;
-            ups.push(Up {
+            let w = load_vec(voice, &format!("dec.ups.{u}.weight"))?;
+            let b = load_vec(voice, &format!("dec.ups.{u}.bias"))?;
+            ups.push(ConvTranspose1d::new(
                 w,
-                b: b.reshape((1, out, 1)).map_err(ce("loading weights"))?,
-                stride: rate,
-                pad: k.saturating_sub(rate) / 2,
-            });
+                ch,
+                ch / 2,
+                k,
+                b,
+                rate,
+                k.saturating_sub(rate) / 2,
+            ));
+            ch /= 2;
             let mut level = Vec::with_capacity(nk);
             for (r, dil) in d.resblock_dilation_sizes.iter().enumerate() {
                 let bname = format!("dec.resblocks.{}", u * nk + r);
@@ -816,8 +840,8 @@ impl Decoder {
                             .enumerate()
                             .map(|(m, &dl)| {
                                 Ok((
-                                    Conv::load(voice, &format!("{bname}.convs1.{m}"), dl, true)?,
-                                    Conv::load(voice, &format!("{bname}.convs2.{m}"), 1, true)?,
+                                    fast_conv(voice, &format!("{bname}.convs1.{m}"), dl, true)?,
+                                    fast_conv(voice, &format!("{bname}.convs2.{m}"), 1, true)?,
                                 ))
                             })
                             .collect::<Result<Vec<_>>>()?,
@@ -826,7 +850,7 @@ impl Decoder {
                         dil.iter()
                             .enumerate()
                             .map(|(m, &dl)| {
-                                Conv::load(voice, &format!("{bname}.convs.{m}"), dl, true)
+                                fast_conv(voice, &format!("{bname}.convs.{m}"), dl, true)
                             })
                             .collect::<Result<Vec<_>>>()?,
                     ),
@@ -835,72 +859,74 @@ impl Decoder {
             blocks.push(level);
         }
         Ok(Self {
-            pre: Conv::load(voice, "dec.conv_pre", 1, true)?,
+            pre: fast_conv(voice, "dec.conv_pre", 1, true)?,
             cond: if c.gin_channels > 0 {
-                Some(Conv::load(voice, "dec.cond", 1, true)?)
+                Some(fast_conv(voice, "dec.cond", 1, true)?)
             } else {
                 None
             },
             ups,
             blocks,
-            post: Conv::load(voice, "dec.conv_post", 1, false)?,
+            post: fast_conv(voice, "dec.conv_post", 1, false)?,
         })
     }
 
-    fn forward(&self, z: &Tensor, g: Option<&Tensor>) -> CResult<Tensor> {
-        let mut x = self.pre.forward(z)?;
+    /// The waveform of latent `z` `[C, F]`.
+    fn forward(&self, z: &[f32], f: usize, g: Option<&[f32]>) -> Vec<f32> {
+        let mut x = self.pre.forward(z, f, Act::Identity, None);
         if let (Some(cond), Some(g)) = (&self.cond, g) {
-            x = x.broadcast_add(&cond.forward(g)?)?;
+            let gc = cond.forward(g, 1, Act::Identity, None);
+            for (o, row) in x.chunks_exact_mut(f).enumerate() {
+                for v in row {
+                    *v += gc[o];
+                }
+            }
         }
+        let mut l = f;
         for (up, level) in self.ups.iter().zip(&self.blocks) {
-            let xl = leaky(&x, 0.1)?;
-            let (_, _, l_in) = xl.dims3()?;
-            let y = xl.conv_transpose1d(&up.w, 0, 0, up.stride, 1, 1)?;
-            let (_, _, full) = y.dims3()?;
-            let len = full - 2 * up.pad;
-            debug_assert_eq!(len, l_in * up.stride);
-            x = y
-                .narrow(2, up.pad, len)?
-                .broadcast_add(&up.b)?
-                .contiguous()?;
-            let mut sum: Option<Tensor> = None;
+            let y = up.forward(&x, l, Act::Leaky(0.1));
+            l = up.out_len(l);
+            let mut sum: Option<Vec<f32>> = None;
             for block in level {
-                let y = block.forward(&x)?;
-                sum = Some(match sum {
-                    Some(s) => (s + y)?,
-                    None => y,
-                });
+                let b = block.forward(&y, l);
+                match &mut sum {
+                    Some(s) => s.iter_mut().zip(&b).for_each(|(a, &v)| *a += v),
+                    None => sum = Some(b),
+                }
             }
-            if let Some(s) = sum {
-                #[allow(clippy::cast_precision_loss)]
-                let n = level.len() as f64;
-                x = (s / n)?;
-            }
+            x = match sum {
+                Some(mut s) => {
+                    #[allow(clippy::cast_precision_loss)]
+                    let inv = 1.0 / level.len() as f32;
+                    s.iter_mut().for_each(|v| *v *= inv);
+                    s
+                }
+                None => y,
+            };
         }
-        let x = leaky(&x, 0.01)?;
-        self.post.forward(&x)?.tanh()
+        let mut out = self.post.forward(&x, l, Act::Leaky(0.01), None);
+        out.iter_mut().for_each(|v| *v = v.tanh());
+        out
     }
 }
 
 impl ResBlock {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let mut x = x.clone();
+    fn forward(&self, x: &[f32], l: usize) -> Vec<f32> {
+        let mut x = x.to_vec();
         match self {
             ResBlock::One(convs) => {
                 for (c1, c2) in convs {
-                    let xt = c1.forward(&leaky(&x, 0.1)?)?;
-                    let xt = c2.forward(&leaky(&xt, 0.1)?)?;
-                    x = (xt + x)?;
+                    let xt = c1.forward(&x, l, Act::Leaky(0.1), None);
+                    x = c2.forward(&xt, l, Act::Leaky(0.1), Some(&x));
                 }
             }
             ResBlock::Two(convs) => {
                 for c in convs {
-                    let xt = c.forward(&leaky(&x, 0.1)?)?;
-                    x = (xt + x)?;
+                    x = c.forward(&x, l, Act::Leaky(0.1), Some(&x));
                 }
             }
         }
-        Ok(x)
+        x
     }
 }
 
@@ -1115,25 +1141,30 @@ impl Vits {
         }
         st.durations_ms = lap(&mut since);
 
-        let (_, c, _) = z_p.dims3().map_err(ce("flow"))?;
-        let rev: Vec<u32> = (0..u32::try_from(c).unwrap_or(0)).rev().collect();
-        let rev = Tensor::from_vec(rev, c, &Device::Cpu).map_err(ce("flow"))?;
-        let mut z = z_p;
+        let (_, c, f) = z_p.dims3().map_err(ce("flow"))?;
+        let mut z = z_p
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(ce("flow"))?;
+        let g_vec = match &g {
+            Some(g) => Some(
+                g.flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(ce("flow"))?,
+            ),
+            None => None,
+        };
         for coupling in self.flows.iter().rev() {
-            z = z
-                .index_select(&rev, 1)
-                .and_then(|z| coupling.reverse(&z, g.as_ref()))
-                .map_err(ce("flow"))?;
+            // Flip: reverse the channel order.
+            for ch in 0..c / 2 {
+                let (a, b) = z.split_at_mut((c - 1 - ch) * f);
+                a[ch * f..(ch + 1) * f].swap_with_slice(&mut b[..f]);
+            }
+            coupling.reverse(&mut z, f, g_vec.as_deref());
         }
         st.flow_ms = lap(&mut since);
 
-        let audio = self
-            .dec
-            .forward(&z.contiguous().map_err(ce("decoder"))?, g.as_ref())
-            .and_then(|a| a.flatten_all())
-            .and_then(|a| a.to_dtype(DType::F32))
-            .and_then(|a| a.to_vec1::<f32>())
-            .map_err(ce("decoder"))?;
+        let audio = self.dec.forward(&z, f, g_vec.as_deref());
         st.decoder_ms = lap(&mut since);
         if let Some(t) = times {
             *t = st;
