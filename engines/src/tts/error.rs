@@ -15,6 +15,8 @@ pub enum TtsFile {
     Onnx,
     /// A Piper voice config (`*.onnx.json`).
     VoiceConfig,
+    /// A synthesis request: its text, phoneme ids or options, or the inference run on them.
+    Request,
 }
 
 impl TtsFile {
@@ -22,6 +24,7 @@ impl TtsFile {
         match self {
             TtsFile::Onnx => "ONNX",
             TtsFile::VoiceConfig => "Piper voice config",
+            TtsFile::Request => "TTS request",
         }
     }
 }
@@ -79,6 +82,7 @@ impl fmt::Display for TtsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.path {
             Some(path) => write!(f, "{} file {path:?}", self.file.describe())?,
+            None if self.file == TtsFile::Request => write!(f, "{}", self.file.describe())?,
             None => write!(f, "{} data", self.file.describe())?,
         }
         if let Some(subject) = &self.subject {
@@ -317,6 +321,50 @@ pub enum TtsErrorKind {
     #[error("{reason}")]
     BadValue {
         /// What is wrong.
+        reason: String,
+    },
+
+    // ----- synthesis requests ---------------------------------------------------------
+    /// The text has nothing to speak (empty, only whitespace or punctuation).
+    #[error("the text is empty: nothing to speak ({chars} characters)")]
+    EmptyText {
+        /// Characters in the text as given.
+        chars: usize,
+    },
+
+    /// A speaker id the voice does not have.
+    #[error(
+        "speaker {id} does not exist: the voice has {n_speakers} speaker(s), ids 0..{n_speakers}"
+    )]
+    UnknownSpeaker {
+        /// The requested id.
+        id: u32,
+        /// Speakers of the voice.
+        n_speakers: usize,
+    },
+
+    /// A synthesis option or input is out of range.
+    #[error("{name}: {reason}")]
+    BadInput {
+        /// The option or input (`noise_scale`, `phoneme_ids[3]`, ...).
+        name: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// espeak-ng could not be run, or failed.
+    #[error("espeak-ng: {reason}")]
+    Espeak {
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A tensor operation failed during inference (a bug, or memory exhausted).
+    #[error("inference failed in {stage}: {reason}")]
+    Inference {
+        /// The model stage (`text encoder`, `decoder`, ...).
+        stage: &'static str,
+        /// The underlying error.
         reason: String,
     },
 }

@@ -5,17 +5,31 @@
 //! - [`piper_voice`] loads a Piper voice (`*.onnx` + `*.onnx.json`), maps every weight to
 //!   its PyTorch module parameter name and infers the VITS hyperparameters from the graph.
 //! - [`phonemize`] turns espeak-ng's IPA output into the voice's phoneme ids, the way Piper
-//!   does. Running espeak-ng is the daemon's job; this crate stays free of I/O.
+//!   does; [`espeak`] runs espeak-ng as a separate program (GPL-3.0: never linked) and
+//!   splits long text into sentences for it.
+//! - [`vits`] is the VITS generator on candle (f32, CPU), with the decoder's and flow's
+//!   convolutions on the tap-wise gemm kernels of `conv.rs`.
+//! - [`Voice`] (`synth.rs`) is the API the daemon calls: text in, one audio chunk per
+//!   sentence out through a callback, as soon as each is ready. [`Synthesizer`] is the
+//!   engine-neutral trait a second engine would implement.
 //!
 //! Errors are [`TtsError`]s, reaching callers as [`crate::Error::Tts`].
 
+mod conv;
 mod error;
+pub mod espeak;
 mod json;
 mod nfd;
 mod nfd_table;
 pub mod onnx;
 pub mod phonemize;
 pub mod piper_voice;
+mod synth;
+pub mod vits;
 
 pub use self::error::{TtsError, TtsErrorKind, TtsFile, TtsSubject};
 pub use self::piper_voice::{PiperVoice, VitsConfig, VoiceConfig};
+pub use self::synth::{
+    AudioChunk, LoadOptions, MAX_PHONEMES, SynthOptions, SynthStats, Synthesizer, Voice,
+};
+pub use self::vits::{Scales, StageTimes};

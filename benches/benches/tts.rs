@@ -1,0 +1,264 @@
+//! Piper TTS: sotad against piper-tts (onnxruntime) on the same voice, in one run.
+//!
+//! ```text
+//! cargo bench -p sotad-benches --bench tts            # 5 timed runs per text and engine
+//! TTS_BENCH_RUNS=9 cargo bench -p sotad-benches --bench tts
+//! ```
+//!
+//! For a one-sentence and a five-sentence text: the median time to the first audio chunk,
+//! the median total time, and the real-time factor (total time / audio seconds), for sotad
+//! (`Voice::synthesize`, 2 threads) and for piper-tts 1.8.0 (`PiperVoice.synthesize`, its
+//! onnxruntime session limited to 2 intra-op threads), both with the voice's default scales,
+//! after one warm-up run each, alternating the two engines run by run. piper-tts runs in a
+//! subprocess
+//! (`scripts/reference/tts_bench_piper.py`) with the Python of `$PIPER_PYTHON`, else
+//! `/tmp/venv-tts/bin/python`, else `/tmp/piper-venv/bin/python`; without one, only sotad's
+//! figures are printed. Voice: `~/.cache/sotad/models/piper/en_US-joe-medium.onnx`
+//! (`$SOTAD_MODELS_DIR`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+use sotad_engines::tts::{LoadOptions, StageTimes, SynthOptions, Voice};
+
+const ONE: &str = "The quick brown fox jumps over the lazy dog.";
+const FIVE: &str = "Good morning! The battery is at eighty percent. I found three people in the kitchen. \
+                    Would you like me to play some music? Tell me when you are ready to go.";
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("SOTAD_MODELS_DIR").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sotad/models"),
+        PathBuf::from,
+    )
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+struct Figures {
+    first_ms: f64,
+    total_ms: f64,
+    audio_secs: f64,
+}
+
+impl Figures {
+    fn rtf(&self) -> f64 {
+        self.total_ms / 1e3 / self.audio_secs
+    }
+}
+
+fn sotad_once(voice: &Voice, text: &str, seed: u64) -> (Run, StageTimes) {
+    let opts = SynthOptions {
+        seed,
+        ..SynthOptions::default()
+    };
+    let s = voice
+        .synthesize(text, &opts, |_| ControlFlow::Continue(()))
+        .expect("synthesis");
+    (
+        Run {
+            first_ms: s.first_audio_ms,
+            total_ms: s.total_ms,
+            audio_secs: s.audio_secs,
+        },
+        s.stages,
+    )
+}
+
+#[derive(Clone, Copy)]
+struct Run {
+    first_ms: f64,
+    total_ms: f64,
+    audio_secs: f64,
+}
+
+fn summarize(runs: &[Run]) -> Figures {
+    let mut f: Vec<f64> = runs.iter().map(|r| r.first_ms).collect();
+    let mut t: Vec<f64> = runs.iter().map(|r| r.total_ms).collect();
+    let mut a: Vec<f64> = runs.iter().map(|r| r.audio_secs).collect();
+    Figures {
+        first_ms: median(&mut f),
+        total_ms: median(&mut t),
+        audio_secs: median(&mut a),
+    }
+}
+
+fn python() -> Option<PathBuf> {
+    std::env::var_os("PIPER_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(["/tmp/venv-tts/bin/python", "/tmp/piper-venv/bin/python"].map(PathBuf::from))
+        .find(|p| p.exists())
+}
+
+/// The number after `"key": `.
+fn field(line: &str, key: &str) -> Option<f64> {
+    let start = line.find(&format!("\"{key}\": "))? + key.len() + 4;
+    let rest = &line[start..];
+    rest[..rest.find([',', '}'])?].trim().parse().ok()
+}
+
+/// piper-tts in a subprocess, one request per line.
+struct Piper {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Piper {
+    fn start(onnx: &Path) -> Option<Self> {
+        let py = python()?;
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts/reference/tts_bench_piper.py");
+        let mut child = Command::new(&py)
+            .arg(&script)
+            .arg(onnx)
+            .arg("2")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut stdout = BufReader::new(child.stdout.take()?);
+        let mut line = String::new();
+        stdout.read_line(&mut line).ok()?;
+        if line.trim() != "ready" {
+            eprintln!("piper-tts side did not start: {line:?}");
+            return None;
+        }
+        Some(Self { child, stdout })
+    }
+
+    fn run(&mut self, text: &str) -> Option<Run> {
+        let stdin = self.child.stdin.as_mut()?;
+        writeln!(
+            stdin,
+            "\"{}\"",
+            text.replace('\\', "\\\\").replace('"', "\\\"")
+        )
+        .ok()?;
+        stdin.flush().ok()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).ok()?;
+        Some(Run {
+            first_ms: field(&line, "first_audio_ms")?,
+            total_ms: field(&line, "total_ms")?,
+            audio_secs: field(&line, "audio_secs")?,
+        })
+    }
+}
+
+impl Drop for Piper {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    let runs: usize = std::env::var("TTS_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let onnx = models_dir().join("piper/en_US-joe-medium.onnx");
+    assert!(
+        onnx.exists(),
+        "{} is missing: run scripts/install-models.sh",
+        onnx.display()
+    );
+    let t = std::time::Instant::now();
+    let voice = Voice::load(
+        &onnx,
+        &LoadOptions {
+            threads: 2,
+            espeak: None,
+        },
+    )
+    .expect("voice");
+    println!(
+        "sotad: voice loaded in {:.0} ms; {runs} timed runs per text after a warm-up, medians",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+
+    let texts = [("1 sentence", ONE), ("5 sentences", FIVE)];
+    let mut piper = Piper::start(&onnx);
+    if piper.is_none() {
+        println!("piper-tts: not run (no Python with piper-tts; see the header of this file)");
+    }
+    let mut ours: Vec<(Figures, StageTimes)> = Vec::new();
+    let mut theirs: Vec<Option<Figures>> = Vec::new();
+    for (_, text) in &texts {
+        // Warm-up, then alternate sotad and piper-tts so both see the same machine load.
+        sotad_once(&voice, text, 0);
+        let mut p_ok = piper.as_mut().and_then(|p| p.run(text)).is_some();
+        let (mut o_runs, mut p_runs) = (Vec::new(), Vec::new());
+        let mut stages = StageTimes::default();
+        for run in 0..runs {
+            let (r, s) = sotad_once(&voice, text, run as u64 + 1);
+            o_runs.push(r);
+            stages = s;
+            if p_ok {
+                match piper.as_mut().and_then(|p| p.run(text)) {
+                    Some(r) => p_runs.push(r),
+                    None => p_ok = false,
+                }
+            }
+        }
+        ours.push((summarize(&o_runs), stages));
+        theirs.push(p_ok.then(|| summarize(&p_runs)));
+    }
+    println!(
+        "\n{:<12} {:>9} | {:>13} {:>13} {:>7} | {:>13} {:>13} {:>7} | {:>7} {:>7}",
+        "text",
+        "audio s",
+        "sotad 1st ms",
+        "sotad tot ms",
+        "RTF",
+        "piper 1st ms",
+        "piper tot ms",
+        "RTF",
+        "1st x",
+        "tot x"
+    );
+    for (i, (name, _)) in texts.iter().enumerate() {
+        let (o, stages) = &ours[i];
+        match &theirs[i] {
+            Some(p) => println!(
+                "{name:<12} {:>9.2} | {:>13.1} {:>13.1} {:>7.3} | {:>13.1} {:>13.1} {:>7.3} | {:>7.2} {:>7.2}",
+                o.audio_secs,
+                o.first_ms,
+                o.total_ms,
+                o.rtf(),
+                p.first_ms,
+                p.total_ms,
+                p.rtf(),
+                o.first_ms / p.first_ms,
+                o.rtf() / p.rtf()
+            ),
+            None => println!(
+                "{name:<12} {:>9.2} | {:>13.1} {:>13.1} {:>7.3} |",
+                o.audio_secs,
+                o.first_ms,
+                o.total_ms,
+                o.rtf()
+            ),
+        }
+        println!(
+            "{:<12} sotad stages (last run): encoder {:.1} ms, durations {:.1} ms, flow {:.1} ms, decoder {:.1} ms",
+            "", stages.encoder_ms, stages.durations_ms, stages.flow_ms, stages.decoder_ms
+        );
+    }
+    println!(
+        "\nratios are sotad / piper-tts (below 1: sotad is faster); RTF ratio compares time per second of audio"
+    );
+}

@@ -1,0 +1,481 @@
+//! Text to speech with a Piper voice: the API the daemon calls.
+//!
+//! [`Voice::synthesize`] splits the text into sentences ([`super::espeak::split_text`]),
+//! phonemizes each with an espeak-ng process (started one sentence ahead, so it overlaps with
+//! synthesis), maps the phonemes to ids the way Piper does, runs [`Vits`] on them and hands
+//! every sentence's audio to a callback as soon as it is ready. Memory stays bounded by one
+//! sentence, whatever the length of the text; the callback can stop the stream.
+//!
+//! [`Synthesizer`] is the engine-neutral interface, so another engine (Kokoro) can sit
+//! beside Piper later.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::error::{TtsError, TtsErrorKind, TtsFile};
+use super::espeak::{Espeak, Pending, sanitize, split_text};
+use super::nfd::nfd;
+use super::phonemize::{PhonemeIdMap, clauses_from_cli, phonemes_to_ids, sentences};
+use super::piper_voice::PiperVoice;
+use super::vits::{Noise, Scales, StageTimes, Vits};
+use crate::error::Result;
+
+/// How to load a voice.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Inference threads (a dedicated pool per voice). At least 1.
+    pub threads: usize,
+    /// The espeak-ng program (default `espeak-ng`, looked up in `PATH`).
+    pub espeak: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            espeak: None,
+        }
+    }
+}
+
+/// Per-request synthesis options; `None` takes the voice config's value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthOptions {
+    /// Speaker id of a multi-speaker voice (default 0).
+    pub speaker: Option<u32>,
+    /// Noise of the prior (voice default, typically 0.667).
+    pub noise_scale: Option<f32>,
+    /// Duration multiplier: above 1 is slower (voice default, typically 1).
+    pub length_scale: Option<f32>,
+    /// Noise of the stochastic duration predictor (voice default, typically 0.8).
+    pub noise_w: Option<f32>,
+    /// Seed of the noise: the same text, options and seed give the same audio.
+    pub seed: u64,
+    /// Scale each sentence to a peak of 1.0, as piper-tts does by default.
+    pub normalize: bool,
+}
+
+impl Default for SynthOptions {
+    fn default() -> Self {
+        Self {
+            speaker: None,
+            noise_scale: None,
+            length_scale: None,
+            noise_w: None,
+            seed: 0,
+            normalize: true,
+        }
+    }
+}
+
+/// One sentence of audio.
+#[derive(Debug, Clone, Copy)]
+pub struct AudioChunk<'a> {
+    /// Mono samples in `[-1, 1]`.
+    pub samples: &'a [f32],
+    /// Sample rate in Hz.
+    pub sample_rate: u32,
+    /// Index of this chunk in the stream (0, 1, ...).
+    pub index: usize,
+    /// The piece of text it came from (a sentence; a long sentence yields several chunks).
+    pub text: &'a str,
+    /// The phonemes synthesized.
+    pub phonemes: &'a str,
+}
+
+impl AudioChunk<'_> {
+    /// The samples as 16-bit PCM (clipped, scaled by 32767 like Piper).
+    pub fn to_i16(&self) -> Vec<i16> {
+        self.samples
+            .iter()
+            .map(|&s| {
+                #[allow(clippy::cast_possible_truncation)]
+                let v = (s.clamp(-1.0, 1.0) * 32767.0) as i16;
+                v
+            })
+            .collect()
+    }
+
+    /// Duration in seconds.
+    pub fn secs(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let s = self.samples.len() as f64 / f64::from(self.sample_rate);
+        s
+    }
+}
+
+/// What a synthesis did and how long it took.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SynthStats {
+    /// Chunks delivered.
+    pub chunks: usize,
+    /// Samples delivered.
+    pub samples: usize,
+    /// Seconds of audio delivered.
+    pub audio_secs: f64,
+    /// Time spent waiting for espeak-ng (the part not overlapped with synthesis).
+    pub phonemize_ms: f64,
+    /// From the call to the first chunk handed to the callback.
+    pub first_audio_ms: f64,
+    /// The whole call.
+    pub total_ms: f64,
+    /// Model time by stage, summed over chunks.
+    pub stages: StageTimes,
+    /// Phonemes the voice does not know (skipped, as Piper does).
+    pub unknown_phonemes: usize,
+    /// Control characters replaced by spaces before phonemizing.
+    pub dropped_chars: usize,
+    /// Whether the callback stopped the stream early.
+    pub stopped: bool,
+}
+
+impl SynthStats {
+    /// Real-time factor: synthesis time over audio time (below 1 is faster than real time).
+    pub fn rtf(&self) -> f64 {
+        if self.audio_secs > 0.0 {
+            self.total_ms / 1e3 / self.audio_secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// An engine that turns text into audio chunks.
+pub trait Synthesizer: Send + Sync {
+    /// Output sample rate in Hz.
+    fn sample_rate(&self) -> u32;
+
+    /// Synthesizes `text`, calling `on_chunk` with each sentence's audio as soon as it is
+    /// ready; `ControlFlow::Break` stops the stream.
+    fn synthesize_dyn(
+        &self,
+        text: &str,
+        opts: &SynthOptions,
+        on_chunk: &mut dyn FnMut(&AudioChunk<'_>) -> ControlFlow<()>,
+    ) -> Result<SynthStats>;
+}
+
+/// Longest phoneme sequence synthesized at once; longer sentences are cut at a word boundary
+/// (decoder memory grows with the audio length).
+pub const MAX_PHONEMES: usize = 400;
+
+/// A loaded Piper voice, ready to synthesize. `Send + Sync`: share it behind an `Arc`.
+pub struct Voice {
+    voice: PiperVoice,
+    vits: Vits,
+    map: PhonemeIdMap,
+    espeak: Option<Espeak>,
+    pool: rayon::ThreadPool,
+}
+
+impl std::fmt::Debug for Voice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Voice")
+            .field("voice", &self.voice)
+            .field("espeak", &self.espeak)
+            .field("threads", &self.pool.current_num_threads())
+            .finish_non_exhaustive()
+    }
+}
+
+fn bad_input(name: &'static str, reason: String) -> crate::Error {
+    TtsError::new(TtsFile::Request, TtsErrorKind::BadInput { name, reason }).into()
+}
+
+impl Voice {
+    /// Loads the Piper voice `onnx_path` (with its config at `<onnx_path>.json`).
+    pub fn load(onnx_path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
+        Self::from_piper(PiperVoice::open(onnx_path)?, opts)
+    }
+
+    /// Builds the engine for an opened voice.
+    pub fn from_piper(voice: PiperVoice, opts: &LoadOptions) -> Result<Self> {
+        let config = voice.config();
+        let espeak = match config.phoneme_type.as_str() {
+            "espeak" => Some(Espeak::new(
+                opts.espeak
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("espeak-ng")),
+                config.espeak_voice.clone(),
+            )),
+            "text" => None,
+            other => {
+                return Err(TtsError::new(
+                    TtsFile::VoiceConfig,
+                    TtsErrorKind::BadValue {
+                        reason: format!("phoneme_type {other:?} is not supported (espeak or text)"),
+                    },
+                )
+                .path(voice.config_path().map(Path::to_path_buf))
+                .subject(super::TtsSubject::Key("phoneme_type".to_owned()))
+                .into());
+            }
+        };
+        let map = PhonemeIdMap::new(&config.phoneme_id_map)?;
+        let vits = Vits::load(&voice)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads.max(1))
+            .thread_name(|i| format!("sotad-tts-{i}"))
+            .build()
+            .map_err(|e| {
+                TtsError::new(
+                    TtsFile::Request,
+                    TtsErrorKind::Inference {
+                        stage: "thread pool",
+                        reason: e.to_string(),
+                    },
+                )
+            })?;
+        Ok(Self {
+            voice,
+            vits,
+            map,
+            espeak,
+            pool,
+        })
+    }
+
+    /// Output sample rate in Hz.
+    pub fn sample_rate(&self) -> u32 {
+        self.voice.config().sample_rate
+    }
+
+    /// The underlying voice (config, hyperparameters).
+    pub fn piper(&self) -> &PiperVoice {
+        &self.voice
+    }
+
+    /// The id of a named speaker of a multi-speaker voice.
+    pub fn speaker_id(&self, name: &str) -> Option<u32> {
+        self.voice.config().speaker_id_map.get(name).copied()
+    }
+
+    fn scales(&self, opts: &SynthOptions) -> Scales {
+        let c = self.voice.config();
+        Scales {
+            noise_scale: opts.noise_scale.unwrap_or(c.noise_scale),
+            length_scale: opts.length_scale.unwrap_or(c.length_scale),
+            noise_w: opts.noise_w.unwrap_or(c.noise_w),
+        }
+    }
+
+    /// Synthesizes one sentence's phoneme ids (Piper's `phoneme_ids_to_audio`): the raw model
+    /// output, not normalized.
+    pub fn synthesize_ids(&self, ids: &[i64], opts: &SynthOptions) -> Result<Vec<f32>> {
+        let scales = self.scales(opts);
+        let mut noise = Noise::new(opts.seed);
+        self.pool
+            .install(|| self.vits.infer(ids, opts.speaker, scales, &mut noise, None))
+    }
+
+    /// Phoneme ids of every sentence of `text` (espeak-ng, then Piper's id scheme), with the
+    /// count of unknown phonemes skipped.
+    pub fn phoneme_ids(&self, text: &str) -> Result<(Vec<Vec<i64>>, usize)> {
+        let mut out = Vec::new();
+        let mut unknown = 0;
+        let (clean, _) = sanitize(text);
+        for piece in split_text(&clean) {
+            let pending = self.start_phonemes(piece)?;
+            for (_, ids, u) in self.finish_phonemes(piece, pending)? {
+                unknown += u;
+                out.push(ids);
+            }
+        }
+        Ok((out, unknown))
+    }
+
+    fn start_phonemes(&self, piece: &str) -> Result<Option<Pending>> {
+        match &self.espeak {
+            Some(e) => e.spawn(piece).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The phoneme strings and ids of `piece`'s sentences, cut to [`MAX_PHONEMES`].
+    fn finish_phonemes(
+        &self,
+        piece: &str,
+        pending: Option<Pending>,
+    ) -> Result<Vec<(String, Vec<i64>, usize)>> {
+        let sents: Vec<Vec<char>> = match pending {
+            Some(p) => {
+                let ipa = p.wait()?;
+                let cli = clauses_from_cli(piece, &ipa);
+                if !cli.aligned {
+                    tracing::debug!(
+                        piece,
+                        "espeak-ng clauses did not align with the text; one sentence without terminators"
+                    );
+                }
+                sentences(&cli.clauses)
+            }
+            None => vec![nfd(piece)],
+        };
+        let mut out = Vec::new();
+        for s in sents {
+            let mut rest: &[char] = &s;
+            while !rest.is_empty() {
+                let mut cut = rest.len().min(MAX_PHONEMES);
+                if cut < rest.len() {
+                    if let Some(sp) = rest[..cut].iter().rposition(|&c| c == ' ') {
+                        if sp > 0 {
+                            cut = sp + 1;
+                        }
+                    }
+                }
+                let (part, tail) = rest.split_at(cut);
+                rest = tail;
+                if part.iter().all(|c| c.is_whitespace()) {
+                    continue;
+                }
+                let ids = phonemes_to_ids(part, &self.map);
+                let unknown: usize = ids.unknown.iter().map(|&(_, n)| n).sum();
+                if unknown > 0 {
+                    tracing::warn!(
+                        unknown = ?ids.unknown,
+                        "phonemes the voice does not know were skipped"
+                    );
+                }
+                out.push((part.iter().collect(), ids.ids, unknown));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Synthesizes `text` sentence by sentence; `on_chunk` gets each sentence's audio as soon
+    /// as it is ready and may stop the stream with `ControlFlow::Break`.
+    ///
+    /// Errors: empty text (nothing to speak), an unknown speaker, out-of-range scales, or
+    /// espeak-ng missing or failing.
+    pub fn synthesize<F>(
+        &self,
+        text: &str,
+        opts: &SynthOptions,
+        mut on_chunk: F,
+    ) -> Result<SynthStats>
+    where
+        F: FnMut(&AudioChunk<'_>) -> ControlFlow<()>,
+    {
+        let t0 = Instant::now();
+        let mut stats = SynthStats::default();
+        let scales = self.scales(opts);
+        // Check the request before any work.
+        if let Some(s) = opts.speaker {
+            let n = if self.vits.config().gin_channels > 0 {
+                self.vits.config().n_speakers
+            } else {
+                1
+            };
+            if s as usize >= n {
+                return Err(TtsError::new(
+                    TtsFile::Request,
+                    TtsErrorKind::UnknownSpeaker {
+                        id: s,
+                        n_speakers: n,
+                    },
+                )
+                .into());
+            }
+        }
+        for (name, v) in [
+            ("noise_scale", scales.noise_scale),
+            ("length_scale", scales.length_scale),
+            ("noise_w", scales.noise_w),
+        ] {
+            if !(v.is_finite() && (0.0..=100.0).contains(&v))
+                || (name == "length_scale" && v <= 0.0)
+            {
+                return Err(bad_input(
+                    name,
+                    format!("{v} is outside the allowed range (finite, 0..=100, length_scale > 0)"),
+                ));
+            }
+        }
+        let (clean, dropped) = sanitize(text);
+        stats.dropped_chars = dropped;
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "control characters in the text were replaced by spaces"
+            );
+        }
+        let pieces = split_text(&clean);
+        if pieces.is_empty() || !clean.chars().any(char::is_alphanumeric) {
+            return Err(TtsError::new(
+                TtsFile::Request,
+                TtsErrorKind::EmptyText {
+                    chars: text.chars().count(),
+                },
+            )
+            .into());
+        }
+        let mut noise = Noise::new(opts.seed);
+        let mut next = Some(self.start_phonemes(pieces[0])?);
+        for (i, piece) in pieces.iter().enumerate() {
+            let tp = Instant::now();
+            let pending = next.take().unwrap_or(None);
+            let sents = self.finish_phonemes(piece, pending)?;
+            // Start the next piece's espeak-ng now: it runs while this one is synthesized.
+            if let Some(n) = pieces.get(i + 1) {
+                next = Some(self.start_phonemes(n)?);
+            }
+            stats.phonemize_ms += tp.elapsed().as_secs_f64() * 1e3;
+            for (phonemes, ids, unknown) in sents {
+                stats.unknown_phonemes += unknown;
+                let mut times = StageTimes::default();
+                let mut audio = self.pool.install(|| {
+                    self.vits
+                        .infer(&ids, opts.speaker, scales, &mut noise, Some(&mut times))
+                })?;
+                stats.stages.encoder_ms += times.encoder_ms;
+                stats.stages.durations_ms += times.durations_ms;
+                stats.stages.flow_ms += times.flow_ms;
+                stats.stages.decoder_ms += times.decoder_ms;
+                if opts.normalize {
+                    let peak = audio.iter().fold(0f32, |m, &v| m.max(v.abs()));
+                    if peak > 1e-8 {
+                        let k = 1.0 / peak;
+                        audio.iter_mut().for_each(|v| *v *= k);
+                    }
+                }
+                let chunk = AudioChunk {
+                    samples: &audio,
+                    sample_rate: self.sample_rate(),
+                    index: stats.chunks,
+                    text: piece,
+                    phonemes: &phonemes,
+                };
+                if stats.chunks == 0 {
+                    stats.first_audio_ms = t0.elapsed().as_secs_f64() * 1e3;
+                }
+                stats.chunks += 1;
+                stats.samples += audio.len();
+                stats.audio_secs += chunk.secs();
+                if on_chunk(&chunk).is_break() {
+                    stats.stopped = true;
+                    drop(next.take()); // kills a running espeak-ng
+                    stats.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+                    return Ok(stats);
+                }
+            }
+        }
+        stats.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(stats)
+    }
+}
+
+impl Synthesizer for Voice {
+    fn sample_rate(&self) -> u32 {
+        Voice::sample_rate(self)
+    }
+
+    fn synthesize_dyn(
+        &self,
+        text: &str,
+        opts: &SynthOptions,
+        on_chunk: &mut dyn FnMut(&AudioChunk<'_>) -> ControlFlow<()>,
+    ) -> Result<SynthStats> {
+        self.synthesize(text, opts, on_chunk)
+    }
+}

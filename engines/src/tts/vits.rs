@@ -1,0 +1,1174 @@
+//! VITS inference (Piper's generator) on candle, CPU, f32, batch 1.
+//!
+//! The stages follow the PyTorch model Piper exports (`SynthesizerTrn.infer`):
+//!
+//! 1. text encoder (`enc_p`): phoneme embedding times `sqrt(hidden)`, transformer layers with
+//!    relative-position multi-head attention (window `w`: key `j` of query `i` adds
+//!    `q_i . emb_rel_k[j - i + w]` to the score and `p_ij * emb_rel_v[j - i + w]` to the
+//!    output when `|j - i| <= w`) and a convolutional feed-forward, post-norm layer norms,
+//!    then a 1x1 projection to the prior's mean `m_p` and log-deviation `logs_p`;
+//! 2. durations (`dp`): the stochastic predictor run in reverse from noise (`noise_w`; 0 makes
+//!    it deterministic) through its conv flows (rational-quadratic splines) and elementwise
+//!    affine flow, or the plain convolutional predictor; `ceil(exp(logw) * length_scale)`;
+//! 3. length regulation: each phoneme's prior column repeated for its frames, and
+//!    `z_p = m_p + eps * exp(logs_p) * noise_scale`;
+//! 4. the residual coupling flow in reverse (WaveNet couplings, mean-only, channel flips);
+//! 5. the HiFi-GAN decoder: `conv_pre`, transposed-convolution upsampling after leaky ReLU
+//!    (0.1), multi-receptive-field residual blocks averaged, leaky ReLU (0.01), `conv_post`,
+//!    `tanh`.
+//!
+//! With batch 1 and no padding every sequence mask is all ones, so masks are not materialized.
+//! A multi-speaker voice adds its speaker embedding (`emb_g`) through the `cond` layers of the
+//! duration predictor, the flow's WaveNets and the decoder.
+
+use candle_core::{Device, Tensor};
+
+use super::conv::{Act, Conv1d, ConvTranspose1d};
+use super::error::{TtsError, TtsErrorKind, TtsFile};
+use super::piper_voice::{DurationPredictorConfig, PiperVoice, ResBlockKind, VitsConfig};
+use crate::error::Result;
+
+/// Converts a candle error into a located [`TtsError`].
+fn ce(stage: &'static str) -> impl Fn(candle_core::Error) -> crate::Error {
+    move |e| {
+        TtsError::new(
+            TtsFile::Request,
+            TtsErrorKind::Inference {
+                stage,
+                reason: e.to_string(),
+            },
+        )
+        .into()
+    }
+}
+
+type CResult<T> = std::result::Result<T, candle_core::Error>;
+
+/// Inference scales of one utterance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scales {
+    /// Noise of the prior (`z_p`).
+    pub noise_scale: f32,
+    /// Duration multiplier.
+    pub length_scale: f32,
+    /// Noise of the stochastic duration predictor.
+    pub noise_w: f32,
+}
+
+/// A small deterministic Gaussian source (SplitMix64 and Box-Muller).
+#[derive(Debug, Clone)]
+pub struct Noise {
+    state: u64,
+    spare: Option<f32>,
+}
+
+impl Noise {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: seed ^ 0x5DEE_CE66_D1CE_4E5B,
+            spare: None,
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        #[allow(clippy::cast_precision_loss)] // 53 bits
+        let u = ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        u
+    }
+
+    /// A standard normal sample.
+    pub fn gaussian(&mut self) -> f32 {
+        if let Some(s) = self.spare.take() {
+            return s;
+        }
+        let r = (-2.0 * self.uniform().ln()).sqrt();
+        let theta = std::f64::consts::TAU * self.uniform();
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            self.spare = Some((r * theta.sin()) as f32);
+            (r * theta.cos()) as f32
+        }
+    }
+
+    fn fill(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.gaussian() * scale).collect()
+    }
+}
+
+// ----- building blocks -------------------------------------------------------------------
+
+fn load(voice: &PiperVoice, name: &str) -> Result<Tensor> {
+    let t = voice.param(name)?;
+    let dims: Vec<usize> = t
+        .dims()
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(0))
+        .collect();
+    let data = t.to_f32_vec()?;
+    Tensor::from_vec(data, dims, &Device::Cpu).map_err(ce("loading weights"))
+}
+
+fn load_vec(voice: &PiperVoice, name: &str) -> Result<Vec<f32>> {
+    voice.param(name)?.to_f32_vec()
+}
+
+/// A 1-D convolution with "same" padding (`(k - 1) * d / 2` each side, the extra one on the
+/// right for even kernels, as VITS pads).
+#[derive(Debug, Clone)]
+struct Conv {
+    w: Tensor,
+    /// `[1, out, 1]`.
+    b: Option<Tensor>,
+    pad_l: usize,
+    pad_r: usize,
+    dilation: usize,
+}
+
+impl Conv {
+    fn load(voice: &PiperVoice, name: &str, dilation: usize, bias: bool) -> Result<Self> {
+        let w = load(voice, &format!("{name}.weight"))?;
+        let (out, _, k) = w.dims3().map_err(ce("loading weights"))?;
+        let b = if bias {
+            Some(
+                load(voice, &format!("{name}.bias"))?
+                    .reshape((1, out, 1))
+                    .map_err(ce("loading weights"))?,
+            )
+        } else {
+            None
+        };
+        let span = (k - 1) * dilation;
+        Ok(Self {
+            w,
+            b,
+            pad_l: span / 2,
+            pad_r: span - span / 2,
+            dilation,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let y = if self.pad_l == self.pad_r {
+            x.conv1d(&self.w, self.pad_l, 1, self.dilation, 1)?
+        } else {
+            x.pad_with_zeros(2, self.pad_l, self.pad_r)?
+                .conv1d(&self.w, 0, 1, self.dilation, 1)?
+        };
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Layer norm over the channel axis of `[1, C, T]` (VITS `LayerNorm`, eps 1e-5).
+#[derive(Debug, Clone)]
+struct Norm {
+    gamma: Tensor,
+    beta: Tensor,
+}
+
+impl Norm {
+    fn load(voice: &PiperVoice, name: &str) -> Result<Self> {
+        let g = load(voice, &format!("{name}.gamma"))?;
+        let c = g.dims1().map_err(ce("loading weights"))?;
+        Ok(Self {
+            gamma: g.reshape((1, c, 1)).map_err(ce("loading weights"))?,
+            beta: load(voice, &format!("{name}.beta"))?
+                .reshape((1, c, 1))
+                .map_err(ce("loading weights"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let mean = x.mean_keepdim(1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(1)?;
+        xc.broadcast_div(&(var + 1e-5)?.sqrt()?)?
+            .broadcast_mul(&self.gamma)?
+            .broadcast_add(&self.beta)
+    }
+}
+
+// ----- text encoder ------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct AttnLayer {
+    q: Conv,
+    k: Conv,
+    v: Conv,
+    o: Conv,
+    /// `[heads or 1, 2w + 1, kc]`.
+    rel_k: Tensor,
+    rel_v: Tensor,
+    norm1: Norm,
+    ffn1: Conv,
+    ffn2: Conv,
+    norm2: Norm,
+}
+
+#[derive(Debug, Clone)]
+struct TextEncoder {
+    emb: Tensor,
+    scale: f64,
+    layers: Vec<AttnLayer>,
+    proj: Conv,
+    n_heads: usize,
+    window: usize,
+    inter: usize,
+}
+
+impl TextEncoder {
+    fn load(voice: &PiperVoice, c: &VitsConfig) -> Result<Self> {
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let a = format!("enc_p.encoder.attn_layers.{l}");
+            let f = format!("enc_p.encoder.ffn_layers.{l}");
+            layers.push(AttnLayer {
+                q: Conv::load(voice, &format!("{a}.conv_q"), 1, true)?,
+                k: Conv::load(voice, &format!("{a}.conv_k"), 1, true)?,
+                v: Conv::load(voice, &format!("{a}.conv_v"), 1, true)?,
+                o: Conv::load(voice, &format!("{a}.conv_o"), 1, true)?,
+                rel_k: load(voice, &format!("{a}.emb_rel_k"))?,
+                rel_v: load(voice, &format!("{a}.emb_rel_v"))?,
+                norm1: Norm::load(voice, &format!("enc_p.encoder.norm_layers_1.{l}"))?,
+                ffn1: Conv::load(voice, &format!("{f}.conv_1"), 1, true)?,
+                ffn2: Conv::load(voice, &format!("{f}.conv_2"), 1, true)?,
+                norm2: Norm::load(voice, &format!("enc_p.encoder.norm_layers_2.{l}"))?,
+            });
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let scale = (c.hidden_channels as f64).sqrt();
+        Ok(Self {
+            emb: load(voice, "enc_p.emb.weight")?,
+            scale,
+            layers,
+            proj: Conv::load(voice, "enc_p.proj", 1, true)?,
+            n_heads: c.n_heads,
+            window: c.window_size,
+            inter: c.inter_channels,
+        })
+    }
+
+    /// Returns the encoder output `x` `[1, hidden, T]`, `m_p` and `logs_p` `[1, inter, T]`.
+    fn forward(&self, ids: &[u32]) -> CResult<(Tensor, Tensor, Tensor)> {
+        let t = ids.len();
+        let ids = Tensor::from_slice(ids, t, &Device::Cpu)?;
+        let mut x = (self.emb.index_select(&ids, 0)? * self.scale)?
+            .t()?
+            .unsqueeze(0)?
+            .contiguous()?;
+        for layer in &self.layers {
+            let y = self.attention(layer, &x)?;
+            x = layer.norm1.forward(&(x + y)?)?;
+            let y = layer.ffn1.forward(&x)?.relu()?;
+            let y = layer.ffn2.forward(&y)?;
+            x = layer.norm2.forward(&(x + y)?)?;
+        }
+        let stats = self.proj.forward(&x)?;
+        let m = stats.narrow(1, 0, self.inter)?.contiguous()?;
+        let logs = stats.narrow(1, self.inter, self.inter)?.contiguous()?;
+        Ok((x, m, logs))
+    }
+
+    fn attention(&self, l: &AttnLayer, x: &Tensor) -> CResult<Tensor> {
+        let (_, h, t) = x.dims3()?;
+        let nh = self.n_heads;
+        let kc = h / nh;
+        let w = self.window;
+        let nr = 2 * w + 1;
+        #[allow(clippy::cast_precision_loss)]
+        let inv = 1.0 / (kc as f64).sqrt();
+        // [heads, T, kc]
+        let split = |y: Tensor| -> CResult<Tensor> {
+            y.reshape((nh, kc, t))?.transpose(1, 2)?.contiguous()
+        };
+        let q = (split(l.q.forward(x)?)? * inv)?;
+        let k = split(l.k.forward(x)?)?;
+        let v = split(l.v.forward(x)?)?;
+        let rel_k = l.rel_k.broadcast_as((nh, nr, kc))?.contiguous()?;
+        let rel_v = l.rel_v.broadcast_as((nh, nr, kc))?.contiguous()?;
+        let mut scores = q
+            .matmul(&k.t()?.contiguous()?)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let rel = q
+            .matmul(&rel_k.t()?.contiguous()?)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        // Add the relative logits, softmax each row, and collect the relative weights.
+        let mut rel_w = vec![0f32; nh * t * nr];
+        for hd in 0..nh {
+            for i in 0..t {
+                let row = &mut scores[(hd * t + i) * t..(hd * t + i + 1) * t];
+                let rrow = &rel[(hd * t + i) * nr..(hd * t + i + 1) * nr];
+                let lo = i.saturating_sub(w);
+                let hi = (i + w).min(t - 1);
+                for j in lo..=hi {
+                    row[j] += rrow[j + w - i];
+                }
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for s in row.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv_sum = 1.0 / sum;
+                for s in row.iter_mut() {
+                    *s *= inv_sum;
+                }
+                let wrow = &mut rel_w[(hd * t + i) * nr..(hd * t + i + 1) * nr];
+                for j in lo..=hi {
+                    wrow[j + w - i] = row[j];
+                }
+            }
+        }
+        let p = Tensor::from_vec(scores, (nh, t, t), &Device::Cpu)?;
+        let rel_w = Tensor::from_vec(rel_w, (nh, t, nr), &Device::Cpu)?;
+        let out = (p.matmul(&v)? + rel_w.matmul(&rel_v)?)?; // [heads, T, kc]
+        let out = out.transpose(1, 2)?.contiguous()?.reshape((1, h, t))?;
+        l.o.forward(&out)
+    }
+}
+
+// ----- duration predictors -------------------------------------------------------------------
+
+/// Dilated depth-separable convolutions (`DDSConv`), on `[C, T]` data.
+#[derive(Debug, Clone)]
+struct Dds {
+    layers: Vec<DdsLayer>,
+}
+
+#[derive(Debug, Clone)]
+struct DdsLayer {
+    /// Depthwise weights `[C, k]` and bias.
+    sep_w: Vec<f32>,
+    sep_b: Vec<f32>,
+    k: usize,
+    dilation: usize,
+    pw: Conv,
+    norm1: Norm,
+    norm2: Norm,
+}
+
+impl Dds {
+    fn load(voice: &PiperVoice, prefix: &str, n_layers: usize, k: usize) -> Result<Self> {
+        let mut layers = Vec::with_capacity(n_layers);
+        let mut dilation = 1;
+        for l in 0..n_layers {
+            layers.push(DdsLayer {
+                sep_w: load_vec(voice, &format!("{prefix}.convs_sep.{l}.weight"))?,
+                sep_b: load_vec(voice, &format!("{prefix}.convs_sep.{l}.bias"))?,
+                k,
+                dilation,
+                pw: Conv::load(voice, &format!("{prefix}.convs_1x1.{l}"), 1, true)?,
+                norm1: Norm::load(voice, &format!("{prefix}.norms_1.{l}"))?,
+                norm2: Norm::load(voice, &format!("{prefix}.norms_2.{l}"))?,
+            });
+            dilation = dilation.saturating_mul(k);
+        }
+        Ok(Self { layers })
+    }
+
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let mut x = x.clone();
+        for l in &self.layers {
+            let y = l.depthwise(&x)?;
+            let y = l.norm1.forward(&y)?.gelu_erf()?;
+            let y = l.pw.forward(&y)?;
+            let y = l.norm2.forward(&y)?.gelu_erf()?;
+            x = (x + y)?;
+        }
+        Ok(x)
+    }
+}
+
+impl DdsLayer {
+    fn depthwise(&self, x: &Tensor) -> CResult<Tensor> {
+        let (_, c, t) = x.dims3()?;
+        let data = x.flatten_all()?.to_vec1::<f32>()?;
+        let pad = (self.k * self.dilation - self.dilation) / 2;
+        let mut out = vec![0f32; c * t];
+        for ch in 0..c {
+            let xin = &data[ch * t..(ch + 1) * t];
+            let w = &self.sep_w[ch * self.k..(ch + 1) * self.k];
+            let o = &mut out[ch * t..(ch + 1) * t];
+            o.fill(self.sep_b[ch]);
+            for (j, &wj) in w.iter().enumerate() {
+                let off = j * self.dilation;
+                // o[i] += wj * x[i + off - pad] for valid indices.
+                for (i, oi) in o.iter_mut().enumerate() {
+                    let src = i + off;
+                    if src >= pad && src - pad < t {
+                        *oi += wj * xin[src - pad];
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(out, (1, c, t), &Device::Cpu)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ConvFlow {
+    /// `pre`: a 1x1 conv from one channel: `[fc]` weights and bias.
+    pre_w: Vec<f32>,
+    pre_b: Vec<f32>,
+    convs: Dds,
+    proj: Conv,
+}
+
+#[derive(Debug, Clone)]
+struct Sdp {
+    pre: Conv,
+    cond: Option<Conv>,
+    convs: Dds,
+    proj: Conv,
+    /// Elementwise affine flow: `m` and `exp(-logs)`, 2 each.
+    m: Vec<f32>,
+    exp_neg_logs: Vec<f32>,
+    /// Conv flows in the order inference runs them (`dp.flows.{2j+1}`, j descending).
+    flows: Vec<ConvFlow>,
+    fc: usize,
+    num_bins: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Dp {
+    conv1: Conv,
+    norm1: Norm,
+    conv2: Conv,
+    norm2: Norm,
+    proj: Conv,
+    cond: Option<Conv>,
+}
+
+#[derive(Debug, Clone)]
+enum DurationPredictor {
+    Stochastic(Box<Sdp>),
+    Deterministic(Dp),
+}
+
+const TAIL_BOUND: f32 = 5.0;
+const MIN_BIN: f32 = 1e-3;
+const MIN_DERIVATIVE: f32 = 1e-3;
+
+impl Sdp {
+    fn load(voice: &PiperVoice, c: &VitsConfig) -> Result<Self> {
+        let DurationPredictorConfig::Stochastic {
+            filter_channels,
+            kernel_size,
+            n_dds_layers,
+            n_flows,
+            num_bins,
+            logs_folded,
+        } = c.duration_predictor
+        else {
+            unreachable!("Sdp::load is called for stochastic predictors only")
+        };
+        let logs = load_vec(voice, "dp.flows.0.logs")?;
+        let exp_neg_logs = if logs_folded {
+            logs
+        } else {
+            logs.iter().map(|l| (-l).exp()).collect()
+        };
+        let mut flows = Vec::new();
+        for j in (1..n_flows).rev() {
+            let f = format!("dp.flows.{}", 2 * j + 1);
+            flows.push(ConvFlow {
+                pre_w: load_vec(voice, &format!("{f}.pre.weight"))?,
+                pre_b: load_vec(voice, &format!("{f}.pre.bias"))?,
+                convs: Dds::load(voice, &format!("{f}.convs"), n_dds_layers, kernel_size)?,
+                proj: Conv::load(voice, &format!("{f}.proj"), 1, true)?,
+            });
+        }
+        Ok(Self {
+            pre: Conv::load(voice, "dp.pre", 1, true)?,
+            cond: if c.gin_channels > 0 {
+                Some(Conv::load(voice, "dp.cond", 1, true)?)
+            } else {
+                None
+            },
+            convs: Dds::load(voice, "dp.convs", n_dds_layers, kernel_size)?,
+            proj: Conv::load(voice, "dp.proj", 1, true)?,
+            m: load_vec(voice, "dp.flows.0.m")?,
+            exp_neg_logs,
+            flows,
+            fc: filter_channels,
+            num_bins,
+        })
+    }
+
+    /// `logw` `[T]` of the encoder output `x` `[1, hidden, T]`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        g: Option<&Tensor>,
+        noise: &mut Noise,
+        noise_w: f32,
+    ) -> CResult<Vec<f32>> {
+        let (_, _, t) = x.dims3()?;
+        let mut h = self.pre.forward(x)?;
+        if let (Some(cond), Some(g)) = (&self.cond, g) {
+            h = h.broadcast_add(&cond.forward(g)?)?;
+        }
+        let h = self.proj.forward(&self.convs.forward(&h)?)?;
+        let (mut z0, mut z1) = if noise_w > 0.0 {
+            (noise.fill(t, noise_w), noise.fill(t, noise_w))
+        } else {
+            (vec![0f32; t], vec![0f32; t])
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let inv_sqrt_fc = 1.0 / (self.fc as f32).sqrt();
+        let nb = self.num_bins;
+        for flow in &self.flows {
+            std::mem::swap(&mut z0, &mut z1); // Flip
+            // pre: one input channel.
+            let fc = flow.pre_w.len();
+            let mut pre = vec![0f32; fc * t];
+            for ch in 0..fc {
+                for i in 0..t {
+                    pre[ch * t + i] = flow.pre_w[ch] * z0[i] + flow.pre_b[ch];
+                }
+            }
+            let pre = Tensor::from_vec(pre, (1, fc, t), &Device::Cpu)?;
+            let p = flow.proj.forward(&flow.convs.forward(&(pre + &h)?)?)?;
+            let p = p.flatten_all()?.to_vec1::<f32>()?; // [3nb - 1, T]
+            let mut uw = vec![0f32; nb];
+            let mut uh = vec![0f32; nb];
+            let mut ud = vec![0f32; nb - 1];
+            for i in 0..t {
+                for b in 0..nb {
+                    uw[b] = p[b * t + i] * inv_sqrt_fc;
+                    uh[b] = p[(nb + b) * t + i] * inv_sqrt_fc;
+                }
+                for b in 0..nb - 1 {
+                    ud[b] = p[(2 * nb + b) * t + i];
+                }
+                z1[i] = rq_spline_inverse(z1[i], &uw, &uh, &ud);
+            }
+        }
+        std::mem::swap(&mut z0, &mut z1); // the Flip before the affine flow
+        // Elementwise affine, reverse: (z - m) * exp(-logs); channel 0 is logw.
+        Ok(z0
+            .iter()
+            .map(|&z| (z - self.m[0]) * self.exp_neg_logs[0])
+            .collect())
+    }
+}
+
+fn softplus(x: f32) -> f32 {
+    if x > 20.0 { x } else { x.exp().ln_1p() }
+}
+
+/// Normalized bin edges from unnormalized widths (softmax, minimum bin size, scaled to
+/// `[-B, B]`, exact ends).
+fn bin_edges(u: &[f32], edges: &mut [f32]) {
+    let nb = u.len();
+    let max = u.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = u.iter().map(|&v| (v - max).exp()).sum();
+    #[allow(clippy::cast_precision_loss)]
+    let spread = 1.0 - MIN_BIN * nb as f32;
+    let mut cum = 0f32;
+    edges[0] = -TAIL_BOUND;
+    for b in 0..nb {
+        cum += MIN_BIN + spread * ((u[b] - max).exp() / sum);
+        edges[b + 1] = 2.0 * TAIL_BOUND * cum - TAIL_BOUND;
+    }
+    edges[nb] = TAIL_BOUND;
+}
+
+/// The inverse of the rational-quadratic spline with linear tails (outside `[-B, B]` the
+/// identity), as in Durkan et al.'s neural spline flows, which VITS uses.
+fn rq_spline_inverse(y: f32, uw: &[f32], uh: &[f32], ud: &[f32]) -> f32 {
+    if !(-TAIL_BOUND..=TAIL_BOUND).contains(&y) {
+        return y;
+    }
+    let nb = uw.len();
+    let mut cw = [0f32; 65];
+    let mut chh = [0f32; 65];
+    if nb + 1 > cw.len() {
+        return y; // not reachable for real voices (10 bins); keeps the arrays fixed-size
+    }
+    bin_edges(uw, &mut cw[..=nb]);
+    bin_edges(uh, &mut chh[..=nb]);
+    // Derivatives at the knots: 1 at both ends (min_derivative + softplus(log(e^(1-min)-1))).
+    let deriv = |k: usize| -> f32 {
+        if k == 0 || k == nb {
+            1.0
+        } else {
+            MIN_DERIVATIVE + softplus(ud[k - 1])
+        }
+    };
+    // searchsorted with the last edge nudged up by 1e-6.
+    let mut bin = 0usize;
+    for k in 0..=nb {
+        let edge = if k == nb { chh[k] + 1e-6 } else { chh[k] };
+        if y >= edge {
+            bin = k;
+        }
+    }
+    let bin = bin.min(nb - 1);
+    let x_k = cw[bin];
+    let w_k = cw[bin + 1] - cw[bin];
+    let y_k = chh[bin];
+    let h_k = chh[bin + 1] - chh[bin];
+    let delta = h_k / w_k;
+    let d0 = deriv(bin);
+    let d1 = deriv(bin + 1);
+    let dy = y - y_k;
+    let a = dy * (d0 + d1 - 2.0 * delta) + h_k * (delta - d0);
+    let b = h_k * d0 - dy * (d0 + d1 - 2.0 * delta);
+    let c = -delta * dy;
+    let disc = (b * b - 4.0 * a * c).max(0.0);
+    let root = (2.0 * c) / (-b - disc.sqrt());
+    root * w_k + x_k
+}
+
+impl Dp {
+    fn load(voice: &PiperVoice, c: &VitsConfig) -> Result<Self> {
+        Ok(Self {
+            conv1: Conv::load(voice, "dp.conv_1", 1, true)?,
+            norm1: Norm::load(voice, "dp.norm_1")?,
+            conv2: Conv::load(voice, "dp.conv_2", 1, true)?,
+            norm2: Norm::load(voice, "dp.norm_2")?,
+            proj: Conv::load(voice, "dp.proj", 1, true)?,
+            cond: if c.gin_channels > 0 {
+                Some(Conv::load(voice, "dp.cond", 1, true)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor, g: Option<&Tensor>) -> CResult<Vec<f32>> {
+        let mut x = x.clone();
+        if let (Some(cond), Some(g)) = (&self.cond, g) {
+            x = x.broadcast_add(&cond.forward(g)?)?;
+        }
+        let x = self.norm1.forward(&self.conv1.forward(&x)?.relu()?)?;
+        let x = self.norm2.forward(&self.conv2.forward(&x)?.relu()?)?;
+        self.proj.forward(&x)?.flatten_all()?.to_vec1::<f32>()
+    }
+}
+
+// ----- flow --------------------------------------------------------------------------------
+
+fn fast_conv(voice: &PiperVoice, name: &str, dilation: usize, bias: bool) -> Result<Conv1d> {
+    let w = voice.param(&format!("{name}.weight"))?;
+    let d: Vec<usize> = w
+        .dims()
+        .iter()
+        .map(|&v| usize::try_from(v).unwrap_or(0))
+        .collect();
+    let [c_out, c_in, k] = d[..] else {
+        return Err(TtsError::new(
+            TtsFile::Request,
+            TtsErrorKind::Inference {
+                stage: "loading weights",
+                reason: format!("{name}.weight has shape {d:?}, expected 3 dimensions"),
+            },
+        )
+        .into());
+    };
+    let b = if bias {
+        Some(load_vec(voice, &format!("{name}.bias"))?)
+    } else {
+        None
+    };
+    Ok(Conv1d::new(&w.to_f32_vec()?, c_out, c_in, k, b, dilation))
+}
+
+#[derive(Debug, Clone)]
+struct Coupling {
+    pre: Conv1d,
+    in_layers: Vec<Conv1d>,
+    res_skip: Vec<Conv1d>,
+    cond: Option<Conv1d>,
+    post: Conv1d,
+    hidden: usize,
+}
+
+impl Coupling {
+    fn load(voice: &PiperVoice, c: &VitsConfig, idx: usize) -> Result<Self> {
+        let f = format!("flow.flows.{}", 2 * idx);
+        let fl = &c.flow;
+        let mut in_layers = Vec::with_capacity(fl.n_layers);
+        let mut res_skip = Vec::with_capacity(fl.n_layers);
+        let mut dilation = 1usize;
+        for l in 0..fl.n_layers {
+            in_layers.push(fast_conv(
+                voice,
+                &format!("{f}.enc.in_layers.{l}"),
+                dilation,
+                true,
+            )?);
+            res_skip.push(fast_conv(
+                voice,
+                &format!("{f}.enc.res_skip_layers.{l}"),
+                1,
+                true,
+            )?);
+            dilation = dilation.saturating_mul(fl.dilation_rate);
+        }
+        Ok(Self {
+            pre: fast_conv(voice, &format!("{f}.pre"), 1, true)?,
+            in_layers,
+            res_skip,
+            cond: if c.gin_channels > 0 {
+                Some(fast_conv(voice, &format!("{f}.enc.cond_layer"), 1, true)?)
+            } else {
+                None
+            },
+            post: fast_conv(voice, &format!("{f}.post"), 1, true)?,
+            hidden: fl.hidden_channels,
+        })
+    }
+
+    /// The reverse pass on `z` `[C, F]` in place; `g` is the speaker embedding `[gin]`.
+    fn reverse(&self, z: &mut [f32], f: usize, g: Option<&[f32]>) {
+        let c = z.len() / f;
+        let half = c / 2;
+        let (x0, x1) = z.split_at_mut(half * f);
+        let mut h = self.pre.forward(x0, f, Act::Identity, None);
+        let gc = match (&self.cond, g) {
+            (Some(cond), Some(g)) => Some(cond.forward(g, 1, Act::Identity, None)),
+            _ => None,
+        };
+        let hd = self.hidden;
+        let n = self.in_layers.len();
+        let mut out = vec![0f32; hd * f];
+        let mut acts = vec![0f32; hd * f];
+        for (l, (inl, rs)) in self.in_layers.iter().zip(&self.res_skip).enumerate() {
+            let x_in = inl.forward(&h, f, Act::Identity, None);
+            for ch in 0..hd {
+                let (gt, gs) = match &gc {
+                    Some(gc) => (gc[l * 2 * hd + ch], gc[l * 2 * hd + hd + ch]),
+                    None => (0.0, 0.0),
+                };
+                let a = &x_in[ch * f..(ch + 1) * f];
+                let b = &x_in[(hd + ch) * f..(hd + ch + 1) * f];
+                for ((o, &av), &bv) in acts[ch * f..(ch + 1) * f].iter_mut().zip(a).zip(b) {
+                    *o = (av + gt).tanh() * sigmoid(bv + gs);
+                }
+            }
+            let rsa = rs.forward(&acts, f, Act::Identity, None);
+            if l + 1 < n {
+                for (hv, &r) in h.iter_mut().zip(&rsa[..hd * f]) {
+                    *hv += r;
+                }
+                for (o, &r) in out.iter_mut().zip(&rsa[hd * f..]) {
+                    *o += r;
+                }
+            } else {
+                for (o, &r) in out.iter_mut().zip(&rsa) {
+                    *o += r;
+                }
+            }
+        }
+        let m = self.post.forward(&out, f, Act::Identity, None);
+        for (v, &mv) in x1.iter_mut().zip(&m) {
+            *v -= mv;
+        }
+    }
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+// ----- decoder -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum ResBlock {
+    One(Vec<(Conv1d, Conv1d)>),
+    Two(Vec<Conv1d>),
+}
+
+#[derive(Debug, Clone)]
+struct Decoder {
+    pre: Conv1d,
+    cond: Option<Conv1d>,
+    ups: Vec<ConvTranspose1d>,
+    /// `n_kernels` blocks per upsampling layer.
+    blocks: Vec<Vec<ResBlock>>,
+    post: Conv1d,
+}
+
+impl Decoder {
+    fn load(voice: &PiperVoice, c: &VitsConfig) -> Result<Self> {
+        let d = &c.decoder;
+        let nk = d.resblock_kernel_sizes.len();
+        let mut ups = Vec::new();
+        let mut blocks = Vec::new();
+        let mut ch = d.upsample_initial_channel;
+        for (u, (&rate, &k)) in d
+            .upsample_rates
+            .iter()
+            .zip(&d.upsample_kernel_sizes)
+            .enumerate()
+        {
+            let w = load_vec(voice, &format!("dec.ups.{u}.weight"))?;
+            let b = load_vec(voice, &format!("dec.ups.{u}.bias"))?;
+            ups.push(ConvTranspose1d::new(
+                w,
+                ch,
+                ch / 2,
+                k,
+                b,
+                rate,
+                k.saturating_sub(rate) / 2,
+            ));
+            ch /= 2;
+            let mut level = Vec::with_capacity(nk);
+            for (r, dil) in d.resblock_dilation_sizes.iter().enumerate() {
+                let bname = format!("dec.resblocks.{}", u * nk + r);
+                level.push(match d.resblock {
+                    ResBlockKind::One => ResBlock::One(
+                        dil.iter()
+                            .enumerate()
+                            .map(|(m, &dl)| {
+                                Ok((
+                                    fast_conv(voice, &format!("{bname}.convs1.{m}"), dl, true)?,
+                                    fast_conv(voice, &format!("{bname}.convs2.{m}"), 1, true)?,
+                                ))
+                            })
+                            .collect::<Result<Vec<_>>>()?,
+                    ),
+                    ResBlockKind::Two => ResBlock::Two(
+                        dil.iter()
+                            .enumerate()
+                            .map(|(m, &dl)| {
+                                fast_conv(voice, &format!("{bname}.convs.{m}"), dl, true)
+                            })
+                            .collect::<Result<Vec<_>>>()?,
+                    ),
+                });
+            }
+            blocks.push(level);
+        }
+        Ok(Self {
+            pre: fast_conv(voice, "dec.conv_pre", 1, true)?,
+            cond: if c.gin_channels > 0 {
+                Some(fast_conv(voice, "dec.cond", 1, true)?)
+            } else {
+                None
+            },
+            ups,
+            blocks,
+            post: fast_conv(voice, "dec.conv_post", 1, false)?,
+        })
+    }
+
+    /// The waveform of latent `z` `[C, F]`.
+    fn forward(&self, z: &[f32], f: usize, g: Option<&[f32]>) -> Vec<f32> {
+        let mut x = self.pre.forward(z, f, Act::Identity, None);
+        if let (Some(cond), Some(g)) = (&self.cond, g) {
+            let gc = cond.forward(g, 1, Act::Identity, None);
+            for (o, row) in x.chunks_exact_mut(f).enumerate() {
+                for v in row {
+                    *v += gc[o];
+                }
+            }
+        }
+        let mut l = f;
+        for (up, level) in self.ups.iter().zip(&self.blocks) {
+            let y = up.forward(&x, l, Act::Leaky(0.1));
+            l = up.out_len(l);
+            let mut sum: Option<Vec<f32>> = None;
+            for block in level {
+                let b = block.forward(&y, l);
+                match &mut sum {
+                    Some(s) => s.iter_mut().zip(&b).for_each(|(a, &v)| *a += v),
+                    None => sum = Some(b),
+                }
+            }
+            x = match sum {
+                Some(mut s) => {
+                    #[allow(clippy::cast_precision_loss)]
+                    let inv = 1.0 / level.len() as f32;
+                    s.iter_mut().for_each(|v| *v *= inv);
+                    s
+                }
+                None => y,
+            };
+        }
+        let mut out = self.post.forward(&x, l, Act::Leaky(0.01), None);
+        out.iter_mut().for_each(|v| *v = v.tanh());
+        out
+    }
+}
+
+impl ResBlock {
+    fn forward(&self, x: &[f32], l: usize) -> Vec<f32> {
+        let mut x = x.to_vec();
+        match self {
+            ResBlock::One(convs) => {
+                for (c1, c2) in convs {
+                    let xt = c1.forward(&x, l, Act::Leaky(0.1), None);
+                    x = c2.forward(&xt, l, Act::Leaky(0.1), Some(&x));
+                }
+            }
+            ResBlock::Two(convs) => {
+                for c in convs {
+                    x = c.forward(&x, l, Act::Leaky(0.1), Some(&x));
+                }
+            }
+        }
+        x
+    }
+}
+
+// ----- the model ---------------------------------------------------------------------------
+
+/// Per-stage wall times of one [`Vits::infer`] call, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// Text encoder.
+    pub encoder_ms: f64,
+    /// Duration predictor and length regulation.
+    pub durations_ms: f64,
+    /// Reverse flow.
+    pub flow_ms: f64,
+    /// HiFi-GAN decoder.
+    pub decoder_ms: f64,
+}
+
+/// The VITS generator of a Piper voice, weights loaded into candle tensors.
+#[derive(Debug, Clone)]
+pub struct Vits {
+    config: VitsConfig,
+    enc: TextEncoder,
+    dp: DurationPredictor,
+    flows: Vec<Coupling>,
+    dec: Decoder,
+    emb_g: Option<Tensor>,
+}
+
+impl Vits {
+    /// Loads every weight of `voice` (copied into f32 tensors).
+    pub fn load(voice: &PiperVoice) -> Result<Self> {
+        let c = voice.vits().clone();
+        let dp = match c.duration_predictor {
+            DurationPredictorConfig::Stochastic { .. } => {
+                DurationPredictor::Stochastic(Box::new(Sdp::load(voice, &c)?))
+            }
+            DurationPredictorConfig::Deterministic { .. } => {
+                DurationPredictor::Deterministic(Dp::load(voice, &c)?)
+            }
+        };
+        let flows = (0..c.flow.n_flows)
+            .map(|i| Coupling::load(voice, &c, i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            enc: TextEncoder::load(voice, &c)?,
+            dp,
+            flows,
+            dec: Decoder::load(voice, &c)?,
+            emb_g: if c.gin_channels > 0 {
+                Some(load(voice, "emb_g.weight")?)
+            } else {
+                None
+            },
+            config: c,
+        })
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &VitsConfig {
+        &self.config
+    }
+
+    /// Checks ids and speaker; see [`Vits::infer`].
+    fn check(&self, ids: &[i64], speaker: Option<u32>) -> Result<Vec<u32>> {
+        let bad = |name: &'static str, reason: String| -> crate::Error {
+            TtsError::new(TtsFile::Request, TtsErrorKind::BadInput { name, reason }).into()
+        };
+        if ids.is_empty() {
+            return Err(bad("phoneme_ids", "no ids".to_owned()));
+        }
+        let n = self.config.n_vocab;
+        let ids = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                u32::try_from(id)
+                    .ok()
+                    .filter(|&v| (v as usize) < n)
+                    .ok_or_else(|| {
+                        bad(
+                            "phoneme_ids",
+                            format!("id {id} at position {i} is outside the voice's {n} symbols"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        if let Some(s) = speaker {
+            let ns = if self.emb_g.is_some() {
+                self.config.n_speakers
+            } else {
+                1
+            };
+            if s as usize >= ns {
+                return Err(TtsError::new(
+                    TtsFile::Request,
+                    TtsErrorKind::UnknownSpeaker {
+                        id: s,
+                        n_speakers: ns,
+                    },
+                )
+                .into());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Synthesizes one sentence's phoneme ids: the waveform in `[-1, 1]` at the voice's sample
+    /// rate, `hop_length` samples per frame. `noise` supplies the random draws (none are made
+    /// when both noise scales are 0).
+    pub fn infer(
+        &self,
+        ids: &[i64],
+        speaker: Option<u32>,
+        scales: Scales,
+        noise: &mut Noise,
+        times: Option<&mut StageTimes>,
+    ) -> Result<Vec<f32>> {
+        let ids = self.check(ids, speaker)?;
+        for (name, v) in [
+            ("noise_scale", scales.noise_scale),
+            ("length_scale", scales.length_scale),
+            ("noise_w", scales.noise_w),
+        ] {
+            let ok = v.is_finite() && v >= 0.0 && v <= 100.0 && (name != "length_scale" || v > 0.0);
+            if !ok {
+                return Err(TtsError::new(
+                    TtsFile::Request,
+                    TtsErrorKind::BadInput {
+                        name,
+                        reason: format!(
+                            "{v} is outside the allowed range (finite, 0..=100, length_scale > 0)"
+                        ),
+                    },
+                )
+                .into());
+            }
+        }
+        let mut st = StageTimes::default();
+        let clock = std::time::Instant::now();
+        let lap = |since: &mut std::time::Instant| {
+            let ms = since.elapsed().as_secs_f64() * 1e3;
+            *since = std::time::Instant::now();
+            ms
+        };
+        let mut since = clock;
+
+        let g = match (&self.emb_g, speaker) {
+            (Some(emb), s) => {
+                let s = Tensor::from_slice(&[s.unwrap_or(0)], 1, &Device::Cpu)
+                    .map_err(ce("speaker embedding"))?;
+                Some(
+                    emb.index_select(&s, 0)
+                        .and_then(|e| e.unsqueeze(2))
+                        .map_err(ce("speaker embedding"))?,
+                )
+            }
+            (None, _) => None,
+        };
+        let (x, m_p, logs_p) = self.enc.forward(&ids).map_err(ce("text encoder"))?;
+        st.encoder_ms = lap(&mut since);
+
+        let logw = match &self.dp {
+            DurationPredictor::Stochastic(sdp) => {
+                sdp.forward(&x, g.as_ref(), noise, scales.noise_w)
+            }
+            DurationPredictor::Deterministic(dp) => dp.forward(&x, g.as_ref()),
+        }
+        .map_err(ce("duration predictor"))?;
+        // Frames of each phoneme, and the frame -> phoneme index.
+        let mut frame_src: Vec<u32> = Vec::new();
+        for (i, &lw) in logw.iter().enumerate() {
+            let d = (lw.exp() * scales.length_scale).ceil();
+            // A finite, sane duration: at most 1000 frames (~11 s) per phoneme.
+            let d = if d.is_finite() {
+                d.clamp(0.0, 1000.0)
+            } else {
+                0.0
+            };
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let d = d as usize;
+            frame_src.extend(std::iter::repeat_n(u32::try_from(i).unwrap_or(u32::MAX), d));
+        }
+        if frame_src.is_empty() {
+            frame_src.push(0); // y_lengths is clamped to at least 1; that frame is masked to 0
+        }
+        let n_frames = frame_src.len();
+        let idx = Tensor::from_vec(frame_src.clone(), n_frames, &Device::Cpu)
+            .map_err(ce("length regulation"))?;
+        let expand = |t: &Tensor| t.index_select(&idx, 2);
+        let m = expand(&m_p).map_err(ce("length regulation"))?;
+        let mut z_p = m;
+        if scales.noise_scale > 0.0 {
+            let logs = expand(&logs_p).map_err(ce("length regulation"))?;
+            let (_, c, f) = logs.dims3().map_err(ce("length regulation"))?;
+            let eps = Tensor::from_vec(
+                noise.fill(c * f, scales.noise_scale),
+                (1, c, f),
+                &Device::Cpu,
+            )
+            .map_err(ce("length regulation"))?;
+            z_p = (z_p
+                + (eps * logs.exp().map_err(ce("length regulation"))?)
+                    .map_err(ce("length regulation"))?)
+            .map_err(ce("length regulation"))?;
+        }
+        if logw
+            .iter()
+            .all(|&lw| (lw.exp() * scales.length_scale).ceil() <= 0.0)
+        {
+            z_p = z_p.zeros_like().map_err(ce("length regulation"))?;
+        }
+        st.durations_ms = lap(&mut since);
+
+        let (_, c, f) = z_p.dims3().map_err(ce("flow"))?;
+        let mut z = z_p
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(ce("flow"))?;
+        let g_vec = match &g {
+            Some(g) => Some(
+                g.flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(ce("flow"))?,
+            ),
+            None => None,
+        };
+        for coupling in self.flows.iter().rev() {
+            // Flip: reverse the channel order.
+            for ch in 0..c / 2 {
+                let (a, b) = z.split_at_mut((c - 1 - ch) * f);
+                a[ch * f..(ch + 1) * f].swap_with_slice(&mut b[..f]);
+            }
+            coupling.reverse(&mut z, f, g_vec.as_deref());
+        }
+        st.flow_ms = lap(&mut since);
+
+        let audio = self.dec.forward(&z, f, g_vec.as_deref());
+        st.decoder_ms = lap(&mut since);
+        if let Some(t) = times {
+            *t = st;
+        }
+        Ok(audio)
+    }
+}

@@ -1,0 +1,339 @@
+//! Text to speech through the public API ([`Voice`]) on the real joe-medium voice.
+//!
+//! - Streaming: one chunk per sentence, the first before the rest are synthesized, audible
+//!   audio of a plausible length; a 100 kB text starts at once and stops when asked, with
+//!   bounded memory.
+//! - Phoneme ids from text (espeak-ng 1.51 as a process) against piper-tts 1.8.0's
+//!   (`tests/data/piper/phoneme_ids.tsv`): same sentences, same lengths, differences only in
+//!   stress marks.
+//! - Determinism: the same seed gives the same audio, another seed different audio.
+//! - Bad input: empty text, unknown speaker, bad scales and ids, control characters, a
+//!   missing voice file or espeak-ng program, each with an error naming it.
+
+mod common;
+
+use common::models_dir;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use sotad_engines::tts::{AudioChunk, LoadOptions, SynthOptions, Synthesizer, TtsErrorKind, Voice};
+
+fn joe_path() -> PathBuf {
+    let path = models_dir().join("piper/en_US-joe-medium.onnx");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-models.sh (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+fn joe() -> &'static Voice {
+    static VOICE: OnceLock<Voice> = OnceLock::new();
+    VOICE.get_or_init(|| Voice::load(joe_path(), &LoadOptions::default()).unwrap())
+}
+
+fn rms(s: &[f32]) -> f64 {
+    (s.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / s.len().max(1) as f64).sqrt()
+}
+
+fn kind(e: &sotad_engines::Error) -> &TtsErrorKind {
+    &e.as_tts()
+        .unwrap_or_else(|| panic!("not a TTS error: {e}"))
+        .kind
+}
+
+#[test]
+fn streams_one_chunk_per_sentence() {
+    let voice = joe();
+    assert_eq!(voice.sample_rate(), 22050);
+    let text = "Hello, world! This is sotad speaking. It runs on a small board.";
+    let mut chunks: Vec<(usize, String, String, Vec<f32>, std::time::Instant)> = Vec::new();
+    let stats = voice
+        .synthesize(text, &SynthOptions::default(), |c: &AudioChunk<'_>| {
+            chunks.push((
+                c.index,
+                c.text.to_owned(),
+                c.phonemes.to_owned(),
+                c.samples.to_vec(),
+                std::time::Instant::now(),
+            ));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    println!("{stats:?} rtf {:.3}", stats.rtf());
+    assert_eq!(
+        chunks.len(),
+        3,
+        "{:?}",
+        chunks.iter().map(|c| &c.1).collect::<Vec<_>>()
+    );
+    assert_eq!(stats.chunks, 3);
+    assert!(!stats.stopped);
+    assert_eq!(stats.unknown_phonemes, 0);
+    assert_eq!(chunks[0].1, "Hello, world!");
+    assert_eq!(chunks[2].1, "It runs on a small board.");
+    assert!(chunks[1].2.contains("spˈiːkɪŋ"), "{}", chunks[1].2);
+    // Chunks arrive one by one: the first well before the call returns.
+    assert!(stats.first_audio_ms < stats.total_ms * 0.7, "{stats:?}");
+    let mut total = 0;
+    for (i, (index, text, _, samples, _)) in chunks.iter().enumerate() {
+        assert_eq!(*index, i);
+        let secs = samples.len() as f64 / 22050.0;
+        // About 0.07 to 0.2 s per character of text.
+        let chars = text.chars().count() as f64;
+        assert!(
+            secs > chars * 0.03 && secs < chars * 0.25,
+            "{text:?}: {secs} s"
+        );
+        assert_eq!(samples.len() % 256, 0, "whole frames");
+        let peak = samples.iter().fold(0f32, |m, &v| m.max(v.abs()));
+        assert!(
+            (peak - 1.0).abs() < 1e-5,
+            "normalized to peak 1, got {peak}"
+        );
+        assert!(rms(samples) > 0.05, "{text:?}: rms {}", rms(samples));
+        total += samples.len();
+    }
+    assert_eq!(stats.samples, total);
+    // The trait object gives the same stream.
+    let dynamic: &dyn Synthesizer = voice;
+    let mut n = 0;
+    let s2 = dynamic
+        .synthesize_dyn(text, &SynthOptions::default(), &mut |c| {
+            assert_eq!(c.samples, &chunks[n].3[..]);
+            n += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(s2.samples, total);
+}
+
+#[test]
+fn same_seed_same_audio_other_seed_differs() {
+    let voice = joe();
+    let (ids, unknown) = voice.phoneme_ids("Testing one two.").unwrap();
+    assert_eq!(unknown, 0);
+    assert_eq!(ids.len(), 1);
+    let opts = |seed| SynthOptions {
+        seed,
+        ..SynthOptions::default()
+    };
+    let a = voice.synthesize_ids(&ids[0], &opts(7)).unwrap();
+    let b = voice.synthesize_ids(&ids[0], &opts(7)).unwrap();
+    let c = voice.synthesize_ids(&ids[0], &opts(8)).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    // Slower speech is longer; zero noise is deterministic whatever the seed.
+    let quiet = |seed, length_scale| SynthOptions {
+        seed,
+        noise_scale: Some(0.0),
+        noise_w: Some(0.0),
+        length_scale: Some(length_scale),
+        ..SynthOptions::default()
+    };
+    let d = voice.synthesize_ids(&ids[0], &quiet(1, 1.0)).unwrap();
+    let e = voice.synthesize_ids(&ids[0], &quiet(2, 1.0)).unwrap();
+    let f = voice.synthesize_ids(&ids[0], &quiet(1, 1.5)).unwrap();
+    assert_eq!(d, e);
+    assert!(
+        f.len() as f64 > d.len() as f64 * 1.3,
+        "{} vs {}",
+        f.len(),
+        d.len()
+    );
+}
+
+struct Row {
+    text: String,
+    ids: Vec<Vec<i64>>,
+}
+
+fn piper_rows() -> Vec<Row> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/piper/phoneme_ids.tsv");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            Row {
+                text: cols[0].to_owned(),
+                ids: cols[2]
+                    .split(" | ")
+                    .map(|s| s.split(' ').map(|n| n.parse().unwrap()).collect())
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn text_ids_match_piper_up_to_stress() {
+    let voice = joe();
+    let map = &voice.piper().config().phoneme_id_map;
+    let stress = [map["ˈ"][0], map["ˌ"][0]];
+    let (mut equal, mut total) = (0, 0);
+    for row in piper_rows() {
+        let (ours, unknown) = voice.phoneme_ids(&row.text).unwrap();
+        assert_eq!(unknown, 0);
+        assert_eq!(ours.len(), row.ids.len(), "{:?}: sentences", row.text);
+        for (a, b) in ours.iter().zip(&row.ids) {
+            assert_eq!(a.len(), b.len(), "{:?}", row.text);
+            for (x, y) in a.iter().zip(b) {
+                total += 1;
+                if x == y {
+                    equal += 1;
+                } else {
+                    assert!(
+                        stress.contains(x) && stress.contains(y),
+                        "{:?}: {x} vs {y}",
+                        row.text
+                    );
+                }
+            }
+        }
+    }
+    println!("{equal}/{total} ids equal to piper-tts's");
+    assert!(equal + 4 >= total, "{equal}/{total}");
+}
+
+#[test]
+fn long_text_streams_and_stops() {
+    let voice = joe();
+    let sentence = "The robot reads a very long book aloud, one sentence at a time. ";
+    let text = sentence.repeat(100_000 / sentence.len() + 1);
+    assert!(text.len() >= 100_000);
+    let rss_before = peak_rss_kib();
+    let mut got = 0;
+    let stats = voice
+        .synthesize(&text, &SynthOptions::default(), |c| {
+            assert!(c.samples.len() > 22050);
+            got += 1;
+            if got == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    println!("{stats:?}");
+    assert!(stats.stopped);
+    assert_eq!(stats.chunks, 2);
+    // Two sentences of ~1500 were synthesized: the call did not touch the rest.
+    assert!(stats.total_ms < stats.first_audio_ms * 4.0, "{stats:?}");
+    let grown = peak_rss_kib().saturating_sub(rss_before);
+    assert!(grown < 300 * 1024, "peak RSS grew by {grown} KiB");
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn odd_characters_are_skipped_or_read() {
+    let voice = joe();
+    // A NUL and a bell are dropped; espeak-ng reads the emoji's name, as it does for Piper.
+    let stats = voice
+        .synthesize("Hi\u{0} there\u{7} 🙂.", &SynthOptions::default(), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(stats.dropped_chars, 2);
+    assert_eq!(stats.chunks, 1);
+    assert!(stats.audio_secs > 0.8, "{stats:?}");
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let voice = joe();
+    let none = |_: &AudioChunk<'_>| ControlFlow::Continue(());
+    for text in ["", "   \n\n ", "... ?!", "🙂🙂"] {
+        let e = voice
+            .synthesize(text, &SynthOptions::default(), none)
+            .unwrap_err();
+        assert!(
+            matches!(kind(&e), TtsErrorKind::EmptyText { .. }),
+            "{text:?}: {e}"
+        );
+    }
+    let e = voice
+        .synthesize(
+            "Hi.",
+            &SynthOptions {
+                speaker: Some(1),
+                ..SynthOptions::default()
+            },
+            none,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            kind(&e),
+            TtsErrorKind::UnknownSpeaker {
+                id: 1,
+                n_speakers: 1
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("speaker 1"), "{e}");
+    for opts in [
+        SynthOptions {
+            noise_scale: Some(f32::NAN),
+            ..SynthOptions::default()
+        },
+        SynthOptions {
+            length_scale: Some(0.0),
+            ..SynthOptions::default()
+        },
+        SynthOptions {
+            noise_w: Some(-1.0),
+            ..SynthOptions::default()
+        },
+    ] {
+        let e = voice.synthesize("Hi.", &opts, none).unwrap_err();
+        assert!(matches!(kind(&e), TtsErrorKind::BadInput { .. }), "{e}");
+        let e = voice.synthesize_ids(&[1, 0, 20, 0, 2], &opts).unwrap_err();
+        assert!(matches!(kind(&e), TtsErrorKind::BadInput { .. }), "{e}");
+    }
+    for ids in [&[][..], &[1, 0, 256, 0, 2][..], &[1, -3, 2][..]] {
+        let e = voice
+            .synthesize_ids(ids, &SynthOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(
+                kind(&e),
+                TtsErrorKind::BadInput {
+                    name: "phoneme_ids",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    let missing = models_dir().join("piper/no-such-voice.onnx");
+    let e = Voice::load(&missing, &LoadOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("no-such-voice.onnx"), "{e}");
+
+    let piper = sotad_engines::tts::PiperVoice::open(joe_path()).unwrap();
+    let opts = LoadOptions {
+        threads: 1,
+        espeak: Some(PathBuf::from("/nonexistent/espeak-ng")),
+    };
+    let v = Voice::from_piper(piper, &opts).unwrap();
+    let e = v
+        .synthesize("Hi.", &SynthOptions::default(), none)
+        .unwrap_err();
+    assert!(matches!(kind(&e), TtsErrorKind::Espeak { .. }), "{e}");
+    assert!(e.to_string().contains("/nonexistent/espeak-ng"), "{e}");
+}
