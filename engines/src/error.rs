@@ -57,6 +57,14 @@ pub enum Error {
     #[error(transparent)]
     Ct2(Box<crate::stt::ct2::Ct2Error>),
 
+    /// Speech to text failed: bad input audio, or an inference step that could not run
+    /// (the reason names which and why).
+    #[error("speech to text: {reason}")]
+    Stt {
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A text-to-speech model (ONNX graph, Piper voice config) is malformed, unsupported, or
     /// lacks a parameter the VITS architecture needs.
     #[error(transparent)]

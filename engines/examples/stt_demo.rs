@@ -1,0 +1,19 @@
+//! Transcribes WAV files: `cargo run --release -p sotad-engines --example stt_demo -- MODEL_DIR FILE.wav...`
+use sotad_engines::stt::{LoadOptions, TranscribeOptions, Whisper};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (dir, files) = args.split_first().ok_or("usage: stt_demo MODEL_DIR FILE.wav...")?;
+    let t = std::time::Instant::now();
+    let model = Whisper::load(dir, &LoadOptions { threads: 2, ..Default::default() })?;
+    eprintln!("loaded {} in {:?}", model.name(), t.elapsed());
+    for f in files {
+        let r = model.transcribe_wav(&std::fs::read(f)?, &TranscribeOptions::default())?;
+        println!("{f}: [{}] {}", r.language, r.text);
+        for s in &r.segments {
+            println!("  {:6.2} {:6.2} {}", s.start, s.end, s.text);
+        }
+        println!("  {:?}", r.timings);
+    }
+    Ok(())
+}

@@ -1,0 +1,587 @@
+//! Whisper's network on candle-core (CPU, `f32`): the audio encoder and the text decoder
+//! with a self-attention KV cache and per-segment cross-attention keys and values.
+//!
+//! The CTranslate2 weights (float16 in the released faster-whisper models) are converted to
+//! `f32` candle tensors once, at load. Linear layers keep CTranslate2's `[out, in]` layout and
+//! multiply by its transposed view (gemm reads either order); fused projections stay fused, so
+//! the self-attention's query, key and value come from one matrix product (the key rows' bias
+//! is zero in Whisper, as the converter stores it). The tied output projection is also kept
+//! as Q8_0 blocks (when the width is a multiple of 32) and multiplied with the crate's quantized
+//! matrix-vector kernels: it is the largest matrix of the decoder (`n_vocab × state`), read once
+//! per generated token.
+
+use candle_core::{Device, Tensor};
+
+use super::ct2::{DType as CtType, TensorSlice};
+use super::ops::{BiasGelu, LayerNorm, Softmax};
+use super::weights::{self, WhisperDims, WhisperWeights};
+use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+use crate::quant::{self, QMatrix};
+
+/// Layer-norm epsilon of Whisper (PyTorch's default).
+const LN_EPS: f32 = 1e-5;
+
+pub(crate) fn candle_err(what: &str) -> impl FnOnce(candle_core::Error) -> Error + '_ {
+    move |e| Error::Stt {
+        reason: format!("{what}: {e}"),
+    }
+}
+
+type CResult<T> = candle_core::Result<T>;
+
+/// A tensor's values as `f32`, applying an int8/int16 quantization scale if there is one.
+fn floats(t: &TensorSlice, scale: Option<&TensorSlice>) -> Vec<f32> {
+    let mut v = t.to_f32_vec();
+    if let Some(s) = scale {
+        let s = s.to_f32_vec();
+        let row = t.row_len().max(1);
+        if t.dtype() == CtType::I8 && s.len() * row == v.len() {
+            for (chunk, &sc) in v.chunks_exact_mut(row).zip(&s) {
+                let inv = if sc != 0.0 { 1.0 / sc } else { 0.0 };
+                chunk.iter_mut().for_each(|x| *x *= inv);
+            }
+        } else if let Some(&sc) = s.first() {
+            let inv = if sc != 0.0 { 1.0 / sc } else { 0.0 };
+            v.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+    v
+}
+
+fn tensor(t: &TensorSlice, scale: Option<&TensorSlice>) -> Result<Tensor> {
+    Tensor::from_vec(floats(t, scale), t.shape(), &Device::Cpu)
+        .map_err(candle_err(&format!("tensor {:?}", t.name())))
+}
+
+/// A linear layer: `weight` is `[out, in]`, as an `f32` tensor (encoder) or as Q8_0
+/// blocks (decoder, when quantized and `in` is a multiple of 32).
+struct Linear {
+    weight: Option<Tensor>,
+    q8: Option<Vec<u8>>,
+    rows: usize,
+    cols: usize,
+    bias: Vec<f32>,
+    threads: usize,
+}
+
+fn quantize_q8_0(w: &[f32], cols: usize) -> Vec<u8> {
+    let mut q = Vec::with_capacity(w.len() / 32 * 34);
+    for row in w.chunks_exact(cols) {
+        q.extend(quant::quantize_row_q8_0(row));
+    }
+    q
+}
+
+impl Linear {
+    fn load(l: &weights::Linear) -> Result<Self> {
+        Self::load_fused(&[l], None)
+    }
+
+    /// Layers with the same input fused by concatenating their rows (e.g. attention query,
+    /// key and value); `Some(threads)` keeps them as Q8_0 when the width allows.
+    fn load_fused(parts: &[&weights::Linear], q8_threads: Option<usize>) -> Result<Self> {
+        let mut w = Vec::new();
+        let mut bias = Vec::new();
+        let mut rows = 0;
+        let mut cols = 0;
+        for l in parts {
+            let shape = l.weight.shape();
+            let (r, c) = (shape.first().copied().unwrap_or(0), l.weight.row_len());
+            w.extend(floats(&l.weight, l.scale.as_ref()));
+            match &l.bias {
+                Some(b) => bias.extend(b.to_f32_vec()),
+                None => bias.extend(std::iter::repeat_n(0.0, r)),
+            }
+            rows += r;
+            cols = c;
+        }
+        if bias.iter().all(|&b| b == 0.0) {
+            bias.clear();
+        }
+        let name = parts.first().map_or("", |l| l.weight.name());
+        match q8_threads {
+            Some(threads) if cols % 32 == 0 && cols > 0 => Ok(Self {
+                weight: None,
+                q8: Some(quantize_q8_0(&w, cols)),
+                rows,
+                cols,
+                bias,
+                threads,
+            }),
+            _ => Ok(Self {
+                weight: Some(
+                    Tensor::from_vec(w, (rows, cols), &Device::Cpu)
+                        .map_err(candle_err(&format!("tensor {name:?}")))?,
+                ),
+                q8: None,
+                rows,
+                cols,
+                bias,
+                threads: 1,
+            }),
+        }
+    }
+
+    /// `x · Wᵀ + b` (and GELU if asked) for `x` of shape `(rows, in)`.
+    fn forward(&self, x: &Tensor, gelu: bool) -> CResult<Tensor> {
+        let y = match (&self.weight, &self.q8) {
+            (Some(w), _) => x.matmul(&w.t()?)?,
+            (None, Some(q)) => {
+                let n = x.dim(0)?;
+                let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                let m = QMatrix::new(GgmlType::Q8_0, self.rows, self.cols, q)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                let mut xq = Vec::with_capacity(n * m.activation_row_bytes());
+                for row in xs.chunks_exact(self.cols) {
+                    quant::quantize_activation_into(GgmlType::Q8_0, row, &mut xq)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                }
+                let mut out = vec![0.0f32; n * self.rows];
+                m.matmul(&xq, &mut out, self.threads)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                Tensor::from_vec(out, (n, self.rows), &Device::Cpu)?
+            }
+            (None, None) => candle_core::bail!("linear layer without weights"),
+        };
+        if !self.bias.is_empty() || gelu {
+            y.inplace_op1(&BiasGelu {
+                bias: &self.bias,
+                per_row: false,
+                gelu,
+            })?;
+        }
+        Ok(y)
+    }
+}
+
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl Norm {
+    fn load(n: &weights::LayerNorm) -> Self {
+        Self {
+            gamma: n.gamma.to_f32_vec(),
+            beta: n.beta.to_f32_vec(),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(&LayerNorm {
+            gamma: &self.gamma,
+            beta: &self.beta,
+            eps: LN_EPS,
+        })
+    }
+}
+
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn load(m: &weights::Mlp, q8: Option<usize>) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::load_fused(&[&m.fc1], q8)?,
+            fc2: Linear::load_fused(&[&m.fc2], q8)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x, true)?, false)
+    }
+}
+
+/// `(rows, parts · heads · dh)` → `parts` tensors of `(heads, rows, dh)`, contiguous.
+fn split_heads(x: &Tensor, parts: usize, heads: usize) -> CResult<Vec<Tensor>> {
+    let (rows, width) = x.dims2()?;
+    let dh = width / (parts * heads);
+    let x = x
+        .reshape((rows, parts, heads, dh))?
+        .permute((1, 2, 0, 3))?
+        .contiguous()?;
+    (0..parts).map(|p| x.get(p)).collect()
+}
+
+/// `(heads, rows, dh)` → `(rows, heads · dh)`.
+fn merge_heads(x: &Tensor) -> CResult<Tensor> {
+    let (h, rows, dh) = x.dims3()?;
+    x.transpose(0, 1)?.contiguous()?.reshape((rows, h * dh))
+}
+
+/// Scaled dot-product attention of `(H, Tq, dh)` queries over `(H, Tk, dh)` keys/values.
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal_offset: Option<usize>) -> CResult<Tensor> {
+    let (_, tq, dh) = q.dims3()?;
+    let prof = std::env::var_os("STT_PROF").is_some() && tq > 1;
+    let t = std::time::Instant::now();
+    let scores = q.matmul(&k.t()?)?;
+    if prof { eprintln!("  qk {:?}", t.elapsed()); }
+    let t = std::time::Instant::now();
+    scores.inplace_op1(&Softmax {
+        scale: 1.0 / (dh as f32).sqrt(),
+        q_len: tq,
+        causal_offset,
+    })?;
+    if prof { eprintln!("  softmax {:?}", t.elapsed()); }
+    let t = std::time::Instant::now();
+    let r = scores.matmul(v);
+    if prof { eprintln!("  av {:?}", t.elapsed()); }
+    r
+}
+
+struct EncoderLayer {
+    attn_ln: Norm,
+    qkv: Linear,
+    out: Linear,
+    mlp_ln: Norm,
+    mlp: Mlp,
+}
+
+struct DecoderLayer {
+    attn_ln: Norm,
+    qkv: Linear,
+    out: Linear,
+    cross_ln: Norm,
+    cross_q: Linear,
+    cross_kv: Linear,
+    cross_out: Linear,
+    mlp_ln: Norm,
+    mlp: Mlp,
+}
+
+/// The tied output projection.
+enum Projection {
+    /// Q8_0 blocks, `n_vocab` rows.
+    Q8(Vec<u8>),
+    /// `[n_vocab, state]`.
+    F32(Tensor),
+}
+
+/// The network, ready to run. `Send + Sync`; all state lives in [`DecoderCache`] and
+/// [`CrossKv`].
+pub struct WhisperNet {
+    dims: WhisperDims,
+    conv1_w: Tensor,
+    conv1_b: Vec<f32>,
+    conv2_w: Tensor,
+    conv2_b: Vec<f32>,
+    enc_pos: Tensor,
+    enc_layers: Vec<EncoderLayer>,
+    ln_post: Norm,
+    tok_emb: Vec<f32>,
+    dec_pos: Vec<f32>,
+    dec_layers: Vec<DecoderLayer>,
+    dec_ln: Norm,
+    projection: Projection,
+}
+
+/// Cross-attention keys and values of one encoded window, per decoder layer:
+/// `(heads, n_audio_ctx, dh)` each.
+pub struct CrossKv {
+    kv: Vec<(Tensor, Tensor)>,
+}
+
+/// The decoder's self-attention cache for one sequence.
+#[derive(Default, Clone)]
+pub struct DecoderCache {
+    kv: Vec<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl DecoderCache {
+    /// Tokens already in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no token has been fed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl WhisperNet {
+    /// Converts the weights to candle tensors. With `quantized_decoder`, the decoder's
+    /// per-token linear layers and the output projection are kept as Q8_0 blocks instead
+    /// (when the width is a multiple of 32) and multiplied with `threads` threads.
+    pub fn load(w: &WhisperWeights, quantized_decoder: bool, threads: usize) -> Result<Self> {
+        let dims = w.dims;
+        let quantized_projection = quantized_decoder;
+        let q8 = quantized_decoder.then_some(threads.max(1));
+        let e = &w.encoder;
+        let enc_layers = e
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(EncoderLayer {
+                    attn_ln: Norm::load(&l.attn_ln),
+                    qkv: Linear::load_fused(&[&l.attn.query, &l.attn.key, &l.attn.value], None)?,
+                    out: Linear::load(&l.attn.out)?,
+                    mlp_ln: Norm::load(&l.mlp_ln),
+                    mlp: Mlp::load(&l.mlp, None)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let d = &w.decoder;
+        let dec_layers = d
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(DecoderLayer {
+                    attn_ln: Norm::load(&l.attn_ln),
+                    qkv: Linear::load_fused(&[&l.attn.query, &l.attn.key, &l.attn.value], q8)?,
+                    out: Linear::load_fused(&[&l.attn.out], q8)?,
+                    cross_ln: Norm::load(&l.cross_attn_ln),
+                    cross_q: Linear::load_fused(&[&l.cross_attn.query], q8)?,
+                    cross_kv: Linear::load_fused(&[&l.cross_attn.key, &l.cross_attn.value], None)?,
+                    cross_out: Linear::load_fused(&[&l.cross_attn.out], q8)?,
+                    mlp_ln: Norm::load(&l.mlp_ln),
+                    mlp: Mlp::load(&l.mlp, q8)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tok_emb = d.token_embedding.to_f32_vec();
+        let state = dims.n_text_state;
+        let projection = if quantized_projection && state % 32 == 0 {
+            let rows = floats(&d.projection, None);
+            let mut q = Vec::with_capacity(dims.n_vocab * state / 32 * 34);
+            for row in rows.chunks_exact(state) {
+                q.extend(quant::quantize_row_q8_0(row));
+            }
+            Projection::Q8(q)
+        } else {
+            Projection::F32(tensor(&d.projection, None)?)
+        };
+        Ok(Self {
+            dims,
+            conv1_w: tensor(&e.conv1.weight, None)?,
+            conv1_b: e.conv1.bias.to_f32_vec(),
+            conv2_w: tensor(&e.conv2.weight, None)?,
+            conv2_b: e.conv2.bias.to_f32_vec(),
+            enc_pos: tensor(&e.positional_embedding, None)?,
+            enc_layers,
+            ln_post: Norm::load(&e.ln_post),
+            tok_emb,
+            dec_pos: d.positional_embedding.to_f32_vec(),
+            dec_layers,
+            dec_ln: Norm::load(&d.ln),
+            projection,
+        })
+    }
+
+    /// The model's dimensions.
+    pub fn dims(&self) -> &WhisperDims {
+        &self.dims
+    }
+
+    /// Encodes `n_mels × frames` log-mel values (row-major; `frames` even, at most
+    /// `2 · n_audio_ctx`) into `(frames / 2, n_audio_state)`.
+    pub fn encode(&self, mel: Vec<f32>, frames: usize) -> Result<Tensor> {
+        self.encode_inner(mel, frames)
+            .map_err(candle_err("whisper encoder"))
+    }
+
+    fn encode_inner(&self, mel: Vec<f32>, frames: usize) -> CResult<Tensor> {
+        let dims = &self.dims;
+        if mel.len() != dims.n_mels * frames || frames > 2 * dims.n_audio_ctx || frames % 2 != 0
+        {
+            candle_core::bail!(
+                "expected {} mel bands × an even number of frames up to {}, got {} values for {frames} frames",
+                dims.n_mels,
+                2 * dims.n_audio_ctx,
+                mel.len()
+            );
+        }
+        let x = Tensor::from_vec(mel, (1, dims.n_mels, frames), &Device::Cpu)?;
+        let x = x.conv1d(&self.conv1_w, 1, 1, 1, 1)?.squeeze(0)?;
+        x.inplace_op1(&BiasGelu {
+            bias: &self.conv1_b,
+            per_row: true,
+            gelu: true,
+        })?;
+        let x = x
+            .unsqueeze(0)?
+            .conv1d(&self.conv2_w, 1, 2, 1, 1)?
+            .squeeze(0)?;
+        x.inplace_op1(&BiasGelu {
+            bias: &self.conv2_b,
+            per_row: true,
+            gelu: true,
+        })?;
+        let n = x.dim(1)?;
+        let mut x = (x.t()?.contiguous()? + self.enc_pos.narrow(0, 0, n)?)?;
+        let heads = dims.n_audio_head;
+        let prof = std::env::var_os("STT_PROF").is_some();
+        let mut t = std::time::Instant::now();
+        let mut lap = |what: &str| { if prof { eprintln!("{what}: {:?}", t.elapsed()); } t = std::time::Instant::now(); };
+        lap("conv");
+        for l in &self.enc_layers {
+            let h = l.attn_ln.forward(&x)?;
+            lap("ln");
+            let qkv = l.qkv.forward(&h, false)?;
+            lap("qkv");
+            let qkv = split_heads(&qkv, 3, heads)?;
+            lap("split");
+            let a = attention(&qkv[0], &qkv[1], &qkv[2], None)?;
+            lap("attn");
+            let a = merge_heads(&a)?;
+            lap("merge");
+            x = (x + l.out.forward(&a, false)?)?;
+            lap("out");
+            let h = l.mlp_ln.forward(&x)?;
+            let h = l.mlp.fc1.forward(&h, true)?;
+            lap("fc1");
+            let h = l.mlp.fc2.forward(&h, false)?;
+            lap("fc2");
+            x = (x + h)?;
+            lap("add");
+        }
+        self.ln_post.forward(&x)
+    }
+
+    /// Cross-attention keys and values for an encoder output.
+    pub fn cross_kv(&self, enc: &Tensor) -> Result<CrossKv> {
+        let heads = self.dims.n_text_head;
+        let kv = self
+            .dec_layers
+            .iter()
+            .map(|l| {
+                let kv = split_heads(&l.cross_kv.forward(enc, false)?, 2, heads)?;
+                Ok((kv[0].clone(), kv[1].clone()))
+            })
+            .collect::<CResult<Vec<_>>>()
+            .map_err(candle_err("cross-attention keys"))?;
+        Ok(CrossKv { kv })
+    }
+
+    /// Feeds `tokens` (after the `cache.len()` already fed) and returns the logits
+    /// (`n_vocab` each) of the positions listed in `want` (indices into `tokens`).
+    pub fn decode(
+        &self,
+        tokens: &[u32],
+        cache: &mut DecoderCache,
+        cross: &CrossKv,
+        want: &[usize],
+        threads: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let dims = &self.dims;
+        let state = dims.n_text_state;
+        if cache.len + tokens.len() > dims.n_text_ctx {
+            return Err(Error::Stt {
+                reason: format!(
+                    "decoder context full: {} + {} tokens exceed {} positions",
+                    cache.len,
+                    tokens.len(),
+                    dims.n_text_ctx
+                ),
+            });
+        }
+        let mut x = Vec::with_capacity(tokens.len() * state);
+        for (i, &t) in tokens.iter().enumerate() {
+            let t = t as usize;
+            let (Some(emb), Some(pos)) = (
+                self.tok_emb.get(t * state..(t + 1) * state),
+                self.dec_pos
+                    .get((cache.len + i) * state..(cache.len + i + 1) * state),
+            ) else {
+                return Err(Error::Stt {
+                    reason: format!("token id {t} is outside the vocabulary of {}", dims.n_vocab),
+                });
+            };
+            x.extend(emb.iter().zip(pos).map(|(a, b)| a + b));
+        }
+        let hidden = self
+            .decode_inner(x, tokens.len(), cache, cross, want)
+            .map_err(candle_err("whisper decoder"))?;
+        self.project(&hidden, threads)
+    }
+
+    fn decode_inner(
+        &self,
+        x: Vec<f32>,
+        n: usize,
+        cache: &mut DecoderCache,
+        cross: &CrossKv,
+        want: &[usize],
+    ) -> CResult<Vec<Vec<f32>>> {
+        let state = self.dims.n_text_state;
+        let heads = self.dims.n_text_head;
+        let mut x = Tensor::from_vec(x, (n, state), &Device::Cpu)?;
+        let past = cache.len;
+        let mut new_kv = Vec::with_capacity(self.dec_layers.len());
+        for (i, l) in self.dec_layers.iter().enumerate() {
+            let h = l.attn_ln.forward(&x)?;
+            let qkv = split_heads(&l.qkv.forward(&h, false)?, 3, heads)?;
+            let (k, v) = match cache.kv.get(i) {
+                Some((pk, pv)) => (Tensor::cat(&[pk, &qkv[1]], 1)?, Tensor::cat(&[pv, &qkv[2]], 1)?),
+                None => (qkv[1].clone(), qkv[2].clone()),
+            };
+            let a = attention(&qkv[0], &k, &v, Some(past))?;
+            new_kv.push((k, v));
+            x = (x + l.out.forward(&merge_heads(&a)?, false)?)?;
+
+            let h = l.cross_ln.forward(&x)?;
+            let q = split_heads(&l.cross_q.forward(&h, false)?, 1, heads)?;
+            let Some((ck, cv)) = cross.kv.get(i) else {
+                candle_core::bail!("cross-attention cache has no layer {i}");
+            };
+            let a = attention(&q[0], ck, cv, None)?;
+            x = (x + l.cross_out.forward(&merge_heads(&a)?, false)?)?;
+
+            let h = l.mlp_ln.forward(&x)?;
+            x = (x + l.mlp.forward(&h)?)?;
+        }
+        cache.kv = new_kv;
+        cache.len += n;
+        let x = self.dec_ln.forward(&x)?;
+        want.iter()
+            .map(|&r| x.get(r)?.to_vec1::<f32>())
+            .collect()
+    }
+
+    fn project(&self, hidden: &[Vec<f32>], threads: usize) -> Result<Vec<Vec<f32>>> {
+        let n_vocab = self.dims.n_vocab;
+        let state = self.dims.n_text_state;
+        hidden
+            .iter()
+            .map(|h| match &self.projection {
+                Projection::Q8(q) => {
+                    let m = QMatrix::new(GgmlType::Q8_0, n_vocab, state, q)?;
+                    let xq = m.quantize_activation(h)?;
+                    let mut out = vec![0.0f32; n_vocab];
+                    m.matvec(&xq, &mut out, threads.max(1))?;
+                    Ok(out)
+                }
+                Projection::F32(w) => {
+                    let x = Tensor::from_slice(h, (1, state), &Device::Cpu)
+                        .and_then(|x| x.matmul(&w.t()?))
+                        .and_then(|y| y.squeeze(0)?.to_vec1::<f32>())
+                        .map_err(candle_err("output projection"))?;
+                    Ok(x)
+                }
+            })
+            .collect()
+    }
+}
+
+/// `log_softmax` of a logit vector, in place.
+pub fn log_softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    if !max.is_finite() {
+        return;
+    }
+    let sum: f32 = x.iter().map(|&v| (v - max).exp()).sum();
+    let lse = max + sum.ln();
+    for v in x.iter_mut() {
+        *v -= lse;
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<WhisperNet>();
+}

@@ -1,0 +1,295 @@
+//! Row-wise kernels the Whisper graph needs and candle-core (without candle-nn) lacks, as
+//! candle custom ops on contiguous `f32` CPU tensors, parallel over rows with rayon:
+//! layer normalisation, scaled (optionally causal) softmax, and bias + exact (erf) GELU.
+//!
+//! candle's own element-wise ops run on one thread; on Whisper's encoder (1500 positions)
+//! the softmax over `heads × 1500 × 1500` scores and the GELU over `1500 × 4·state` values
+//! would otherwise cost as much as a matrix product.
+
+use candle_core::{CpuStorage, CustomOp1, InplaceOp1, Layout, Shape};
+use rayon::prelude::*;
+
+/// Rows below which the kernels stay on the calling thread.
+const PAR_MIN_ROWS: usize = 8;
+
+fn slice_of<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: expected an f32 tensor");
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: expected a contiguous tensor");
+    };
+    v.get(a..b)
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: layout outside the storage")))
+}
+
+fn slice_of_mut<'a>(
+    s: &'a mut CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: expected an f32 tensor");
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: expected a contiguous tensor");
+    };
+    v.get_mut(a..b)
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: layout outside the storage")))
+}
+
+fn last_dim(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1)
+}
+
+/// `y = (x - mean) / sqrt(var + eps) * gamma + beta` over the last dimension.
+pub struct LayerNorm<'a> {
+    /// Scale, one per column.
+    pub gamma: &'a [f32],
+    /// Shift, one per column.
+    pub beta: &'a [f32],
+    /// Added to the variance (Whisper: 1e-5).
+    pub eps: f32,
+}
+
+impl LayerNorm<'_> {
+    fn row(&self, x: &[f32], y: &mut [f32]) {
+        let n = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / n;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let inv = 1.0 / (var + self.eps).sqrt();
+        for (((o, &v), &g), &b) in y.iter_mut().zip(x).zip(self.gamma).zip(self.beta) {
+            *o = (v - mean) * inv * g + b;
+        }
+    }
+}
+
+impl CustomOp1 for LayerNorm<'_> {
+    fn name(&self) -> &'static str {
+        "whisper-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice_of(s, l, self.name())?;
+        let d = last_dim(l);
+        if d != self.gamma.len() || d != self.beta.len() || d == 0 {
+            candle_core::bail!(
+                "layer norm: rows of {d} but {} scales and {} shifts",
+                self.gamma.len(),
+                self.beta.len()
+            );
+        }
+        let mut y = vec![0.0f32; x.len()];
+        if x.len() / d < PAR_MIN_ROWS {
+            for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+                self.row(xr, yr);
+            }
+        } else {
+            x.par_chunks_exact(d)
+                .zip(y.par_chunks_exact_mut(d))
+                .for_each(|(xr, yr)| self.row(xr, yr));
+        }
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+}
+
+/// In place: `softmax(scale · x)` over the last dimension of `(…, q_len, k_len)` scores.
+/// With `causal_offset = Some(p)`, query row `i` sees keys `0 ..= i + p` (the others get
+/// probability 0).
+pub struct Softmax {
+    /// Multiplies the scores first.
+    pub scale: f32,
+    /// Number of query rows per matrix (the second-to-last dimension).
+    pub q_len: usize,
+    /// Keys before the first query's position, for causal masking.
+    pub causal_offset: Option<usize>,
+}
+
+impl Softmax {
+    fn row(&self, r: usize, x: &mut [f32]) {
+        let visible = match self.causal_offset {
+            Some(p) => (r % self.q_len.max(1) + p + 1).min(x.len()),
+            None => x.len(),
+        };
+        let (live, masked) = x.split_at_mut(visible);
+        let max = live.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        if !max.is_finite() {
+            x.fill(0.0);
+            return;
+        }
+        let offset = -max * self.scale;
+        for v in live.iter_mut() {
+            *v = exp_neg(v.mul_add(self.scale, offset));
+        }
+        let sum: f32 = live.iter().sum();
+        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+        for v in live.iter_mut() {
+            *v *= inv;
+        }
+        masked.fill(0.0);
+    }
+}
+
+impl InplaceOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "whisper-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let d = last_dim(l);
+        let x = slice_of_mut(s, l, "whisper-softmax")?;
+        if d == 0 {
+            return Ok(());
+        }
+        if x.len() / d < PAR_MIN_ROWS {
+            for (r, row) in x.chunks_exact_mut(d).enumerate() {
+                self.row(r, row);
+            }
+        } else {
+            x.par_chunks_exact_mut(d)
+                .enumerate()
+                .for_each(|(r, row)| self.row(r, row));
+        }
+        Ok(())
+    }
+}
+
+/// `e^x` for `x ≤ 0` (larger inputs are clamped to 0), relative error below 3e-7, written
+/// without branches so that loops over it vectorise. Results under `e^-87` are 0.
+#[inline(always)]
+pub fn exp_neg(x: f32) -> f32 {
+    let y = x.clamp(-87.0, 0.0) * std::f32::consts::LOG2_E;
+    let n = y.round();
+    let f = y - n; // in [-0.5, 0.5]
+    // 2^f by its Taylor series in f·ln 2, to degree 6.
+    let t = f * std::f32::consts::LN_2;
+    let p = 1.0
+        + t * (1.0
+            + t * (0.5
+                + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0 + t * (1.0 / 720.0))))));
+    let bits = ((n as i32 + 127) << 23) as u32;
+    p * f32::from_bits(bits)
+}
+
+/// In place: adds a bias and optionally applies GELU (exact, erf-based, as `torch.nn.GELU`).
+///
+/// With `per_row = false` the bias has one value per column (a linear layer's output,
+/// `(rows, out)`); with `per_row = true` one value per row (a convolution's output,
+/// `(channels, length)`).
+pub struct BiasGelu<'a> {
+    /// The bias (empty: none).
+    pub bias: &'a [f32],
+    /// Whether `bias[r]` applies to the whole row `r`.
+    pub per_row: bool,
+    /// Whether to apply GELU after the bias.
+    pub gelu: bool,
+}
+
+/// `erf(x)` for `f32`, with absolute error below 2e-7 (Numerical Recipes' Chebyshev fit of
+/// `erfc`).
+pub fn erf(x: f32) -> f32 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erfc = t * poly.exp();
+    if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }
+}
+
+/// `x · Φ(x)`, the exact GELU.
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+impl BiasGelu<'_> {
+    fn row(&self, r: usize, x: &mut [f32]) {
+        if self.per_row {
+            let b = self.bias.get(r).copied().unwrap_or(0.0);
+            for v in x.iter_mut() {
+                *v += b;
+            }
+        } else if !self.bias.is_empty() {
+            for (v, b) in x.iter_mut().zip(self.bias) {
+                *v += b;
+            }
+        }
+        if self.gelu {
+            for v in x.iter_mut() {
+                *v = gelu(*v);
+            }
+        }
+    }
+}
+
+impl InplaceOp1 for BiasGelu<'_> {
+    fn name(&self) -> &'static str {
+        "whisper-bias-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let d = last_dim(l);
+        let x = slice_of_mut(s, l, "whisper-bias-gelu")?;
+        if d == 0 {
+            return Ok(());
+        }
+        let rows = x.len() / d;
+        let expected = if self.per_row { rows } else { d };
+        if !self.bias.is_empty() && self.bias.len() != expected {
+            candle_core::bail!(
+                "bias of {} values for {} (expected {expected})",
+                self.bias.len(),
+                if self.per_row { "rows" } else { "columns" }
+            );
+        }
+        if rows < PAR_MIN_ROWS {
+            for (r, row) in x.chunks_exact_mut(d).enumerate() {
+                self.row(r, row);
+            }
+        } else {
+            x.par_chunks_exact_mut(d)
+                .enumerate()
+                .for_each(|(r, row)| self.row(r, row));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_neg_is_accurate() {
+        let mut x = 0.0f32;
+        while x > -80.0 {
+            let (a, e) = (exp_neg(x), x.exp());
+            assert!((a - e).abs() <= 3e-7 * e, "exp({x}) = {a} != {e}");
+            x -= 0.037;
+        }
+        assert!(exp_neg(-1000.0) < 1e-37);
+        assert_eq!(exp_neg(5.0), 1.0);
+    }
+
+    #[test]
+    fn erf_matches_known_values() {
+        // erf values from tables (Abramowitz & Stegun 7.1).
+        for (x, e) in [
+            (0.0f32, 0.0f32),
+            (0.1, 0.112_462_92),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (2.0, 0.995_322_3),
+            (-1.5, -0.966_105_1),
+            (4.0, 0.999_999_98),
+        ] {
+            assert!((erf(x) - e).abs() < 3e-7, "erf({x}) = {} != {e}", erf(x));
+        }
+    }
+}
