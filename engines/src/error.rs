@@ -74,6 +74,11 @@ pub enum Error {
     /// row that is not a whole number of blocks, or a buffer of the wrong length.
     #[error(transparent)]
     Quant(Box<crate::quant::QuantError>),
+
+    /// An LLM model file has an unknown architecture, a tensor of the wrong shape, unusable
+    /// tokenizer data or chat template, or a request the engine cannot serve.
+    #[error(transparent)]
+    Llm(Box<crate::llm::LlmError>),
 }
 
 impl Error {

@@ -7,6 +7,7 @@
 pub mod audio;
 pub mod error;
 pub mod gguf;
+pub mod llm;
 mod mapped;
 pub mod quant;
 pub mod stt;

@@ -1,0 +1,155 @@
+//! Chat prompts: the file's `tokenizer.chat_template` (Jinja, rendered with minijinja and
+//! Python-compatible string methods), or a per-architecture fallback when it has none.
+
+use minijinja::{Environment, Error as JinjaError, ErrorKind, context};
+
+use super::config::{Arch, Config};
+use super::tokenizer::Tokenizer;
+use super::{LlmError, LlmErrorKind};
+use crate::error::Result;
+use crate::gguf::GgufFile;
+
+/// Who speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Instructions.
+    System,
+    /// The person.
+    User,
+    /// The model.
+    Assistant,
+}
+
+impl Role {
+    /// `system`, `user`, `assistant`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Who says it.
+    pub role: Role,
+    /// What is said.
+    pub content: String,
+}
+
+impl Message {
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self { role: Role::System, content: content.into() }
+    }
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self { role: Role::User, content: content.into() }
+    }
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self { role: Role::Assistant, content: content.into() }
+    }
+}
+
+const CHATML: &str = "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor -%}\
+{%- if add_generation_prompt %}<|im_start|>assistant\n{% if not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}";
+
+const CHATML_NO_THINK: &str = "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor -%}\
+{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// Gemma has no system role: the system text opens the first user turn.
+const GEMMA: &str = "{%- set ns = namespace(sys='') %}{%- for m in messages %}\
+{%- if m.role == 'system' %}{% set ns.sys = ns.sys + m.content + '\n\n' %}\
+{%- else %}<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n{{ ns.sys }}{{ m.content | trim }}<end_of_turn>\n{% set ns.sys = '' %}{% endif %}\
+{%- endfor %}{%- if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+
+const LLAMA3: &str = "{%- for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content | trim }}<|eot_id|>{% endfor -%}\
+{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    source: String,
+    from_file: bool,
+    bos: String,
+    eos: String,
+}
+
+impl ChatTemplate {
+    /// The file's template, or the fallback for the architecture.
+    pub fn from_gguf(file: &GgufFile, config: &Config, tok: &Tokenizer) -> Result<ChatTemplate> {
+        let (source, from_file) = if file.contains_key("tokenizer.chat_template") {
+            (file.get_str("tokenizer.chat_template")?.to_owned(), true)
+        } else {
+            let fallback = match config.arch {
+                Arch::Gemma3 => GEMMA,
+                Arch::Qwen3 => CHATML,
+                Arch::Llama if tok.token_id("<|start_header_id|>").is_some() => LLAMA3,
+                _ => CHATML_NO_THINK,
+            };
+            (fallback.to_owned(), false)
+        };
+        let name = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_owned();
+        Self::new(source, from_file, name(tok.bos()), name(tok.eos()))
+            .map_err(|e| LlmError::new(file.path(), Some("key \"tokenizer.chat_template\"".into()), e))
+    }
+
+    fn new(source: String, from_file: bool, bos: String, eos: String) -> Result<ChatTemplate, LlmErrorKind> {
+        let mut env = Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, JinjaError> {
+            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_function("strftime_now", |_fmt: String| -> String { String::new() });
+        env.set_trim_blocks(false);
+        env.add_template_owned("chat", source.clone())
+            .map_err(|e| LlmErrorKind::Template(e.to_string()))?;
+        Ok(ChatTemplate { env, source, from_file, bos, eos })
+    }
+
+    /// The Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the template came from the file (not a fallback).
+    pub fn is_from_file(&self) -> bool {
+        self.from_file
+    }
+
+    /// Renders `messages`, ending with the assistant's turn opened when
+    /// `add_generation_prompt`. `thinking` is passed as `enable_thinking` (Qwen3).
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool, thinking: bool) -> Result<String> {
+        let msgs: Vec<_> = messages
+            .iter()
+            .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
+            .collect();
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| LlmError::new(None, None, LlmErrorKind::Template(e.to_string())))?;
+        tmpl.render(context! {
+            messages => msgs,
+            add_generation_prompt => add_generation_prompt,
+            enable_thinking => thinking,
+            bos_token => self.bos.as_str(),
+            eos_token => self.eos.as_str(),
+            tools => minijinja::Value::UNDEFINED,
+        })
+        .map_err(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            LlmError::new(None, None, LlmErrorKind::Template(msg))
+        })
+    }
+}

@@ -1,0 +1,412 @@
+//! The forward pass over plain `f32` slices, with scratch buffers reused across calls.
+//!
+//! Numerics follow ggml's CPU backend where it matters for greedy decoding: activations are
+//! quantized to the weights' activation format before every product (the `quant` kernels),
+//! RMS norms sum squares in f64, the KV cache is f16 and queries and softmax weights are
+//! rounded to f16 before the products with it, the rope angles are built by repeated
+//! multiplication in f32, and Gemma's GELU goes through f16 as ggml's lookup table does.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use super::ModelInner;
+use super::config::{Arch, Config};
+use super::weights::Mat;
+use crate::error::Result;
+use crate::gguf::GgmlType;
+use crate::quant;
+
+/// Keys and values of every layer, f16, laid out `[layer][kv_head][position][dim]`.
+pub(crate) struct KvCache {
+    k: Vec<f16>,
+    v: Vec<f16>,
+    ctx: usize,
+    n_kv: usize,
+    hd: usize,
+    hdv: usize,
+}
+
+impl KvCache {
+    pub fn new(c: &Config) -> Self {
+        let n = c.n_layer * c.n_head_kv * c.context_len;
+        KvCache {
+            k: vec![f16::ZERO; n * c.head_dim],
+            v: vec![f16::ZERO; n * c.head_dim_v],
+            ctx: c.context_len,
+            n_kv: c.n_head_kv,
+            hd: c.head_dim,
+            hdv: c.head_dim_v,
+        }
+    }
+
+    fn k_base(&self, layer: usize, head: usize) -> usize {
+        (layer * self.n_kv + head) * self.ctx * self.hd
+    }
+
+    fn v_base(&self, layer: usize, head: usize) -> usize {
+        (layer * self.n_kv + head) * self.ctx * self.hdv
+    }
+}
+
+/// Quantized copies of one activation matrix, one per activation format in use.
+#[derive(Default)]
+struct Acts {
+    bufs: [(Vec<u8>, bool); 3],
+}
+
+impl Acts {
+    fn slot(ty: GgmlType) -> usize {
+        match ty {
+            GgmlType::Q8_0 => 0,
+            GgmlType::Q8_1 => 1,
+            _ => 2,
+        }
+    }
+
+    fn invalidate(&mut self) {
+        for b in &mut self.bufs {
+            b.1 = false;
+        }
+    }
+
+    fn get(&mut self, ty: GgmlType, x: &[f32]) -> Result<&[u8]> {
+        let b = &mut self.bufs[Self::slot(ty)];
+        if !b.1 {
+            quant::quantize_activation_into(ty, x, &mut b.0)?;
+            b.1 = true;
+        }
+        Ok(&b.0)
+    }
+}
+
+/// Scratch buffers; they grow to the largest batch and are then reused.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    kf: Vec<f32>,
+    vf: Vec<f32>,
+    scores: Vec<f32>,
+    qh: Vec<f32>,
+    acts: Acts,
+    /// Rope tables `[pos][pair]` for global and local layers, built on first use.
+    rope_global: Vec<(f32, f32)>,
+    rope_local: Vec<(f32, f32)>,
+    pub logits: Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+/// Rope `(cos, sin)` for `ctx` positions and `dim / 2` pairs, as ggml's rope cache builds
+/// them: `θ = p · base^(-2i/dim) / factor_i · freq_scale`, the powers by repeated f32 products.
+fn rope_table(ctx: usize, dim: usize, base: f32, freq_scale: f32, factors: Option<&[f32]>) -> Vec<(f32, f32)> {
+    let half = dim / 2;
+    let theta_scale = base.powf(-2.0 / dim as f32);
+    let mut t = Vec::with_capacity(ctx * half);
+    for p in 0..ctx {
+        let mut theta = p as f32;
+        for i in 0..half {
+            let ff = factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0);
+            let th = freq_scale * (theta / ff);
+            t.push((th.cos(), th.sin()));
+            theta *= theta_scale;
+        }
+    }
+    t
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(w) {
+        *o = (v * scale) * w;
+    }
+}
+
+fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for (v, &w) in x.iter_mut().zip(w) {
+        *v = (*v * scale) * w;
+    }
+}
+
+fn rope(x: &mut [f32], table: &[(f32, f32)], rope_dim: usize, neox: bool) {
+    let half = rope_dim / 2;
+    if neox {
+        for (i, &(c, s)) in table.iter().enumerate().take(half) {
+            let (a, b) = (x[i], x[i + half]);
+            x[i] = a * c - b * s;
+            x[i + half] = a * s + b * c;
+        }
+    } else {
+        for (i, &(c, s)) in table.iter().enumerate().take(half) {
+            let (a, b) = (x[2 * i], x[2 * i + 1]);
+            x[2 * i] = a * c - b * s;
+            x[2 * i + 1] = a * s + b * c;
+        }
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] = x[k].mul_add(y[k], acc[k]);
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+#[inline]
+fn axpy(out: &mut [f32], a: f32, x: &[f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = a.mul_add(v, *o);
+    }
+}
+
+fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// ggml's GELU (tanh form) through its f16 table: input and output rounded to f16.
+fn gelu_f16(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        let x = round_f16(x);
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        const COEF_A: f32 = 0.044_715;
+        let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh());
+        round_f16(g)
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn matmul(file: &[u8], m: &Mat, acts: &mut Acts, x: &[f32], out: &mut [f32], threads: usize) -> Result<()> {
+    let xq = acts.get(m.act_type(), x)?;
+    m.view(file)?.matmul(xq, out, threads)
+}
+
+/// Evaluates `tokens` at positions `pos0..`, writing their keys and values into the cache
+/// and the logits of the last token into `s.logits`.
+pub(crate) fn forward(
+    model: &ModelInner,
+    kv: &mut KvCache,
+    s: &mut Scratch,
+    tokens: &[u32],
+    pos0: usize,
+) -> Result<()> {
+    let c = &model.config;
+    let w = &model.weights;
+    let file = model.file.as_bytes();
+    let threads = model.threads;
+    let n = tokens.len();
+    let d = c.n_embd;
+    let (hd, hdv) = (c.head_dim, c.head_dim_v);
+    let (nh, nkv) = (c.n_head, c.n_head_kv);
+    let group = nh / nkv;
+    let q_dim = nh * hd;
+    let kv_dim = nkv * hd;
+    let v_dim = nkv * hdv;
+    let o_in = nh * hdv;
+    let n_pos = pos0 + n;
+    let half = c.rope_dim / 2;
+
+    if s.rope_global.is_empty() {
+        s.rope_global = rope_table(
+            c.context_len,
+            c.rope_dim,
+            c.rope_base,
+            c.rope_freq_scale,
+            w.rope_freqs.as_deref(),
+        );
+        if c.sliding_window > 0 {
+            s.rope_local = rope_table(c.context_len, c.rope_dim, c.rope_base_local, 1.0, None);
+        }
+    }
+    grow(&mut s.x, n * d);
+    grow(&mut s.xn, n * d);
+    grow(&mut s.q, n * q_dim);
+    grow(&mut s.k, n * kv_dim);
+    grow(&mut s.v, n * v_dim);
+    grow(&mut s.att, n * o_in);
+    grow(&mut s.proj, n * d);
+    grow(&mut s.gate, n * c.n_ff);
+    grow(&mut s.up, n * c.n_ff);
+    grow(&mut s.kf, n_pos * hd);
+    grow(&mut s.vf, n_pos * hdv);
+    grow(&mut s.scores, n_pos);
+    grow(&mut s.qh, hd);
+
+    // Embeddings: dequantize the rows in use.
+    let embd = &file[w.embd_range.clone()];
+    for (i, &t) in tokens.iter().enumerate() {
+        let row = &embd[t as usize * w.embd_row_bytes..(t as usize + 1) * w.embd_row_bytes];
+        let x = &mut s.x[i * d..(i + 1) * d];
+        quant::dequantize_row(w.embd_ty, row, x)?;
+        if c.arch == Arch::Gemma3 {
+            let scale = (d as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+
+    let x = &mut s.x[..n * d];
+    for (il, l) in w.layers.iter().enumerate() {
+        // ---- attention ----
+        let xn = &mut s.xn[..n * d];
+        for (xr, or) in x.chunks_exact(d).zip(xn.chunks_exact_mut(d)) {
+            rms_norm(xr, &l.attn_norm, c.eps, or);
+        }
+        s.acts.invalidate();
+        let q = &mut s.q[..n * q_dim];
+        let k = &mut s.k[..n * kv_dim];
+        let v = &mut s.v[..n * v_dim];
+        matmul(file, &l.wq, &mut s.acts, xn, q, threads)?;
+        matmul(file, &l.wk, &mut s.acts, xn, k, threads)?;
+        matmul(file, &l.wv, &mut s.acts, xn, v, threads)?;
+        for (buf, bias, dim) in [(&mut *q, &l.bq, q_dim), (&mut *k, &l.bk, kv_dim), (&mut *v, &l.bv, v_dim)] {
+            if let Some(b) = bias {
+                for row in buf.chunks_exact_mut(dim) {
+                    row.iter_mut().zip(b).for_each(|(o, &b)| *o += b);
+                }
+            }
+        }
+        let local = c.is_local(il);
+        let table = if local { &s.rope_local } else { &s.rope_global };
+        for i in 0..n {
+            let p = pos0 + i;
+            let tab = &table[p * half..(p + 1) * half];
+            for h in q[i * q_dim..(i + 1) * q_dim].chunks_exact_mut(hd) {
+                if let Some(nw) = &l.q_norm {
+                    rms_norm_inplace(h, nw, c.eps);
+                }
+                rope(h, tab, c.rope_dim, c.rope_neox);
+            }
+            for h in k[i * kv_dim..(i + 1) * kv_dim].chunks_exact_mut(hd) {
+                if let Some(nw) = &l.k_norm {
+                    rms_norm_inplace(h, nw, c.eps);
+                }
+                rope(h, tab, c.rope_dim, c.rope_neox);
+            }
+        }
+        // Store keys and values (f16).
+        for i in 0..n {
+            let p = pos0 + i;
+            for hk in 0..nkv {
+                let kb = kv.k_base(il, hk) + p * hd;
+                kv.k[kb..kb + hd].convert_from_f32_slice(&k[i * kv_dim + hk * hd..i * kv_dim + (hk + 1) * hd]);
+                let vb = kv.v_base(il, hk) + p * hdv;
+                kv.v[vb..vb + hdv].convert_from_f32_slice(&v[i * v_dim + hk * hdv..i * v_dim + (hk + 1) * hdv]);
+            }
+        }
+        // Gemma scales the queries before the product; the others scale the scores.
+        let (q_scale, kq_scale) = if c.arch == Arch::Gemma3 {
+            (c.attn_scale, 1.0)
+        } else {
+            (1.0, c.attn_scale)
+        };
+        let att = &mut s.att[..n * o_in];
+        att.fill(0.0);
+        for hk in 0..nkv {
+            let kb = kv.k_base(il, hk);
+            kv.k[kb..kb + n_pos * hd].convert_to_f32_slice(&mut s.kf[..n_pos * hd]);
+            let vb = kv.v_base(il, hk);
+            kv.v[vb..vb + n_pos * hdv].convert_to_f32_slice(&mut s.vf[..n_pos * hdv]);
+            for i in 0..n {
+                let p = pos0 + i;
+                let first = if local { (p + 1).saturating_sub(c.sliding_window) } else { 0 };
+                for h in hk * group..(hk + 1) * group {
+                    let qs = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                    for (o, &x) in s.qh.iter_mut().zip(qs) {
+                        *o = round_f16(x * q_scale);
+                    }
+                    let scores = &mut s.scores[first..=p];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, sc) in (first..=p).zip(scores.iter_mut()) {
+                        *sc = dot(&s.qh, &s.kf[j * hd..(j + 1) * hd]) * kq_scale;
+                        max = max.max(*sc);
+                    }
+                    let mut sum = 0f64;
+                    for sc in scores.iter_mut() {
+                        *sc = (*sc - max).exp();
+                        sum += f64::from(*sc);
+                    }
+                    let inv = (1.0 / sum) as f32;
+                    let out = &mut att[i * o_in + h * hdv..i * o_in + (h + 1) * hdv];
+                    for (j, &sc) in (first..=p).zip(scores.iter()) {
+                        axpy(out, round_f16(sc * inv), &s.vf[j * hdv..(j + 1) * hdv]);
+                    }
+                }
+            }
+        }
+        s.acts.invalidate();
+        let proj = &mut s.proj[..n * d];
+        matmul(file, &l.wo, &mut s.acts, att, proj, threads)?;
+        if let Some(pw) = &l.post_attn_norm {
+            for r in proj.chunks_exact_mut(d) {
+                rms_norm_inplace(r, pw, c.eps);
+            }
+        }
+        x.iter_mut().zip(proj.iter()).for_each(|(a, &b)| *a += b);
+
+        // ---- feed-forward ----
+        let xn = &mut s.xn[..n * d];
+        for (xr, or) in x.chunks_exact(d).zip(xn.chunks_exact_mut(d)) {
+            rms_norm(xr, &l.ffn_norm, c.eps, or);
+        }
+        s.acts.invalidate();
+        let gate = &mut s.gate[..n * c.n_ff];
+        let up = &mut s.up[..n * c.n_ff];
+        matmul(file, &l.w_gate, &mut s.acts, xn, gate, threads)?;
+        matmul(file, &l.w_up, &mut s.acts, xn, up, threads)?;
+        if c.arch == Arch::Gemma3 {
+            gate.iter_mut().zip(up.iter()).for_each(|(g, &u)| *g = gelu_f16(*g) * u);
+        } else {
+            gate.iter_mut().zip(up.iter()).for_each(|(g, &u)| *g = silu(*g) * u);
+        }
+        s.acts.invalidate();
+        matmul(file, &l.w_down, &mut s.acts, gate, proj, threads)?;
+        if let Some(pw) = &l.post_ffn_norm {
+            for r in proj.chunks_exact_mut(d) {
+                rms_norm_inplace(r, pw, c.eps);
+            }
+        }
+        x.iter_mut().zip(proj.iter()).for_each(|(a, &b)| *a += b);
+    }
+
+    // Output: the last token only.
+    let last = &x[(n - 1) * d..n * d];
+    let xn = &mut s.xn[..d];
+    rms_norm(last, &w.output_norm, c.eps, xn);
+    s.acts.invalidate();
+    s.logits.resize(w.output.rows, 0.0);
+    matmul(file, &w.output, &mut s.acts, xn, &mut s.logits, threads)?;
+    Ok(())
+}

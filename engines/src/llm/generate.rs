@@ -1,0 +1,373 @@
+//! Generation: prefix reuse, prefill, the decode loop, streaming with stop strings and
+//! thinking separation, cancellation, timings.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::chat::Message;
+use super::sample::Sampler;
+use super::{LlmError, SINK_TOKENS, Session};
+use crate::error::Result;
+
+/// Settings of one generation.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Keep the most likely tokens up to this cumulative probability (1 = off).
+    pub top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    pub min_p: f32,
+    /// Divide positive (multiply negative) logits of recent tokens by this (1 = off).
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalty looks at.
+    pub repeat_last_n: usize,
+    /// Seed of the random draws.
+    pub seed: u64,
+    /// Stop when the visible text contains one of these (the stop string is not returned).
+    pub stop: Vec<String>,
+    /// Let a thinking model think (Qwen3 `enable_thinking`); the thinking text is returned
+    /// in [`Reply::thinking`] and never streamed.
+    pub thinking: bool,
+    /// Checked between tokens; set it to cancel.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// When the context is full, drop the middle and go on (see the module docs); when
+    /// false, stop with [`StopReason::ContextFull`].
+    pub slide_context: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            temperature: 0.0,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+            stop: Vec::new(),
+            thinking: false,
+            cancel: None,
+            slide_context: true,
+        }
+    }
+}
+
+/// The prompt of a raw generation.
+#[derive(Debug, Clone)]
+pub enum Prompt<'a> {
+    /// Text, tokenized with BOS (if the model wants one) and special tokens parsed.
+    Text(&'a str),
+    /// Token ids, used as they are.
+    Tokens(&'a [u32]),
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model ended its turn (EOS / end-of-turn token).
+    Eos,
+    /// A stop string appeared.
+    StopString,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The callback returned `Break` or the cancel flag was set.
+    Cancelled,
+    /// The context is full and sliding is off.
+    ContextFull,
+}
+
+/// Per-request measurements.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Of those, reused from the cache.
+    pub cached_tokens: usize,
+    /// Time to evaluate the uncached prompt tokens, ms.
+    pub prefill_ms: f64,
+    /// Uncached prompt tokens per second.
+    pub prefill_tok_s: f64,
+    /// From the call to the first generated token, ms.
+    pub ttft_ms: f64,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// Time spent after the first token, ms.
+    pub decode_ms: f64,
+    /// Generated tokens after the first, per second.
+    pub decode_tok_s: f64,
+    /// Whole call, ms.
+    pub total_ms: f64,
+    /// Times the context was full and its middle dropped.
+    pub context_slides: usize,
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The visible text (thinking and stop string removed).
+    pub text: String,
+    /// The thinking text, if the model thought (`<think>…</think>`).
+    pub thinking: Option<String>,
+    /// The generated token ids (including a final end-of-turn token).
+    pub tokens: Vec<u32>,
+    /// Why it stopped.
+    pub stop_reason: StopReason,
+    /// Measurements.
+    pub timings: Timings,
+}
+
+/// Splits the raw output into thinking and visible text and finds stop strings.
+struct TextStream {
+    raw: Vec<u8>,
+    emitted: usize,
+}
+
+struct View {
+    thinking: Option<String>,
+    visible: String,
+    /// Visible bytes that may be streamed now.
+    safe: usize,
+    stopped: bool,
+}
+
+impl TextStream {
+    /// Where the unstreamed text starts in `visible` (a character boundary; an incomplete
+    /// UTF-8 sequence that turned out invalid may have shifted it).
+    fn start_in(&self, visible: &str) -> usize {
+        let mut start = self.emitted.min(visible.len());
+        while !visible.is_char_boundary(start) {
+            start += 1;
+        }
+        start
+    }
+
+    fn view(&self, stops: &[String], finished: bool) -> View {
+        // Hold back an incomplete UTF-8 sequence at the end.
+        let valid = match std::str::from_utf8(&self.raw) {
+            Ok(_) => self.raw.len(),
+            Err(e) if e.error_len().is_none() && !finished => e.valid_up_to(),
+            Err(_) => self.raw.len(),
+        };
+        let text = String::from_utf8_lossy(&self.raw[..valid]);
+        let trimmed = text.trim_start();
+        let (thinking, mut visible, mut hold) = if let Some(rest) = trimmed.strip_prefix("<think>") {
+            match rest.find("</think>") {
+                Some(i) => (
+                    Some(rest[..i].trim().to_owned()),
+                    rest[i + "</think>".len()..].trim_start().to_owned(),
+                    false,
+                ),
+                None => (Some(rest.trim().to_owned()), String::new(), true),
+            }
+        } else if !trimmed.is_empty() && "<think>".starts_with(trimmed) && !finished {
+            (None, String::new(), true)
+        } else {
+            (None, text.into_owned(), false)
+        };
+        let mut stopped = false;
+        if let Some(i) = stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| visible.find(s.as_str()))
+            .min()
+        {
+            visible.truncate(i);
+            stopped = true;
+            hold = false;
+        }
+        let mut safe = if hold { 0 } else { visible.len() };
+        if !stopped && !finished {
+            // Keep back a suffix that could start a stop string.
+            for s in stops.iter().filter(|s| !s.is_empty()) {
+                for k in (1..s.len()).rev() {
+                    if visible.ends_with(&s[..k.min(s.len())]) && s.is_char_boundary(k) {
+                        safe = safe.min(visible.len() - k);
+                        break;
+                    }
+                }
+            }
+        }
+        while !visible.is_char_boundary(safe) {
+            safe -= 1;
+        }
+        View { thinking, visible, safe, stopped }
+    }
+}
+
+impl Session {
+    /// Renders `messages` with the model's chat template and generates the assistant's reply.
+    /// The streamed pieces are the visible text only (no thinking, no stop strings).
+    pub fn chat(
+        &mut self,
+        messages: &[Message],
+        opts: &GenerateOptions,
+        on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Reply> {
+        let prompt = self
+            .model
+            .inner
+            .template
+            .render(messages, true, opts.thinking)?;
+        self.generate(Prompt::Text(&prompt), opts, on_text)
+    }
+
+    /// Generates from a raw prompt, reusing the cached prefix it shares with earlier calls.
+    pub fn generate(
+        &mut self,
+        prompt: Prompt<'_>,
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Reply> {
+        let t0 = Instant::now();
+        let model = self.model.clone();
+        let tok = &model.inner.tokenizer;
+        let ctx = model.inner.config.context_len;
+        let mut ids = match prompt {
+            Prompt::Text(t) => tok.encode(t, true, true),
+            Prompt::Tokens(t) => t.to_vec(),
+        };
+        if ids.is_empty() {
+            return Err(LlmError::request("the prompt is empty".into()));
+        }
+        let mut timings = Timings {
+            prompt_tokens: ids.len(),
+            ..Default::default()
+        };
+        // A prompt that does not fit: keep the sinks and the most recent tokens.
+        if ids.len() + 1 > ctx {
+            if !opts.slide_context {
+                return Err(LlmError::request(format!(
+                    "the prompt has {} tokens, the context holds {ctx}",
+                    ids.len()
+                )));
+            }
+            let keep_tail = ctx / 2;
+            let sinks = SINK_TOKENS.min(ids.len());
+            let tail = ids.split_off(ids.len() - keep_tail);
+            ids.truncate(sinks);
+            ids.extend(tail);
+            timings.context_slides += 1;
+        }
+        // Reuse the common prefix (at least one token must be evaluated for logits).
+        let common = self
+            .tokens
+            .iter()
+            .zip(&ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(ids.len() - 1);
+        self.truncate(common);
+        timings.cached_tokens = common;
+        let tp = Instant::now();
+        self.eval(&ids[common..])?;
+        timings.prefill_ms = tp.elapsed().as_secs_f64() * 1e3;
+        let fresh = ids.len() - common;
+        timings.prefill_tok_s = fresh as f64 / tp.elapsed().as_secs_f64().max(1e-9);
+
+        let mut sampler = Sampler::new(
+            opts.temperature,
+            opts.top_k,
+            opts.top_p,
+            opts.min_p,
+            opts.repeat_penalty,
+            opts.repeat_last_n,
+            opts.seed,
+        );
+        let mut history = ids.clone();
+        let mut generated = Vec::new();
+        let mut stream = TextStream { raw: Vec::new(), emitted: 0 };
+        let mut first_at: Option<Instant> = None;
+        let stop_reason;
+        loop {
+            if opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                stop_reason = StopReason::Cancelled;
+                break;
+            }
+            if generated.len() >= opts.max_tokens {
+                stop_reason = StopReason::MaxTokens;
+                break;
+            }
+            let next = sampler.sample(self.logits(), &history);
+            if first_at.is_none() {
+                first_at = Some(Instant::now());
+                timings.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
+            }
+            generated.push(next);
+            history.push(next);
+            if tok.is_eog(next) {
+                stop_reason = StopReason::Eos;
+                break;
+            }
+            tok.token_bytes(next, false, &mut stream.raw);
+            let view = stream.view(&opts.stop, false);
+            let start = stream.start_in(&view.visible);
+            if view.safe > start {
+                let piece = &view.visible[start..view.safe];
+                stream.emitted = view.safe;
+                if on_text(piece).is_break() {
+                    stop_reason = StopReason::Cancelled;
+                    break;
+                }
+            }
+            if view.stopped {
+                stop_reason = StopReason::StopString;
+                break;
+            }
+            if generated.len() >= opts.max_tokens {
+                stop_reason = StopReason::MaxTokens;
+                break;
+            }
+            if self.tokens.len() + 1 > ctx {
+                if !opts.slide_context {
+                    stop_reason = StopReason::ContextFull;
+                    break;
+                }
+                self.slide()?;
+                timings.context_slides += 1;
+            }
+            self.eval(&[next])?;
+        }
+        let view = stream.view(&opts.stop, true);
+        let start = stream.start_in(&view.visible);
+        if stop_reason != StopReason::Cancelled && view.visible.len() > start {
+            let _ = on_text(&view.visible[start..]);
+        }
+        if let Some(f) = first_at {
+            timings.decode_ms = f.elapsed().as_secs_f64() * 1e3;
+            let after_first = generated.len().saturating_sub(1);
+            timings.decode_tok_s = after_first as f64 / f.elapsed().as_secs_f64().max(1e-9);
+        }
+        timings.generated_tokens = generated.len();
+        timings.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(Reply {
+            text: view.visible,
+            thinking: view.thinking,
+            tokens: generated,
+            stop_reason,
+            timings,
+        })
+    }
+
+    /// Makes room in a full context: keeps the first [`SINK_TOKENS`] tokens and the most
+    /// recent half of the context, and re-evaluates them.
+    pub fn slide(&mut self) -> Result<()> {
+        let ctx = self.model.inner.config.context_len;
+        let toks = std::mem::take(&mut self.tokens);
+        let sinks = SINK_TOKENS.min(toks.len());
+        let tail_len = (ctx / 2).min(toks.len() - sinks);
+        let mut kept = toks[..sinks].to_vec();
+        kept.extend_from_slice(&toks[toks.len() - tail_len..]);
+        self.tokens.clear();
+        self.eval(&kept)?;
+        Ok(())
+    }
+}

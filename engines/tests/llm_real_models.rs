@@ -1,0 +1,114 @@
+//! The LLM engine on the real models against llama.cpp: the tokenizer (plain text, special
+//! tokens, the rendered chat template) and greedy decoding must give exactly the token ids
+//! llama.cpp gives. The fixtures come from scripts/reference/llm_reference.py
+//! (llama-cpp-python); the models from scripts/install-models.sh (missing = failure).
+//!
+//! Under qemu (aarch64) each model decodes fewer tokens of the chat prompt only.
+
+mod common;
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use sotad_engines::llm::{LoadOptions, Message, Model, Sampler};
+
+fn model_path(file: &str) -> PathBuf {
+    let p = common::models_dir().join(file);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-models.sh (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn fixture(name: &str) -> Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/llm/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn messages(v: &Value) -> Vec<Message> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let c = m["content"].as_str().unwrap();
+            match m["role"].as_str().unwrap() {
+                "system" => Message::system(c),
+                "user" => Message::user(c),
+                _ => Message::assistant(c),
+            }
+        })
+        .collect()
+}
+
+fn check_model(name: &str) {
+    let fx = fixture(name);
+    let model = Model::load(
+        model_path(fx["model"].as_str().unwrap()),
+        &LoadOptions { context_len: 512, threads: 2 },
+    )
+    .unwrap();
+    let tok = model.tokenizer();
+
+    for case in fx["tokenize"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(tok.encode(text, true, true), ids(&case["ids"]), "{name}: tokenize {text:?}");
+    }
+    for case in fx["tokenize_plain"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(tok.encode(text, false, false), ids(&case["ids"]), "{name}: plain tokenize {text:?}");
+    }
+
+    let arm = cfg!(target_arch = "aarch64");
+    for p in fx["prompts"].as_array().unwrap() {
+        let text = p["text"].as_str().unwrap();
+        if p["kind"] == "chat" {
+            let rendered = model.chat_template().render(&messages(&p["messages"]), true, false).unwrap();
+            assert_eq!(rendered, text, "{name}: rendered chat template");
+        } else if arm {
+            continue;
+        }
+        let prompt = ids(&p["prompt_ids"]);
+        assert_eq!(tok.encode(text, true, true), prompt, "{name}: prompt {text:?}");
+        let expected = ids(&p["greedy_ids"]);
+        let n = if arm { expected.len().min(6) } else { expected.len() };
+        let mut session = model.session();
+        session.eval(&prompt).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..n {
+            let t = Sampler::argmax(session.logits());
+            got.push(t);
+            if got.len() < n {
+                session.eval(&[t]).unwrap();
+            }
+        }
+        assert_eq!(got, expected[..n], "{name}: greedy ids after {text:?}");
+        if !arm {
+            assert_eq!(
+                tok.decode(&expected, false),
+                p["greedy_text"].as_str().unwrap(),
+                "{name}: detokenized greedy output"
+            );
+        }
+    }
+}
+
+#[test]
+fn smollm2_matches_llama_cpp() {
+    check_model("smollm2-135m-instruct-q4_1");
+}
+
+#[test]
+fn qwen25_coder_matches_llama_cpp() {
+    check_model("qwen2.5-coder-0.5b-instruct-q4_k_m");
+}
+
+#[test]
+fn gemma3_matches_llama_cpp() {
+    check_model("gemma-3-270m-q4_k_m");
+}
