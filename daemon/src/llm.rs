@@ -372,7 +372,7 @@ impl Llm {
             top_p: o.top_p.unwrap_or(d.top_p),
             min_p: o.min_p.unwrap_or(d.min_p),
             repeat_penalty: o.repeat_penalty.unwrap_or(d.repeat_penalty),
-            seed: o.seed.unwrap_or_else(fastrand::u64_any),
+            seed: o.seed.unwrap_or_else(|| fastrand::u64(..)),
             stop: o.stop.clone().unwrap_or_default(),
             thinking: o.thinking.unwrap_or(false),
             ..Default::default()

@@ -39,8 +39,6 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         seconds: u64,
     },
-}
-
     /// Transcribe a WAV file with the configured Whisper model and print the text.
     Transcribe {
         /// WAV file (any rate and channel count; PCM 8/16/24/32-bit or float).

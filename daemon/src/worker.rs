@@ -132,10 +132,14 @@ impl<E: 'static> Worker<E> {
     }
 
     /// Queues `job`; the returned future resolves with its result once it has run.
-    pub fn submit<R: Send + 'static>(
+    pub fn submit<R, F>(
         &self,
-        job: impl FnOnce(&mut E) -> R + Send + 'static,
-    ) -> Result<impl Future<Output = Result<R, SubmitError>> + use<E, R>, SubmitError> {
+        job: F,
+    ) -> Result<impl Future<Output = Result<R, SubmitError>> + use<E, R, F>, SubmitError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut E) -> R + Send + 'static,
+    {
         if let Some(Err(message)) = self.shared.state.get() {
             return Err(SubmitError::Unavailable(message.clone()));
         }
