@@ -99,7 +99,8 @@ impl Service {
                 return;
             }
         };
-        if !self.recent.first_time(command, job.id()) {
+        // `llm/cancel` names the request to cancel by its id, and is idempotent: never skipped.
+        if command != Command::LlmCancel && !self.recent.first_time(command, job.id()) {
             self.metrics.mqtt.duplicates.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 command = name,

@@ -401,6 +401,27 @@ impl TestClient {
         }
     }
 
+    /// Like [`TestClient::expect`], but also returns everything else received meanwhile.
+    pub async fn expect_collecting(
+        &mut self,
+        topic: &str,
+        timeout: Duration,
+        accept: impl Fn(&[u8]) -> bool,
+    ) -> anyhow::Result<(Publish, Vec<Publish>)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut others = Vec::new();
+        loop {
+            let p = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .with_context(|| format!("nothing acceptable on {topic} within {timeout:?}"))?
+                .context("client task ended")?;
+            if p.topic == topic && accept(&p.payload) {
+                return Ok((p, others));
+            }
+            others.push(p);
+        }
+    }
+
     /// Waits for a JSON message on `topic` whose `id` is `id`.
     pub async fn expect_id(
         &mut self,
