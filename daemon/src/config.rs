@@ -37,6 +37,8 @@ pub struct Config {
     pub llm: Llm,
     pub tts: Tts,
     pub log: Log,
+    pub audio: Audio,
+    pub vad: Vad,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +147,100 @@ pub struct Telemetry {
 #[serde(deny_unknown_fields)]
 pub struct Log {
     pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audio {
+    /// ALSA PCM names.
+    pub capture_device: String,
+    pub playback_device: String,
+    pub capture_buffer_ms: u32,
+    pub playback_buffer_ms: u32,
+    /// Frames (32 ms each) between the capture thread and the pipeline.
+    pub frame_queue: usize,
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Audio {
+    /// The capture thread's settings.
+    pub fn capture_config(&self) -> crate::audio::CaptureConfig {
+        crate::audio::CaptureConfig {
+            device: self.capture_device.clone(),
+            buffer_ms: self.capture_buffer_ms,
+            retry_min_ms: self.retry_min_ms,
+            retry_max_ms: self.retry_max_ms,
+        }
+    }
+
+    /// The player's settings.
+    pub fn playback_config(&self) -> crate::audio::PlaybackConfig {
+        crate::audio::PlaybackConfig {
+            device: self.playback_device.clone(),
+            buffer_ms: self.playback_buffer_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vad {
+    /// Silero VAD ONNX file; relative paths are under the models directory.
+    pub model: String,
+    pub threshold: f64,
+    pub neg_threshold: f64,
+    pub min_speech_ms: u32,
+    pub pre_roll_ms: u32,
+    pub trailing_silence_ms: u32,
+    pub max_utterance_ms: u32,
+    pub gate: bool,
+    pub gate_min_db: f64,
+    pub gate_margin_db: f64,
+    pub gate_rise_db_per_s: f64,
+    pub gate_hangover_ms: u32,
+}
+
+impl Vad {
+    /// The model file: `model` if absolute, else under `$SOTAD_MODELS_DIR` (default
+    /// `~/.cache/sotad/models`, where scripts/install-models.sh puts it).
+    pub fn model_path(&self) -> PathBuf {
+        let p = Path::new(&self.model);
+        if p.is_absolute() {
+            return p.to_owned();
+        }
+        let dir = std::env::var_os("SOTAD_MODELS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_default()
+                    .join(".cache/sotad/models")
+            });
+        dir.join(p)
+    }
+
+    /// The detector's settings (gate, endpointer).
+    pub fn detector_config(&self) -> sotad_engines::vad::VoiceDetectorConfig {
+        use sotad_engines::vad::{EndpointConfig, GateConfig, VoiceDetectorConfig};
+        VoiceDetectorConfig {
+            gate: self.gate.then(|| GateConfig {
+                min_db: self.gate_min_db as f32,
+                margin_db: self.gate_margin_db as f32,
+                rise_db_per_s: self.gate_rise_db_per_s as f32,
+                hangover_ms: self.gate_hangover_ms,
+            }),
+            endpoint: EndpointConfig {
+                sample_rate: 16_000,
+                threshold: self.threshold as f32,
+                neg_threshold: self.neg_threshold as f32,
+                min_speech_ms: self.min_speech_ms,
+                pre_roll_ms: self.pre_roll_ms,
+                trailing_silence_ms: self.trailing_silence_ms,
+                max_utterance_ms: self.max_utterance_ms,
+            },
+        }
+    }
 }
 
 /// A configuration mistake: which key, which source, and what is wrong or allowed.
@@ -430,6 +526,7 @@ impl Config {
         range("llm.sessions", l.sessions as u64, 0, 1024)?;
         range("llm.session_turns", l.session_turns as u64, 1, 256)?;
         range("tts.threads", self.tts.threads as u64, 0, 256)?;
+        self.validate_audio(&fail, &range)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(fail(
                 "log.level",
@@ -439,6 +536,64 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    fn validate_audio(
+        &self,
+        fail: &dyn Fn(&str, String) -> ConfigError,
+        range: &dyn Fn(&str, u64, u64, u64) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let frange = |key: &str, value: f64, lo: f64, hi: f64| {
+            if !(lo..=hi).contains(&value) {
+                Err(fail(
+                    key,
+                    format!("{value} is out of range; allowed: {lo} to {hi}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let a = &self.audio;
+        for (key, name) in [
+            ("audio.capture_device", &a.capture_device),
+            ("audio.playback_device", &a.playback_device),
+        ] {
+            if name.is_empty() || name.len() > 256 || name.contains(char::is_control) {
+                return Err(fail(
+                    key,
+                    format!(
+                        "{name:?} is not an ALSA PCM name; allowed: 1-256 characters without control characters, e.g. \"default\" or \"plughw:CARD=Device,DEV=0\""
+                    ),
+                ));
+            }
+        }
+        range("audio.capture_buffer_ms", u64::from(a.capture_buffer_ms), 20, 2000)?;
+        range("audio.playback_buffer_ms", u64::from(a.playback_buffer_ms), 20, 2000)?;
+        range("audio.frame_queue", a.frame_queue as u64, 1, 4096)?;
+        range("audio.retry_min_ms", a.retry_min_ms, 10, 60_000)?;
+        range("audio.retry_max_ms", a.retry_max_ms, a.retry_min_ms, 600_000)?;
+
+        let v = &self.vad;
+        if v.model.is_empty() || !v.model.ends_with(".onnx") {
+            return Err(fail(
+                "vad.model",
+                format!(
+                    "{:?} is not an ONNX file name; allowed: a path ending in .onnx (relative: under the models directory), e.g. \"silero-vad/silero_vad_16k_op15.onnx\"",
+                    v.model
+                ),
+            ));
+        }
+        frange("vad.threshold", v.threshold, 0.05, 0.95)?;
+        frange("vad.neg_threshold", v.neg_threshold, 0.01, v.threshold)?;
+        range("vad.min_speech_ms", u64::from(v.min_speech_ms), 32, 5000)?;
+        range("vad.pre_roll_ms", u64::from(v.pre_roll_ms), 0, 2000)?;
+        range("vad.trailing_silence_ms", u64::from(v.trailing_silence_ms), 96, 10_000)?;
+        range("vad.max_utterance_ms", u64::from(v.max_utterance_ms), 1000, 120_000)?;
+        frange("vad.gate_min_db", v.gate_min_db, -100.0, 0.0)?;
+        frange("vad.gate_margin_db", v.gate_margin_db, 0.0, 40.0)?;
+        frange("vad.gate_rise_db_per_s", v.gate_rise_db_per_s, 0.1, 60.0)?;
+        range("vad.gate_hangover_ms", u64::from(v.gate_hangover_ms), 0, 5000)?;
         Ok(())
     }
 
@@ -683,6 +838,12 @@ mod tests {
             "fits a 30 s WAV as base64"
         );
         assert!(!c.device_id().is_empty());
+        assert_eq!(c.audio.capture_config().device, "default");
+        assert_eq!(c.audio.playback_config().device, "default");
+        let d = c.vad.detector_config();
+        assert!(d.gate.is_some());
+        assert!(d.endpoint.neg_threshold < d.endpoint.threshold);
+        assert!(c.vad.model_path().ends_with("silero-vad/silero_vad_16k_op15.onnx"));
     }
 
     #[test]
@@ -783,6 +944,19 @@ mod tests {
                 "mqtt.password",
                 "mqtt.username",
             ),
+            ("[audio]\ncapture_device = \"\"\n", "audio.capture_device", "ALSA PCM name"),
+            ("[audio]\nplayback_device = \"a\\nb\"\n", "audio.playback_device", "control"),
+            ("[audio]\nframe_queue = 0\n", "audio.frame_queue", "1 to 4096"),
+            (
+                "[audio]\nretry_min_ms = 500\nretry_max_ms = 100\n",
+                "audio.retry_max_ms",
+                "500",
+            ),
+            ("[vad]\nmodel = \"vad.bin\"\n", "vad.model", ".onnx"),
+            ("[vad]\nthreshold = 1.5\n", "vad.threshold", "0.05 to 0.95"),
+            ("[vad]\nthreshold = 0.3\nneg_threshold = 0.4\n", "vad.neg_threshold", "0.3"),
+            ("[vad]\ntrailing_silence_ms = 10\n", "vad.trailing_silence_ms", "96"),
+            ("[vad]\ngate_min_db = 3.0\n", "vad.gate_min_db", "-100 to 0"),
         ] {
             let (f, r) = load_file(text);
             let e = r.unwrap_err();

@@ -260,7 +260,7 @@ fn real_clips_padded_with_silence_and_noise_give_one_utterance_each() {
         let trailing = u64::from(cfg.endpoint.trailing_silence_ms) * 16;
         let mut det = VoiceDetector::new(SileroVad::load(&model_path).unwrap(), cfg);
         let mut events = Vec::new();
-        det.push(&audio, &mut events).unwrap();
+        det.push(&audio, &mut events);
         let starts: Vec<_> = events.iter().filter(|e| matches!(e, VadEvent::SpeechStart { .. })).collect();
         let ends: Vec<_> = events
             .iter()

@@ -4,7 +4,7 @@
 //!
 //! - [`gate::EnergyGate`]: an RMS gate with an adaptive noise floor, so the model sleeps in
 //!   silence and steady background noise.
-//! - [`silero::SileroVad`]: Silero VAD v5 (16 kHz) on candle, read from the ONNX file of the
+//! - [`silero::SileroVad`]: Silero VAD v5 (16 kHz), read from the ONNX file of the
 //!   `silero-vad` package; one speech probability per 512-sample window, with the recurrent
 //!   state in a [`silero::VadState`] per stream.
 //! - [`endpoint::Endpointer`]: a pure state machine from (window, probability) to
@@ -18,7 +18,7 @@
 //! let model = SileroVad::load("silero-vad/silero_vad_16k_op15.onnx")?;
 //! let mut det = VoiceDetector::new(model, VoiceDetectorConfig::default());
 //! let window = [0.0f32; 512]; // 32 ms at 16 kHz, from the capture thread
-//! if let Some(VadEvent::SpeechEnd { utterance, .. }) = det.push_window(&window)? {
+//! if let Some(VadEvent::SpeechEnd { utterance, .. }) = det.push_window(&window) {
 //!     println!("utterance of {} samples", utterance.len());
 //! }
 //! # Ok(())
@@ -32,8 +32,6 @@ pub mod silero;
 pub use self::endpoint::{EndReason, EndpointConfig, Endpointer, VadEvent};
 pub use self::gate::{EnergyGate, GateConfig, GateDecision, rms_db};
 pub use self::silero::{SAMPLE_RATE, SileroVad, VadState, WINDOW};
-
-use crate::error::Result;
 
 /// Settings of a [`VoiceDetector`].
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -82,7 +80,7 @@ impl VoiceDetector {
     }
 
     /// One 512-sample window: gate, model (if the gate is open), endpointer.
-    pub fn push_window(&mut self, window: &[f32; WINDOW]) -> Result<Option<VadEvent>> {
+    pub fn push_window(&mut self, window: &[f32; WINDOW]) -> Option<VadEvent> {
         self.stats.windows += 1;
         let open = match &mut self.gate {
             Some(g) => g.push(window, self.endpointer.active()).open,
@@ -90,18 +88,18 @@ impl VoiceDetector {
         };
         let p = if open {
             self.stats.model_runs += 1;
-            self.model.probability(&mut self.state, window)?
+            self.model.probability(&mut self.state, window)
         } else {
             self.state.skip(window);
             0.0
         };
         self.last_probability = p;
-        Ok(self.endpointer.push(window, p))
+        self.endpointer.push(window, p)
     }
 
     /// Any number of samples; complete windows are processed, the rest is kept for the next
     /// call. Events are appended to `events`.
-    pub fn push(&mut self, samples: &[f32], events: &mut Vec<VadEvent>) -> Result<()> {
+    pub fn push(&mut self, samples: &[f32], events: &mut Vec<VadEvent>) {
         let mut rest = samples;
         while !rest.is_empty() {
             let take = (WINDOW - self.pending.len()).min(rest.len());
@@ -111,12 +109,11 @@ impl VoiceDetector {
                 let mut w = [0f32; WINDOW];
                 w.copy_from_slice(&self.pending);
                 self.pending.clear();
-                if let Some(e) = self.push_window(&w)? {
+                if let Some(e) = self.push_window(&w) {
                     events.push(e);
                 }
             }
         }
-        Ok(())
     }
 
     /// End of stream: ends an utterance under way ([`EndReason::Flushed`]).

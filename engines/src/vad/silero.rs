@@ -1,4 +1,4 @@
-//! Silero VAD v5 (16 kHz) on candle, loaded from the `silero-vad` package's ONNX export.
+//! Silero VAD v5 (16 kHz), loaded from the `silero-vad` package's ONNX export.
 //!
 //! # The graph (as exported in `silero_vad_16k_op15.onnx`)
 //!
@@ -19,13 +19,11 @@
 //! (`silero_vad.onnx`) keeps its weights as anonymous `Constant`s and is not read; onnxruntime
 //! gives bit-identical probabilities for both files (see `scripts/reference/vad_reference.py`).
 
-use std::path::{Path, PathBuf};
-
-use candle_core::{DType, Device, Tensor};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::tts::onnx::{NodeProto, OnnxModel};
-use crate::tts::{TtsError, TtsErrorKind, TtsSubject};
+use crate::tts::{TtsErrorKind, TtsSubject};
 
 /// Sample rate the model runs at.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -52,6 +50,7 @@ pub struct VadState {
     context: [f32; CONTEXT],
     /// `[context | window]`, reused between calls.
     input: Vec<f32>,
+    scratch: Scratch,
 }
 
 impl Default for VadState {
@@ -61,6 +60,7 @@ impl Default for VadState {
             c: vec![0.0; HIDDEN],
             context: [0.0; CONTEXT],
             input: Vec::with_capacity(CONTEXT + WINDOW + PAD),
+            scratch: Scratch::default(),
         }
     }
 }
@@ -88,38 +88,73 @@ impl VadState {
 /// One encoder block: `Conv1d(k=3, pad=1, stride)` then ReLU.
 #[derive(Debug)]
 struct ConvBlock {
-    weight: Tensor,
-    /// `[1, out, 1]`, for broadcasting.
-    bias: Tensor,
+    /// `[out][in][3]`, row-major: row `o` is contiguous and matches an im2col column.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
     stride: usize,
 }
 
-/// The Silero VAD network, weights converted once to f32 candle tensors (about 1.2 MB).
+impl ConvBlock {
+    /// `input` is `[c_in][l_in]`; returns `[c_out][l_out]` after ReLU. `col` is scratch.
+    fn forward(&self, input: &[f32], l_in: usize, col: &mut Vec<f32>, out: &mut Vec<f32>) -> usize {
+        let l_out = (l_in + 2 - 3) / self.stride + 1;
+        let width = self.c_in * 3;
+        // im2col: column t holds input[c][t*stride + k - 1] for c, k (zero outside).
+        col.clear();
+        col.resize(l_out * width, 0.0);
+        for t in 0..l_out {
+            let dst = &mut col[t * width..(t + 1) * width];
+            for c in 0..self.c_in {
+                for k in 0..3 {
+                    let pos = (t * self.stride + k) as isize - 1;
+                    if pos >= 0 && (pos as usize) < l_in {
+                        dst[c * 3 + k] = input[c * l_in + pos as usize];
+                    }
+                }
+            }
+        }
+        out.clear();
+        out.resize(self.c_out * l_out, 0.0);
+        for o in 0..self.c_out {
+            let w = &self.weight[o * width..(o + 1) * width];
+            for t in 0..l_out {
+                let v = self.bias[o] + dot(w, &col[t * width..(t + 1) * width]);
+                out[o * l_out + t] = v.max(0.0);
+            }
+        }
+        l_out
+    }
+}
+
+/// Scratch buffers of one stream, reused between windows (no allocation per window).
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    spec: Vec<f32>,
+    a: Vec<f32>,
+    col: Vec<f32>,
+    gates: Vec<f32>,
+}
+
+/// The Silero VAD network, weights converted once to f32 (about 1.2 MB).
+///
+/// The kernels are plain Rust loops over contiguous rows (dot products the compiler
+/// vectorizes), single-threaded and allocation-free per window: at 31 windows a second the
+/// model must not wake a thread pool that the LLM and STT engines are using.
 #[derive(Debug)]
 pub struct SileroVad {
-    path: Option<PathBuf>,
-    /// `[258, 1, 256]`.
-    stft_basis: Tensor,
+    /// `[258][256]`: rows 0..129 real, 129..258 imaginary parts of the STFT basis.
+    stft_basis: Vec<f32>,
     encoder: Vec<ConvBlock>,
-    /// `[weight_ih | weight_hh]` transposed: `[256, 512]`, so `[x | h] @ w` gives the gates.
-    lstm_w: Tensor,
+    /// `[512][128]` each, PyTorch LSTMCell gate order i, f, g, o.
+    w_ih: Vec<f32>,
+    w_hh: Vec<f32>,
     /// `bias_ih + bias_hh`, `[512]`.
     lstm_b: Vec<f32>,
     /// Decoder 1x1 conv: `[128]` and a scalar.
     dec_w: Vec<f32>,
     dec_b: f32,
-    device: Device,
-}
-
-fn candle_err(path: Option<&Path>, e: candle_core::Error) -> Error {
-    let mut err = TtsError::new(
-        crate::tts::TtsFile::Onnx,
-        TtsErrorKind::BadValue {
-            reason: format!("Silero VAD inference failed: {e}"),
-        },
-    );
-    err.path = path.map(Path::to_owned);
-    Error::Tts(err)
 }
 
 impl SileroVad {
@@ -130,14 +165,8 @@ impl SileroVad {
 
     /// Builds the network from a parsed ONNX model.
     pub fn from_onnx(model: &OnnxModel) -> Result<Self> {
-        let device = Device::Cpu;
-        let path = model.path().map(Path::to_owned);
-        let cerr = |e| candle_err(model.path(), e);
-
-        let stft = weight(model, "model.stft.forward_basis_buffer", &[2 * BINS, 1, N_FFT])?;
+        let stft_basis = weight(model, "model.stft.forward_basis_buffer", &[2 * BINS, 1, N_FFT])?;
         check_conv(model, "model.stft.forward_basis_buffer", N_FFT as i64, HOP as i64, 0)?;
-        let stft_basis =
-            Tensor::from_vec(stft, (2 * BINS, 1, N_FFT), &device).map_err(cerr)?;
         check_reflect_pad(model)?;
 
         let layers = [(BINS, 128usize, 1usize), (128, 64, 2), (64, 64, 2), (64, 128, 1)];
@@ -145,12 +174,14 @@ impl SileroVad {
         for (i, &(c_in, c_out, stride)) in layers.iter().enumerate() {
             let wname = format!("model.encoder.{i}.reparam_conv.weight");
             let bname = format!("model.encoder.{i}.reparam_conv.bias");
-            let w = weight(model, &wname, &[c_out, c_in, 3])?;
-            let b = weight(model, &bname, &[c_out])?;
+            let weight_v = weight(model, &wname, &[c_out, c_in, 3])?;
+            let bias = weight(model, &bname, &[c_out])?;
             check_conv(model, &wname, 3, stride as i64, 1)?;
             encoder.push(ConvBlock {
-                weight: Tensor::from_vec(w, (c_out, c_in, 3), &device).map_err(cerr)?,
-                bias: Tensor::from_vec(b, (1, c_out, 1), &device).map_err(cerr)?,
+                weight: weight_v,
+                bias,
+                c_in,
+                c_out,
                 stride,
             });
         }
@@ -159,15 +190,6 @@ impl SileroVad {
         let w_hh = weight(model, "model.decoder.rnn.weight_hh", &[4 * HIDDEN, HIDDEN])?;
         let b_ih = weight(model, "model.decoder.rnn.bias_ih", &[4 * HIDDEN])?;
         let b_hh = weight(model, "model.decoder.rnn.bias_hh", &[4 * HIDDEN])?;
-        // [x | h] (1 x 256) @ W (256 x 512): row k of W is column k of [w_ih | w_hh].
-        let mut w = vec![0f32; 2 * HIDDEN * 4 * HIDDEN];
-        for gate in 0..4 * HIDDEN {
-            for k in 0..HIDDEN {
-                w[k * 4 * HIDDEN + gate] = w_ih[gate * HIDDEN + k];
-                w[(HIDDEN + k) * 4 * HIDDEN + gate] = w_hh[gate * HIDDEN + k];
-            }
-        }
-        let lstm_w = Tensor::from_vec(w, (2 * HIDDEN, 4 * HIDDEN), &device).map_err(cerr)?;
         let lstm_b = b_ih.iter().zip(&b_hh).map(|(a, b)| a + b).collect();
 
         let dec_w = weight(model, "model.decoder.decoder.2.weight", &[1, HIDDEN, 1])?;
@@ -175,21 +197,19 @@ impl SileroVad {
         let dec_b = weight(model, "model.decoder.decoder.2.bias", &[1])?[0];
 
         Ok(Self {
-            path,
             stft_basis,
             encoder,
-            lstm_w,
+            w_ih,
+            w_hh,
             lstm_b,
             dec_w,
             dec_b,
-            device,
         })
     }
 
     /// The speech probability of `window` (the next 512 samples of the stream, 16 kHz, f32
     /// in [-1, 1]), updating `state`. Non-finite samples are treated as 0.
-    pub fn probability(&self, state: &mut VadState, window: &[f32; WINDOW]) -> Result<f32> {
-        let cerr = |e| candle_err(self.path.as_deref(), e);
+    pub fn probability(&self, state: &mut VadState, window: &[f32; WINDOW]) -> f32 {
         // [context | window], then reflect-pad 64 on the right: x[n-2-j] for j in 0..64.
         let input = &mut state.input;
         input.clear();
@@ -201,40 +221,38 @@ impl SileroVad {
         }
         state.context.copy_from_slice(&input[n - CONTEXT..n]);
 
-        let x = Tensor::from_slice(input.as_slice(), (1, 1, input.len()), &self.device)
-            .map_err(cerr)?;
-        let spec = x.conv1d(&self.stft_basis, 0, HOP, 1, 1).map_err(cerr)?;
-        let re = spec.narrow(1, 0, BINS).map_err(cerr)?;
-        let im = spec.narrow(1, BINS, BINS).map_err(cerr)?;
-        let mut h = (re.sqr().map_err(cerr)? + im.sqr().map_err(cerr)?)
-            .and_then(|t| t.sqrt())
-            .map_err(cerr)?;
+        // STFT as a strided conv: frames t of 256 samples, hop 128; magnitude per bin.
+        let frames = (input.len() - N_FFT) / HOP + 1;
+        let sc = &mut state.scratch;
+        sc.spec.clear();
+        sc.spec.resize(BINS * frames, 0.0);
+        for t in 0..frames {
+            let x = &input[t * HOP..t * HOP + N_FFT];
+            for bin in 0..BINS {
+                let re = dot(&self.stft_basis[bin * N_FFT..(bin + 1) * N_FFT], x);
+                let im = dot(&self.stft_basis[(BINS + bin) * N_FFT..(BINS + bin + 1) * N_FFT], x);
+                sc.spec[bin * frames + t] = (re * re + im * im).sqrt();
+            }
+        }
+        let mut len = frames;
+        let (mut cur, mut next) = (std::mem::take(&mut sc.spec), std::mem::take(&mut sc.a));
         for block in &self.encoder {
-            h = h
-                .conv1d(&block.weight, 1, block.stride, 1, 1)
-                .and_then(|t| t.broadcast_add(&block.bias))
-                .and_then(|t| t.relu())
-                .map_err(cerr)?;
+            len = block.forward(&cur, len, &mut sc.col, &mut next);
+            std::mem::swap(&mut cur, &mut next);
         }
-        // [1, 128, 1] -> the LSTM input.
-        let feat = h.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(cerr)?;
-        if feat.len() != HIDDEN {
-            return Err(cerr(candle_core::Error::Msg(format!(
-                "encoder produced {} features, expected {HIDDEN}",
-                feat.len()
-            ))));
+        // cur is [128][len]; the export squeezes the time axis, which is 1 here.
+        let feat = &cur[..HIDDEN.min(cur.len())];
+
+        sc.gates.clear();
+        for g in 0..4 * HIDDEN {
+            let row = g * HIDDEN..(g + 1) * HIDDEN;
+            sc.gates.push(
+                self.lstm_b[g] + dot(&self.w_ih[row.clone()], feat) + dot(&self.w_hh[row], &state.h),
+            );
         }
-        let mut xh = Vec::with_capacity(2 * HIDDEN);
-        xh.extend_from_slice(&feat);
-        xh.extend_from_slice(&state.h);
-        let gates = Tensor::from_vec(xh, (1, 2 * HIDDEN), &self.device)
-            .and_then(|t| t.matmul(&self.lstm_w))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(cerr)?;
         let mut logit = self.dec_b;
         for k in 0..HIDDEN {
-            let g = |q: usize| gates[q * HIDDEN + k] + self.lstm_b[q * HIDDEN + k];
+            let g = |q: usize| sc.gates[q * HIDDEN + k];
             let (i, f, c_hat, o) = (sigmoid(g(0)), sigmoid(g(1)), g(2).tanh(), sigmoid(g(3)));
             let c = f * state.c[k] + i * c_hat;
             let hk = o * c.tanh();
@@ -242,12 +260,123 @@ impl SileroVad {
             state.h[k] = hk;
             logit += self.dec_w[k] * hk.max(0.0);
         }
-        Ok(sigmoid(logit))
+        sc.spec = cur;
+        sc.a = next;
+        sigmoid(logit)
+    }
+}
+
+/// Dot product of two equally long rows. SIMD with four independent accumulators (AVX+FMA
+/// on x86-64 when the CPU has them, NEON on aarch64), scalar otherwise.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::has_avx_fma() {
+            // SAFETY: the CPU supports AVX and FMA (checked at run time).
+            return unsafe { simd::dot_avx_fma(a, b) };
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: NEON is part of the aarch64 baseline.
+        return unsafe { simd::dot_neon(a, b) };
+    }
+    #[allow(unreachable_code)]
+    dot_scalar(a, b)
+}
+
+fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+mod simd {
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn has_avx_fma() -> bool {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx") && is_x86_feature_detected!("fma"))
     }
 
-    /// The dtype the network computes in.
-    pub fn dtype(&self) -> DType {
-        DType::F32
+    /// # Safety
+    /// The CPU must support AVX and FMA; `a` and `b` have the same length.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx,fma")]
+    pub(super) unsafe fn dot_avx_fma(a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (all loads): i + 32 <= n, resp. i + 8 <= n, within both slices.
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let x = unsafe { _mm256_loadu_ps(pa.add(i + 8 * k)) };
+                let y = unsafe { _mm256_loadu_ps(pb.add(i + 8 * k)) };
+                *acc = _mm256_fmadd_ps(x, y, *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let x = unsafe { _mm256_loadu_ps(pa.add(i)) };
+            let y = unsafe { _mm256_loadu_ps(pb.add(i)) };
+            acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        let mut total = _mm_cvtss_f32(s);
+        while i < n {
+            total += a[i] * b[i];
+            i += 1;
+        }
+        total
+    }
+
+    /// # Safety
+    /// `a` and `b` have the same length (NEON is always there on aarch64).
+    #[cfg(target_arch = "aarch64")]
+    pub(super) unsafe fn dot_neon(a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::aarch64::*;
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        // SAFETY (all loads): i + 16 <= n, resp. i + 4 <= n, within both slices.
+        unsafe {
+            let mut acc = [vdupq_n_f32(0.0); 4];
+            let mut i = 0;
+            while i + 16 <= n {
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let x = vld1q_f32(pa.add(i + 4 * k));
+                    let y = vld1q_f32(pb.add(i + 4 * k));
+                    *acc = vfmaq_f32(*acc, x, y);
+                }
+                i += 16;
+            }
+            while i + 4 <= n {
+                acc[0] = vfmaq_f32(acc[0], vld1q_f32(pa.add(i)), vld1q_f32(pb.add(i)));
+                i += 4;
+            }
+            let s = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
+            let mut total = vaddvq_f32(s);
+            while i < n {
+                total += a[i] * b[i];
+                i += 1;
+            }
+            total
+        }
     }
 }
 
