@@ -50,6 +50,7 @@ fn median(v: &mut [f64]) -> f64 {
 struct Figures {
     first_ms: f64,
     total_ms: f64,
+    cpu_ms: f64,
     audio_secs: f64,
 }
 
@@ -64,6 +65,7 @@ fn sotad_once(voice: &Voice, text: &str, seed: u64) -> (Run, StageTimes) {
         seed,
         ..SynthOptions::default()
     };
+    let c0 = cpu_ms();
     let s = voice
         .synthesize(text, &opts, |_| ControlFlow::Continue(()))
         .expect("synthesis");
@@ -71,6 +73,7 @@ fn sotad_once(voice: &Voice, text: &str, seed: u64) -> (Run, StageTimes) {
         Run {
             first_ms: s.first_audio_ms,
             total_ms: s.total_ms,
+            cpu_ms: cpu_ms() - c0,
             audio_secs: s.audio_secs,
         },
         s.stages,
@@ -81,16 +84,33 @@ fn sotad_once(voice: &Voice, text: &str, seed: u64) -> (Run, StageTimes) {
 struct Run {
     first_ms: f64,
     total_ms: f64,
+    cpu_ms: f64,
     audio_secs: f64,
+}
+
+/// CPU time (user + system) of this process and its waited-for children (espeak-ng), in ms.
+fn cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the ")" that ends the command name: utime is field 14, cstime 17.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // rest starts at field 3 (state, not numeric, skipped by the filter): field n is f[n - 4].
+    let ticks: f64 = (14..=17).filter_map(|n| f.get(n - 4)).sum();
+    ticks * 10.0 // USER_HZ = 100 on Linux
 }
 
 fn summarize(runs: &[Run]) -> Figures {
     let mut f: Vec<f64> = runs.iter().map(|r| r.first_ms).collect();
     let mut t: Vec<f64> = runs.iter().map(|r| r.total_ms).collect();
+    let mut c: Vec<f64> = runs.iter().map(|r| r.cpu_ms).collect();
     let mut a: Vec<f64> = runs.iter().map(|r| r.audio_secs).collect();
     Figures {
         first_ms: median(&mut f),
         total_ms: median(&mut t),
+        cpu_ms: median(&mut c),
         audio_secs: median(&mut a),
     }
 }
@@ -153,6 +173,7 @@ impl Piper {
         Some(Run {
             first_ms: field(&line, "first_audio_ms")?,
             total_ms: field(&line, "total_ms")?,
+            cpu_ms: field(&line, "cpu_ms")?,
             audio_secs: field(&line, "audio_secs")?,
         })
     }
@@ -218,40 +239,48 @@ fn main() {
         theirs.push(p_ok.then(|| summarize(&p_runs)));
     }
     println!(
-        "\n{:<12} {:>9} | {:>13} {:>13} {:>7} | {:>13} {:>13} {:>7} | {:>7} {:>7}",
+        "\n{:<12} {:>7} | {:>9} {:>9} {:>9} {:>6} {:>8} | {:>9} {:>9} {:>9} {:>6} {:>8} | {:>6} {:>6} {:>6}",
         "text",
         "audio s",
-        "sotad 1st ms",
-        "sotad tot ms",
-        "RTF",
-        "piper 1st ms",
-        "piper tot ms",
-        "RTF",
+        "s 1st ms",
+        "s tot ms",
+        "s cpu ms",
+        "s RTF",
+        "s cpuRTF",
+        "p 1st ms",
+        "p tot ms",
+        "p cpu ms",
+        "p RTF",
+        "p cpuRTF",
         "1st x",
-        "tot x"
+        "RTF x",
+        "cpu x"
     );
     for (i, (name, _)) in texts.iter().enumerate() {
         let (o, stages) = &ours[i];
+        let cpu_rtf = |f: &Figures| f.cpu_ms / 1e3 / f.audio_secs;
+        let mine = format!(
+            "{name:<12} {:>7.2} | {:>9.1} {:>9.1} {:>9.0} {:>6.3} {:>8.3}",
+            o.audio_secs,
+            o.first_ms,
+            o.total_ms,
+            o.cpu_ms,
+            o.rtf(),
+            cpu_rtf(o)
+        );
         match &theirs[i] {
             Some(p) => println!(
-                "{name:<12} {:>9.2} | {:>13.1} {:>13.1} {:>7.3} | {:>13.1} {:>13.1} {:>7.3} | {:>7.2} {:>7.2}",
-                o.audio_secs,
-                o.first_ms,
-                o.total_ms,
-                o.rtf(),
+                "{mine} | {:>9.1} {:>9.1} {:>9.0} {:>6.3} {:>8.3} | {:>6.2} {:>6.2} {:>6.2}",
                 p.first_ms,
                 p.total_ms,
+                p.cpu_ms,
                 p.rtf(),
+                cpu_rtf(p),
                 o.first_ms / p.first_ms,
-                o.rtf() / p.rtf()
+                o.rtf() / p.rtf(),
+                cpu_rtf(o) / cpu_rtf(p)
             ),
-            None => println!(
-                "{name:<12} {:>9.2} | {:>13.1} {:>13.1} {:>7.3} |",
-                o.audio_secs,
-                o.first_ms,
-                o.total_ms,
-                o.rtf()
-            ),
+            None => println!("{mine} |"),
         }
         println!(
             "{:<12} sotad stages (last run): encoder {:.1} ms, durations {:.1} ms, flow {:.1} ms, decoder {:.1} ms",
@@ -259,6 +288,6 @@ fn main() {
         );
     }
     println!(
-        "\nratios are sotad / piper-tts (below 1: sotad is faster); RTF ratio compares time per second of audio"
+        "\ns = sotad, p = piper-tts; RTF = wall time / audio time, cpuRTF = CPU time (all threads, espeak-ng included) / audio time;\nratios are sotad / piper-tts (below 1: sotad is faster), per second of audio for RTF and cpu"
     );
 }

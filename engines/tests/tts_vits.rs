@@ -57,7 +57,13 @@ fn waveform_matches_piper_onnxruntime() {
     let t = Instant::now();
     let vits = Vits::load(&voice).unwrap();
     println!("load {:?}", t.elapsed());
-    for name in ["hello", "fox_slow"] {
+    // Under qemu (aarch64 CI) the longer case would take minutes: the short one only.
+    let cases: &[&str] = if cfg!(target_arch = "aarch64") {
+        &["hello"]
+    } else {
+        &["hello", "fox_slow"]
+    };
+    for &name in cases {
         let (length_scale, ids, reference) = fixture(name);
         let t = Instant::now();
         let mut times = Default::default();

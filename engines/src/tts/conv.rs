@@ -66,7 +66,8 @@ fn par_columns(l: usize, f: impl Fn(usize, usize) + Sync) {
     });
 }
 
-/// `dst[m x n] += lhs[m x k] * rhs[k x n]`, all row-major with the given row strides.
+/// `dst[m x n] += lhs[m x k] * rhs[k x n]`, row-major with the given row strides (columns
+/// contiguous in `dst` and `rhs`).
 ///
 /// # Safety
 /// The pointers must cover the described matrices, and `dst` must not alias the others.
@@ -83,6 +84,29 @@ unsafe fn gemm_acc(
     rhs: *const f32,
     rhs_rs: usize,
 ) {
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_strided(m, n, k, dst, dst_rs, 1, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, 1) }
+}
+
+/// `dst[m x n] += lhs[m x k] * rhs[k x n]` with arbitrary row and column strides, one thread.
+///
+/// # Safety
+/// The pointers must cover the described matrices, and `dst` must not alias the others.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    dst_cs: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
     let s = |v: usize| isize::try_from(v).unwrap_or(isize::MAX);
     // SAFETY: forwarded from the caller.
     unsafe {
@@ -91,14 +115,14 @@ unsafe fn gemm_acc(
             n,
             k,
             dst,
-            1,
+            s(dst_cs),
             s(dst_rs),
             true,
             lhs,
             s(lhs_cs),
             s(lhs_rs),
             rhs,
-            1,
+            s(rhs_cs),
             s(rhs_rs),
             1.0f32,
             1.0f32,
@@ -119,9 +143,8 @@ pub(crate) struct Conv1d {
     k: usize,
     dilation: usize,
     pad_l: usize,
-    span: usize,
-    /// `[K][C_out][C_in]`.
-    taps: Vec<f32>,
+    /// `[C_out][K][C_in]`: row `o` is the left operand's row for the gathered input.
+    w: Vec<f32>,
     bias: Vec<f32>,
 }
 
@@ -135,11 +158,11 @@ impl Conv1d {
         bias: Option<Vec<f32>>,
         dilation: usize,
     ) -> Self {
-        let mut taps = vec![0f32; k * c_out * c_in];
+        let mut wt = vec![0f32; k * c_out * c_in];
         for o in 0..c_out {
             for i in 0..c_in {
                 for t in 0..k {
-                    taps[(t * c_out + o) * c_in + i] = w[(o * c_in + i) * k + t];
+                    wt[(o * k + t) * c_in + i] = w[(o * c_in + i) * k + t];
                 }
             }
         }
@@ -150,63 +173,90 @@ impl Conv1d {
             k,
             dilation,
             pad_l: span / 2,
-            span,
-            taps,
+            w: wt,
             bias: bias.unwrap_or_else(|| vec![0.0; c_out]),
         }
     }
 
     /// `residual + bias + conv(act(x))` for `x` `[C_in, l]`; returns `[C_out, l]`.
+    ///
+    /// Columns are processed in cache-sized blocks: each block's input windows for all taps
+    /// are gathered (with the activation and the zero padding) into a `[K * C_in, B]` matrix,
+    /// and one product with the `[C_out, K * C_in]` weights accumulates onto the block's
+    /// bias and residual. Reading the output and input once per block, not once per tap,
+    /// is what makes the narrow, long layers at the end of the decoder fast.
     pub fn forward(&self, x: &[f32], l: usize, act: Act, residual: Option<&[f32]>) -> Vec<f32> {
         debug_assert_eq!(x.len(), self.c_in * l);
-        let lp = l + self.span;
-        let xp: Vec<f32> = if self.span == 0 && act == Act::Identity {
-            Vec::new()
-        } else {
-            let mut xp = vec![0f32; self.c_in * lp];
-            for (dst, src) in xp.chunks_exact_mut(lp).zip(x.chunks_exact(l)) {
-                for (d, &s) in dst[self.pad_l..self.pad_l + l].iter_mut().zip(src) {
-                    *d = act.apply(s);
-                }
-            }
-            xp
-        };
-        let src: &[f32] = if xp.is_empty() { x } else { &xp };
         let mut y = vec![0f32; self.c_out * l];
-        for (o, row) in y.chunks_exact_mut(l).enumerate() {
-            match residual {
-                Some(r) => {
-                    let b = self.bias[o];
-                    for (d, &rv) in row.iter_mut().zip(&r[o * l..(o + 1) * l]) {
-                        *d = rv + b;
+        let depth = self.k * self.c_in;
+        // About 256 KiB of gathered input per block, a multiple of 16 columns.
+        let block = ((65_536 / depth.max(1)) / 16 * 16).clamp(16, 1024);
+        let dst = SendPtr(y.as_mut_ptr());
+        par_columns(l, |l0, l1| {
+            let dst = dst;
+            let mut col = vec![0f32; depth * block.min(l1 - l0)];
+            let mut b0 = l0;
+            while b0 < l1 {
+                let bw = block.min(l1 - b0);
+                // Gather: col[(t * c_in + i) * bw + j] = act(x[i, b0 + j + t * d - pad_l]).
+                for t in 0..self.k {
+                    let shift = t * self.dilation;
+                    for i in 0..self.c_in {
+                        let row = &mut col[(t * self.c_in + i) * bw..(t * self.c_in + i + 1) * bw];
+                        let src = &x[i * l..(i + 1) * l];
+                        // Valid j: 0 <= b0 + j + shift - pad_l < l.
+                        let start = b0 + shift; // position + pad_l
+                        let j_lo = self.pad_l.saturating_sub(start).min(bw);
+                        let j_hi = (l + self.pad_l).saturating_sub(start).min(bw).max(j_lo);
+                        row[..j_lo].fill(0.0);
+                        row[j_hi..].fill(0.0);
+                        if j_lo == j_hi {
+                            continue;
+                        }
+                        let from = start + j_lo - self.pad_l;
+                        let seg = &mut row[j_lo..j_hi];
+                        let src = &src[from..from + seg.len()];
+                        match act {
+                            Act::Identity => seg.copy_from_slice(src),
+                            Act::Leaky(slope) => {
+                                for (r, &v) in seg.iter_mut().zip(src) {
+                                    *r = if v >= 0.0 { v } else { v * slope };
+                                }
+                            }
+                        }
                     }
                 }
-                None => row.fill(self.bias[o]),
-            }
-        }
-        let dst = SendPtr(y.as_mut_ptr());
-        let rhs = SendPtr(src.as_ptr().cast_mut());
-        let (c_out, c_in) = (self.c_out, self.c_in);
-        par_columns(l, |l0, l1| {
-            let (dst, rhs) = (dst, rhs);
-            for t in 0..self.k {
-                let lhs = &self.taps[t * c_out * c_in..(t + 1) * c_out * c_in];
-                // SAFETY: dst is [c_out, l] and this part writes columns l0..l1 only; rhs is
-                // [c_in, lp] and tap t reads columns t*d + l0 .. t*d + l1 <= lp.
+                // Bias and residual.
+                for o in 0..self.c_out {
+                    // SAFETY: columns b0..b0 + bw of row o belong to this part alone.
+                    let row = unsafe { std::slice::from_raw_parts_mut(dst.0.add(o * l + b0), bw) };
+                    match residual {
+                        Some(r) => {
+                            let bias = self.bias[o];
+                            for (d, &rv) in row.iter_mut().zip(&r[o * l + b0..o * l + b0 + bw]) {
+                                *d = rv + bias;
+                            }
+                        }
+                        None => row.fill(self.bias[o]),
+                    }
+                }
+                // SAFETY: dst rows have stride l and this block's columns are this part's; the
+                // weights are [c_out, depth] and col is [depth, bw], both contiguous.
                 unsafe {
                     gemm_acc(
-                        c_out,
-                        l1 - l0,
-                        c_in,
-                        dst.0.add(l0),
+                        self.c_out,
+                        bw,
+                        depth,
+                        dst.0.add(b0),
                         l,
-                        lhs.as_ptr(),
-                        c_in,
+                        self.w.as_ptr(),
+                        depth,
                         1,
-                        rhs.0.add(t * self.dilation + l0),
-                        lp,
+                        col.as_ptr(),
+                        bw,
                     );
                 }
+                b0 += bw;
             }
         });
         y
@@ -322,5 +372,114 @@ impl ConvTranspose1d {
             });
         }
         y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct definition, for comparison.
+    fn naive_conv(
+        w: &[f32],
+        b: &[f32],
+        x: &[f32],
+        c_out: usize,
+        c_in: usize,
+        k: usize,
+        l: usize,
+        d: usize,
+    ) -> Vec<f32> {
+        let span = (k - 1) * d;
+        let pad_l = span / 2;
+        let mut y = vec![0f32; c_out * l];
+        for o in 0..c_out {
+            for p in 0..l {
+                let mut acc = b[o];
+                for i in 0..c_in {
+                    for t in 0..k {
+                        let pos = (p + t * d) as isize - pad_l as isize;
+                        if pos >= 0 && (pos as usize) < l {
+                            let v = x[i * l + pos as usize];
+                            acc += w[(o * c_in + i) * k + t] * if v >= 0.0 { v } else { 0.1 * v };
+                        }
+                    }
+                }
+                y[o * l + p] = acc;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn conv_matches_the_definition() {
+        let mut seed = 1u32;
+        let mut r = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        // Lengths shorter than the padding, around the block size and the part split.
+        for (c_out, c_in, k, d, l) in [
+            (3, 2, 7, 3, 1),
+            (3, 2, 7, 12, 5),
+            (4, 5, 3, 1, 100),
+            (8, 16, 5, 2, 700),
+            (2, 3, 4, 1, 9),
+            (5, 3, 1, 1, 33),
+        ] {
+            let w: Vec<f32> = (0..c_out * c_in * k).map(|_| r()).collect();
+            let b: Vec<f32> = (0..c_out).map(|_| r()).collect();
+            let x: Vec<f32> = (0..c_in * l).map(|_| r()).collect();
+            let conv = Conv1d::new(&w, c_out, c_in, k, Some(b.clone()), d);
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let y = pool.install(|| conv.forward(&x, l, Act::Leaky(0.1), None));
+                let want = naive_conv(&w, &b, &x, c_out, c_in, k, l, d);
+                for (a, b) in y.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "{c_out} {c_in} {k} {d} {l}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conv_transpose_matches_the_definition() {
+        let (c_in, c_out, k, s, p, l) = (3, 2, 16, 8, 4, 7);
+        let w: Vec<f32> = (0..c_in * c_out * k)
+            .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
+            .collect();
+        let b = vec![0.5, -0.25];
+        let x: Vec<f32> = (0..c_in * l)
+            .map(|i| ((i * 5) % 11) as f32 * 0.2 - 1.0)
+            .collect();
+        let ct = ConvTranspose1d::new(w.clone(), c_in, c_out, k, b.clone(), s, p);
+        let lo = ct.out_len(l);
+        assert_eq!(lo, l * s);
+        let y = ct.forward(&x, l, Act::Identity);
+        let mut want = vec![0f32; c_out * lo];
+        for o in 0..c_out {
+            for v in &mut want[o * lo..(o + 1) * lo] {
+                *v = b[o];
+            }
+            for i in 0..c_in {
+                for j in 0..l {
+                    for t in 0..k {
+                        let pos = j * s + t;
+                        if pos >= p && pos - p < lo {
+                            want[o * lo + pos - p] += x[i * l + j] * w[(i * c_out + o) * k + t];
+                        }
+                    }
+                }
+            }
+        }
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
     }
 }

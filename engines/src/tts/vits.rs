@@ -23,7 +23,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::conv::{Act, Conv1d, ConvTranspose1d};
+use super::conv::{Act, Conv1d, ConvTranspose1d, gemm_strided};
 use super::error::{TtsError, TtsErrorKind, TtsFile};
 use super::piper_voice::{DurationPredictorConfig, PiperVoice, ResBlockKind, VitsConfig};
 use crate::error::Result;
@@ -204,25 +204,63 @@ impl Norm {
 
 #[derive(Debug, Clone)]
 struct AttnLayer {
-    q: Conv,
-    k: Conv,
-    v: Conv,
-    o: Conv,
-    /// `[heads or 1, 2w + 1, kc]`.
-    rel_k: Tensor,
-    rel_v: Tensor,
-    norm1: Norm,
-    ffn1: Conv,
-    ffn2: Conv,
-    norm2: Norm,
+    q: Conv1d,
+    k: Conv1d,
+    v: Conv1d,
+    o: Conv1d,
+    /// `[heads or 1][2w + 1][kc]`.
+    rel_k: Vec<f32>,
+    rel_v: Vec<f32>,
+    rel_heads: usize,
+    norm1: (Vec<f32>, Vec<f32>),
+    ffn1: Conv1d,
+    ffn2: Conv1d,
+    norm2: (Vec<f32>, Vec<f32>),
+}
+
+fn load_norm(voice: &PiperVoice, name: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    Ok((
+        load_vec(voice, &format!("{name}.gamma"))?,
+        load_vec(voice, &format!("{name}.beta"))?,
+    ))
+}
+
+/// Layer norm over the channels of `x` `[C, T]`, in place (eps 1e-5).
+fn layer_norm(x: &mut [f32], t: usize, (gamma, beta): &(Vec<f32>, Vec<f32>)) {
+    let c = gamma.len();
+    #[allow(clippy::cast_precision_loss)]
+    let inv_c = 1.0 / c as f32;
+    let mut mean = vec![0f32; t];
+    let mut var = vec![0f32; t];
+    for row in x.chunks_exact(t) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += v;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m *= inv_c);
+    for row in x.chunks_exact(t) {
+        for ((s, &v), &m) in var.iter_mut().zip(row).zip(&mean) {
+            *s += (v - m) * (v - m);
+        }
+    }
+    var.iter_mut()
+        .for_each(|s| *s = 1.0 / (*s * inv_c + 1e-5).sqrt());
+    for (ch, row) in x.chunks_exact_mut(t).enumerate() {
+        let (g, b) = (gamma[ch], beta[ch]);
+        for ((v, &m), &r) in row.iter_mut().zip(&mean).zip(&var) {
+            *v = (*v - m) * r * g + b;
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct TextEncoder {
-    emb: Tensor,
-    scale: f64,
+    /// `[n_vocab][hidden]`.
+    emb: Vec<f32>,
+    hidden: usize,
+    scale: f32,
     layers: Vec<AttnLayer>,
-    proj: Conv,
+    proj: Conv1d,
     n_heads: usize,
     window: usize,
     inter: usize,
@@ -235,87 +273,127 @@ impl TextEncoder {
             let a = format!("enc_p.encoder.attn_layers.{l}");
             let f = format!("enc_p.encoder.ffn_layers.{l}");
             layers.push(AttnLayer {
-                q: Conv::load(voice, &format!("{a}.conv_q"), 1, true)?,
-                k: Conv::load(voice, &format!("{a}.conv_k"), 1, true)?,
-                v: Conv::load(voice, &format!("{a}.conv_v"), 1, true)?,
-                o: Conv::load(voice, &format!("{a}.conv_o"), 1, true)?,
-                rel_k: load(voice, &format!("{a}.emb_rel_k"))?,
-                rel_v: load(voice, &format!("{a}.emb_rel_v"))?,
-                norm1: Norm::load(voice, &format!("enc_p.encoder.norm_layers_1.{l}"))?,
-                ffn1: Conv::load(voice, &format!("{f}.conv_1"), 1, true)?,
-                ffn2: Conv::load(voice, &format!("{f}.conv_2"), 1, true)?,
-                norm2: Norm::load(voice, &format!("enc_p.encoder.norm_layers_2.{l}"))?,
+                q: fast_conv(voice, &format!("{a}.conv_q"), 1, true)?,
+                k: fast_conv(voice, &format!("{a}.conv_k"), 1, true)?,
+                v: fast_conv(voice, &format!("{a}.conv_v"), 1, true)?,
+                o: fast_conv(voice, &format!("{a}.conv_o"), 1, true)?,
+                rel_k: load_vec(voice, &format!("{a}.emb_rel_k"))?,
+                rel_v: load_vec(voice, &format!("{a}.emb_rel_v"))?,
+                rel_heads: if c.heads_share { 1 } else { c.n_heads },
+                norm1: load_norm(voice, &format!("enc_p.encoder.norm_layers_1.{l}"))?,
+                ffn1: fast_conv(voice, &format!("{f}.conv_1"), 1, true)?,
+                ffn2: fast_conv(voice, &format!("{f}.conv_2"), 1, true)?,
+                norm2: load_norm(voice, &format!("enc_p.encoder.norm_layers_2.{l}"))?,
             });
         }
         #[allow(clippy::cast_precision_loss)]
-        let scale = (c.hidden_channels as f64).sqrt();
+        let scale = (c.hidden_channels as f32).sqrt();
         Ok(Self {
-            emb: load(voice, "enc_p.emb.weight")?,
+            emb: load_vec(voice, "enc_p.emb.weight")?,
+            hidden: c.hidden_channels,
             scale,
             layers,
-            proj: Conv::load(voice, "enc_p.proj", 1, true)?,
+            proj: fast_conv(voice, "enc_p.proj", 1, true)?,
             n_heads: c.n_heads,
             window: c.window_size,
             inter: c.inter_channels,
         })
     }
 
-    /// Returns the encoder output `x` `[1, hidden, T]`, `m_p` and `logs_p` `[1, inter, T]`.
-    fn forward(&self, ids: &[u32]) -> CResult<(Tensor, Tensor, Tensor)> {
+    /// Returns the encoder output `x` `[hidden, T]`, `m_p` and `logs_p` `[inter, T]`.
+    fn forward(&self, ids: &[u32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let t = ids.len();
-        let ids = Tensor::from_slice(ids, t, &Device::Cpu)?;
-        let mut x = (self.emb.index_select(&ids, 0)? * self.scale)?
-            .t()?
-            .unsqueeze(0)?
-            .contiguous()?;
-        for layer in &self.layers {
-            let y = self.attention(layer, &x)?;
-            x = layer.norm1.forward(&(x + y)?)?;
-            let y = layer.ffn1.forward(&x)?.relu()?;
-            let y = layer.ffn2.forward(&y)?;
-            x = layer.norm2.forward(&(x + y)?)?;
+        let h = self.hidden;
+        let mut x = vec![0f32; h * t];
+        for (i, &id) in ids.iter().enumerate() {
+            let row = &self.emb[id as usize * h..(id as usize + 1) * h];
+            for (ch, &v) in row.iter().enumerate() {
+                x[ch * t + i] = v * self.scale;
+            }
         }
-        let stats = self.proj.forward(&x)?;
-        let m = stats.narrow(1, 0, self.inter)?.contiguous()?;
-        let logs = stats.narrow(1, self.inter, self.inter)?.contiguous()?;
-        Ok((x, m, logs))
+        for layer in &self.layers {
+            let attn = self.attention(layer, &x, t);
+            x = layer.o.forward(&attn, t, Act::Identity, Some(&x));
+            layer_norm(&mut x, t, &layer.norm1);
+            let y = layer.ffn1.forward(&x, t, Act::Identity, None);
+            x = layer.ffn2.forward(&y, t, Act::Leaky(0.0), Some(&x)); // relu, then + x
+            layer_norm(&mut x, t, &layer.norm2);
+        }
+        let stats = self.proj.forward(&x, t, Act::Identity, None);
+        let logs = stats[self.inter * t..].to_vec();
+        let mut m = stats;
+        m.truncate(self.inter * t);
+        (x, m, logs)
     }
 
-    fn attention(&self, l: &AttnLayer, x: &Tensor) -> CResult<Tensor> {
-        let (_, h, t) = x.dims3()?;
+    /// Multi-head attention with relative positions; returns the heads' outputs `[hidden, T]`
+    /// (before `conv_o`).
+    fn attention(&self, l: &AttnLayer, x: &[f32], t: usize) -> Vec<f32> {
+        let h = self.hidden;
         let nh = self.n_heads;
         let kc = h / nh;
         let w = self.window;
         let nr = 2 * w + 1;
         #[allow(clippy::cast_precision_loss)]
-        let inv = 1.0 / (kc as f64).sqrt();
-        // [heads, T, kc]
-        let split = |y: Tensor| -> CResult<Tensor> {
-            y.reshape((nh, kc, t))?.transpose(1, 2)?.contiguous()
-        };
-        let q = (split(l.q.forward(x)?)? * inv)?;
-        let k = split(l.k.forward(x)?)?;
-        let v = split(l.v.forward(x)?)?;
-        let rel_k = l.rel_k.broadcast_as((nh, nr, kc))?.contiguous()?;
-        let rel_v = l.rel_v.broadcast_as((nh, nr, kc))?.contiguous()?;
-        let mut scores = q
-            .matmul(&k.t()?.contiguous()?)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let rel = q
-            .matmul(&rel_k.t()?.contiguous()?)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        // Add the relative logits, softmax each row, and collect the relative weights.
-        let mut rel_w = vec![0f32; nh * t * nr];
+        let inv = 1.0 / (kc as f32).sqrt();
+        let mut q = l.q.forward(x, t, Act::Identity, None);
+        q.iter_mut().for_each(|v| *v *= inv);
+        let k = l.k.forward(x, t, Act::Identity, None);
+        let v = l.v.forward(x, t, Act::Identity, None);
+        let mut out = vec![0f32; h * t];
+        let mut scores = vec![0f32; t * t];
+        let mut rel = vec![0f32; t * nr];
+        let mut rel_w = vec![0f32; t * nr];
         for hd in 0..nh {
+            let rh = if l.rel_heads == 1 { 0 } else { hd };
+            let rk = &l.rel_k[rh * nr * kc..(rh + 1) * nr * kc];
+            let rv = &l.rel_v[rh * nr * kc..(rh + 1) * nr * kc];
+            let qh = &q[hd * kc * t..(hd + 1) * kc * t]; // [kc, T]
+            let kh = &k[hd * kc * t..(hd + 1) * kc * t];
+            let vh = &v[hd * kc * t..(hd + 1) * kc * t];
+            scores.fill(0.0);
+            rel.fill(0.0);
+            rel_w.fill(0.0);
+            // SAFETY: every matrix below lies inside its buffer: qh, kh, vh are [kc, T],
+            // scores [T, T], rel and rel_w [T, nr], rk and rv [nr, kc], out's head rows [kc, T].
+            unsafe {
+                // scores[i, j] = sum_c q[c, i] k[c, j]
+                gemm_strided(
+                    t,
+                    t,
+                    kc,
+                    scores.as_mut_ptr(),
+                    t,
+                    1,
+                    qh.as_ptr(),
+                    1,
+                    t,
+                    kh.as_ptr(),
+                    t,
+                    1,
+                );
+                // rel[i, r] = sum_c q[c, i] rel_k[r, c]
+                gemm_strided(
+                    t,
+                    nr,
+                    kc,
+                    rel.as_mut_ptr(),
+                    nr,
+                    1,
+                    qh.as_ptr(),
+                    1,
+                    t,
+                    rk.as_ptr(),
+                    1,
+                    kc,
+                );
+            }
             for i in 0..t {
-                let row = &mut scores[(hd * t + i) * t..(hd * t + i + 1) * t];
-                let rrow = &rel[(hd * t + i) * nr..(hd * t + i + 1) * nr];
+                let row = &mut scores[i * t..(i + 1) * t];
                 let lo = i.saturating_sub(w);
                 let hi = (i + w).min(t - 1);
                 for j in lo..=hi {
-                    row[j] += rrow[j + w - i];
+                    row[j] += rel[i * nr + j + w - i];
                 }
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
@@ -324,20 +402,34 @@ impl TextEncoder {
                     sum += *s;
                 }
                 let inv_sum = 1.0 / sum;
-                for s in row.iter_mut() {
-                    *s *= inv_sum;
-                }
-                let wrow = &mut rel_w[(hd * t + i) * nr..(hd * t + i + 1) * nr];
+                row.iter_mut().for_each(|s| *s *= inv_sum);
                 for j in lo..=hi {
-                    wrow[j + w - i] = row[j];
+                    rel_w[i * nr + j + w - i] = row[j];
                 }
             }
+            let oh = out[hd * kc * t..(hd + 1) * kc * t].as_mut_ptr();
+            // SAFETY: as above; out's head block is [kc, T], written as dst[i, c] at c * T + i.
+            unsafe {
+                // out[c, i] = sum_j p[i, j] v[c, j]
+                gemm_strided(t, kc, t, oh, 1, t, scores.as_ptr(), t, 1, vh.as_ptr(), 1, t);
+                // out[c, i] += sum_r w[i, r] rel_v[r, c]
+                gemm_strided(
+                    t,
+                    kc,
+                    nr,
+                    oh,
+                    1,
+                    t,
+                    rel_w.as_ptr(),
+                    nr,
+                    1,
+                    rv.as_ptr(),
+                    kc,
+                    1,
+                );
+            }
         }
-        let p = Tensor::from_vec(scores, (nh, t, t), &Device::Cpu)?;
-        let rel_w = Tensor::from_vec(rel_w, (nh, t, nr), &Device::Cpu)?;
-        let out = (p.matmul(&v)? + rel_w.matmul(&rel_v)?)?; // [heads, T, kc]
-        let out = out.transpose(1, 2)?.contiguous()?.reshape((1, h, t))?;
-        l.o.forward(&out)
+        out
     }
 }
 
@@ -1086,7 +1178,10 @@ impl Vits {
             }
             (None, _) => None,
         };
-        let (x, m_p, logs_p) = self.enc.forward(&ids).map_err(ce("text encoder"))?;
+        let (x_vec, m_p, logs_p) = self.enc.forward(&ids);
+        let t_len = ids.len();
+        let x = Tensor::from_vec(x_vec, (1, self.config.hidden_channels, t_len), &Device::Cpu)
+            .map_err(ce("text encoder"))?;
         st.encoder_ms = lap(&mut since);
 
         let logw = match &self.dp {
@@ -1113,39 +1208,31 @@ impl Vits {
         if frame_src.is_empty() {
             frame_src.push(0); // y_lengths is clamped to at least 1; that frame is masked to 0
         }
-        let n_frames = frame_src.len();
-        let idx = Tensor::from_vec(frame_src.clone(), n_frames, &Device::Cpu)
-            .map_err(ce("length regulation"))?;
-        let expand = |t: &Tensor| t.index_select(&idx, 2);
-        let m = expand(&m_p).map_err(ce("length regulation"))?;
-        let mut z_p = m;
-        if scales.noise_scale > 0.0 {
-            let logs = expand(&logs_p).map_err(ce("length regulation"))?;
-            let (_, c, f) = logs.dims3().map_err(ce("length regulation"))?;
-            let eps = Tensor::from_vec(
-                noise.fill(c * f, scales.noise_scale),
-                (1, c, f),
-                &Device::Cpu,
-            )
-            .map_err(ce("length regulation"))?;
-            z_p = (z_p
-                + (eps * logs.exp().map_err(ce("length regulation"))?)
-                    .map_err(ce("length regulation"))?)
-            .map_err(ce("length regulation"))?;
-        }
-        if logw
+        let f = frame_src.len();
+        let c = self.config.inter_channels;
+        let mut z = vec![0f32; c * f];
+        let eps = if scales.noise_scale > 0.0 {
+            noise.fill(c * f, scales.noise_scale)
+        } else {
+            Vec::new()
+        };
+        let silent = logw
             .iter()
-            .all(|&lw| (lw.exp() * scales.length_scale).ceil() <= 0.0)
-        {
-            z_p = z_p.zeros_like().map_err(ce("length regulation"))?;
+            .all(|&lw| (lw.exp() * scales.length_scale).ceil() <= 0.0);
+        if !silent {
+            for ch in 0..c {
+                let row = &mut z[ch * f..(ch + 1) * f];
+                for (j, (zv, &src)) in row.iter_mut().zip(&frame_src).enumerate() {
+                    let s = ch * t_len + src as usize;
+                    *zv = m_p[s];
+                    if !eps.is_empty() {
+                        *zv += eps[ch * f + j] * logs_p[s].exp();
+                    }
+                }
+            }
         }
         st.durations_ms = lap(&mut since);
 
-        let (_, c, f) = z_p.dims3().map_err(ce("flow"))?;
-        let mut z = z_p
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(ce("flow"))?;
         let g_vec = match &g {
             Some(g) => Some(
                 g.flatten_all()
