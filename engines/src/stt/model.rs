@@ -132,11 +132,10 @@ impl Linear {
                 let xs = x.flatten_all()?.to_vec1::<f32>()?;
                 let m = QMatrix::new(GgmlType::Q8_0, self.rows, self.cols, q)
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                let mut xq = Vec::with_capacity(n * m.activation_row_bytes());
-                for row in xs.chunks_exact(self.cols) {
-                    quant::quantize_activation_into(GgmlType::Q8_0, row, &mut xq)
-                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                }
+                // Rows are whole blocks, so the concatenation quantizes as one.
+                let xq = m
+                    .quantize_activation(&xs)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                 let mut out = vec![0.0f32; n * self.rows];
                 m.matmul(&xq, &mut out, self.threads)
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
