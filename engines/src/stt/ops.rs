@@ -178,11 +178,12 @@ impl InplaceOp1 for Softmax {
 /// without branches so that loops over it vectorise. Results under `e^-87` are 0.
 #[inline(always)]
 pub fn exp_neg(x: f32) -> f32 {
-    let y = x.clamp(-87.0, 0.0) * std::f32::consts::LOG2_E;
-    let n = (y + 0.5).floor(); // vectorizes, unlike round()
-    let f = y - n; // in [-0.5, 0.5)
-    // 2^f by its Taylor series in f·ln 2, to degree 6.
-    let t = f * std::f32::consts::LN_2;
+    let x = x.clamp(-87.0, 0.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor(); // vectorizes, unlike round()
+    // x - n ln 2 in two parts (Cody-Waite), so that large |x| keeps its precision.
+    let t = n.mul_add(-0.693_359_4, x);
+    let t = n.mul_add(2.121_944_4e-4, t); // t in [-ln 2 / 2, ln 2 / 2]
+    // e^t by its Taylor series, to degree 6.
     let p = 1.0
         + t * (1.0
             + t * (0.5
