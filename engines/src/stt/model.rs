@@ -132,11 +132,10 @@ impl Linear {
                 let xs = x.flatten_all()?.to_vec1::<f32>()?;
                 let m = QMatrix::new(GgmlType::Q8_0, self.rows, self.cols, q)
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                let mut xq = Vec::with_capacity(n * m.activation_row_bytes());
-                for row in xs.chunks_exact(self.cols) {
-                    quant::quantize_activation_into(GgmlType::Q8_0, row, &mut xq)
-                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                }
+                // Rows are whole blocks, so the concatenation quantizes as one.
+                let xq = m
+                    .quantize_activation(&xs)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                 let mut out = vec![0.0f32; n * self.rows];
                 m.matmul(&xq, &mut out, self.threads)
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
@@ -212,24 +211,38 @@ fn merge_heads(x: &Tensor) -> CResult<Tensor> {
     x.transpose(0, 1)?.contiguous()?.reshape((rows, h * dh))
 }
 
-/// Scaled dot-product attention of `(H, Tq, dh)` queries over `(H, Tk, dh)` keys/values.
+/// Query rows per block in [`attention`]: a block's scores (`heads × 128 × keys`) stay in
+/// the cache between the two products and the softmax (for the encoder's 1500 keys, the
+/// whole score matrix would be 54 MB for tiny, larger than the last-level cache).
+const Q_BLOCK: usize = 128;
+
+/// Scaled dot-product attention of `(H, Tq, dh)` queries over `(H, Tk, dh)` keys/values,
+/// in blocks of query rows.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal_offset: Option<usize>) -> CResult<Tensor> {
     let (_, tq, dh) = q.dims3()?;
-    let prof = std::env::var_os("STT_PROF").is_some() && tq > 1;
-    let t = std::time::Instant::now();
-    let scores = q.matmul(&k.t()?)?;
-    if prof { eprintln!("  qk {:?}", t.elapsed()); }
-    let t = std::time::Instant::now();
-    scores.inplace_op1(&Softmax {
-        scale: 1.0 / (dh as f32).sqrt(),
-        q_len: tq,
-        causal_offset,
-    })?;
-    if prof { eprintln!("  softmax {:?}", t.elapsed()); }
-    let t = std::time::Instant::now();
-    let r = scores.matmul(v);
-    if prof { eprintln!("  av {:?}", t.elapsed()); }
-    r
+    let kt = k.t()?;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let block = |qb: &Tensor, offset: Option<usize>| -> CResult<Tensor> {
+        let scores = qb.matmul(&kt)?;
+        scores.inplace_op1(&Softmax {
+            scale,
+            q_len: qb.dim(1)?,
+            causal_offset: offset,
+        })?;
+        scores.matmul(v)
+    };
+    if tq <= Q_BLOCK {
+        return block(q, causal_offset);
+    }
+    let mut outs = Vec::with_capacity(tq.div_ceil(Q_BLOCK));
+    let mut start = 0;
+    while start < tq {
+        let len = Q_BLOCK.min(tq - start);
+        let qb = q.narrow(1, start, len)?.contiguous()?;
+        outs.push(block(&qb, causal_offset.map(|p| p + start))?);
+        start += len;
+    }
+    Tensor::cat(&outs, 1)
 }
 
 struct EncoderLayer {
@@ -573,7 +586,7 @@ pub fn log_softmax(x: &mut [f32]) {
     if !max.is_finite() {
         return;
     }
-    let sum: f32 = x.iter().map(|&v| (v - max).exp()).sum();
+    let sum: f32 = x.iter().map(|&v| super::ops::exp_neg(v - max)).sum();
     let lse = max + sum.ln();
     for v in x.iter_mut() {
         *v -= lse;
