@@ -6,20 +6,32 @@
 //! rounded to f16 before the products with it, the rope angles are built by repeated
 //! multiplication in f32, and Gemma's GELU goes through f16 as ggml's lookup table does.
 
+use std::sync::Mutex;
+
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 use super::ModelInner;
 use super::config::{Arch, Config};
+use super::pool::Pool;
 use super::weights::Mat;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
-use crate::quant;
+use crate::quant::{self, Kernel, QMatrix};
 
-/// Keys and values of every layer, f16, laid out `[layer][kv_head][position][dim]`.
+/// Below this many weight bytes × tokens a product runs on the calling thread alone.
+const MIN_PARALLEL_BYTES: usize = 48 * 1024;
+
+/// A raw pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+/// Keys and values of every layer, rounded to f16 and stored as f32, laid out
+/// `[layer][kv_head][position][dim]`.
 pub(crate) struct KvCache {
-    k: Vec<f16>,
-    v: Vec<f16>,
+    k: Vec<f32>,
+    v: Vec<f32>,
     ctx: usize,
     n_kv: usize,
     hd: usize,
@@ -30,8 +42,8 @@ impl KvCache {
     pub fn new(c: &Config) -> Self {
         let n = c.n_layer * c.n_head_kv * c.context_len;
         KvCache {
-            k: vec![f16::ZERO; n * c.head_dim],
-            v: vec![f16::ZERO; n * c.head_dim_v],
+            k: vec![0.0; n * c.head_dim],
+            v: vec![0.0; n * c.head_dim_v],
             ctx: c.context_len,
             n_kv: c.n_head_kv,
             hd: c.head_dim,
@@ -91,10 +103,8 @@ pub(crate) struct Scratch {
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    kf: Vec<f32>,
-    vf: Vec<f32>,
-    scores: Vec<f32>,
-    qh: Vec<f32>,
+    /// Per query head: softmax scores and the f16-rounded query.
+    heads: Vec<(Vec<f32>, Vec<f32>)>,
     acts: Acts,
     /// Rope tables `[pos][pair]` for global and local layers, built on first use.
     rope_global: Vec<(f32, f32)>,
@@ -209,9 +219,56 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-fn matmul(file: &[u8], m: &Mat, acts: &mut Acts, x: &[f32], out: &mut [f32], threads: usize) -> Result<()> {
+/// `out = W · x` for the rows of `x`, split over the pool: by rows for one token, by tokens
+/// (in multiples of the kernels' four-row tiles) for several.
+fn matmul(file: &[u8], m: &Mat, acts: &mut Acts, x: &[f32], out: &mut [f32], pool: &mut Pool) -> Result<()> {
     let xq = acts.get(m.act_type(), x)?;
-    m.view(file)?.matmul(xq, out, threads)
+    let q = m.view(file)?;
+    let kernel = Kernel::best();
+    let act_row = q.activation_row_bytes();
+    let n_tok = xq.len() / act_row;
+    let threads = pool.threads();
+    if threads == 1 || q.bytes().len() * n_tok < MIN_PARALLEL_BYTES || out.len() != n_tok * q.rows() {
+        return q.matmul_with(kernel, xq, out, 1);
+    }
+    let err: Mutex<Option<Error>> = Mutex::new(None);
+    let optr = SyncPtr(out.as_mut_ptr());
+    let (rows, cols, row_bytes) = (q.rows(), q.cols(), q.row_bytes());
+    if n_tok == 1 {
+        let chunk = rows.div_ceil(threads);
+        pool.run(threads, &|t| {
+            let r0 = (t * chunk).min(rows);
+            let r1 = (r0 + chunk).min(rows);
+            if r0 == r1 {
+                return;
+            }
+            let optr = optr;
+            // SAFETY: each task writes its own row range of `out`, which outlives `run`.
+            let o = unsafe { std::slice::from_raw_parts_mut(optr.0.add(r0), r1 - r0) };
+            let res = QMatrix::new(q.ty(), r1 - r0, cols, &q.bytes()[r0 * row_bytes..r1 * row_bytes])
+                .and_then(|sub| sub.matmul_with(kernel, xq, o, 1));
+            if let Err(e) = res {
+                *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+        });
+    } else {
+        let per = n_tok.div_ceil(threads).next_multiple_of(4);
+        let tasks = n_tok.div_ceil(per);
+        pool.run(tasks, &|t| {
+            let t0 = t * per;
+            let t1 = (t0 + per).min(n_tok);
+            let optr = optr;
+            // SAFETY: each task writes its own token rows of `out`.
+            let o = unsafe { std::slice::from_raw_parts_mut(optr.0.add(t0 * rows), (t1 - t0) * rows) };
+            if let Err(e) = q.matmul_with(kernel, &xq[t0 * act_row..t1 * act_row], o, 1) {
+                *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+        });
+    }
+    match err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Evaluates `tokens` at positions `pos0..`, writing their keys and values into the cache
@@ -226,7 +283,8 @@ pub(crate) fn forward(
     let c = &model.config;
     let w = &model.weights;
     let file = model.file.as_bytes();
-    let threads = model.threads;
+    let mut pool_guard = model.pool.lock().unwrap_or_else(|p| p.into_inner());
+    let pool = &mut *pool_guard;
     let n = tokens.len();
     let d = c.n_embd;
     let (hd, hdv) = (c.head_dim, c.head_dim_v);
@@ -260,10 +318,11 @@ pub(crate) fn forward(
     grow(&mut s.proj, n * d);
     grow(&mut s.gate, n * c.n_ff);
     grow(&mut s.up, n * c.n_ff);
-    grow(&mut s.kf, n_pos * hd);
-    grow(&mut s.vf, n_pos * hdv);
-    grow(&mut s.scores, n_pos);
-    grow(&mut s.qh, hd);
+    s.heads.resize_with(nh, Default::default);
+    for (sc, qh) in &mut s.heads {
+        grow(sc, n_pos);
+        grow(qh, hd);
+    }
 
     // Embeddings: dequantize the rows in use.
     let embd = &file[w.embd_range.clone()];
@@ -288,9 +347,9 @@ pub(crate) fn forward(
         let q = &mut s.q[..n * q_dim];
         let k = &mut s.k[..n * kv_dim];
         let v = &mut s.v[..n * v_dim];
-        matmul(file, &l.wq, &mut s.acts, xn, q, threads)?;
-        matmul(file, &l.wk, &mut s.acts, xn, k, threads)?;
-        matmul(file, &l.wv, &mut s.acts, xn, v, threads)?;
+        matmul(file, &l.wq, &mut s.acts, xn, q, pool)?;
+        matmul(file, &l.wk, &mut s.acts, xn, k, pool)?;
+        matmul(file, &l.wv, &mut s.acts, xn, v, pool)?;
         for (buf, bias, dim) in [(&mut *q, &l.bq, q_dim), (&mut *k, &l.bk, kv_dim), (&mut *v, &l.bv, v_dim)] {
             if let Some(b) = bias {
                 for row in buf.chunks_exact_mut(dim) {
@@ -321,9 +380,11 @@ pub(crate) fn forward(
             let p = pos0 + i;
             for hk in 0..nkv {
                 let kb = kv.k_base(il, hk) + p * hd;
-                kv.k[kb..kb + hd].convert_from_f32_slice(&k[i * kv_dim + hk * hd..i * kv_dim + (hk + 1) * hd]);
+                let src = &k[i * kv_dim + hk * hd..i * kv_dim + (hk + 1) * hd];
+                kv.k[kb..kb + hd].iter_mut().zip(src).for_each(|(o, &x)| *o = round_f16(x));
                 let vb = kv.v_base(il, hk) + p * hdv;
-                kv.v[vb..vb + hdv].convert_from_f32_slice(&v[i * v_dim + hk * hdv..i * v_dim + (hk + 1) * hdv]);
+                let src = &v[i * v_dim + hk * hdv..i * v_dim + (hk + 1) * hdv];
+                kv.v[vb..vb + hdv].iter_mut().zip(src).for_each(|(o, &x)| *o = round_f16(x));
             }
         }
         // Gemma scales the queries before the product; the others scale the scores.
@@ -333,42 +394,51 @@ pub(crate) fn forward(
             (1.0, c.attn_scale)
         };
         let att = &mut s.att[..n * o_in];
-        att.fill(0.0);
-        for hk in 0..nkv {
-            let kb = kv.k_base(il, hk);
-            kv.k[kb..kb + n_pos * hd].convert_to_f32_slice(&mut s.kf[..n_pos * hd]);
-            let vb = kv.v_base(il, hk);
-            kv.v[vb..vb + n_pos * hdv].convert_to_f32_slice(&mut s.vf[..n_pos * hdv]);
+        let aptr = SyncPtr(att.as_mut_ptr());
+        let hptr = s.heads.as_mut_ptr() as usize;
+        let q: &[f32] = q;
+        let (kc, vc) = (&kv.k, &kv.v);
+        let window = c.sliding_window;
+        let (k_base0, v_base0) = (kv.k_base(il, 0), kv.v_base(il, 0));
+        let (k_stride, v_stride) = (kv.ctx * hd, kv.ctx * hdv);
+        pool.run(nh, &|h| {
+            // SAFETY: task `h` alone uses `heads[h]` and writes head `h`'s columns of `att`.
+            let (scores, qh) = unsafe { &mut *(hptr as *mut (Vec<f32>, Vec<f32>)).add(h) };
+            let aptr = aptr;
+            let hk = h / group;
+            let kb = k_base0 + hk * k_stride;
+            let vb = v_base0 + hk * v_stride;
+            let kf = &kc[kb..kb + n_pos * hd];
+            let vf = &vc[vb..vb + n_pos * hdv];
             for i in 0..n {
                 let p = pos0 + i;
-                let first = if local { (p + 1).saturating_sub(c.sliding_window) } else { 0 };
-                for h in hk * group..(hk + 1) * group {
-                    let qs = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-                    for (o, &x) in s.qh.iter_mut().zip(qs) {
-                        *o = round_f16(x * q_scale);
-                    }
-                    let scores = &mut s.scores[first..=p];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, sc) in (first..=p).zip(scores.iter_mut()) {
-                        *sc = dot(&s.qh, &s.kf[j * hd..(j + 1) * hd]) * kq_scale;
-                        max = max.max(*sc);
-                    }
-                    let mut sum = 0f64;
-                    for sc in scores.iter_mut() {
-                        *sc = (*sc - max).exp();
-                        sum += f64::from(*sc);
-                    }
-                    let inv = (1.0 / sum) as f32;
-                    let out = &mut att[i * o_in + h * hdv..i * o_in + (h + 1) * hdv];
-                    for (j, &sc) in (first..=p).zip(scores.iter()) {
-                        axpy(out, round_f16(sc * inv), &s.vf[j * hdv..(j + 1) * hdv]);
-                    }
+                let first = if local { (p + 1).saturating_sub(window) } else { 0 };
+                let qs = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                for (o, &x) in qh.iter_mut().zip(qs) {
+                    *o = round_f16(x * q_scale);
+                }
+                let scores = &mut scores[first..=p];
+                let mut max = f32::NEG_INFINITY;
+                for (j, sc) in (first..=p).zip(scores.iter_mut()) {
+                    *sc = dot(&qh[..hd], &kf[j * hd..(j + 1) * hd]) * kq_scale;
+                    max = max.max(*sc);
+                }
+                let mut sum = 0f64;
+                for sc in scores.iter_mut() {
+                    *sc = (*sc - max).exp();
+                    sum += f64::from(*sc);
+                }
+                let inv = (1.0 / sum) as f32;
+                let out = unsafe { std::slice::from_raw_parts_mut(aptr.0.add(i * o_in + h * hdv), hdv) };
+                out.fill(0.0);
+                for (j, &sc) in (first..=p).zip(scores.iter()) {
+                    axpy(out, round_f16(sc * inv), &vf[j * hdv..(j + 1) * hdv]);
                 }
             }
-        }
+        });
         s.acts.invalidate();
         let proj = &mut s.proj[..n * d];
-        matmul(file, &l.wo, &mut s.acts, att, proj, threads)?;
+        matmul(file, &l.wo, &mut s.acts, att, proj, pool)?;
         if let Some(pw) = &l.post_attn_norm {
             for r in proj.chunks_exact_mut(d) {
                 rms_norm_inplace(r, pw, c.eps);
@@ -384,15 +454,15 @@ pub(crate) fn forward(
         s.acts.invalidate();
         let gate = &mut s.gate[..n * c.n_ff];
         let up = &mut s.up[..n * c.n_ff];
-        matmul(file, &l.w_gate, &mut s.acts, xn, gate, threads)?;
-        matmul(file, &l.w_up, &mut s.acts, xn, up, threads)?;
+        matmul(file, &l.w_gate, &mut s.acts, xn, gate, pool)?;
+        matmul(file, &l.w_up, &mut s.acts, xn, up, pool)?;
         if c.arch == Arch::Gemma3 {
             gate.iter_mut().zip(up.iter()).for_each(|(g, &u)| *g = gelu_f16(*g) * u);
         } else {
             gate.iter_mut().zip(up.iter()).for_each(|(g, &u)| *g = silu(*g) * u);
         }
         s.acts.invalidate();
-        matmul(file, &l.w_down, &mut s.acts, gate, proj, threads)?;
+        matmul(file, &l.w_down, &mut s.acts, gate, proj, pool)?;
         if let Some(pw) = &l.post_ffn_norm {
             for r in proj.chunks_exact_mut(d) {
                 rms_norm_inplace(r, pw, c.eps);
@@ -407,6 +477,6 @@ pub(crate) fn forward(
     rms_norm(last, &w.output_norm, c.eps, xn);
     s.acts.invalidate();
     s.logits.resize(w.output.rows, 0.0);
-    matmul(file, &w.output, &mut s.acts, xn, &mut s.logits, threads)?;
+    matmul(file, &w.output, &mut s.acts, xn, &mut s.logits, pool)?;
     Ok(())
 }

@@ -20,9 +20,14 @@
 //! through `QMatrix::matmul` in batches of up to [`PREFILL_BATCH`] tokens. The embedding
 //! table stays quantized; the rows a prompt uses are dequantized on lookup.
 //!
-//! The KV cache is f16, as llama.cpp's default; queries and the softmax weights are rounded
-//! to f16 before the products with it, as ggml does when it multiplies an f16 cache, so
-//! greedy decoding follows llama.cpp token for token.
+//! The KV cache holds values rounded to f16, as llama.cpp's default f16 cache, but stored as
+//! `f32` so attention reads them without conversion (twice the memory of f16: 2 × layers ×
+//! kv heads × head size × context × 4 bytes, e.g. 94 MB for SmolLM2-135M at 2048 tokens).
+//! Queries and softmax weights are rounded to f16 before the products with it, as ggml does
+//! when it multiplies an f16 cache, so greedy decoding follows llama.cpp token for token.
+//!
+//! Work is split over a persistent pool of `threads` workers (the caller included): rows of
+//! a matrix for one token, tokens for a prompt batch, query heads for attention.
 //!
 //! # Prefix reuse and a full context
 //!
@@ -56,13 +61,14 @@ mod chat;
 mod config;
 mod forward;
 mod generate;
+mod pool;
 mod sample;
 mod tokenizer;
 mod weights;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use self::chat::{ChatTemplate, Message, Role};
 pub use self::config::{Arch, Config};
@@ -115,6 +121,8 @@ struct ModelInner {
     tokenizer: Tokenizer,
     template: ChatTemplate,
     threads: usize,
+    /// Workers of the forward pass; a session holds the lock for one forward call.
+    pool: Mutex<pool::Pool>,
 }
 
 impl Model {
@@ -145,6 +153,7 @@ impl Model {
                 tokenizer,
                 template,
                 threads,
+                pool: Mutex::new(pool::Pool::new(threads)),
             }),
         })
     }
