@@ -38,7 +38,17 @@ pub struct Config {
     pub tts: Tts,
     pub log: Log,
     pub audio: Audio,
+    pub voice: Voice,
     pub vad: Vad,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Voice {
+    /// Listen to the microphone from the start.
+    pub listen: bool,
+    /// Speech during playback interrupts it.
+    pub barge_in: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,24 +212,6 @@ pub struct Vad {
 }
 
 impl Vad {
-    /// The model file: `model` if absolute, else under `$SOTAD_MODELS_DIR` (default
-    /// `~/.cache/sotad/models`, where scripts/install-models.sh puts it).
-    pub fn model_path(&self) -> PathBuf {
-        let p = Path::new(&self.model);
-        if p.is_absolute() {
-            return p.to_owned();
-        }
-        let dir = std::env::var_os("SOTAD_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_default()
-                    .join(".cache/sotad/models")
-            });
-        dir.join(p)
-    }
-
     /// The detector's settings (gate, endpointer).
     pub fn detector_config(&self) -> sotad_engines::vad::VoiceDetectorConfig {
         use sotad_engines::vad::{EndpointConfig, GateConfig, VoiceDetectorConfig};
@@ -559,11 +551,11 @@ impl Config {
             ("audio.capture_device", &a.capture_device),
             ("audio.playback_device", &a.playback_device),
         ] {
-            if name.is_empty() || name.len() > 256 || name.contains(char::is_control) {
+            if name.len() > 256 || name.contains(char::is_control) {
                 return Err(fail(
                     key,
                     format!(
-                        "{name:?} is not an ALSA PCM name; allowed: 1-256 characters without control characters, e.g. \"default\" or \"plughw:CARD=Device,DEV=0\""
+                        "{name:?} is not an ALSA PCM name; allowed: up to 256 characters without control characters, e.g. \"default\" or \"plughw:CARD=Device,DEV=0\", or empty for none"
                     ),
                 ));
             }
@@ -624,8 +616,23 @@ impl Config {
         Some(if path.is_absolute() {
             path.to_path_buf()
         } else {
-            Path::new(&self.models.dir).join(path)
+            self.models_dir().join(path)
         })
+    }
+
+    /// `models.dir`, or when it is empty `$SOTAD_MODELS_DIR`, or `~/.cache/sotad/models`
+    /// (where scripts/install-models.sh puts the models).
+    pub fn models_dir(&self) -> PathBuf {
+        if !self.models.dir.is_empty() {
+            return PathBuf::from(&self.models.dir);
+        }
+        if let Some(dir) = std::env::var_os("SOTAD_MODELS_DIR") {
+            return PathBuf::from(dir);
+        }
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".cache/sotad/models")
     }
 
     /// True when sotad must start its own broker.
@@ -843,7 +850,7 @@ mod tests {
         let d = c.vad.detector_config();
         assert!(d.gate.is_some());
         assert!(d.endpoint.neg_threshold < d.endpoint.threshold);
-        assert!(c.vad.model_path().ends_with("silero-vad/silero_vad_16k_op15.onnx"));
+        assert!(c.model_path(&c.vad.model).unwrap().ends_with("silero-vad/silero_vad_16k_op15.onnx"));
     }
 
     #[test]

@@ -1,54 +1,98 @@
-//! `sotad demo`: the daemon on its embedded broker, exercised by a client in the same
-//! process, with a plain account of what went over MQTT.
+//! `sotad demo`: the whole voice loop on embedded defaults, with nothing but the models.
+//!
+//! The daemon runs on its embedded broker, with a microphone made from a real speech clip
+//! through alsa-lib's `file` plugin and a speaker that is a `file` device too. A client in the
+//! same process watches MQTT and prints what happened: the transcript, the reply, where the
+//! reply's audio was written, and the latency breakdown of the turn.
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sotad::config::Config;
+use sotad_engines::audio;
 use tokio::sync::oneshot;
 
-pub async fn run(mut config: Config, seconds: u64) -> anyhow::Result<()> {
+/// The default clip: a LibriVox recording from Debian's pocketsphinx-testdata.
+pub const DEFAULT_CLIP: &str = "speech/librivox/sense_and_sensibility_01_austen_64kb-0880.wav";
+/// ALSA device names the demo defines.
+const MIC: &str = "sotad_demo_mic";
+const SPEAKER: &str = "sotad_demo_speaker";
+
+/// Writes the microphone's raw file (16 kHz mono s16le: silence, the clip, silence) and the
+/// asoundrc that defines the demo's devices; returns the asoundrc's path.
+pub fn prepare_devices(dir: &Path, clip: &Path) -> anyhow::Result<PathBuf> {
+    let wav = audio::read_wav(clip).with_context(|| format!("reading the clip {}", clip.display()))?;
+    let mono = audio::to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)?;
+    let mut raw = Vec::with_capacity((mono.len() + 64_000) * 2);
+    let silence = |secs: f64, raw: &mut Vec<u8>| {
+        raw.extend(std::iter::repeat_n(0u8, (secs * 16_000.0) as usize * 2));
+    };
+    silence(1.0, &mut raw);
+    for &x in mono.iter() {
+        raw.extend_from_slice(&((x.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
+    }
+    // Enough silence for the endpointer; after the end of the file the plugin repeats its
+    // last buffer, which is then silence too.
+    silence(3.0, &mut raw);
+    let mic = dir.join("mic.raw");
+    std::fs::write(&mic, raw)?;
+    let conf = dir.join("asound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pcm.{MIC} {{\n  type file\n  slave.pcm \"null\"\n  file \"/dev/null\"\n  infile \"{}\"\n  format \"raw\"\n}}\n\
+             pcm.{SPEAKER} {{\n  type file\n  slave.pcm \"null\"\n  file \"{}\"\n  format \"raw\"\n}}\n",
+            mic.display(),
+            dir.join("speaker.raw").display()
+        ),
+    )?;
+    Ok(conf)
+}
+
+pub async fn run(mut config: Config, dir: PathBuf, clip: PathBuf) -> anyhow::Result<()> {
     // Always the embedded broker, on a free loopback port so the demo never collides with a
     // broker already running on 1883.
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     config.mqtt.host.clear();
     config.mqtt.tls.enabled = false;
     config.broker.listen = format!("127.0.0.1:{port}");
-    config.telemetry.interval_secs = 1;
+    config.telemetry.interval_secs = 2;
+    config.audio.capture_device = MIC.into();
+    config.audio.playback_device = SPEAKER.into();
+    config.voice.listen = true;
     let device = config.device_id();
     let base = format!("{}/{}", config.mqtt.prefix, device);
 
     println!("sotad {} demo", env!("CARGO_PKG_VERSION"));
     println!("  embedded broker on 127.0.0.1:{port}, topics under {base}/");
+    println!("  models from {}", config.models_dir().display());
+    println!("  microphone: ALSA device {MIC}, playing {}", clip.display());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let daemon = tokio::spawn(sotad::run(config, async {
         let _ = stop_rx.await;
     }));
 
-    // The client retries until the daemon's broker is up.
     let mut options = MqttOptions::new("sotad-demo-client", "127.0.0.1", port);
-    options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_max_packet_size(16 << 20, 16 << 20);
     let (client, mut events) = AsyncClient::new(options, 16);
     let mut network = rumqttc::NetworkOptions::new();
     network.set_tcp_nodelay(true);
     events.set_network_options(network);
-    client
-        .subscribe(format!("{base}/#"), QoS::AtLeastOnce)
-        .await?;
+    client.subscribe(format!("{base}/#"), QoS::AtLeastOnce).await?;
 
-    let deadline = Instant::now() + Duration::from_secs(seconds.max(2) + 10);
-    let mut ping_sent: Option<Instant> = None;
-    let mut telemetry_seen = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut audio: Vec<u8> = Vec::new();
+    let mut rate = 22_050u32;
+    let mut done: Option<serde_json::Value> = None;
     let mut stop_tx = Some(stop_tx);
-    let mut offline_seen = false;
-    let mut telemetry_until: Option<Instant> = None;
+    let mut offline = false;
     while Instant::now() < deadline {
         let event = match tokio::time::timeout(Duration::from_millis(500), events.poll()).await {
             Ok(Ok(event)) => event,
-            Ok(Err(_)) if ping_sent.is_none() => {
+            Ok(Err(_)) => {
                 if daemon.is_finished() {
                     return Err(daemon
                         .await?
@@ -58,78 +102,81 @@ pub async fn run(mut config: Config, seconds: u64) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            Ok(Err(e)) => return Err(e).context("demo client lost the embedded broker"),
             Err(_) => continue,
         };
         let Event::Incoming(Packet::Publish(p)) = event else {
             continue;
         };
-        let suffix = p
-            .topic
-            .strip_prefix(&base)
-            .unwrap_or(&p.topic)
-            .trim_start_matches('/');
-        let text = String::from_utf8_lossy(&p.payload);
+        let suffix = p.topic.strip_prefix(&base).unwrap_or(&p.topic).trim_start_matches('/');
+        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
         match suffix {
             "status" => {
+                let text = String::from_utf8_lossy(&p.payload);
                 println!("  status        {text}");
-                if text == "online" && ping_sent.is_none() {
-                    ping_sent = Some(Instant::now());
-                    client
-                        .publish(
-                            format!("{base}/ping"),
-                            QoS::AtLeastOnce,
-                            false,
-                            r#"{"id":"demo-1"}"#,
-                        )
-                        .await?;
-                }
                 if text == "offline" {
-                    offline_seen = true;
+                    offline = true;
                     break;
                 }
             }
-            "capabilities" => println!("  capabilities  {text}"),
-            "pong" => {
-                let rtt = ping_sent
-                    .map(|t| t.elapsed().as_secs_f64() * 1000.0)
-                    .unwrap_or(0.0);
-                println!("  pong          {text}  (round trip {rtt:.1} ms)");
-                telemetry_until = Some(Instant::now() + Duration::from_secs(seconds));
-            }
-            "telemetry" => {
-                telemetry_seen += 1;
-                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
-                println!(
-                    "  telemetry     uptime {:.1} s, rss {:.1} MiB, cpu {:.1} %, mqtt connected {}",
-                    v["uptime_s"].as_f64().unwrap_or(0.0),
-                    v["process"]["rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
-                    v["process"]["cpu_percent"].as_f64().unwrap_or(0.0),
-                    v["mqtt"]["connected"]
-                );
-            }
-            "ping" => println!("  ping          {text}  (sent by the demo client)"),
-            "error" => println!("  error         {text}"),
-            _ => println!("  {suffix:<13} {text}"),
-        }
-        if let Some(until) = telemetry_until {
-            if Instant::now() >= until && telemetry_seen > 0 {
+            "turn/started" => println!("  turn/started  {} (from {})", v["turn"], v["source"]),
+            "turn/transcript" => println!("  transcript    {}", v["text"]),
+            "turn/reply" => println!("  reply         {}", v["text"]),
+            "turn/done" => {
+                done = Some(v);
                 if let Some(tx) = stop_tx.take() {
-                    println!("  stopping the daemon (as SIGTERM would)");
                     let _ = tx.send(());
                 }
             }
+            "error" => println!("  error         {}", String::from_utf8_lossy(&p.payload)),
+            "telemetry" if done.is_none() => {
+                let engines = &v["engines"];
+                println!(
+                    "  telemetry     rss {:.0} MiB, cpu {:.0} %, engines {engines}, capture {}",
+                    v["process"]["rss_bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0,
+                    v["process"]["cpu_percent"].as_f64().unwrap_or(0.0),
+                    v["voice"]["capture"]
+                );
+            }
+            s if s.starts_with("tts/audio/") => {
+                if let Ok(wav) = audio::parse_wav(&p.payload) {
+                    rate = wav.sample_rate;
+                    for x in wav.samples {
+                        audio.extend_from_slice(&((x * 32767.0) as i16).to_le_bytes());
+                    }
+                }
+            }
+            _ => {}
         }
     }
-    daemon.await??;
-    if ping_sent.is_none() || telemetry_seen == 0 || !offline_seen {
-        bail!(
-            "the demo did not see everything it expected (online and ping: {}, telemetry: {telemetry_seen}, offline: {offline_seen})",
-            ping_sent.is_some()
-        );
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), daemon).await;
+    let Some(done) = done else {
+        bail!("no turn finished within 3 minutes: was the clip heard? (see the log above)");
+    };
+    let reply_wav = dir.join("reply.wav");
+    let samples: Vec<f32> = audio
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect();
+    std::fs::write(&reply_wav, audio::encode_wav_i16(&samples, rate, 1))?;
+    let l = &done["latency"];
+    let ms = |k: &str| l[k].as_f64().map_or("-".to_string(), |x| format!("{x:.0} ms"));
+    println!("  turn/done     outcome {}", done["outcome"]);
+    println!("  reply audio   {} ({:.1} s)", reply_wav.display(), samples.len() as f64 / f64::from(rate));
     println!(
-        "demo finished: the daemon answered ping, published telemetry and said offline on exit"
+        "  latency       endpoint {}, stt {}, first token {}, first audio {}; end of speech to first audio {}; total {}",
+        ms("endpoint_ms"),
+        ms("stt_ms"),
+        ms("ttft_ms"),
+        ms("first_audio_ms"),
+        ms("response_ms"),
+        ms("total_ms")
     );
+    if done["outcome"] != "answered" {
+        bail!("the turn did not get an answer: {done}");
+    }
+    if !offline {
+        println!("  (the daemon did not confirm offline before the demo ended)");
+    }
+    println!("demo finished: heard the clip, answered it aloud, and said offline on exit");
     Ok(())
 }

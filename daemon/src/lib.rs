@@ -23,6 +23,7 @@ pub mod stt;
 pub mod systemd;
 pub mod telemetry;
 pub mod tts;
+pub mod voice;
 pub mod worker;
 
 use std::future::Future;
@@ -208,7 +209,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     network.set_tcp_nodelay(true);
     eventloop.set_network_options(network);
     let publisher = Publisher::new(client.clone(), topics.clone(), metrics.clone());
-    let turns = pipeline::Turns::new(stages.clone(), publisher.clone(), metrics.clone(), None);
+    let voice_control = voice::control(&config);
+    let playback = voice::spawn_player(&config, &voice_control);
+    let turns = pipeline::Turns::new(stages.clone(), publisher.clone(), metrics.clone(), playback);
+    let voice = voice::start(&config, voice_control.clone(), turns.clone());
     let capabilities = Arc::new(serde_json::to_vec(&capabilities(&config, &device_id))?);
 
     let intake = CancellationToken::new();
@@ -241,6 +245,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         max_packet_bytes: config.mqtt.max_packet_bytes,
         stages: stages.clone(),
         turns: turns.clone(),
+        voice: voice_control.clone(),
         device_id: device_id.clone(),
         tracker: tracker.clone(),
         intake: intake.clone(),
@@ -253,6 +258,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         metrics.clone(),
         Sampler::new(config.telemetry.thermal_zones.clone()),
         stages.clone(),
+        voice_control.clone(),
         Duration::from_secs(config.telemetry.interval_secs),
         intake.clone(),
     ));
@@ -294,6 +300,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         );
     }
     let _ = telemetry_task.await;
+    drop(voice);
 
     // Farewell: the retained `offline` first, then DISCONNECT (which keeps the broker from
     // publishing the will; the status already says offline).
@@ -324,6 +331,7 @@ async fn telemetry_loop(
     metrics: Arc<Metrics>,
     mut sampler: Sampler,
     stages: Stages,
+    voice: Arc<voice::VoiceControl>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -335,7 +343,8 @@ async fn telemetry_loop(
             _ = tick.tick() => {}
         }
         stages.report(&metrics);
-        let sample = sampler.sample(&metrics);
+        let mut sample = sampler.sample(&metrics);
+        sample.voice = Some(voice.sample());
         publisher.telemetry(&sample);
     }
 }

@@ -33,11 +33,15 @@ enum Cmd {
         #[command(subcommand)]
         action: ConfigCmd,
     },
-    /// Start the daemon on an embedded broker, exercise it as a client, print what happened, stop.
+    /// The voice loop on embedded defaults: embedded broker, a speech clip as the microphone
+    /// (alsa-lib file plugin); prints the transcript, the reply, its WAV and the latencies.
     Demo {
-        /// How long to watch telemetry before stopping, in seconds.
-        #[arg(long, default_value_t = 3)]
-        seconds: u64,
+        /// The clip to play into the microphone (WAV; default: a LibriVox clip from the models).
+        #[arg(long)]
+        clip: Option<PathBuf>,
+        /// Where to put the microphone file, the ALSA configuration and reply.wav.
+        #[arg(long, default_value = "sotad-demo")]
+        dir: PathBuf,
     },
     /// Transcribe a WAV file with the configured Whisper model and print the text.
     Transcribe {
@@ -137,7 +141,7 @@ fn main() -> ExitCode {
             output,
             voice,
         } => with_config(file, |config| cli::say(&config, &text, &output, voice)),
-        Cmd::Demo { seconds } => {
+        Cmd::Demo { clip, dir } => {
             let config = match Config::load(file) {
                 Ok(c) => c,
                 Err(e) => {
@@ -145,6 +149,25 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let clip = clip.unwrap_or_else(|| config.models_dir().join(demo::DEFAULT_CLIP));
+            let conf = match std::fs::create_dir_all(&dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| demo::prepare_devices(&dir, &clip))
+            {
+                Ok(conf) => conf,
+                Err(e) => {
+                    eprintln!("sotad demo: {e:#} (scripts/install-models.sh installs the models and the clip)");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // alsa-lib reads its configuration path from the environment at the first open.
+            // SAFETY: no other thread exists yet (the runtime is built below).
+            unsafe {
+                std::env::set_var(
+                    "ALSA_CONFIG_PATH",
+                    format!("/usr/share/alsa/alsa.conf:{}", conf.display()),
+                );
+            }
             // The demo prints its own story; keep the daemon's logs to warnings.
             // rumqttd reports clients it has already dropped as errors at shutdown; hide them here.
             init_logging(if std::env::var_os("RUST_LOG").is_some() {
@@ -152,7 +175,7 @@ fn main() -> ExitCode {
             } else {
                 "warn,rumqttd=off"
             });
-            match runtime().and_then(|rt| rt.block_on(demo::run(config, seconds))) {
+            match runtime().and_then(|rt| rt.block_on(demo::run(config, dir, clip))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sotad demo: {e:#}");

@@ -20,6 +20,7 @@ use crate::mqtt::{Command, Inbound, Publisher};
 use crate::telemetry::Metrics;
 use crate::worker::{EngineState, SubmitError};
 use crate::pipeline::{self, Turns};
+use crate::voice::VoiceControl;
 use crate::{llm, stt, tts};
 
 /// How many request ids are remembered to recognize redeliveries.
@@ -38,6 +39,7 @@ pub struct Service {
     pub max_packet_bytes: usize,
     pub stages: Stages,
     pub turns: Turns,
+    pub voice: Arc<VoiceControl>,
     pub device_id: String,
     /// Handlers run as tracked tasks so that shutdown can wait for them.
     pub tracker: TaskTracker,
@@ -117,6 +119,7 @@ impl Service {
             device_id: self.device_id.clone(),
             stages: self.stages.clone(),
             turns: self.turns.clone(),
+            voice: self.voice.clone(),
         };
         let publisher = self.publisher.clone();
         let metrics = self.metrics.clone();
@@ -151,6 +154,9 @@ impl Service {
                 Job::Ask(r)
             }
             Command::LlmCancel => Job::Cancel(request::parse(payload, max)?),
+            Command::ListenStart | Command::ListenStop | Command::Mute | Command::Unmute => {
+                Job::Switch(request::parse::<PingRequest>(payload, max)?)
+            }
             Command::TurnText => {
                 let r: pipeline::TextTurnRequest = request::parse(payload, max)?;
                 pipeline::validate(&r)?;
@@ -219,6 +225,7 @@ struct Ctx {
     device_id: String,
     stages: Stages,
     turns: Turns,
+    voice: Arc<VoiceControl>,
 }
 
 /// A parsed request, ready to run.
@@ -229,6 +236,8 @@ enum Job {
     Cancel(llm::CancelRequest),
     Say(tts::SayRequest),
     Turn(pipeline::TextTurnRequest),
+    /// A microphone switch; only an id.
+    Switch(PingRequest),
 }
 
 impl Job {
@@ -240,6 +249,7 @@ impl Job {
             Job::Cancel(r) => &r.id,
             Job::Say(r) => &r.id,
             Job::Turn(r) => &r.id,
+            Job::Switch(r) => &r.id,
         }
     }
 
@@ -283,6 +293,19 @@ impl Job {
                         format!("no llm/ask with id {:?} is queued or running", r.id),
                     ))
                 }
+            }
+            Job::Switch(_) => {
+                let voice = &ctx.voice;
+                match command {
+                    Command::ListenStart => voice.listening.store(true, Ordering::Relaxed),
+                    Command::ListenStop => voice.listening.store(false, Ordering::Relaxed),
+                    Command::Mute => voice.muted.store(true, Ordering::Relaxed),
+                    _ => voice.muted.store(false, Ordering::Relaxed),
+                }
+                ctx.publisher
+                    .voice_state(&voice.state(ctx.turns.speaking()))
+                    .await;
+                Ok(())
             }
             Job::Turn(r) => {
                 let input = pipeline::Input::Text {

@@ -233,6 +233,9 @@ pub struct TelemetrySample {
     pub queues: BTreeMap<String, QueueMetrics>,
     /// Configured engines: `loading`, `ready` or `failed: <why>`.
     pub engines: BTreeMap<String, String>,
+    /// Microphone, VAD and turn counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voice: Option<crate::voice::VoiceSample>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -333,6 +336,7 @@ impl Sampler {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
+            voice: None,
             queues: metrics
                 .queues
                 .lock()

@@ -60,7 +60,7 @@ pub fn load(config: &Config) -> Result<Tts, String> {
     let name = voice_name(&path);
     Ok(Tts {
         default_voice: name.clone(),
-        models_dir: PathBuf::from(&config.models.dir),
+        models_dir: config.models_dir(),
         voices: VecDeque::from([(name, voice)]),
         speaker: config.tts.speaker,
         threads,

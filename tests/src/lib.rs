@@ -167,6 +167,10 @@ impl Drop for Mosquitto {
 }
 
 /// The real sotad binary with a configuration file written for the test.
+/// Configuration sections that turn the engines, microphone and speaker off.
+pub const ENGINES_OFF: &str = "[stt]\nmodel = \"\"\n[llm]\nmodel = \"\"\n[tts]\nvoice = \"\"\n\
+    [audio]\ncapture_device = \"\"\nplayback_device = \"\"\n";
+
 pub struct Sotad {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -215,7 +219,17 @@ impl Sotad {
 
     /// A configuration for `port` on loopback, with fast reconnects, plus `extra` TOML lines
     /// appended to the [mqtt] section.
+    /// The engines, microphone and speaker are off: these tests are about the link.
+    /// [`ENGINES_OFF`] does the same for hand-written configurations.
     pub fn config_for(port: u16, device_id: &str, extra_mqtt: &str) -> String {
+        format!(
+            "{}{ENGINES_OFF}",
+            Self::link_config(port, device_id, extra_mqtt)
+        )
+    }
+
+    /// Only the [device], [mqtt] and [telemetry] sections; the caller adds the rest.
+    pub fn link_config(port: u16, device_id: &str, extra_mqtt: &str) -> String {
         format!(
             "[device]\nid = \"{device_id}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
              reconnect_min_ms = 100\nreconnect_max_ms = 1000\n{extra_mqtt}\n\

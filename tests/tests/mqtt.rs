@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sotad_tests::{Mosquitto, Sotad, TestClient, free_port};
+use sotad_tests::{ENGINES_OFF, Mosquitto, Sotad, TestClient, free_port};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -377,7 +377,7 @@ async fn sigterm_publishes_offline_and_exits_zero_within_the_bound() {
 async fn the_embedded_broker_serves_clients() {
     let port = free_port();
     let config = format!(
-        "[device]\nid = \"embedded\"\n[broker]\nlisten = \"127.0.0.1:{port}\"\n[telemetry]\ninterval_secs = 1\n"
+        "[device]\nid = \"embedded\"\n[broker]\nlisten = \"127.0.0.1:{port}\"\n[telemetry]\ninterval_secs = 1\n{ENGINES_OFF}"
     );
     let mut sotad = Sotad::start(&config, "embedded").unwrap();
     // Connect to the broker inside sotad.
@@ -414,7 +414,7 @@ async fn the_embedded_broker_serves_clients() {
 async fn a_busy_port_for_the_embedded_broker_is_a_clear_start_up_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let config = format!("[device]\nid = \"busy\"\n[broker]\nlisten = \"127.0.0.1:{port}\"\n");
+    let config = format!("[device]\nid = \"busy\"\n[broker]\nlisten = \"127.0.0.1:{port}\"\n{ENGINES_OFF}");
     let mut sotad = Sotad::start(&config, "busy").unwrap();
     let status = sotad.wait_exit(WAIT).unwrap();
     assert!(!status.success());

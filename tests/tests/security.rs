@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use sotad_tests::{Mosquitto, Sotad, TestClient};
+use sotad_tests::{ENGINES_OFF, Mosquitto, Sotad, TestClient};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -180,7 +180,7 @@ async fn tls_with_the_configured_ca_and_an_untrusted_ca_is_retried() {
     .unwrap();
     let tls = format!(
         "[device]\nid = \"tls\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {tls_port}\nreconnect_min_ms = 100\n\
-         [mqtt.tls]\nenabled = true\nca_file = \"{}/ca.pem\"\n",
+         [mqtt.tls]\nenabled = true\nca_file = \"{}/ca.pem\"\n{ENGINES_OFF}",
         certs.path().display()
     );
     let sotad = Sotad::start(&tls, "tls").unwrap();

@@ -11,10 +11,11 @@ use sotad_tests::{Mosquitto, Sotad, TestClient, librivox_clips, models_dir, word
 /// Model loading plus a first inference on a busy 2-core machine.
 const WAIT: Duration = Duration::from_secs(120);
 
+/// The models of the cache, no microphone or speaker, and `extra` sections.
 fn config(port: u16, device: &str, extra: &str) -> String {
     format!(
-        "{}\n[models]\ndir = \"{}\"\n{extra}\n",
-        Sotad::config_for(port, device, ""),
+        "{}\n[models]\ndir = \"{}\"\n[audio]\ncapture_device = \"\"\nplayback_device = \"\"\n{extra}\n",
+        Sotad::link_config(port, device, ""),
         models_dir().display()
     )
 }

@@ -177,6 +177,9 @@ impl CaptureStatus {
     }
 }
 
+/// How far ahead of the clock a device may deliver before the capture thread waits.
+const PACING_SLACK: Duration = Duration::from_millis(250);
+
 /// Starts capture threads.
 #[derive(Debug)]
 pub struct Capture;
@@ -399,6 +402,12 @@ fn pump<S: Copy>(
     stop: &AtomicBool,
 ) -> Result<(), LoopError> {
     let ch = dev.channels.max(1) as usize;
+    // Real-time pacing: a device never delivers audio ahead of the clock by more than its
+    // buffer, so for real hardware this never sleeps. Unpaced devices (alsa-lib's file plugin
+    // over `null`, used by `sotad demo` and the tests) would otherwise deliver seconds of
+    // audio in milliseconds; paced, they behave like a microphone.
+    let started = Instant::now();
+    let mut delivered = 0u64;
     while !stop.load(Ordering::Acquire) {
         if tx.is_closed() {
             return Ok(());
@@ -408,6 +417,15 @@ fn pump<S: Copy>(
                 wait(dev)?;
             }
             Ok(frames) => {
+                delivered += frames as u64;
+                let due = started + Duration::from_secs_f64(delivered as f64 / f64::from(dev.rate.max(1)));
+                while !stop.load(Ordering::Acquire) {
+                    let now = Instant::now();
+                    if due <= now + PACING_SLACK {
+                        break;
+                    }
+                    std::thread::sleep((due - now - PACING_SLACK).min(Duration::from_millis(20)));
+                }
                 let len = frames * ch;
                 for (d, &s) in f[..len].iter_mut().zip(&raw[..len]) {
                     *d = convert(s);

@@ -67,6 +67,12 @@ impl Publisher {
             .await;
     }
 
+    /// The retained `voice/state` (QoS 1).
+    pub async fn voice_state<T: Serialize>(&self, body: &T) {
+        self.json(self.topics.reply(Command::Mute), QoS::AtLeastOnce, true, body)
+            .await;
+    }
+
     /// An event (QoS 1), e.g. `turn/started`.
     pub async fn event<T: Serialize>(&self, topic: &str, body: &T) {
         self.json(topic.to_string(), QoS::AtLeastOnce, false, body)

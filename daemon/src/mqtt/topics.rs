@@ -17,17 +17,27 @@ pub enum Command {
     TtsSay,
     /// `turn/text`: a typed question through the voice loop's LLM → TTS path; events on `turn/*`.
     TurnText,
+    /// `listen/start`, `listen/stop`, `mute`, `unmute`: the microphone switches; the retained
+    /// `voice/state` answers.
+    ListenStart,
+    ListenStop,
+    Mute,
+    Unmute,
 }
 
 impl Command {
     /// Every command, in subscription order.
-    pub const ALL: [Command; 6] = [
+    pub const ALL: [Command; 10] = [
         Command::Ping,
         Command::SttTranscribe,
         Command::LlmAsk,
         Command::LlmCancel,
         Command::TtsSay,
         Command::TurnText,
+        Command::ListenStart,
+        Command::ListenStop,
+        Command::Mute,
+        Command::Unmute,
     ];
 
     /// The topic suffix the request arrives on.
@@ -39,6 +49,10 @@ impl Command {
             Command::LlmCancel => "llm/cancel",
             Command::TtsSay => "tts/say",
             Command::TurnText => "turn/text",
+            Command::ListenStart => "listen/start",
+            Command::ListenStop => "listen/stop",
+            Command::Mute => "mute",
+            Command::Unmute => "unmute",
         }
     }
 
@@ -50,6 +64,9 @@ impl Command {
             Command::LlmAsk | Command::LlmCancel => "llm/reply",
             Command::TtsSay => "tts/done",
             Command::TurnText => "turn/done",
+            Command::ListenStart | Command::ListenStop | Command::Mute | Command::Unmute => {
+                "voice/state"
+            }
         }
     }
 

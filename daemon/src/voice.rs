@@ -1,0 +1,313 @@
+//! The microphone side of the voice loop: capture thread → VAD thread → turns, and the
+//! player thread for what sotad says.
+//!
+//! Threads and edges (see `pipeline.rs` for the turn itself):
+//! - `sotad-capture` (audio::Capture) sends 32 ms frames with `try_send`; a full queue drops
+//!   and counts frames, so capture never blocks.
+//! - `sotad-vad` runs the energy gate, Silero and the endpointer on each frame. Finished
+//!   utterances go to the turn task with `try_send` into a queue of [`UTTERANCE_QUEUE`];
+//!   when full, the utterance is dropped and counted.
+//! - While sotad speaks, the microphone is ignored (it would hear itself), unless barge-in
+//!   is on: then the start of speech stops playback and cancels the turn, and the utterance
+//!   becomes the next turn.
+//! - `sotad-play` plays sentences in order; a cancelled turn's audio is skipped at once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc as std_mpsc};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sotad_engines::vad::{SileroVad, VadEvent, VoiceDetector};
+use tokio::sync::mpsc;
+
+use crate::audio::{self, Capture, CaptureHandle, CaptureStatus, Player, Samples};
+use crate::config::Config;
+use crate::pipeline::{Input, PlayItem, PlaybackSender, Turns};
+
+/// Utterances waiting for a turn.
+pub const UTTERANCE_QUEUE: usize = 2;
+/// Sentences waiting to be played.
+pub const PLAYBACK_QUEUE: usize = 64;
+
+/// Switches and counters shared by MQTT, the VAD thread and telemetry.
+#[derive(Debug)]
+pub struct VoiceControl {
+    pub listening: AtomicBool,
+    pub muted: AtomicBool,
+    pub barge_in: bool,
+    /// Set by the player while it plays.
+    pub playing: AtomicBool,
+    pub capture: Option<Arc<CaptureStatus>>,
+    pub utterances: AtomicU64,
+    pub utterances_dropped: AtomicU64,
+    pub ignored_while_speaking: AtomicU64,
+    pub barge_ins: AtomicU64,
+    pub vad_windows: AtomicU64,
+    pub vad_model_runs: AtomicU64,
+    /// Set when the VAD model could not be loaded.
+    pub vad_error: std::sync::Mutex<Option<String>>,
+}
+
+/// The retained `voice/state` document.
+#[derive(Debug, Clone, Serialize)]
+pub struct VoiceState {
+    pub listening: bool,
+    pub muted: bool,
+    pub barge_in: bool,
+    /// `off` (no capture device), or the capture thread's state (`open`, `missing`, ...).
+    pub capture: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vad_error: Option<String>,
+    pub speaking: bool,
+}
+
+/// Voice-loop counters for telemetry.
+#[derive(Debug, Clone, Serialize)]
+pub struct VoiceSample {
+    pub capture: String,
+    pub frames_sent: u64,
+    pub frames_dropped: u64,
+    pub overruns: u64,
+    pub utterances: u64,
+    pub utterances_dropped: u64,
+    pub ignored_while_speaking: u64,
+    pub barge_ins: u64,
+    pub vad_windows: u64,
+    pub vad_model_runs: u64,
+}
+
+impl VoiceControl {
+    pub fn state(&self, speaking: bool) -> VoiceState {
+        let snapshot = self.capture.as_ref().map(|c| c.snapshot());
+        VoiceState {
+            listening: self.listening.load(Ordering::Relaxed),
+            muted: self.muted.load(Ordering::Relaxed),
+            barge_in: self.barge_in,
+            capture: snapshot
+                .as_ref()
+                .map_or("off".to_string(), |s| s.state.as_str().to_string()),
+            capture_error: snapshot.and_then(|s| s.last_error),
+            vad_error: self.vad_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            speaking: speaking || self.playing.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn sample(&self) -> VoiceSample {
+        let s = self.capture.as_ref().map(|c| c.snapshot());
+        VoiceSample {
+            capture: s
+                .as_ref()
+                .map_or("off".to_string(), |s| s.state.as_str().to_string()),
+            frames_sent: s.as_ref().map_or(0, |s| s.frames_sent),
+            frames_dropped: s.as_ref().map_or(0, |s| s.frames_dropped),
+            overruns: s.as_ref().map_or(0, |s| s.overruns),
+            utterances: self.utterances.load(Ordering::Relaxed),
+            utterances_dropped: self.utterances_dropped.load(Ordering::Relaxed),
+            ignored_while_speaking: self.ignored_while_speaking.load(Ordering::Relaxed),
+            barge_ins: self.barge_ins.load(Ordering::Relaxed),
+            vad_windows: self.vad_windows.load(Ordering::Relaxed),
+            vad_model_runs: self.vad_model_runs.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The running voice side; dropping it stops capture (the VAD and player threads end when
+/// their channels close).
+pub struct Voice {
+    pub control: Arc<VoiceControl>,
+    _capture: Option<CaptureHandle>,
+}
+
+/// Starts the player thread if `audio.playback_device` is set; returns its queue.
+pub fn spawn_player(config: &Config, control: &Arc<VoiceControl>) -> Option<PlaybackSender> {
+    if config.audio.playback_device.is_empty() {
+        return None;
+    }
+    let player = Player::open(config.audio.playback_config());
+    let (tx, rx) = std_mpsc::sync_channel::<PlayItem>(PLAYBACK_QUEUE);
+    let control = control.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sotad-play".into())
+        .spawn(move || {
+            let mut reported = false;
+            while let Ok(PlayItem::Audio {
+                samples,
+                sample_rate,
+                cancel,
+            }) = rx.recv()
+            {
+                if cancel.load(Ordering::Relaxed) {
+                    continue;
+                }
+                control.playing.store(true, Ordering::Relaxed);
+                match player.play(Samples::F32(&samples), sample_rate, &cancel) {
+                    Ok(_) => reported = false,
+                    Err(e) => {
+                        // A busy or missing speaker is reported once per outage, not fatal:
+                        // the audio still went out on MQTT.
+                        if !reported {
+                            tracing::warn!(device = player.device(), error = %e, "playback failed");
+                            reported = true;
+                        }
+                    }
+                }
+                control.playing.store(false, Ordering::Relaxed);
+            }
+            control.playing.store(false, Ordering::Relaxed);
+        });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::error!(error = %e, "could not start the playback thread");
+            None
+        }
+    }
+}
+
+/// Creates the shared control block (capture status included when a microphone is set).
+pub fn control(config: &Config) -> Arc<VoiceControl> {
+    Arc::new(VoiceControl {
+        listening: AtomicBool::new(config.voice.listen),
+        muted: AtomicBool::new(false),
+        barge_in: config.voice.barge_in,
+        playing: AtomicBool::new(false),
+        capture: (!config.audio.capture_device.is_empty()).then(|| Arc::new(CaptureStatus::new())),
+        utterances: AtomicU64::new(0),
+        utterances_dropped: AtomicU64::new(0),
+        ignored_while_speaking: AtomicU64::new(0),
+        barge_ins: AtomicU64::new(0),
+        vad_windows: AtomicU64::new(0),
+        vad_model_runs: AtomicU64::new(0),
+        vad_error: std::sync::Mutex::new(None),
+    })
+}
+
+/// Starts capture, the VAD thread and the task that turns utterances into turns.
+/// Without a capture device, only the control block exists (text turns still work).
+pub fn start(config: &Config, control: Arc<VoiceControl>, turns: Turns) -> Voice {
+    let Some(status) = control.capture.clone() else {
+        return Voice {
+            control,
+            _capture: None,
+        };
+    };
+    let (frames_tx, mut frames_rx) = audio::frame_channel(config.audio.frame_queue);
+    let capture = match Capture::spawn(config.audio.capture_config(), frames_tx, status) {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::error!(error = %e, "could not start the capture thread");
+            None
+        }
+    };
+    let (utter_tx, mut utter_rx) = mpsc::channel::<Input>(UTTERANCE_QUEUE);
+    let vad_path = config.model_path(&config.vad.model);
+    let detector_config = config.vad.detector_config();
+    let vad_control = control.clone();
+    let vad_turns = turns.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sotad-vad".into())
+        .spawn(move || {
+            let model = match vad_path
+                .ok_or_else(|| "configuration key `vad.model` is empty".to_string())
+                .and_then(|p| {
+                    SileroVad::load(&p).map_err(|e| {
+                        format!("voice activity detection is not available: configuration key `vad.model`: {e}")
+                    })
+                }) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(error = e, "microphone input is off");
+                    *vad_control.vad_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    // Keep draining so the capture thread's counters stay meaningful.
+                    while frames_rx.blocking_recv().is_some() {}
+                    return;
+                }
+            };
+            let mut detector = VoiceDetector::new(model, detector_config);
+            run_vad(&mut detector, &mut frames_rx, &utter_tx, &vad_control, &vad_turns);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the VAD thread");
+    }
+    tokio::spawn(async move {
+        while let Some(input) = utter_rx.recv().await {
+            let turns = turns.clone();
+            let id = turns.next_id();
+            // A turn runs as its own task so that a barge-in utterance can start the next
+            // one (which cancels this one) without waiting for it.
+            tokio::spawn(async move { turns.run(id, input).await });
+        }
+    });
+    Voice {
+        control,
+        _capture: capture,
+    }
+}
+
+fn run_vad(
+    detector: &mut VoiceDetector,
+    frames: &mut audio::FrameReceiver,
+    utterances: &mpsc::Sender<Input>,
+    control: &VoiceControl,
+    turns: &Turns,
+) {
+    let mut active = false;
+    let mut last_windows = 0;
+    while let Some(frame) = frames.blocking_recv() {
+        let listening =
+            control.listening.load(Ordering::Relaxed) && !control.muted.load(Ordering::Relaxed);
+        let speaking = turns.speaking() || control.playing.load(Ordering::Relaxed);
+        if !listening || (speaking && !control.barge_in) {
+            if speaking && listening {
+                control.ignored_while_speaking.fetch_add(1, Ordering::Relaxed);
+            }
+            if active {
+                detector.reset();
+                active = false;
+            }
+            continue;
+        }
+        active = true;
+        let event = detector.push_window(&frame.samples);
+        let stats = detector.stats();
+        control
+            .vad_windows
+            .fetch_add(stats.windows - last_windows.min(stats.windows), Ordering::Relaxed);
+        last_windows = stats.windows;
+        control.vad_model_runs.store(stats.model_runs, Ordering::Relaxed);
+        match event {
+            Some(VadEvent::SpeechStart { .. }) if speaking => {
+                // Barge-in: the person talks over sotad.
+                control.barge_ins.fetch_add(1, Ordering::Relaxed);
+                if let Some(turn) = turns.cancel_current() {
+                    tracing::info!(turn, "barge-in: playback stopped, turn cancelled");
+                }
+            }
+            Some(VadEvent::SpeechEnd {
+                utterance,
+                speech_end,
+                at,
+                ..
+            }) => {
+                control.utterances.fetch_add(1, Ordering::Relaxed);
+                // From the true end of speech to now: the trailing silence the endpointer
+                // waited for, plus the time the last frame spent in the queue.
+                let waited = Duration::from_secs_f64(at.saturating_sub(speech_end) as f64 / 16_000.0);
+                let queued = frame.captured_at.elapsed();
+                let endpoint_ms = (waited + queued).as_secs_f64() * 1e3;
+                let input = Input::Speech {
+                    samples: utterance,
+                    endpoint_ms,
+                    endpointed_at: Instant::now(),
+                };
+                if utterances.try_send(input).is_err() {
+                    control.utterances_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("an utterance was dropped: turns are falling behind");
+                }
+            }
+            _ => {}
+        }
+    }
+}
