@@ -27,6 +27,13 @@ struct SyncPtr(*mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// Keys and values of every layer, rounded to f16 and stored as f32, laid out
 /// `[layer][kv_head][position][dim]`.
 pub(crate) struct KvCache {
@@ -281,9 +288,8 @@ fn matmul(file: &[u8], m: &Mat, acts: &mut Acts, x: &[f32], out: &mut [f32], poo
             if r0 == r1 {
                 return;
             }
-            let optr = optr;
             // SAFETY: each task writes its own row range of `out`, which outlives `run`.
-            let o = unsafe { std::slice::from_raw_parts_mut(optr.0.add(r0), r1 - r0) };
+            let o = unsafe { std::slice::from_raw_parts_mut(optr.at(r0), r1 - r0) };
             let res = QMatrix::new(q.ty(), r1 - r0, cols, &q.bytes()[r0 * row_bytes..r1 * row_bytes])
                 .and_then(|sub| sub.matmul_with(kernel, xq, o, 1));
             if let Err(e) = res {
@@ -296,9 +302,8 @@ fn matmul(file: &[u8], m: &Mat, acts: &mut Acts, x: &[f32], out: &mut [f32], poo
         pool.run(tasks, &|t| {
             let t0 = t * per;
             let t1 = (t0 + per).min(n_tok);
-            let optr = optr;
             // SAFETY: each task writes its own token rows of `out`.
-            let o = unsafe { std::slice::from_raw_parts_mut(optr.0.add(t0 * rows), (t1 - t0) * rows) };
+            let o = unsafe { std::slice::from_raw_parts_mut(optr.at(t0 * rows), (t1 - t0) * rows) };
             if let Err(e) = q.matmul_with(kernel, &xq[t0 * act_row..t1 * act_row], o, 1) {
                 *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             }
@@ -445,7 +450,6 @@ pub(crate) fn forward(
         pool.run(nh, &|h| {
             // SAFETY: task `h` alone uses `heads[h]` and writes head `h`'s columns of `att`.
             let (scores, qh, acc) = unsafe { &mut *(hptr as *mut HeadScratch).add(h) };
-            let aptr = aptr;
             let hk = h / group;
             let kb = k_base0 + hk * k_stride;
             let vb = v_base0 + hk * v_stride;
@@ -489,7 +493,7 @@ pub(crate) fn forward(
                     let lane = j % lanes;
                     axpy(&mut acc[lane * hdv..(lane + 1) * hdv], round_f16(sc * inv), &vf[j * hdv..(j + 1) * hdv]);
                 }
-                let out = unsafe { std::slice::from_raw_parts_mut(aptr.0.add(i * o_in + h * hdv), hdv) };
+                let out = unsafe { std::slice::from_raw_parts_mut(aptr.at(i * o_in + h * hdv), hdv) };
                 for (dd, o) in out.iter_mut().enumerate() {
                     let mut l = [0f32; 32];
                     for (lane, v) in l.iter_mut().enumerate().take(lanes) {
