@@ -126,3 +126,43 @@ fn qwen25_coder_matches_llama_cpp() {
 fn gemma3_matches_llama_cpp() {
     check_model("gemma-3-270m-q4_k_m");
 }
+
+/// Stop strings end generation and are not returned; what is streamed is the reply text;
+/// a second turn reuses the cached prefix.
+#[test]
+fn smollm2_stop_strings_streaming_and_prefix_reuse() {
+    use sotad_engines::llm::{GenerateOptions, Prompt, StopReason};
+    let model = Model::load(
+        model_path("smollm2-135m-instruct-q4_1.gguf"),
+        &LoadOptions { context_len: 256, threads: 2 },
+    )
+    .unwrap();
+    let mut s = model.session();
+    // llama.cpp's greedy continuation is " Paris.\n\nThe United States has ...".
+    let opts = GenerateOptions { max_tokens: 20, stop: vec!["United".into()], ..Default::default() };
+    let mut streamed = String::new();
+    let r = s
+        .generate(Prompt::Text("The capital of France is"), &opts, |p| {
+            streamed.push_str(p);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(r.stop_reason, StopReason::StopString);
+    assert_eq!(r.text, " Paris.\n\nThe ");
+    assert_eq!(streamed, r.text);
+    assert!(r.timings.prefill_tok_s > 0.0 && r.timings.ttft_ms > 0.0);
+    // Max tokens.
+    let opts = GenerateOptions { max_tokens: 3, ..Default::default() };
+    let r = s.generate(Prompt::Text("The capital of France is"), &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
+    assert_eq!(r.stop_reason, StopReason::MaxTokens);
+    assert_eq!(r.tokens.len(), 3);
+    assert_eq!(r.timings.cached_tokens, 4, "the 5-token prompt reuses 4 cached tokens");
+    // A chat turn ends with the end-of-turn token.
+    let r = s
+        .chat(&[Message::user("Say hello.")], &GenerateOptions { max_tokens: 60, ..Default::default() }, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(r.stop_reason, StopReason::Eos);
+    assert!(!r.text.is_empty() && !r.text.contains("<|im_end|>"));
+}
