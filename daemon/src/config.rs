@@ -951,7 +951,7 @@ mod tests {
                 "mqtt.password",
                 "mqtt.username",
             ),
-            ("[audio]\ncapture_device = \"\"\n", "audio.capture_device", "ALSA PCM name"),
+            ("[audio]\ncapture_device = \"x\\u0001\"\n", "audio.capture_device", "ALSA PCM name"),
             ("[audio]\nplayback_device = \"a\\nb\"\n", "audio.playback_device", "control"),
             ("[audio]\nframe_queue = 0\n", "audio.frame_queue", "1 to 4096"),
             (

@@ -5,7 +5,7 @@ For each real model: the tokenization of a set of strings (llama.cpp's tokenizer
 when the model wants it, special tokens parsed), and greedy decoding of three prompts (one
 rendered with the chat template) as token ids. Written to engines/tests/data/llm/<model>.json.
 
-Setup (compiles llama.cpp, ~10 min on 2 cores):
+Setup (compiles llama.cpp, ~10 min on 2 idle cores):
     python3 -m venv /tmp/venv-llm
     CMAKE_ARGS="-DGGML_NATIVE=ON" /tmp/venv-llm/bin/pip install llama-cpp-python numpy
 Run:
@@ -74,7 +74,10 @@ def greedy(llm, ids):
     llm.eval(ids)
     out = []
     for _ in range(N_GEN):
-        logits = np.asarray(llm.scores[llm.n_tokens - 1])
+        # Logits of the last evaluated token (llama-cpp-python keeps no scores without
+        # logits_all).
+        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
         t = int(np.argmax(logits))
         out.append(t)
         if llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model), t):

@@ -95,7 +95,7 @@ impl ChatTemplate {
         };
         let name = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_owned();
         Self::new(source, from_file, name(tok.bos()), name(tok.eos()))
-            .map_err(|e| LlmError::new(file.path(), Some("key \"tokenizer.chat_template\"".into()), e))
+            .map_err(|e| LlmError::error(file.path(), Some("key \"tokenizer.chat_template\"".into()), e))
     }
 
     fn new(source: String, from_file: bool, bos: String, eos: String) -> Result<ChatTemplate, LlmErrorKind> {
@@ -132,7 +132,7 @@ impl ChatTemplate {
         let tmpl = self
             .env
             .get_template("chat")
-            .map_err(|e| LlmError::new(None, None, LlmErrorKind::Template(e.to_string())))?;
+            .map_err(|e| LlmError::error(None, None, LlmErrorKind::Template(e.to_string())))?;
         tmpl.render(context! {
             messages => msgs,
             add_generation_prompt => add_generation_prompt,
@@ -149,7 +149,7 @@ impl ChatTemplate {
                 msg.push_str(&s.to_string());
                 src = s.source();
             }
-            LlmError::new(None, None, LlmErrorKind::Template(msg))
+            LlmError::error(None, None, LlmErrorKind::Template(msg))
         })
     }
 }

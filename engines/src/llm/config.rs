@@ -99,7 +99,7 @@ impl Config {
         let path = file.path();
         let arch_name = file.get_str("general.architecture")?;
         let arch = Arch::from_name(arch_name).ok_or_else(|| {
-            LlmError::new(
+            LlmError::error(
                 path,
                 Some("key \"general.architecture\"".into()),
                 LlmErrorKind::UnknownArchitecture(arch_name.to_owned()),
@@ -127,7 +127,7 @@ impl Config {
         let n_head_kv = get_or("attention.head_count_kv", n_head)?;
         let n_ff = get("feed_forward_length")?;
         let bad = |k: &str, msg: String| {
-            LlmError::new(
+            LlmError::error(
                 path,
                 Some(format!("key {:?}", key(k))),
                 LlmErrorKind::BadConfig(msg),

@@ -27,6 +27,13 @@ struct SyncPtr(*mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// Keys and values of every layer, rounded to f16 and stored as f32, laid out
 /// `[layer][kv_head][position][dim]`.
 pub(crate) struct KvCache {
@@ -103,14 +110,16 @@ pub(crate) struct Scratch {
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    /// Per query head: softmax scores and the f16-rounded query.
-    heads: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Per query head: softmax scores, the f16-rounded query, lane accumulators.
+    heads: Vec<HeadScratch>,
     acts: Acts,
     /// Rope tables `[pos][pair]` for global and local layers, built on first use.
     rope_global: Vec<(f32, f32)>,
     rope_local: Vec<(f32, f32)>,
     pub logits: Vec<f32>,
 }
+
+type HeadScratch = (Vec<f32>, Vec<f32>, Vec<f32>);
 
 fn grow(v: &mut Vec<f32>, n: usize) {
     if v.len() < n {
@@ -154,36 +163,73 @@ fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
+/// Rotates pairs; written as the fused multiply-adds a C compiler makes of ggml's
+/// `x0·cos − x1·sin`, `x0·sin + x1·cos` (this matters for matching llama.cpp bit for bit).
 fn rope(x: &mut [f32], table: &[(f32, f32)], rope_dim: usize, neox: bool) {
     let half = rope_dim / 2;
     if neox {
         for (i, &(c, s)) in table.iter().enumerate().take(half) {
             let (a, b) = (x[i], x[i + half]);
-            x[i] = a * c - b * s;
-            x[i + half] = a * s + b * c;
+            x[i] = a.mul_add(c, -(b * s));
+            x[i + half] = a.mul_add(s, b * c);
         }
     } else {
         for (i, &(c, s)) in table.iter().enumerate().take(half) {
             let (a, b) = (x[2 * i], x[2 * i + 1]);
-            x[2 * i] = a * c - b * s;
-            x[2 * i + 1] = a * s + b * c;
+            x[2 * i] = a.mul_add(c, -(b * s));
+            x[2 * i + 1] = a.mul_add(s, b * c);
         }
     }
 }
 
+/// Horizontal sum of up to eight lanes as x86 does it (`hi + lo`, then `movehl`, then
+/// `movehdup`): `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`; missing lanes are 0.
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] = x[k].mul_add(y[k], acc[k]);
+fn hsum8(x: &[f32]) -> f32 {
+    let g = |i: usize| x.get(i).copied().unwrap_or(0.0);
+    let s: [f32; 4] = std::array::from_fn(|i| g(i + 4) + g(i));
+    (s[0] + s[2]) + (s[1] + s[3])
+}
+
+/// ggml's reduction of four 8-lane accumulators (`lane = 8·k + l`).
+#[inline]
+fn reduce32(l: &[f32; 32]) -> f32 {
+    let x: [f32; 8] = std::array::from_fn(|i| (l[i] + l[16 + i]) + (l[8 + i] + l[24 + i]));
+    let t: [f32; 4] = std::array::from_fn(|i| x[i] + x[i + 4]);
+    (t[0] + t[1]) + (t[2] + t[3])
+}
+
+/// Dot product in the order of ggml's `ggml_vec_dot_f16` (x86: four 8-lane FMA
+/// accumulators over blocks of 32, then [`reduce32`]; the tail summed in f64).
+#[inline]
+fn dot_f16_ggml(a: &[f32], b: &[f32]) -> f32 {
+    let mut l = [0f32; 32];
+    let np = a.len() & !31;
+    for (ca, cb) in a[..np].chunks_exact(32).zip(b[..np].chunks_exact(32)) {
+        for k in 0..32 {
+            l[k] = ca[k].mul_add(cb[k], l[k]);
         }
     }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in ra.iter().zip(rb) {
+    let mut s = f64::from(reduce32(&l));
+    for (x, y) in a[np..].iter().zip(&b[np..]) {
+        s += f64::from(x * y);
+    }
+    s as f32
+}
+
+/// Dot product in the order of llamafile's tiled GEMM: one 8-lane FMA accumulator, then
+/// [`hsum8`].
+#[inline]
+fn dot_gemm8(a: &[f32], b: &[f32]) -> f32 {
+    let mut l = [0f32; 8];
+    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for k in 0..8 {
+            l[k] = ca[k].mul_add(cb[k], l[k]);
+        }
+    }
+    let mut s = hsum8(&l);
+    let r = a.len() & !7;
+    for (x, y) in a[r..].iter().zip(&b[r..]) {
         s += x * y;
     }
     s
@@ -242,9 +288,8 @@ fn matmul(file: &[u8], m: &Mat, acts: &mut Acts, x: &[f32], out: &mut [f32], poo
             if r0 == r1 {
                 return;
             }
-            let optr = optr;
             // SAFETY: each task writes its own row range of `out`, which outlives `run`.
-            let o = unsafe { std::slice::from_raw_parts_mut(optr.0.add(r0), r1 - r0) };
+            let o = unsafe { std::slice::from_raw_parts_mut(optr.at(r0), r1 - r0) };
             let res = QMatrix::new(q.ty(), r1 - r0, cols, &q.bytes()[r0 * row_bytes..r1 * row_bytes])
                 .and_then(|sub| sub.matmul_with(kernel, xq, o, 1));
             if let Err(e) = res {
@@ -257,9 +302,8 @@ fn matmul(file: &[u8], m: &Mat, acts: &mut Acts, x: &[f32], out: &mut [f32], poo
         pool.run(tasks, &|t| {
             let t0 = t * per;
             let t1 = (t0 + per).min(n_tok);
-            let optr = optr;
             // SAFETY: each task writes its own token rows of `out`.
-            let o = unsafe { std::slice::from_raw_parts_mut(optr.0.add(t0 * rows), (t1 - t0) * rows) };
+            let o = unsafe { std::slice::from_raw_parts_mut(optr.at(t0 * rows), (t1 - t0) * rows) };
             if let Err(e) = q.matmul_with(kernel, &xq[t0 * act_row..t1 * act_row], o, 1) {
                 *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             }
@@ -319,9 +363,10 @@ pub(crate) fn forward(
     grow(&mut s.gate, n * c.n_ff);
     grow(&mut s.up, n * c.n_ff);
     s.heads.resize_with(nh, Default::default);
-    for (sc, qh) in &mut s.heads {
+    for (sc, qh, acc) in &mut s.heads {
         grow(sc, n_pos);
         grow(qh, hd);
+        grow(acc, 32 * hdv);
     }
 
     // Embeddings: dequantize the rows in use.
@@ -401,15 +446,16 @@ pub(crate) fn forward(
         let window = c.sliding_window;
         let (k_base0, v_base0) = (kv.k_base(il, 0), kv.v_base(il, 0));
         let (k_stride, v_stride) = (kv.ctx * hd, kv.ctx * hdv);
+        let decode = n == 1;
         pool.run(nh, &|h| {
             // SAFETY: task `h` alone uses `heads[h]` and writes head `h`'s columns of `att`.
-            let (scores, qh) = unsafe { &mut *(hptr as *mut (Vec<f32>, Vec<f32>)).add(h) };
-            let aptr = aptr;
+            let (scores, qh, acc) = unsafe { &mut *(hptr as *mut HeadScratch).add(h) };
             let hk = h / group;
             let kb = k_base0 + hk * k_stride;
             let vb = v_base0 + hk * v_stride;
             let kf = &kc[kb..kb + n_pos * hd];
             let vf = &vc[vb..vb + n_pos * hdv];
+            let lanes = if decode { 32 } else { 8 };
             for i in 0..n {
                 let p = pos0 + i;
                 let first = if local { (p + 1).saturating_sub(window) } else { 0 };
@@ -417,22 +463,43 @@ pub(crate) fn forward(
                 for (o, &x) in qh.iter_mut().zip(qs) {
                     *o = round_f16(x * q_scale);
                 }
-                let scores = &mut scores[first..=p];
+                // Scores in the summation order of ggml's f16 dot product (one token) or of
+                // its tiled f16 GEMM (a batch), which llama.cpp uses for these products.
+                let scores = &mut scores[..=p];
                 let mut max = f32::NEG_INFINITY;
-                for (j, sc) in (first..=p).zip(scores.iter_mut()) {
-                    *sc = dot(&qh[..hd], &kf[j * hd..(j + 1) * hd]) * kq_scale;
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    if j < first {
+                        *sc = f32::NEG_INFINITY;
+                        continue;
+                    }
+                    let kj = &kf[j * hd..(j + 1) * hd];
+                    let d = if decode { dot_f16_ggml(&qh[..hd], kj) } else { dot_gemm8(&qh[..hd], kj) };
+                    *sc = d * kq_scale;
                     max = max.max(*sc);
                 }
+                // Softmax: exponentials summed eight at a time in f32, then in f64.
                 let mut sum = 0f64;
-                for sc in scores.iter_mut() {
-                    *sc = (*sc - max).exp();
-                    sum += f64::from(*sc);
+                for chunk in scores.chunks_mut(8) {
+                    for sc in chunk.iter_mut() {
+                        *sc = (*sc - max).exp();
+                    }
+                    sum += f64::from(hsum8(chunk));
                 }
                 let inv = (1.0 / sum) as f32;
-                let out = unsafe { std::slice::from_raw_parts_mut(aptr.0.add(i * o_in + h * hdv), hdv) };
-                out.fill(0.0);
-                for (j, &sc) in (first..=p).zip(scores.iter()) {
-                    axpy(out, round_f16(sc * inv), &vf[j * hdv..(j + 1) * hdv]);
+                // out = Σ_j p_j v_j, accumulated per lane (position mod 32 or 8) as ggml does.
+                let acc = &mut acc[..lanes * hdv];
+                acc.fill(0.0);
+                for (j, &sc) in scores.iter().enumerate().skip(first) {
+                    let lane = j % lanes;
+                    axpy(&mut acc[lane * hdv..(lane + 1) * hdv], round_f16(sc * inv), &vf[j * hdv..(j + 1) * hdv]);
+                }
+                let out = unsafe { std::slice::from_raw_parts_mut(aptr.at(i * o_in + h * hdv), hdv) };
+                for (dd, o) in out.iter_mut().enumerate() {
+                    let mut l = [0f32; 32];
+                    for (lane, v) in l.iter_mut().enumerate().take(lanes) {
+                        *v = acc[lane * hdv + dd];
+                    }
+                    *o = if decode { reduce32(&l) } else { hsum8(&l[..8]) };
                 }
             }
         });

@@ -371,3 +371,50 @@ impl Session {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::TextStream;
+
+    fn view(raw: &str, stops: &[&str], finished: bool) -> (Option<String>, String, usize, bool) {
+        let s = TextStream { raw: raw.as_bytes().to_vec(), emitted: 0 };
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let v = s.view(&stops, finished);
+        (v.thinking, v.visible, v.safe, v.stopped)
+    }
+
+    #[test]
+    fn thinking_is_split_off_and_never_visible() {
+        // Partial opening tag: nothing may be streamed yet.
+        assert_eq!(view("<thi", &[], false), (None, String::new(), 0, false));
+        // Thinking in progress: nothing visible.
+        let (t, v, safe, _) = view("<think>\nLet me see", &[], false);
+        assert_eq!((t.as_deref(), v.as_str(), safe), (Some("Let me see"), "", 0));
+        // Closed: thinking returned separately, the answer visible.
+        let (t, v, safe, _) = view("<think>\nhmm\n</think>\n\nHello!", &[], false);
+        assert_eq!((t.as_deref(), v.as_str(), safe), (Some("hmm"), "Hello!", 6));
+        // An empty think block (thinking off) leaves only the answer.
+        let (t, v, _, _) = view("<think>\n\n</think>\n\nHi", &[], true);
+        assert_eq!((t.as_deref(), v.as_str()), (Some(""), "Hi"));
+        // No thinking at all.
+        assert_eq!(view("Plain", &[], false).1, "Plain");
+    }
+
+    #[test]
+    fn stop_strings_cut_and_hold_back_possible_starts() {
+        let (_, v, safe, stopped) = view("Hello User: more", &["User:"], false);
+        assert_eq!((v.as_str(), safe, stopped), ("Hello ", 6, true));
+        // "Us" may begin "User:", so it is held back until it is decided.
+        let (_, v, safe, stopped) = view("Hello Us", &["User:"], false);
+        assert_eq!((v.as_str(), safe, stopped), ("Hello Us", 6, false));
+        // At the end everything goes out.
+        let (_, _, safe, _) = view("Hello Us", &["User:"], true);
+        assert_eq!(safe, 8);
+        // A stop string inside the thinking does not stop the answer.
+        let (_, v, _, stopped) = view("<think>User: x</think>ok", &["User:"], true);
+        assert_eq!((v.as_str(), stopped), ("ok", false));
+        // An incomplete UTF-8 sequence is held back.
+        let s = TextStream { raw: vec![b'a', 0xe6, 0x97], emitted: 0 };
+        assert_eq!(s.view(&[], false).visible, "a");
+    }
+}

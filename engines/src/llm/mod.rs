@@ -325,7 +325,7 @@ pub enum LlmErrorKind {
 }
 
 impl LlmError {
-    pub(crate) fn new(path: Option<&Path>, subject: Option<String>, kind: LlmErrorKind) -> Error {
+    pub(crate) fn error(path: Option<&Path>, subject: Option<String>, kind: LlmErrorKind) -> Error {
         Error::Llm(Box::new(LlmError {
             path: path.map(Path::to_path_buf),
             subject,
@@ -334,7 +334,7 @@ impl LlmError {
     }
 
     pub(crate) fn request(msg: String) -> Error {
-        Self::new(None, None, LlmErrorKind::Request(msg))
+        Self::error(None, None, LlmErrorKind::Request(msg))
     }
 }
 

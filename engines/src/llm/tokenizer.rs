@@ -53,7 +53,7 @@ enum Model {
     },
     Spm {
         scores: Vec<f32>,
-        byte_tokens: [Option<u32>; 256],
+        byte_tokens: Box<[Option<u32>; 256]>,
         add_space_prefix: bool,
     },
 }
@@ -101,7 +101,7 @@ impl Tokenizer {
     pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         let path = file.path();
         let err = |key: &str, msg: String| {
-            LlmError::new(path, Some(format!("key {key:?}")), LlmErrorKind::Tokenizer(msg))
+            LlmError::error(path, Some(format!("key {key:?}")), LlmErrorKind::Tokenizer(msg))
         };
         let model_name = file.get_str("tokenizer.ggml.model")?;
         let tokens: Vec<String> = file
@@ -188,7 +188,7 @@ impl Tokenizer {
                         format!("{} scores for {} tokens", scores.len(), tokens.len()),
                     ));
                 }
-                let mut byte_tokens = [None; 256];
+                let mut byte_tokens = Box::new([None; 256]);
                 for (b, slot) in byte_tokens.iter_mut().enumerate() {
                     *slot = ids.get(&format!("<0x{b:02X}>")).copied();
                 }

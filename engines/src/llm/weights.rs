@@ -70,7 +70,7 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn err(&self, name: &str, kind: LlmErrorKind) -> crate::Error {
-        LlmError::new(self.file.path(), Some(format!("tensor {name:?}")), kind)
+        LlmError::error(self.file.path(), Some(format!("tensor {name:?}")), kind)
     }
 
     fn get(&self, name: &str, dims: &[usize]) -> Result<TensorView> {
