@@ -281,7 +281,9 @@ fn wav_of_any_rate_and_channels() {
 
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
+    fn shareable<T: Send + Sync>(_: &T) {}
     let m = model(TINY);
+    shareable(m);
     let o = TranscribeOptions::default();
     let msg = |r: sotad_engines::Result<_>| match r {
         Ok(t) => panic!("expected an error, got {t:?}"),
