@@ -8,7 +8,7 @@
 //! `STT_REF_PYTHON` (default /tmp/venv-stt/bin/python). Prints latency, real-time factor and
 //! the ratios sotad / faster-whisper (below 1: sotad is faster).
 //!
-//! `cargo bench -p sotad-benches --bench stt`
+//! `cargo bench -p sotad-benches --bench stt` (`STT_BENCH_MODELS=tiny` for one model)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,7 +79,11 @@ fn main() {
         })
         .collect();
     println!("STT benchmark: {runs} runs per clip after a warm-up, medians, 2 threads, greedy (beam 1)");
+    let only = std::env::var("STT_BENCH_MODELS").unwrap_or_default();
     for name in ["whisper-tiny.en-ct2", "whisper-base-ct2"] {
+        if !only.is_empty() && !only.split(',').any(|m| name.contains(m.trim())) {
+            continue;
+        }
         let mdir = dir.join(name);
         let t = Instant::now();
         let model = Whisper::load(&mdir, &LoadOptions { threads: 2, ..Default::default() }).unwrap();

@@ -117,16 +117,17 @@ fn edit_distance(a: &[String], b: &[String]) -> usize {
     prev[b.len()]
 }
 
-/// faster-whisper's float32 result for a model: (per-clip errors by id, total WER).
-fn reference(name: &str) -> (Vec<(String, usize)>, f64) {
+/// faster-whisper's result for a model and setting (`"float32"`: greedy,
+/// `"float32_beam5"`): (per-clip errors by id, total WER).
+fn reference(name: &str, key: &str) -> (Vec<(String, usize)>, f64) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/stt_reference.json");
     let text = std::fs::read_to_string(&path).unwrap();
     let root = json::parse(&text).unwrap();
     let r = root
         .get("models")
         .and_then(|m| m.get(name))
-        .and_then(|m| m.get("float32"))
-        .unwrap_or_else(|| panic!("{}: no float32 result for {name}", path.display()));
+        .and_then(|m| m.get(key))
+        .unwrap_or_else(|| panic!("{}: no {key} result for {name}", path.display()));
     let num = |v: Option<&JsonValue>| match v {
         Some(JsonValue::Number(x)) => *x,
         other => panic!("expected a number, found {other:?}"),
@@ -146,17 +147,18 @@ fn reference(name: &str) -> (Vec<(String, usize)>, f64) {
     (clips, num(r.get("wer")))
 }
 
-fn accuracy(name: &str) {
+fn accuracy(name: &str, key: &str, beam_size: usize) {
     let m = model(name);
+    let opts = TranscribeOptions { beam_size, ..Default::default() };
     let mut all = clips();
     if cfg!(target_arch = "aarch64") {
         // Under qemu: the shortest clip only.
         all.retain(|c| c.id.ends_with("0880"));
     }
-    let (ref_clips, ref_wer) = reference(name);
+    let (ref_clips, ref_wer) = reference(name, key);
     let (mut errors, mut words, mut ref_errors) = (0, 0, 0);
     for c in &all {
-        let t = m.transcribe(&c.samples, &TranscribeOptions::default()).unwrap();
+        let t = m.transcribe(&c.samples, &opts).unwrap();
         let (r, h) = (normalize(&c.reference), normalize(&t.text));
         let e = edit_distance(&r, &h);
         eprintln!("{name} {}: {e} errors / {} words: {:?} ({:.0} ms)", c.id, r.len(), t.text, t.timings.total_ms);
@@ -166,21 +168,26 @@ fn accuracy(name: &str) {
         ref_errors += ref_clips.iter().find(|(id, _)| *id == c.id).unwrap().1;
     }
     let wer = errors as f64 / words as f64;
-    eprintln!("{name}: WER {wer:.4} ({errors}/{words}); faster-whisper float32 {ref_errors} errors (WER {ref_wer:.4} on all five)");
+    eprintln!("{name} beam {beam_size}: WER {wer:.4} ({errors}/{words}); faster-whisper {key} {ref_errors} errors (WER {ref_wer:.4} on all five)");
     assert!(
         errors <= ref_errors,
-        "{name}: {errors} word errors ({wer:.4}) > faster-whisper's {ref_errors} on the same clips"
+        "{name} beam {beam_size}: {errors} word errors ({wer:.4}) > faster-whisper's {ref_errors} ({key}) on the same clips"
     );
 }
 
 #[test]
 fn tiny_en_wer_is_at_most_faster_whispers() {
-    accuracy(TINY);
+    accuracy(TINY, "float32", 1);
 }
 
 #[test]
 fn base_wer_is_at_most_faster_whispers() {
-    accuracy(BASE);
+    accuracy(BASE, "float32", 1);
+}
+
+#[test]
+fn tiny_en_beam5_wer_is_at_most_faster_whispers() {
+    accuracy(TINY, "float32_beam5", 5);
 }
 
 #[test]
@@ -259,19 +266,24 @@ fn long_form_audio_keeps_every_clip() {
 fn wav_of_any_rate_and_channels() {
     let m = model(TINY);
     let c = clips().into_iter().find(|c| c.id.ends_with("0930")).unwrap();
-    let mono = m.transcribe(&c.samples, &TranscribeOptions::default()).unwrap();
     let up = resample_mono(&c.samples, 16_000, 44_100).unwrap();
     let stereo: Vec<f32> = up.iter().flat_map(|&x| [x, x * 0.5]).collect();
     let bytes = encode_wav_i16(&stereo, 44_100, 2);
     let t = m.transcribe_wav(&bytes, &TranscribeOptions::default()).unwrap();
-    let (a, b) = (normalize(&mono.text), normalize(&t.text));
-    assert!(edit_distance(&a, &b) <= 1, "{:?} vs {:?}", mono.text, t.text);
+    let b = normalize(&t.text);
     assert!(edit_distance(&normalize(&c.reference), &b) <= 1, "{:?}", t.text);
+    if !cfg!(target_arch = "aarch64") {
+        let mono = m.transcribe(&c.samples, &TranscribeOptions::default()).unwrap();
+        let a = normalize(&mono.text);
+        assert!(edit_distance(&a, &b) <= 1, "{:?} vs {:?}", mono.text, t.text);
+    }
 }
 
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
+    fn shareable<T: Send + Sync>(_: &T) {}
     let m = model(TINY);
+    shareable(m);
     let o = TranscribeOptions::default();
     let msg = |r: sotad_engines::Result<_>| match r {
         Ok(t) => panic!("expected an error, got {t:?}"),
@@ -288,7 +300,7 @@ fn bad_input_is_an_error_not_a_panic() {
     let mut float64 = encode_wav_i16(&[0.0; 10], 16_000, 1);
     float64[20] = 7; // format tag 7: mu-law
     assert!(msg(m.transcribe_wav(&float64, &o)).contains("format"));
-    let beam = TranscribeOptions { beam_size: 5, ..Default::default() };
+    let beam = TranscribeOptions { beam_size: 0, ..Default::default() };
     assert!(msg(m.transcribe(&[0.0; 16_000], &beam)).contains("beam_size"));
     let tr = TranscribeOptions { task: Task::Translate, ..Default::default() };
     assert!(msg(m.transcribe(&[0.0; 16_000], &tr)).contains("English-only"));
@@ -310,10 +322,12 @@ fn multilingual_model_detects_english_and_takes_a_language() {
     let t = m.transcribe(&c.samples, &TranscribeOptions::default()).unwrap();
     assert_eq!(t.language, "en");
     assert!(t.language_prob.unwrap() > 0.5, "{:?}", t.language_prob);
-    let given = TranscribeOptions { language: Some("en".into()), ..Default::default() };
-    let t2 = m.transcribe(&c.samples, &given).unwrap();
-    assert_eq!(t2.text, t.text);
-    assert_eq!(t2.language_prob, None);
+    if !cfg!(target_arch = "aarch64") {
+        let given = TranscribeOptions { language: Some("en".into()), ..Default::default() };
+        let t2 = m.transcribe(&c.samples, &given).unwrap();
+        assert_eq!(t2.text, t.text);
+        assert_eq!(t2.language_prob, None);
+    }
     let bad = TranscribeOptions { language: Some("xx".into()), ..Default::default() };
     assert!(m.transcribe(&c.samples, &bad).unwrap_err().to_string().contains("xx"));
 }

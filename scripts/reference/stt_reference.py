@@ -7,10 +7,11 @@ Setup (not needed by CI; the outputs are committed):
 Modes:
     stt_reference.py fixture [--out engines/tests/data/stt_reference.json]
         Transcribes the five LibriVox clips (speech/librivox/*.wav in the models dir) with
-        whisper-tiny.en-ct2 and whisper-base-ct2, compute types float32 and int8, greedy
-        (beam_size=1, faster-whisper's other defaults: temperature fallback 0.0..1.0,
-        best_of=5, condition_on_previous_text, no VAD), and writes transcripts, segments and
-        word error rates after the normalization below.
+        whisper-tiny.en-ct2 and whisper-base-ct2: compute types float32 and int8 greedy
+        (beam_size=1), and float32 with beam_size=5 (key "float32_beam5"); faster-whisper's
+        other defaults (temperature fallback 0.0..1.0, best_of=5,
+        condition_on_previous_text, no VAD). Writes transcripts, segments and word error
+        rates after the normalization below.
     stt_reference.py bench MODEL_DIR COMPUTE_TYPE RUNS WAV...
         Prints one JSON line: per clip, the median wall time of RUNS transcriptions
         (2 CPU threads, beam 1), after one warm-up run.
@@ -62,8 +63,8 @@ def clips():
     return [(k, os.path.join(d, k + ".wav"), refs[k]) for k in sorted(refs)]
 
 
-def transcribe(model, wav):
-    segments, info = model.transcribe(wav, beam_size=1, vad_filter=False)
+def transcribe(model, wav, beam_size=1):
+    segments, info = model.transcribe(wav, beam_size=beam_size, vad_filter=False)
     segs = [{"start": s.start, "end": s.end, "text": s.text} for s in segments]
     return "".join(s["text"] for s in segs).strip(), segs, info.language
 
@@ -71,20 +72,21 @@ def transcribe(model, wav):
 def fixture(out):
     result = {"normalization": __doc__.split("Normalization for WER")[1].strip(), "models": {}}
     for name in ["whisper-tiny.en-ct2", "whisper-base-ct2"]:
-        for ct in ["float32", "int8"]:
+        for ct, beam in [("float32", 1), ("int8", 1), ("float32", 5)]:
             model = WhisperModel(os.path.join(models_dir(), name), device="cpu", compute_type=ct, cpu_threads=2)
             errs = words = 0
             items = []
             for clip_id, wav, ref in clips():
-                text, segs, lang = transcribe(model, wav)
+                text, segs, lang = transcribe(model, wav, beam)
                 e = edit_distance(normalize(ref), normalize(text))
                 errs += e
                 words += len(normalize(ref))
                 items.append({"id": clip_id, "reference": ref, "text": text, "language": lang,
                               "segments": segs, "errors": e, "words": len(normalize(ref))})
-            result["models"].setdefault(name, {})[ct] = {
-                "beam_size": 1, "wer": errs / words, "errors": errs, "words": words, "clips": items}
-            print(name, ct, "WER", errs / words, file=sys.stderr)
+            key = ct if beam == 1 else f"{ct}_beam{beam}"
+            result["models"].setdefault(name, {})[key] = {
+                "beam_size": beam, "wer": errs / words, "errors": errs, "words": words, "clips": items}
+            print(name, ct, beam, "WER", errs / words, file=sys.stderr)
     with open(out, "w") as f:
         json.dump(result, f, indent=1, ensure_ascii=False)
         f.write("\n")

@@ -93,14 +93,15 @@ impl CaptureState {
         }
     }
 
-    /// A short name for logs and telemetry.
+    /// A short name for logs, telemetry and `voice/state` (`missing`, `busy` and `failed`
+    /// mean the thread is retrying with back-off).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Starting => "starting",
             Self::Open => "open",
-            Self::Missing => "device missing, retrying",
-            Self::Busy => "device busy, retrying",
-            Self::Failed => "device error, retrying",
+            Self::Missing => "missing",
+            Self::Busy => "busy",
+            Self::Failed => "failed",
             Self::Stopped => "stopped",
         }
     }

@@ -188,8 +188,10 @@ pub fn exp_neg(x: f32) -> f32 {
         + t * (1.0
             + t * (0.5
                 + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0 + t * (1.0 / 720.0))))));
-    let bits = ((n as i32 + 127) << 23) as u32;
-    p * f32::from_bits(bits)
+    // 2^n from the exponent bits. n + 127 is an integer in 1..=127; adding 1.5·2^23 puts it
+    // in the low mantissa bits (a float-to-int cast would not vectorize: it saturates).
+    let k = (n + 127.0 + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000);
+    p * f32::from_bits(k << 23)
 }
 
 /// In place: adds a bias and optionally applies GELU (exact, erf-based, as `torch.nn.GELU`).
@@ -217,8 +219,8 @@ pub fn erf(x: f32) -> f32 {
                 + t * (0.096_784_18
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+                            + t * (-1.135_204
+                                + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
     let erfc = t * exp_neg(poly);
     if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }
 }

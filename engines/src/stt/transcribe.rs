@@ -1,11 +1,14 @@
 //! Transcription: Whisper's decoding loop over 30-second windows.
 //!
 //! This follows OpenAI's `transcribe()` (and faster-whisper's `generate_segments`, which
-//! reproduces it), with greedy decoding:
+//! reproduces it), with greedy decoding or beam search:
 //!
 //! - **Windows and seeking.** The log-mel spectrogram of the whole recording is computed once.
-//!   A window is the 3000 frames from `seek` (frames past the audio have the silence value,
-//!   as OpenAI's padded spectrogram has). After decoding, `seek` moves to the last complete
+//!   A window is the 3000 frames from `seek`; frames past the audio are 0 in the normalized
+//!   log-mel domain, as in faster-whisper ([`TranscribeOptions::pad_with_silence`] gives
+//!   OpenAI's silence value instead). The encoder always sees the full 3000 frames. A window
+//!   whose audio peaks below [`TranscribeOptions::silence_peak`] (-60 dBFS) is skipped
+//!   without running the model. After decoding, `seek` moves to the last complete
 //!   timestamp pair, or past the window when it ended in a single timestamp or had none, so a
 //!   sentence cut at 30 s is decoded again whole in the next window.
 //! - **Timestamp rules** (OpenAI's `ApplyTimestampRules`): timestamps come in pairs (after a
@@ -85,7 +88,8 @@ pub struct TranscribeOptions {
     pub language: Option<String>,
     /// Transcribe or translate.
     pub task: Task,
-    /// Beam width; only 1 (greedy) is implemented, other values are rejected.
+    /// Beam width at temperature 0: 1 is greedy (the default), up to 16 (faster-whisper's
+    /// default is 5). Fallback temperatures above 0 sample `best_of` candidates either way.
     pub beam_size: usize,
     /// Candidates sampled per window at temperatures above 0.
     pub best_of: usize,
@@ -362,9 +366,9 @@ impl Whisper {
                 samples[i]
             )));
         }
-        if opts.beam_size != 1 {
+        if opts.beam_size == 0 || opts.beam_size > 16 {
             return Err(bad(format!(
-                "beam_size {} is not supported: only greedy decoding (1) is implemented",
+                "beam_size {} is out of range: 1 (greedy) to 16",
                 opts.beam_size
             )));
         }
@@ -629,7 +633,9 @@ impl Whisper {
     ) -> Result<Decoded> {
         let mut all = Vec::new();
         for &temp in &opts.temperatures {
-            let d = if temp == 0.0 {
+            let d = if temp == 0.0 && opts.beam_size > 1 {
+                self.decode_beam(cross, initial, sot_index, opts, timings)?
+            } else if temp == 0.0 {
                 self.decode_once(cross, initial, sot_index, 0.0, opts, rng, timings)?
             } else {
                 let mut best: Option<Decoded> = None;
@@ -748,6 +754,129 @@ impl Whisper {
             sum_logprob,
             no_speech_prob,
             temperature,
+        })
+    }
+
+    /// Beam search at temperature 0: `opts.beam_size` hypotheses, each extended by its
+    /// `beam_size + 1` likeliest tokens; a hypothesis ending in end-of-text is finished, and
+    /// the search stops when `beam_size` are. The result is the finished hypothesis with the
+    /// best sum of log-probabilities divided by its length (OpenAI's ranking without a length
+    /// penalty).
+    fn decode_beam(
+        &self,
+        cross: &CrossKv,
+        initial: &[u32],
+        sot_index: usize,
+        opts: &TranscribeOptions,
+        timings: &mut Timings,
+    ) -> Result<Decoded> {
+        struct Beam {
+            tokens: Vec<u32>,
+            sum: f32,
+            cache: DecoderCache,
+            logits: Vec<f32>,
+        }
+        let sp = self.tokenizer.specials();
+        let dims = self.net.dims();
+        let width = opts.beam_size.max(1);
+        let max_new = (dims.n_text_ctx / 2).min(dims.n_text_ctx.saturating_sub(initial.len()));
+        let mut cache = DecoderCache::default();
+        let out = self.net.decode(
+            initial,
+            &mut cache,
+            cross,
+            &[sot_index, initial.len() - 1],
+            self.threads,
+        )?;
+        let (Some(first), Some(logits)) = (out.first(), out.last().cloned()) else {
+            return Err(Error::Stt {
+                reason: "the decoder returned no logits".into(),
+            });
+        };
+        let no_speech_prob = {
+            let mut lp = first.clone();
+            log_softmax(&mut lp);
+            lp.get(sp.no_speech as usize).map_or(0.0, |v| v.exp())
+        };
+        let mut beams = vec![Beam {
+            tokens: Vec::new(),
+            sum: 0.0,
+            cache,
+            logits,
+        }];
+        let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
+        for _ in 0..max_new {
+            let mut candidates: Vec<(f32, usize, u32)> = Vec::new();
+            for (bi, b) in beams.iter().enumerate() {
+                let mut l = b.logits.clone();
+                self.filter_logits(&mut l, &b.tokens, opts);
+                log_softmax(&mut l);
+                let mut idx: Vec<u32> = (0..l.len() as u32)
+                    .filter(|&i| l[i as usize].is_finite())
+                    .collect();
+                let k = (width + 1).min(idx.len());
+                if k == 0 {
+                    continue;
+                }
+                idx.select_nth_unstable_by(k - 1, |&a, &b| l[b as usize].total_cmp(&l[a as usize]));
+                for &t in &idx[..k] {
+                    candidates.push((b.sum + l[t as usize], bi, t));
+                }
+            }
+            candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let mut next: Vec<(usize, u32, f32)> = Vec::new();
+            for &(score, bi, t) in &candidates {
+                if t == sp.eot {
+                    if finished.len() < width {
+                        finished.push((beams[bi].tokens.clone(), score));
+                    }
+                } else {
+                    next.push((bi, t, score));
+                    if next.len() == width {
+                        break;
+                    }
+                }
+            }
+            if finished.len() >= width || next.is_empty() {
+                break;
+            }
+            let mut new_beams = Vec::with_capacity(next.len());
+            for (bi, t, score) in next {
+                let parent = &beams[bi];
+                let mut cache = parent.cache.clone();
+                let out = self.net.decode(&[t], &mut cache, cross, &[0], self.threads)?;
+                timings.tokens += 1;
+                let mut tokens = parent.tokens.clone();
+                tokens.push(t);
+                new_beams.push(Beam {
+                    tokens,
+                    sum: score,
+                    cache,
+                    logits: out.into_iter().next().unwrap_or_default(),
+                });
+            }
+            beams = new_beams;
+        }
+        if finished.is_empty() {
+            finished = beams.into_iter().map(|b| (b.tokens, b.sum)).collect();
+        }
+        let (tokens, sum) = finished
+            .into_iter()
+            .max_by(|a, b| {
+                let sa = a.1 / a.0.len().max(1) as f32;
+                let sb = b.1 / b.0.len().max(1) as f32;
+                sa.total_cmp(&sb)
+            })
+            .unwrap_or_default();
+        let text_tokens: Vec<u32> = tokens.iter().copied().filter(|&t| t < sp.eot).collect();
+        let text = self.tokenizer.decode(&text_tokens);
+        Ok(Decoded {
+            avg_logprob: sum / (tokens.len() + 1) as f32,
+            compression_ratio: compression_ratio(&text),
+            tokens,
+            sum_logprob: sum,
+            no_speech_prob,
+            temperature: 0.0,
         })
     }
 
