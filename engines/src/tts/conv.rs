@@ -45,6 +45,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `SendPtr`, not its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Runs `f(l0, l1)` over parts of `0..l`, in parallel on the current rayon pool.
 fn par_columns(l: usize, f: impl Fn(usize, usize) + Sync) {
     let threads = rayon::current_num_threads().max(1);
@@ -193,7 +200,6 @@ impl Conv1d {
         let block = ((65_536 / depth.max(1)) / 16 * 16).clamp(16, 1024);
         let dst = SendPtr(y.as_mut_ptr());
         par_columns(l, |l0, l1| {
-            let dst = dst;
             let mut col = vec![0f32; depth * block.min(l1 - l0)];
             let mut b0 = l0;
             while b0 < l1 {
@@ -229,7 +235,8 @@ impl Conv1d {
                 // Bias and residual.
                 for o in 0..self.c_out {
                     // SAFETY: columns b0..b0 + bw of row o belong to this part alone.
-                    let row = unsafe { std::slice::from_raw_parts_mut(dst.0.add(o * l + b0), bw) };
+                    let row =
+                        unsafe { std::slice::from_raw_parts_mut(dst.get().add(o * l + b0), bw) };
                     match residual {
                         Some(r) => {
                             let bias = self.bias[o];
@@ -247,7 +254,7 @@ impl Conv1d {
                         self.c_out,
                         bw,
                         depth,
-                        dst.0.add(b0),
+                        dst.get().add(b0),
                         l,
                         self.w.as_ptr(),
                         depth,
@@ -312,7 +319,6 @@ impl ConvTranspose1d {
         let dst = SendPtr(col.as_mut_ptr());
         let rhs = SendPtr(xa.as_ptr().cast_mut());
         par_columns(l, |l0, l1| {
-            let (dst, rhs) = (dst, rhs);
             // SAFETY: col is [rows, l], this part writes columns l0..l1; w is [c_in, rows],
             // read transposed (row stride 1, column stride rows); xa is [c_in, l].
             unsafe {
@@ -320,12 +326,12 @@ impl ConvTranspose1d {
                     rows,
                     l1 - l0,
                     self.c_in,
-                    dst.0.add(l0),
+                    dst.get().add(l0),
                     l,
                     self.w.as_ptr(),
                     1,
                     rows,
-                    rhs.0.add(l0),
+                    rhs.get().add(l0),
                     l,
                 );
             }
@@ -341,10 +347,9 @@ impl ConvTranspose1d {
         let threads = rayon::current_num_threads().max(1);
         let per = c_out.div_ceil(threads);
         let work = |o0: usize, o1: usize| {
-            let out = out;
             for o in o0..o1 {
                 // SAFETY: channel rows o0..o1 are this task's alone.
-                let row = unsafe { std::slice::from_raw_parts_mut(out.0.add(o * lo), lo) };
+                let row = unsafe { std::slice::from_raw_parts_mut(out.get().add(o * lo), lo) };
                 row.fill(bias[o]);
                 for t in 0..k {
                     let c = &col[(o * k + t) * l..(o * k + t + 1) * l];
@@ -380,6 +385,7 @@ mod tests {
     use super::*;
 
     /// The direct definition, for comparison.
+    #[allow(clippy::too_many_arguments)]
     fn naive_conv(
         w: &[f32],
         b: &[f32],

@@ -114,8 +114,7 @@ pub const MAX_PIECE: usize = 600;
 pub fn split_text(text: &str) -> Vec<&str> {
     let mut ends = Vec::new(); // byte offsets where a sentence ends
     let bytes = text.as_bytes();
-    let mut it = text.char_indices().peekable();
-    while let Some((i, c)) = it.next() {
+    for (i, c) in text.char_indices() {
         let end = i + c.len_utf8();
         match c {
             '.' | '!' | '?' => {
@@ -133,10 +132,8 @@ pub fn split_text(text: &str) -> Vec<&str> {
                     }
                 }
             }
-            '\n' => {
-                if bytes.get(end) == Some(&b'\n') || text[end..].starts_with("\r\n") {
-                    ends.push(end);
-                }
+            '\n' if bytes.get(end) == Some(&b'\n') || text[end..].starts_with("\r\n") => {
+                ends.push(end);
             }
             _ => {}
         }

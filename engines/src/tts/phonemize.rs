@@ -1,5 +1,5 @@
 //! Phoneme ids for a Piper voice from espeak-ng's IPA output, the way Piper computes them.
-//! Pure functions: running espeak-ng is the daemon's job.
+//! Pure functions: running espeak-ng is [`super::espeak`]'s job.
 //!
 //! # What Piper does
 //!

@@ -704,8 +704,8 @@ fn rq_spline_inverse(y: f32, uw: &[f32], uh: &[f32], ud: &[f32]) -> f32 {
     };
     // searchsorted with the last edge nudged up by 1e-6.
     let mut bin = 0usize;
-    for k in 0..=nb {
-        let edge = if k == nb { chh[k] + 1e-6 } else { chh[k] };
+    for (k, &c) in chh[..=nb].iter().enumerate() {
+        let edge = if k == nb { c + 1e-6 } else { c };
         if y >= edge {
             bin = k;
         }
@@ -1143,7 +1143,8 @@ impl Vits {
             ("length_scale", scales.length_scale),
             ("noise_w", scales.noise_w),
         ] {
-            let ok = v.is_finite() && v >= 0.0 && v <= 100.0 && (name != "length_scale" || v > 0.0);
+            let ok =
+                v.is_finite() && (0.0..=100.0).contains(&v) && (name != "length_scale" || v > 0.0);
             if !ok {
                 return Err(TtsError::new(
                     TtsFile::Request,
