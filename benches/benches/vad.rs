@@ -29,8 +29,8 @@ use std::time::Instant;
 
 use sotad_engines::audio::read_wav;
 use sotad_engines::vad::{
-    EndpointConfig, GateConfig, SileroVad, VadEvent, VadState, VoiceDetector,
-    VoiceDetectorConfig, WINDOW, rms_db,
+    EndpointConfig, GateConfig, SileroVad, VadEvent, VadState, VoiceDetector, VoiceDetectorConfig,
+    WINDOW, rms_db,
 };
 
 const CLIPS: [&str; 5] = [
@@ -44,17 +44,37 @@ const CLIPS: [&str; 5] = [
 fn models_dir() -> PathBuf {
     std::env::var_os("SOTAD_MODELS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models")
+        })
 }
 
 /// `secs` of `kind` noise (whitenoise, pinknoise, brownnoise) from sox, scaled to `db` dBFS RMS.
 fn noise(kind: &str, secs: u32, db: f32) -> Vec<f32> {
     let out = Command::new("sox")
-        .args(["-R", "-n", "-r", "16000", "-c", "1", "-e", "floating-point", "-b", "32", "-t", "raw", "-"])
+        .args([
+            "-R",
+            "-n",
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-e",
+            "floating-point",
+            "-b",
+            "32",
+            "-t",
+            "raw",
+            "-",
+        ])
         .args(["synth", &secs.to_string(), kind])
         .output()
         .expect("sox is needed: run scripts/setup.sh");
-    assert!(out.status.success(), "sox failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sox failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let x: Vec<f32> = out
         .stdout
         .chunks_exact(4)
@@ -109,20 +129,29 @@ fn median(v: &mut [f64]) -> f64 {
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let model = models_dir().join("silero-vad/silero_vad_16k_op15.onnx");
-    assert!(model.exists(), "{} missing: run scripts/install-models.sh", model.display());
+    assert!(
+        model.exists(),
+        "{} missing: run scripts/install-models.sh",
+        model.display()
+    );
     let clips: Vec<(String, Vec<f32>)> = CLIPS
         .iter()
         .map(|c| {
             let p = models_dir().join("speech/librivox").join(c);
-            (c.to_string(), read_wav(&p).unwrap_or_else(|e| panic!("{e}")).samples)
+            (
+                c.to_string(),
+                read_wav(&p).unwrap_or_else(|e| panic!("{e}")).samples,
+            )
         })
         .collect();
 
     // 1. Model cost.
     let vad = SileroVad::load(&model).unwrap();
     let audio: Vec<f32> = clips.iter().flat_map(|(_, c)| c.iter().copied()).collect();
-    let windows: Vec<&[f32; WINDOW]> =
-        audio.chunks_exact(WINDOW).map(|w| w.try_into().unwrap()).collect();
+    let windows: Vec<&[f32; WINDOW]> = audio
+        .chunks_exact(WINDOW)
+        .map(|w| w.try_into().unwrap())
+        .collect();
     let mut runs = Vec::new();
     let mut cpu_runs = Vec::new();
     for _ in 0..5 {
@@ -137,10 +166,19 @@ fn main() {
         }
     }
     let us = median(&mut runs);
-    println!("## Silero VAD model cost ({} windows of 32 ms, one thread)", windows.len());
-    println!("sotad:             {us:.1} us/window wall, real-time factor {:.4}", us / 32_000.0);
+    println!(
+        "## Silero VAD model cost ({} windows of 32 ms, one thread)",
+        windows.len()
+    );
+    println!(
+        "sotad:             {us:.1} us/window wall, real-time factor {:.4}",
+        us / 32_000.0
+    );
     if !cpu_runs.is_empty() {
-        println!("sotad:             {:.1} us/window of CPU time (independent of machine load)", median(&mut cpu_runs));
+        println!(
+            "sotad:             {:.1} us/window of CPU time (independent of machine load)",
+            median(&mut cpu_runs)
+        );
     }
     let py = Path::new("/tmp/venv-vad/bin/python");
     if py.exists() {
@@ -164,9 +202,17 @@ print(f"{{sorted(best)[2]:.1f}} {{sorted(cpu)[2]:.1f}}")
         match Command::new(py).args(["-c", &script]).output() {
             Ok(o) if o.status.success() => {
                 let text = String::from_utf8_lossy(&o.stdout);
-                let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-                let (ort_us, ort_cpu) = (v.first().copied().unwrap_or(f64::NAN), v.get(1).copied().unwrap_or(f64::NAN));
-                println!("onnxruntime (py):  {ort_us:.1} us/window wall, {ort_cpu:.1} us CPU (both include Python's call overhead, ~5-10 us)");
+                let v: Vec<f64> = text
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                let (ort_us, ort_cpu) = (
+                    v.first().copied().unwrap_or(f64::NAN),
+                    v.get(1).copied().unwrap_or(f64::NAN),
+                );
+                println!(
+                    "onnxruntime (py):  {ort_us:.1} us/window wall, {ort_cpu:.1} us CPU (both include Python's call overhead, ~5-10 us)"
+                );
                 println!("sotad / onnxruntime wall time: {:.2}", us / ort_us);
             }
             _ => println!("onnxruntime: not measured (venv without onnxruntime)"),
@@ -176,7 +222,9 @@ print(f"{{sorted(best)[2]:.1f}} {{sorted(cpu)[2]:.1f}}")
     // 2. False triggers on noise only.
     let secs = if quick { 20 } else { 120 };
     println!("\n## False triggers on noise only ({secs} s per case, default [vad] settings)");
-    println!("| noise | level dBFS | utterances/min (gate) | model runs (gate) | utterances/min (no gate) |");
+    println!(
+        "| noise | level dBFS | utterances/min (gate) | model runs (gate) | utterances/min (no gate) |"
+    );
     println!("|---|---|---|---|---|");
     for kind in ["whitenoise", "pinknoise", "brownnoise"] {
         for db in [-50.0, -35.0, -20.0] {
@@ -186,9 +234,15 @@ print(f"{{sorted(best)[2]:.1f}} {{sorted(cpu)[2]:.1f}}")
                 let mut det = detector(&model, gate);
                 let mut ev = Vec::new();
                 det.push(&x, &mut ev);
-                let starts = ev.iter().filter(|e| matches!(e, VadEvent::SpeechStart { .. })).count();
+                let starts = ev
+                    .iter()
+                    .filter(|e| matches!(e, VadEvent::SpeechStart { .. }))
+                    .count();
                 let st = det.stats();
-                row.push((starts as f64 * 60.0 / f64::from(secs), st.model_runs as f64 / st.windows as f64));
+                row.push((
+                    starts as f64 * 60.0 / f64::from(secs),
+                    st.model_runs as f64 / st.windows as f64,
+                ));
             }
             println!(
                 "| {kind} | {db} | {:.2} | {:.0} % | {:.2} |",
@@ -201,7 +255,9 @@ print(f"{{sorted(best)[2]:.1f}} {{sorted(cpu)[2]:.1f}}")
 
     // 3. Endpoint delay on speech in pink noise.
     println!("\n## Endpoint delay, LibriVox clips in pink noise (trailing silence 600 ms)");
-    println!("| SNR dB | clips with 1 utterance | delay median ms | delay worst ms | start early by (median ms) |");
+    println!(
+        "| SNR dB | clips with 1 utterance | delay median ms | delay worst ms | start early by (median ms) |"
+    );
     println!("|---|---|---|---|---|");
     let pink = noise("pinknoise", 20, 0.0);
     for snr in [f32::INFINITY, 20.0, 10.0, 5.0] {
@@ -247,11 +303,23 @@ print(f"{{sorted(best)[2]:.1f}} {{sorted(cpu)[2]:.1f}}")
         let worst = delays.iter().cloned().fold(f64::NAN, f64::max);
         println!(
             "| {} | {ok}/{} | {:.0} | {:.0} | {:.0} |",
-            if snr.is_finite() { format!("{snr}") } else { "clean".into() },
+            if snr.is_finite() {
+                format!("{snr}")
+            } else {
+                "clean".into()
+            },
             clips.len(),
-            if delays.is_empty() { f64::NAN } else { median(&mut delays) },
+            if delays.is_empty() {
+                f64::NAN
+            } else {
+                median(&mut delays)
+            },
             worst,
-            if early.is_empty() { f64::NAN } else { median(&mut early) },
+            if early.is_empty() {
+                f64::NAN
+            } else {
+                median(&mut early)
+            },
         );
     }
 }

@@ -216,7 +216,7 @@ impl Vad {
     pub fn detector_config(&self) -> sotad_engines::vad::VoiceDetectorConfig {
         use sotad_engines::vad::{EndpointConfig, GateConfig, VoiceDetectorConfig};
         VoiceDetectorConfig {
-            gate: self.gate.then(|| GateConfig {
+            gate: self.gate.then_some(GateConfig {
                 min_db: self.gate_min_db as f32,
                 margin_db: self.gate_margin_db as f32,
                 rise_db_per_s: self.gate_rise_db_per_s as f32,
@@ -234,6 +234,9 @@ impl Vad {
         }
     }
 }
+
+/// Checks that an integer key lies within bounds: (key, value, lowest, highest).
+type RangeCheck<'a> = dyn Fn(&str, u64, u64, u64) -> Result<(), ConfigError> + 'a;
 
 /// A configuration mistake: which key, which source, and what is wrong or allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -534,7 +537,7 @@ impl Config {
     fn validate_audio(
         &self,
         fail: &dyn Fn(&str, String) -> ConfigError,
-        range: &dyn Fn(&str, u64, u64, u64) -> Result<(), ConfigError>,
+        range: &RangeCheck<'_>,
     ) -> Result<(), ConfigError> {
         let frange = |key: &str, value: f64, lo: f64, hi: f64| {
             if !(lo..=hi).contains(&value) {
@@ -560,11 +563,26 @@ impl Config {
                 ));
             }
         }
-        range("audio.capture_buffer_ms", u64::from(a.capture_buffer_ms), 20, 2000)?;
-        range("audio.playback_buffer_ms", u64::from(a.playback_buffer_ms), 20, 2000)?;
+        range(
+            "audio.capture_buffer_ms",
+            u64::from(a.capture_buffer_ms),
+            20,
+            2000,
+        )?;
+        range(
+            "audio.playback_buffer_ms",
+            u64::from(a.playback_buffer_ms),
+            20,
+            2000,
+        )?;
         range("audio.frame_queue", a.frame_queue as u64, 1, 4096)?;
         range("audio.retry_min_ms", a.retry_min_ms, 10, 60_000)?;
-        range("audio.retry_max_ms", a.retry_max_ms, a.retry_min_ms, 600_000)?;
+        range(
+            "audio.retry_max_ms",
+            a.retry_max_ms,
+            a.retry_min_ms,
+            600_000,
+        )?;
 
         let v = &self.vad;
         if v.model.is_empty() || !v.model.ends_with(".onnx") {
@@ -580,12 +598,27 @@ impl Config {
         frange("vad.neg_threshold", v.neg_threshold, 0.01, v.threshold)?;
         range("vad.min_speech_ms", u64::from(v.min_speech_ms), 32, 5000)?;
         range("vad.pre_roll_ms", u64::from(v.pre_roll_ms), 0, 2000)?;
-        range("vad.trailing_silence_ms", u64::from(v.trailing_silence_ms), 96, 10_000)?;
-        range("vad.max_utterance_ms", u64::from(v.max_utterance_ms), 1000, 120_000)?;
+        range(
+            "vad.trailing_silence_ms",
+            u64::from(v.trailing_silence_ms),
+            96,
+            10_000,
+        )?;
+        range(
+            "vad.max_utterance_ms",
+            u64::from(v.max_utterance_ms),
+            1000,
+            120_000,
+        )?;
         frange("vad.gate_min_db", v.gate_min_db, -100.0, 0.0)?;
         frange("vad.gate_margin_db", v.gate_margin_db, 0.0, 40.0)?;
         frange("vad.gate_rise_db_per_s", v.gate_rise_db_per_s, 0.1, 60.0)?;
-        range("vad.gate_hangover_ms", u64::from(v.gate_hangover_ms), 0, 5000)?;
+        range(
+            "vad.gate_hangover_ms",
+            u64::from(v.gate_hangover_ms),
+            0,
+            5000,
+        )?;
         Ok(())
     }
 
@@ -961,8 +994,16 @@ mod tests {
             ),
             ("[vad]\nmodel = \"vad.bin\"\n", "vad.model", ".onnx"),
             ("[vad]\nthreshold = 1.5\n", "vad.threshold", "0.05 to 0.95"),
-            ("[vad]\nthreshold = 0.3\nneg_threshold = 0.4\n", "vad.neg_threshold", "0.3"),
-            ("[vad]\ntrailing_silence_ms = 10\n", "vad.trailing_silence_ms", "96"),
+            (
+                "[vad]\nthreshold = 0.3\nneg_threshold = 0.4\n",
+                "vad.neg_threshold",
+                "0.3",
+            ),
+            (
+                "[vad]\ntrailing_silence_ms = 10\n",
+                "vad.trailing_silence_ms",
+                "96",
+            ),
             ("[vad]\ngate_min_db = 3.0\n", "vad.gate_min_db", "-100 to 0"),
         ] {
             let (f, r) = load_file(text);

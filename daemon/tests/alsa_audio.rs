@@ -34,7 +34,9 @@ struct Fixture {
 fn models_dir() -> PathBuf {
     std::env::var_os("SOTAD_MODELS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models")
+        })
 }
 
 fn write_raw(path: &Path, samples: &[i16]) {
@@ -116,7 +118,11 @@ fn collect(rx: &mut FrameReceiver, n: usize) -> (Vec<f32>, Vec<AudioFrame>) {
     let mut samples = Vec::with_capacity(n + FRAME_SAMPLES);
     let mut frames = Vec::new();
     while samples.len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} samples captured", samples.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} samples captured",
+            samples.len()
+        );
         match rx.try_recv() {
             Ok(f) => {
                 samples.extend_from_slice(&f.samples[..]);
@@ -226,13 +232,20 @@ fn a_full_channel_drops_frames_and_counts_them() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let first: Vec<u64> = (0..4).map(|_| rx.try_recv().unwrap().seq).collect();
-    assert_eq!(first, [0, 1, 2, 3], "the oldest frames are kept, newer ones dropped");
+    assert_eq!(
+        first,
+        [0, 1, 2, 3],
+        "the oldest frames are kept, newer ones dropped"
+    );
     // Capture goes on: the next frame received has skipped the dropped ones.
     let (_, later) = collect(&mut rx, FRAME_SAMPLES);
     handle.stop();
     assert!(later[0].seq > 4, "seq {} after drops", later[0].seq);
     let snap = status.snapshot();
-    assert!(snap.frames_sent >= 5 && snap.frames_dropped >= 100, "{snap:?}");
+    assert!(
+        snap.frames_sent >= 5 && snap.frames_dropped >= 100,
+        "{snap:?}"
+    );
 }
 
 #[test]
@@ -246,7 +259,13 @@ fn a_missing_device_is_retried_and_capture_starts_when_it_appears() {
     std::thread::sleep(Duration::from_millis(200));
     let snap = status.snapshot();
     assert_eq!(snap.state, CaptureState::Missing, "{snap:?}");
-    assert!(snap.last_error.as_deref().unwrap_or("").contains("t_no_such_device"), "{snap:?}");
+    assert!(
+        snap.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("t_no_such_device"),
+        "{snap:?}"
+    );
     assert_eq!(snap.opens, 0);
     h.stop();
 
@@ -259,7 +278,10 @@ fn a_missing_device_is_retried_and_capture_starts_when_it_appears() {
     wait_for(&status, CaptureState::Missing, Duration::from_secs(5));
     assert_eq!(CaptureState::Missing.as_str(), "missing");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(rx.try_recv().is_err(), "no frames while the device is missing");
+    assert!(
+        rx.try_recv().is_err(),
+        "no frames while the device is missing"
+    );
     assert_eq!(status.snapshot().opens, 0);
     write_raw(&late, &fx.speech[..16_000]);
     wait_for(&status, CaptureState::Open, Duration::from_secs(5));
@@ -278,14 +300,19 @@ fn playback_writes_the_samples_played() {
         buffer_ms: 100,
     });
     let cancel = AtomicBool::new(false);
-    let stats = player.play(Samples::I16(&fx.speech), 16_000, &cancel).unwrap();
+    let stats = player
+        .play(Samples::I16(&fx.speech), 16_000, &cancel)
+        .unwrap();
     assert!(!stats.cancelled);
     assert_eq!(stats.samples_played, fx.speech.len());
     assert_eq!((stats.device_rate, stats.device_channels), (16_000, 1));
     drop(player);
     let written = read_raw(&fx.dir.join("played16.raw"));
     assert_eq!(written.len(), fx.speech.len());
-    assert_eq!(written, fx.speech, "the device received exactly the samples played");
+    assert_eq!(
+        written, fx.speech,
+        "the device received exactly the samples played"
+    );
 }
 
 #[test]
@@ -298,12 +325,17 @@ fn playback_at_22050_on_a_48k_stereo_device_is_converted() {
         device: "t_spk48".into(),
         buffer_ms: 100,
     });
-    let stats = player.play(Samples::F32(&voice), 22_050, &AtomicBool::new(false)).unwrap();
+    let stats = player
+        .play(Samples::F32(&voice), 22_050, &AtomicBool::new(false))
+        .unwrap();
     assert_eq!((stats.device_rate, stats.device_channels), (48_000, 2));
     let written = read_raw(&fx.dir.join("played48.raw"));
     let frames = written.len() / 2;
     let want_frames = voice.len() as f64 * 48_000.0 / 22_050.0;
-    assert!((frames as f64 - want_frames).abs() < 2.0, "{frames} frames, expected {want_frames}");
+    assert!(
+        (frames as f64 - want_frames).abs() < 2.0,
+        "{frames} frames, expected {want_frames}"
+    );
     let (l, r): (Vec<f32>, Vec<f32>) = written
         .chunks_exact(2)
         .map(|c| (f32::from(c[0]) / 32768.0, f32::from(c[1]) / 32768.0))
@@ -322,7 +354,9 @@ fn cancelled_playback_stops_and_missing_devices_are_errors() {
         device: "t_spk_cancel".into(),
         buffer_ms: 100,
     });
-    let stats = player.play(Samples::I16(&fx.speech), 16_000, &AtomicBool::new(true)).unwrap();
+    let stats = player
+        .play(Samples::I16(&fx.speech), 16_000, &AtomicBool::new(true))
+        .unwrap();
     assert!(stats.cancelled);
     assert_eq!(stats.samples_played, 0);
     assert!(read_raw(&fx.dir.join("cancelled.raw")).is_empty());
@@ -340,7 +374,10 @@ fn cancelled_playback_stops_and_missing_devices_are_errors() {
         device: "bad\0name".into(),
         buffer_ms: 100,
     });
-    assert!(bad.play(Samples::I16(&[0; 10]), 16_000, &AtomicBool::new(false)).is_err());
+    assert!(
+        bad.play(Samples::I16(&[0; 10]), 16_000, &AtomicBool::new(false))
+            .is_err()
+    );
     let err = Player::open(PlaybackConfig::default())
         .play(Samples::F32(&[0.0; 10]), 0, &AtomicBool::new(false))
         .unwrap_err();

@@ -17,9 +17,9 @@ fn cfg() -> EndpointConfig {
         sample_rate: 16_000,
         threshold: 0.5,
         neg_threshold: 0.35,
-        min_speech_ms: 96,         // 3 windows
-        pre_roll_ms: 64,           // 2 windows
-        trailing_silence_ms: 160,  // 5 windows
+        min_speech_ms: 96,        // 3 windows
+        pre_roll_ms: 64,          // 2 windows
+        trailing_silence_ms: 160, // 5 windows
         max_utterance_ms: 30_000,
     }
 }
@@ -57,7 +57,14 @@ fn one_utterance_with_pre_roll_and_trailing_silence() {
     let events = feed(&mut ep, &probs);
     assert_eq!(events.len(), 2, "{events:?}");
     match &events[0] {
-        (i, VadEvent::SpeechStart { pre_roll, start, at }) => {
+        (
+            i,
+            VadEvent::SpeechStart {
+                pre_roll,
+                start,
+                at,
+            },
+        ) => {
             assert_eq!(*i, 12, "start after 3 speech windows");
             assert_eq!(*start, 8 * W, "two windows of pre-roll");
             assert_eq!(*at, 13 * W);
@@ -67,7 +74,16 @@ fn one_utterance_with_pre_roll_and_trailing_silence() {
         e => panic!("{e:?}"),
     }
     match &events[1] {
-        (i, VadEvent::SpeechEnd { utterance, start, speech_end, at, reason }) => {
+        (
+            i,
+            VadEvent::SpeechEnd {
+                utterance,
+                start,
+                speech_end,
+                at,
+                reason,
+            },
+        ) => {
             assert_eq!(*reason, EndReason::Silence);
             assert_eq!(*speech_end, 30 * W);
             assert_eq!(*i, 34, "end after 5 silent windows");
@@ -95,7 +111,14 @@ fn blips_shorter_than_min_speech_are_ignored() {
     probs.extend([0.9; 3]);
     let ev = feed(&mut ep, &probs);
     match &ev[..] {
-        [(_, VadEvent::SpeechStart { pre_roll, start, .. })] => {
+        [
+            (
+                _,
+                VadEvent::SpeechStart {
+                    pre_roll, start, ..
+                },
+            ),
+        ] => {
             assert_eq!(pre_roll.len() as u64, 5 * W);
             assert_contiguous(pre_roll, *start);
         }
@@ -114,7 +137,12 @@ fn hysteresis_and_short_pauses_keep_the_utterance() {
     let ev = feed(&mut ep, &probs);
     assert_eq!(ev.len(), 2, "{ev:?}");
     match &ev[1] {
-        (i, VadEvent::SpeechEnd { speech_end, reason, .. }) => {
+        (
+            i,
+            VadEvent::SpeechEnd {
+                speech_end, reason, ..
+            },
+        ) => {
             assert_eq!(*reason, EndReason::Silence);
             assert_eq!(*speech_end, 24 * W);
             assert_eq!(*i, 28);
@@ -132,7 +160,9 @@ fn max_utterance_cuts_and_speech_restarts() {
     let ends: Vec<_> = ev
         .iter()
         .filter_map(|(i, e)| match e {
-            VadEvent::SpeechEnd { utterance, reason, .. } => Some((*i, utterance.len(), *reason)),
+            VadEvent::SpeechEnd {
+                utterance, reason, ..
+            } => Some((*i, utterance.len(), *reason)),
             _ => None,
         })
         .collect();
@@ -141,7 +171,10 @@ fn max_utterance_cuts_and_speech_restarts() {
     // The second utterance starts fresh (no pre-roll left after a cut), 20 windows again.
     assert_eq!(ends[1].2, EndReason::MaxLength);
     assert!(ends[1].1 <= 22 * WINDOW);
-    let starts = ev.iter().filter(|(_, e)| matches!(e, VadEvent::SpeechStart { .. })).count();
+    let starts = ev
+        .iter()
+        .filter(|(_, e)| matches!(e, VadEvent::SpeechStart { .. }))
+        .count();
     assert_eq!(starts, 3);
 }
 
@@ -150,9 +183,14 @@ fn flush_and_nan() {
     let mut ep = Endpointer::new(cfg());
     let ev = feed(&mut ep, &[0.9, 0.9, 0.9, 0.9, f32::NAN, f32::NAN]);
     assert_eq!(ev.len(), 1);
-    assert!(ep.in_speech(), "NaN counts as silence, but 2 windows do not end it");
+    assert!(
+        ep.in_speech(),
+        "NaN counts as silence, but 2 windows do not end it"
+    );
     match ep.flush() {
-        Some(VadEvent::SpeechEnd { reason, utterance, .. }) => {
+        Some(VadEvent::SpeechEnd {
+            reason, utterance, ..
+        }) => {
             assert_eq!(reason, EndReason::Flushed);
             assert_eq!(utterance.len(), 6 * WINDOW);
         }
@@ -173,7 +211,12 @@ fn gate_levels_floor_and_hangover() {
     assert_eq!(rms_db(&[0.0; 512]), -120.0);
     assert_eq!(rms_db(&[f32::NAN; 512]), -120.0);
 
-    let g = GateConfig { min_db: -55.0, margin_db: 9.0, rise_db_per_s: 3.0, hangover_ms: 96 };
+    let g = GateConfig {
+        min_db: -55.0,
+        margin_db: 9.0,
+        rise_db_per_s: 3.0,
+        hangover_ms: 96,
+    };
     let mut gate = EnergyGate::new(g, 16_000);
     // Digital silence: closed. A loud window opens it, hangover keeps it open 3 windows.
     assert!(!gate.push(&[0.0; 512], false).open);
@@ -189,8 +232,14 @@ fn gate_levels_floor_and_hangover() {
     let hum = tone(-35.0, 512);
     let opened: Vec<bool> = (0..400).map(|_| gate.push(&hum, false).open).collect();
     assert!(opened[0]);
-    let closed_at = opened.iter().position(|&o| !o).expect("gate learns the hum");
-    assert!((150..350).contains(&closed_at), "closed after {closed_at} windows");
+    let closed_at = opened
+        .iter()
+        .position(|&o| !o)
+        .expect("gate learns the hum");
+    assert!(
+        (150..350).contains(&closed_at),
+        "closed after {closed_at} windows"
+    );
     assert!(opened[closed_at..].iter().all(|&o| !o));
     assert!(gate.push(&tone(-20.0, 512), false).open);
     // While speech is active the floor does not rise.
@@ -213,7 +262,11 @@ const CLIPS: [&str; 5] = [
 
 fn load_clip(name: &str) -> Vec<f32> {
     let p = common::models_dir().join("speech/librivox").join(name);
-    assert!(p.exists(), "{} is missing: run scripts/install-models.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-models.sh",
+        p.display()
+    );
     read_wav(&p).unwrap().samples
 }
 
@@ -235,8 +288,16 @@ pub fn speech_bounds(clip: &[f32]) -> (usize, usize) {
 #[test]
 fn real_clips_padded_with_silence_and_noise_give_one_utterance_each() {
     let model_path = common::models_dir().join("silero-vad/silero_vad_16k_op15.onnx");
-    assert!(model_path.exists(), "{} missing: run scripts/install-models.sh", model_path.display());
-    let n_clips = if cfg!(target_arch = "aarch64") { 2 } else { CLIPS.len() };
+    assert!(
+        model_path.exists(),
+        "{} missing: run scripts/install-models.sh",
+        model_path.display()
+    );
+    let n_clips = if cfg!(target_arch = "aarch64") {
+        2
+    } else {
+        CLIPS.len()
+    };
     let mut rng = common::Rng(42);
     for (ci, name) in CLIPS.iter().take(n_clips).enumerate() {
         let clip = load_clip(name);
@@ -261,15 +322,29 @@ fn real_clips_padded_with_silence_and_noise_give_one_utterance_each() {
         let mut det = VoiceDetector::new(SileroVad::load(&model_path).unwrap(), cfg);
         let mut events = Vec::new();
         det.push(&audio, &mut events);
-        let starts: Vec<_> = events.iter().filter(|e| matches!(e, VadEvent::SpeechStart { .. })).collect();
+        let starts: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e, VadEvent::SpeechStart { .. }))
+            .collect();
         let ends: Vec<_> = events
             .iter()
             .filter_map(|e| match e {
-                VadEvent::SpeechEnd { utterance, start, at, reason, .. } => Some((utterance, *start, *at, *reason)),
+                VadEvent::SpeechEnd {
+                    utterance,
+                    start,
+                    at,
+                    reason,
+                    ..
+                } => Some((utterance, *start, *at, *reason)),
                 _ => None,
             })
             .collect();
-        assert_eq!((starts.len(), ends.len()), (1, 1), "{name}: {} events", events.len());
+        assert_eq!(
+            (starts.len(), ends.len()),
+            (1, 1),
+            "{name}: {} events",
+            events.len()
+        );
         let (utt, start, at, reason) = ends[0];
         assert_eq!(reason, EndReason::Silence, "{name}");
         let delay_ms = (at as i64 - true_end as i64) as f64 / 16.0;
@@ -284,7 +359,10 @@ fn real_clips_padded_with_silence_and_noise_give_one_utterance_each() {
         );
         // The utterance holds all the speech, and the endpoint comes after the trailing
         // silence, give or take the model's own lag and a window of rounding.
-        assert!(start <= true_start, "{name}: utterance starts at {start}, speech at {true_start}");
+        assert!(
+            start <= true_start,
+            "{name}: utterance starts at {start}, speech at {true_start}"
+        );
         assert!(start + utt.len() as u64 >= true_end, "{name}");
         assert!(
             at + 8 * W >= true_end + trailing && at <= true_end + trailing + 12 * W,
@@ -295,7 +373,10 @@ fn real_clips_padded_with_silence_and_noise_give_one_utterance_each() {
         assert_eq!(&audio[start as usize..start as usize + utt.len()], &utt[..]);
         // The gate kept the model asleep in the digital silence of the clean clips.
         if ci % 2 == 0 {
-            assert!(det.stats().model_runs < det.stats().windows * 9 / 10, "{name}");
+            assert!(
+                det.stats().model_runs < det.stats().windows * 9 / 10,
+                "{name}"
+            );
         }
     }
 }

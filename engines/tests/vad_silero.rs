@@ -20,9 +20,18 @@ fn vad_path(name: &str) -> PathBuf {
 
 fn clip(name: &str) -> Vec<f32> {
     let p = common::models_dir().join("speech/librivox").join(name);
-    assert!(p.exists(), "{} is missing: run scripts/install-models.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-models.sh",
+        p.display()
+    );
     let wav = read_wav(&p).unwrap();
-    assert_eq!((wav.sample_rate, wav.channels), (16_000, 1), "{}", p.display());
+    assert_eq!(
+        (wav.sample_rate, wav.channels),
+        (16_000, 1),
+        "{}",
+        p.display()
+    );
     wav.samples
 }
 
@@ -73,10 +82,13 @@ fn probabilities_match_onnxruntime_within_1e_3() {
             worst = (i, d);
         }
     }
-    eprintln!("max |candle - onnxruntime| = {:.2e} at window {}", worst.1, worst.0);
+    eprintln!(
+        "max |sotad - onnxruntime| = {:.2e} at window {}",
+        worst.1, worst.0
+    );
     assert!(
         worst.1 <= 1e-3,
-        "window {}: candle {} vs onnxruntime {}",
+        "window {}: sotad {} vs onnxruntime {}",
         worst.0,
         got[worst.0],
         want[worst.0]
@@ -92,20 +104,23 @@ fn state_is_carried_between_windows() {
     let (audio, want) = reference();
     // A window in the middle of speech, seen with a fresh state, differs from the reference
     // (which carried the LSTM state and context from the previous windows).
-    let i = want
-        .iter()
-        .position(|&p| p > 0.99)
-        .unwrap()
-        + 5;
+    let i = want.iter().position(|&p| p > 0.99).unwrap() + 5;
     let w: &[f32; WINDOW] = audio[i * WINDOW..(i + 1) * WINDOW].try_into().unwrap();
     let fresh = vad.probability(&mut VadState::new(), w);
-    assert!((fresh - want[i]).abs() > 1e-3, "fresh {fresh} vs carried {}", want[i]);
+    assert!(
+        (fresh - want[i]).abs() > 1e-3,
+        "fresh {fresh} vs carried {}",
+        want[i]
+    );
     // And reset really goes back to the start-of-stream state.
     let mut state = VadState::new();
     let first: &[f32; WINDOW] = audio[..WINDOW].try_into().unwrap();
     let a = vad.probability(&mut state, w);
     state.reset();
-    assert_eq!(vad.probability(&mut state, first), run(&vad, &audio[..WINDOW])[0]);
+    assert_eq!(
+        vad.probability(&mut state, first),
+        run(&vad, &audio[..WINDOW])[0]
+    );
     assert_eq!(a, fresh);
 }
 
@@ -116,7 +131,13 @@ fn odd_samples_do_not_panic() {
     let mut rng = common::Rng(7);
     let cases: [Box<dyn Fn(usize) -> f32>; 4] = [
         Box::new(|i| if i % 3 == 0 { f32::NAN } else { 0.1 }),
-        Box::new(|i| if i % 2 == 0 { f32::INFINITY } else { f32::NEG_INFINITY }),
+        Box::new(|i| {
+            if i % 2 == 0 {
+                f32::INFINITY
+            } else {
+                f32::NEG_INFINITY
+            }
+        }),
         Box::new(|_| 1e30),
         Box::new(|i| if i % 2 == 0 { 1.0 } else { -1.0 }),
     ];
@@ -134,7 +155,9 @@ fn odd_samples_do_not_panic() {
 #[test]
 fn the_if_branch_export_is_refused_with_the_tensor_named() {
     // silero_vad.onnx keeps its weights as Constant nodes inside If subgraphs.
-    let err = SileroVad::load(vad_path("silero_vad.onnx")).unwrap_err().to_string();
+    let err = SileroVad::load(vad_path("silero_vad.onnx"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("silero_vad.onnx"), "{err}");
     assert!(err.contains("model.stft.forward_basis_buffer"), "{err}");
     assert!(err.contains("silero_vad_16k_op15.onnx"), "{err}");
@@ -142,19 +165,28 @@ fn the_if_branch_export_is_refused_with_the_tensor_named() {
 
 #[test]
 fn missing_and_foreign_files_are_errors() {
-    let err = SileroVad::load("/nonexistent/vad.onnx").unwrap_err().to_string();
+    let err = SileroVad::load("/nonexistent/vad.onnx")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("/nonexistent/vad.onnx"), "{err}");
     // A Piper voice is a valid ONNX file without the VAD's tensors.
     let voice = common::models_dir().join("piper/en_US-joe-medium.onnx");
     let err = SileroVad::load(&voice).unwrap_err().to_string();
-    assert!(err.contains("en_US-joe-medium.onnx") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("en_US-joe-medium.onnx") && err.contains("missing"),
+        "{err}"
+    );
 }
 
 #[test]
 fn truncated_and_mutated_model_bytes_never_panic() {
     let bytes = std::fs::read(vad_path("silero_vad_16k_op15.onnx")).unwrap();
     let mut rng = common::Rng(0x5eed);
-    let rounds = if cfg!(target_arch = "aarch64") { 20 } else { 120 };
+    let rounds = if cfg!(target_arch = "aarch64") {
+        20
+    } else {
+        120
+    };
     for round in 0..rounds {
         let mut b = bytes.clone();
         if round % 2 == 0 {

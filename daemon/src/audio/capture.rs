@@ -295,12 +295,19 @@ fn run(cfg: CaptureConfig, tx: FrameSender, status: Arc<CaptureStatus>, stop: Ar
             break;
         }
         status.set_state(CaptureState::Starting);
-        let trouble = match pcm::open(&cfg.device, Direction::Capture, SAMPLE_RATE, 1, cfg.buffer_ms)
-        {
+        let trouble = match pcm::open(
+            &cfg.device,
+            Direction::Capture,
+            SAMPLE_RATE,
+            1,
+            cfg.buffer_ms,
+        ) {
             Ok(dev) => {
                 status.opens.fetch_add(1, Ordering::Relaxed);
                 status.device_rate.store(dev.rate, Ordering::Relaxed);
-                status.device_channels.store(dev.channels, Ordering::Relaxed);
+                status
+                    .device_channels
+                    .store(dev.channels, Ordering::Relaxed);
                 status.set_state(CaptureState::Open);
                 tracing::info!(
                     device = %cfg.device, rate = dev.rate, channels = dev.channels,
@@ -354,7 +361,10 @@ fn read_loop(
         match MonoResampler::new(dev.rate, SAMPLE_RATE) {
             Ok(r) => Some(r),
             Err(_) => {
-                return Err(("resampling from the device rate", alsa::Error::unsupported("rate")));
+                return Err((
+                    "resampling from the device rate",
+                    alsa::Error::unsupported("rate"),
+                ));
             }
         }
     };
@@ -372,17 +382,53 @@ fn read_loop(
         SampleFmt::S16 => {
             let io = dev.pcm.io_i16().map_err(|e| ("io", e))?;
             let mut raw = vec![0i16; n];
-            pump(dev, &io, &mut raw, &mut f, |s| f32::from(s) / 32768.0, &mut framer, tx, status, stop)
+            pump(
+                dev,
+                &io,
+                &mut raw,
+                &mut f,
+                |s| f32::from(s) / 32768.0,
+                &mut framer,
+                tx,
+                status,
+                stop,
+            )
         }
         SampleFmt::S32 => {
             let io = dev.pcm.io_i32().map_err(|e| ("io", e))?;
             let mut raw = vec![0i32; n];
-            pump(dev, &io, &mut raw, &mut f, |s| s as f32 / 2_147_483_648.0, &mut framer, tx, status, stop)
+            pump(
+                dev,
+                &io,
+                &mut raw,
+                &mut f,
+                |s| s as f32 / 2_147_483_648.0,
+                &mut framer,
+                tx,
+                status,
+                stop,
+            )
         }
         SampleFmt::F32 => {
             let io = dev.pcm.io_f32().map_err(|e| ("io", e))?;
             let mut raw = vec![0f32; n];
-            pump(dev, &io, &mut raw, &mut f, |s| if s.is_finite() { s.clamp(-1.0, 1.0) } else { 0.0 }, &mut framer, tx, status, stop)
+            pump(
+                dev,
+                &io,
+                &mut raw,
+                &mut f,
+                |s| {
+                    if s.is_finite() {
+                        s.clamp(-1.0, 1.0)
+                    } else {
+                        0.0
+                    }
+                },
+                &mut framer,
+                tx,
+                status,
+                stop,
+            )
         }
     };
     *seq = framer.seq;
@@ -437,8 +483,18 @@ fn pump<S: Copy>(
             Err(e) if e.errno() == libc::EPIPE || e.errno() == libc::ESTRPIPE => {
                 status.overruns.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "capture overrun; recovering");
-                dev.pcm.try_recover(e, true).map_err(|e| ("overrun recovery", e))?;
-                dev.pcm.start().or_else(|e| if e.errno() == libc::EBADFD { Ok(()) } else { Err(e) })
+                dev.pcm
+                    .try_recover(e, true)
+                    .map_err(|e| ("overrun recovery", e))?;
+                dev.pcm
+                    .start()
+                    .or_else(|e| {
+                        if e.errno() == libc::EBADFD {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
                     .map_err(|e| ("restart after overrun", e))?;
             }
             Err(e) => return Err(("read", e)),

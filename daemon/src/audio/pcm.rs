@@ -77,9 +77,15 @@ pub(crate) fn open(
         let buffer_us = buffer_ms.max(10) * 1000;
         hwp.set_buffer_time_near(buffer_us, ValueOr::Nearest)?;
         let period_frames = (u64::from(rate) * u64::from(buffer_us / 4) / 1_000_000).max(32);
-        let period = hwp.set_period_size_near(period_frames as alsa::pcm::Frames, ValueOr::Nearest)?;
+        let period =
+            hwp.set_period_size_near(period_frames as alsa::pcm::Frames, ValueOr::Nearest)?;
         pcm.hw_params(&hwp)?;
-        (rate, channels, format, usize::try_from(period).unwrap_or(1024).max(1))
+        (
+            rate,
+            channels,
+            format,
+            usize::try_from(period).unwrap_or(1024).max(1),
+        )
     };
     Ok(OpenPcm {
         pcm,

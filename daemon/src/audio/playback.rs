@@ -48,7 +48,13 @@ impl Samples<'_> {
             Samples::I16(s) => s.iter().map(|&x| f32::from(x) / 32768.0).collect(),
             Samples::F32(s) => s
                 .iter()
-                .map(|&x| if x.is_finite() { x.clamp(-1.0, 1.0) } else { 0.0 })
+                .map(|&x| {
+                    if x.is_finite() {
+                        x.clamp(-1.0, 1.0)
+                    } else {
+                        0.0
+                    }
+                })
                 .collect(),
         }
     }
@@ -174,7 +180,8 @@ impl Player {
         } else {
             let mut r = MonoResampler::new(rate, dev.rate).map_err(|e| input_err(e.to_string()))?;
             let mut out = Vec::with_capacity(mono.len() * dev.rate as usize / rate as usize + 64);
-            r.push(&mono, &mut out).map_err(|e| input_err(e.to_string()))?;
+            r.push(&mono, &mut out)
+                .map_err(|e| input_err(e.to_string()))?;
             r.finish(&mut out).map_err(|e| input_err(e.to_string()))?;
             out
         };
@@ -190,11 +197,25 @@ impl Player {
         let result = match dev.format {
             SampleFmt::S16 => {
                 let io = dev.pcm.io_i16().map_err(|e| dev_err("io", e))?;
-                write_all(&dev, &mono, |x| (x * 32767.0).round() as i16, |b| io.writei(b), cancel, &mut stats)
+                write_all(
+                    &dev,
+                    &mono,
+                    |x| (x * 32767.0).round() as i16,
+                    |b| io.writei(b),
+                    cancel,
+                    &mut stats,
+                )
             }
             SampleFmt::S32 => {
                 let io = dev.pcm.io_i32().map_err(|e| dev_err("io", e))?;
-                write_all(&dev, &mono, |x| (f64::from(x) * 2_147_483_647.0).round() as i32, |b| io.writei(b), cancel, &mut stats)
+                write_all(
+                    &dev,
+                    &mono,
+                    |x| (f64::from(x) * 2_147_483_647.0).round() as i32,
+                    |b| io.writei(b),
+                    cancel,
+                    &mut stats,
+                )
             }
             SampleFmt::F32 => {
                 let io = dev.pcm.io_f32().map_err(|e| dev_err("io", e))?;
@@ -257,7 +278,9 @@ fn write_all<S: Copy + Default>(
                 }
                 Err(e) if e.errno() == libc::EPIPE || e.errno() == libc::ESTRPIPE => {
                     stats.underruns += 1;
-                    dev.pcm.try_recover(e, true).map_err(|e| ("underrun recovery", e))?;
+                    dev.pcm
+                        .try_recover(e, true)
+                        .map_err(|e| ("underrun recovery", e))?;
                 }
                 Err(e) => return Err(("write", e)),
             }

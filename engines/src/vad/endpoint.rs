@@ -169,7 +169,11 @@ impl Endpointer {
         let n = window.len() as u64;
         let win_start = self.pos;
         self.pos += n;
-        let p = if probability.is_nan() { 0.0 } else { probability };
+        let p = if probability.is_nan() {
+            0.0
+        } else {
+            probability
+        };
         match self.phase {
             Phase::Idle => {
                 self.buf.extend(window);

@@ -68,7 +68,13 @@ pub fn rms_db(samples: &[f32]) -> f32 {
     }
     let sum: f64 = samples
         .iter()
-        .map(|&s| if s.is_finite() { f64::from(s) * f64::from(s) } else { 0.0 })
+        .map(|&s| {
+            if s.is_finite() {
+                f64::from(s) * f64::from(s)
+            } else {
+                0.0
+            }
+        })
         .sum();
     let ms = sum / samples.len() as f64;
     if ms <= 0.0 {

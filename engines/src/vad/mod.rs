@@ -122,7 +122,8 @@ impl VoiceDetector {
         self.endpointer.flush()
     }
 
-    /// Starts a new, unrelated stream (model state, gate and endpointer reset).
+    /// Starts a new, unrelated stream: model state and endpointer are reset; the gate keeps
+    /// the noise floor it has learnt (same room, same microphone).
     pub fn reset(&mut self) {
         self.state.reset();
         self.pending.clear();

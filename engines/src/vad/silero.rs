@@ -165,11 +165,26 @@ impl SileroVad {
 
     /// Builds the network from a parsed ONNX model.
     pub fn from_onnx(model: &OnnxModel) -> Result<Self> {
-        let stft_basis = weight(model, "model.stft.forward_basis_buffer", &[2 * BINS, 1, N_FFT])?;
-        check_conv(model, "model.stft.forward_basis_buffer", N_FFT as i64, HOP as i64, 0)?;
+        let stft_basis = weight(
+            model,
+            "model.stft.forward_basis_buffer",
+            &[2 * BINS, 1, N_FFT],
+        )?;
+        check_conv(
+            model,
+            "model.stft.forward_basis_buffer",
+            N_FFT as i64,
+            HOP as i64,
+            0,
+        )?;
         check_reflect_pad(model)?;
 
-        let layers = [(BINS, 128usize, 1usize), (128, 64, 2), (64, 64, 2), (64, 128, 1)];
+        let layers = [
+            (BINS, 128usize, 1usize),
+            (128, 64, 2),
+            (64, 64, 2),
+            (64, 128, 1),
+        ];
         let mut encoder = Vec::with_capacity(layers.len());
         for (i, &(c_in, c_out, stride)) in layers.iter().enumerate() {
             let wname = format!("model.encoder.{i}.reparam_conv.weight");
@@ -230,7 +245,10 @@ impl SileroVad {
             let x = &input[t * HOP..t * HOP + N_FFT];
             for bin in 0..BINS {
                 let re = dot(&self.stft_basis[bin * N_FFT..(bin + 1) * N_FFT], x);
-                let im = dot(&self.stft_basis[(BINS + bin) * N_FFT..(BINS + bin + 1) * N_FFT], x);
+                let im = dot(
+                    &self.stft_basis[(BINS + bin) * N_FFT..(BINS + bin + 1) * N_FFT],
+                    x,
+                );
                 sc.spec[bin * frames + t] = (re * re + im * im).sqrt();
             }
         }
@@ -247,7 +265,9 @@ impl SileroVad {
         for g in 0..4 * HIDDEN {
             let row = g * HIDDEN..(g + 1) * HIDDEN;
             sc.gates.push(
-                self.lstm_b[g] + dot(&self.w_ih[row.clone()], feat) + dot(&self.w_hh[row], &state.h),
+                self.lstm_b[g]
+                    + dot(&self.w_ih[row.clone()], feat)
+                    + dot(&self.w_hh[row], &state.h),
             );
         }
         let mut logit = self.dec_b;
@@ -297,7 +317,12 @@ fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
             acc[j] += x[j] * y[j];
         }
     }
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     acc.iter().sum::<f32>() + tail
 }
 
@@ -385,7 +410,11 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 fn tensor_err(model: &OnnxModel, name: &str, kind: TtsErrorKind) -> Error {
-    Error::Tts(model.error(kind).subject(TtsSubject::Tensor(name.to_owned())))
+    Error::Tts(
+        model
+            .error(kind)
+            .subject(TtsSubject::Tensor(name.to_owned())),
+    )
 }
 
 /// The initializer `name` as f32, checked to have shape `dims`.
@@ -442,13 +471,7 @@ fn conv_node<'m>(model: &'m OnnxModel, weight: &str) -> Result<&'m NodeProto> {
 }
 
 /// Checks kernel size, stride and symmetric padding of the Conv consuming `weight`.
-fn check_conv(
-    model: &OnnxModel,
-    weight: &str,
-    kernel: i64,
-    stride: i64,
-    pad: i64,
-) -> Result<()> {
+fn check_conv(model: &OnnxModel, weight: &str, kernel: i64, stride: i64, pad: i64) -> Result<()> {
     let node = conv_node(model, weight)?;
     let want: [(&'static str, &[i64], bool); 4] = [
         ("kernel_shape", &[kernel], false),
@@ -500,8 +523,7 @@ fn check_reflect_pad(model: &OnnxModel) -> Result<()> {
         .and_then(|a| a.s.as_deref());
     if mode != Some(b"reflect".as_slice()) {
         return Err(Error::Tts(model.error(TtsErrorKind::Missing {
-            context: "a reflect-mode Pad node on the graph input (Silero VAD STFT padding)"
-                .into(),
+            context: "a reflect-mode Pad node on the graph input (Silero VAD STFT padding)".into(),
         })));
     }
     Ok(())
