@@ -11,10 +11,11 @@
 
 mod common;
 
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use common::models_dir;
+use common::{edit_distance, models_dir, normalize};
 use sotad_engines::audio::{encode_wav_i16, read_wav, resample::resample_mono, resample::to_mono_16k};
 use sotad_engines::stt::ct2::json::{self, JsonValue};
 use sotad_engines::stt::{LoadOptions, Task, TranscribeOptions, Whisper};
@@ -80,41 +81,6 @@ fn clips() -> Vec<Clip> {
     out.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(out.len(), 5, "expected five LibriVox clips in {}", list.display());
     out
-}
-
-/// The normalization the reference script uses (see the module docs).
-fn normalize(text: &str) -> Vec<String> {
-    let lower = text.to_lowercase().replace('-', " ");
-    let cleaned: String = lower
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '\'' || c == ' ' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect();
-    cleaned
-        .split_whitespace()
-        .map(|w| w.trim_matches('\''))
-        .filter(|w| !w.is_empty())
-        .map(|w| if w == "mister" { "mr".to_owned() } else { w.to_owned() })
-        .collect()
-}
-
-fn edit_distance(a: &[String], b: &[String]) -> usize {
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, x) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, y) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j + 1] + 1)
-                .min(cur[j] + 1)
-                .min(prev[j] + usize::from(x != y));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// faster-whisper's result for a model and setting (`"float32"`: greedy,

@@ -73,3 +73,41 @@ impl Rng {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     }
 }
+
+/// Words for word error rates: lowercase; hyphens to spaces; everything but letters, digits,
+/// apostrophes and spaces removed; "mister" → "mr" (as scripts/reference/stt_reference.py).
+pub fn normalize(text: &str) -> Vec<String> {
+    let lower = text.to_lowercase().replace('-', " ");
+    let cleaned: String = lower
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' || c == ' ' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    cleaned
+        .split_whitespace()
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| !w.is_empty())
+        .map(|w| if w == "mister" { "mr".to_owned() } else { w.to_owned() })
+        .collect()
+}
+
+/// Word-level Levenshtein distance.
+pub fn edit_distance(a: &[String], b: &[String]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, x) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, y) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j + 1] + 1)
+                .min(cur[j] + 1)
+                .min(prev[j] + usize::from(x != y));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
