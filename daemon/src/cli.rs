@@ -102,6 +102,7 @@ pub fn say(config: &Config, text: &str, output: &Path, voice: Option<String>) ->
         voice,
         speaker: None,
         scales: tts::Scales::default(),
+        play: false,
     };
     tts::validate(&request).map_err(|e| anyhow!(e.message))?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tts::Chunk>(1024);

@@ -108,7 +108,12 @@ fn capabilities(config: &Config, device_id: &str) -> Capabilities {
         device_id: device_id.to_string(),
         commands: Command::ALL.iter().map(|c| c.name()).collect(),
         engines: engines(config),
-        audio: AudioInfo::default(),
+        audio: AudioInfo {
+            capture: (!config.audio.capture_device.is_empty())
+                .then(|| config.audio.capture_device.clone()),
+            playback: (!config.audio.playback_device.is_empty())
+                .then(|| config.audio.playback_device.clone()),
+        },
         features,
         build: BuildInfo {
             target_arch: std::env::consts::ARCH,

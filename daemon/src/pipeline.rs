@@ -177,6 +177,11 @@ impl Turns {
         }
     }
 
+    /// The player's queue, when a speaker is configured.
+    pub fn playback(&self) -> Option<&PlaybackSender> {
+        self.inner.playback.as_ref()
+    }
+
     /// Whether a turn is in progress (speech being produced or played).
     pub fn speaking(&self) -> bool {
         self.inner.speaking.load(Ordering::Relaxed)
@@ -411,6 +416,7 @@ impl Turns {
                     voice: None,
                     speaker: None,
                     scales: tts::Scales::default(),
+                    play: false,
                 };
                 let tx = audio_tx.clone();
                 let cancel = cancel.clone();

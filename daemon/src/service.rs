@@ -317,7 +317,8 @@ impl Job {
             }
             Job::Say(r) => {
                 let worker = stage(&r.id, ctx.stages.tts.as_ref(), "tts", "tts.voice")?;
-                let done = say(worker, r, &ctx.publisher).await?;
+                let player = if r.play { ctx.turns.playback().cloned() } else { None };
+                let done = say(worker, r, &ctx.publisher, player, &ctx.metrics).await?;
                 ctx.publisher.reply(command, &done).await;
                 Ok(())
             }
@@ -397,6 +398,8 @@ pub async fn say(
     worker: &tts::TtsWorker,
     request: tts::SayRequest,
     publisher: &Publisher,
+    player: Option<pipeline::PlaybackSender>,
+    metrics: &Metrics,
 ) -> Result<tts::Done, RequestError> {
     let id = request.id.clone();
     let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(tts::AUDIO_BUFFER);
@@ -406,7 +409,18 @@ pub async fn say(
         .map_err(|e| submit_error(&id, e))?;
     let topic = publisher.topics().tts_audio(&id);
     let forward = async {
+        let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
         while let Some(chunk) = audio_rx.recv().await {
+            if let Some(player) = &player {
+                let item = pipeline::PlayItem::Audio {
+                    samples: chunk.samples.clone(),
+                    sample_rate: chunk.sample_rate,
+                    cancel: never.clone(),
+                };
+                if player.try_send(item).is_err() {
+                    metrics.queue_dropped("playback");
+                }
+            }
             publisher.bytes(&topic, chunk.wav()).await;
         }
     };

@@ -87,6 +87,9 @@ pub struct SayRequest {
     pub speaker: Option<u32>,
     #[serde(default)]
     pub scales: Scales,
+    /// Also play the audio on the speaker (`audio.playback_device`), as well as publishing it.
+    #[serde(default)]
+    pub play: bool,
 }
 
 impl Request for SayRequest {
