@@ -403,16 +403,7 @@ impl TestClient {
         timeout: Duration,
         accept: impl Fn(&[u8]) -> bool,
     ) -> anyhow::Result<Publish> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let p = tokio::time::timeout_at(deadline, self.rx.recv())
-                .await
-                .with_context(|| format!("nothing acceptable on {topic} within {timeout:?}"))?
-                .context("client task ended")?;
-            if p.topic == topic && accept(&p.payload) {
-                return Ok(p);
-            }
-        }
+        Ok(self.expect_collecting(topic, timeout, accept).await?.0)
     }
 
     /// Like [`TestClient::expect`], but also returns everything else received meanwhile.
