@@ -28,7 +28,8 @@ for cpu in "${cores[@]}"; do
     first=0
   else
     echo "== aarch64: CPU-feature-dependent tests under qemu -cpu $cpu"
-    "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines --lib \
+    # The same package set as the first pass, so nothing is rebuilt.
+    "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --lib \
       --test quant --test llm --test llm_real_models --test vad_silero
   fi
 done
