@@ -36,19 +36,32 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn models_dir() -> PathBuf {
-    std::env::var_os("SOTAD_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sotad/models")
-    })
+    std::env::var_os("SOTAD_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sotad/models")
+        })
 }
 
 fn main() {
-    let file = std::env::var("SOTAD_BENCH_MODEL").unwrap_or("smollm2-135m-instruct-q4_1.gguf".into());
-    let threads: usize = std::env::var("SOTAD_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
+    let file =
+        std::env::var("SOTAD_BENCH_MODEL").unwrap_or("smollm2-135m-instruct-q4_1.gguf".into());
+    let threads: usize = std::env::var("SOTAD_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
     let path = models_dir().join(&file);
 
     // The prompt: a paragraph repeated, tokenized by sotad, cut to 512 tokens; both sides
     // evaluate exactly these ids.
-    let probe = Model::load(&path, &LoadOptions { context_len: 1024, threads: 1 }).expect("load model");
+    let probe = Model::load(
+        &path,
+        &LoadOptions {
+            context_len: 1024,
+            threads: 1,
+        },
+    )
+    .expect("load model");
     let para = "The small robot rolled across the kitchen floor, listening for its name. \
         It had learned to answer questions about the weather, to read recipes aloud, and to \
         remind the family when the plants needed water. ";
@@ -56,10 +69,18 @@ fn main() {
     ids.truncate(PROMPT_TOKENS);
     drop(probe);
     let ids_file = std::env::temp_dir().join(format!("sotad-bench-llm-{}.txt", std::process::id()));
-    std::fs::write(&ids_file, ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" ")).unwrap();
+    std::fs::write(
+        &ids_file,
+        ids.iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+    .unwrap();
 
     let peer: Option<serde_json::Value> = std::env::var("SOTAD_BENCH_PYTHON").ok().and_then(|py| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/llm_bench_peer.py");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts/reference/llm_bench_peer.py");
         let out = Command::new(py)
             .arg(script)
             .arg(&path)
@@ -70,7 +91,10 @@ fn main() {
             .output()
             .ok()?;
         if !out.status.success() {
-            eprintln!("llama.cpp peer failed: {}", String::from_utf8_lossy(&out.stderr));
+            eprintln!(
+                "llama.cpp peer failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             return None;
         }
         let text = String::from_utf8_lossy(&out.stdout);
@@ -81,7 +105,14 @@ fn main() {
     let anon0 = rss_kib("RssAnon:");
     let file0 = rss_kib("RssFile:");
     let t = Instant::now();
-    let model = Model::load(&path, &LoadOptions { context_len: 1024, threads }).expect("load model");
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            context_len: 1024,
+            threads,
+        },
+    )
+    .expect("load model");
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut session = model.session();
     let anon_load = rss_kib("RssAnon:") - anon0.min(rss_kib("RssAnon:"));
@@ -109,19 +140,43 @@ fn main() {
     let anon_gen = rss_kib("RssAnon:").saturating_sub(anon0);
     let file_gen = rss_kib("RssFile:").saturating_sub(file0);
 
-    println!("LLM bench: {file}, {threads} threads, prompt {} tokens, decode {DECODE_TOKENS} tokens, median of {RUNS}", ids.len());
-    println!("(sotad RSS figures are growth over the process before loading; llama.cpp's are its whole python process)");
+    println!(
+        "LLM bench: {file}, {threads} threads, prompt {} tokens, decode {DECODE_TOKENS} tokens, median of {RUNS}",
+        ids.len()
+    );
+    println!(
+        "(sotad RSS figures are growth over the process before loading; llama.cpp's are its whole python process)"
+    );
     let ours = [
         ("load ms", load_ms, "load_ms"),
         ("prefill tok/s", median(prefill), "prefill_tok_s"),
         ("TTFT ms (512-token prompt)", median(ttft), "ttft_ms"),
         ("decode tok/s", median(decode), "decode_tok_s"),
-        ("RssAnon after load KiB", anon_load as f64, "rss_anon_load_kib"),
-        ("RssFile after load KiB", file_load as f64, "rss_file_load_kib"),
-        ("RssAnon after generating KiB", anon_gen as f64, "rss_anon_gen_kib"),
-        ("RssFile after generating KiB", file_gen as f64, "rss_file_gen_kib"),
+        (
+            "RssAnon after load KiB",
+            anon_load as f64,
+            "rss_anon_load_kib",
+        ),
+        (
+            "RssFile after load KiB",
+            file_load as f64,
+            "rss_file_load_kib",
+        ),
+        (
+            "RssAnon after generating KiB",
+            anon_gen as f64,
+            "rss_anon_gen_kib",
+        ),
+        (
+            "RssFile after generating KiB",
+            file_gen as f64,
+            "rss_file_gen_kib",
+        ),
     ];
-    println!("{:<32} {:>12} {:>12} {:>8}", "metric", "sotad", "llama.cpp", "ratio");
+    println!(
+        "{:<32} {:>12} {:>12} {:>8}",
+        "metric", "sotad", "llama.cpp", "ratio"
+    );
     for (label, v, key) in ours {
         match peer.as_ref().and_then(|p| p[key].as_f64()) {
             Some(p) => println!("{label:<32} {v:>12.1} {p:>12.1} {:>8.2}", v / p),

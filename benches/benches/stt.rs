@@ -21,19 +21,27 @@ use sotad_engines::stt::{LoadOptions, TranscribeOptions, Whisper};
 fn models_dir() -> PathBuf {
     std::env::var_os("SOTAD_MODELS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models")
+        })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// Per-clip median seconds from the reference script, or None if it cannot run.
 fn faster_whisper(model: &Path, compute: &str, runs: usize, wavs: &[PathBuf]) -> Option<Vec<f64>> {
-    let python = std::env::var("STT_REF_PYTHON").unwrap_or_else(|_| "/tmp/venv-stt/bin/python".into());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/stt_reference.py");
+    let python =
+        std::env::var("STT_REF_PYTHON").unwrap_or_else(|_| "/tmp/venv-stt/bin/python".into());
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/stt_reference.py");
     let out = Command::new(&python)
         .arg(&script)
         .args(["bench", model.to_str()?, compute, &runs.to_string()])
@@ -42,11 +50,16 @@ fn faster_whisper(model: &Path, compute: &str, runs: usize, wavs: &[PathBuf]) ->
     let out = match out {
         Ok(o) if o.status.success() => o,
         Ok(o) => {
-            eprintln!("faster-whisper {compute} failed: {}", String::from_utf8_lossy(&o.stderr));
+            eprintln!(
+                "faster-whisper {compute} failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             return None;
         }
         Err(e) => {
-            eprintln!("cannot run {python}: {e} (see scripts/reference/stt_reference.py for the setup)");
+            eprintln!(
+                "cannot run {python}: {e} (see scripts/reference/stt_reference.py for the setup)"
+            );
             return None;
         }
     };
@@ -62,7 +75,10 @@ fn faster_whisper(model: &Path, compute: &str, runs: usize, wavs: &[PathBuf]) ->
 }
 
 fn main() {
-    let runs: usize = std::env::var("STT_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let runs: usize = std::env::var("STT_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let dir = models_dir();
     let speech = dir.join("speech/librivox");
     let mut wavs: Vec<PathBuf> = std::fs::read_dir(&speech)
@@ -75,10 +91,14 @@ fn main() {
         .iter()
         .map(|p| {
             let w = read_wav(p).unwrap();
-            to_mono_16k(&w.samples, w.sample_rate, w.channels).unwrap().into_owned()
+            to_mono_16k(&w.samples, w.sample_rate, w.channels)
+                .unwrap()
+                .into_owned()
         })
         .collect();
-    println!("STT benchmark: {runs} runs per clip after a warm-up, medians, 2 threads, greedy (beam 1)");
+    println!(
+        "STT benchmark: {runs} runs per clip after a warm-up, medians, 2 threads, greedy (beam 1)"
+    );
     let only = std::env::var("STT_BENCH_MODELS").unwrap_or_default();
     for name in ["whisper-tiny.en-ct2", "whisper-base-ct2"] {
         if !only.is_empty() && !only.split(',').any(|m| name.contains(m.trim())) {
@@ -86,7 +106,14 @@ fn main() {
         }
         let mdir = dir.join(name);
         let t = Instant::now();
-        let model = Whisper::load(&mdir, &LoadOptions { threads: 2, ..Default::default() }).unwrap();
+        let model = Whisper::load(
+            &mdir,
+            &LoadOptions {
+                threads: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
         let opts = TranscribeOptions::default();
         let mut ours = Vec::new();
@@ -107,7 +134,9 @@ fn main() {
         let int8 = faster_whisper(&mdir, "int8", runs, &wavs);
         let f32s = faster_whisper(&mdir, "float32", runs, &wavs);
         println!("\n{name} (load {load_ms:.0} ms)");
-        println!("| clip | audio s | sotad ms (mel/enc/dec) | RTF | fw int8 ms | fw f32 ms | sotad/int8 | sotad/f32 |");
+        println!(
+            "| clip | audio s | sotad ms (mel/enc/dec) | RTF | fw int8 ms | fw f32 ms | sotad/int8 | sotad/f32 |"
+        );
         println!("|---|---|---|---|---|---|---|---|");
         let (mut so, mut si, mut sf) = (0.0, 0.0, 0.0);
         for (i, p) in wavs.iter().enumerate() {
@@ -122,14 +151,24 @@ fn main() {
             sf += ff.unwrap_or(f64::NAN);
             println!(
                 "| {id} | {secs:.2} | {:.0} ({:.0}/{:.0}/{:.0}) | {:.3} | {:.0} | {:.0} | {:.2} | {:.2} |",
-                o * 1e3, tm.mel_ms, tm.encode_ms, tm.decode_ms, o / secs,
-                fi.unwrap_or(f64::NAN) * 1e3, ff.unwrap_or(f64::NAN) * 1e3,
-                o / fi.unwrap_or(f64::NAN), o / ff.unwrap_or(f64::NAN)
+                o * 1e3,
+                tm.mel_ms,
+                tm.encode_ms,
+                tm.decode_ms,
+                o / secs,
+                fi.unwrap_or(f64::NAN) * 1e3,
+                ff.unwrap_or(f64::NAN) * 1e3,
+                o / fi.unwrap_or(f64::NAN),
+                o / ff.unwrap_or(f64::NAN)
             );
         }
         println!(
             "| all five | | {:.0} | | {:.0} | {:.0} | **{:.2}** | **{:.2}** |",
-            so * 1e3, si * 1e3, sf * 1e3, so / si, so / sf
+            so * 1e3,
+            si * 1e3,
+            sf * 1e3,
+            so / si,
+            so / sf
         );
     }
 }

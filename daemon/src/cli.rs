@@ -94,7 +94,12 @@ pub fn chat(config: &Config, thinking: bool) -> anyhow::Result<()> {
     }
 }
 
-pub fn say(config: &Config, text: &str, output: &Path, voice: Option<String>) -> anyhow::Result<()> {
+pub fn say(
+    config: &Config,
+    text: &str,
+    output: &Path,
+    voice: Option<String>,
+) -> anyhow::Result<()> {
     let mut engine = tts::load(config).map_err(|e| anyhow!(e))?;
     let request = tts::SayRequest {
         id: "say".into(),

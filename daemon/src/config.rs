@@ -510,7 +510,10 @@ impl Config {
             if value.is_finite() && value >= lo && value <= hi {
                 Ok(())
             } else {
-                Err(fail(key, format!("{value} is out of range; allowed: {lo} to {hi}")))
+                Err(fail(
+                    key,
+                    format!("{value} is out of range; allowed: {lo} to {hi}"),
+                ))
             }
         };
         float("llm.temperature", l.temperature, 0.0, 5.0)?;
@@ -883,7 +886,11 @@ mod tests {
         let d = c.vad.detector_config();
         assert!(d.gate.is_some());
         assert!(d.endpoint.neg_threshold < d.endpoint.threshold);
-        assert!(c.model_path(&c.vad.model).unwrap().ends_with("silero-vad/silero_vad_16k_op15.onnx"));
+        assert!(
+            c.model_path(&c.vad.model)
+                .unwrap()
+                .ends_with("silero-vad/silero_vad_16k_op15.onnx")
+        );
     }
 
     #[test]
@@ -984,9 +991,21 @@ mod tests {
                 "mqtt.password",
                 "mqtt.username",
             ),
-            ("[audio]\ncapture_device = \"x\\u0001\"\n", "audio.capture_device", "ALSA PCM name"),
-            ("[audio]\nplayback_device = \"a\\nb\"\n", "audio.playback_device", "control"),
-            ("[audio]\nframe_queue = 0\n", "audio.frame_queue", "1 to 4096"),
+            (
+                "[audio]\ncapture_device = \"x\\u0001\"\n",
+                "audio.capture_device",
+                "ALSA PCM name",
+            ),
+            (
+                "[audio]\nplayback_device = \"a\\nb\"\n",
+                "audio.playback_device",
+                "control",
+            ),
+            (
+                "[audio]\nframe_queue = 0\n",
+                "audio.frame_queue",
+                "1 to 4096",
+            ),
             (
                 "[audio]\nretry_min_ms = 500\nretry_max_ms = 100\n",
                 "audio.retry_max_ms",

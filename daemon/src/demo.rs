@@ -24,7 +24,8 @@ const SPEAKER: &str = "sotad_demo_speaker";
 /// Writes the microphone's raw file (16 kHz mono s16le: silence, the clip, silence) and the
 /// asoundrc that defines the demo's devices; returns the asoundrc's path.
 pub fn prepare_devices(dir: &Path, clip: &Path) -> anyhow::Result<PathBuf> {
-    let wav = audio::read_wav(clip).with_context(|| format!("reading the clip {}", clip.display()))?;
+    let wav =
+        audio::read_wav(clip).with_context(|| format!("reading the clip {}", clip.display()))?;
     let mono = audio::to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)?;
     let mut raw = Vec::with_capacity((mono.len() + 64_000) * 2);
     let silence = |secs: f64, raw: &mut Vec<u8>| {
@@ -69,7 +70,10 @@ pub async fn run(mut config: Config, dir: PathBuf, clip: PathBuf) -> anyhow::Res
     println!("sotad {} demo", env!("CARGO_PKG_VERSION"));
     println!("  embedded broker on 127.0.0.1:{port}, topics under {base}/");
     println!("  models from {}", config.models_dir().display());
-    println!("  microphone: ALSA device {MIC}, playing {}", clip.display());
+    println!(
+        "  microphone: ALSA device {MIC}, playing {}",
+        clip.display()
+    );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let daemon = tokio::spawn(sotad::run(config, async {
         let _ = stop_rx.await;
@@ -81,7 +85,9 @@ pub async fn run(mut config: Config, dir: PathBuf, clip: PathBuf) -> anyhow::Res
     let mut network = rumqttc::NetworkOptions::new();
     network.set_tcp_nodelay(true);
     events.set_network_options(network);
-    client.subscribe(format!("{base}/#"), QoS::AtLeastOnce).await?;
+    client
+        .subscribe(format!("{base}/#"), QoS::AtLeastOnce)
+        .await?;
 
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut audio: Vec<u8> = Vec::new();
@@ -107,7 +113,11 @@ pub async fn run(mut config: Config, dir: PathBuf, clip: PathBuf) -> anyhow::Res
         let Event::Incoming(Packet::Publish(p)) = event else {
             continue;
         };
-        let suffix = p.topic.strip_prefix(&base).unwrap_or(&p.topic).trim_start_matches('/');
+        let suffix = p
+            .topic
+            .strip_prefix(&base)
+            .unwrap_or(&p.topic)
+            .trim_start_matches('/');
         let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
         match suffix {
             "status" => {
@@ -159,9 +169,16 @@ pub async fn run(mut config: Config, dir: PathBuf, clip: PathBuf) -> anyhow::Res
         .collect();
     std::fs::write(&reply_wav, audio::encode_wav_i16(&samples, rate, 1))?;
     let l = &done["latency"];
-    let ms = |k: &str| l[k].as_f64().map_or("-".to_string(), |x| format!("{x:.0} ms"));
+    let ms = |k: &str| {
+        l[k].as_f64()
+            .map_or("-".to_string(), |x| format!("{x:.0} ms"))
+    };
     println!("  turn/done     outcome {}", done["outcome"]);
-    println!("  reply audio   {} ({:.1} s)", reply_wav.display(), samples.len() as f64 / f64::from(rate));
+    println!(
+        "  reply audio   {} ({:.1} s)",
+        reply_wav.display(),
+        samples.len() as f64 / f64::from(rate)
+    );
     println!(
         "  latency       endpoint {}, stt {}, first token {}, first audio {}; end of speech to first audio {}; total {}",
         ms("endpoint_ms"),

@@ -76,7 +76,10 @@ pub fn load(config: &Config) -> Result<Llm, String> {
         ..Default::default()
     };
     let model = engine::Model::load(&path, &options).map_err(|e| {
-        format!("the LLM is not available: configuration key `llm.model` = {:?}: {e}", c.model)
+        format!(
+            "the LLM is not available: configuration key `llm.model` = {:?}: {e}",
+            c.model
+        )
     })?;
     let session = model.session();
     Ok(Llm {
@@ -187,7 +190,10 @@ pub fn validate(r: &AskRequest) -> Result<(), RequestError> {
         (Some(p), None) if p.len() > MAX_PROMPT_BYTES => {
             return Err(invalid(
                 "prompt",
-                format!("the prompt is {} bytes; the limit is {MAX_PROMPT_BYTES}", p.len()),
+                format!(
+                    "the prompt is {} bytes; the limit is {MAX_PROMPT_BYTES}",
+                    p.len()
+                ),
             ));
         }
         (None, Some(m)) => {
@@ -198,7 +204,10 @@ pub fn validate(r: &AskRequest) -> Result<(), RequestError> {
                 if msg.content.len() > MAX_PROMPT_BYTES {
                     return Err(invalid(
                         &format!("messages[{i}].content"),
-                        format!("{} bytes; the limit is {MAX_PROMPT_BYTES}", msg.content.len()),
+                        format!(
+                            "{} bytes; the limit is {MAX_PROMPT_BYTES}",
+                            msg.content.len()
+                        ),
                     ));
                 }
             }
@@ -345,10 +354,17 @@ pub struct Stream {
 
 impl Llm {
     /// Answers `request` on the engine thread, streaming text pieces into `stream`.
-    pub fn ask(&mut self, request: &AskRequest, stream: &mut Stream) -> Result<Reply, RequestError> {
+    pub fn ask(
+        &mut self,
+        request: &AskRequest,
+        stream: &mut Stream,
+    ) -> Result<Reply, RequestError> {
         let o = &request.options;
         let d = &self.defaults;
-        let system = o.system_prompt.clone().unwrap_or_else(|| d.system_prompt.clone());
+        let system = o
+            .system_prompt
+            .clone()
+            .unwrap_or_else(|| d.system_prompt.clone());
         // The conversation: remembered turns of the session, then the new messages.
         let mut messages: Vec<engine::Message> = Vec::new();
         let given: Vec<engine::Message> = match (&request.prompt, &request.messages) {
@@ -356,7 +372,9 @@ impl Llm {
             (None, Some(m)) => m.iter().map(to_engine).collect(),
             (None, None) => Vec::new(),
         };
-        let has_system = given.first().is_some_and(|m| m.role == engine::Role::System);
+        let has_system = given
+            .first()
+            .is_some_and(|m| m.role == engine::Role::System);
         if !has_system && !system.is_empty() {
             messages.push(engine::Message::system(&system));
         }
@@ -559,9 +577,20 @@ mod tests {
         }
         let h: Vec<String> = c.history("a").iter().map(|m| m.content.clone()).collect();
         assert_eq!(h, ["q1", "a1", "q2", "a2"]);
-        c.remember("b", &[engine::Message::user("x")], engine::Message::assistant("y"));
-        c.remember("c", &[engine::Message::user("x")], engine::Message::assistant("y"));
+        c.remember(
+            "b",
+            &[engine::Message::user("x")],
+            engine::Message::assistant("y"),
+        );
+        c.remember(
+            "c",
+            &[engine::Message::user("x")],
+            engine::Message::assistant("y"),
+        );
         assert_eq!(c.len(), 2);
-        assert!(c.history("a").is_empty(), "least recently used session forgotten");
+        assert!(
+            c.history("a").is_empty(),
+            "least recently used session forgotten"
+        );
     }
 }

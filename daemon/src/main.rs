@@ -134,7 +134,9 @@ fn main() -> ExitCode {
             language,
             translate,
             json,
-        } => with_config(file, |config| cli::transcribe(&config, &path, language, translate, json)),
+        } => with_config(file, |config| {
+            cli::transcribe(&config, &path, language, translate, json)
+        }),
         Cmd::Chat { thinking } => with_config(file, |config| cli::chat(&config, thinking)),
         Cmd::Say {
             text,
@@ -156,7 +158,9 @@ fn main() -> ExitCode {
             {
                 Ok(conf) => conf,
                 Err(e) => {
-                    eprintln!("sotad demo: {e:#} (scripts/install-models.sh installs the models and the clip)");
+                    eprintln!(
+                        "sotad demo: {e:#} (scripts/install-models.sh installs the models and the clip)"
+                    );
                     return ExitCode::FAILURE;
                 }
             };

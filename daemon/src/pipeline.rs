@@ -31,7 +31,10 @@ use crate::{llm, tts};
 /// What starts a turn.
 pub enum Input {
     /// Text injected over MQTT (`turn/text`).
-    Text { text: String, session: Option<String> },
+    Text {
+        text: String,
+        session: Option<String>,
+    },
     /// An utterance from the microphone, 16 kHz mono, with when the endpointer saw its end.
     Speech {
         samples: Vec<f32>,
@@ -62,7 +65,10 @@ pub fn validate(r: &TextTurnRequest) -> Result<(), RequestError> {
         return Err(RequestError::new(
             Some(r.id.clone()),
             ErrorCode::InvalidRequest,
-            format!("`text` must be 1 to {} bytes of text", llm::MAX_PROMPT_BYTES),
+            format!(
+                "`text` must be 1 to {} bytes of text",
+                llm::MAX_PROMPT_BYTES
+            ),
         )
         .with_field("text"));
     }
@@ -134,7 +140,11 @@ struct Current {
 pub type PlaybackSender = std::sync::mpsc::SyncSender<PlayItem>;
 
 pub enum PlayItem {
-    Audio { samples: Vec<f32>, sample_rate: u32, cancel: Arc<AtomicBool> },
+    Audio {
+        samples: Vec<f32>,
+        sample_rate: u32,
+        cancel: Arc<AtomicBool>,
+    },
 }
 
 /// The turn runner, shared by the MQTT service (`turn/text`) and the microphone path.
@@ -189,12 +199,20 @@ impl Turns {
 
     /// A fresh turn id.
     pub fn next_id(&self) -> String {
-        format!("turn-{}", self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1)
+        format!(
+            "turn-{}",
+            self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1
+        )
     }
 
     /// Cancels the turn in progress, if any (barge-in, `listen/stop`, `mute`).
     pub fn cancel_current(&self) -> Option<String> {
-        let current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let current = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
         current.cancel.store(true, Ordering::Relaxed);
         if let Some(llm) = &self.inner.stages.llm {
             llm.cancel(&current.llm_id);
@@ -225,7 +243,13 @@ impl Turns {
         };
         inner
             .publisher
-            .event(&topics.turn("started"), &Started { turn: &turn, source })
+            .event(
+                &topics.turn("started"),
+                &Started {
+                    turn: &turn,
+                    source,
+                },
+            )
             .await;
 
         let mut latency = Latency::default();
@@ -310,7 +334,11 @@ impl Turns {
                     }
                 }
                 Err(e) => {
-                    outcome = if cancel.load(Ordering::Relaxed) { "cancelled" } else { "failed" };
+                    outcome = if cancel.load(Ordering::Relaxed) {
+                        "cancelled"
+                    } else {
+                        "failed"
+                    };
                     error = Some(e);
                 }
             }
@@ -354,7 +382,11 @@ impl Turns {
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())??;
-        Ok((t.text.trim().to_string(), t.language.clone(), ms_between(started, Instant::now())))
+        Ok((
+            t.text.trim().to_string(),
+            t.language.clone(),
+            ms_between(started, Instant::now()),
+        ))
     }
 
     async fn answer(
@@ -441,7 +473,11 @@ impl Turns {
             }
             for job in jobs {
                 if let Ok(Err(e)) = job.await {
-                    tracing::warn!(turn, error = e.message, "a sentence could not be synthesized");
+                    tracing::warn!(
+                        turn,
+                        error = e.message,
+                        "a sentence could not be synthesized"
+                    );
                 }
             }
         };

@@ -111,7 +111,10 @@ mod tests {
     fn sentences_come_out_as_soon_as_they_end() {
         let mut s = SentenceSplitter::new();
         assert!(s.push("The capital of France").is_empty());
-        assert!(s.push(" is Paris.").is_empty(), "the end needs the following space");
+        assert!(
+            s.push(" is Paris.").is_empty(),
+            "the end needs the following space"
+        );
         assert_eq!(s.push(" It is"), ["The capital of France is Paris."]);
         assert_eq!(s.push(" lovely!\n"), ["It is lovely!"]);
         assert_eq!(s.finish(), None);

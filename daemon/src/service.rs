@@ -17,10 +17,10 @@ use crate::config::Config;
 use crate::mqtt::dedup::RecentIds;
 use crate::mqtt::request::{self, ErrorCode, PingRequest, Pong, RequestError};
 use crate::mqtt::{Command, Inbound, Publisher};
-use crate::telemetry::Metrics;
-use crate::worker::{EngineState, SubmitError};
 use crate::pipeline::{self, Turns};
+use crate::telemetry::Metrics;
 use crate::voice::VoiceControl;
+use crate::worker::{EngineState, SubmitError};
 use crate::{llm, stt, tts};
 
 /// How many request ids are remembered to recognize redeliveries.
@@ -317,7 +317,11 @@ impl Job {
             }
             Job::Say(r) => {
                 let worker = stage(&r.id, ctx.stages.tts.as_ref(), "tts", "tts.voice")?;
-                let player = if r.play { ctx.turns.playback().cloned() } else { None };
+                let player = if r.play {
+                    ctx.turns.playback().cloned()
+                } else {
+                    None
+                };
                 let done = say(worker, r, &ctx.publisher, player, &ctx.metrics).await?;
                 ctx.publisher.reply(command, &done).await;
                 Ok(())

@@ -28,7 +28,11 @@ pub type SttWorker = Worker<Stt>;
 pub fn spawn(config: &Config) -> Option<SttWorker> {
     config.model_path(&config.stt.model)?;
     let config = config.clone();
-    Some(Worker::spawn("stt", config.service.request_queue, move || load(&config)))
+    Some(Worker::spawn(
+        "stt",
+        config.service.request_queue,
+        move || load(&config),
+    ))
 }
 
 /// Loads the configured model; the error names the configuration key and the file.
@@ -38,8 +42,17 @@ pub fn load(config: &Config) -> Result<Stt, String> {
         return Err("speech-to-text is off: configuration key `stt.model` is empty".into());
     };
     let threads = threads(config.stt.threads);
-    let model = engine::Whisper::load(&path, &engine::LoadOptions { threads, ..Default::default() }).map_err(|e| {
-        format!("speech-to-text is not available: configuration key `stt.model` = {key_value:?}: {e}")
+    let model = engine::Whisper::load(
+        &path,
+        &engine::LoadOptions {
+            threads,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| {
+        format!(
+            "speech-to-text is not available: configuration key `stt.model` = {key_value:?}: {e}"
+        )
     })?;
     Ok(Stt {
         model,
@@ -124,7 +137,10 @@ pub fn parse(payload: &[u8], max_bytes: usize) -> Result<Transcribe, RequestErro
     if let Some(beam) = r.beam_size
         && !(1..=8).contains(&beam)
     {
-        return Err(invalid("beam_size", format!("{beam} is out of range; allowed: 1 to 8")));
+        return Err(invalid(
+            "beam_size",
+            format!("{beam} is out of range; allowed: 1 to 8"),
+        ));
     }
     if let Some(lang) = &r.language
         && !(lang.is_empty() || lang.len() <= 3 && lang.chars().all(|c| c.is_ascii_lowercase()))
@@ -284,7 +300,10 @@ mod tests {
         assert_eq!(r.wav, b"RIFF");
         assert_eq!(r.task, Task::Translate);
         let e = parse(br#"{"id":"2","wav":"***"}"#, 1024).unwrap_err();
-        assert_eq!((e.field.as_deref(), e.id.as_deref()), (Some("wav"), Some("2")));
+        assert_eq!(
+            (e.field.as_deref(), e.id.as_deref()),
+            (Some("wav"), Some("2"))
+        );
         let e = parse(br#"{"id":"3","wav":"","beam_size":9}"#, 1024).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("beam_size"));
         let e = parse(br#"{"id":"4","wav":"","language":"English"}"#, 1024).unwrap_err();

@@ -44,7 +44,11 @@ pub type TtsWorker = Worker<Tts>;
 pub fn spawn(config: &Config) -> Option<TtsWorker> {
     config.model_path(&config.tts.voice)?;
     let config = config.clone();
-    Some(Worker::spawn("tts", config.service.request_queue, move || load(&config)))
+    Some(Worker::spawn(
+        "tts",
+        config.service.request_queue,
+        move || load(&config),
+    ))
 }
 
 /// Loads the configured voice; the error names the configuration key and the file.
@@ -54,8 +58,17 @@ pub fn load(config: &Config) -> Result<Tts, String> {
         return Err("text-to-speech is off: configuration key `tts.voice` is empty".into());
     };
     let threads = crate::stt::threads(config.tts.threads);
-    let voice = engine::Voice::load(&path, &engine::LoadOptions { threads, ..Default::default() }).map_err(|e| {
-        format!("text-to-speech is not available: configuration key `tts.voice` = {key_value:?}: {e}")
+    let voice = engine::Voice::load(
+        &path,
+        &engine::LoadOptions {
+            threads,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| {
+        format!(
+            "text-to-speech is not available: configuration key `tts.voice` = {key_value:?}: {e}"
+        )
     })?;
     let name = voice_name(&path);
     Ok(Tts {
@@ -69,7 +82,10 @@ pub fn load(config: &Config) -> Result<Tts, String> {
 
 /// A voice's name: its file name without `.onnx`.
 fn voice_name(path: &Path) -> String {
-    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or_default();
     file.strip_suffix(".onnx").unwrap_or(file).to_string()
 }
 
@@ -120,7 +136,10 @@ pub fn validate(r: &SayRequest) -> Result<(), RequestError> {
     if r.text.len() > MAX_TEXT_BYTES {
         return Err(invalid(
             "text",
-            format!("the text is {} bytes; the limit is {MAX_TEXT_BYTES}", r.text.len()),
+            format!(
+                "the text is {} bytes; the limit is {MAX_TEXT_BYTES}",
+                r.text.len()
+            ),
         ));
     }
     if let Some(v) = &r.voice
@@ -133,7 +152,9 @@ pub fn validate(r: &SayRequest) -> Result<(), RequestError> {
     {
         return Err(invalid(
             "voice",
-            format!("{v:?} is not a voice name; allowed: letters, digits, '_', '-', '.' (e.g. \"en_US-joe-medium\")"),
+            format!(
+                "{v:?} is not a voice name; allowed: letters, digits, '_', '-', '.' (e.g. \"en_US-joe-medium\")"
+            ),
         ));
     }
     let s = &r.scales;
@@ -145,7 +166,10 @@ pub fn validate(r: &SayRequest) -> Result<(), RequestError> {
         if let Some(x) = value
             && !(x.is_finite() && x >= lo && x <= hi)
         {
-            return Err(invalid(field, format!("{x} is out of range; allowed: {lo} to {hi}")));
+            return Err(invalid(
+                field,
+                format!("{x} is out of range; allowed: {lo} to {hi}"),
+            ));
         }
     }
     Ok(())
@@ -212,10 +236,13 @@ impl Tts {
                     candidates[1].display()
                 ));
             };
-            let voice = engine::Voice::load(path, &engine::LoadOptions {
-                threads: self.threads,
-                ..Default::default()
-            })
+            let voice = engine::Voice::load(
+                path,
+                &engine::LoadOptions {
+                    threads: self.threads,
+                    ..Default::default()
+                },
+            )
             .map_err(|e| format!("voice {name:?}: {e}"))?;
             if self.voices.len() > EXTRA_VOICES {
                 self.voices.remove(1);
@@ -293,7 +320,9 @@ impl Tts {
                 {
                     fail(Some("text"), e.to_string())
                 }
-                _ => RequestError::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string()),
+                _ => {
+                    RequestError::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())
+                }
             })?;
         let total_ms = started.elapsed().as_secs_f64() * 1e3;
         let audio_s = samples_out as f64 / f64::from(sample_rate);
@@ -308,7 +337,11 @@ impl Tts {
             timings: Timings {
                 first_audio_ms,
                 total_ms,
-                real_time_factor: if audio_s > 0.0 { total_ms / 1e3 / audio_s } else { 0.0 },
+                real_time_factor: if audio_s > 0.0 {
+                    total_ms / 1e3 / audio_s
+                } else {
+                    0.0
+                },
             },
         })
     }
@@ -331,21 +364,39 @@ mod tests {
     #[test]
     fn say_validation_names_the_field() {
         assert!(say(r#"{"id":"1","text":"Hello."}"#).is_ok());
-        assert_eq!(say(r#"{"id":"1","text":"  "}"#).unwrap_err().field.as_deref(), Some("text"));
         assert_eq!(
-            say(r#"{"id":"1","text":"a","voice":"../etc/passwd"}"#).unwrap_err().field.as_deref(),
+            say(r#"{"id":"1","text":"  "}"#)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("text")
+        );
+        assert_eq!(
+            say(r#"{"id":"1","text":"a","voice":"../etc/passwd"}"#)
+                .unwrap_err()
+                .field
+                .as_deref(),
             Some("voice")
         );
         assert_eq!(
-            say(r#"{"id":"1","text":"a","scales":{"length":0}}"#).unwrap_err().field.as_deref(),
+            say(r#"{"id":"1","text":"a","scales":{"length":0}}"#)
+                .unwrap_err()
+                .field
+                .as_deref(),
             Some("scales.length")
         );
-        let big = format!(r#"{{"id":"1","text":"{}"}}"#, "a".repeat(MAX_TEXT_BYTES + 1));
+        let big = format!(
+            r#"{{"id":"1","text":"{}"}}"#,
+            "a".repeat(MAX_TEXT_BYTES + 1)
+        );
         assert_eq!(say(&big).unwrap_err().field.as_deref(), Some("text"));
     }
 
     #[test]
     fn voice_names_come_from_file_names() {
-        assert_eq!(voice_name(Path::new("/m/piper/en_US-joe-medium.onnx")), "en_US-joe-medium");
+        assert_eq!(
+            voice_name(Path::new("/m/piper/en_US-joe-medium.onnx")),
+            "en_US-joe-medium"
+        );
     }
 }

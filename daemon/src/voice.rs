@@ -89,7 +89,11 @@ impl VoiceControl {
                 .as_ref()
                 .map_or("off".to_string(), |s| s.state.as_str().to_string()),
             capture_error: snapshot.and_then(|s| s.last_error),
-            vad_error: self.vad_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            vad_error: self
+                .vad_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             speaking: speaking || self.playing.load(Ordering::Relaxed),
         }
     }
@@ -261,7 +265,9 @@ fn run_vad(
         let speaking = turns.speaking() || control.playing.load(Ordering::Relaxed);
         if !listening || (speaking && !control.barge_in) {
             if speaking && listening {
-                control.ignored_while_speaking.fetch_add(1, Ordering::Relaxed);
+                control
+                    .ignored_while_speaking
+                    .fetch_add(1, Ordering::Relaxed);
             }
             if active {
                 detector.reset();
@@ -272,11 +278,14 @@ fn run_vad(
         active = true;
         let event = detector.push_window(&frame.samples);
         let stats = detector.stats();
-        control
-            .vad_windows
-            .fetch_add(stats.windows - last_windows.min(stats.windows), Ordering::Relaxed);
+        control.vad_windows.fetch_add(
+            stats.windows - last_windows.min(stats.windows),
+            Ordering::Relaxed,
+        );
         last_windows = stats.windows;
-        control.vad_model_runs.store(stats.model_runs, Ordering::Relaxed);
+        control
+            .vad_model_runs
+            .store(stats.model_runs, Ordering::Relaxed);
         match event {
             Some(VadEvent::SpeechStart { .. }) if speaking => {
                 // Barge-in: the person talks over sotad.
@@ -294,7 +303,8 @@ fn run_vad(
                 control.utterances.fetch_add(1, Ordering::Relaxed);
                 // From the true end of speech to now: the trailing silence the endpointer
                 // waited for, plus the time the last frame spent in the queue.
-                let waited = Duration::from_secs_f64(at.saturating_sub(speech_end) as f64 / 16_000.0);
+                let waited =
+                    Duration::from_secs_f64(at.saturating_sub(speech_end) as f64 / 16_000.0);
                 let queued = frame.captured_at.elapsed();
                 let endpoint_ms = (waited + queued).as_secs_f64() * 1e3;
                 let input = Input::Speech {

@@ -196,16 +196,26 @@ mod tests {
 
     #[tokio::test]
     async fn failed_load_refuses_jobs_with_its_message() {
-        let worker: Worker<()> = Worker::spawn("plumbing", 4, || Err("stt.model: no such file".into()));
+        let worker: Worker<()> =
+            Worker::spawn("plumbing", 4, || Err("stt.model: no such file".into()));
         // The first submit may race the load; its result still carries the message.
         let first = match worker.submit(|_| ()) {
             Ok(fut) => fut.await.unwrap_err(),
             Err(e) => e,
         };
-        assert_eq!(first, SubmitError::Unavailable("stt.model: no such file".into()));
+        assert_eq!(
+            first,
+            SubmitError::Unavailable("stt.model: no such file".into())
+        );
         let second = worker.submit(|_| ()).err().unwrap();
-        assert_eq!(second, SubmitError::Unavailable("stt.model: no such file".into()));
-        assert_eq!(worker.state(), EngineState::Failed("stt.model: no such file".into()));
+        assert_eq!(
+            second,
+            SubmitError::Unavailable("stt.model: no such file".into())
+        );
+        assert_eq!(
+            worker.state(),
+            EngineState::Failed("stt.model: no such file".into())
+        );
     }
 
     #[tokio::test]
@@ -215,7 +225,9 @@ mod tests {
         // Job 1 blocks the thread until the gate opens; job 2 fills the queue; job 3 is refused.
         let running = worker.submit(|gate| gate.recv().ok()).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let queued = worker.submit(|_| panic!("plumbing test: a job that panics")).unwrap();
+        let queued = worker
+            .submit(|_| panic!("plumbing test: a job that panics"))
+            .unwrap();
         let refused = worker.submit(|_| ()).err().unwrap();
         assert_eq!(refused, SubmitError::Busy("plumbing"));
         gate_tx.send(()).unwrap();

@@ -3,9 +3,17 @@ use sotad_engines::stt::{LoadOptions, TranscribeOptions, Whisper};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (dir, files) = args.split_first().ok_or("usage: stt_demo MODEL_DIR FILE.wav...")?;
+    let (dir, files) = args
+        .split_first()
+        .ok_or("usage: stt_demo MODEL_DIR FILE.wav...")?;
     let t = std::time::Instant::now();
-    let model = Whisper::load(dir, &LoadOptions { threads: 2, quantized_decoder: std::env::var_os("STT_F32_DECODER").is_none() })?;
+    let model = Whisper::load(
+        dir,
+        &LoadOptions {
+            threads: 2,
+            quantized_decoder: std::env::var_os("STT_F32_DECODER").is_none(),
+        },
+    )?;
     eprintln!("loaded {} in {:?}", model.name(), t.elapsed());
     for f in files {
         let r = model.transcribe_wav(&std::fs::read(f)?, &TranscribeOptions::default())?;

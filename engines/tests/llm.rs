@@ -35,7 +35,9 @@ fn byte_chars() -> Vec<char> {
     let mut n = 0u32;
     (0..256u32)
         .map(|b| {
-            let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+            let printable = (0x21..=0x7e).contains(&b)
+                || (0xa1..=0xac).contains(&b)
+                || (0xae..=0xff).contains(&b);
             let c = if printable {
                 b
             } else {
@@ -52,8 +54,20 @@ fn tiny_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
     let mut tokens: Vec<String> = byte_chars().into_iter().map(String::from).collect();
     let mut types = vec![1i32; 256];
     let merges: Vec<(&str, &str)> = vec![
-        ("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"),
-        ("Ġ", "s"), ("r", "e"), ("a", "t"), ("Ġ", "w"), ("o", "r"), ("Ġ", "h"), ("l", "l"),
+        ("Ġ", "t"),
+        ("h", "e"),
+        ("Ġt", "he"),
+        ("i", "n"),
+        ("Ġ", "a"),
+        ("e", "r"),
+        ("o", "n"),
+        ("Ġ", "s"),
+        ("r", "e"),
+        ("a", "t"),
+        ("Ġ", "w"),
+        ("o", "r"),
+        ("Ġ", "h"),
+        ("l", "l"),
     ];
     let mut merge_strs = Vec::new();
     for (a, b) in &merges {
@@ -61,7 +75,13 @@ fn tiny_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
         types.push(1);
         merge_strs.push(format!("{a} {b}"));
     }
-    for (t, ty) in [("<|endoftext|>", 3), ("<|im_start|>", 3), ("<|im_end|>", 3), ("<think>", 4), ("</think>", 4)] {
+    for (t, ty) in [
+        ("<|endoftext|>", 3),
+        ("<|im_start|>", 3),
+        ("<|im_end|>", 3),
+        ("<think>", 4),
+        ("</think>", 4),
+    ] {
         tokens.push(t.to_owned());
         types.push(ty);
     }
@@ -122,7 +142,12 @@ impl Build {
             Kind::Qwen3 => "qwen3",
             Kind::Llama32 => "llama",
         };
-        Build { kind, arch, skip_tensor: None, bad_shape: None }
+        Build {
+            kind,
+            arch,
+            skip_tensor: None,
+            bad_shape: None,
+        }
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -166,9 +191,18 @@ impl Build {
                 Kind::Llama32 => "llama-bpe",
             },
         );
-        w.metadata("tokenizer.ggml.tokens", MetaValue::Array(MetaArray::String(tokens.clone())));
-        w.metadata("tokenizer.ggml.token_type", MetaValue::Array(MetaArray::I32(types)));
-        w.metadata("tokenizer.ggml.merges", MetaValue::Array(MetaArray::String(merges)));
+        w.metadata(
+            "tokenizer.ggml.tokens",
+            MetaValue::Array(MetaArray::String(tokens.clone())),
+        );
+        w.metadata(
+            "tokenizer.ggml.token_type",
+            MetaValue::Array(MetaArray::I32(types)),
+        );
+        w.metadata(
+            "tokenizer.ggml.merges",
+            MetaValue::Array(MetaArray::String(merges)),
+        );
         let id = |t: &str| tokens.iter().position(|x| x == t).unwrap() as u32;
         w.metadata("tokenizer.ggml.eos_token_id", id("<|im_end|>"));
         w.metadata("tokenizer.ggml.bos_token_id", id("<|endoftext|>"));
@@ -181,7 +215,11 @@ impl Build {
             if self.bad_shape == Some(name) {
                 let dims: Vec<u64> = dims.iter().map(|&d| if d == 64 { 32 } else { d }).collect();
                 let n: u64 = dims.iter().product();
-                let bytes = if ty == GgmlType::F32 { n as usize * 4 } else { n as usize / 32 * 34 };
+                let bytes = if ty == GgmlType::F32 {
+                    n as usize * 4
+                } else {
+                    n as usize / 32 * 34
+                };
                 w.tensor(name, &dims, ty, data[..bytes].to_vec());
                 return;
             }
@@ -190,30 +228,120 @@ impl Build {
         let (d, v, hd, ff) = (D as u64, vocab as u64, HEAD_DIM as u64, FF as u64);
         let q_dim = (HEADS * HEAD_DIM) as u64;
         let kv_dim = (KV_HEADS * HEAD_DIM) as u64;
-        tensor(&mut w, "token_embd.weight", &[d, v], GgmlType::Q8_0, q8_0(&mut rng, vocab, D, 1.0));
-        tensor(&mut w, "output_norm.weight", &[d], GgmlType::F32, norm_weights(&mut rng, D));
+        tensor(
+            &mut w,
+            "token_embd.weight",
+            &[d, v],
+            GgmlType::Q8_0,
+            q8_0(&mut rng, vocab, D, 1.0),
+        );
+        tensor(
+            &mut w,
+            "output_norm.weight",
+            &[d],
+            GgmlType::F32,
+            norm_weights(&mut rng, D),
+        );
         if self.kind == Kind::Qwen3 {
-            tensor(&mut w, "output.weight", &[d, v], GgmlType::Q8_0, q8_0(&mut rng, vocab, D, 0.3));
+            tensor(
+                &mut w,
+                "output.weight",
+                &[d, v],
+                GgmlType::Q8_0,
+                q8_0(&mut rng, vocab, D, 0.3),
+            );
         } else {
             let f = llama3_factors(base, HEAD_DIM, 4.0, 1.0, 4.0, 16.0);
-            tensor(&mut w, "rope_freqs.weight", &[hd / 2], GgmlType::F32, f32_bytes(&f));
+            tensor(
+                &mut w,
+                "rope_freqs.weight",
+                &[hd / 2],
+                GgmlType::F32,
+                f32_bytes(&f),
+            );
         }
         let amp = 1.0 / (D as f32).sqrt();
         for l in 0..LAYERS {
             let n = |s: &str| format!("blk.{l}.{s}");
-            tensor(&mut w, &n("attn_norm.weight"), &[d], GgmlType::F32, norm_weights(&mut rng, D));
-            tensor(&mut w, &n("attn_q.weight"), &[d, q_dim], GgmlType::Q8_0, q8_0(&mut rng, q_dim as usize, D, 2.0 * amp));
-            tensor(&mut w, &n("attn_k.weight"), &[d, kv_dim], GgmlType::Q8_0, q8_0(&mut rng, kv_dim as usize, D, 2.0 * amp));
-            tensor(&mut w, &n("attn_v.weight"), &[d, kv_dim], GgmlType::Q8_0, q8_0(&mut rng, kv_dim as usize, D, amp));
-            tensor(&mut w, &n("attn_output.weight"), &[q_dim, d], GgmlType::Q8_0, q8_0(&mut rng, D, q_dim as usize, amp));
+            tensor(
+                &mut w,
+                &n("attn_norm.weight"),
+                &[d],
+                GgmlType::F32,
+                norm_weights(&mut rng, D),
+            );
+            tensor(
+                &mut w,
+                &n("attn_q.weight"),
+                &[d, q_dim],
+                GgmlType::Q8_0,
+                q8_0(&mut rng, q_dim as usize, D, 2.0 * amp),
+            );
+            tensor(
+                &mut w,
+                &n("attn_k.weight"),
+                &[d, kv_dim],
+                GgmlType::Q8_0,
+                q8_0(&mut rng, kv_dim as usize, D, 2.0 * amp),
+            );
+            tensor(
+                &mut w,
+                &n("attn_v.weight"),
+                &[d, kv_dim],
+                GgmlType::Q8_0,
+                q8_0(&mut rng, kv_dim as usize, D, amp),
+            );
+            tensor(
+                &mut w,
+                &n("attn_output.weight"),
+                &[q_dim, d],
+                GgmlType::Q8_0,
+                q8_0(&mut rng, D, q_dim as usize, amp),
+            );
             if self.kind == Kind::Qwen3 {
-                tensor(&mut w, &n("attn_q_norm.weight"), &[hd], GgmlType::F32, norm_weights(&mut rng, HEAD_DIM));
-                tensor(&mut w, &n("attn_k_norm.weight"), &[hd], GgmlType::F32, norm_weights(&mut rng, HEAD_DIM));
+                tensor(
+                    &mut w,
+                    &n("attn_q_norm.weight"),
+                    &[hd],
+                    GgmlType::F32,
+                    norm_weights(&mut rng, HEAD_DIM),
+                );
+                tensor(
+                    &mut w,
+                    &n("attn_k_norm.weight"),
+                    &[hd],
+                    GgmlType::F32,
+                    norm_weights(&mut rng, HEAD_DIM),
+                );
             }
-            tensor(&mut w, &n("ffn_norm.weight"), &[d], GgmlType::F32, norm_weights(&mut rng, D));
-            tensor(&mut w, &n("ffn_gate.weight"), &[d, ff], GgmlType::Q8_0, q8_0(&mut rng, FF, D, amp));
-            tensor(&mut w, &n("ffn_up.weight"), &[d, ff], GgmlType::Q8_0, q8_0(&mut rng, FF, D, amp));
-            tensor(&mut w, &n("ffn_down.weight"), &[ff, d], GgmlType::Q8_0, q8_0(&mut rng, D, FF, 1.0 / (FF as f32).sqrt()));
+            tensor(
+                &mut w,
+                &n("ffn_norm.weight"),
+                &[d],
+                GgmlType::F32,
+                norm_weights(&mut rng, D),
+            );
+            tensor(
+                &mut w,
+                &n("ffn_gate.weight"),
+                &[d, ff],
+                GgmlType::Q8_0,
+                q8_0(&mut rng, FF, D, amp),
+            );
+            tensor(
+                &mut w,
+                &n("ffn_up.weight"),
+                &[d, ff],
+                GgmlType::Q8_0,
+                q8_0(&mut rng, FF, D, amp),
+            );
+            tensor(
+                &mut w,
+                &n("ffn_down.weight"),
+                &[ff, d],
+                GgmlType::Q8_0,
+                q8_0(&mut rng, D, FF, 1.0 / (FF as f32).sqrt()),
+            );
         }
         w.to_bytes().unwrap()
     }
@@ -232,7 +360,14 @@ fn fixture_name(kind: Kind) -> &'static str {
 
 fn load_tiny(kind: Kind, ctx: usize) -> (Model, TempFile) {
     let f = TempFile::with_bytes(fixture_name(kind), &Build::new(kind).bytes());
-    let m = Model::load(f.path(), &LoadOptions { context_len: ctx, threads: 2 }).unwrap();
+    let m = Model::load(
+        f.path(),
+        &LoadOptions {
+            context_len: ctx,
+            threads: 2,
+        },
+    )
+    .unwrap();
     (m, f)
 }
 
@@ -248,7 +383,11 @@ fn tiny_fixture_files_are_what_the_builder_writes() {
             std::fs::write(&path, &built).unwrap();
         }
         let committed = std::fs::read(&path).unwrap();
-        assert!(committed == built, "{} differs from the builder's output", path.display());
+        assert!(
+            committed == built,
+            "{} differs from the builder's output",
+            path.display()
+        );
     }
 }
 
@@ -262,14 +401,32 @@ fn check_against_numpy(kind: Kind) {
         &std::fs::read_to_string(data_dir().join(format!("{name}.logits.json"))).unwrap(),
     )
     .unwrap();
-    let tokens: Vec<u32> = fx["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let tokens: Vec<u32> = fx["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     let logits: Vec<Vec<f32>> = fx["logits"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        })
         .collect();
-    let model = Model::load(data_dir().join(format!("{name}.gguf")), &LoadOptions { context_len: 64, threads: 2 }).unwrap();
+    let model = Model::load(
+        data_dir().join(format!("{name}.gguf")),
+        &LoadOptions {
+            context_len: 64,
+            threads: 2,
+        },
+    )
+    .unwrap();
     let mut s = model.session();
     // A prefill of the first half, then one token at a time.
     let half = tokens.len() / 2;
@@ -282,13 +439,24 @@ fn check_against_numpy(kind: Kind) {
         };
         let want = &logits[pos];
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        let err = got
+            .iter()
+            .zip(want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale;
         worst = worst.max(err);
-        assert!(err < 0.02, "{name}: position {pos}: max error {err} of the largest logit");
+        assert!(
+            err < 0.02,
+            "{name}: position {pos}: max error {err} of the largest logit"
+        );
         let mut sorted = want.clone();
         sorted.sort_by(|a, b| b.total_cmp(a));
         if sorted[0] - sorted[1] > 0.02 * scale {
-            assert_eq!(Sampler::argmax(&got), Sampler::argmax(want), "{name}: argmax at {pos}");
+            assert_eq!(
+                Sampler::argmax(&got),
+                Sampler::argmax(want),
+                "{name}: argmax at {pos}"
+            );
         }
     }
     eprintln!("{name}: worst relative logit error {worst}");
@@ -322,7 +490,10 @@ fn kv_truncation_gives_the_logits_of_recomputing() {
     all.extend_from_slice(&c);
     let recomputed = fresh.eval(&all).unwrap().to_vec();
     assert_eq!(s.tokens(), &all[..]);
-    let diff = reused.iter().zip(&recomputed).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let diff = reused
+        .iter()
+        .zip(&recomputed)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(diff < 1e-4, "max difference {diff}");
 }
 
@@ -330,15 +501,29 @@ fn kv_truncation_gives_the_logits_of_recomputing() {
 fn prompt_prefix_is_reused_between_generations() {
     let (model, _f) = load_tiny(Kind::Qwen3, 128);
     let mut s = model.session();
-    let opts = GenerateOptions { max_tokens: 4, ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: 4,
+        ..Default::default()
+    };
     let first: Vec<u32> = (30..50).collect();
-    s.generate(Prompt::Tokens(&first), &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
+    s.generate(Prompt::Tokens(&first), &opts, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
     let mut second = first.clone();
     second.extend([100, 101, 102]);
-    let r = s.generate(Prompt::Tokens(&second), &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
+    let r = s
+        .generate(Prompt::Tokens(&second), &opts, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
     assert_eq!(r.timings.cached_tokens, first.len());
     let mut fresh = model.session();
-    let r2 = fresh.generate(Prompt::Tokens(&second), &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
+    let r2 = fresh
+        .generate(Prompt::Tokens(&second), &opts, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
     assert_eq!(r.tokens, r2.tokens);
     assert_eq!(r2.timings.cached_tokens, 0);
 }
@@ -350,9 +535,17 @@ fn full_context_slides_or_stops() {
     let prompt: Vec<u32> = (40..60).collect();
     // Greedy decoding of a random model never ends by itself: nothing is end-of-generation
     // except <|im_end|>, which we forbid by checking the stop reason below.
-    let opts = GenerateOptions { max_tokens: 40, slide_context: true, ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: 40,
+        slide_context: true,
+        ..Default::default()
+    };
     let mut s = model.session();
-    let r = s.generate(Prompt::Tokens(&prompt), &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
+    let r = s
+        .generate(Prompt::Tokens(&prompt), &opts, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
     if r.stop_reason == StopReason::MaxTokens {
         assert!(r.timings.context_slides >= 1);
         assert_eq!(r.tokens.len(), 40);
@@ -363,14 +556,26 @@ fn full_context_slides_or_stops() {
         let kept = s.tokens().to_vec();
         let mut fresh = model.session();
         let want = fresh.eval(&kept).unwrap().to_vec();
-        let diff = s.logits().iter().zip(&want).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let diff = s
+            .logits()
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(diff < 1e-4, "after sliding, max logit difference {diff}");
     } else {
         assert_eq!(r.stop_reason, StopReason::Eos);
     }
-    let opts = GenerateOptions { max_tokens: 40, slide_context: false, ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: 40,
+        slide_context: false,
+        ..Default::default()
+    };
     let mut s = model.session();
-    let r = s.generate(Prompt::Tokens(&prompt), &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
+    let r = s
+        .generate(Prompt::Tokens(&prompt), &opts, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
     if r.stop_reason != StopReason::Eos {
         assert_eq!(r.stop_reason, StopReason::ContextFull);
         assert_eq!(s.tokens().len(), ctx);
@@ -379,9 +584,14 @@ fn full_context_slides_or_stops() {
     let long: Vec<u32> = (0..100).map(|i| 30 + i % 200).collect();
     let mut s = model.session();
     let r = s
-        .generate(Prompt::Tokens(&long), &GenerateOptions { max_tokens: 1, ..Default::default() }, |_| {
-            std::ops::ControlFlow::Continue(())
-        })
+        .generate(
+            Prompt::Tokens(&long),
+            &GenerateOptions {
+                max_tokens: 1,
+                ..Default::default()
+            },
+            |_| std::ops::ControlFlow::Continue(()),
+        )
         .unwrap();
     assert_eq!(r.timings.context_slides, 1);
     assert_eq!(&s.tokens()[..4], &long[..4]);
@@ -414,18 +624,33 @@ fn sampling_is_seeded_and_top_k_1_is_greedy() {
 
     // Through a session: same seed, same tokens.
     let (model, _f) = load_tiny(Kind::Qwen3, 64);
-    let opts = GenerateOptions { max_tokens: 12, temperature: 0.9, top_k: 20, seed: 42, ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: 12,
+        temperature: 0.9,
+        top_k: 20,
+        seed: 42,
+        ..Default::default()
+    };
     let prompt: Vec<u32> = (50..60).collect();
     let run = |o: &GenerateOptions| {
         model
             .session()
-            .generate(Prompt::Tokens(&prompt), o, |_| std::ops::ControlFlow::Continue(()))
+            .generate(Prompt::Tokens(&prompt), o, |_| {
+                std::ops::ControlFlow::Continue(())
+            })
             .unwrap()
             .tokens
     };
     assert_eq!(run(&opts), run(&opts));
-    let g = GenerateOptions { max_tokens: 12, ..Default::default() };
-    let k1 = GenerateOptions { top_k: 1, temperature: 1.0, ..g.clone() };
+    let g = GenerateOptions {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let k1 = GenerateOptions {
+        top_k: 1,
+        temperature: 1.0,
+        ..g.clone()
+    };
     assert_eq!(run(&g), run(&k1));
 }
 
@@ -434,17 +659,33 @@ fn cancellation_between_tokens() {
     let (model, _f) = load_tiny(Kind::Qwen3, 64);
     let prompt: Vec<u32> = (50..60).collect();
     let flag = Arc::new(AtomicBool::new(true));
-    let opts = GenerateOptions { max_tokens: 10, cancel: Some(flag), ..Default::default() };
-    let r = model.session().generate(Prompt::Tokens(&prompt), &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: 10,
+        cancel: Some(flag),
+        ..Default::default()
+    };
+    let r = model
+        .session()
+        .generate(Prompt::Tokens(&prompt), &opts, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
     assert_eq!(r.stop_reason, StopReason::Cancelled);
     assert!(r.tokens.is_empty());
     let mut calls = 0;
-    let opts = GenerateOptions { max_tokens: 30, ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: 30,
+        ..Default::default()
+    };
     let r = model
         .session()
         .generate(Prompt::Tokens(&prompt), &opts, |_| {
             calls += 1;
-            if calls == 2 { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+            if calls == 2 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
         })
         .unwrap();
     if r.stop_reason != StopReason::Eos {
@@ -477,27 +718,44 @@ fn qwen3_fallback_template_turns_thinking_off_and_on() {
     let plain = tok.encode("<|im_start|>", false, false);
     assert!(!plain.contains(&tok.token_id("<|im_start|>").unwrap()));
     // User-defined tokens are matched even without parse_special.
-    assert_eq!(tok.encode("<think>", false, false), vec![tok.token_id("<think>").unwrap()]);
+    assert_eq!(
+        tok.encode("<think>", false, false),
+        vec![tok.token_id("<think>").unwrap()]
+    );
 }
 
 #[test]
 fn tiny_tokenizer_round_trips_and_merges() {
     let (model, _f) = load_tiny(Kind::Llama32, 64);
     let tok = model.tokenizer();
-    for s in ["the weather in there", "  spaces\n\nand\ttabs ", "ünïcödé 日本 🤖", "1234567 it's", ""] {
+    for s in [
+        "the weather in there",
+        "  spaces\n\nand\ttabs ",
+        "ünïcödé 日本 🤖",
+        "1234567 it's",
+        "",
+    ] {
         let ids = tok.encode(s, false, false);
         assert_eq!(tok.decode(&ids, false), s);
     }
     // " the" merges to one token (Ġ t → Ġt, Ġt he → Ġthe).
-    assert_eq!(tok.encode(" the", false, false), vec![tok.token_id("Ġthe").unwrap()]);
+    assert_eq!(
+        tok.encode(" the", false, false),
+        vec![tok.token_id("Ġthe").unwrap()]
+    );
 }
 
 // ----- errors ------------------------------------------------------------------------------------
 
 fn load_err(bytes: &[u8]) -> String {
     let f = TempFile::with_bytes("bad-llm", bytes);
-    let e = Model::load(f.path(), &LoadOptions::default()).unwrap_err().to_string();
-    assert!(e.contains(&f.path().display().to_string()), "error does not name the file: {e}");
+    let e = Model::load(f.path(), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&f.path().display().to_string()),
+        "error does not name the file: {e}"
+    );
     e
 }
 
@@ -518,12 +776,18 @@ fn load_errors_name_the_file_and_the_problem() {
     let mut b = Build::new(Kind::Qwen3);
     b.skip_tensor = Some("blk.1.ffn_down.weight");
     let e = load_err(&b.bytes());
-    assert!(e.contains("blk.1.ffn_down.weight") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("blk.1.ffn_down.weight") && e.contains("missing"),
+        "{e}"
+    );
     // A wrong shape.
     let mut b = Build::new(Kind::Qwen3);
     b.bad_shape = Some("blk.0.attn_norm.weight");
     let e = load_err(&b.bytes());
-    assert!(e.contains("blk.0.attn_norm.weight") && e.contains("expected [64]"), "{e}");
+    assert!(
+        e.contains("blk.0.attn_norm.weight") && e.contains("expected [64]"),
+        "{e}"
+    );
     // Bad requests do not panic.
     let (model, _f) = load_tiny(Kind::Qwen3, 16);
     let mut s = model.session();

@@ -31,7 +31,11 @@ fn fixture(name: &str) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn messages(v: &Value) -> Vec<Message> {
@@ -53,35 +57,57 @@ fn check_model(name: &str) {
     let fx = fixture(name);
     let model = Model::load(
         model_path(fx["model"].as_str().unwrap()),
-        &LoadOptions { context_len: 512, threads: 2 },
+        &LoadOptions {
+            context_len: 512,
+            threads: 2,
+        },
     )
     .unwrap();
     let tok = model.tokenizer();
 
     for case in fx["tokenize"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(tok.encode(text, true, true), ids(&case["ids"]), "{name}: tokenize {text:?}");
+        assert_eq!(
+            tok.encode(text, true, true),
+            ids(&case["ids"]),
+            "{name}: tokenize {text:?}"
+        );
     }
     for case in fx["tokenize_plain"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(tok.encode(text, false, false), ids(&case["ids"]), "{name}: plain tokenize {text:?}");
+        assert_eq!(
+            tok.encode(text, false, false),
+            ids(&case["ids"]),
+            "{name}: plain tokenize {text:?}"
+        );
     }
 
     let arm = cfg!(target_arch = "aarch64");
     for p in fx["prompts"].as_array().unwrap() {
         let text = p["text"].as_str().unwrap();
         if p["kind"] == "chat" {
-            let rendered = model.chat_template().render(&messages(&p["messages"]), true, false).unwrap();
+            let rendered = model
+                .chat_template()
+                .render(&messages(&p["messages"]), true, false)
+                .unwrap();
             assert_eq!(rendered, text, "{name}: rendered chat template");
         } else if arm {
             continue;
         }
         let prompt = ids(&p["prompt_ids"]);
-        assert_eq!(tok.encode(text, true, true), prompt, "{name}: prompt {text:?}");
+        assert_eq!(
+            tok.encode(text, true, true),
+            prompt,
+            "{name}: prompt {text:?}"
+        );
         // Greedy decoding fed with llama.cpp's own tokens (teacher forcing), so that one
         // near-tie does not end the comparison: count the steps where the argmax agrees.
         let expected = ids(&p["greedy_ids"]);
-        let n = if arm { expected.len().min(6) } else { expected.len() };
+        let n = if arm {
+            expected.len().min(6)
+        } else {
+            expected.len()
+        };
         let mut session = model.session();
         session.eval(&prompt).unwrap();
         let mut agree = 0;
@@ -97,11 +123,19 @@ fn check_model(name: &str) {
                 session.eval(&[want]).unwrap();
             }
         }
-        eprintln!("{name}: {agree}/{n} greedy steps agree, first difference at {first_miss:?}: {text:?}");
+        eprintln!(
+            "{name}: {agree}/{n} greedy steps agree, first difference at {first_miss:?}: {text:?}"
+        );
         // The first MIN_EXACT tokens must match exactly, and 90% of all steps.
         let exact = first_miss.unwrap_or(n);
-        assert!(exact >= MIN_EXACT.min(n), "{name}: greedy ids differ from llama.cpp at step {exact} after {text:?}");
-        assert!(agree * 10 >= n * 9, "{name}: only {agree}/{n} greedy steps agree after {text:?}");
+        assert!(
+            exact >= MIN_EXACT.min(n),
+            "{name}: greedy ids differ from llama.cpp at step {exact} after {text:?}"
+        );
+        assert!(
+            agree * 10 >= n * 9,
+            "{name}: only {agree}/{n} greedy steps agree after {text:?}"
+        );
         if !arm {
             assert_eq!(
                 tok.decode(&expected, false),
@@ -134,12 +168,19 @@ fn smollm2_stop_strings_streaming_and_prefix_reuse() {
     use sotad_engines::llm::{GenerateOptions, Prompt, StopReason};
     let model = Model::load(
         model_path("smollm2-135m-instruct-q4_1.gguf"),
-        &LoadOptions { context_len: 256, threads: 2 },
+        &LoadOptions {
+            context_len: 256,
+            threads: 2,
+        },
     )
     .unwrap();
     let mut s = model.session();
     // llama.cpp's greedy continuation is " Paris.\n\nThe United States has ...".
-    let opts = GenerateOptions { max_tokens: 20, stop: vec!["United".into()], ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: 20,
+        stop: vec!["United".into()],
+        ..Default::default()
+    };
     let mut streamed = String::new();
     let r = s
         .generate(Prompt::Text("The capital of France is"), &opts, |p| {
@@ -152,16 +193,31 @@ fn smollm2_stop_strings_streaming_and_prefix_reuse() {
     assert_eq!(streamed, r.text);
     assert!(r.timings.prefill_tok_s > 0.0 && r.timings.ttft_ms > 0.0);
     // Max tokens.
-    let opts = GenerateOptions { max_tokens: 3, ..Default::default() };
-    let r = s.generate(Prompt::Text("The capital of France is"), &opts, |_| std::ops::ControlFlow::Continue(())).unwrap();
-    assert_eq!(r.stop_reason, StopReason::MaxTokens);
-    assert_eq!(r.tokens.len(), 3);
-    assert_eq!(r.timings.cached_tokens, 4, "the 5-token prompt reuses 4 cached tokens");
-    // A chat turn ends with the end-of-turn token.
+    let opts = GenerateOptions {
+        max_tokens: 3,
+        ..Default::default()
+    };
     let r = s
-        .chat(&[Message::user("Say hello.")], &GenerateOptions { max_tokens: 60, ..Default::default() }, |_| {
+        .generate(Prompt::Text("The capital of France is"), &opts, |_| {
             std::ops::ControlFlow::Continue(())
         })
+        .unwrap();
+    assert_eq!(r.stop_reason, StopReason::MaxTokens);
+    assert_eq!(r.tokens.len(), 3);
+    assert_eq!(
+        r.timings.cached_tokens, 4,
+        "the 5-token prompt reuses 4 cached tokens"
+    );
+    // A chat turn ends with the end-of-turn token.
+    let r = s
+        .chat(
+            &[Message::user("Say hello.")],
+            &GenerateOptions {
+                max_tokens: 60,
+                ..Default::default()
+            },
+            |_| std::ops::ControlFlow::Continue(()),
+        )
         .unwrap();
     assert_eq!(r.stop_reason, StopReason::Eos);
     assert!(!r.text.is_empty() && !r.text.contains("<|im_end|>"));

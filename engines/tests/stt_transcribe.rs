@@ -11,12 +11,13 @@
 
 mod common;
 
-
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use common::{edit_distance, models_dir, normalize};
-use sotad_engines::audio::{encode_wav_i16, read_wav, resample::resample_mono, resample::to_mono_16k};
+use sotad_engines::audio::{
+    encode_wav_i16, read_wav, resample::resample_mono, resample::to_mono_16k,
+};
 use sotad_engines::stt::ct2::json::{self, JsonValue};
 use sotad_engines::stt::{LoadOptions, Task, TranscribeOptions, Whisper};
 
@@ -58,9 +59,8 @@ struct Clip {
 fn clips() -> Vec<Clip> {
     let dir = models_dir().join("speech/librivox");
     let list = dir.join("transcription");
-    let text = std::fs::read_to_string(&list).unwrap_or_else(|e| {
-        panic!("{}: {e}: run scripts/install-models.sh", list.display())
-    });
+    let text = std::fs::read_to_string(&list)
+        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/install-models.sh", list.display()));
     let mut out: Vec<Clip> = text
         .lines()
         .filter_map(|l| {
@@ -79,7 +79,12 @@ fn clips() -> Vec<Clip> {
         })
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
-    assert_eq!(out.len(), 5, "expected five LibriVox clips in {}", list.display());
+    assert_eq!(
+        out.len(),
+        5,
+        "expected five LibriVox clips in {}",
+        list.display()
+    );
     out
 }
 
@@ -115,7 +120,10 @@ fn reference(name: &str, key: &str) -> (Vec<(String, usize)>, f64) {
 
 fn accuracy(name: &str, key: &str, beam_size: usize) {
     let m = model(name);
-    let opts = TranscribeOptions { beam_size, ..Default::default() };
+    let opts = TranscribeOptions {
+        beam_size,
+        ..Default::default()
+    };
     let mut all = clips();
     if cfg!(target_arch = "aarch64") {
         // Under qemu: the shortest clip only.
@@ -127,14 +135,22 @@ fn accuracy(name: &str, key: &str, beam_size: usize) {
         let t = m.transcribe(&c.samples, &opts).unwrap();
         let (r, h) = (normalize(&c.reference), normalize(&t.text));
         let e = edit_distance(&r, &h);
-        eprintln!("{name} {}: {e} errors / {} words: {:?} ({:.0} ms)", c.id, r.len(), t.text, t.timings.total_ms);
+        eprintln!(
+            "{name} {}: {e} errors / {} words: {:?} ({:.0} ms)",
+            c.id,
+            r.len(),
+            t.text,
+            t.timings.total_ms
+        );
         assert_eq!(t.language, "en", "{}: language", c.id);
         errors += e;
         words += r.len();
         ref_errors += ref_clips.iter().find(|(id, _)| *id == c.id).unwrap().1;
     }
     let wer = errors as f64 / words as f64;
-    eprintln!("{name} beam {beam_size}: WER {wer:.4} ({errors}/{words}); faster-whisper {key} {ref_errors} errors (WER {ref_wer:.4} on all five)");
+    eprintln!(
+        "{name} beam {beam_size}: WER {wer:.4} ({errors}/{words}); faster-whisper {key} {ref_errors} errors (WER {ref_wer:.4} on all five)"
+    );
     assert!(
         errors <= ref_errors,
         "{name} beam {beam_size}: {errors} word errors ({wer:.4}) > faster-whisper's {ref_errors} ({key}) on the same clips"
@@ -159,13 +175,21 @@ fn tiny_en_beam5_wer_is_at_most_faster_whispers() {
 #[test]
 fn segments_have_sane_timestamps() {
     let m = model(TINY);
-    let c = clips().into_iter().find(|c| c.id.ends_with("0870")).unwrap();
+    let c = clips()
+        .into_iter()
+        .find(|c| c.id.ends_with("0870"))
+        .unwrap();
     let dur = c.samples.len() as f32 / 16_000.0;
-    let t = m.transcribe(&c.samples, &TranscribeOptions::default()).unwrap();
+    let t = m
+        .transcribe(&c.samples, &TranscribeOptions::default())
+        .unwrap();
     assert!(!t.segments.is_empty());
     let mut prev_end = 0.0f32;
     for s in &t.segments {
-        assert!(s.start >= prev_end - 1e-3, "{s:?} starts before the previous end {prev_end}");
+        assert!(
+            s.start >= prev_end - 1e-3,
+            "{s:?} starts before the previous end {prev_end}"
+        );
         assert!(s.end > s.start, "{s:?}");
         assert!(s.end <= dur + 0.5, "{s:?} ends after the audio ({dur} s)");
         assert!(!s.text.trim().is_empty());
@@ -206,7 +230,10 @@ fn long_form_audio_keeps_every_clip() {
     let dur = audio.len() as f32 / 16_000.0;
     assert!(dur > 30.0, "{dur} s");
     let t = m.transcribe(&audio, &TranscribeOptions::default()).unwrap();
-    eprintln!("{dur:.1} s: {:?} ({:.0} ms, {} windows)", t.text, t.timings.total_ms, t.timings.windows);
+    eprintln!(
+        "{dur:.1} s: {:?} ({:.0} ms, {} windows)",
+        t.text, t.timings.total_ms, t.timings.windows
+    );
     assert!(t.timings.windows >= 2);
     let hyp = normalize(&t.text);
     for c in &all {
@@ -222,7 +249,10 @@ fn long_form_audio_keeps_every_clip() {
     }
     let mut prev = 0.0;
     for s in &t.segments {
-        assert!(s.start >= prev - 1e-3 && s.end > s.start && s.end <= dur + 0.5, "{s:?}");
+        assert!(
+            s.start >= prev - 1e-3 && s.end > s.start && s.end <= dur + 0.5,
+            "{s:?}"
+        );
         prev = s.end;
     }
     assert!(prev > 30.0, "last segment ends at {prev}");
@@ -231,17 +261,33 @@ fn long_form_audio_keeps_every_clip() {
 #[test]
 fn wav_of_any_rate_and_channels() {
     let m = model(TINY);
-    let c = clips().into_iter().find(|c| c.id.ends_with("0930")).unwrap();
+    let c = clips()
+        .into_iter()
+        .find(|c| c.id.ends_with("0930"))
+        .unwrap();
     let up = resample_mono(&c.samples, 16_000, 44_100).unwrap();
     let stereo: Vec<f32> = up.iter().flat_map(|&x| [x, x * 0.5]).collect();
     let bytes = encode_wav_i16(&stereo, 44_100, 2);
-    let t = m.transcribe_wav(&bytes, &TranscribeOptions::default()).unwrap();
+    let t = m
+        .transcribe_wav(&bytes, &TranscribeOptions::default())
+        .unwrap();
     let b = normalize(&t.text);
-    assert!(edit_distance(&normalize(&c.reference), &b) <= 1, "{:?}", t.text);
+    assert!(
+        edit_distance(&normalize(&c.reference), &b) <= 1,
+        "{:?}",
+        t.text
+    );
     if !cfg!(target_arch = "aarch64") {
-        let mono = m.transcribe(&c.samples, &TranscribeOptions::default()).unwrap();
+        let mono = m
+            .transcribe(&c.samples, &TranscribeOptions::default())
+            .unwrap();
         let a = normalize(&mono.text);
-        assert!(edit_distance(&a, &b) <= 1, "{:?} vs {:?}", mono.text, t.text);
+        assert!(
+            edit_distance(&a, &b) <= 1,
+            "{:?} vs {:?}",
+            mono.text,
+            t.text
+        );
     }
 }
 
@@ -266,17 +312,31 @@ fn bad_input_is_an_error_not_a_panic() {
     let mut float64 = encode_wav_i16(&[0.0; 10], 16_000, 1);
     float64[20] = 7; // format tag 7: mu-law
     assert!(msg(m.transcribe_wav(&float64, &o)).contains("format"));
-    let beam = TranscribeOptions { beam_size: 0, ..Default::default() };
+    let beam = TranscribeOptions {
+        beam_size: 0,
+        ..Default::default()
+    };
     assert!(msg(m.transcribe(&[0.0; 16_000], &beam)).contains("beam_size"));
-    let tr = TranscribeOptions { task: Task::Translate, ..Default::default() };
+    let tr = TranscribeOptions {
+        task: Task::Translate,
+        ..Default::default()
+    };
     assert!(msg(m.transcribe(&[0.0; 16_000], &tr)).contains("English-only"));
-    let de = TranscribeOptions { language: Some("de".into()), ..Default::default() };
+    let de = TranscribeOptions {
+        language: Some("de".into()),
+        ..Default::default()
+    };
     assert!(msg(m.transcribe(&[0.0; 16_000], &de)).contains("English-only"));
-    let temps = TranscribeOptions { temperatures: vec![], ..Default::default() };
+    let temps = TranscribeOptions {
+        temperatures: vec![],
+        ..Default::default()
+    };
     assert!(msg(m.transcribe(&[0.0; 16_000], &temps)).contains("temperatures"));
 
     let missing = models_dir().join("no-such-whisper");
-    let e = Whisper::load(&missing, &LoadOptions::default()).unwrap_err().to_string();
+    let e = Whisper::load(&missing, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no-such-whisper"), "{e}");
 }
 
@@ -284,28 +344,52 @@ fn bad_input_is_an_error_not_a_panic() {
 fn multilingual_model_detects_english_and_takes_a_language() {
     let m = model(BASE);
     assert!(m.is_multilingual());
-    let c = clips().into_iter().find(|c| c.id.ends_with("0930")).unwrap();
-    let t = m.transcribe(&c.samples, &TranscribeOptions::default()).unwrap();
+    let c = clips()
+        .into_iter()
+        .find(|c| c.id.ends_with("0930"))
+        .unwrap();
+    let t = m
+        .transcribe(&c.samples, &TranscribeOptions::default())
+        .unwrap();
     assert_eq!(t.language, "en");
     assert!(t.language_prob.unwrap() > 0.5, "{:?}", t.language_prob);
     if !cfg!(target_arch = "aarch64") {
-        let given = TranscribeOptions { language: Some("en".into()), ..Default::default() };
+        let given = TranscribeOptions {
+            language: Some("en".into()),
+            ..Default::default()
+        };
         let t2 = m.transcribe(&c.samples, &given).unwrap();
         assert_eq!(t2.text, t.text);
         assert_eq!(t2.language_prob, None);
     }
-    let bad = TranscribeOptions { language: Some("xx".into()), ..Default::default() };
-    assert!(m.transcribe(&c.samples, &bad).unwrap_err().to_string().contains("xx"));
+    let bad = TranscribeOptions {
+        language: Some("xx".into()),
+        ..Default::default()
+    };
+    assert!(
+        m.transcribe(&c.samples, &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("xx")
+    );
 }
 
 #[test]
 fn initial_prompt_is_tokenized_and_used() {
     let m = model(TINY);
     let tok = m.tokenizer();
-    let ids = tok.encode(" Mr. Dashwood's cold-hearted, ill-disposed son.").unwrap();
-    assert_eq!(tok.decode(&ids), " Mr. Dashwood's cold-hearted, ill-disposed son.");
+    let ids = tok
+        .encode(" Mr. Dashwood's cold-hearted, ill-disposed son.")
+        .unwrap();
+    assert_eq!(
+        tok.decode(&ids),
+        " Mr. Dashwood's cold-hearted, ill-disposed son."
+    );
     assert!(ids.len() < 20, "{ids:?}: BPE merges were not applied");
-    let c = clips().into_iter().find(|c| c.id.ends_with("0880")).unwrap();
+    let c = clips()
+        .into_iter()
+        .find(|c| c.id.ends_with("0880"))
+        .unwrap();
     let o = TranscribeOptions {
         initial_prompt: Some("He was not an ill-disposed young man.".into()),
         ..Default::default()

@@ -23,7 +23,11 @@ fn whisper_understands_what_piper_says() {
     let dir = models_dir();
     let voice = Voice::load(dir.join("piper/en_US-joe-medium.onnx"), &TtsLoad::default()).unwrap();
     let whisper = Whisper::load(dir.join("whisper-tiny.en-ct2"), &SttLoad::default()).unwrap();
-    let count = if cfg!(target_arch = "aarch64") { 1 } else { SENTENCES.len() };
+    let count = if cfg!(target_arch = "aarch64") {
+        1
+    } else {
+        SENTENCES.len()
+    };
     let (mut errors, mut words) = (0, 0);
     for text in &SENTENCES[..count] {
         let mut audio = Vec::new();
@@ -34,7 +38,9 @@ fn whisper_understands_what_piper_says() {
             })
             .unwrap();
         let speech = resample_mono(&audio, voice.sample_rate(), 16_000).unwrap();
-        let heard = whisper.transcribe(&speech, &TranscribeOptions::default()).unwrap();
+        let heard = whisper
+            .transcribe(&speech, &TranscribeOptions::default())
+            .unwrap();
         let (r, h) = (normalize(text), normalize(&heard.text));
         let e = edit_distance(&r, &h);
         eprintln!("{e} errors: {text:?} -> {:?}", heard.text);
@@ -42,5 +48,8 @@ fn whisper_understands_what_piper_says() {
         words += r.len();
     }
     let wer = errors as f64 / words as f64;
-    assert!(wer <= 0.10, "WER {wer:.3} ({errors} errors in {words} words)");
+    assert!(
+        wer <= 0.10,
+        "WER {wer:.3} ({errors} errors in {words} words)"
+    );
 }

@@ -473,7 +473,9 @@ impl Drop for TestClient {
 pub fn models_dir() -> PathBuf {
     let dir = match std::env::var_os("SOTAD_MODELS_DIR") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sotad/models"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sotad/models")
+        }
     };
     assert!(
         dir.join("smollm2-135m-instruct-q4_1.gguf").is_file(),
@@ -502,7 +504,11 @@ pub fn normalize_words(text: &str) -> Vec<String> {
     text.to_lowercase()
         .replace('-', " ")
         .split_whitespace()
-        .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>())
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .collect::<String>()
+        })
         .filter(|w| !w.is_empty())
         .map(|w| if w == "mr" { "mister".to_string() } else { w })
         .collect()

@@ -414,7 +414,8 @@ async fn the_embedded_broker_serves_clients() {
 async fn a_busy_port_for_the_embedded_broker_is_a_clear_start_up_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let config = format!("[device]\nid = \"busy\"\n[broker]\nlisten = \"127.0.0.1:{port}\"\n{ENGINES_OFF}");
+    let config =
+        format!("[device]\nid = \"busy\"\n[broker]\nlisten = \"127.0.0.1:{port}\"\n{ENGINES_OFF}");
     let mut sotad = Sotad::start(&config, "busy").unwrap();
     let status = sotad.wait_exit(WAIT).unwrap();
     assert!(!status.success());

@@ -22,7 +22,10 @@ fn config(port: u16, device: &str, extra: &str) -> String {
 
 async fn online(broker: &Mosquitto, sotad: &Sotad, name: &str) -> TestClient {
     let mut client = TestClient::connect(broker.port, name, false).await.unwrap();
-    client.subscribe(&format!("{}/#", sotad.topic("").trim_end_matches('/'))).await.unwrap();
+    client
+        .subscribe(&format!("{}/#", sotad.topic("").trim_end_matches('/')))
+        .await
+        .unwrap();
     client
         .expect(&sotad.topic("status"), WAIT, |p| p == b"online")
         .await
@@ -33,7 +36,15 @@ async fn online(broker: &Mosquitto, sotad: &Sotad, name: &str) -> TestClient {
 #[tokio::test(flavor = "multi_thread")]
 async fn transcribes_raw_and_base64_wavs_and_rejects_broken_ones() {
     let broker = Mosquitto::start().unwrap();
-    let sotad = Sotad::start(&config(broker.port, "stt", "[llm]\nmodel = \"\"\n[tts]\nvoice = \"\""), "stt").unwrap();
+    let sotad = Sotad::start(
+        &config(
+            broker.port,
+            "stt",
+            "[llm]\nmodel = \"\"\n[tts]\nvoice = \"\"",
+        ),
+        "stt",
+    )
+    .unwrap();
     let mut c = online(&broker, &sotad, "t-stt").await;
     let clips = librivox_clips();
     assert_eq!(clips.len(), 5, "five LibriVox clips with transcripts");
@@ -41,58 +52,113 @@ async fn transcribes_raw_and_base64_wavs_and_rejects_broken_ones() {
     // Raw WAV bytes as the whole payload.
     let (path, reference) = &clips[0];
     let wav = std::fs::read(path).unwrap();
-    c.publish(&sotad.topic("stt/transcribe"), wav.clone()).await.unwrap();
-    let reply = c.expect(&sotad.topic("stt/transcript"), WAIT, |_| true).await
+    c.publish(&sotad.topic("stt/transcribe"), wav.clone())
+        .await
+        .unwrap();
+    let reply = c
+        .expect(&sotad.topic("stt/transcript"), WAIT, |_| true)
+        .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
     let t: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert!(t["id"].as_str().unwrap().starts_with("wav-"), "{t}");
     let wer = word_error_rate(reference, t["text"].as_str().unwrap());
-    assert!(wer <= 0.25, "WER {wer:.2}: {:?} vs {reference:?}", t["text"]);
+    assert!(
+        wer <= 0.25,
+        "WER {wer:.2}: {:?} vs {reference:?}",
+        t["text"]
+    );
     assert_eq!(t["language"], "en");
     assert!(!t["segments"].as_array().unwrap().is_empty(), "{t}");
 
     // Base64 inside JSON, with an id.
     let (path, reference) = &clips[1];
     let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap());
-    c.publish(&sotad.topic("stt/transcribe"), json!({"id": "b64", "wav": b64}).to_string()).await.unwrap();
-    let t = c.expect_id(&sotad.topic("stt/transcript"), "b64", WAIT).await.unwrap();
+    c.publish(
+        &sotad.topic("stt/transcribe"),
+        json!({"id": "b64", "wav": b64}).to_string(),
+    )
+    .await
+    .unwrap();
+    let t = c
+        .expect_id(&sotad.topic("stt/transcript"), "b64", WAIT)
+        .await
+        .unwrap();
     let wer = word_error_rate(reference, t["text"].as_str().unwrap());
-    assert!(wer <= 0.25, "WER {wer:.2}: {:?} vs {reference:?}", t["text"]);
+    assert!(
+        wer <= 0.25,
+        "WER {wer:.2}: {:?} vs {reference:?}",
+        t["text"]
+    );
     assert!(t["duration_s"].as_f64().unwrap() > 1.0);
 
     // A broken header: an error naming the field, and the daemon keeps serving.
     let mut broken = wav.clone();
     broken[20] = 0x07; // format tag: mu-law
     let b64 = base64::engine::general_purpose::STANDARD.encode(&broken);
-    c.publish(&sotad.topic("stt/transcribe"), json!({"id": "bad", "wav": b64}).to_string()).await.unwrap();
-    let e = c.expect_id(&sotad.topic("error"), "bad", WAIT).await.unwrap();
+    c.publish(
+        &sotad.topic("stt/transcribe"),
+        json!({"id": "bad", "wav": b64}).to_string(),
+    )
+    .await
+    .unwrap();
+    let e = c
+        .expect_id(&sotad.topic("error"), "bad", WAIT)
+        .await
+        .unwrap();
     assert_eq!(e["code"], "invalid_audio", "{e}");
     assert_eq!(e["field"], "wav");
-    c.publish(&sotad.topic("stt/transcribe"), json!({"id": "empty", "wav": ""}).to_string()).await.unwrap();
-    let e = c.expect_id(&sotad.topic("error"), "empty", WAIT).await.unwrap();
+    c.publish(
+        &sotad.topic("stt/transcribe"),
+        json!({"id": "empty", "wav": ""}).to_string(),
+    )
+    .await
+    .unwrap();
+    let e = c
+        .expect_id(&sotad.topic("error"), "empty", WAIT)
+        .await
+        .unwrap();
     assert_eq!(e["field"], "wav", "{e}");
-    c.publish(&sotad.topic("ping"), r#"{"id":"still"}"#).await.unwrap();
-    c.expect_id(&sotad.topic("pong"), "still", WAIT).await.unwrap();
+    c.publish(&sotad.topic("ping"), r#"{"id":"still"}"#)
+        .await
+        .unwrap();
+    c.expect_id(&sotad.topic("pong"), "still", WAIT)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn llm_streams_tokens_remembers_sessions_and_cancels() {
     let broker = Mosquitto::start().unwrap();
-    let sotad = Sotad::start(&config(broker.port, "llm", "[stt]\nmodel = \"\"\n[tts]\nvoice = \"\""), "llm").unwrap();
+    let sotad = Sotad::start(
+        &config(
+            broker.port,
+            "llm",
+            "[stt]\nmodel = \"\"\n[tts]\nvoice = \"\"",
+        ),
+        "llm",
+    )
+    .unwrap();
     let mut c = online(&broker, &sotad, "t-llm").await;
 
     let ask = json!({"id": "q1", "prompt": "What is the capital of France?", "session": "s",
                      "options": {"temperature": 0.0, "max_tokens": 40}});
-    c.publish(&sotad.topic("llm/ask"), ask.to_string()).await.unwrap();
+    c.publish(&sotad.topic("llm/ask"), ask.to_string())
+        .await
+        .unwrap();
     let (reply, seen) = c
-        .expect_collecting(&sotad.topic("llm/reply"), WAIT, |p| String::from_utf8_lossy(p).contains("\"q1\""))
+        .expect_collecting(&sotad.topic("llm/reply"), WAIT, |p| {
+            String::from_utf8_lossy(p).contains("\"q1\"")
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
     let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
     let text = reply["text"].as_str().unwrap();
     // SmolLM2-135M's answers are not reliably right; what is checked here is the plumbing.
     assert!(!text.trim().is_empty(), "{reply}");
-    assert!(["eos", "max_tokens"].contains(&reply["stop_reason"].as_str().unwrap()), "{reply}");
+    assert!(
+        ["eos", "max_tokens"].contains(&reply["stop_reason"].as_str().unwrap()),
+        "{reply}"
+    );
     // The stream carried the same text, in order.
     let streamed: Vec<Value> = seen
         .into_iter()
@@ -100,53 +166,107 @@ async fn llm_streams_tokens_remembers_sessions_and_cancels() {
         .map(|p| serde_json::from_slice(&p.payload).unwrap())
         .filter(|v: &Value| v["id"] == "q1")
         .collect();
-    let seqs: Vec<u64> = streamed.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "tokens in order");
-    let joined: String = streamed.iter().map(|v| v["text"].as_str().unwrap()).collect();
+    let seqs: Vec<u64> = streamed
+        .iter()
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "tokens in order"
+    );
+    let joined: String = streamed
+        .iter()
+        .map(|v| v["text"].as_str().unwrap())
+        .collect();
     assert_eq!(joined.trim(), text, "stream and reply agree");
     let first = reply.clone();
 
     // A follow-up in the same session reuses the cached prefix.
     let ask = json!({"id": "q2", "prompt": "And of Germany?", "session": "s",
                      "options": {"temperature": 0.0, "max_tokens": 40}});
-    c.publish(&sotad.topic("llm/ask"), ask.to_string()).await.unwrap();
-    let reply = c.expect_id(&sotad.topic("llm/reply"), "q2", WAIT).await.unwrap();
+    c.publish(&sotad.topic("llm/ask"), ask.to_string())
+        .await
+        .unwrap();
+    let reply = c
+        .expect_id(&sotad.topic("llm/reply"), "q2", WAIT)
+        .await
+        .unwrap();
     let cached = reply["timings"]["cached_tokens"].as_u64().unwrap();
     let prompt = reply["timings"]["prompt_tokens"].as_u64().unwrap();
     // The whole first turn (its prompt and the answer) came from the cache: the session's
     // history was put before the new question, and only the new turn was computed.
     let first_prompt = first["timings"]["prompt_tokens"].as_u64().unwrap();
-    assert!(cached > first_prompt && cached < prompt, "{reply}\nfirst: {first}");
+    assert!(
+        cached > first_prompt && cached < prompt,
+        "{reply}\nfirst: {first}"
+    );
     assert!(!reply["text"].as_str().unwrap().is_empty(), "{reply}");
 
     // Cancel a long generation.
     let ask = json!({"id": "long", "prompt": "Write a long story about a robot.",
                      "options": {"temperature": 0.0, "max_tokens": 2000}});
-    c.publish(&sotad.topic("llm/ask"), ask.to_string()).await.unwrap();
-    c.expect(&sotad.topic("llm/tokens"), WAIT, |p| String::from_utf8_lossy(p).contains("\"long\"")).await.unwrap();
-    c.publish(&sotad.topic("llm/cancel"), r#"{"id":"long"}"#).await.unwrap();
-    let reply = c.expect_id(&sotad.topic("llm/reply"), "long", WAIT).await.unwrap();
+    c.publish(&sotad.topic("llm/ask"), ask.to_string())
+        .await
+        .unwrap();
+    c.expect(&sotad.topic("llm/tokens"), WAIT, |p| {
+        String::from_utf8_lossy(p).contains("\"long\"")
+    })
+    .await
+    .unwrap();
+    c.publish(&sotad.topic("llm/cancel"), r#"{"id":"long"}"#)
+        .await
+        .unwrap();
+    let reply = c
+        .expect_id(&sotad.topic("llm/reply"), "long", WAIT)
+        .await
+        .unwrap();
     assert_eq!(reply["stop_reason"], "cancelled", "{reply}");
     assert!(reply["timings"]["generated_tokens"].as_u64().unwrap() < 2000);
-    c.publish(&sotad.topic("llm/cancel"), r#"{"id":"long"}"#).await.unwrap();
-    let e = c.expect_id(&sotad.topic("error"), "long", WAIT).await.unwrap();
+    c.publish(&sotad.topic("llm/cancel"), r#"{"id":"long"}"#)
+        .await
+        .unwrap();
+    let e = c
+        .expect_id(&sotad.topic("error"), "long", WAIT)
+        .await
+        .unwrap();
     assert_eq!(e["code"], "not_found", "{e}");
 
     // Bad options name their field.
-    c.publish(&sotad.topic("llm/ask"), r#"{"id":"bad","prompt":"x","options":{"top_p":2}}"#).await.unwrap();
-    let e = c.expect_id(&sotad.topic("error"), "bad", WAIT).await.unwrap();
+    c.publish(
+        &sotad.topic("llm/ask"),
+        r#"{"id":"bad","prompt":"x","options":{"top_p":2}}"#,
+    )
+    .await
+    .unwrap();
+    let e = c
+        .expect_id(&sotad.topic("error"), "bad", WAIT)
+        .await
+        .unwrap();
     assert_eq!(e["field"], "options.top_p", "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tts_publishes_one_wav_per_sentence_then_done() {
     let broker = Mosquitto::start().unwrap();
-    let sotad = Sotad::start(&config(broker.port, "tts", "[stt]\nmodel = \"\"\n[llm]\nmodel = \"\""), "tts").unwrap();
+    let sotad = Sotad::start(
+        &config(
+            broker.port,
+            "tts",
+            "[stt]\nmodel = \"\"\n[llm]\nmodel = \"\"",
+        ),
+        "tts",
+    )
+    .unwrap();
     let mut c = online(&broker, &sotad, "t-tts").await;
     let say = json!({"id": "s1", "text": "Hello there. I am a small robot!"});
-    c.publish(&sotad.topic("tts/say"), say.to_string()).await.unwrap();
+    c.publish(&sotad.topic("tts/say"), say.to_string())
+        .await
+        .unwrap();
     let (done, seen) = c
-        .expect_collecting(&sotad.topic("tts/done"), WAIT, |p| String::from_utf8_lossy(p).contains("\"s1\""))
+        .expect_collecting(&sotad.topic("tts/done"), WAIT, |p| {
+            String::from_utf8_lossy(p).contains("\"s1\"")
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
     let done: Value = serde_json::from_slice(&done.payload).unwrap();
@@ -164,7 +284,10 @@ async fn tts_publishes_one_wav_per_sentence_then_done() {
         let frames = (wav.len() - 44) / 2;
         seconds += frames as f64 / 22050.0;
         // Speech, not silence: a reasonable RMS.
-        let samples: Vec<f64> = wav[44..].chunks_exact(2).map(|b| f64::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0).collect();
+        let samples: Vec<f64> = wav[44..]
+            .chunks_exact(2)
+            .map(|b| f64::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+            .collect();
         let rms = (samples.iter().map(|x| x * x).sum::<f64>() / samples.len() as f64).sqrt();
         assert!(rms > 0.02, "rms {rms}");
     }
@@ -172,14 +295,37 @@ async fn tts_publishes_one_wav_per_sentence_then_done() {
     assert!(seconds > 1.0 && seconds < 6.0, "{seconds} s");
 
     // Bad input: empty text, unknown voice, emoji-only text; the daemon keeps serving.
-    c.publish(&sotad.topic("tts/say"), r#"{"id":"e1","text":""}"#).await.unwrap();
-    assert_eq!(c.expect_id(&sotad.topic("error"), "e1", WAIT).await.unwrap()["field"], "text");
-    c.publish(&sotad.topic("tts/say"), r#"{"id":"e2","text":"hi","voice":"nobody"}"#).await.unwrap();
-    let e = c.expect_id(&sotad.topic("error"), "e2", WAIT).await.unwrap();
+    c.publish(&sotad.topic("tts/say"), r#"{"id":"e1","text":""}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.expect_id(&sotad.topic("error"), "e1", WAIT)
+            .await
+            .unwrap()["field"],
+        "text"
+    );
+    c.publish(
+        &sotad.topic("tts/say"),
+        r#"{"id":"e2","text":"hi","voice":"nobody"}"#,
+    )
+    .await
+    .unwrap();
+    let e = c
+        .expect_id(&sotad.topic("error"), "e2", WAIT)
+        .await
+        .unwrap();
     assert_eq!(e["field"], "voice", "{e}");
     assert!(e["message"].as_str().unwrap().contains("nobody"), "{e}");
-    c.publish(&sotad.topic("tts/say"), "{\"id\":\"e3\",\"text\":\"Robots \u{1F916} are fun.\"}").await.unwrap();
-    let done = c.expect_id(&sotad.topic("tts/done"), "e3", WAIT).await.unwrap();
+    c.publish(
+        &sotad.topic("tts/say"),
+        "{\"id\":\"e3\",\"text\":\"Robots \u{1F916} are fun.\"}",
+    )
+    .await
+    .unwrap();
+    let done = c
+        .expect_id(&sotad.topic("tts/done"), "e3", WAIT)
+        .await
+        .unwrap();
     assert!(done["audio_s"].as_f64().unwrap() > 0.5, "{done}");
 }
 
@@ -189,14 +335,32 @@ async fn a_missing_model_is_reported_and_other_stages_keep_serving() {
     let extra = "[stt]\nmodel = \"no-such-whisper\"\n[llm]\nmodel = \"\"\n[tts]\nvoice = \"\"";
     let sotad = Sotad::start(&config(broker.port, "missing", extra), "missing").unwrap();
     let mut c = online(&broker, &sotad, "t-missing").await;
-    c.publish(&sotad.topic("stt/transcribe"), json!({"id": "m1", "wav": "UklGRg=="}).to_string()).await.unwrap();
-    let e = c.expect_id(&sotad.topic("error"), "m1", WAIT).await.unwrap();
+    c.publish(
+        &sotad.topic("stt/transcribe"),
+        json!({"id": "m1", "wav": "UklGRg=="}).to_string(),
+    )
+    .await
+    .unwrap();
+    let e = c
+        .expect_id(&sotad.topic("error"), "m1", WAIT)
+        .await
+        .unwrap();
     assert_eq!(e["code"], "unavailable", "{e}");
     let msg = e["message"].as_str().unwrap();
-    assert!(msg.contains("stt.model") && msg.contains("no-such-whisper"), "{msg}");
-    c.publish(&sotad.topic("llm/ask"), r#"{"id":"m2","prompt":"hi"}"#).await.unwrap();
-    let e = c.expect_id(&sotad.topic("error"), "m2", WAIT).await.unwrap();
+    assert!(
+        msg.contains("stt.model") && msg.contains("no-such-whisper"),
+        "{msg}"
+    );
+    c.publish(&sotad.topic("llm/ask"), r#"{"id":"m2","prompt":"hi"}"#)
+        .await
+        .unwrap();
+    let e = c
+        .expect_id(&sotad.topic("error"), "m2", WAIT)
+        .await
+        .unwrap();
     assert!(e["message"].as_str().unwrap().contains("llm.model"), "{e}");
-    c.publish(&sotad.topic("ping"), r#"{"id":"p"}"#).await.unwrap();
+    c.publish(&sotad.topic("ping"), r#"{"id":"p"}"#)
+        .await
+        .unwrap();
     c.expect_id(&sotad.topic("pong"), "p", WAIT).await.unwrap();
 }

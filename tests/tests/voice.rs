@@ -52,8 +52,15 @@ async fn a_spoken_question_is_transcribed_answered_and_spoken() {
     let mic = mic_file(dir.path(), &clip);
     let conf = asound(dir.path(), &mic.display().to_string());
     let alsa = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
-    let sotad = Sotad::start_with_env(&config(broker.port, "voice", "testmic"), "voice", &[("ALSA_CONFIG_PATH", &alsa)]).unwrap();
-    let mut c = TestClient::connect(broker.port, "t-voice", false).await.unwrap();
+    let sotad = Sotad::start_with_env(
+        &config(broker.port, "voice", "testmic"),
+        "voice",
+        &[("ALSA_CONFIG_PATH", &alsa)],
+    )
+    .unwrap();
+    let mut c = TestClient::connect(broker.port, "t-voice", false)
+        .await
+        .unwrap();
     c.subscribe("sotad/voice/#").await.unwrap();
     let (done, seen) = c
         .expect_collecting(&sotad.topic("turn/done"), WAIT, |_| true)
@@ -66,14 +73,26 @@ async fn a_spoken_question_is_transcribed_answered_and_spoken() {
     assert!(wer <= 0.3, "WER {wer:.2}: {done}");
     assert!(!done["reply"].as_str().unwrap().trim().is_empty(), "{done}");
     let latency = &done["latency"];
-    for key in ["endpoint_ms", "stt_ms", "ttft_ms", "first_audio_ms", "response_ms", "total_ms"] {
-        assert!(latency[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {done}");
+    for key in [
+        "endpoint_ms",
+        "stt_ms",
+        "ttft_ms",
+        "first_audio_ms",
+        "response_ms",
+        "total_ms",
+    ] {
+        assert!(
+            latency[key].as_f64().is_some_and(|x| x > 0.0),
+            "{key}: {done}"
+        );
     }
     // The events of this turn, in order, with one id.
     let events: Vec<String> = seen
         .iter()
         .filter(|p| p.topic.contains("/turn/"))
-        .filter(|p| serde_json::from_slice::<Value>(&p.payload).is_ok_and(|v| v["turn"] == turn.as_str()))
+        .filter(|p| {
+            serde_json::from_slice::<Value>(&p.payload).is_ok_and(|v| v["turn"] == turn.as_str())
+        })
         .map(|p| p.topic.rsplit('/').next().unwrap().to_string())
         .collect();
     assert_eq!(events, ["started", "transcript", "reply"], "{events:?}");
@@ -90,7 +109,11 @@ async fn a_spoken_question_is_transcribed_answered_and_spoken() {
         if played > 22_050 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "nothing played: {played} bytes\n{}", sotad.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing played: {played} bytes\n{}",
+            sotad.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -103,8 +126,15 @@ async fn a_missing_microphone_is_reported_text_turns_still_work_and_capture_resu
     let mic = dir.path().join("later.raw");
     let conf = asound(dir.path(), &mic.display().to_string());
     let alsa = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
-    let sotad = Sotad::start_with_env(&config(broker.port, "nomic", "testmic"), "nomic", &[("ALSA_CONFIG_PATH", &alsa)]).unwrap();
-    let mut c = TestClient::connect(broker.port, "t-nomic", false).await.unwrap();
+    let sotad = Sotad::start_with_env(
+        &config(broker.port, "nomic", "testmic"),
+        "nomic",
+        &[("ALSA_CONFIG_PATH", &alsa)],
+    )
+    .unwrap();
+    let mut c = TestClient::connect(broker.port, "t-nomic", false)
+        .await
+        .unwrap();
     c.subscribe("sotad/nomic/#").await.unwrap();
     let t = c
         .expect(&sotad.topic("telemetry"), WAIT, |p| {
@@ -114,12 +144,22 @@ async fn a_missing_microphone_is_reported_text_turns_still_work_and_capture_resu
         .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
     let t: Value = serde_json::from_slice(&t.payload).unwrap();
     assert_eq!(t["voice"]["frames_sent"], 0, "{t}");
-    c.publish(&sotad.topic("mute"), r#"{"id":"m"}"#).await.unwrap();
-    let state = c.expect(&sotad.topic("voice/state"), WAIT, |_| true).await.unwrap();
+    c.publish(&sotad.topic("mute"), r#"{"id":"m"}"#)
+        .await
+        .unwrap();
+    let state = c
+        .expect(&sotad.topic("voice/state"), WAIT, |_| true)
+        .await
+        .unwrap();
     let state: Value = serde_json::from_slice(&state.payload).unwrap();
     assert_eq!(state["muted"], true, "{state}");
     assert_eq!(state["capture"], "missing", "{state}");
-    c.publish(&sotad.topic("turn/text"), json!({"id": "typed-1", "text": "Say hello."}).to_string()).await.unwrap();
+    c.publish(
+        &sotad.topic("turn/text"),
+        json!({"id": "typed-1", "text": "Say hello."}).to_string(),
+    )
+    .await
+    .unwrap();
     let done = c
         .expect(&sotad.topic("turn/done"), WAIT, |p| {
             serde_json::from_slice::<Value>(p).is_ok_and(|v| v["turn"] == "typed-1")
@@ -136,8 +176,9 @@ async fn a_missing_microphone_is_reported_text_turns_still_work_and_capture_resu
     std::fs::rename(written, &mic).unwrap();
     let t = c
         .expect(&sotad.topic("telemetry"), WAIT, |p| {
-            serde_json::from_slice::<Value>(p)
-                .is_ok_and(|v| v["voice"]["capture"] == "open" && v["voice"]["frames_sent"].as_u64() > Some(10))
+            serde_json::from_slice::<Value>(p).is_ok_and(|v| {
+                v["voice"]["capture"] == "open" && v["voice"]["frames_sent"].as_u64() > Some(10)
+            })
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));

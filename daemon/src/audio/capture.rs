@@ -465,7 +465,8 @@ fn pump<S: Copy>(
             }
             Ok(frames) => {
                 delivered += frames as u64;
-                let due = started + Duration::from_secs_f64(delivered as f64 / f64::from(dev.rate.max(1)));
+                let due = started
+                    + Duration::from_secs_f64(delivered as f64 / f64::from(dev.rate.max(1)));
                 while !stop.load(Ordering::Acquire) {
                     let now = Instant::now();
                     if due <= now + PACING_SLACK {

@@ -69,8 +69,13 @@ impl Publisher {
 
     /// The retained `voice/state` (QoS 1).
     pub async fn voice_state<T: Serialize>(&self, body: &T) {
-        self.json(self.topics.reply(Command::Mute), QoS::AtLeastOnce, true, body)
-            .await;
+        self.json(
+            self.topics.reply(Command::Mute),
+            QoS::AtLeastOnce,
+            true,
+            body,
+        )
+        .await;
     }
 
     /// An event (QoS 1), e.g. `turn/started`.

@@ -43,15 +43,24 @@ pub struct Message {
 impl Message {
     /// A system message.
     pub fn system(content: impl Into<String>) -> Self {
-        Self { role: Role::System, content: content.into() }
+        Self {
+            role: Role::System,
+            content: content.into(),
+        }
     }
     /// A user message.
     pub fn user(content: impl Into<String>) -> Self {
-        Self { role: Role::User, content: content.into() }
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
     }
     /// An assistant message.
     pub fn assistant(content: impl Into<String>) -> Self {
-        Self { role: Role::Assistant, content: content.into() }
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
     }
 }
 
@@ -94,22 +103,41 @@ impl ChatTemplate {
             (fallback.to_owned(), false)
         };
         let name = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_owned();
-        Self::new(source, from_file, name(tok.bos()), name(tok.eos()))
-            .map_err(|e| LlmError::error(file.path(), Some("key \"tokenizer.chat_template\"".into()), e))
+        Self::new(source, from_file, name(tok.bos()), name(tok.eos())).map_err(|e| {
+            LlmError::error(
+                file.path(),
+                Some("key \"tokenizer.chat_template\"".into()),
+                e,
+            )
+        })
     }
 
-    fn new(source: String, from_file: bool, bos: String, eos: String) -> Result<ChatTemplate, LlmErrorKind> {
+    fn new(
+        source: String,
+        from_file: bool,
+        bos: String,
+        eos: String,
+    ) -> Result<ChatTemplate, LlmErrorKind> {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, JinjaError> {
-            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_function("strftime_now", |_fmt: String| -> String { String::new() });
         env.set_trim_blocks(false);
         env.add_template_owned("chat", source.clone())
             .map_err(|e| LlmErrorKind::Template(e.to_string()))?;
-        Ok(ChatTemplate { env, source, from_file, bos, eos })
+        Ok(ChatTemplate {
+            env,
+            source,
+            from_file,
+            bos,
+            eos,
+        })
     }
 
     /// The Jinja source.
@@ -124,7 +152,12 @@ impl ChatTemplate {
 
     /// Renders `messages`, ending with the assistant's turn opened when
     /// `add_generation_prompt`. `thinking` is passed as `enable_thinking` (Qwen3).
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool, thinking: bool) -> Result<String> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        thinking: bool,
+    ) -> Result<String> {
         let msgs: Vec<_> = messages
             .iter()
             .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })

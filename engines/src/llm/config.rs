@@ -224,6 +224,8 @@ impl Config {
 
     /// Whether layer `il` uses the sliding window.
     pub fn is_local(&self, il: usize) -> bool {
-        self.sliding_window > 0 && self.swa_pattern > 0 && il % self.swa_pattern < self.swa_pattern - 1
+        self.sliding_window > 0
+            && self.swa_pattern > 0
+            && il % self.swa_pattern < self.swa_pattern - 1
     }
 }

@@ -129,7 +129,13 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 
 /// Rope `(cos, sin)` for `ctx` positions and `dim / 2` pairs, as ggml's rope cache builds
 /// them: `θ = p · base^(-2i/dim) / factor_i · freq_scale`, the powers by repeated f32 products.
-fn rope_table(ctx: usize, dim: usize, base: f32, freq_scale: f32, factors: Option<&[f32]>) -> Vec<(f32, f32)> {
+fn rope_table(
+    ctx: usize,
+    dim: usize,
+    base: f32,
+    freq_scale: f32,
+    factors: Option<&[f32]>,
+) -> Vec<(f32, f32)> {
     let half = dim / 2;
     let theta_scale = base.powf(-2.0 / dim as f32);
     let mut t = Vec::with_capacity(ctx * half);
@@ -267,14 +273,22 @@ fn silu(x: f32) -> f32 {
 
 /// `out = W · x` for the rows of `x`, split over the pool: by rows for one token, by tokens
 /// (in multiples of the kernels' four-row tiles) for several.
-fn matmul(file: &[u8], m: &Mat, acts: &mut Acts, x: &[f32], out: &mut [f32], pool: &mut Pool) -> Result<()> {
+fn matmul(
+    file: &[u8],
+    m: &Mat,
+    acts: &mut Acts,
+    x: &[f32],
+    out: &mut [f32],
+    pool: &mut Pool,
+) -> Result<()> {
     let xq = acts.get(m.act_type(), x)?;
     let q = m.view(file)?;
     let kernel = Kernel::best();
     let act_row = q.activation_row_bytes();
     let n_tok = xq.len() / act_row;
     let threads = pool.threads();
-    if threads == 1 || q.bytes().len() * n_tok < MIN_PARALLEL_BYTES || out.len() != n_tok * q.rows() {
+    if threads == 1 || q.bytes().len() * n_tok < MIN_PARALLEL_BYTES || out.len() != n_tok * q.rows()
+    {
         return q.matmul_with(kernel, xq, out, 1);
     }
     let err: Mutex<Option<Error>> = Mutex::new(None);
@@ -290,8 +304,13 @@ fn matmul(file: &[u8], m: &Mat, acts: &mut Acts, x: &[f32], out: &mut [f32], poo
             }
             // SAFETY: each task writes its own row range of `out`, which outlives `run`.
             let o = unsafe { std::slice::from_raw_parts_mut(optr.at(r0), r1 - r0) };
-            let res = QMatrix::new(q.ty(), r1 - r0, cols, &q.bytes()[r0 * row_bytes..r1 * row_bytes])
-                .and_then(|sub| sub.matmul_with(kernel, xq, o, 1));
+            let res = QMatrix::new(
+                q.ty(),
+                r1 - r0,
+                cols,
+                &q.bytes()[r0 * row_bytes..r1 * row_bytes],
+            )
+            .and_then(|sub| sub.matmul_with(kernel, xq, o, 1));
             if let Err(e) = res {
                 *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             }
@@ -395,7 +414,11 @@ pub(crate) fn forward(
         matmul(file, &l.wq, &mut s.acts, xn, q, pool)?;
         matmul(file, &l.wk, &mut s.acts, xn, k, pool)?;
         matmul(file, &l.wv, &mut s.acts, xn, v, pool)?;
-        for (buf, bias, dim) in [(&mut *q, &l.bq, q_dim), (&mut *k, &l.bk, kv_dim), (&mut *v, &l.bv, v_dim)] {
+        for (buf, bias, dim) in [
+            (&mut *q, &l.bq, q_dim),
+            (&mut *k, &l.bk, kv_dim),
+            (&mut *v, &l.bv, v_dim),
+        ] {
             if let Some(b) = bias {
                 for row in buf.chunks_exact_mut(dim) {
                     row.iter_mut().zip(b).for_each(|(o, &b)| *o += b);
@@ -426,10 +449,16 @@ pub(crate) fn forward(
             for hk in 0..nkv {
                 let kb = kv.k_base(il, hk) + p * hd;
                 let src = &k[i * kv_dim + hk * hd..i * kv_dim + (hk + 1) * hd];
-                kv.k[kb..kb + hd].iter_mut().zip(src).for_each(|(o, &x)| *o = round_f16(x));
+                kv.k[kb..kb + hd]
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(o, &x)| *o = round_f16(x));
                 let vb = kv.v_base(il, hk) + p * hdv;
                 let src = &v[i * v_dim + hk * hdv..i * v_dim + (hk + 1) * hdv];
-                kv.v[vb..vb + hdv].iter_mut().zip(src).for_each(|(o, &x)| *o = round_f16(x));
+                kv.v[vb..vb + hdv]
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(o, &x)| *o = round_f16(x));
             }
         }
         // Gemma scales the queries before the product; the others scale the scores.
@@ -458,7 +487,11 @@ pub(crate) fn forward(
             let lanes = if decode { 32 } else { 8 };
             for i in 0..n {
                 let p = pos0 + i;
-                let first = if local { (p + 1).saturating_sub(window) } else { 0 };
+                let first = if local {
+                    (p + 1).saturating_sub(window)
+                } else {
+                    0
+                };
                 let qs = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
                 for (o, &x) in qh.iter_mut().zip(qs) {
                     *o = round_f16(x * q_scale);
@@ -473,7 +506,11 @@ pub(crate) fn forward(
                         continue;
                     }
                     let kj = &kf[j * hd..(j + 1) * hd];
-                    let d = if decode { dot_f16_ggml(&qh[..hd], kj) } else { dot_gemm8(&qh[..hd], kj) };
+                    let d = if decode {
+                        dot_f16_ggml(&qh[..hd], kj)
+                    } else {
+                        dot_gemm8(&qh[..hd], kj)
+                    };
                     *sc = d * kq_scale;
                     max = max.max(*sc);
                 }
@@ -491,9 +528,14 @@ pub(crate) fn forward(
                 acc.fill(0.0);
                 for (j, &sc) in scores.iter().enumerate().skip(first) {
                     let lane = j % lanes;
-                    axpy(&mut acc[lane * hdv..(lane + 1) * hdv], round_f16(sc * inv), &vf[j * hdv..(j + 1) * hdv]);
+                    axpy(
+                        &mut acc[lane * hdv..(lane + 1) * hdv],
+                        round_f16(sc * inv),
+                        &vf[j * hdv..(j + 1) * hdv],
+                    );
                 }
-                let out = unsafe { std::slice::from_raw_parts_mut(aptr.at(i * o_in + h * hdv), hdv) };
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(aptr.at(i * o_in + h * hdv), hdv) };
                 for (dd, o) in out.iter_mut().enumerate() {
                     let mut l = [0f32; 32];
                     for (lane, v) in l.iter_mut().enumerate().take(lanes) {
@@ -524,9 +566,13 @@ pub(crate) fn forward(
         matmul(file, &l.w_gate, &mut s.acts, xn, gate, pool)?;
         matmul(file, &l.w_up, &mut s.acts, xn, up, pool)?;
         if c.arch == Arch::Gemma3 {
-            gate.iter_mut().zip(up.iter()).for_each(|(g, &u)| *g = gelu_f16(*g) * u);
+            gate.iter_mut()
+                .zip(up.iter())
+                .for_each(|(g, &u)| *g = gelu_f16(*g) * u);
         } else {
-            gate.iter_mut().zip(up.iter()).for_each(|(g, &u)| *g = silu(*g) * u);
+            gate.iter_mut()
+                .zip(up.iter())
+                .for_each(|(g, &u)| *g = silu(*g) * u);
         }
         s.acts.invalidate();
         matmul(file, &l.w_down, &mut s.acts, gate, proj, pool)?;

@@ -159,7 +159,8 @@ impl TextStream {
         };
         let text = String::from_utf8_lossy(&self.raw[..valid]);
         let trimmed = text.trim_start();
-        let (thinking, mut visible, mut hold) = if let Some(rest) = trimmed.strip_prefix("<think>") {
+        let (thinking, mut visible, mut hold) = if let Some(rest) = trimmed.strip_prefix("<think>")
+        {
             match rest.find("</think>") {
                 Some(i) => (
                     Some(rest[..i].trim().to_owned()),
@@ -199,7 +200,12 @@ impl TextStream {
         while !visible.is_char_boundary(safe) {
             safe -= 1;
         }
-        View { thinking, visible, safe, stopped }
+        View {
+            thinking,
+            visible,
+            safe,
+            stopped,
+        }
     }
 }
 
@@ -284,11 +290,18 @@ impl Session {
         );
         let mut history = ids.clone();
         let mut generated = Vec::new();
-        let mut stream = TextStream { raw: Vec::new(), emitted: 0 };
+        let mut stream = TextStream {
+            raw: Vec::new(),
+            emitted: 0,
+        };
         let mut first_at: Option<Instant> = None;
         let stop_reason;
         loop {
-            if opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            if opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
                 stop_reason = StopReason::Cancelled;
                 break;
             }
@@ -377,7 +390,10 @@ mod tests {
     use super::TextStream;
 
     fn view(raw: &str, stops: &[&str], finished: bool) -> (Option<String>, String, usize, bool) {
-        let s = TextStream { raw: raw.as_bytes().to_vec(), emitted: 0 };
+        let s = TextStream {
+            raw: raw.as_bytes().to_vec(),
+            emitted: 0,
+        };
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
         let v = s.view(&stops, finished);
         (v.thinking, v.visible, v.safe, v.stopped)
@@ -389,7 +405,10 @@ mod tests {
         assert_eq!(view("<thi", &[], false), (None, String::new(), 0, false));
         // Thinking in progress: nothing visible.
         let (t, v, safe, _) = view("<think>\nLet me see", &[], false);
-        assert_eq!((t.as_deref(), v.as_str(), safe), (Some("Let me see"), "", 0));
+        assert_eq!(
+            (t.as_deref(), v.as_str(), safe),
+            (Some("Let me see"), "", 0)
+        );
         // Closed: thinking returned separately, the answer visible.
         let (t, v, safe, _) = view("<think>\nhmm\n</think>\n\nHello!", &[], false);
         assert_eq!((t.as_deref(), v.as_str(), safe), (Some("hmm"), "Hello!", 6));
@@ -414,7 +433,10 @@ mod tests {
         let (_, v, _, stopped) = view("<think>User: x</think>ok", &["User:"], true);
         assert_eq!((v.as_str(), stopped), ("ok", false));
         // An incomplete UTF-8 sequence is held back.
-        let s = TextStream { raw: vec![b'a', 0xe6, 0x97], emitted: 0 };
+        let s = TextStream {
+            raw: vec![b'a', 0xe6, 0x97],
+            emitted: 0,
+        };
         assert_eq!(s.view(&[], false).visible, "a");
     }
 }

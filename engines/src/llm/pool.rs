@@ -70,7 +70,11 @@ impl Pool {
             })
             .collect::<Vec<_>>();
         let threads = handles.len() + 1;
-        Pool { shared, handles, threads }
+        Pool {
+            shared,
+            handles,
+            threads,
+        }
     }
 
     /// Threads, the caller included.
@@ -123,7 +127,9 @@ impl Pool {
 
 fn run_tasks(s: &Shared) {
     // SAFETY: see `Shared`; the job stays valid while tasks of it are pending.
-    let Some((f, n)) = (unsafe { *s.job.get() }) else { return };
+    let Some((f, n)) = (unsafe { *s.job.get() }) else {
+        return;
+    };
     loop {
         let t = s.next.fetch_add(1, Ordering::Relaxed);
         if t >= n {

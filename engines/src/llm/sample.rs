@@ -84,7 +84,11 @@ impl Sampler {
         let p = self.repeat_penalty;
         self.cand.clear();
         self.cand.extend(logits.iter().enumerate().map(|(i, &v)| {
-            let v = if penalize { penalized(i as u32, v, p) } else { v };
+            let v = if penalize {
+                penalized(i as u32, v, p)
+            } else {
+                v
+            };
             (i as u32, v)
         }));
         let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));

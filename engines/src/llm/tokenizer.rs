@@ -84,7 +84,8 @@ fn bytes_to_unicode() -> [char; 256] {
     let mut map = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let printable =
+            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
         let c = if printable {
             b
         } else {
@@ -101,7 +102,11 @@ impl Tokenizer {
     pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         let path = file.path();
         let err = |key: &str, msg: String| {
-            LlmError::error(path, Some(format!("key {key:?}")), LlmErrorKind::Tokenizer(msg))
+            LlmError::error(
+                path,
+                Some(format!("key {key:?}")),
+                LlmErrorKind::Tokenizer(msg),
+            )
         };
         let model_name = file.get_str("tokenizer.ggml.model")?;
         let tokens: Vec<String> = file
@@ -110,7 +115,10 @@ impl Tokenizer {
             .map(str::to_owned)
             .collect();
         if tokens.is_empty() || tokens.len() > u32::MAX as usize / 2 {
-            return Err(err("tokenizer.ggml.tokens", format!("{} tokens", tokens.len())));
+            return Err(err(
+                "tokenizer.ggml.tokens",
+                format!("{} tokens", tokens.len()),
+            ));
         }
         let kinds: Vec<TokenKind> = if file.contains_key("tokenizer.ggml.token_type") {
             let t = file.get_i32_array("tokenizer.ggml.token_type")?;
@@ -134,7 +142,13 @@ impl Tokenizer {
             }
             let id = file.get_u32(key)?;
             if id as usize >= tokens.len() {
-                return Err(err(key, format!("token id {id} is outside the vocabulary of {}", tokens.len())));
+                return Err(err(
+                    key,
+                    format!(
+                        "token id {id} is outside the vocabulary of {}",
+                        tokens.len()
+                    ),
+                ));
             }
             Ok(Some(id))
         };
@@ -142,7 +156,11 @@ impl Tokenizer {
         let eos = opt_id("tokenizer.ggml.eos_token_id")?;
         let eot = opt_id("tokenizer.ggml.eot_token_id")?;
         let opt_bool = |key: &str, d: bool| -> Result<bool> {
-            if file.contains_key(key) { file.get_bool(key) } else { Ok(d) }
+            if file.contains_key(key) {
+                file.get_bool(key)
+            } else {
+                Ok(d)
+            }
         };
 
         let model = match model_name {
@@ -151,7 +169,10 @@ impl Tokenizer {
                 let mut ranks = HashMap::with_capacity(merges.len());
                 for (rank, m) in merges.iter().enumerate() {
                     let Some((a, b)) = m.split_once(' ') else {
-                        return Err(err("tokenizer.ggml.merges", format!("merge {rank} {m:?} has no space")));
+                        return Err(err(
+                            "tokenizer.ggml.merges",
+                            format!("merge {rank} {m:?} has no space"),
+                        ));
                     };
                     if let (Some(&a), Some(&b)) = (ids.get(a), ids.get(b)) {
                         ranks.entry((a, b)).or_insert(rank as u32);
@@ -166,11 +187,15 @@ impl Tokenizer {
                     "smollm" => (vec![r"\p{N}", GPT2], false),
                     "qwen2" | "deepseek-r1-qwen" => (vec![QWEN2], false),
                     "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" => (vec![LLAMA3], true),
-                    "gpt-2" | "gpt2" | "default" | "phi-2" | "starcoder" | "refact" | "jina-es" => (vec![GPT2], false),
+                    "gpt-2" | "gpt2" | "default" | "phi-2" | "starcoder" | "refact" | "jina-es" => {
+                        (vec![GPT2], false)
+                    }
                     other => {
                         return Err(err(
                             "tokenizer.ggml.pre",
-                            format!("unknown pre-tokenizer {other:?} (known: smollm, qwen2, llama3, llama-bpe, gpt2, default)"),
+                            format!(
+                                "unknown pre-tokenizer {other:?} (known: smollm, qwen2, llama3, llama-bpe, gpt2, default)"
+                            ),
                         ));
                     }
                 };
@@ -178,7 +203,11 @@ impl Tokenizer {
                     .into_iter()
                     .map(|p| Regex::new(p).map_err(|e| err("tokenizer.ggml.pre", e.to_string())))
                     .collect::<Result<Vec<_>>>()?;
-                Model::Bpe { ranks, regexes, ignore_merges }
+                Model::Bpe {
+                    ranks,
+                    regexes,
+                    ignore_merges,
+                }
             }
             "llama" => {
                 let scores = file.get_f32_array("tokenizer.ggml.scores")?;
@@ -219,7 +248,15 @@ impl Tokenizer {
         specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
 
         let mut eog: Vec<u32> = [eos, eot].into_iter().flatten().collect();
-        for name in ["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<eos>"] {
+        for name in [
+            "<|eot_id|>",
+            "<|im_end|>",
+            "<|end|>",
+            "<end_of_turn>",
+            "<|endoftext|>",
+            "<|end_of_text|>",
+            "<eos>",
+        ] {
             if let Some(&id) = ids.get(name) {
                 if !eog.contains(&id) {
                     eog.push(id);
@@ -227,7 +264,11 @@ impl Tokenizer {
             }
         }
         let byte_enc = bytes_to_unicode();
-        let byte_dec = byte_enc.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let byte_dec = byte_enc
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
         Ok(Tokenizer {
             model,
             tokens,
@@ -302,7 +343,10 @@ impl Tokenizer {
                 continue;
             }
             let pat = self.tokens[id as usize].as_str();
-            if !frags.iter().any(|f| matches!(f, Frag::Text(t) if t.contains(pat))) {
+            if !frags
+                .iter()
+                .any(|f| matches!(f, Frag::Text(t) if t.contains(pat)))
+            {
                 continue;
             }
             let mut next = Vec::with_capacity(frags.len() + 2);
@@ -343,7 +387,11 @@ impl Tokenizer {
 
     fn encode_text(&self, text: &str, after_special: bool, out: &mut Vec<u32>) {
         match &self.model {
-            Model::Bpe { ranks, regexes, ignore_merges } => {
+            Model::Bpe {
+                ranks,
+                regexes,
+                ignore_merges,
+            } => {
                 let mut pieces: Vec<&str> = vec![text];
                 for re in regexes {
                     let mut next = Vec::new();
@@ -372,7 +420,11 @@ impl Tokenizer {
                     self.bpe_word(&word, ranks, *ignore_merges, out);
                 }
             }
-            Model::Spm { scores, byte_tokens, add_space_prefix } => {
+            Model::Spm {
+                scores,
+                byte_tokens,
+                add_space_prefix,
+            } => {
                 let mut s = String::with_capacity(text.len() + 3);
                 if *add_space_prefix && after_special {
                     s.push('▁');
@@ -385,7 +437,13 @@ impl Tokenizer {
         }
     }
 
-    fn bpe_word(&self, word: &str, ranks: &HashMap<(u32, u32), u32>, ignore_merges: bool, out: &mut Vec<u32>) {
+    fn bpe_word(
+        &self,
+        word: &str,
+        ranks: &HashMap<(u32, u32), u32>,
+        ignore_merges: bool,
+        out: &mut Vec<u32>,
+    ) {
         if ignore_merges {
             if let Some(&id) = self.ids.get(word) {
                 out.push(id);
@@ -431,7 +489,13 @@ impl Tokenizer {
         }
     }
 
-    fn spm(&self, text: &str, scores: &[f32], byte_tokens: &[Option<u32>; 256], out: &mut Vec<u32>) {
+    fn spm(
+        &self,
+        text: &str,
+        scores: &[f32],
+        byte_tokens: &[Option<u32>; 256],
+        out: &mut Vec<u32>,
+    ) {
         #[derive(Clone, Copy)]
         struct Sym {
             start: usize,
@@ -474,19 +538,20 @@ impl Tokenizer {
         }
         let mut heap = BinaryHeap::new();
         let mut rev: HashMap<(usize, usize), (usize, usize)> = HashMap::new();
-        let try_add = |heap: &mut BinaryHeap<Bigram>, syms: &[Sym], l: Option<usize>, r: Option<usize>| {
-            let (Some(l), Some(r)) = (l, r) else { return };
-            let (a, b) = (syms[l], syms[r]);
-            let piece = &text[a.start..b.start + b.len];
-            if let Some(&id) = self.ids.get(piece) {
-                heap.push(Bigram {
-                    score: scores[id as usize],
-                    left: l,
-                    right: r,
-                    len: piece.len(),
-                });
-            }
-        };
+        let try_add =
+            |heap: &mut BinaryHeap<Bigram>, syms: &[Sym], l: Option<usize>, r: Option<usize>| {
+                let (Some(l), Some(r)) = (l, r) else { return };
+                let (a, b) = (syms[l], syms[r]);
+                let piece = &text[a.start..b.start + b.len];
+                if let Some(&id) = self.ids.get(piece) {
+                    heap.push(Bigram {
+                        score: scores[id as usize],
+                        left: l,
+                        right: r,
+                        len: piece.len(),
+                    });
+                }
+            };
         for i in 1..syms.len() {
             try_add(&mut heap, &syms, Some(i - 1), Some(i));
         }
@@ -541,7 +606,9 @@ impl Tokenizer {
 
     /// The bytes a token stands for: control tokens are empty unless `special`.
     pub fn token_bytes(&self, id: u32, special: bool, out: &mut Vec<u8>) {
-        let Some(text) = self.tokens.get(id as usize) else { return };
+        let Some(text) = self.tokens.get(id as usize) else {
+            return;
+        };
         match self.kinds[id as usize] {
             TokenKind::Control | TokenKind::Unknown | TokenKind::Unused => {
                 if special {

@@ -399,8 +399,7 @@ impl WhisperNet {
 
     fn encode_inner(&self, mel: Vec<f32>, frames: usize) -> CResult<Tensor> {
         let dims = &self.dims;
-        if mel.len() != dims.n_mels * frames || frames > 2 * dims.n_audio_ctx || frames % 2 != 0
-        {
+        if mel.len() != dims.n_mels * frames || frames > 2 * dims.n_audio_ctx || frames % 2 != 0 {
             candle_core::bail!(
                 "expected {} mel bands × an even number of frames up to {}, got {} values for {frames} frames",
                 dims.n_mels,
@@ -429,7 +428,12 @@ impl WhisperNet {
         let heads = dims.n_audio_head;
         let prof = std::env::var_os("STT_PROF").is_some();
         let mut t = std::time::Instant::now();
-        let mut lap = |what: &str| { if prof { eprintln!("{what}: {:?}", t.elapsed()); } t = std::time::Instant::now(); };
+        let mut lap = |what: &str| {
+            if prof {
+                eprintln!("{what}: {:?}", t.elapsed());
+            }
+            t = std::time::Instant::now();
+        };
         lap("conv");
         for l in &self.enc_layers {
             let h = l.attn_ln.forward(&x)?;
@@ -529,7 +533,10 @@ impl WhisperNet {
             let h = l.attn_ln.forward(&x)?;
             let qkv = split_heads(&l.qkv.forward(&h, false)?, 3, heads)?;
             let (k, v) = match cache.kv.get(i) {
-                Some((pk, pv)) => (Tensor::cat(&[pk, &qkv[1]], 1)?, Tensor::cat(&[pv, &qkv[2]], 1)?),
+                Some((pk, pv)) => (
+                    Tensor::cat(&[pk, &qkv[1]], 1)?,
+                    Tensor::cat(&[pv, &qkv[2]], 1)?,
+                ),
                 None => (qkv[1].clone(), qkv[2].clone()),
             };
             let a = attention(&qkv[0], &k, &v, Some(past))?;
@@ -550,9 +557,7 @@ impl WhisperNet {
         cache.kv = new_kv;
         cache.len += n;
         let x = self.dec_ln.forward(&x)?;
-        want.iter()
-            .map(|&r| x.get(r)?.to_vec1::<f32>())
-            .collect()
+        want.iter().map(|&r| x.get(r)?.to_vec1::<f32>()).collect()
     }
 
     fn project(&self, hidden: &[Vec<f32>], threads: usize) -> Result<Vec<Vec<f32>>> {

@@ -190,7 +190,9 @@ pub fn exp_neg(x: f32) -> f32 {
                 + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0 + t * (1.0 / 720.0))))));
     // 2^n from the exponent bits. n + 127 is an integer in 1..=127; adding 1.5·2^23 puts it
     // in the low mantissa bits (a float-to-int cast would not vectorize: it saturates).
-    let k = (n + 127.0 + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000);
+    let k = (n + 127.0 + 12_582_912.0)
+        .to_bits()
+        .wrapping_sub(0x4B40_0000);
     p * f32::from_bits(k << 23)
 }
 

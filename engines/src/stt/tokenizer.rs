@@ -197,7 +197,9 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         if self.merges.is_empty() {
             return Err(Error::Stt {
-                reason: "cannot encode text: the model directory has no tokenizer.json with BPE merges".into(),
+                reason:
+                    "cannot encode text: the model directory has no tokenizer.json with BPE merges"
+                        .into(),
             });
         }
         let mut out = Vec::new();
@@ -251,7 +253,8 @@ fn read_merges(path: &Path) -> Result<HashMap<(String, String), usize>> {
         path: path.to_owned(),
         source,
     })?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| bad(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| bad(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
     let json = super::ct2::json::parse(text)
         .map_err(|e| bad(format!("JSON error at byte {}: {}", e.offset, e.message)))?;
     let merges = json
@@ -264,7 +267,9 @@ fn read_merges(path: &Path) -> Result<HashMap<(String, String), usize>> {
         let pair = if let Some(s) = m.as_str() {
             s.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned()))
         } else if let Some([a, b]) = m.as_array() {
-            a.as_str().zip(b.as_str()).map(|(a, b)| (a.to_owned(), b.to_owned()))
+            a.as_str()
+                .zip(b.as_str())
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
         } else {
             None
         };
@@ -317,7 +322,11 @@ fn pre_tokenize(text: &str) -> Vec<&str> {
         }
         // Optional leading space before a non-space run.
         let mut j = i;
-        if c == ' ' && chars.get(i + 1).is_some_and(|&(_, n)| class(n) != Class::Space) {
+        if c == ' '
+            && chars
+                .get(i + 1)
+                .is_some_and(|&(_, n)| class(n) != Class::Space)
+        {
             j += 1;
         }
         let k = class(chars[j].1);

@@ -373,10 +373,7 @@ impl Whisper {
             )));
         }
         if opts.temperatures.is_empty()
-            || opts
-                .temperatures
-                .iter()
-                .any(|t| !t.is_finite() || *t < 0.0)
+            || opts.temperatures.iter().any(|t| !t.is_finite() || *t < 0.0)
         {
             return Err(bad(format!(
                 "temperatures must be a non-empty list of finite values ≥ 0, got {:?}",
@@ -402,11 +399,17 @@ impl Whisper {
         let mut language_token = None;
         if let Some(code) = &opts.language {
             if multilingual {
-                language_token = Some(self.tokenizer.language_token(code).ok_or_else(|| {
-                    Error::Stt {
-                        reason: format!("unknown language code {code:?} for model {}", self.name),
-                    }
-                })?);
+                language_token =
+                    Some(
+                        self.tokenizer
+                            .language_token(code)
+                            .ok_or_else(|| Error::Stt {
+                                reason: format!(
+                                    "unknown language code {code:?} for model {}",
+                                    self.name
+                                ),
+                            })?,
+                    );
             } else if code != "en" {
                 return Err(Error::Stt {
                     reason: format!(
@@ -440,7 +443,9 @@ impl Whisper {
 
             let from = (seek * HOP_LENGTH).min(samples.len());
             let to = ((seek + segment_size) * HOP_LENGTH).min(samples.len());
-            let peak = samples[from..to].iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+            let peak = samples[from..to]
+                .iter()
+                .fold(0.0f32, |m, &x| m.max(x.abs()));
             if peak < opts.silence_peak {
                 seek += segment_size;
                 continue;
@@ -450,7 +455,10 @@ impl Whisper {
             let window = if !opts.pad_with_silence {
                 let part = mel.segment(seek, segment_size);
                 let mut w = vec![0.0f32; mel.n_mels() * N_FRAMES];
-                for (dst, src) in w.chunks_exact_mut(N_FRAMES).zip(part.chunks_exact(segment_size)) {
+                for (dst, src) in w
+                    .chunks_exact_mut(N_FRAMES)
+                    .zip(part.chunks_exact(segment_size))
+                {
                     dst[..segment_size].copy_from_slice(src);
                 }
                 w
@@ -490,7 +498,14 @@ impl Whisper {
             let sot_index = initial.len();
             initial.extend_from_slice(&sot_seq);
 
-            let d = self.decode_with_fallback(&cross, &initial, sot_index, opts, &mut rng, &mut timings)?;
+            let d = self.decode_with_fallback(
+                &cross,
+                &initial,
+                sot_index,
+                opts,
+                &mut rng,
+                &mut timings,
+            )?;
             timings.decode_ms += ms(t);
 
             if let Some(nst) = opts.no_speech_threshold {
@@ -509,7 +524,8 @@ impl Whisper {
             let tokens = &d.tokens;
             let tb = sp.timestamp_begin;
             let is_ts: Vec<bool> = tokens.iter().map(|&t| t >= tb).collect();
-            let single_ending = is_ts.len() >= 2 && !is_ts[is_ts.len() - 2] && is_ts[is_ts.len() - 1];
+            let single_ending =
+                is_ts.len() >= 2 && !is_ts[is_ts.len() - 2] && is_ts[is_ts.len() - 1];
             let mut slices: Vec<usize> = (1..is_ts.len())
                 .filter(|&i| is_ts[i - 1] && is_ts[i])
                 .collect();
@@ -618,7 +634,9 @@ impl Whisper {
         let (best, l) = langs
             .iter()
             .copied()
-            .fold((sp.sot + 1, f32::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+            .fold((sp.sot + 1, f32::NEG_INFINITY), |a, b| {
+                if b.1 > a.1 { b } else { a }
+            });
         Ok((best, (l - max).exp() / sum.max(f32::MIN_POSITIVE)))
     }
 
@@ -640,7 +658,8 @@ impl Whisper {
             } else {
                 let mut best: Option<Decoded> = None;
                 for _ in 0..opts.best_of.max(1) {
-                    let c = self.decode_once(cross, initial, sot_index, temp, opts, rng, timings)?;
+                    let c =
+                        self.decode_once(cross, initial, sot_index, temp, opts, rng, timings)?;
                     let score = |d: &Decoded| d.sum_logprob / d.tokens.len().max(1) as f32;
                     if best.as_ref().is_none_or(|b| score(&c) > score(b)) {
                         best = Some(c);
@@ -733,7 +752,11 @@ impl Whisper {
                 sample(&logits, temperature, rng)
             }
             .unwrap_or(sp.eot);
-            sum_logprob += logprobs.get(next as usize).copied().unwrap_or(f32::NEG_INFINITY).max(-1e4);
+            sum_logprob += logprobs
+                .get(next as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY)
+                .max(-1e4);
             timings.tokens += 1;
             if next == sp.eot || step + 1 == max_new {
                 if next != sp.eot {
@@ -742,7 +765,9 @@ impl Whisper {
                 break;
             }
             tokens.push(next);
-            let out = self.net.decode(&[next], &mut cache, cross, &[0], self.threads)?;
+            let out = self
+                .net
+                .decode(&[next], &mut cache, cross, &[0], self.threads)?;
             logits = out.into_iter().next().unwrap_or_default();
         }
         let text_tokens: Vec<u32> = tokens.iter().copied().filter(|&t| t < sp.eot).collect();
@@ -844,7 +869,9 @@ impl Whisper {
             for (bi, t, score) in next {
                 let parent = &beams[bi];
                 let mut cache = parent.cache.clone();
-                let out = self.net.decode(&[t], &mut cache, cross, &[0], self.threads)?;
+                let out = self
+                    .net
+                    .decode(&[t], &mut cache, cross, &[0], self.threads)?;
                 timings.tokens += 1;
                 let mut tokens = parent.tokens.clone();
                 tokens.push(t);
@@ -915,7 +942,11 @@ impl Whisper {
             }
         }
         if let Some(&last) = tokens.iter().rev().find(|&&t| t as usize >= tb) {
-            let limit = if last_ts && !penult_ts { last as usize } else { last as usize + 1 };
+            let limit = if last_ts && !penult_ts {
+                last as usize
+            } else {
+                last as usize + 1
+            };
             logits[tb.min(n)..limit.min(n)].fill(ninf);
         }
         if tokens.is_empty() {

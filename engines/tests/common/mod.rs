@@ -92,7 +92,13 @@ pub fn normalize(text: &str) -> Vec<String> {
         .split_whitespace()
         .map(|w| w.trim_matches('\''))
         .filter(|w| !w.is_empty())
-        .map(|w| if w == "mister" { "mr".to_owned() } else { w.to_owned() })
+        .map(|w| {
+            if w == "mister" {
+                "mr".to_owned()
+            } else {
+                w.to_owned()
+            }
+        })
         .collect()
 }
 
@@ -110,4 +116,3 @@ pub fn edit_distance(a: &[String], b: &[String]) -> usize {
     }
     prev[b.len()]
 }
-
