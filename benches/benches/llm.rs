@@ -1,6 +1,6 @@
 //! LLM engine against llama.cpp (llama-cpp-python), same GGUF, same threads, same token ids,
 //! in one run: load time, prefill tok/s on a 512-token prompt, time to first token, greedy
-//! decode tok/s over 128 tokens, RSS (anonymous and file-backed) after load and after
+//! decode tok/s over 256 tokens, RSS (anonymous and file-backed) after load and after
 //! generating. Medians of `RUNS`; ratios sotad / llama.cpp.
 //!
 //! ```text
@@ -17,8 +17,8 @@ use std::time::Instant;
 use sotad_engines::llm::{LoadOptions, Model, Sampler};
 
 const PROMPT_TOKENS: usize = 512;
-const DECODE_TOKENS: usize = 128;
-const RUNS: usize = 3;
+const DECODE_TOKENS: usize = 256;
+const RUNS: usize = 5;
 
 fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
