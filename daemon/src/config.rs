@@ -169,6 +169,8 @@ pub struct Audio {
     pub playback_buffer_ms: u32,
     /// Frames (32 ms each) between the capture thread and the pipeline.
     pub frame_queue: usize,
+    /// Sentences of speech waiting for the speaker.
+    pub playback_queue: usize,
     pub retry_min_ms: u64,
     pub retry_max_ms: u64,
 }
@@ -579,6 +581,7 @@ impl Config {
             2000,
         )?;
         range("audio.frame_queue", a.frame_queue as u64, 1, 4096)?;
+        range("audio.playback_queue", a.playback_queue as u64, 1, 4096)?;
         range("audio.retry_min_ms", a.retry_min_ms, 10, 60_000)?;
         range(
             "audio.retry_max_ms",

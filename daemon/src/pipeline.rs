@@ -343,10 +343,17 @@ impl Turns {
                 }
             }
         }
+        // Cancelled while transcribing (barge-in, a newer turn, `listen/stop`): the LLM never
+        // ran, and the turn must not read as answered.
+        if cancel.load(Ordering::Relaxed) && outcome == "answered" {
+            outcome = "cancelled";
+        }
         latency.total_ms = round1(ms_between(started, Instant::now()));
         {
+            // A cancelled turn was already taken out of `current`; it still ends the speaking
+            // state unless a newer turn has taken its place.
             let mut current = inner.current.lock().unwrap_or_else(|e| e.into_inner());
-            if current.as_ref().is_some_and(|c| c.turn == turn) {
+            if current.as_ref().is_none_or(|c| c.turn == turn) {
                 *current = None;
                 inner.speaking.store(false, Ordering::Relaxed);
             }
@@ -437,7 +444,7 @@ impl Turns {
             // Owns the audio sender: the channel closes once every sentence is synthesized.
             let audio_tx = audio_tx;
             let mut jobs = Vec::new();
-            let mut splitter = SentenceSplitter::new();
+            let mut splitter = SentenceSplitter::new().early_first_clause();
             let mut speak = |sentence: String| {
                 let Some(tts) = &inner.stages.tts else {
                     return;

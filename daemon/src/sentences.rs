@@ -4,11 +4,18 @@
 //! break. Very short pieces ("1.", "e.g.") are held back and joined to what follows, so the
 //! voice does not stop after every abbreviation. Markdown emphasis and list markers that
 //! small models like to emit are removed: they are not meant to be read aloud.
+//!
+//! With [`SentenceSplitter::early_first_clause`], the first piece may also end at a comma:
+//! the voice loop starts speaking after the first clause instead of the first sentence,
+//! which saves the time the LLM and TTS spend on the rest of it. The comma stays in the
+//! text, so the voice pauses there as it would mid-sentence.
 
 /// Accumulates streamed text and yields complete sentences.
 #[derive(Debug, Default)]
 pub struct SentenceSplitter {
     pending: String,
+    /// The next piece may end at a comma (only until the first piece is out).
+    clause: bool,
 }
 
 /// Sentences shorter than this (in characters) wait for more text.
@@ -17,6 +24,12 @@ const MIN_CHARS: usize = 12;
 impl SentenceSplitter {
     pub fn new() -> SentenceSplitter {
         SentenceSplitter::default()
+    }
+
+    /// The first piece ends at the first comma too (with at least [`MIN_CHARS`] before it).
+    pub fn early_first_clause(mut self) -> SentenceSplitter {
+        self.clause = true;
+        self
     }
 
     /// Adds a piece of text; returns the sentences it completed, in order.
@@ -30,6 +43,7 @@ impl SentenceSplitter {
             let sentence: String = self.pending.drain(..end).collect();
             let cleaned = clean(&sentence);
             if !cleaned.is_empty() {
+                self.clause = false;
                 out.push(cleaned);
             }
         }
@@ -53,6 +67,7 @@ impl SentenceSplitter {
                 '.' | '!' | '?' | '…' | ';' | ':' if next.is_some_and(char::is_whitespace) => {
                     Some(i + c.len_utf8())
                 }
+                ',' if self.clause && next.is_some_and(char::is_whitespace) => Some(i + 1),
                 _ => None,
             };
             if c == '.' && end.is_some() && is_abbreviation(&text[..i]) {
@@ -127,6 +142,22 @@ mod tests {
             ["Hi. I am Robbie, e.g. a robot.", "Yes"]
         );
         assert_eq!(split(&["3.14 is pi. Done"]), ["3.14 is pi. Done"]);
+    }
+
+    #[test]
+    fn only_the_first_piece_may_end_at_a_comma() {
+        let mut s = SentenceSplitter::new().early_first_clause();
+        assert!(s.push("Yes, ").is_empty(), "too short to stand alone");
+        assert_eq!(
+            s.push("the capital of France, of course, is Paris. It"),
+            ["Yes, the capital of France,", "of course, is Paris."]
+        );
+        assert_eq!(s.finish().as_deref(), Some("It"));
+        // Without the option, commas never end a piece.
+        assert_eq!(
+            split(&["Yes, the capital of France, of course, is Paris. It"]),
+            ["Yes, the capital of France, of course, is Paris.", "It"]
+        );
     }
 
     #[test]

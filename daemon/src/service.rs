@@ -154,9 +154,12 @@ impl Service {
                 Job::Ask(r)
             }
             Command::LlmCancel => Job::Cancel(request::parse(payload, max)?),
-            Command::ListenStart | Command::ListenStop | Command::Mute | Command::Unmute => {
-                Job::Switch(request::parse::<PingRequest>(payload, max)?)
-            }
+            Command::ListenStart
+            | Command::ListenStop
+            | Command::Mute
+            | Command::Unmute
+            | Command::PttStart
+            | Command::PttStop => Job::Switch(request::parse::<PingRequest>(payload, max)?),
             Command::TurnText => {
                 let r: pipeline::TextTurnRequest = request::parse(payload, max)?;
                 pipeline::validate(&r)?;
@@ -300,6 +303,15 @@ impl Job {
                     Command::ListenStart => voice.listening.store(true, Ordering::Relaxed),
                     Command::ListenStop => voice.listening.store(false, Ordering::Relaxed),
                     Command::Mute => voice.muted.store(true, Ordering::Relaxed),
+                    Command::PttStart => {
+                        // Pressing the button is an explicit interruption: whatever sotad is
+                        // saying stops now, even with barge-in off.
+                        if let Some(turn) = ctx.turns.cancel_current() {
+                            tracing::info!(turn, "push-to-talk: turn cancelled");
+                        }
+                        voice.ptt.store(true, Ordering::Relaxed)
+                    }
+                    Command::PttStop => voice.ptt.store(false, Ordering::Relaxed),
                     _ => voice.muted.store(false, Ordering::Relaxed),
                 }
                 ctx.publisher

@@ -10,7 +10,12 @@
 //! - While sotad speaks, the microphone is ignored (it would hear itself), unless barge-in
 //!   is on: then the start of speech stops playback and cancels the turn, and the utterance
 //!   becomes the next turn.
-//! - `sotad-play` plays sentences in order; a cancelled turn's audio is skipped at once.
+//! - Push-to-talk (`ptt/start` … `ptt/stop`): while held, frames skip the VAD and collect into
+//!   one utterance (bounded by `vad.max_utterance_ms`), handed over on release; the press
+//!   cancels the turn in progress.
+//! - `sotad-play` plays sentences in order from a queue of `audio.playback_queue`; when it is
+//!   full (a stalled device), new sentences are dropped and counted; a cancelled turn's audio
+//!   is skipped at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc as std_mpsc};
@@ -26,8 +31,6 @@ use crate::pipeline::{Input, PlayItem, PlaybackSender, Turns};
 
 /// Utterances waiting for a turn.
 pub const UTTERANCE_QUEUE: usize = 2;
-/// Sentences waiting to be played.
-pub const PLAYBACK_QUEUE: usize = 64;
 
 /// Switches and counters shared by MQTT, the VAD thread and telemetry.
 #[derive(Debug)]
@@ -35,6 +38,8 @@ pub struct VoiceControl {
     pub listening: AtomicBool,
     pub muted: AtomicBool,
     pub barge_in: bool,
+    /// Push-to-talk held (`ptt/start` until `ptt/stop`).
+    pub ptt: AtomicBool,
     /// Set by the player while it plays.
     pub playing: AtomicBool,
     pub capture: Option<Arc<CaptureStatus>>,
@@ -54,6 +59,8 @@ pub struct VoiceState {
     pub listening: bool,
     pub muted: bool,
     pub barge_in: bool,
+    /// Push-to-talk is held.
+    pub ptt: bool,
     /// `off` (no capture device), or the capture thread's state (`open`, `missing`, ...).
     pub capture: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,6 +92,7 @@ impl VoiceControl {
             listening: self.listening.load(Ordering::Relaxed),
             muted: self.muted.load(Ordering::Relaxed),
             barge_in: self.barge_in,
+            ptt: self.ptt.load(Ordering::Relaxed),
             capture: snapshot
                 .as_ref()
                 .map_or("off".to_string(), |s| s.state.as_str().to_string()),
@@ -130,7 +138,7 @@ pub fn spawn_player(config: &Config, control: &Arc<VoiceControl>) -> Option<Play
         return None;
     }
     let player = Player::open(config.audio.playback_config());
-    let (tx, rx) = std_mpsc::sync_channel::<PlayItem>(PLAYBACK_QUEUE);
+    let (tx, rx) = std_mpsc::sync_channel::<PlayItem>(config.audio.playback_queue);
     let control = control.clone();
     let spawned = std::thread::Builder::new()
         .name("sotad-play".into())
@@ -176,6 +184,7 @@ pub fn control(config: &Config) -> Arc<VoiceControl> {
         listening: AtomicBool::new(config.voice.listen),
         muted: AtomicBool::new(false),
         barge_in: config.voice.barge_in,
+        ptt: AtomicBool::new(false),
         playing: AtomicBool::new(false),
         capture: (!config.audio.capture_device.is_empty()).then(|| Arc::new(CaptureStatus::new())),
         utterances: AtomicU64::new(0),
@@ -208,6 +217,8 @@ pub fn start(config: &Config, control: Arc<VoiceControl>, turns: Turns) -> Voice
     let (utter_tx, mut utter_rx) = mpsc::channel::<Input>(UTTERANCE_QUEUE);
     let vad_path = config.model_path(&config.vad.model);
     let detector_config = config.vad.detector_config();
+    // A held push-to-talk button keeps at most as much audio as one VAD utterance.
+    let max_ptt_samples = config.vad.max_utterance_ms as usize * 16;
     let vad_control = control.clone();
     let vad_turns = turns.clone();
     let spawned = std::thread::Builder::new()
@@ -230,7 +241,14 @@ pub fn start(config: &Config, control: Arc<VoiceControl>, turns: Turns) -> Voice
                 }
             };
             let mut detector = VoiceDetector::new(model, detector_config);
-            run_vad(&mut detector, &mut frames_rx, &utter_tx, &vad_control, &vad_turns);
+            run_vad(
+                &mut detector,
+                max_ptt_samples,
+                &mut frames_rx,
+                &utter_tx,
+                &vad_control,
+                &vad_turns,
+            );
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "could not start the VAD thread");
@@ -250,8 +268,28 @@ pub fn start(config: &Config, control: Arc<VoiceControl>, turns: Turns) -> Voice
     }
 }
 
+/// Hands a finished utterance to the turn task; a full queue drops it and counts.
+fn send_utterance(
+    utterances: &mpsc::Sender<Input>,
+    control: &VoiceControl,
+    samples: Vec<f32>,
+    endpoint: Duration,
+) {
+    control.utterances.fetch_add(1, Ordering::Relaxed);
+    let input = Input::Speech {
+        samples,
+        endpoint_ms: endpoint.as_secs_f64() * 1e3,
+        endpointed_at: Instant::now(),
+    };
+    if utterances.try_send(input).is_err() {
+        control.utterances_dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("an utterance was dropped: turns are falling behind");
+    }
+}
+
 fn run_vad(
     detector: &mut VoiceDetector,
+    max_ptt_samples: usize,
     frames: &mut audio::FrameReceiver,
     utterances: &mpsc::Sender<Input>,
     control: &VoiceControl,
@@ -259,9 +297,31 @@ fn run_vad(
 ) {
     let mut active = false;
     let mut last_windows = 0;
+    // Push-to-talk: the audio while the button is held, bounded.
+    let mut held: Vec<f32> = Vec::new();
+    let mut holding = false;
     while let Some(frame) = frames.blocking_recv() {
-        let listening =
-            control.listening.load(Ordering::Relaxed) && !control.muted.load(Ordering::Relaxed);
+        let muted = control.muted.load(Ordering::Relaxed);
+        if control.ptt.load(Ordering::Relaxed) && !muted {
+            // The VAD sleeps while the button is held; the press itself cancelled any turn.
+            if active {
+                detector.reset();
+                active = false;
+            }
+            holding = true;
+            let room = max_ptt_samples.saturating_sub(held.len());
+            held.extend_from_slice(&frame.samples[..frame.samples.len().min(room)]);
+            continue;
+        }
+        if holding {
+            // Released (or muted meanwhile: then the audio is discarded).
+            holding = false;
+            let samples = std::mem::take(&mut held);
+            if !muted && !samples.is_empty() {
+                send_utterance(utterances, control, samples, frame.captured_at.elapsed());
+            }
+        }
+        let listening = control.listening.load(Ordering::Relaxed) && !muted;
         let speaking = turns.speaking() || control.playing.load(Ordering::Relaxed);
         if !listening || (speaking && !control.barge_in) {
             if speaking && listening {
@@ -300,22 +360,12 @@ fn run_vad(
                 at,
                 ..
             }) => {
-                control.utterances.fetch_add(1, Ordering::Relaxed);
                 // From the true end of speech to now: the trailing silence the endpointer
                 // waited for, plus the time the last frame spent in the queue.
                 let waited =
                     Duration::from_secs_f64(at.saturating_sub(speech_end) as f64 / 16_000.0);
                 let queued = frame.captured_at.elapsed();
-                let endpoint_ms = (waited + queued).as_secs_f64() * 1e3;
-                let input = Input::Speech {
-                    samples: utterance,
-                    endpoint_ms,
-                    endpointed_at: Instant::now(),
-                };
-                if utterances.try_send(input).is_err() {
-                    control.utterances_dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("an utterance was dropped: turns are falling behind");
-                }
+                send_utterance(utterances, control, utterance, waited + queued);
             }
             _ => {}
         }

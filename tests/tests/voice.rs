@@ -9,17 +9,44 @@ use sotad_tests::{Mosquitto, Sotad, TestClient, librivox_clips, models_dir, word
 
 const WAIT: Duration = Duration::from_secs(180);
 
-/// A 16 kHz mono s16le microphone file: 1 s of silence, the clip, 3 s of silence.
-fn mic_file(dir: &Path, clip: &Path) -> std::path::PathBuf {
-    let wav = std::fs::read(clip).unwrap();
-    // The LibriVox clips are 16 kHz mono 16-bit PCM with a 44-byte header.
-    assert_eq!(&wav[..4], b"RIFF");
-    let mut raw = vec![0u8; 32_000];
-    raw.extend_from_slice(&wav[44..]);
-    raw.extend(std::iter::repeat_n(0u8, 96_000));
-    let path = dir.join("mic.raw");
+/// A piece of the test microphone's recording.
+enum Part<'a> {
+    Silence(f32),
+    Clip(&'a Path),
+}
+
+/// A 16 kHz mono s16le microphone file made of `parts`.
+fn mic_recording(dir: &Path, name: &str, parts: &[Part]) -> std::path::PathBuf {
+    let mut raw = Vec::new();
+    for part in parts {
+        match part {
+            Part::Silence(s) => raw.extend(std::iter::repeat_n(0u8, (s * 16_000.0) as usize * 2)),
+            Part::Clip(clip) => {
+                let wav = std::fs::read(clip).unwrap();
+                // The LibriVox clips are 16 kHz mono 16-bit PCM with a 44-byte header.
+                assert_eq!(&wav[..4], b"RIFF");
+                raw.extend_from_slice(&wav[44..]);
+            }
+        }
+    }
+    let path = dir.join(name);
     std::fs::write(&path, raw).unwrap();
     path
+}
+
+/// 1 s of silence, the clip, 3 s of silence.
+fn mic_file(dir: &Path, clip: &Path) -> std::path::PathBuf {
+    mic_recording(
+        dir,
+        "mic.raw",
+        &[Part::Silence(1.0), Part::Clip(clip), Part::Silence(3.0)],
+    )
+}
+
+/// Seconds of 16 kHz mono 16-bit audio in a WAV file with a 44-byte header.
+fn clip_seconds(clip: &Path) -> f32 {
+    let len = std::fs::metadata(clip).unwrap().len();
+    (len - 44) as f32 / 32_000.0
 }
 
 fn asound(dir: &Path, mic: &str) -> std::path::PathBuf {
@@ -37,11 +64,23 @@ fn asound(dir: &Path, mic: &str) -> std::path::PathBuf {
 }
 
 fn config(port: u16, device: &str, capture: &str) -> String {
+    config_with(port, device, capture, SHORT_ANSWERS, "")
+}
+
+/// The `[llm]` lines of most voice tests: short, deterministic answers.
+const SHORT_ANSWERS: &str = "max_tokens = 24\ntemperature = 0.0";
+
+/// The voice test configuration with the given `[llm]` and `[voice]` lines.
+fn config_with(port: u16, device: &str, capture: &str, llm: &str, voice: &str) -> String {
     format!(
-        "{}\n[models]\ndir = \"{}\"\n[audio]\ncapture_device = \"{capture}\"\nplayback_device = \"testspeaker\"\nretry_min_ms = 100\nretry_max_ms = 300\n[llm]\nmax_tokens = 24\ntemperature = 0.0\n",
+        "{}\n[models]\ndir = \"{}\"\n[audio]\ncapture_device = \"{capture}\"\nplayback_device = \"testspeaker\"\nretry_min_ms = 100\nretry_max_ms = 300\n[llm]\n{llm}\n[voice]\n{voice}\n",
         Sotad::link_config(port, device, ""),
         models_dir().display()
     )
+}
+
+fn payload_json(p: &rumqttc::Publish) -> Value {
+    serde_json::from_slice(&p.payload).unwrap_or(Value::Null)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -183,4 +222,254 @@ async fn a_missing_microphone_is_reported_text_turns_still_work_and_capture_resu
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
     let _ = t;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn speech_during_an_answer_barges_in_cancels_it_and_becomes_the_next_turn() {
+    let broker = Mosquitto::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let clips = librivox_clips();
+    let first = &clips[1].0;
+    let (second, second_text) = &clips[4];
+    // The second question starts 1.2 s after the first ends: by then the endpoint (600 ms of
+    // trailing silence) has fired and the first turn is transcribing or answering; a long
+    // answer is asked for, so it is still going when the second question starts.
+    let mic = mic_recording(
+        dir.path(),
+        "mic.raw",
+        &[
+            Part::Silence(1.0),
+            Part::Clip(first),
+            Part::Silence(1.2),
+            Part::Clip(second),
+            Part::Silence(4.0),
+        ],
+    );
+    let conf = asound(dir.path(), &mic.display().to_string());
+    let alsa = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
+    let sotad = Sotad::start_with_env(
+        &config_with(
+            broker.port,
+            "barge",
+            "testmic",
+            "temperature = 0.0\nmax_tokens = 200\nsystem_prompt = \"You are a storyteller. Answer every question with a long story of at least ten sentences.\"",
+            "barge_in = true",
+        ),
+        "barge",
+        &[("ALSA_CONFIG_PATH", &alsa)],
+    )
+    .unwrap();
+    let mut c = TestClient::connect(broker.port, "t-barge", false)
+        .await
+        .unwrap();
+    c.subscribe("sotad/barge/#").await.unwrap();
+    let (answered, seen) = c
+        .expect_collecting(&sotad.topic("turn/done"), WAIT, |p| {
+            serde_json::from_slice::<Value>(p).is_ok_and(|v| v["outcome"] == "answered")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+    let answered = payload_json(&answered);
+    let earlier: Vec<Value> = seen
+        .iter()
+        .filter(|p| p.topic == sotad.topic("turn/done"))
+        .map(payload_json)
+        .collect();
+    // The first question's turn ended cancelled, and the answered turn is a later one, made
+    // of the second question.
+    assert_eq!(earlier.len(), 1, "{earlier:?} then {answered}");
+    assert_eq!(earlier[0]["turn"], "turn-1", "{}", earlier[0]);
+    assert_eq!(earlier[0]["outcome"], "cancelled", "{}", earlier[0]);
+    assert_eq!(answered["turn"], "turn-2", "{answered}");
+    let wer = word_error_rate(second_text, answered["transcript"].as_str().unwrap());
+    assert!(wer <= 0.3, "WER {wer:.2}: {answered}");
+    c.expect(&sotad.topic("telemetry"), WAIT, |p| {
+        serde_json::from_slice::<Value>(p)
+            .is_ok_and(|v| v["voice"]["barge_ins"].as_u64() >= Some(1))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("barge-in not counted: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_to_talk_makes_the_held_audio_a_turn_with_listening_off() {
+    let broker = Mosquitto::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (clip, reference) = librivox_clips().remove(3);
+    // Nobody presses during the first 5 s; the clip plays while the button is held.
+    let lead = 5.0;
+    let mic = mic_recording(
+        dir.path(),
+        "mic.raw",
+        &[Part::Silence(lead), Part::Clip(&clip), Part::Silence(60.0)],
+    );
+    let conf = asound(dir.path(), &mic.display().to_string());
+    let alsa = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
+    let sotad = Sotad::start_with_env(
+        &config_with(
+            broker.port,
+            "ptt",
+            "testmic",
+            SHORT_ANSWERS,
+            "listen = false",
+        ),
+        "ptt",
+        &[("ALSA_CONFIG_PATH", &alsa)],
+    )
+    .unwrap();
+    let mut c = TestClient::connect(broker.port, "t-ptt", false)
+        .await
+        .unwrap();
+    c.subscribe("sotad/ptt/#").await.unwrap();
+    // Capture runs in real time from the moment the device opened, which is before telemetry
+    // says so: pressing now is within the leading silence.
+    c.expect(&sotad.topic("telemetry"), WAIT, |p| {
+        serde_json::from_slice::<Value>(p).is_ok_and(|v| v["voice"]["capture"] == "open")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+    let opened = std::time::Instant::now();
+    c.publish(&sotad.topic("ptt/start"), r#"{"id":"press"}"#)
+        .await
+        .unwrap();
+    let state = c
+        .expect(&sotad.topic("voice/state"), WAIT, |p| {
+            serde_json::from_slice::<Value>(p).is_ok_and(|v| v["ptt"] == true)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        payload_json(&state)["listening"],
+        false,
+        "{}",
+        payload_json(&state)
+    );
+    // Release once the clip has surely played (plus a margin for a loaded machine).
+    let release = Duration::from_secs_f32(lead + clip_seconds(&clip) + 1.5);
+    tokio::time::sleep(release.saturating_sub(opened.elapsed())).await;
+    // With listening off, nothing became a turn while the button was held.
+    let early: Vec<_> = c
+        .drain()
+        .into_iter()
+        .filter(|p| p.topic.contains("/turn/"))
+        .collect();
+    assert!(early.is_empty(), "{early:?}");
+    c.publish(&sotad.topic("ptt/stop"), r#"{"id":"release"}"#)
+        .await
+        .unwrap();
+    let done = c
+        .expect(&sotad.topic("turn/done"), WAIT, |_| true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+    let done = payload_json(&done);
+    assert_eq!(done["outcome"], "answered", "{done}");
+    let wer = word_error_rate(&reference, done["transcript"].as_str().unwrap());
+    assert!(wer <= 0.3, "WER {wer:.2}: {done}");
+    assert!(!done["reply"].as_str().unwrap().trim().is_empty(), "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_speaker_costs_counted_drops_not_memory_and_mqtt_keeps_serving() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let broker = Mosquitto::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The speaker writes into a pipe that the test holds open and never reads: once the
+    // pipe's buffer is full, the player thread blocks in its write, like a wedged device.
+    let fifo = dir.path().join("speaker.fifo");
+    let path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let conf = dir.path().join("asound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pcm.testspeaker {{\n type file\n slave.pcm \"null\"\n file \"{}\"\n format \"raw\"\n}}\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    let alsa = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
+    // A small speaker queue, so a few sentences fill it.
+    let sotad = Sotad::start_with_env(
+        &config_with(broker.port, "stall", "", SHORT_ANSWERS, "")
+            .replace("[audio]\n", "[audio]\nplayback_queue = 4\n"),
+        "stall",
+        // glibc keeps freed large blocks resident (its mmap threshold adapts upwards), which
+        // moves RSS by 10-15 MiB from one request to the next. A fixed threshold hands every
+        // block of 64 KiB or more (each sentence's audio) back on free, so RSS follows what
+        // is actually kept.
+        &[
+            ("ALSA_CONFIG_PATH", &alsa),
+            ("MALLOC_MMAP_THRESHOLD_", "65536"),
+        ],
+    )
+    .unwrap();
+    let mut c = TestClient::connect(broker.port, "t-stall", false)
+        .await
+        .unwrap();
+    c.subscribe("sotad/stall/#").await.unwrap();
+    // Memory is compared once every engine has loaded.
+    c.expect(&sotad.topic("telemetry"), WAIT, |p| {
+        serde_json::from_slice::<Value>(p).is_ok_and(|v| {
+            ["stt", "llm", "tts"]
+                .iter()
+                .all(|stage| v["engines"][stage] == "ready")
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+    // Round 1 fills the player (one sentence blocked in its write, four queued); rounds 2 and
+    // 3 find the queue full all along. Memory is compared between rounds 2 and 3, requests of
+    // the same size.
+    let mut rss = Vec::new();
+    for (round, sentences) in [(1, 10u64), (2, 60), (3, 60)] {
+        let id = format!("say-{round}");
+        let text: String = (1..=sentences).map(|i| format!("Number {i}. ")).collect();
+        c.publish(
+            &sotad.topic("tts/say"),
+            json!({"id": id, "text": text, "play": true}).to_string(),
+        )
+        .await
+        .unwrap();
+        // Every sentence still goes out on MQTT: nothing is lost there.
+        let done = c
+            .expect_id(&sotad.topic("tts/done"), &id, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+        assert_eq!(done["chunks"], sentences, "{done}");
+        rss.push((
+            sotad.rss_kib().unwrap().0,
+            done["audio_s"].as_f64().unwrap(),
+        ));
+    }
+    let t = c
+        .expect(&sotad.topic("telemetry"), WAIT, |p| {
+            serde_json::from_slice::<Value>(p)
+                .is_ok_and(|v| v["queues"]["playback"]["dropped"].as_u64() >= Some(120))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("rounds 2 and 3 were not dropped: {e}\n{}", sotad.log()));
+    let t: Value = serde_json::from_slice(&t.payload).unwrap();
+    assert!(
+        t["queues"]["playback"]["dropped"].as_u64() <= Some(130 - 5),
+        "{t}"
+    );
+    // Kept, round 3's audio would have added its length in f32 samples at 22,050 Hz.
+    let (before, (after, round3_s)) = (rss[1].0, rss[2]);
+    let kept_kib = (round3_s * 22_050.0 * 4.0 / 1024.0) as u64;
+    assert!(
+        after < before + kept_kib / 2,
+        "RSS grew from {before} KiB to {after} KiB; round 3 was {kept_kib} KiB of audio ({rss:?})"
+    );
+    // And the daemon serves as before.
+    c.publish(&sotad.topic("ping"), r#"{"id":"after-stall"}"#)
+        .await
+        .unwrap();
+    c.expect_id(&sotad.topic("pong"), "after-stall", Duration::from_secs(10))
+        .await
+        .unwrap();
 }

@@ -23,11 +23,15 @@ pub enum Command {
     ListenStop,
     Mute,
     Unmute,
+    /// `ptt/start`, `ptt/stop`: push-to-talk. While held, the microphone's audio is one
+    /// utterance (no VAD); the release makes it a turn. Works with `listen` off; `mute` wins.
+    PttStart,
+    PttStop,
 }
 
 impl Command {
     /// Every command, in subscription order.
-    pub const ALL: [Command; 10] = [
+    pub const ALL: [Command; 12] = [
         Command::Ping,
         Command::SttTranscribe,
         Command::LlmAsk,
@@ -38,6 +42,8 @@ impl Command {
         Command::ListenStop,
         Command::Mute,
         Command::Unmute,
+        Command::PttStart,
+        Command::PttStop,
     ];
 
     /// The topic suffix the request arrives on.
@@ -53,6 +59,8 @@ impl Command {
             Command::ListenStop => "listen/stop",
             Command::Mute => "mute",
             Command::Unmute => "unmute",
+            Command::PttStart => "ptt/start",
+            Command::PttStop => "ptt/stop",
         }
     }
 
@@ -64,9 +72,12 @@ impl Command {
             Command::LlmAsk | Command::LlmCancel => "llm/reply",
             Command::TtsSay => "tts/done",
             Command::TurnText => "turn/done",
-            Command::ListenStart | Command::ListenStop | Command::Mute | Command::Unmute => {
-                "voice/state"
-            }
+            Command::ListenStart
+            | Command::ListenStop
+            | Command::Mute
+            | Command::Unmute
+            | Command::PttStart
+            | Command::PttStop => "voice/state",
         }
     }
 

@@ -1,0 +1,420 @@
+//! The voice loop end to end, on the real `sotad` binary: latency from the end of a spoken
+//! question to the first audio sample of the answer, per stage (median of 10), and the idle
+//! cost of an open microphone (CPU % and RSS over time).
+//!
+//! ```text
+//! cargo build --release -p sotad
+//! cargo bench -p sotad-benches --bench voice                 # latency, 10 questions
+//! cargo bench -p sotad-benches --bench voice -- idle 600     # idle, 600 s
+//! ```
+//! The daemon runs on its embedded broker with Whisper tiny.en, SmolLM2-135M-Instruct and the
+//! joe-medium Piper voice (the default configuration, answers capped at 48 tokens). Its
+//! microphone is alsa-lib's `file` plugin reading a recording this bench writes: ten short
+//! questions spoken by the Piper voice (resampled to 16 kHz), each followed by 9 s of silence;
+//! for `idle`, faint noise (about -60 dBFS) and nobody speaking. Turn latencies come from the
+//! daemon's `turn/done` events (watched with `mosquitto_sub`); `endpoint` starts at the VAD's
+//! estimate of the end of speech. Needs the models directory (`scripts/install-models.sh`)
+//! and `mosquitto_sub` (Debian's mosquitto-clients).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sotad_engines::audio;
+use sotad_engines::tts::{LoadOptions, SynthOptions, Voice};
+
+const QUESTIONS: [&str; 10] = [
+    "What time is it?",
+    "What is the capital of France?",
+    "How are you today?",
+    "Can you tell me a joke?",
+    "What is two plus two?",
+    "Will it rain tomorrow?",
+    "What is your name?",
+    "Turn on the kitchen light.",
+    "How far away is the moon?",
+    "What should I cook for dinner?",
+];
+/// Silence after each question: room for its turn to finish (the microphone is ignored
+/// while sotad speaks).
+const GAP_S: f64 = 9.0;
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("SOTAD_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sotad/models")
+        })
+}
+
+fn sotad_bin() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("release/sotad");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release -p sotad` first",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn push_silence(raw: &mut Vec<u8>, secs: f64) {
+    raw.extend(std::iter::repeat_n(0u8, (secs * 16_000.0) as usize * 2));
+}
+
+fn push_samples(raw: &mut Vec<u8>, samples: &[f32]) {
+    for &x in samples {
+        raw.extend_from_slice(&((x.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
+    }
+}
+
+/// The questions, spoken by the Piper voice, at 16 kHz, each followed by silence.
+fn question_recording(models: &Path) -> (Vec<u8>, f64) {
+    let voice = Voice::load(
+        &models.join("piper/en_US-joe-medium.onnx"),
+        &LoadOptions::default(),
+    )
+    .expect("load the Piper voice (scripts/install-models.sh)");
+    let mut raw = Vec::new();
+    push_silence(&mut raw, 1.0);
+    let mut speech_s = 0.0;
+    for q in QUESTIONS {
+        let mut spoken = Vec::new();
+        let mut rate = 22_050;
+        voice
+            .synthesize(q, &SynthOptions::default(), |chunk| {
+                rate = chunk.sample_rate;
+                spoken.extend_from_slice(&chunk.samples);
+                std::ops::ControlFlow::Continue(())
+            })
+            .expect("synthesize a question");
+        let mono = audio::to_mono_16k(&spoken, rate, 1).expect("resample");
+        speech_s += mono.len() as f64 / 16_000.0;
+        push_samples(&mut raw, &mono);
+        push_silence(&mut raw, GAP_S);
+    }
+    (raw, speech_s / QUESTIONS.len() as f64)
+}
+
+/// Faint noise (about -60 dBFS RMS) for `secs`: a room where nobody speaks.
+fn room_tone(secs: f64) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let samples: Vec<f32> = (0..(secs * 16_000.0) as usize)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.0035
+        })
+        .collect();
+    let mut raw = Vec::with_capacity(samples.len() * 2);
+    push_samples(&mut raw, &samples);
+    raw
+}
+
+struct Daemon {
+    child: Child,
+    sub: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    _dir: tempfile_dir::Dir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.sub.kill();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.sub.wait();
+    }
+}
+
+/// A temporary directory without the tempfile crate (removed on drop).
+mod tempfile_dir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            let p = std::env::temp_dir().join(format!("sotad-bench-voice-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).expect("temp dir");
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Starts sotad with the microphone reading `mic_raw`, and `mosquitto_sub` on its topics.
+fn start(mic_raw: &[u8], telemetry_secs: u32) -> Daemon {
+    let dir = tempfile_dir::Dir::new();
+    let mic = dir.0.join("mic.raw");
+    std::fs::write(&mic, mic_raw).unwrap();
+    let conf = dir.0.join("asound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pcm.bench_mic {{\n type file\n slave.pcm \"null\"\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n}}\n\
+             pcm.bench_speaker {{\n type file\n slave.pcm \"null\"\n file \"/dev/null\"\n format \"raw\"\n}}\n",
+            mic.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let toml = dir.0.join("sotad.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[device]\nid = \"bench\"\n[mqtt]\nhost = \"\"\nport = {port}\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\
+             [telemetry]\ninterval_secs = {telemetry_secs}\n[models]\ndir = \"{}\"\n\
+             [audio]\ncapture_device = \"bench_mic\"\nplayback_device = \"bench_speaker\"\n\
+             [llm]\nmax_tokens = 48\n[log]\nlevel = \"warn\"\n",
+            models_dir().display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(sotad_bin())
+        .args(["--config", toml.to_str().unwrap(), "run"])
+        .env(
+            "ALSA_CONFIG_PATH",
+            format!("/usr/share/alsa/alsa.conf:{}", conf.display()),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start sotad");
+    // The embedded broker needs a moment; mosquitto_sub retries until it connects.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sub = loop {
+        let mut sub = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v"])
+            .args(["-t", "sotad/bench/turn/done", "-t", "sotad/bench/telemetry"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (Debian package mosquitto-clients)");
+        std::thread::sleep(Duration::from_millis(300));
+        match sub.try_wait() {
+            Ok(None) => break sub,
+            _ => assert!(
+                Instant::now() < deadline,
+                "the embedded broker did not come up"
+            ),
+        }
+    };
+    let out = sub.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Daemon {
+        child,
+        sub,
+        lines,
+        _dir: dir,
+    }
+}
+
+/// `utime + stime` of a process, in seconds, and its VmRSS / RssAnon in KiB.
+fn proc_figures(pid: u32) -> (f64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name.
+    let hz = clock_ticks_per_second();
+    let cpu = (ticks(11) + ticks(12)) / hz;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (cpu, field("VmRSS:"), field("RssAnon:"))
+}
+
+/// Clock ticks per second, from `getconf` (100 on Linux in practice).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn latency() {
+    let models = models_dir();
+    let (raw, mean_question_s) = question_recording(&models);
+    println!(
+        "voice loop latency: {} spoken questions (mean {:.2} s), Whisper tiny.en, SmolLM2-135M-Instruct Q4_1, Piper joe-medium, defaults",
+        QUESTIONS.len(),
+        mean_question_s
+    );
+    let daemon = start(&raw, 5);
+    let total = Duration::from_secs_f64(raw.len() as f64 / 32_000.0 + 120.0);
+    let deadline = Instant::now() + total;
+    let mut turns = Vec::new();
+    while turns.len() < QUESTIONS.len() && Instant::now() < deadline {
+        let Ok(line) = daemon.lines.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        let Some(payload) = line.strip_prefix("sotad/bench/turn/done ") else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+        let l = &v["latency"];
+        let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "  {:8} {:10} endpoint {:5.0} ms  stt {:5.0} ms  first token {:5.0} ms  first audio {:5.0} ms  end of speech -> audio {:5.0} ms  | {:?} -> {:?}",
+            v["turn"].as_str().unwrap_or("?"),
+            v["outcome"].as_str().unwrap_or("?"),
+            f("endpoint_ms"),
+            f("stt_ms"),
+            f("ttft_ms"),
+            f("first_audio_ms"),
+            f("response_ms"),
+            v["transcript"].as_str().unwrap_or(""),
+            v["reply"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(60)
+                .collect::<String>()
+        );
+        turns.push(v);
+    }
+    let (_, rss, anon) = proc_figures(daemon.child.id());
+    let answered: Vec<&serde_json::Value> = turns
+        .iter()
+        .filter(|v| v["outcome"] == "answered")
+        .collect();
+    let col = |k: &str| -> Vec<f64> {
+        answered
+            .iter()
+            .filter_map(|v| v["latency"][k].as_f64())
+            .collect()
+    };
+    // `first_audio_ms` counts from the turn's start (the endpoint), so the time after the
+    // endpoint is first audio; `ttft_ms` counts from the start of the LLM stage.
+    println!(
+        "medians over {} answered turns of {}: endpoint {:.0} ms, STT {:.0} ms, first token {:.0} ms after STT, first audio {:.0} ms after the endpoint; end of speech -> first audio {:.0} ms (target 500 ms)",
+        answered.len(),
+        turns.len(),
+        median(&col("endpoint_ms")),
+        median(&col("stt_ms")),
+        median(&col("ttft_ms")),
+        median(&col("first_audio_ms")),
+        median(&col("response_ms")),
+    );
+    println!(
+        "sotad RSS after the run: {:.0} MiB ({:.0} MiB anonymous)",
+        rss as f64 / 1024.0,
+        anon as f64 / 1024.0
+    );
+    if turns.len() < QUESTIONS.len() {
+        println!(
+            "only {} of {} questions became turns within {total:?}",
+            turns.len(),
+            QUESTIONS.len()
+        );
+    }
+}
+
+fn idle(secs: u64) {
+    println!(
+        "voice loop idle: microphone open on faint noise, nobody speaking, {secs} s, all engines loaded"
+    );
+    let daemon = start(&room_tone(secs as f64 + 30.0), 10);
+    let pid = daemon.child.id();
+    // Let the models load and settle first.
+    std::thread::sleep(Duration::from_secs(20));
+    let (cpu0, rss0, anon0) = proc_figures(pid);
+    let start = Instant::now();
+    let mut last = (cpu0, start);
+    let mut max_rss = rss0;
+    let mut samples = Vec::new();
+    while start.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(secs.clamp(10, 60).min(secs)));
+        let (cpu, rss, anon) = proc_figures(pid);
+        let now = Instant::now();
+        let pct = 100.0 * (cpu - last.0) / now.duration_since(last.1).as_secs_f64();
+        last = (cpu, now);
+        max_rss = max_rss.max(rss);
+        samples.push(pct);
+        println!(
+            "  t={:4.0} s  cpu {pct:5.2} %  rss {:.1} MiB  anon {:.1} MiB",
+            start.elapsed().as_secs_f64(),
+            rss as f64 / 1024.0,
+            anon as f64 / 1024.0
+        );
+    }
+    let (cpu1, rss1, anon1) = proc_figures(pid);
+    let mut telemetry = None;
+    while let Ok(line) = daemon.lines.try_recv() {
+        if let Some(p) = line.strip_prefix("sotad/bench/telemetry ") {
+            telemetry = serde_json::from_str::<serde_json::Value>(p).ok();
+        }
+    }
+    let voice = telemetry.map(|t| t["voice"].clone()).unwrap_or_default();
+    println!(
+        "idle over {:.0} s: CPU {:.2} % of one core on average (median of intervals {:.2} %); RSS {:.1} -> {:.1} MiB (max {:.1}), anonymous {:.1} -> {:.1} MiB; VAD model ran on {} of {} windows, utterances {}",
+        start.elapsed().as_secs_f64(),
+        100.0 * (cpu1 - cpu0) / start.elapsed().as_secs_f64(),
+        median(&samples),
+        rss0 as f64 / 1024.0,
+        rss1 as f64 / 1024.0,
+        max_rss as f64 / 1024.0,
+        anon0 as f64 / 1024.0,
+        anon1 as f64 / 1024.0,
+        voice["vad_model_runs"],
+        voice["vad_windows"],
+        voice["utterances"],
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; the rest are ours.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("idle") => idle(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(600)),
+        _ => latency(),
+    }
+}
