@@ -1,6 +1,7 @@
 //! LLM engine against candle 0.11.1's own `quantized_llama` (`candle-transformers`), same
 //! GGUF, same threads, same token ids, in one run: load time, prefill tok/s on a 512-token
-//! prompt, time to first token, greedy decode tok/s over 256 tokens, RSS (anonymous and
+//! prompt, time to first token, greedy decode tok/s over 256 tokens (after the prompt's first
+//! 16 ids, as in `benches/llm.rs`), RSS (anonymous and
 //! file-backed) after load and after generating, peak RSS. Medians of `RUNS`; ratios
 //! sotad / candle. It also checks whether the two decode the same greedy tokens.
 //!
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use sotad_engines::llm::{LoadOptions, Model, Sampler};
+use sotad_engines::llm::{LoadOptions, Model};
 
 const PROMPT_TOKENS: usize = 512;
 const DECODE_PROMPT: usize = 16;
@@ -67,23 +68,28 @@ fn models_dir() -> PathBuf {
         })
 }
 
-/// First index of the largest logit (the same rule as `Sampler::argmax`).
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
+/// The greedy token (the first index of the largest logit, the rule of `Sampler::argmax`)
+/// and its margin over the runner-up logit, which says whether a disagreement is a near-tie.
+fn greedy(logits: &[f32]) -> (u32, f32) {
+    let (mut best, mut second) = (0, f32::NEG_INFINITY);
     for (i, &v) in logits.iter().enumerate() {
         if v > logits[best] {
+            second = logits[best];
             best = i;
+        } else if i != best && v > second {
+            second = v;
         }
     }
-    best as u32
+    (best as u32, logits[best] - second)
 }
 
 /// What one side has to offer the timing loop.
 trait Engine {
     /// Forgets the context.
     fn reset(&mut self);
-    /// Evaluates `tokens` after what is cached and returns the greedy next token.
-    fn next(&mut self, tokens: &[u32]) -> u32;
+    /// Evaluates `tokens` after what is cached and returns the greedy next token and its
+    /// logit margin.
+    fn next(&mut self, tokens: &[u32]) -> (u32, f32);
 }
 
 struct Sotad {
@@ -94,8 +100,8 @@ impl Engine for Sotad {
     fn reset(&mut self) {
         self.session.reset();
     }
-    fn next(&mut self, tokens: &[u32]) -> u32 {
-        Sampler::argmax(self.session.eval(tokens).expect("sotad eval"))
+    fn next(&mut self, tokens: &[u32]) -> (u32, f32) {
+        greedy(self.session.eval(tokens).expect("sotad eval"))
     }
 }
 
@@ -111,7 +117,7 @@ impl Engine for Candle {
         self.model.clear_kv_cache();
         self.pos = 0;
     }
-    fn next(&mut self, tokens: &[u32]) -> u32 {
+    fn next(&mut self, tokens: &[u32]) -> (u32, f32) {
         use candle_core::{Device, Tensor};
         let input = Tensor::new(tokens, &Device::Cpu)
             .and_then(|t| t.unsqueeze(0))
@@ -123,7 +129,7 @@ impl Engine for Candle {
             .and_then(|l| l.to_vec1::<f32>())
             .expect("candle forward");
         self.pos += tokens.len();
-        argmax(&logits)
+        greedy(&logits)
     }
 }
 
@@ -176,30 +182,37 @@ fn child(side: &str, path: &Path, threads: usize, ids_file: &Path) {
     let (mut prefill, mut ttft, mut decode) = (Vec::new(), Vec::new(), Vec::new());
     let mut first_after_prompt = Vec::new();
     let mut runs_tokens: Vec<Vec<u32>> = Vec::new();
+    let mut margins = Vec::new();
     for _ in 0..RUNS {
         engine.reset();
         let t = Instant::now();
-        let first = engine.next(&ids);
+        let (first, _) = engine.next(&ids);
         let dt = t.elapsed().as_secs_f64();
         prefill.push(ids.len() as f64 / dt);
         ttft.push(dt * 1e3);
         first_after_prompt.push(first);
 
         engine.reset();
-        let mut tok = engine.next(&ids[..DECODE_PROMPT]);
+        let (mut tok, margin) = engine.next(&ids[..DECODE_PROMPT]);
         let mut tokens = Vec::with_capacity(DECODE_TOKENS + 1);
+        margins = Vec::with_capacity(DECODE_TOKENS + 1);
         tokens.push(tok);
+        margins.push(margin);
         let t = Instant::now();
         for _ in 0..DECODE_TOKENS {
-            tok = engine.next(&[tok]);
+            let (next, margin) = engine.next(&[tok]);
+            tok = next;
             tokens.push(tok);
+            margins.push(margin);
         }
         decode.push(DECODE_TOKENS as f64 / t.elapsed().as_secs_f64());
         runs_tokens.push(tokens);
     }
     let after_gen = rss();
     let same_every_run = runs_tokens.iter().all(|t| *t == runs_tokens[0])
-        && first_after_prompt.iter().all(|&t| t == first_after_prompt[0]);
+        && first_after_prompt
+            .iter()
+            .all(|&t| t == first_after_prompt[0]);
     let json = serde_json::json!({
         "load_ms": load_ms,
         "prefill_tok_s": median(prefill),
@@ -215,6 +228,7 @@ fn child(side: &str, path: &Path, threads: usize, ids_file: &Path) {
         "hwm_kib": status_kib("VmHWM:"),
         "first_after_prompt": first_after_prompt[0],
         "tokens": runs_tokens[0],
+        "margins": margins,
         "same_every_run": same_every_run,
     });
     println!("{json}");
@@ -252,7 +266,12 @@ fn run_side(
 fn tokens_of(v: &serde_json::Value) -> Vec<u32> {
     v["tokens"]
         .as_array()
-        .map(|a| a.iter().filter_map(|t| t.as_u64()).map(|t| t as u32).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_u64())
+                .map(|t| t as u32)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -332,7 +351,10 @@ fn main() {
         ("peak RSS after load MiB", "hwm_load_kib", 1024.0),
         ("peak RSS at end MiB", "hwm_kib", 1024.0),
     ];
-    println!("{:<32} {:>10} {:>10} {:>8}", "metric", "sotad", "candle", "ratio");
+    println!(
+        "{:<32} {:>10} {:>10} {:>8}",
+        "metric", "sotad", "candle", "ratio"
+    );
     for (label, key, div) in rows {
         let v = sotad[key].as_f64().unwrap_or(f64::NAN) / div;
         match candle.as_ref().and_then(|c| c[key].as_f64()) {
@@ -366,9 +388,26 @@ fn main() {
         );
         println!("candle text: {}", show(&theirs));
         println!(
-            "greedy tokens after the {DECODE_PROMPT}-token prompt: {prefix} of {n} agree before the \
-             first difference; {same} of {n} agree position by position"
+            "greedy tokens after the {DECODE_PROMPT}-token prompt (the first + {DECODE_TOKENS} decoded): \
+             {prefix} of {n} agree before the first difference; {same} of {n} agree position by position"
         );
+        if prefix < n {
+            let margin = |v: &serde_json::Value| v["margins"][prefix].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "first difference at token {prefix}: sotad {} {:?} (margin over its runner-up {:.3}), \
+                 candle {} {:?} (margin {:.3})",
+                ours[prefix],
+                tok.decode(&ours[prefix..prefix + 1], false),
+                margin(&sotad),
+                theirs[prefix],
+                tok.decode(&theirs[prefix..prefix + 1], false),
+                margin(c),
+            );
+            let tail =
+                |t: &[u32]| format!("{:?}", tok.decode(&t[prefix..n.min(prefix + 20)], false));
+            println!("  sotad  from there: {}", tail(&ours));
+            println!("  candle from there: {}", tail(&theirs));
+        }
         println!(
             "first token after the 512-token prompt: sotad {}, candle {}",
             sotad["first_after_prompt"], c["first_after_prompt"]
