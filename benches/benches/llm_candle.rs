@@ -1,9 +1,9 @@
 //! LLM engine against candle 0.11.1's own `quantized_llama` (`candle-transformers`), same
 //! GGUF, same threads, same token ids, in one run: load time, prefill tok/s on a 512-token
 //! prompt, time to first token, greedy decode tok/s over 256 tokens (after the prompt's first
-//! 16 ids, as in `benches/llm.rs`), RSS (anonymous and
-//! file-backed) after load and after generating, peak RSS. Medians of `RUNS`; ratios
-//! sotad / candle. It also checks whether the two decode the same greedy tokens.
+//! 16 ids, as in `benches/llm.rs`), RSS (anonymous and file-backed) after load and after
+//! generating, peak RSS. Medians of `RUNS`; ratios sotad / candle. It also checks whether the
+//! two decode the same greedy tokens, and prints both logit margins where they first differ.
 //!
 //! ```text
 //! cargo bench -p sotad-benches --features candle-peer --bench llm_candle
