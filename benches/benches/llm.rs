@@ -9,6 +9,8 @@
 //! Environment: `SOTAD_BENCH_MODEL` (file name in the models directory; default SmolLM2),
 //! `SOTAD_BENCH_THREADS` (default 2), `SOTAD_BENCH_PYTHON` (a python with llama-cpp-python;
 //! without it only sotad is measured). The peer runs first, in its own process, then sotad.
+//! The comparison with candle 0.11.1's `quantized_llama` is `benches/llm_candle.rs`
+//! (`cargo bench -p sotad-benches --features candle-peer --bench llm_candle`).
 
 use std::path::PathBuf;
 use std::process::Command;
