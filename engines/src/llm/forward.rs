@@ -2,7 +2,7 @@
 //!
 //! Numerics follow ggml's CPU backend where it matters for greedy decoding: activations are
 //! quantized to the weights' activation format before every product (the `quant` kernels),
-//! RMS norms square in f32 and sum in f64, the KV cache is f16 and queries and softmax weights are
+//! RMS norms square in f32 and sum in f64 (as ggml), the KV cache is f16 and queries and softmax weights are
 //! rounded to f16 before the products with it, the rope angles are built by repeated
 //! multiplication in f32, and Gemma's GELU goes through f16 as ggml's lookup table does.
 
@@ -34,10 +34,8 @@ impl SyncPtr {
     }
 }
 
-/// Keys and values of every layer, rounded to f16 and stored as f32. Keys are laid out
-/// `[layer][kv_head][position][dim]`, values transposed, `[layer][kv_head][dim][position]`
-/// (as llama.cpp keeps them without flash attention), so that the product of the softmax
-/// weights with the values is a contiguous dot product per output element.
+/// Keys and values of every layer, rounded to f16 and stored as f32, laid out
+/// `[layer][kv_head][position][dim]`.
 pub(crate) struct KvCache {
     k: Vec<f32>,
     v: Vec<f32>,
@@ -112,7 +110,7 @@ pub(crate) struct Scratch {
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    /// Per attention task: softmax scores (then weights) and the f16-rounded query.
+    /// Per query head: softmax scores, the f16-rounded query, lane accumulators.
     heads: Vec<HeadScratch>,
     acts: Acts,
     /// Rope tables `[pos][pair]` for global and local layers, built on first use.
@@ -121,7 +119,7 @@ pub(crate) struct Scratch {
     pub logits: Vec<f32>,
 }
 
-type HeadScratch = (Vec<f32>, Vec<f32>);
+type HeadScratch = (Vec<f32>, Vec<f32>, Vec<f32>);
 
 fn grow(v: &mut Vec<f32>, n: usize) {
     if v.len() < n {
@@ -243,59 +241,6 @@ fn dot_gemm8(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `R` dot products of `a` with the rows `rows[r][..a.len()]`, accumulated per lane as ggml's
-/// SIMD loops do: element `k` goes into lane `k mod L` by a fused multiply-add, in order of
-/// `k`. Computing several rows at once gives the CPU independent chains (the result of each
-/// row is the same as computing it alone).
-#[inline(always)]
-fn lanes_fma<const L: usize, const R: usize>(a: &[f32], rows: [&[f32]; R]) -> [[f32; L]; R] {
-    let n = a.len();
-    let rows = rows.map(|r| &r[..n]);
-    let mut acc = [[0f32; L]; R];
-    let full = n / L * L;
-    for c in (0..full).step_by(L) {
-        let ac: &[f32; L] = a[c..c + L].try_into().unwrap();
-        for (acc, row) in acc.iter_mut().zip(&rows) {
-            let bc: &[f32; L] = row[c..c + L].try_into().unwrap();
-            for l in 0..L {
-                acc[l] = ac[l].mul_add(bc[l], acc[l]);
-            }
-        }
-    }
-    for k in full..n {
-        for (acc, row) in acc.iter_mut().zip(&rows) {
-            acc[k - full] = a[k].mul_add(row[k], acc[k - full]);
-        }
-    }
-    acc
-}
-
-/// Four [`dot_f16_ggml`] (one token) or [`dot_gemm8`] (a batch) at once.
-#[inline]
-fn dot4_scores(decode: bool, q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
-    if decode {
-        let np = q.len() & !31;
-        let acc = lanes_fma::<32, 4>(&q[..np], k);
-        std::array::from_fn(|r| {
-            let mut s = f64::from(reduce32(&acc[r]));
-            for (x, y) in q[np..].iter().zip(&k[r][np..q.len()]) {
-                s += f64::from(x * y);
-            }
-            s as f32
-        })
-    } else {
-        let np = q.len() & !7;
-        let acc = lanes_fma::<8, 4>(&q[..np], k);
-        std::array::from_fn(|r| {
-            let mut s = hsum8(&acc[r]);
-            for (x, y) in q[np..].iter().zip(&k[r][np..q.len()]) {
-                s += x * y;
-            }
-            s
-        })
-    }
-}
-
 /// `exp(x)` computed as ggml's SIMD `ggml_v_expf` computes it on x86 (AVX2) and aarch64
 /// (NEON): the same range reduction `x = n·ln2 + b`, the same degree-5 polynomial in fused
 /// multiply-adds, the same scaling by `2^n` with its special cases for |n| > 126. llama.cpp
@@ -335,6 +280,13 @@ pub(crate) fn expf_ggml(x: f32) -> f32 {
     }
     let s2 = f32::from_bits(e.wrapping_sub(g));
     s2.mul_add(j, s2) * s1
+}
+
+#[inline]
+fn axpy(out: &mut [f32], a: f32, x: &[f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = a.mul_add(v, *o);
+    }
 }
 
 fn round_f16(x: f32) -> f32 {
@@ -499,16 +451,11 @@ pub(crate) fn forward(
     grow(&mut s.proj, n * d);
     grow(&mut s.gate, n * c.n_ff);
     grow(&mut s.up, n * c.n_ff);
-    // Attention tasks: every head, its queries split in interleaved groups (causal rows
-    // grow with the position, interleaving keeps the groups even).
-    let q_groups = n.min(4 * pool.threads()).max(1);
-    let n_tasks = nh * q_groups;
-    if s.heads.len() < n_tasks {
-        s.heads.resize_with(n_tasks, Default::default);
-    }
-    for (sc, qh) in &mut s.heads[..n_tasks] {
+    s.heads.resize_with(nh, Default::default);
+    for (sc, qh, acc) in &mut s.heads {
         grow(sc, n_pos);
         grow(qh, hd);
+        grow(acc, 32 * hdv);
     }
 
     // Embeddings: dequantize the rows in use.
@@ -576,11 +523,12 @@ pub(crate) fn forward(
                     .iter_mut()
                     .zip(src)
                     .for_each(|(o, &x)| *o = round_f16(x));
-                let vb = kv.v_base(il, hk) + p;
+                let vb = kv.v_base(il, hk) + p * hdv;
                 let src = &v[i * v_dim + hk * hdv..i * v_dim + (hk + 1) * hdv];
-                for (dd, &x) in src.iter().enumerate() {
-                    kv.v[vb + dd * kv.ctx] = round_f16(x);
-                }
+                kv.v[vb..vb + hdv]
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(o, &x)| *o = round_f16(x));
             }
         }
         // Gemma scales the queries before the product; the others scale the scores.
@@ -598,19 +546,16 @@ pub(crate) fn forward(
         let (k_base0, v_base0) = (kv.k_base(il, 0), kv.v_base(il, 0));
         let (k_stride, v_stride) = (kv.ctx * hd, kv.ctx * hdv);
         let decode = n == 1;
-        let ctx = kv.ctx;
-        pool.run(n_tasks, &|t| {
-            // SAFETY: task `t` alone uses `heads[t]`; it writes the columns of head `h` of
-            // the rows of its own queries in `att`.
-            let (scores, qh) = unsafe { &mut *(hptr as *mut HeadScratch).add(t) };
-            let (h, group_i) = (t / q_groups, t % q_groups);
+        pool.run(nh, &|h| {
+            // SAFETY: task `h` alone uses `heads[h]` and writes head `h`'s columns of `att`.
+            let (scores, qh, acc) = unsafe { &mut *(hptr as *mut HeadScratch).add(h) };
             let hk = h / group;
             let kb = k_base0 + hk * k_stride;
             let vb = v_base0 + hk * v_stride;
             let kf = &kc[kb..kb + n_pos * hd];
-            // Row `dd` of the transposed values: positions 0..n_pos.
-            let vrow = |dd: usize| &vc[vb + dd * ctx..vb + dd * ctx + n_pos];
-            for i in (group_i..n).step_by(q_groups) {
+            let vf = &vc[vb..vb + n_pos * hdv];
+            let lanes = if decode { 32 } else { 8 };
+            for i in 0..n {
                 let p = pos0 + i;
                 let first = if local {
                     (p + 1).saturating_sub(window)
@@ -618,38 +563,29 @@ pub(crate) fn forward(
                     0
                 };
                 let qs = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-                let qh = &mut qh[..hd];
                 for (o, &x) in qh.iter_mut().zip(qs) {
                     *o = round_f16(x * q_scale);
                 }
                 // Scores in the summation order of ggml's f16 dot product (one token) or of
-                // its tiled f16 GEMM (a batch), which llama.cpp uses for these products;
-                // four keys at a time.
+                // its tiled f16 GEMM (a batch), which llama.cpp uses for these products.
                 let scores = &mut scores[..=p];
-                scores[..first].fill(f32::NEG_INFINITY);
-                let key = |j: usize| &kf[j * hd..(j + 1) * hd];
-                let mut j = first;
-                while j + 4 <= p + 1 {
-                    let d4 = dot4_scores(decode, qh, [key(j), key(j + 1), key(j + 2), key(j + 3)]);
-                    for (o, d) in scores[j..j + 4].iter_mut().zip(d4) {
-                        *o = d * kq_scale;
+                let mut max = f32::NEG_INFINITY;
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    if j < first {
+                        *sc = f32::NEG_INFINITY;
+                        continue;
                     }
-                    j += 4;
-                }
-                for j in j..=p {
+                    let kj = &kf[j * hd..(j + 1) * hd];
                     let d = if decode {
-                        dot_f16_ggml(qh, key(j))
+                        dot_f16_ggml(&qh[..hd], kj)
                     } else {
-                        dot_gemm8(qh, key(j))
+                        dot_gemm8(&qh[..hd], kj)
                     };
-                    scores[j] = d * kq_scale;
+                    *sc = d * kq_scale;
+                    max = max.max(*sc);
                 }
-                let max = scores[first..]
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                // Softmax as ggml_vec_soft_max_f32: ggml's exp, eight at a time summed in
-                // f32, the partial sums in f64; then the weights rounded to f16 for the
-                // product with the f16 values.
+                // Softmax as ggml_vec_soft_max_f32: ggml's SIMD exp, summed eight at a time
+                // in f32, the partial sums in f64.
                 let mut sum = 0f64;
                 for chunk in scores.chunks_mut(8) {
                     for sc in chunk.iter_mut() {
@@ -658,39 +594,25 @@ pub(crate) fn forward(
                     sum += f64::from(hsum8(chunk));
                 }
                 let inv = (1.0 / sum) as f32;
-                for sc in scores.iter_mut() {
-                    *sc = round_f16(*sc * inv);
+                // out = Σ_j p_j v_j, accumulated per lane (position mod 32 or 8) as ggml does.
+                let acc = &mut acc[..lanes * hdv];
+                acc.fill(0.0);
+                for (j, &sc) in scores.iter().enumerate().skip(first) {
+                    let lane = j % lanes;
+                    axpy(
+                        &mut acc[lane * hdv..(lane + 1) * hdv],
+                        round_f16(sc * inv),
+                        &vf[j * hdv..(j + 1) * hdv],
+                    );
                 }
-                // out[dd] = Σ_j w_j v_j[dd], lanes by position mod 32 (one token, ggml's f16
-                // dot product) or mod 8 (a batch, its GEMM).
-                let w: &[f32] = scores;
                 let out =
                     unsafe { std::slice::from_raw_parts_mut(aptr.at(i * o_in + h * hdv), hdv) };
-                let mut dd = 0;
-                if decode {
-                    while dd + 2 <= hdv {
-                        let acc = lanes_fma::<32, 2>(w, [vrow(dd), vrow(dd + 1)]);
-                        out[dd] = reduce32(&acc[0]);
-                        out[dd + 1] = reduce32(&acc[1]);
-                        dd += 2;
+                for (dd, o) in out.iter_mut().enumerate() {
+                    let mut l = [0f32; 32];
+                    for (lane, v) in l.iter_mut().enumerate().take(lanes) {
+                        *v = acc[lane * hdv + dd];
                     }
-                    for dd in dd..hdv {
-                        out[dd] = reduce32(&lanes_fma::<32, 1>(w, [vrow(dd)])[0]);
-                    }
-                } else {
-                    while dd + 4 <= hdv {
-                        let acc = lanes_fma::<8, 4>(
-                            w,
-                            [vrow(dd), vrow(dd + 1), vrow(dd + 2), vrow(dd + 3)],
-                        );
-                        for (o, a) in out[dd..dd + 4].iter_mut().zip(&acc) {
-                            *o = hsum8(a);
-                        }
-                        dd += 4;
-                    }
-                    for dd in dd..hdv {
-                        out[dd] = hsum8(&lanes_fma::<8, 1>(w, [vrow(dd)])[0]);
-                    }
+                    *o = if decode { reduce32(&l) } else { hsum8(&l[..8]) };
                 }
             }
         });
