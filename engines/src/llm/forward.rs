@@ -324,11 +324,11 @@ fn gelu_f16(table: &[f32], x: f32) -> f32 {
 
 /// SiLU with libm's `expf`.
 ///
-/// ggml computes it as `x / (1 + ggml_v_expf(−x))` ([`silu_ggml`], bit-identical to it). Measured
-/// on the llama.cpp fixtures (`tests/llm_real_models.rs`), that version moves the remaining
-/// near-tie flips around rather than removing them (Qwen2.5 "The capital of France is" then
-/// differs at step 2), so some other difference upstream still decides those ties; until it
-/// is found, the libm version, which keeps every prompt exact for at least 30 steps, stays.
+/// ggml computes it as `x / (1 + ggml_v_expf(−x))` ([`silu_ggml`], bit-identical to it). On
+/// the llama.cpp fixtures (`tests/llm_real_models.rs`) that version moves the remaining
+/// near-tie flips rather than removing them (Qwen2.5 "The capital of France is" then differs
+/// at step 2, SmolLM2's chat prompt at step 15, against 40/40 and step 31 with this one), so
+/// some other difference upstream still decides those ties; until it is found, this stays.
 #[inline]
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
