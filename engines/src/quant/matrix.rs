@@ -1,7 +1,7 @@
 //! [`QMatrix`], a validated view of a quantized weight matrix, and the multi-threaded
 //! matrix-vector ([`matvec`]) and matrix-matrix ([`matmul`]) products.
 
-use super::{Kernel, QuantError, QuantErrorKind, activation_type, dot_n, layout};
+use super::{Kernel, QuantError, QuantErrorKind, activation_type, dot_n, dot_rows, layout};
 use crate::error::Result;
 use crate::gguf::{GgmlType, TensorView};
 
@@ -299,6 +299,11 @@ impl<'a> QMatrix<'a> {
     fn compute_rows(&self, kernel: Kernel, first: usize, xs: &[&[u8]], outs: &mut [&mut [f32]]) {
         let n = outs.first().map_or(0, |o| o.len());
         let (ty, nb) = (self.ty, self.blocks);
+        if xs.len() == 1 {
+            let w = &self.bytes[first * self.row_bytes..(first + n) * self.row_bytes];
+            dot_rows(kernel, ty, nb, w, xs[0], &mut outs[0][..]);
+            return;
+        }
         let rows = self.bytes.chunks_exact(self.row_bytes).skip(first).take(n);
         for (r, w) in rows.enumerate() {
             let mut t = 0;

@@ -472,6 +472,33 @@ pub(crate) fn dot_n<const N: usize>(
     }
 }
 
+/// `out[r] = w_r · x` for the consecutive weight rows in `w` (`nb` blocks of `ty` each, as
+/// many rows as `out` has elements) and one activation row `x`.
+///
+/// # Panics
+///
+/// As [`dot_n`], and if `w` is not `out.len()` rows of `nb` blocks.
+pub(crate) fn dot_rows(
+    kernel: Kernel,
+    ty: GgmlType,
+    nb: usize,
+    w: &[u8],
+    x: &[u8],
+    out: &mut [f32],
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => x86::dot_rows(ty, nb, w, x, out),
+        _ => {
+            let row_bytes = w.len() / out.len().max(1);
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes.max(1))) {
+                let [v] = dot_n(kernel, ty, nb, row, [x]);
+                *o = v;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
