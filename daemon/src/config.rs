@@ -67,8 +67,6 @@ pub struct Stt {
     pub language: String,
     pub beam_size: usize,
     pub threads: usize,
-    /// Encode the whole 30 s window even for shorter audio (slower); default: fitted.
-    pub full_window: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -20,7 +20,6 @@ pub struct Stt {
     model: engine::Whisper,
     language: Option<String>,
     beam_size: usize,
-    encoder_window: engine::EncoderWindow,
 }
 
 pub type SttWorker = Worker<Stt>;
@@ -59,11 +58,6 @@ pub fn load(config: &Config) -> Result<Stt, String> {
         model,
         language: (!config.stt.language.is_empty()).then(|| config.stt.language.clone()),
         beam_size: config.stt.beam_size,
-        encoder_window: if config.stt.full_window {
-            engine::EncoderWindow::Full
-        } else {
-            engine::TranscribeOptions::default().encoder_window
-        },
     })
 }
 
@@ -222,7 +216,6 @@ impl Stt {
             },
             beam_size: beam_size.unwrap_or(self.beam_size),
             initial_prompt: initial_prompt.map(str::to_string),
-            encoder_window: self.encoder_window,
             ..Default::default()
         };
         self.model

@@ -112,7 +112,10 @@ fn reference(name: &str, key: &str) -> (Vec<(String, usize, String)>, f64) {
             (
                 c.get("id").and_then(JsonValue::as_str).unwrap().to_owned(),
                 num(c.get("errors")) as usize,
-                c.get("text").and_then(JsonValue::as_str).unwrap().to_owned(),
+                c.get("text")
+                    .and_then(JsonValue::as_str)
+                    .unwrap()
+                    .to_owned(),
             )
         })
         .collect();

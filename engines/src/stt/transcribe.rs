@@ -134,6 +134,13 @@ pub struct TranscribeOptions {
 /// [`EncoderWindow::Fit`] runs it on the frames that hold audio plus a margin of padding,
 /// with the positional embedding cut to match (whisper.cpp's `audio_ctx` idea). A window
 /// that holds 30 s of audio is encoded whole either way.
+///
+/// The default is [`EncoderWindow::Full`]: the model was trained on 30 s windows, and a
+/// fitted window changes its output. With tiny.en, 2 s of margin and a 5 s minimum, 20 of
+/// 37 test utterances came out different from the full window's (mostly punctuation and
+/// case, but also word errors, and on a 10 s recording a hallucinated repetition of the
+/// first sentence); see `docs/benchmarks.md`. `Fit` is for callers that trade accuracy for
+/// latency knowingly.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum EncoderWindow {
     /// Always all 3000 frames (30 s), as OpenAI's and faster-whisper's `transcribe()` do.
@@ -149,12 +156,6 @@ pub enum EncoderWindow {
 }
 
 impl EncoderWindow {
-    /// The default [`EncoderWindow::Fit`] (see [`TranscribeOptions::default`]).
-    pub const DEFAULT_FIT: Self = Self::Fit {
-        margin_secs: DEFAULT_MARGIN_SECS,
-        min_secs: DEFAULT_MIN_SECS,
-    };
-
     /// Mel frames (even, at most [`N_FRAMES`]) to encode for `content` frames of audio.
     pub fn frames(&self, content: usize) -> usize {
         match *self {
@@ -170,11 +171,6 @@ impl EncoderWindow {
         }
     }
 }
-
-/// Default padding after the audio for [`EncoderWindow::Fit`], seconds.
-const DEFAULT_MARGIN_SECS: f32 = 2.0;
-/// Default smallest window for [`EncoderWindow::Fit`], seconds.
-const DEFAULT_MIN_SECS: f32 = 5.0;
 
 impl Default for TranscribeOptions {
     fn default() -> Self {
@@ -194,7 +190,7 @@ impl Default for TranscribeOptions {
             seed: 0x5eed,
             pad_with_silence: false,
             silence_peak: 1e-3,
-            encoder_window: EncoderWindow::DEFAULT_FIT,
+            encoder_window: EncoderWindow::Full,
         }
     }
 }
@@ -509,7 +505,10 @@ impl Whisper {
             let window = if !opts.pad_with_silence {
                 let part = mel.segment(seek, segment_size);
                 let mut w = vec![0.0f32; mel.n_mels() * frames];
-                for (dst, src) in w.chunks_exact_mut(frames).zip(part.chunks_exact(segment_size)) {
+                for (dst, src) in w
+                    .chunks_exact_mut(frames)
+                    .zip(part.chunks_exact(segment_size))
+                {
                     dst[..segment_size].copy_from_slice(src);
                 }
                 w
