@@ -11,7 +11,6 @@
 //! per generated token.
 
 use candle_core::{CpuStorage, Device, Storage, Tensor};
-use rayon::prelude::*;
 
 use super::ct2::{DType as CtType, TensorSlice};
 use super::ops::{AddAssign, BiasGelu, LayerNorm, Softmax, dot, exp_neg};
@@ -233,7 +232,7 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
     Ok(f(vals))
 }
 
-/// Attention for a few query rows (a decoding step), one head per task, without matrix
+/// Attention for a few query rows (a decoding step), head by head, without matrix
 /// products: for one query row, candle's product costs more in set-up than in arithmetic.
 fn attention_direct(
     q: &Tensor,
@@ -284,11 +283,9 @@ fn attention_direct(
                         oi.iter_mut().for_each(|a| *a *= inv);
                     }
                 };
-                if tk * h >= 512 {
-                    out.par_chunks_mut(tq * dh).enumerate().for_each(head);
-                } else {
-                    out.chunks_mut(tq * dh).enumerate().for_each(head);
-                }
+                // One thread: a step's attention is a few hundred microseconds of work, less
+                // than what a fork-join costs when the cores are shared (measured under load).
+                out.chunks_mut(tq * dh).enumerate().for_each(head);
             })
         })
     })???;
