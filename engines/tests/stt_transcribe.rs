@@ -89,8 +89,8 @@ fn clips() -> Vec<Clip> {
 }
 
 /// faster-whisper's result for a model and setting (`"float32"`: greedy,
-/// `"float32_beam5"`): (per-clip errors by id, total WER).
-fn reference(name: &str, key: &str) -> (Vec<(String, usize)>, f64) {
+/// `"float32_beam5"`): (per-clip id, errors and transcript; total WER).
+fn reference(name: &str, key: &str) -> (Vec<(String, usize, String)>, f64) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/stt_reference.json");
     let text = std::fs::read_to_string(&path).unwrap();
     let root = json::parse(&text).unwrap();
@@ -112,6 +112,10 @@ fn reference(name: &str, key: &str) -> (Vec<(String, usize)>, f64) {
             (
                 c.get("id").and_then(JsonValue::as_str).unwrap().to_owned(),
                 num(c.get("errors")) as usize,
+                c.get("text")
+                    .and_then(JsonValue::as_str)
+                    .unwrap()
+                    .to_owned(),
             )
         })
         .collect();
@@ -145,7 +149,13 @@ fn accuracy(name: &str, key: &str, beam_size: usize) {
         assert_eq!(t.language, "en", "{}: language", c.id);
         errors += e;
         words += r.len();
-        ref_errors += ref_clips.iter().find(|(id, _)| *id == c.id).unwrap().1;
+        let (_, ref_e, ref_text) = ref_clips.iter().find(|(id, ..)| *id == c.id).unwrap();
+        ref_errors += ref_e;
+        if key == "float32" {
+            // Greedy decoding gives faster-whisper float32's transcripts word for word (and
+            // punctuation for punctuation), with the encoder window fitted to the audio.
+            assert_eq!(&t.text, ref_text, "{name} {}: transcript", c.id);
+        }
     }
     let wer = errors as f64 / words as f64;
     eprintln!(

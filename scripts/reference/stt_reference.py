@@ -14,7 +14,7 @@ Modes:
         rates after the normalization below.
     stt_reference.py bench MODEL_DIR COMPUTE_TYPE RUNS WAV...
         Prints one JSON line: per clip, the median wall time of RUNS transcriptions
-        (2 CPU threads, beam 1), after one warm-up run.
+        (2 CPU threads, beam 1), after one warm-up run, and the transcript.
 
 Normalization for WER (the Rust test uses the same): lowercase; "mister"/"mr." -> "mr";
 hyphens to spaces; every character that is not a letter, digit, apostrophe or space removed;
@@ -100,12 +100,14 @@ def bench(model_dir, ct, runs, wavs):
         audio = decode_audio(wav)
         list(model.transcribe(audio, beam_size=1, vad_filter=False)[0])
         times = []
+        text = ""
         for _ in range(runs):
             t = time.perf_counter()
             segs, _ = model.transcribe(audio, beam_size=1, vad_filter=False)
-            list(segs)
+            text = "".join(s.text for s in segs).strip()
             times.append(time.perf_counter() - t)
-        out.append({"wav": wav, "audio_secs": len(audio) / 16000, "median_secs": statistics.median(times)})
+        out.append({"wav": wav, "audio_secs": len(audio) / 16000, "median_secs": statistics.median(times),
+                    "text": text})
     print(json.dumps(out))
 
 

@@ -29,5 +29,6 @@ pub mod transcribe;
 pub mod weights;
 
 pub use self::transcribe::{
-    LoadOptions, Segment, Task, Timings, TranscribeOptions, Transcript, Whisper, compression_ratio,
+    EncoderWindow, LoadOptions, Segment, Task, Timings, TranscribeOptions, Transcript, Whisper,
+    compression_ratio,
 };

@@ -10,10 +10,10 @@
 //! matrix-vector kernels: it is the largest matrix of the decoder (`n_vocab × state`), read once
 //! per generated token.
 
-use candle_core::{Device, Tensor};
+use candle_core::{CpuStorage, Device, Storage, Tensor};
 
 use super::ct2::{DType as CtType, TensorSlice};
-use super::ops::{BiasGelu, LayerNorm, Softmax};
+use super::ops::{AddAssign, BiasGelu, LayerNorm, Softmax, dot, exp_neg};
 use super::weights::{self, WhisperDims, WhisperWeights};
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
@@ -216,10 +216,89 @@ fn merge_heads(x: &Tensor) -> CResult<Tensor> {
 /// whole score matrix would be 54 MB for tiny, larger than the last-level cache).
 const Q_BLOCK: usize = 128;
 
+/// Query rows up to which [`attention`] runs [`attention_direct`] (a decoding step)
+/// instead of matrix products.
+const DIRECT_MAX_Q: usize = 4;
+
+/// Runs `f` on the values of a contiguous `f32` CPU tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(v)) = &*s else {
+        candle_core::bail!("expected an f32 tensor on the CPU");
+    };
+    let Some(vals) = l.contiguous_offsets().and_then(|(a, b)| v.get(a..b)) else {
+        candle_core::bail!("expected a contiguous tensor");
+    };
+    Ok(f(vals))
+}
+
+/// Attention for a few query rows (a decoding step), head by head, without matrix
+/// products: for one query row, candle's product costs more in set-up than in arithmetic.
+fn attention_direct(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal_offset: Option<usize>,
+) -> CResult<Tensor> {
+    let (h, tq, dh) = q.dims3()?;
+    let tk = k.dim(1)?;
+    if k.dims3()? != (h, tk, dh) || v.dims3()? != (h, tk, dh) {
+        candle_core::bail!(
+            "attention: queries {:?}, keys {:?}, values {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let scale = 1.0 / (dh as f32).sqrt();
+    let mut out = vec![0.0f32; h * tq * dh];
+    with_f32(&q, |qs| {
+        with_f32(&k, |ks| {
+            with_f32(&v, |vs| {
+                let head = |(hi, o): (usize, &mut [f32])| {
+                    let kh = &ks[hi * tk * dh..(hi + 1) * tk * dh];
+                    let vh = &vs[hi * tk * dh..(hi + 1) * tk * dh];
+                    let mut p = vec![0.0f32; tk];
+                    for i in 0..tq {
+                        let qi = &qs[(hi * tq + i) * dh..(hi * tq + i + 1) * dh];
+                        let visible = causal_offset.map_or(tk, |off| (i + off + 1).min(tk));
+                        let p = &mut p[..visible];
+                        for (s, kj) in p.iter_mut().zip(kh.chunks_exact(dh)) {
+                            *s = dot(qi, kj) * scale;
+                        }
+                        let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                        let mut sum = 0.0f32;
+                        for s in p.iter_mut() {
+                            *s = exp_neg(*s - max);
+                            sum += *s;
+                        }
+                        let oi = &mut o[i * dh..(i + 1) * dh];
+                        for (&w, vj) in p.iter().zip(vh.chunks_exact(dh)) {
+                            for (a, &b) in oi.iter_mut().zip(vj) {
+                                *a += w * b;
+                            }
+                        }
+                        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+                        oi.iter_mut().for_each(|a| *a *= inv);
+                    }
+                };
+                // One thread: a step's attention is a few hundred microseconds of work, less
+                // than what a fork-join costs when the cores are shared (measured under load).
+                out.chunks_mut(tq * dh).enumerate().for_each(head);
+            })
+        })
+    })???;
+    Tensor::from_vec(out, (h, tq, dh), &Device::Cpu)
+}
+
 /// Scaled dot-product attention of `(H, Tq, dh)` queries over `(H, Tk, dh)` keys/values,
 /// in blocks of query rows.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal_offset: Option<usize>) -> CResult<Tensor> {
     let (_, tq, dh) = q.dims3()?;
+    if tq <= DIRECT_MAX_Q {
+        return attention_direct(q, k, v, causal_offset);
+    }
     let kt = k.t()?;
     let scale = 1.0 / (dh as f32).sqrt();
     let block = |qb: &Tensor, offset: Option<usize>| -> CResult<Tensor> {
@@ -424,7 +503,8 @@ impl WhisperNet {
             gelu: true,
         })?;
         let n = x.dim(1)?;
-        let mut x = (x.t()?.contiguous()? + self.enc_pos.narrow(0, 0, n)?)?;
+        let x = x.t()?.contiguous()?;
+        x.inplace_op2(&self.enc_pos.narrow(0, 0, n)?, &AddAssign)?;
         let heads = dims.n_audio_head;
         let prof = std::env::var_os("STT_PROF").is_some();
         let mut t = std::time::Instant::now();
@@ -446,14 +526,14 @@ impl WhisperNet {
             lap("attn");
             let a = merge_heads(&a)?;
             lap("merge");
-            x = (x + l.out.forward(&a, false)?)?;
+            x.inplace_op2(&l.out.forward(&a, false)?, &AddAssign)?;
             lap("out");
             let h = l.mlp_ln.forward(&x)?;
             let h = l.mlp.fc1.forward(&h, true)?;
             lap("fc1");
             let h = l.mlp.fc2.forward(&h, false)?;
             lap("fc2");
-            x = (x + h)?;
+            x.inplace_op2(&h, &AddAssign)?;
             lap("add");
         }
         self.ln_post.forward(&x)
@@ -526,7 +606,7 @@ impl WhisperNet {
     ) -> CResult<Vec<Vec<f32>>> {
         let state = self.dims.n_text_state;
         let heads = self.dims.n_text_head;
-        let mut x = Tensor::from_vec(x, (n, state), &Device::Cpu)?;
+        let x = Tensor::from_vec(x, (n, state), &Device::Cpu)?;
         let past = cache.len;
         let mut new_kv = Vec::with_capacity(self.dec_layers.len());
         for (i, l) in self.dec_layers.iter().enumerate() {
@@ -541,7 +621,7 @@ impl WhisperNet {
             };
             let a = attention(&qkv[0], &k, &v, Some(past))?;
             new_kv.push((k, v));
-            x = (x + l.out.forward(&merge_heads(&a)?, false)?)?;
+            x.inplace_op2(&l.out.forward(&merge_heads(&a)?, false)?, &AddAssign)?;
 
             let h = l.cross_ln.forward(&x)?;
             let q = split_heads(&l.cross_q.forward(&h, false)?, 1, heads)?;
@@ -549,10 +629,10 @@ impl WhisperNet {
                 candle_core::bail!("cross-attention cache has no layer {i}");
             };
             let a = attention(&q[0], ck, cv, None)?;
-            x = (x + l.cross_out.forward(&merge_heads(&a)?, false)?)?;
+            x.inplace_op2(&l.cross_out.forward(&merge_heads(&a)?, false)?, &AddAssign)?;
 
             let h = l.mlp_ln.forward(&x)?;
-            x = (x + l.mlp.forward(&h)?)?;
+            x.inplace_op2(&l.mlp.forward(&h)?, &AddAssign)?;
         }
         cache.kv = new_kv;
         cache.len += n;

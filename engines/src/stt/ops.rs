@@ -6,7 +6,7 @@
 //! the softmax over `heads × 1500 × 1500` scores and the GELU over `1500 × 4·state` values
 //! would otherwise cost as much as a matrix product.
 
-use candle_core::{CpuStorage, CustomOp1, InplaceOp1, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, InplaceOp1, InplaceOp2, Layout, Shape};
 use rayon::prelude::*;
 
 /// Rows below which the kernels stay on the calling thread.
@@ -284,6 +284,62 @@ impl InplaceOp1 for BiasGelu<'_> {
         }
         Ok(())
     }
+}
+
+/// In place: `x += y` for two contiguous tensors of the same size (the residual
+/// connections). candle's own addition allocates its result and, above 64K elements, runs
+/// on candle's separate spinning thread pool, which competes with the model's pool.
+pub struct AddAssign;
+
+/// Values per parallel chunk of [`AddAssign`].
+const ADD_CHUNK: usize = 16 * 1024;
+
+impl InplaceOp2 for AddAssign {
+    fn name(&self) -> &'static str {
+        "whisper-add-assign"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let y = slice_of(s2, l2, self.name())?;
+        let x = slice_of_mut(s1, l1, self.name())?;
+        if x.len() != y.len() {
+            candle_core::bail!("add-assign: {} values plus {} values", x.len(), y.len());
+        }
+        let add = |x: &mut [f32], y: &[f32]| x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+        if x.len() < 4 * ADD_CHUNK {
+            add(x, y);
+        } else {
+            x.par_chunks_mut(ADD_CHUNK)
+                .zip(y.par_chunks(ADD_CHUNK))
+                .for_each(|(a, b)| add(a, b));
+        }
+        Ok(())
+    }
+}
+
+/// `Σ a[i] · b[i]` with eight partial sums (vectorizes).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -122,6 +122,54 @@ pub struct TranscribeOptions {
     /// frame, so without this gate a digitally silent recording looks like noise to the
     /// model, which may then hallucinate a word. `0.0` turns the gate off.
     pub silence_peak: f32,
+    /// How much of a window the encoder sees when the audio ends before 30 s (see
+    /// [`EncoderWindow`]).
+    pub encoder_window: EncoderWindow,
+}
+
+/// How many mel frames the encoder runs on for a window whose audio is shorter than 30 s.
+///
+/// Whisper's encoder was trained on 30 s windows (3000 frames, 1500 positions), and its
+/// cost grows with the positions (the attention quadratically). For a 3 s command,
+/// [`EncoderWindow::Fit`] runs it on the frames that hold audio plus a margin of padding,
+/// with the positional embedding cut to match (whisper.cpp's `audio_ctx` idea). A window
+/// that holds 30 s of audio is encoded whole either way.
+///
+/// The default is [`EncoderWindow::Full`]: the model was trained on 30 s windows, and a
+/// fitted window changes its output. With tiny.en, 2 s of margin and a 5 s minimum, 20 of
+/// 37 test utterances came out different from the full window's (mostly punctuation and
+/// case, but also word errors, and on a 10 s recording a hallucinated repetition of the
+/// first sentence); see `docs/benchmarks.md`. `Fit` is for callers that trade accuracy for
+/// latency knowingly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EncoderWindow {
+    /// Always all 3000 frames (30 s), as OpenAI's and faster-whisper's `transcribe()` do.
+    Full,
+    /// The window's audio frames plus `margin_secs` of padding, at least `min_secs`, at
+    /// most 30 s.
+    Fit {
+        /// Padding after the audio, seconds.
+        margin_secs: f32,
+        /// Smallest window, seconds.
+        min_secs: f32,
+    },
+}
+
+impl EncoderWindow {
+    /// Mel frames (even, at most [`N_FRAMES`]) to encode for `content` frames of audio.
+    pub fn frames(&self, content: usize) -> usize {
+        match *self {
+            Self::Full => N_FRAMES,
+            Self::Fit {
+                margin_secs,
+                min_secs,
+            } => {
+                let secs = |s: f32| (f64::from(s.max(0.0)) / FRAME_SECS).ceil() as usize;
+                let want = (content + secs(margin_secs)).max(secs(min_secs));
+                (want.div_ceil(2) * 2).min(N_FRAMES)
+            }
+        }
+    }
 }
 
 impl Default for TranscribeOptions {
@@ -142,6 +190,7 @@ impl Default for TranscribeOptions {
             seed: 0x5eed,
             pad_with_silence: false,
             silence_peak: 1e-3,
+            encoder_window: EncoderWindow::Full,
         }
     }
 }
@@ -452,20 +501,21 @@ impl Whisper {
             }
 
             let t = Instant::now();
+            let frames = opts.encoder_window.frames(segment_size);
             let window = if !opts.pad_with_silence {
                 let part = mel.segment(seek, segment_size);
-                let mut w = vec![0.0f32; mel.n_mels() * N_FRAMES];
+                let mut w = vec![0.0f32; mel.n_mels() * frames];
                 for (dst, src) in w
-                    .chunks_exact_mut(N_FRAMES)
+                    .chunks_exact_mut(frames)
                     .zip(part.chunks_exact(segment_size))
                 {
                     dst[..segment_size].copy_from_slice(src);
                 }
                 w
             } else {
-                mel.segment(seek, N_FRAMES)
+                mel.segment(seek, frames)
             };
-            let enc = self.net.encode(window, N_FRAMES)?;
+            let enc = self.net.encode(window, frames)?;
             let cross = self.net.cross_kv(&enc)?;
             timings.encode_ms += ms(t);
             timings.windows += 1;
@@ -1008,4 +1058,28 @@ fn sample(logits: &[f32], temperature: f32, rng: &mut Rng) -> Option<u32> {
         }
     }
     argmax(logits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoder_window_frames() {
+        assert_eq!(EncoderWindow::Full.frames(300), N_FRAMES);
+        let fit = EncoderWindow::Fit {
+            margin_secs: 2.0,
+            min_secs: 5.0,
+        };
+        assert_eq!(fit.frames(100), 500, "at least min_secs");
+        assert_eq!(fit.frames(400), 600, "audio plus the margin");
+        assert_eq!(fit.frames(401), 602, "even");
+        assert_eq!(fit.frames(2900), N_FRAMES, "at most 30 s");
+        assert_eq!(fit.frames(N_FRAMES), N_FRAMES);
+        let none = EncoderWindow::Fit {
+            margin_secs: -1.0,
+            min_secs: 0.0,
+        };
+        assert_eq!(none.frames(7), 8);
+    }
 }
