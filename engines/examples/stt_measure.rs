@@ -47,7 +47,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             quantized_encoder: std::env::var_os("STT_QUANT_ENCODER").is_some(),
         },
     )?;
-    println!("{model_path}: loaded {} in {:.2?}; {}", model.name(), t.elapsed(), mem());
+    println!(
+        "{model_path}: loaded {} in {:.2?}; {}",
+        model.name(),
+        t.elapsed(),
+        mem()
+    );
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -70,6 +75,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sum_enc += e;
         println!("{id}: total {t:7.1} ms, encoder {e:7.1} ms: {text}");
     }
-    println!("sum of medians: total {sum_total:.1} ms, encoder {sum_enc:.1} ms; {}", mem());
+    println!(
+        "sum of medians: total {sum_total:.1} ms, encoder {sum_enc:.1} ms; {}",
+        mem()
+    );
     Ok(())
 }

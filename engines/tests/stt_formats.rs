@@ -111,7 +111,12 @@ fn push_attn(out: &mut Tensors, p: &str, a: &weights::Attention) {
             push(out, format!("{p}.{n}.bias"), l.bias.as_ref().unwrap());
         } else {
             assert!(
-                l.bias.as_ref().unwrap().to_f32_vec().iter().all(|&b| b == 0.0),
+                l.bias
+                    .as_ref()
+                    .unwrap()
+                    .to_f32_vec()
+                    .iter()
+                    .all(|&b| b == 0.0),
                 "Whisper's key projections have no bias"
             );
         }
@@ -144,13 +149,25 @@ fn write_hf(dir: &Path) {
         push_attn(&mut t, &format!("{p}.self_attn"), &l.attn);
         push_ln(&mut t, &format!("{p}.final_layer_norm"), &l.mlp_ln);
         push(&mut t, format!("{p}.fc1.weight"), &l.mlp.fc1.weight);
-        push(&mut t, format!("{p}.fc1.bias"), l.mlp.fc1.bias.as_ref().unwrap());
+        push(
+            &mut t,
+            format!("{p}.fc1.bias"),
+            l.mlp.fc1.bias.as_ref().unwrap(),
+        );
         push(&mut t, format!("{p}.fc2.weight"), &l.mlp.fc2.weight);
-        push(&mut t, format!("{p}.fc2.bias"), l.mlp.fc2.bias.as_ref().unwrap());
+        push(
+            &mut t,
+            format!("{p}.fc2.bias"),
+            l.mlp.fc2.bias.as_ref().unwrap(),
+        );
     }
     push_ln(&mut t, "model.encoder.layer_norm", &e.ln_post);
     let d = &w.decoder;
-    push(&mut t, "model.decoder.embed_tokens.weight".into(), &d.token_embedding);
+    push(
+        &mut t,
+        "model.decoder.embed_tokens.weight".into(),
+        &d.token_embedding,
+    );
     push(
         &mut t,
         "model.decoder.embed_positions.weight".into(),
@@ -160,13 +177,25 @@ fn write_hf(dir: &Path) {
         let p = format!("model.decoder.layers.{i}");
         push_ln(&mut t, &format!("{p}.self_attn_layer_norm"), &l.attn_ln);
         push_attn(&mut t, &format!("{p}.self_attn"), &l.attn);
-        push_ln(&mut t, &format!("{p}.encoder_attn_layer_norm"), &l.cross_attn_ln);
+        push_ln(
+            &mut t,
+            &format!("{p}.encoder_attn_layer_norm"),
+            &l.cross_attn_ln,
+        );
         push_attn(&mut t, &format!("{p}.encoder_attn"), &l.cross_attn);
         push_ln(&mut t, &format!("{p}.final_layer_norm"), &l.mlp_ln);
         push(&mut t, format!("{p}.fc1.weight"), &l.mlp.fc1.weight);
-        push(&mut t, format!("{p}.fc1.bias"), l.mlp.fc1.bias.as_ref().unwrap());
+        push(
+            &mut t,
+            format!("{p}.fc1.bias"),
+            l.mlp.fc1.bias.as_ref().unwrap(),
+        );
         push(&mut t, format!("{p}.fc2.weight"), &l.mlp.fc2.weight);
-        push(&mut t, format!("{p}.fc2.bias"), l.mlp.fc2.bias.as_ref().unwrap());
+        push(
+            &mut t,
+            format!("{p}.fc2.bias"),
+            l.mlp.fc2.bias.as_ref().unwrap(),
+        );
     }
     push_ln(&mut t, "model.decoder.layer_norm", &d.ln);
     // transformers sorts the names; the order must not matter to the reader.
@@ -174,12 +203,7 @@ fn write_hf(dir: &Path) {
     safetensors::write(&dir.join("model.safetensors"), &t).unwrap();
 
     let dims = w.dims;
-    let ids = |v: &[u32]| {
-        v.iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let ids = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
     let config = format!(
         r#"{{
   "_name_or_path": "openai/whisper-tiny.en",
@@ -240,7 +264,11 @@ fn hugging_face_directory_transcribes_like_ctranslate2() {
     // vocabulary.txt's, token for token.
     assert_eq!(hf.tokenizer().len(), ct2.tokenizer().len());
     for id in (0..ct2.tokenizer().len() as u32).step_by(7).chain([51_863]) {
-        assert_eq!(hf.tokenizer().symbol(id), ct2.tokenizer().symbol(id), "id {id}");
+        assert_eq!(
+            hf.tokenizer().symbol(id),
+            ct2.tokenizer().symbol(id),
+            "id {id}"
+        );
     }
     assert_eq!(hf.tokenizer().specials(), ct2.tokenizer().specials());
     let a = texts(&hf);
@@ -262,14 +290,14 @@ fn hugging_face_directory_errors_name_file_and_tensor() {
     };
     // Truncated data: the last tensor's range leaves the file.
     let e = msg(&bytes[..bytes.len() - 100]);
-    assert!(e.contains("model.safetensors") && e.contains("data_offsets"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("data_offsets"),
+        "{e}"
+    );
     // A missing tensor.
     let name = b"model.encoder.layers.3.fc2.weight";
     let mut renamed = bytes.clone();
-    let at = renamed
-        .windows(name.len())
-        .position(|w| w == name)
-        .unwrap();
+    let at = renamed.windows(name.len()).position(|w| w == name).unwrap();
     renamed[at + name.len() - 6] = b'X';
     let e = msg(&renamed);
     assert!(
@@ -287,7 +315,10 @@ fn hugging_face_directory_errors_name_file_and_tensor() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, text.replace("\"d_model\": 384", "\"d_model\": 768")).unwrap();
     let e = Whisper::load(&dir.0, &opts()).unwrap_err().to_string();
-    assert!(e.contains("model.safetensors") && e.contains("d_model"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("d_model"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -341,10 +372,12 @@ fn q8_0_gguf_transcribes_within_one_word_of_f32() {
     let report = quantize_whisper(&tiny(), out.path(), GgmlType::Q8_0).unwrap();
     eprintln!("{report:?}");
     // Every matrix of tiny (widths 384 and 1536) is Q8_0.
-    assert!(report.by_type.iter().all(|(t, _, _)| matches!(
-        t,
-        GgmlType::Q8_0 | GgmlType::F32 | GgmlType::F16
-    )));
+    assert!(
+        report
+            .by_type
+            .iter()
+            .all(|(t, _, _)| matches!(t, GgmlType::Q8_0 | GgmlType::F32 | GgmlType::F16))
+    );
     let q8 = report
         .by_type
         .iter()
@@ -431,15 +464,23 @@ fn damaged_gguf_errors_name_file_and_tensor() {
     let val = arch[at..].windows(7).position(|w| w == b"whisper").unwrap() + at;
     arch[val..val + 7].copy_from_slice(b"llamaXX");
     let e = msg(&arch);
-    assert!(e.contains(&file) && e.contains("general.architecture") && e.contains("llamaXX"), "{e}");
+    assert!(
+        e.contains(&file) && e.contains("general.architecture") && e.contains("llamaXX"),
+        "{e}"
+    );
     // A missing tensor.
     let name = b"encoder/layer_3/ffn/linear_1/weight";
     let mut renamed = bytes.clone();
     let at = renamed.windows(name.len()).position(|w| w == name).unwrap();
     renamed[at + name.len() - 6] = b'X';
     let e = msg(&renamed);
-    assert!(e.contains(&file) && e.contains("encoder/layer_3/ffn/linear_1/weight"), "{e}");
+    assert!(
+        e.contains(&file) && e.contains("encoder/layer_3/ffn/linear_1/weight"),
+        "{e}"
+    );
     // Not a quantization type.
-    let e = quantize_whisper(&tiny(), bad.path(), GgmlType::F16).unwrap_err().to_string();
+    let e = quantize_whisper(&tiny(), bad.path(), GgmlType::F16)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("q8_0"), "{e}");
 }

@@ -99,7 +99,10 @@ fn ten_minutes_of_speech_and_silence() {
         prev_end = s.end;
     }
     // The speech runs to the end of the recording.
-    assert!(prev_end > dur - 15.0, "last segment ends at {prev_end} of {dur}");
+    assert!(
+        prev_end > dur - 15.0,
+        "last segment ends at {prev_end} of {dur}"
+    );
     // Nothing was transcribed inside the 40-second gap.
     let gap_words = t
         .segments

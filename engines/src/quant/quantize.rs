@@ -136,9 +136,10 @@ pub(super) fn q4_1_into(x: &[f32], out: &mut [u8]) {
 }
 
 fn min_max(x: &[f32]) -> (f32, f32) {
-    x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-        (a.min(v), b.max(v))
-    })
+    x.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        })
 }
 
 /// Writes 32 five-bit quants: low nibbles as Q4 (`j`, `j + 16` share a byte), fifth bits

@@ -1012,7 +1012,10 @@ impl Ct2Model {
         };
         let mut index = HashMap::with_capacity(variables.len());
         for (i, v) in variables.iter().enumerate() {
-            let expected = v.shape.first().map_or(v.dtype.size(), |&r| r * v.row_bytes());
+            let expected = v
+                .shape
+                .first()
+                .map_or(v.dtype.size(), |&r| r * v.row_bytes());
             if v.start > v.end || v.end > len || v.end - v.start != expected {
                 return Err(bad(
                     &v.name,
@@ -1376,7 +1379,10 @@ fn decode_any(bytes: &[u8], info: &VariableInfo) -> Vec<f32> {
     let row_bytes = info.row_bytes().max(1);
     let cols: usize = info.shape().iter().skip(1).product();
     let mut out = vec![0.0f32; bytes.len() / row_bytes * cols];
-    for (src, dst) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(cols)) {
+    for (src, dst) in bytes
+        .chunks_exact(row_bytes)
+        .zip(out.chunks_exact_mut(cols))
+    {
         // Lengths match by construction; a failure leaves zeros.
         let _ = crate::quant::dequantize_row(ty, src, dst);
     }

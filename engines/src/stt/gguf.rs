@@ -6,8 +6,8 @@
 //! (`encoder/layer_0/self_attention/linear_0/weight` with query, key and value fused, the
 //! cross-attention key and value fused, `gamma`/`beta` norms), so that one resolver checks
 //! every format. GGUF dimensions are innermost first: a `[out, in]` matrix is stored with
-//! dims `[in, out]`. Matrices are ggml blocks (Q8_0, Q4_0, ..., Q6_K); norms, biases and
-//! position encodings are F32, convolutions F16 (or F32). The output projection is the token
+//! dims `[in, out]`. Matrices are ggml blocks (Q8_0, Q4_0, ..., Q6_K); linear biases are
+//! F32; convolutions, norms and position encodings F16 or F32 (as the source had them). The output projection is the token
 //! embedding (`decoder/projection/weight` is an alias when absent).
 //!
 //! Metadata makes the file self-contained:
@@ -68,7 +68,10 @@ pub fn open(path: &Path) -> Result<(Ct2Model, Option<String>)> {
         }
     }
     let mut attributes = HashMap::new();
-    for (side, var) in [("encoder", "encoder/num_heads"), ("decoder", "decoder/num_heads")] {
+    for (side, var) in [
+        ("encoder", "encoder/num_heads"),
+        ("decoder", "decoder/num_heads"),
+    ] {
         let key = format!("whisper.{side}.attention.head_count");
         let h = file
             .get_u32(&key)
@@ -137,7 +140,10 @@ pub fn open(path: &Path) -> Result<(Ct2Model, Option<String>)> {
         "GGUF",
         backing,
         path,
-        (super::weights::WHISPER_SPEC, super::weights::WHISPER_SPEC_REVISION),
+        (
+            super::weights::WHISPER_SPEC,
+            super::weights::WHISPER_SPEC_REVISION,
+        ),
         variables,
         &aliases,
         Some((path.to_owned(), config)),

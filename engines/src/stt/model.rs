@@ -377,7 +377,11 @@ impl WhisperNet {
     /// [`WhisperNet::load`] with the options of [`super::LoadOptions`]: quantized (GGUF)
     /// decoder matrices always stay file-backed; encoder ones too with `quantized_encoder`,
     /// else they are dequantized to `f32`.
-    pub fn load_opts(w: &WhisperWeights, opts: &super::LoadOptions, threads: usize) -> Result<Self> {
+    pub fn load_opts(
+        w: &WhisperWeights,
+        opts: &super::LoadOptions,
+        threads: usize,
+    ) -> Result<Self> {
         Self::load_inner(w, opts.quantized_decoder, opts.quantized_encoder, threads)
     }
 

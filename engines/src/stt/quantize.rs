@@ -4,8 +4,9 @@
 //! Every linear layer's matrix and the token embedding (which is also the output
 //! projection) are quantized to the requested type. A k-quant needs rows that are whole
 //! 256-element super-blocks; matrices whose width is not (tiny's 384, base's 512 is) fall back
-//! as llama.cpp's quantizer does: Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0. Convolutions stay
-//! F16, norms, biases and position encodings F32.
+//! as llama.cpp's quantizer does: Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0. The other tensors
+//! (convolutions, norms, position encodings) keep F16 when the source has F16 and are F32
+//! otherwise; linear biases are F32.
 
 use std::path::Path;
 
@@ -88,7 +89,14 @@ impl Out {
         }
     }
 
-    fn matrix(&mut self, name: &str, rows: usize, cols: usize, v: &[f32], ty: GgmlType) -> Result<()> {
+    fn matrix(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        v: &[f32],
+        ty: GgmlType,
+    ) -> Result<()> {
         let t = type_for(ty, cols);
         let data = if t == GgmlType::F16 {
             v.iter()
@@ -142,7 +150,13 @@ impl Out {
         self.linear(&format!("{p}/self_attention/linear_1"), &[&a.out], ty)
     }
 
-    fn mlp(&mut self, p: &str, ln: &weights::LayerNorm, m: &weights::Mlp, ty: GgmlType) -> Result<()> {
+    fn mlp(
+        &mut self,
+        p: &str,
+        ln: &weights::LayerNorm,
+        m: &weights::Mlp,
+        ty: GgmlType,
+    ) -> Result<()> {
         self.norm(&format!("{p}/ffn/layer_norm"), ln);
         self.linear(&format!("{p}/ffn/linear_0"), &[&m.fc1], ty)?;
         self.linear(&format!("{p}/ffn/linear_1"), &[&m.fc2], ty)
@@ -151,12 +165,7 @@ impl Out {
 
 /// The decoding configuration as faster-whisper's `config.json` text.
 fn config_json(c: &weights::WhisperConfig) -> String {
-    let ids = |v: &[u32]| {
-        v.iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let ids = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     let heads = c
         .alignment_heads
         .iter()
@@ -176,16 +185,20 @@ fn config_json(c: &weights::WhisperConfig) -> String {
 pub fn quantize_whisper(input: &Path, output: &Path, ty: GgmlType) -> Result<QuantizeReport> {
     if !quant::WEIGHT_TYPES.contains(&ty) {
         return Err(Error::Stt {
-            reason: format!("cannot quantize Whisper to {ty}: use one of q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k"),
+            reason: format!(
+                "cannot quantize Whisper to {ty}: use one of q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k"
+            ),
         });
     }
     let (wts, _, tj) = WhisperWeights::open_any(input)?;
     let tokenizer_json = match tj {
-        TokenizerJson::File(p) => Some(std::fs::read_to_string(&p).map_err(|source| Error::Io {
-            action: "read",
-            path: p.clone(),
-            source,
-        })?),
+        TokenizerJson::File(p) => {
+            Some(std::fs::read_to_string(&p).map_err(|source| Error::Io {
+                action: "read",
+                path: p.clone(),
+                source,
+            })?)
+        }
         TokenizerJson::Text(t, _) => Some(t),
         TokenizerJson::None => None,
     };
@@ -198,7 +211,10 @@ pub fn quantize_whisper(input: &Path, output: &Path, ty: GgmlType) -> Result<Qua
         .metadata("general.architecture", ARCHITECTURE)
         .metadata("general.name", d.size_name())
         .metadata("general.quantization_version", 2u32)
-        .metadata("whisper.encoder.attention.head_count", d.n_audio_head as u32)
+        .metadata(
+            "whisper.encoder.attention.head_count",
+            d.n_audio_head as u32,
+        )
         .metadata("whisper.decoder.attention.head_count", d.n_text_head as u32)
         .metadata("whisper.encoder.block_count", d.n_audio_layer as u32)
         .metadata("whisper.decoder.block_count", d.n_text_layer as u32)
@@ -208,7 +224,12 @@ pub fn quantize_whisper(input: &Path, output: &Path, ty: GgmlType) -> Result<Qua
         .metadata(CONFIG_KEY, config_json(&wts.config).as_str())
         .metadata(
             TOKENS_KEY,
-            MetaValue::from(wts.vocabulary().iter().map(String::as_str).collect::<Vec<_>>()),
+            MetaValue::from(
+                wts.vocabulary()
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            ),
         );
     if let Some(t) = &tokenizer_json {
         out.w.metadata(TOKENIZER_JSON_KEY, t.as_str());
@@ -240,7 +261,13 @@ pub fn quantize_whisper(input: &Path, output: &Path, ty: GgmlType) -> Result<Qua
     )?;
     if dec.projection.name() != dec.token_embedding.name() {
         let proj = dec.projection.to_f32_vec();
-        out.matrix("decoder/projection/weight", d.n_vocab, d.n_text_state, &proj, ty)?;
+        out.matrix(
+            "decoder/projection/weight",
+            d.n_vocab,
+            d.n_text_state,
+            &proj,
+            ty,
+        )?;
     }
     out.f32(
         "decoder/position_encodings/encodings",

@@ -84,7 +84,10 @@ pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<Vec<VariableInfo
             path,
             None,
             Some(0),
-            format!("truncated: {} bytes, the header length alone needs 8", bytes.len()),
+            format!(
+                "truncated: {} bytes, the header length alone needs 8",
+                bytes.len()
+            ),
         ));
     };
     let n = u64::from_le_bytes(len.try_into().unwrap_or_default());
@@ -101,13 +104,28 @@ pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<Vec<VariableInfo
     }
     let data_start = 8 + n as usize;
     let text = std::str::from_utf8(&bytes[8..data_start]).map_err(|e| {
-        fail(path, None, Some(8 + e.valid_up_to()), "header is not UTF-8".into())
+        fail(
+            path,
+            None,
+            Some(8 + e.valid_up_to()),
+            "header is not UTF-8".into(),
+        )
     })?;
     let json = ct2::json::parse(text).map_err(|e| {
-        fail(path, None, Some(8 + e.offset), format!("header JSON: {}", e.message))
+        fail(
+            path,
+            None,
+            Some(8 + e.offset),
+            format!("header JSON: {}", e.message),
+        )
     })?;
     let JsonValue::Object(members) = json else {
-        return Err(fail(path, None, Some(8), "header is not a JSON object".into()));
+        return Err(fail(
+            path,
+            None,
+            Some(8),
+            "header is not a JSON object".into(),
+        ));
     };
     let data_len = bytes.len() - data_start;
     let mut out = Vec::with_capacity(members.len());
@@ -130,11 +148,7 @@ pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<Vec<VariableInfo
         let shape = v
             .get("shape")
             .and_then(JsonValue::as_array)
-            .and_then(|a| {
-                a.iter()
-                    .map(as_usize)
-                    .collect::<Option<Vec<_>>>()
-            })
+            .and_then(|a| a.iter().map(as_usize).collect::<Option<Vec<_>>>())
             .ok_or_else(|| bad("no \"shape\" array of sizes".into()))?;
         let offsets = v
             .get("data_offsets")
@@ -149,7 +163,9 @@ pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<Vec<VariableInfo
                 .iter()
                 .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d)),
         ) else {
-            return Err(bad("no \"data_offsets\" [begin, end] pair, or an oversized shape".into()));
+            return Err(bad(
+                "no \"data_offsets\" [begin, end] pair, or an oversized shape".into(),
+            ));
         };
         if b > e || e > data_len || e - b != need {
             return Err(bad(format!(

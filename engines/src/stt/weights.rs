@@ -1063,7 +1063,10 @@ pub(crate) fn from_hf(model: &Ct2Model) -> Result<WhisperWeights> {
     };
     if let Some(t) = json.get("model_type") {
         if t.as_str() != Some("whisper") {
-            return Err(err("model_type", format!("expected \"whisper\", found {t:?}")));
+            return Err(err(
+                "model_type",
+                format!("expected \"whisper\", found {t:?}"),
+            ));
         }
     }
     let state = num("d_model")?;
@@ -1104,15 +1107,24 @@ pub(crate) fn from_hf(model: &Ct2Model) -> Result<WhisperWeights> {
         if matches!(v, JsonValue::Null) {
             return Ok(Vec::new());
         }
-        let items = v
-            .as_array()
-            .ok_or_else(|| err(key, format!("expected an array of token ids, found {}", v.type_name())))?;
+        let items = v.as_array().ok_or_else(|| {
+            err(
+                key,
+                format!("expected an array of token ids, found {}", v.type_name()),
+            )
+        })?;
         items
             .iter()
             .enumerate()
             .map(|(i, x)| match x.as_u32() {
                 Some(id) if (id as usize) < dims.n_vocab => Ok(id),
-                _ => Err(err(key, format!("element {i} is not a token id below {}: {x:?}", dims.n_vocab))),
+                _ => Err(err(
+                    key,
+                    format!(
+                        "element {i} is not a token id below {}: {x:?}",
+                        dims.n_vocab
+                    ),
+                )),
             })
             .collect()
     };
@@ -1162,8 +1174,20 @@ pub(crate) fn from_hf(model: &Ct2Model) -> Result<WhisperWeights> {
     };
     let mlp = |prefix: &str, width: usize, side: &str| -> Result<Mlp> {
         Ok(Mlp {
-            fc1: lin(&format!("{prefix}.fc1"), width, s, &format!("{side}_ffn_dim, d_model"), true)?,
-            fc2: lin(&format!("{prefix}.fc2"), s, width, &format!("d_model, {side}_ffn_dim"), true)?,
+            fc1: lin(
+                &format!("{prefix}.fc1"),
+                width,
+                s,
+                &format!("{side}_ffn_dim, d_model"),
+                true,
+            )?,
+            fc2: lin(
+                &format!("{prefix}.fc2"),
+                s,
+                width,
+                &format!("d_model, {side}_ffn_dim"),
+                true,
+            )?,
         })
     };
     let conv = |name: &str, inp: usize, names: &str| -> Result<Conv1d> {
