@@ -41,6 +41,28 @@ pub fn transcribe(
     Ok(())
 }
 
+/// `sotad quantize whisper --type TYPE IN OUT`.
+pub fn quantize_whisper(ty: &str, input: &Path, output: &Path) -> anyhow::Result<()> {
+    use sotad_engines::stt::quantize;
+    let t = quantize::parse_type(ty).ok_or_else(|| {
+        anyhow!("unknown --type {ty:?}: use q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k or q6_k")
+    })?;
+    let start = std::time::Instant::now();
+    let report = quantize::quantize_whisper(input, output, t)
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("cannot quantize {}", input.display()))?;
+    for (ty, n, bytes) in &report.by_type {
+        println!("{n:4} tensors {ty:<5} {:8.1} MB", *bytes as f64 / 1e6);
+    }
+    println!(
+        "wrote {} ({:.1} MB) in {:.1} s",
+        output.display(),
+        report.file_bytes as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 pub fn chat(config: &Config, thinking: bool) -> anyhow::Result<()> {
     let mut engine = llm::load(config).map_err(|e| anyhow!(e))?;
     let stdin = std::io::stdin();

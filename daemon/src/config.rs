@@ -67,6 +67,8 @@ pub struct Stt {
     pub language: String,
     pub beam_size: usize,
     pub threads: usize,
+    /// GGUF models: multiply the encoder's matrices quantized (less memory, slower).
+    pub quantized_encoder: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -57,6 +57,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Convert a model to a quantized, self-contained GGUF file.
+    Quantize {
+        #[command(subcommand)]
+        what: QuantizeCmd,
+    },
     /// A conversation with the configured LLM in the terminal (one line per turn; empty line or EOF ends).
     Chat {
         /// Think before answering (models that can, e.g. Qwen3); the thinking is printed dimmed.
@@ -72,6 +77,20 @@ enum Cmd {
         /// Voice name (default `tts.voice`).
         #[arg(long)]
         voice: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuantizeCmd {
+    /// A Whisper model (faster-whisper / CTranslate2 or Hugging Face directory) to GGUF.
+    Whisper {
+        /// Block type of the matrices: q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k or q6_k.
+        #[arg(long = "type", value_name = "TYPE", default_value = "q8_0")]
+        ty: String,
+        /// The model directory.
+        input: PathBuf,
+        /// The GGUF file to write.
+        output: PathBuf,
     },
 }
 
@@ -137,6 +156,15 @@ fn main() -> ExitCode {
         } => with_config(file, |config| {
             cli::transcribe(&config, &path, language, translate, json)
         }),
+        Cmd::Quantize {
+            what: QuantizeCmd::Whisper { ty, input, output },
+        } => match cli::quantize_whisper(&ty, &input, &output) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sotad: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Chat { thinking } => with_config(file, |config| cli::chat(&config, thinking)),
         Cmd::Say {
             text,

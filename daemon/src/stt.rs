@@ -46,6 +46,7 @@ pub fn load(config: &Config) -> Result<Stt, String> {
         &path,
         &engine::LoadOptions {
             threads,
+            quantized_encoder: config.stt.quantized_encoder,
             ..Default::default()
         },
     )

@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &LoadOptions {
             threads: 2,
             quantized_decoder: std::env::var_os("STT_F32_DECODER").is_none(),
+            quantized_encoder: std::env::var_os("STT_QUANT_ENCODER").is_some(),
         },
     )?;
     eprintln!("loaded {} in {:?}", model.name(), t.elapsed());

@@ -409,6 +409,31 @@ pub fn quantize_activation_into(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> R
     Ok(())
 }
 
+/// Quantizes weights (one or more rows, concatenated) to `ty`: any of [`WEIGHT_TYPES`]
+/// (round to nearest per block; see the source for how the k-quants choose their scales).
+pub fn quantize_weights(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
+    let quantize: fn(&[f32], &mut [u8]) = match ty {
+        GgmlType::Q4_0 => quantize::q4_0_into,
+        GgmlType::Q4_1 => quantize::q4_1_into,
+        GgmlType::Q5_0 => quantize::q5_0_into,
+        GgmlType::Q5_1 => quantize::q5_1_into,
+        GgmlType::Q8_0 => quantize::q8_0_into,
+        GgmlType::Q4_K => quantize::q4_k_into,
+        GgmlType::Q5_K => quantize::q5_k_into,
+        GgmlType::Q6_K => quantize::q6_k_into,
+        _ => {
+            return Err(QuantErrorKind::UnsupportedType {
+                ty,
+                role: "weights",
+            }
+            .into());
+        }
+    };
+    let mut out = vec![0u8; row_bytes(ty, x.len())?];
+    quantize(x, &mut out);
+    Ok(out)
+}
+
 /// Quantizes `x` to the activation format `ty` (Q8_0, Q8_1 or Q8_K).
 pub fn quantize_activation(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     let mut out = Vec::new();

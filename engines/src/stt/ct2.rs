@@ -189,6 +189,8 @@ pub struct Ct2Error {
     pub subject: Option<String>,
     /// What is wrong.
     pub kind: Ct2ErrorKind,
+    /// The file format named in the message (`"CTranslate2"`, `"safetensors"`, `"GGUF"`).
+    pub format: &'static str,
 }
 
 impl Ct2Error {
@@ -198,7 +200,13 @@ impl Ct2Error {
             offset: None,
             subject: None,
             kind,
+            format: "CTranslate2",
         })
+    }
+
+    pub(crate) fn format(mut self: Box<Self>, format: &'static str) -> Box<Self> {
+        self.format = format;
+        self
     }
 
     pub(crate) fn at(mut self: Box<Self>, offset: usize) -> Box<Self> {
@@ -220,8 +228,8 @@ impl Ct2Error {
 impl fmt::Display for Ct2Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.path {
-            Some(path) => write!(f, "CTranslate2 file {path:?}")?,
-            None => f.write_str("CTranslate2 data")?,
+            Some(path) => write!(f, "{} file {path:?}", self.format)?,
+            None => write!(f, "{} data", self.format)?,
         }
         if let Some(subject) = &self.subject {
             let what = if matches!(
@@ -451,6 +459,9 @@ pub struct VariableInfo {
     end: usize,
     /// Where the record (its name's length prefix) starts.
     record_offset: usize,
+    /// For a tensor of ggml quantization blocks (GGUF): the block type. `shape` is then the
+    /// logical `[rows, cols]` and `dtype` is [`DType::I8`] (raw bytes).
+    quant: Option<crate::gguf::GgmlType>,
 }
 
 impl VariableInfo {
@@ -487,6 +498,41 @@ impl VariableInfo {
     /// Where this variable's record starts in `model.bin` (for error messages).
     pub fn record_offset(&self) -> u64 {
         self.record_offset as u64
+    }
+
+    /// The ggml block type of a quantized GGUF matrix, `None` for plain elements.
+    pub fn quant(&self) -> Option<crate::gguf::GgmlType> {
+        self.quant
+    }
+
+    /// Bytes per row (first-dimension index): elements per row times the element size, or
+    /// the block bytes of a quantized row.
+    pub fn row_bytes(&self) -> usize {
+        let row: usize = self.shape.iter().skip(1).product();
+        match self.quant {
+            Some(ty) => crate::quant::row_bytes(ty, row).unwrap_or(0),
+            None => row * self.dtype.size(),
+        }
+    }
+
+    /// A variable at `start..end` of another container's bytes (safetensors, GGUF).
+    pub(crate) fn external(
+        name: String,
+        dtype: DType,
+        shape: Vec<usize>,
+        range: Range<usize>,
+        quant: Option<crate::gguf::GgmlType>,
+    ) -> Self {
+        Self {
+            name,
+            dtype,
+            n_elements: shape.iter().product(),
+            shape,
+            start: range.start,
+            end: range.end,
+            record_offset: range.start,
+            quant,
+        }
     }
 }
 
@@ -746,6 +792,7 @@ fn read_variable(c: &mut Cursor<'_>) -> Result<VariableInfo, Box<Ct2Error>> {
         end: start + n_bytes,
         record_offset,
         name,
+        quant: None,
     })
 }
 
@@ -758,6 +805,9 @@ struct Inner {
     header: Header,
     config: Option<(PathBuf, JsonValue)>,
     vocabulary: Option<(PathBuf, Vec<String>)>,
+    format: &'static str,
+    /// Integer attributes given outside the tensors (GGUF metadata), by variable name.
+    attributes: HashMap<String, i64>,
 }
 
 /// A CTranslate2 model: `model.bin` memory-mapped and validated, plus `config.json` and the
@@ -805,6 +855,8 @@ impl Ct2Model {
                 header,
                 config,
                 vocabulary,
+                format: "CTranslate2",
+                attributes: HashMap::new(),
             }),
         };
         tracing::debug!(
@@ -831,6 +883,8 @@ impl Ct2Model {
                 header,
                 config: None,
                 vocabulary: None,
+                format: "CTranslate2",
+                attributes: HashMap::new(),
             }),
         })
     }
@@ -917,7 +971,107 @@ impl Ct2Model {
 
     /// An error about `model.bin` (path set, no offset).
     pub(crate) fn error(&self, kind: Ct2ErrorKind) -> Box<Ct2Error> {
-        Ct2Error::new(kind).path(self.path())
+        Ct2Error::new(kind)
+            .path(self.path())
+            .format(self.inner.format)
+    }
+
+    /// An integer attribute given outside the tensors (GGUF metadata), e.g.
+    /// `encoder/num_heads`.
+    pub fn attribute(&self, name: &str) -> Option<i64> {
+        self.inner.attributes.get(name).copied()
+    }
+
+    /// The file format (`"CTranslate2"`, or the container this model was adapted from).
+    pub fn format(&self) -> &'static str {
+        self.inner.format
+    }
+
+    /// A model over the tensors of another container (safetensors, GGUF) held in `backing`.
+    /// Ranges are checked against the bytes and names must be unique; `aliases` are
+    /// `(alias, target)` pairs.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        format: &'static str,
+        backing: Backing,
+        path: &Path,
+        spec: (&str, u32),
+        variables: Vec<VariableInfo>,
+        aliases: &[(String, String)],
+        config: Option<(PathBuf, JsonValue)>,
+        vocabulary: Option<(PathBuf, Vec<String>)>,
+        attributes: HashMap<String, i64>,
+    ) -> Result<Self> {
+        let len = backing.bytes().len();
+        let bad = |name: &str, kind: Ct2ErrorKind| -> Error {
+            Ct2Error::new(kind)
+                .path(Some(path))
+                .format(format)
+                .subject(name)
+                .into()
+        };
+        let mut index = HashMap::with_capacity(variables.len());
+        for (i, v) in variables.iter().enumerate() {
+            let expected = v
+                .shape
+                .first()
+                .map_or(v.dtype.size(), |&r| r * v.row_bytes());
+            if v.start > v.end || v.end > len || v.end - v.start != expected {
+                return Err(bad(
+                    &v.name,
+                    Ct2ErrorKind::Inconsistent {
+                        what: format!(
+                            "data at bytes {}..{} of a {len}-byte file, but shape {:?} needs {expected} bytes",
+                            v.start, v.end, v.shape
+                        ),
+                    },
+                ));
+            }
+            if index.insert(v.name.clone(), i).is_some() {
+                return Err(bad(
+                    &v.name,
+                    Ct2ErrorKind::Inconsistent {
+                        what: "the name appears twice".into(),
+                    },
+                ));
+            }
+        }
+        let mut alias_infos = Vec::new();
+        for (alias, target) in aliases {
+            let Some(&t) = index.get(target) else {
+                return Err(bad(
+                    alias,
+                    Ct2ErrorKind::Inconsistent {
+                        what: format!("alias of missing tensor {target:?}"),
+                    },
+                ));
+            };
+            index.insert(alias.clone(), t);
+            alias_infos.push(AliasInfo {
+                alias: alias.clone(),
+                target: target.clone(),
+                record_offset: 0,
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backing,
+                dir: path.parent().map(Path::to_owned),
+                bin_path: Some(path.to_owned()),
+                header: Header {
+                    binary_version: 0,
+                    spec: spec.0.to_owned(),
+                    revision: spec.1,
+                    variables,
+                    aliases: alias_infos,
+                    index,
+                },
+                config,
+                vocabulary,
+                format,
+                attributes,
+            }),
+        })
     }
 
     /// The parsed `config.json` and its path, if the directory has one.
@@ -955,7 +1109,7 @@ impl fmt::Debug for Ct2Model {
     }
 }
 
-fn parse_json_file(bytes: &[u8], path: &Path) -> Result<JsonValue> {
+pub(crate) fn parse_json_file(bytes: &[u8], path: &Path) -> Result<JsonValue> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         Ct2Error::new(Ct2ErrorKind::Json {
             message: "file is not valid UTF-8".into(),
@@ -1081,7 +1235,7 @@ impl VariableView {
     /// All elements converted to `f32` (floats exactly; integers by value, without any
     /// quantization scale).
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        decode_f32(self.bytes(), self.dtype())
+        decode_any(self.bytes(), self.info())
     }
 
     /// The value of an integer scalar (an attribute such as `encoder/num_heads`).
@@ -1188,16 +1342,22 @@ impl TensorSlice {
 
     /// The raw data of these rows, borrowed from the mapping.
     pub fn bytes(&self) -> &[u8] {
-        let row_bytes = self.row_len() * self.dtype().size();
+        let row_bytes = self.view.info().row_bytes();
         self.view
             .bytes()
             .get(self.rows.start * row_bytes..self.rows.end * row_bytes)
             .unwrap_or_default()
     }
 
-    /// The elements converted to `f32` (see [`VariableView::to_f32_vec`]).
+    /// The elements converted to `f32` (see [`VariableView::to_f32_vec`]; quantized rows are
+    /// dequantized).
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        decode_f32(self.bytes(), self.dtype())
+        decode_any(self.bytes(), self.view.info())
+    }
+
+    /// The ggml block type, if the variable is a quantized GGUF matrix.
+    pub fn quant(&self) -> Option<crate::gguf::GgmlType> {
+        self.view.info().quant()
     }
 }
 
@@ -1210,6 +1370,23 @@ impl fmt::Debug for TensorSlice {
             .field("dtype", &self.dtype())
             .finish()
     }
+}
+
+fn decode_any(bytes: &[u8], info: &VariableInfo) -> Vec<f32> {
+    let Some(ty) = info.quant() else {
+        return decode_f32(bytes, info.dtype());
+    };
+    let row_bytes = info.row_bytes().max(1);
+    let cols: usize = info.shape().iter().skip(1).product();
+    let mut out = vec![0.0f32; bytes.len() / row_bytes * cols];
+    for (src, dst) in bytes
+        .chunks_exact(row_bytes)
+        .zip(out.chunks_exact_mut(cols))
+    {
+        // Lengths match by construction; a failure leaves zeros.
+        let _ = crate::quant::dequantize_row(ty, src, dst);
+    }
+    out
 }
 
 fn decode_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {

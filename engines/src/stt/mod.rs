@@ -21,9 +21,12 @@
 //! ```
 
 pub mod ct2;
+pub mod gguf;
 pub mod mel;
 pub mod model;
 pub mod ops;
+pub mod quantize;
+pub mod safetensors;
 pub mod tokenizer;
 pub mod transcribe;
 pub mod weights;

@@ -31,7 +31,7 @@ pub(crate) fn candle_err(what: &str) -> impl FnOnce(candle_core::Error) -> Error
 type CResult<T> = candle_core::Result<T>;
 
 /// A tensor's values as `f32`, applying an int8/int16 quantization scale if there is one.
-fn floats(t: &TensorSlice, scale: Option<&TensorSlice>) -> Vec<f32> {
+pub(crate) fn floats(t: &TensorSlice, scale: Option<&TensorSlice>) -> Vec<f32> {
     let mut v = t.to_f32_vec();
     if let Some(s) = scale {
         let s = s.to_f32_vec();
@@ -58,11 +58,43 @@ fn tensor(t: &TensorSlice, scale: Option<&TensorSlice>) -> Result<Tensor> {
 /// blocks (decoder, when quantized and `in` is a multiple of 32).
 struct Linear {
     weight: Option<Tensor>,
-    q8: Option<Vec<u8>>,
+    q: Option<(GgmlType, QBytes)>,
     rows: usize,
     cols: usize,
     bias: Vec<f32>,
     threads: usize,
+}
+
+/// Quantized weight rows: made at load, or borrowed from a memory-mapped GGUF file.
+enum QBytes {
+    Owned(Vec<u8>),
+    Mapped(TensorSlice),
+}
+
+impl QBytes {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            QBytes::Owned(v) => v,
+            QBytes::Mapped(t) => t.bytes(),
+        }
+    }
+}
+
+/// The parts as one file-backed quantized matrix, if they are consecutive rows of one
+/// quantized variable (a GGUF fused projection, or a single matrix).
+fn mapped_rows(parts: &[&weights::Linear]) -> Option<(GgmlType, TensorSlice)> {
+    let first = parts.first()?;
+    let ty = first.weight.quant()?;
+    let var = first.weight.variable();
+    let mut end = first.weight.row_range().start;
+    for p in parts {
+        let r = p.weight.row_range();
+        if p.weight.quant() != Some(ty) || p.weight.name() != var.name() || r.start != end {
+            return None;
+        }
+        end = r.end;
+    }
+    Some((ty, var.rows(first.weight.row_range().start..end)?))
 }
 
 fn quantize_q8_0(w: &[f32], cols: usize) -> Vec<u8> {
@@ -74,21 +106,29 @@ fn quantize_q8_0(w: &[f32], cols: usize) -> Vec<u8> {
 }
 
 impl Linear {
-    fn load(l: &weights::Linear) -> Result<Self> {
-        Self::load_fused(&[l], None)
+    fn load(l: &weights::Linear, mapped: Option<usize>) -> Result<Self> {
+        Self::load_fused(&[l], None, mapped)
     }
 
     /// Layers with the same input fused by concatenating their rows (e.g. attention query,
     /// key and value); `Some(threads)` keeps them as Q8_0 when the width allows.
-    fn load_fused(parts: &[&weights::Linear], q8_threads: Option<usize>) -> Result<Self> {
+    /// `mapped: Some(threads)` keeps already-quantized (GGUF) weights file-backed.
+    fn load_fused(
+        parts: &[&weights::Linear],
+        q8_threads: Option<usize>,
+        mapped: Option<usize>,
+    ) -> Result<Self> {
         let mut w = Vec::new();
+        let quantized = mapped.and_then(|t| mapped_rows(parts).map(|q| (t, q)));
         let mut bias = Vec::new();
         let mut rows = 0;
         let mut cols = 0;
         for l in parts {
             let shape = l.weight.shape();
             let (r, c) = (shape.first().copied().unwrap_or(0), l.weight.row_len());
-            w.extend(floats(&l.weight, l.scale.as_ref()));
+            if quantized.is_none() {
+                w.extend(floats(&l.weight, l.scale.as_ref()));
+            }
             match &l.bias {
                 Some(b) => bias.extend(b.to_f32_vec()),
                 None => bias.extend(std::iter::repeat_n(0.0, r)),
@@ -100,10 +140,20 @@ impl Linear {
             bias.clear();
         }
         let name = parts.first().map_or("", |l| l.weight.name());
+        if let Some((threads, (ty, slice))) = quantized {
+            return Ok(Self {
+                weight: None,
+                q: Some((ty, QBytes::Mapped(slice))),
+                rows,
+                cols,
+                bias,
+                threads,
+            });
+        }
         match q8_threads {
             Some(threads) if cols % 32 == 0 && cols > 0 => Ok(Self {
                 weight: None,
-                q8: Some(quantize_q8_0(&w, cols)),
+                q: Some((GgmlType::Q8_0, QBytes::Owned(quantize_q8_0(&w, cols)))),
                 rows,
                 cols,
                 bias,
@@ -114,7 +164,7 @@ impl Linear {
                     Tensor::from_vec(w, (rows, cols), &Device::Cpu)
                         .map_err(candle_err(&format!("tensor {name:?}")))?,
                 ),
-                q8: None,
+                q: None,
                 rows,
                 cols,
                 bias,
@@ -125,12 +175,12 @@ impl Linear {
 
     /// `x · Wᵀ + b` (and GELU if asked) for `x` of shape `(rows, in)`.
     fn forward(&self, x: &Tensor, gelu: bool) -> CResult<Tensor> {
-        let y = match (&self.weight, &self.q8) {
+        let y = match (&self.weight, &self.q) {
             (Some(w), _) => x.matmul(&w.t()?)?,
-            (None, Some(q)) => {
+            (None, Some((ty, q))) => {
                 let n = x.dim(0)?;
                 let xs = x.flatten_all()?.to_vec1::<f32>()?;
-                let m = QMatrix::new(GgmlType::Q8_0, self.rows, self.cols, q)
+                let m = QMatrix::new(*ty, self.rows, self.cols, q.bytes())
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                 // Rows are whole blocks, so the concatenation quantizes as one.
                 let xq = m
@@ -182,10 +232,10 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(m: &weights::Mlp, q8: Option<usize>) -> Result<Self> {
+    fn load(m: &weights::Mlp, q8: Option<usize>, mapped: Option<usize>) -> Result<Self> {
         Ok(Self {
-            fc1: Linear::load_fused(&[&m.fc1], q8)?,
-            fc2: Linear::load_fused(&[&m.fc2], q8)?,
+            fc1: Linear::load_fused(&[&m.fc1], q8, mapped)?,
+            fc2: Linear::load_fused(&[&m.fc2], q8, mapped)?,
         })
     }
 
@@ -346,8 +396,8 @@ struct DecoderLayer {
 
 /// The tied output projection.
 enum Projection {
-    /// Q8_0 blocks, `n_vocab` rows.
-    Q8(Vec<u8>),
+    /// Q8_0 blocks (made at load) or a GGUF file's blocks, `n_vocab` rows.
+    Q8(GgmlType, QBytes),
     /// `[n_vocab, state]`.
     F32(Tensor),
 }
@@ -400,7 +450,30 @@ impl WhisperNet {
     /// per-token linear layers and the output projection are kept as Q8_0 blocks instead
     /// (when the width is a multiple of 32) and multiplied with `threads` threads.
     pub fn load(w: &WhisperWeights, quantized_decoder: bool, threads: usize) -> Result<Self> {
+        Self::load_inner(w, quantized_decoder, false, threads)
+    }
+
+    /// [`WhisperNet::load`] with the options of [`super::LoadOptions`]: quantized (GGUF)
+    /// decoder matrices always stay file-backed; encoder ones too with `quantized_encoder`,
+    /// else they are dequantized to `f32`.
+    pub fn load_opts(
+        w: &WhisperWeights,
+        opts: &super::LoadOptions,
+        threads: usize,
+    ) -> Result<Self> {
+        Self::load_inner(w, opts.quantized_decoder, opts.quantized_encoder, threads)
+    }
+
+    fn load_inner(
+        w: &WhisperWeights,
+        quantized_decoder: bool,
+        quantized_encoder: bool,
+        threads: usize,
+    ) -> Result<Self> {
         let dims = w.dims;
+        let threads = threads.max(1);
+        let enc_mapped = quantized_encoder.then_some(threads);
+        let dec_mapped = Some(threads);
         let quantized_projection = quantized_decoder;
         let q8 = quantized_decoder.then_some(threads.max(1));
         let e = &w.encoder;
@@ -410,10 +483,14 @@ impl WhisperNet {
             .map(|l| {
                 Ok(EncoderLayer {
                     attn_ln: Norm::load(&l.attn_ln),
-                    qkv: Linear::load_fused(&[&l.attn.query, &l.attn.key, &l.attn.value], None)?,
-                    out: Linear::load(&l.attn.out)?,
+                    qkv: Linear::load_fused(
+                        &[&l.attn.query, &l.attn.key, &l.attn.value],
+                        None,
+                        enc_mapped,
+                    )?,
+                    out: Linear::load(&l.attn.out, enc_mapped)?,
                     mlp_ln: Norm::load(&l.mlp_ln),
-                    mlp: Mlp::load(&l.mlp, None)?,
+                    mlp: Mlp::load(&l.mlp, None, enc_mapped)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -424,26 +501,36 @@ impl WhisperNet {
             .map(|l| {
                 Ok(DecoderLayer {
                     attn_ln: Norm::load(&l.attn_ln),
-                    qkv: Linear::load_fused(&[&l.attn.query, &l.attn.key, &l.attn.value], q8)?,
-                    out: Linear::load_fused(&[&l.attn.out], q8)?,
+                    qkv: Linear::load_fused(
+                        &[&l.attn.query, &l.attn.key, &l.attn.value],
+                        q8,
+                        dec_mapped,
+                    )?,
+                    out: Linear::load_fused(&[&l.attn.out], q8, dec_mapped)?,
                     cross_ln: Norm::load(&l.cross_attn_ln),
-                    cross_q: Linear::load_fused(&[&l.cross_attn.query], q8)?,
-                    cross_kv: Linear::load_fused(&[&l.cross_attn.key, &l.cross_attn.value], None)?,
-                    cross_out: Linear::load_fused(&[&l.cross_attn.out], q8)?,
+                    cross_q: Linear::load_fused(&[&l.cross_attn.query], q8, dec_mapped)?,
+                    cross_kv: Linear::load_fused(
+                        &[&l.cross_attn.key, &l.cross_attn.value],
+                        None,
+                        enc_mapped,
+                    )?,
+                    cross_out: Linear::load_fused(&[&l.cross_attn.out], q8, dec_mapped)?,
                     mlp_ln: Norm::load(&l.mlp_ln),
-                    mlp: Mlp::load(&l.mlp, q8)?,
+                    mlp: Mlp::load(&l.mlp, q8, dec_mapped)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let tok_emb = d.token_embedding.to_f32_vec();
         let state = dims.n_text_state;
-        let projection = if quantized_projection && state % 32 == 0 {
+        let projection = if let Some(ty) = d.projection.quant() {
+            Projection::Q8(ty, QBytes::Mapped(d.projection.clone()))
+        } else if quantized_projection && state % 32 == 0 {
             let rows = floats(&d.projection, None);
             let mut q = Vec::with_capacity(dims.n_vocab * state / 32 * 34);
             for row in rows.chunks_exact(state) {
                 q.extend(quant::quantize_row_q8_0(row));
             }
-            Projection::Q8(q)
+            Projection::Q8(GgmlType::Q8_0, QBytes::Owned(q))
         } else {
             Projection::F32(tensor(&d.projection, None)?)
         };
@@ -646,8 +733,8 @@ impl WhisperNet {
         hidden
             .iter()
             .map(|h| match &self.projection {
-                Projection::Q8(q) => {
-                    let m = QMatrix::new(GgmlType::Q8_0, n_vocab, state, q)?;
+                Projection::Q8(ty, q) => {
+                    let m = QMatrix::new(*ty, n_vocab, state, q.bytes())?;
                     let xq = m.quantize_activation(h)?;
                     let mut out = vec![0.0f32; n_vocab];
                     m.matvec(&xq, &mut out, threads.max(1))?;

@@ -79,6 +79,24 @@ impl Tokenizer {
     /// A tokenizer over `vocab` (id → symbol). `tokenizer_json`, if given, supplies the BPE
     /// merges needed by [`Tokenizer::encode`]; without it, `encode` fails.
     pub fn new(vocab: Vec<String>, tokenizer_json: Option<&Path>) -> Result<Self> {
+        let merges = match tokenizer_json {
+            Some(p) => read_merges(p)?,
+            None => HashMap::new(),
+        };
+        Self::with_merges(vocab, merges)
+    }
+
+    /// A tokenizer over `vocab` with the merges of `tokenizer.json` text (`what` names its
+    /// origin in errors, e.g. a GGUF file).
+    pub fn from_json_text(vocab: Vec<String>, text: Option<&str>, what: &Path) -> Result<Self> {
+        let merges = match text {
+            Some(t) => parse_merges(t, what)?,
+            None => HashMap::new(),
+        };
+        Self::with_merges(vocab, merges)
+    }
+
+    fn with_merges(vocab: Vec<String>, merges: HashMap<(String, String), usize>) -> Result<Self> {
         let bad = |reason: String| Error::Stt { reason };
         let ids: HashMap<String, u32> = vocab
             .iter()
@@ -125,10 +143,6 @@ impl Tokenizer {
             .enumerate()
             .map(|(b, &c)| (c, b as u8))
             .collect();
-        let merges = match tokenizer_json {
-            Some(p) => read_merges(p)?,
-            None => HashMap::new(),
-        };
         Ok(Self {
             vocab,
             ids,
@@ -255,6 +269,13 @@ fn read_merges(path: &Path) -> Result<HashMap<(String, String), usize>> {
     })?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| bad(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
+    parse_merges(text, path)
+}
+
+fn parse_merges(text: &str, path: &Path) -> Result<HashMap<(String, String), usize>> {
+    let bad = |reason: String| Error::Stt {
+        reason: format!("tokenizer {path:?}: {reason}"),
+    };
     let json = super::ct2::json::parse(text)
         .map_err(|e| bad(format!("JSON error at byte {}: {}", e.offset, e.message)))?;
     let merges = json

@@ -38,7 +38,7 @@ use std::time::Instant;
 use super::mel::{HOP_LENGTH, MelFrontEnd, N_FRAMES};
 use super::model::{CrossKv, DecoderCache, WhisperNet, log_softmax};
 use super::tokenizer::Tokenizer;
-use super::weights::WhisperWeights;
+use super::weights::{TokenizerJson, WhisperWeights};
 use crate::audio::{parse_wav, resample::to_mono_16k};
 use crate::error::{Error, Result};
 
@@ -59,6 +59,11 @@ pub struct LoadOptions {
     /// less memory traffic per generated token). The encoder always runs in `f32`. On by
     /// default.
     pub quantized_decoder: bool,
+    /// For GGUF models: also multiply the encoder's (and cross-attention keys' and values')
+    /// matrices in their quantized form, file-backed, instead of dequantizing them to `f32`
+    /// at load. Saves memory (4x for Q8_0) at the cost of encoder speed; off by default (see
+    /// docs/benchmarks.md). The decoder's quantized matrices always stay file-backed.
+    pub quantized_encoder: bool,
 }
 
 impl Default for LoadOptions {
@@ -66,6 +71,7 @@ impl Default for LoadOptions {
         Self {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
             quantized_decoder: true,
+            quantized_encoder: false,
         }
     }
 }
@@ -320,24 +326,28 @@ pub fn compression_ratio(text: &str) -> f32 {
 }
 
 impl Whisper {
-    /// Loads a faster-whisper (CTranslate2) model directory: `model.bin`, `config.json`,
-    /// `vocabulary.txt` (and `tokenizer.json` for initial prompts).
+    /// Loads a model: a faster-whisper (CTranslate2) directory (`model.bin`, `config.json`,
+    /// `vocabulary.txt`, and `tokenizer.json` for initial prompts), a Hugging Face directory
+    /// (`model.safetensors`, `config.json`, `tokenizer.json`), or a GGUF file from
+    /// `sotad quantize whisper`; the format is decided by what is on disk.
     pub fn load(dir: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        let weights = WhisperWeights::open(dir)?;
+        let (weights, format, tj) = WhisperWeights::open_any(dir)?;
         let threads = opts.threads.max(1);
-        let net = WhisperNet::load(&weights, opts.quantized_decoder, threads)?;
-        let tj = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::new(
-            weights.vocabulary().to_vec(),
-            tj.is_file().then_some(tj.as_path()),
-        )
+        let net = WhisperNet::load_opts(&weights, opts, threads)?;
+        let vocab = weights.vocabulary().to_vec();
+        let tokenizer = match &tj {
+            TokenizerJson::File(p) => Tokenizer::new(vocab, Some(p)),
+            TokenizerJson::Text(t, p) => Tokenizer::from_json_text(vocab, Some(t), p),
+            TokenizerJson::None => Tokenizer::new(vocab, None),
+        }
         .map_err(|e| match e {
             Error::Stt { reason } => Error::Stt {
                 reason: format!("model {dir:?}: {reason}"),
             },
             e => e,
         })?;
+        tracing::debug!(path = ?dir, ?format, "loaded Whisper weights");
         let sp = tokenizer.specials().clone();
         let mut suppress = weights.config.suppress_ids.clone();
         suppress.extend([

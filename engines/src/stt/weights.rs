@@ -279,7 +279,60 @@ pub struct WhisperWeights {
     model: Ct2Model,
 }
 
+/// Where a model's `tokenizer.json` (BPE merges, for prompts) comes from.
+#[derive(Debug, Clone)]
+pub enum TokenizerJson {
+    /// A file (CTranslate2 and Hugging Face directories).
+    File(std::path::PathBuf),
+    /// Text stored inside the model file (GGUF), with that file's path.
+    Text(String, std::path::PathBuf),
+    /// None: prompts cannot be encoded.
+    None,
+}
+
+/// The formats [`WhisperWeights::open_any`] recognises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A faster-whisper (CTranslate2) directory with `model.bin`.
+    Ct2,
+    /// A Hugging Face directory with `model.safetensors` and transformers' `config.json`.
+    HuggingFace,
+    /// A GGUF file written by `sotad quantize whisper`.
+    Gguf,
+}
+
 impl WhisperWeights {
+    /// Opens a model in any supported format, decided by what is on disk: a file is GGUF;
+    /// a directory with `model.bin` is CTranslate2, one with `model.safetensors` Hugging
+    /// Face.
+    pub fn open_any(path: impl AsRef<Path>) -> Result<(Self, ModelFormat, TokenizerJson)> {
+        let path = path.as_ref();
+        if path.is_file() {
+            let (model, tj) = super::gguf::open(path)?;
+            let w = Self::from_model(&model)?;
+            let tj = match tj {
+                Some(t) => TokenizerJson::Text(t, path.to_owned()),
+                None => TokenizerJson::None,
+            };
+            return Ok((w, ModelFormat::Gguf, tj));
+        }
+        let tj = path.join("tokenizer.json");
+        let tj = if tj.is_file() {
+            TokenizerJson::File(tj)
+        } else {
+            TokenizerJson::None
+        };
+        if path.join(super::ct2::MODEL_FILE).exists() {
+            return Ok((Self::open(path)?, ModelFormat::Ct2, tj));
+        }
+        if path.join(super::safetensors::SAFETENSORS_FILE).exists() {
+            let model = super::safetensors::open_dir(path)?;
+            return Ok((from_hf(&model)?, ModelFormat::HuggingFace, tj));
+        }
+        // Neither: report the CTranslate2 file as missing (the common case), naming the path.
+        Ok((Self::open(path)?, ModelFormat::Ct2, tj))
+    }
+
     /// Opens a faster-whisper model directory and resolves its weights.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         Self::from_model(&Ct2Model::open(dir)?)
@@ -434,7 +487,7 @@ impl Resolver<'_> {
     /// A float tensor of exactly `shape`.
     fn float(&self, name: &str, shape: &[usize], names: &str) -> Result<TensorSlice> {
         let v = self.shaped(name, shape, names)?;
-        if !v.dtype().is_float() {
+        if !v.dtype().is_float() && v.info().quant().is_none() {
             return Err(self.err(
                 name,
                 Ct2ErrorKind::WrongDType {
@@ -478,15 +531,34 @@ impl Resolver<'_> {
         names: &str,
         with_bias: bool,
     ) -> Result<Linear> {
-        let wname = format!("{prefix}/weight");
-        let w = self.shaped(&wname, &[out, inp], names)?;
+        let bias = format!("{prefix}/bias");
+        self.linear_named(
+            &format!("{prefix}/weight"),
+            with_bias.then_some(bias.as_str()),
+            out,
+            inp,
+            names,
+        )
+    }
+
+    /// A linear layer from the weight `wname` `[out, in]` and the bias `bname` `[out]`.
+    fn linear_named(
+        &self,
+        wname: &str,
+        bname: Option<&str>,
+        out: usize,
+        inp: usize,
+        names: &str,
+    ) -> Result<Linear> {
+        let w = self.shaped(wname, &[out, inp], names)?;
         let scale = match w.dtype() {
+            _ if w.info().quant().is_some() => None,
             DType::F32 | DType::F16 | DType::BF16 => None,
             DType::I8 => Some(self.float(&format!("{wname}_scale"), &[out], "per-row scales")?),
             DType::I16 => Some(self.float(&format!("{wname}_scale"), &[], "one scale")?),
             DType::I32 => {
                 return Err(self.err(
-                    &wname,
+                    wname,
                     Ct2ErrorKind::WrongDType {
                         expected: "float32, float16, bfloat16, int8 or int16",
                         found: DType::I32,
@@ -494,11 +566,12 @@ impl Resolver<'_> {
                 ));
             }
         };
-        let bias = if with_bias {
-            let (first, _) = names.split_once(',').unwrap_or((names, ""));
-            Some(self.float(&format!("{prefix}/bias"), &[out], first)?)
-        } else {
-            None
+        let bias = match bname {
+            Some(b) => {
+                let (first, _) = names.split_once(',').unwrap_or((names, ""));
+                Some(self.float(b, &[out], first)?)
+            }
+            None => None,
         };
         Ok(Linear {
             weight: w.all(),
@@ -548,7 +621,7 @@ impl Resolver<'_> {
 
     fn scalar(&self, name: &str) -> Result<Option<i64>> {
         if !self.model.contains(name) {
-            return Ok(None);
+            return Ok(self.model.attribute(name));
         }
         let v = self.var(name)?;
         match v.scalar_i64() {
@@ -952,4 +1025,237 @@ impl Resolver<'_> {
         }
         Ok(())
     }
+}
+
+// ----- Hugging Face (transformers) layout ------------------------------------------------
+
+/// Resolves a Whisper model whose tensors have transformers' names
+/// (`model.encoder.layers.N.self_attn.q_proj.weight`, ...), with the dimensions taken from
+/// transformers' `config.json` and checked against every tensor's shape. See
+/// [`super::safetensors`] for the names.
+pub(crate) fn from_hf(model: &Ct2Model) -> Result<WhisperWeights> {
+    let r = Resolver { model };
+    let Some((path, json)) = model.config() else {
+        let path = model.dir().map(|d| d.join(super::ct2::CONFIG_FILE));
+        return Err(Ct2Error::new(Ct2ErrorKind::Config {
+            reason: "config.json is missing (Hugging Face model directories have one)".into(),
+        })
+        .path(path.as_deref())
+        .format("Hugging Face")
+        .into());
+    };
+    let err = |key: &str, reason: String| -> crate::Error {
+        Ct2Error::new(Ct2ErrorKind::Config { reason })
+            .path(Some(path))
+            .format("Hugging Face")
+            .subject(key)
+            .into()
+    };
+    let num = |key: &str| -> Result<usize> {
+        match json.get(key).and_then(JsonValue::as_u32) {
+            Some(v) if v > 0 => Ok(v as usize),
+            Some(_) => Err(err(key, "must be positive".into())),
+            None => Err(err(
+                key,
+                "missing or not a non-negative integer (transformers' WhisperConfig has it)".into(),
+            )),
+        }
+    };
+    if let Some(t) = json.get("model_type") {
+        if t.as_str() != Some("whisper") {
+            return Err(err(
+                "model_type",
+                format!("expected \"whisper\", found {t:?}"),
+            ));
+        }
+    }
+    let state = num("d_model")?;
+    let dims = WhisperDims {
+        n_mels: num("num_mel_bins")?,
+        n_audio_ctx: num("max_source_positions")?,
+        n_audio_state: state,
+        n_audio_head: num("encoder_attention_heads")?,
+        n_audio_layer: num("encoder_layers")?,
+        n_audio_mlp: num("encoder_ffn_dim")?,
+        n_text_ctx: num("max_target_positions")?,
+        n_text_state: state,
+        n_text_head: num("decoder_attention_heads")?,
+        n_text_layer: num("decoder_layers")?,
+        n_text_mlp: num("decoder_ffn_dim")?,
+        n_vocab: num("vocab_size")?,
+    };
+    for (key, h) in [
+        ("encoder_attention_heads", dims.n_audio_head),
+        ("decoder_attention_heads", dims.n_text_head),
+    ] {
+        if state % h != 0 {
+            return Err(err(key, format!("{h} heads do not divide d_model {state}")));
+        }
+    }
+    if let Some(a) = json.get("activation_function") {
+        if a.as_str() != Some("gelu") {
+            return Err(err(
+                "activation_function",
+                format!("expected \"gelu\", found {a:?}"),
+            ));
+        }
+    }
+    let ids = |key: &str| -> Result<Vec<u32>> {
+        let Some(v) = json.get(key) else {
+            return Ok(Vec::new());
+        };
+        if matches!(v, JsonValue::Null) {
+            return Ok(Vec::new());
+        }
+        let items = v.as_array().ok_or_else(|| {
+            err(
+                key,
+                format!("expected an array of token ids, found {}", v.type_name()),
+            )
+        })?;
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| match x.as_u32() {
+                Some(id) if (id as usize) < dims.n_vocab => Ok(id),
+                _ => Err(err(
+                    key,
+                    format!(
+                        "element {i} is not a token id below {}: {x:?}",
+                        dims.n_vocab
+                    ),
+                )),
+            })
+            .collect()
+    };
+    let config = WhisperConfig {
+        suppress_ids: ids("suppress_tokens")?,
+        suppress_ids_begin: ids("begin_suppress_tokens")?,
+        lang_ids: Vec::new(),
+        alignment_heads: Vec::new(),
+    };
+
+    // Whole-model checkpoints prefix the names with `model.`; a bare `WhisperModel` does not.
+    let p = if model.contains("model.encoder.conv1.weight") {
+        "model."
+    } else {
+        ""
+    };
+    let (s, m, d, v) = (state, dims.n_mels, state, dims.n_vocab);
+    let norm = |name: &str, names: &str| -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            gamma: r.float(&format!("{name}.weight"), &[s], names)?,
+            beta: r.float(&format!("{name}.bias"), &[s], names)?,
+        })
+    };
+    let lin = |name: &str, out: usize, inp: usize, names: &str, bias: bool| -> Result<Linear> {
+        let b = format!("{name}.bias");
+        r.linear_named(
+            &format!("{name}.weight"),
+            bias.then_some(b.as_str()),
+            out,
+            inp,
+            names,
+        )
+    };
+    let attn = |prefix: &str, kv_in: usize, side: &str| -> Result<Attention> {
+        let sq = format!("n_{side}_state, n_{side}_state");
+        let kv = if kv_in == s && side == "text" && prefix.ends_with("encoder_attn") {
+            "n_text_state, n_audio_state".to_owned()
+        } else {
+            sq.clone()
+        };
+        Ok(Attention {
+            query: lin(&format!("{prefix}.q_proj"), s, s, &sq, true)?,
+            key: lin(&format!("{prefix}.k_proj"), s, kv_in, &kv, false)?,
+            value: lin(&format!("{prefix}.v_proj"), s, kv_in, &kv, true)?,
+            out: lin(&format!("{prefix}.out_proj"), s, s, &sq, true)?,
+        })
+    };
+    let mlp = |prefix: &str, width: usize, side: &str| -> Result<Mlp> {
+        Ok(Mlp {
+            fc1: lin(
+                &format!("{prefix}.fc1"),
+                width,
+                s,
+                &format!("{side}_ffn_dim, d_model"),
+                true,
+            )?,
+            fc2: lin(
+                &format!("{prefix}.fc2"),
+                s,
+                width,
+                &format!("d_model, {side}_ffn_dim"),
+                true,
+            )?,
+        })
+    };
+    let conv = |name: &str, inp: usize, names: &str| -> Result<Conv1d> {
+        Ok(Conv1d {
+            weight: r.float(&format!("{p}encoder.{name}.weight"), &[s, inp, 3], names)?,
+            bias: r.float(&format!("{p}encoder.{name}.bias"), &[s], "d_model")?,
+        })
+    };
+    let encoder = Encoder {
+        conv1: conv("conv1", m, "d_model, num_mel_bins, 3")?,
+        conv2: conv("conv2", s, "d_model, d_model, 3")?,
+        positional_embedding: r.float(
+            &format!("{p}encoder.embed_positions.weight"),
+            &[dims.n_audio_ctx, s],
+            "max_source_positions, d_model",
+        )?,
+        layers: (0..dims.n_audio_layer)
+            .map(|i| {
+                let l = format!("{p}encoder.layers.{i}");
+                Ok(EncoderLayer {
+                    attn_ln: norm(&format!("{l}.self_attn_layer_norm"), "d_model")?,
+                    attn: attn(&format!("{l}.self_attn"), s, "audio")?,
+                    mlp_ln: norm(&format!("{l}.final_layer_norm"), "d_model")?,
+                    mlp: mlp(&l, dims.n_audio_mlp, "encoder")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        ln_post: norm(&format!("{p}encoder.layer_norm"), "d_model")?,
+    };
+    let token_embedding = r.float(
+        &format!("{p}decoder.embed_tokens.weight"),
+        &[v, d],
+        "vocab_size, d_model",
+    )?;
+    let projection = if model.contains("proj_out.weight") {
+        r.float("proj_out.weight", &[v, d], "vocab_size, d_model")?
+    } else {
+        token_embedding.clone()
+    };
+    let decoder = Decoder {
+        positional_embedding: r.float(
+            &format!("{p}decoder.embed_positions.weight"),
+            &[dims.n_text_ctx, d],
+            "max_target_positions, d_model",
+        )?,
+        layers: (0..dims.n_text_layer)
+            .map(|i| {
+                let l = format!("{p}decoder.layers.{i}");
+                Ok(DecoderLayer {
+                    attn_ln: norm(&format!("{l}.self_attn_layer_norm"), "d_model")?,
+                    attn: attn(&format!("{l}.self_attn"), d, "text")?,
+                    cross_attn_ln: norm(&format!("{l}.encoder_attn_layer_norm"), "d_model")?,
+                    cross_attn: attn(&format!("{l}.encoder_attn"), s, "text")?,
+                    mlp_ln: norm(&format!("{l}.final_layer_norm"), "d_model")?,
+                    mlp: mlp(&l, dims.n_text_mlp, "decoder")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        ln: norm(&format!("{p}decoder.layer_norm"), "d_model")?,
+        token_embedding,
+        projection,
+    };
+    r.check_vocabulary(&dims)?;
+    Ok(WhisperWeights {
+        dims,
+        config,
+        encoder,
+        decoder,
+        model: model.clone(),
+    })
 }
