@@ -7,7 +7,8 @@
 # kernels through whole models), the VAD (its NEON dot products) and the library unit tests.
 # Everything else computes the same way on every aarch64 core, and emulating the real-model
 # tests twice would double the longest part of CI. The integration tests (mosquitto, real
-# binary) run natively.
+# binary) run natively. Test targets that take minutes on x86 already (HEAVY below) run on
+# x86 only; the parts of them that exercise aarch64 kernels run here through a filter.
 #
 #   cross/test-aarch64.sh [cortex-a72 cortex-a76 ...]
 set -euo pipefail
@@ -17,14 +18,26 @@ cross/install-deps.sh
 cores=("$@")
 ((${#cores[@]})) || cores=(cortex-a72 cortex-a76)
 
+# A 10-minute recording, and Whisper transcriptions in three formats: minutes on x86.
+HEAVY=(stt_long stt_formats)
+tests=()
+for f in engines/tests/*.rs daemon/tests/*.rs; do
+  name=$(basename "$f" .rs)
+  [[ " ${HEAVY[*]} " == *" $name "* ]] || tests+=(--test "$name")
+done
+
 echo "== aarch64: building tests (release)"
-"$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --lib --tests --no-run
+"$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --lib "${tests[@]}" \
+  --test stt_formats --no-run
 first=1
 for cpu in "${cores[@]}"; do
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -cpu $cpu"
   if ((first)); then
     echo "== aarch64: all engine and daemon tests under qemu -cpu $cpu"
-    "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --lib --tests
+    "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --lib "${tests[@]}"
+    echo "== aarch64: the weight quantizers of stt_formats under qemu -cpu $cpu"
+    "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --test stt_formats \
+      weight_quantizers
     first=0
   else
     echo "== aarch64: CPU-feature-dependent tests under qemu -cpu $cpu"

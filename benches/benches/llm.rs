@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use sotad_benches::{median, models_dir};
 use sotad_engines::llm::{LoadOptions, Model, Sampler};
 
 const PROMPT_TOKENS: usize = 512;
@@ -30,19 +31,6 @@ fn rss_kib(field: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("SOTAD_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sotad/models")
-        })
 }
 
 fn main() {
@@ -151,9 +139,9 @@ fn main() {
     );
     let ours = [
         ("load ms", load_ms, "load_ms"),
-        ("prefill tok/s", median(prefill), "prefill_tok_s"),
-        ("TTFT ms (512-token prompt)", median(ttft), "ttft_ms"),
-        ("decode tok/s", median(decode), "decode_tok_s"),
+        ("prefill tok/s", median(&prefill), "prefill_tok_s"),
+        ("TTFT ms (512-token prompt)", median(&ttft), "ttft_ms"),
+        ("decode tok/s", median(&decode), "decode_tok_s"),
         (
             "RssAnon after load KiB",
             anon_load as f64,

@@ -20,10 +20,11 @@
 //! pool and gemm (`RAYON_NUM_THREADS`) from them. sotad gets the count in `LoadOptions`.
 //! The candle child runs first, then sotad.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use sotad_benches::{median, models_dir};
 use sotad_engines::llm::{LoadOptions, Model};
 
 const PROMPT_TOKENS: usize = 512;
@@ -53,19 +54,6 @@ fn rss() -> Rss {
         anon: status_kib("RssAnon:"),
         file: status_kib("RssFile:"),
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("SOTAD_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sotad/models")
-        })
 }
 
 /// The greedy token (the first index of the largest logit, the rule of `Sampler::argmax`)
@@ -215,9 +203,9 @@ fn child(side: &str, path: &Path, threads: usize, ids_file: &Path) {
             .all(|&t| t == first_after_prompt[0]);
     let json = serde_json::json!({
         "load_ms": load_ms,
-        "prefill_tok_s": median(prefill),
-        "ttft_ms": median(ttft),
-        "decode_tok_s": median(decode),
+        "prefill_tok_s": median(&prefill),
+        "ttft_ms": median(&ttft),
+        "decode_tok_s": median(&decode),
         "rss_anon_base_kib": base.anon,
         "rss_file_base_kib": base.file,
         "rss_anon_load_kib": after_load.anon.saturating_sub(base.anon),

@@ -15,9 +15,9 @@
 //! MUL_MAT`); no comparison is run here.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use sotad_benches::models_dir;
 use sotad_engines::gguf::{GgmlType, GgufFile};
 use sotad_engines::quant::{Kernel, QMatrix, WEIGHT_TYPES, activation_type};
 
@@ -75,14 +75,6 @@ fn time(min_time: Duration, mut f: impl FnMut()) -> f64 {
 
 fn gbs(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / secs / 1e9
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("SOTAD_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sotad/models")
-        })
 }
 
 fn synthetic(types: &[GgmlType], min_time: Duration, kernels: &[Kernel]) {

@@ -18,27 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use sotad_benches::{median, models_dir};
 use sotad_engines::audio::{read_wav, to_mono_16k};
 use sotad_engines::stt::ct2::json::{self, JsonValue};
 use sotad_engines::stt::{EncoderWindow, LoadOptions, TranscribeOptions, Whisper};
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("SOTAD_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models")
-        })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 /// One clip's result from the reference script.
 struct Peer {
@@ -154,7 +137,7 @@ fn main() {
                 tw.push(t.elapsed().as_secs_f64());
                 lw = Some(r);
             }
-            ours.push(((median(tw), lw.unwrap()), (median(tf), lf.unwrap())));
+            ours.push(((median(&tw), lw.unwrap()), (median(&tf), lf.unwrap())));
         }
         let int8 = faster_whisper(&mdir, "int8", runs, &wavs);
         let f32s = faster_whisper(&mdir, "float32", runs, &wavs);

@@ -21,31 +21,12 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
+use sotad_benches::{median, models_dir};
 use sotad_engines::tts::{LoadOptions, StageTimes, SynthOptions, Voice};
 
 const ONE: &str = "The quick brown fox jumps over the lazy dog.";
 const FIVE: &str = "Good morning! The battery is at eighty percent. I found three people in the kitchen. \
                     Would you like me to play some music? Tell me when you are ready to go.";
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("SOTAD_MODELS_DIR").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sotad/models"),
-        PathBuf::from,
-    )
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 struct Figures {
     first_ms: f64,
@@ -103,15 +84,15 @@ fn cpu_ms() -> f64 {
 }
 
 fn summarize(runs: &[Run]) -> Figures {
-    let mut f: Vec<f64> = runs.iter().map(|r| r.first_ms).collect();
-    let mut t: Vec<f64> = runs.iter().map(|r| r.total_ms).collect();
-    let mut c: Vec<f64> = runs.iter().map(|r| r.cpu_ms).collect();
-    let mut a: Vec<f64> = runs.iter().map(|r| r.audio_secs).collect();
+    let f: Vec<f64> = runs.iter().map(|r| r.first_ms).collect();
+    let t: Vec<f64> = runs.iter().map(|r| r.total_ms).collect();
+    let c: Vec<f64> = runs.iter().map(|r| r.cpu_ms).collect();
+    let a: Vec<f64> = runs.iter().map(|r| r.audio_secs).collect();
     Figures {
-        first_ms: median(&mut f),
-        total_ms: median(&mut t),
-        cpu_ms: median(&mut c),
-        audio_secs: median(&mut a),
+        first_ms: median(&f),
+        total_ms: median(&t),
+        cpu_ms: median(&c),
+        audio_secs: median(&a),
     }
 }
 

@@ -23,10 +23,11 @@
 //!    and the delay from the true end to the `SpeechEnd` event (trailing silence 600 ms
 //!    included), median and worst.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use sotad_benches::{median, models_dir};
 use sotad_engines::audio::read_wav;
 use sotad_engines::vad::{
     EndpointConfig, GateConfig, SileroVad, VadEvent, VadState, VoiceDetector, VoiceDetectorConfig,
@@ -40,14 +41,6 @@ const CLIPS: [&str; 5] = [
     "sense_and_sensibility_01_austen_64kb-0920.wav",
     "sense_and_sensibility_01_austen_64kb-0930.wav",
 ];
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("SOTAD_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sotad/models")
-        })
-}
 
 /// `secs` of `kind` noise (whitenoise, pinknoise, brownnoise) from sox, scaled to `db` dBFS RMS.
 fn noise(kind: &str, secs: u32, db: f32) -> Vec<f32> {
@@ -121,11 +114,6 @@ fn thread_cpu_ns() -> Option<u64> {
         .ok()
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let model = models_dir().join("silero-vad/silero_vad_16k_op15.onnx");
@@ -165,7 +153,7 @@ fn main() {
             cpu_runs.push((c1 - c0) as f64 / 1e3 / windows.len() as f64);
         }
     }
-    let us = median(&mut runs);
+    let us = median(&runs);
     println!(
         "## Silero VAD model cost ({} windows of 32 ms, one thread)",
         windows.len()
@@ -177,7 +165,7 @@ fn main() {
     if !cpu_runs.is_empty() {
         println!(
             "sotad:             {:.1} us/window of CPU time (independent of machine load)",
-            median(&mut cpu_runs)
+            median(&cpu_runs)
         );
     }
     let py = Path::new("/tmp/venv-vad/bin/python");
@@ -312,13 +300,13 @@ print(f"{{sorted(best)[2]:.1f}} {{sorted(cpu)[2]:.1f}}")
             if delays.is_empty() {
                 f64::NAN
             } else {
-                median(&mut delays)
+                median(&delays)
             },
             worst,
             if early.is_empty() {
                 f64::NAN
             } else {
-                median(&mut early)
+                median(&early)
             },
         );
     }

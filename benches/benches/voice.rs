@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sotad_benches::{median, models_dir};
 use sotad_engines::audio;
 use sotad_engines::tts::{LoadOptions, SynthOptions, Voice};
 
@@ -39,14 +40,6 @@ const QUESTIONS: [&str; 10] = [
 /// Silence after each question: room for its turn to finish (the microphone is ignored
 /// while sotad speaks).
 const GAP_S: f64 = 9.0;
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("SOTAD_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sotad/models")
-        })
-}
 
 fn sotad_bin() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -67,16 +60,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
 }
 
 fn push_silence(raw: &mut Vec<u8>, secs: f64) {
@@ -329,10 +312,9 @@ fn latency() {
             .filter_map(|v| v["latency"][k].as_f64())
             .collect()
     };
-    // `first_audio_ms` counts from the turn's start (the endpoint), so the time after the
-    // endpoint is first audio; `ttft_ms` counts from the start of the LLM stage.
+    // `ttft_ms` and `first_audio_ms` count from the turn's start (the endpoint, for speech).
     println!(
-        "medians over {} answered turns of {}: endpoint {:.0} ms, STT {:.0} ms, first token {:.0} ms after STT, first audio {:.0} ms after the endpoint; end of speech -> first audio {:.0} ms (target 500 ms)",
+        "medians over {} answered turns of {}: endpoint {:.0} ms, STT {:.0} ms, first token {:.0} ms and first audio {:.0} ms after the endpoint; end of speech -> first audio {:.0} ms (target 500 ms)",
         answered.len(),
         turns.len(),
         median(&col("endpoint_ms")),

@@ -103,7 +103,7 @@ pub struct Latency {
     pub endpoint_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stt_ms: Option<f64>,
-    /// Start of the LLM stage → first token.
+    /// Start of the turn (the endpoint, or the text's arrival) → the LLM's first token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttft_ms: Option<f64>,
     /// Start of the turn (the endpoint, or the text's arrival) → first audio sample ready.
