@@ -16,57 +16,20 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use sotad_benches::{median, models_dir};
+use sotad_benches::{median, self_status_kib};
 use sotad_engines::llm::{LoadOptions, Model, Sampler};
 
 const PROMPT_TOKENS: usize = 512;
 const DECODE_TOKENS: usize = 256;
 const RUNS: usize = 5;
 
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn main() {
-    let file =
-        std::env::var("SOTAD_BENCH_MODEL").unwrap_or("smollm2-135m-instruct-q4_1.gguf".into());
-    let threads: usize = std::env::var("SOTAD_BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(2);
-    let path = models_dir().join(&file);
-
-    // The prompt: a paragraph repeated, tokenized by sotad, cut to 512 tokens; both sides
-    // evaluate exactly these ids.
-    let probe = Model::load(
-        &path,
-        &LoadOptions {
-            context_len: 1024,
-            threads: 1,
-        },
-    )
-    .expect("load model");
-    let para = "The small robot rolled across the kitchen floor, listening for its name. \
-        It had learned to answer questions about the weather, to read recipes aloud, and to \
-        remind the family when the plants needed water. ";
-    let mut ids = probe.tokenizer().encode(&para.repeat(60), true, false);
-    ids.truncate(PROMPT_TOKENS);
-    drop(probe);
-    let ids_file = std::env::temp_dir().join(format!("sotad-bench-llm-{}.txt", std::process::id()));
-    std::fs::write(
-        &ids_file,
-        ids.iter()
-            .map(|t| t.to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
-    .unwrap();
+    let (path, threads) = sotad_benches::llm::model_and_threads();
+    let file = path
+        .file_name()
+        .map_or(String::new(), |f| f.to_string_lossy().into_owned());
+    // The prompt: both sides evaluate exactly these ids.
+    let (ids, ids_file) = sotad_benches::llm::prompt_ids(&path, PROMPT_TOKENS, "sotad-bench-llm");
 
     let peer: Option<serde_json::Value> = std::env::var("SOTAD_BENCH_PYTHON").ok().and_then(|py| {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -92,8 +55,8 @@ fn main() {
     });
     let _ = std::fs::remove_file(&ids_file);
 
-    let anon0 = rss_kib("RssAnon:");
-    let file0 = rss_kib("RssFile:");
+    let anon0 = self_status_kib("RssAnon:");
+    let file0 = self_status_kib("RssFile:");
     let t = Instant::now();
     let model = Model::load(
         &path,
@@ -105,8 +68,8 @@ fn main() {
     .expect("load model");
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut session = model.session();
-    let anon_load = rss_kib("RssAnon:") - anon0.min(rss_kib("RssAnon:"));
-    let file_load = rss_kib("RssFile:").saturating_sub(file0);
+    let anon_load = self_status_kib("RssAnon:") - anon0.min(self_status_kib("RssAnon:"));
+    let file_load = self_status_kib("RssFile:").saturating_sub(file0);
 
     let (mut prefill, mut ttft, mut decode) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
@@ -127,8 +90,8 @@ fn main() {
         }
         decode.push(DECODE_TOKENS as f64 / t.elapsed().as_secs_f64());
     }
-    let anon_gen = rss_kib("RssAnon:").saturating_sub(anon0);
-    let file_gen = rss_kib("RssFile:").saturating_sub(file0);
+    let anon_gen = self_status_kib("RssAnon:").saturating_sub(anon0);
+    let file_gen = self_status_kib("RssFile:").saturating_sub(file0);
 
     println!(
         "LLM bench: {file}, {threads} threads, prompt {} tokens, decode {DECODE_TOKENS} tokens, median of {RUNS}",

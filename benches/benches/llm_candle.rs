@@ -24,7 +24,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use sotad_benches::{median, models_dir};
+use sotad_benches::{median, self_status_kib};
 use sotad_engines::llm::{LoadOptions, Model};
 
 const PROMPT_TOKENS: usize = 512;
@@ -32,16 +32,6 @@ const DECODE_PROMPT: usize = 16;
 const DECODE_TOKENS: usize = 256;
 const RUNS: usize = 5;
 const CONTEXT: usize = 1024;
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 #[derive(Clone, Copy)]
 struct Rss {
@@ -51,8 +41,8 @@ struct Rss {
 
 fn rss() -> Rss {
     Rss {
-        anon: status_kib("RssAnon:"),
-        file: status_kib("RssFile:"),
+        anon: self_status_kib("RssAnon:"),
+        file: self_status_kib("RssFile:"),
     }
 }
 
@@ -165,7 +155,7 @@ fn child(side: &str, path: &Path, threads: usize, ids_file: &Path) {
     let mut engine = load(side, path, threads);
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let after_load = rss();
-    let hwm_load = status_kib("VmHWM:");
+    let hwm_load = self_status_kib("VmHWM:");
 
     let (mut prefill, mut ttft, mut decode) = (Vec::new(), Vec::new(), Vec::new());
     let mut first_after_prompt = Vec::new();
@@ -213,7 +203,7 @@ fn child(side: &str, path: &Path, threads: usize, ids_file: &Path) {
         "rss_anon_gen_kib": after_gen.anon.saturating_sub(base.anon),
         "rss_file_gen_kib": after_gen.file.saturating_sub(base.file),
         "hwm_load_kib": hwm_load,
-        "hwm_kib": status_kib("VmHWM:"),
+        "hwm_kib": self_status_kib("VmHWM:"),
         "first_after_prompt": first_after_prompt[0],
         "tokens": runs_tokens[0],
         "margins": margins,
@@ -276,39 +266,13 @@ fn main() {
         return;
     }
 
-    let file =
-        std::env::var("SOTAD_BENCH_MODEL").unwrap_or("smollm2-135m-instruct-q4_1.gguf".into());
-    let threads: usize = std::env::var("SOTAD_BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(2);
-    let path = models_dir().join(&file);
-
-    // The prompt, built as benches/llm.rs builds it: a paragraph repeated, tokenized by sotad,
-    // cut to 512 tokens; both sides evaluate exactly these ids.
-    let probe = Model::load(
-        &path,
-        &LoadOptions {
-            context_len: CONTEXT,
-            threads: 1,
-        },
-    )
-    .expect("load model");
-    let para = "The small robot rolled across the kitchen floor, listening for its name. \
-        It had learned to answer questions about the weather, to read recipes aloud, and to \
-        remind the family when the plants needed water. ";
-    let mut ids = probe.tokenizer().encode(&para.repeat(60), true, false);
-    ids.truncate(PROMPT_TOKENS);
-    let ids_file =
-        std::env::temp_dir().join(format!("sotad-bench-llm-candle-{}.txt", std::process::id()));
-    std::fs::write(
-        &ids_file,
-        ids.iter()
-            .map(|t| t.to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
-    .unwrap();
+    let (path, threads) = sotad_benches::llm::model_and_threads();
+    let file = path
+        .file_name()
+        .map_or(String::new(), |f| f.to_string_lossy().into_owned());
+    // The prompt, the same ids as benches/llm.rs; both sides evaluate exactly these.
+    let (ids, ids_file) =
+        sotad_benches::llm::prompt_ids(&path, PROMPT_TOKENS, "sotad-bench-llm-candle");
 
     let candle = run_side("candle", &path, threads, &ids_file);
     let sotad = run_side("sotad", &path, threads, &ids_file);
@@ -355,6 +319,15 @@ fn main() {
     }
 
     let ours = tokens_of(&sotad);
+    // The tokenizer, to show the texts (a memory map: loading costs milliseconds).
+    let probe = Model::load(
+        &path,
+        &LoadOptions {
+            context_len: CONTEXT,
+            threads: 1,
+        },
+    )
+    .expect("load model");
     let tok = probe.tokenizer();
     let show = |t: &[u32]| {
         let s = tok.decode(&t[..t.len().min(40)], false);

@@ -34,3 +34,56 @@ mod tests {
         assert!(super::median(&[]).is_nan());
     }
 }
+
+/// A field of `/proc/self/status` in KiB (`"RssAnon:"`, `"RssFile:"`, `"VmRSS:"`); 0 if absent.
+pub fn self_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What the LLM benchmarks share: the model, the thread count and the prompt.
+pub mod llm {
+    use std::path::{Path, PathBuf};
+
+    use sotad_engines::llm::{LoadOptions, Model};
+
+    /// The GGUF (`SOTAD_BENCH_MODEL`, a file name in the models directory; default SmolLM2)
+    /// and the thread count (`SOTAD_BENCH_THREADS`, default 2).
+    pub fn model_and_threads() -> (PathBuf, usize) {
+        let file =
+            std::env::var("SOTAD_BENCH_MODEL").unwrap_or("smollm2-135m-instruct-q4_1.gguf".into());
+        let threads = std::env::var("SOTAD_BENCH_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(2);
+        (super::models_dir().join(file), threads)
+    }
+
+    /// The prompt both sides evaluate: a paragraph repeated, tokenized by sotad, cut to
+    /// `tokens`. Written as space-separated ids to a temporary file named after `tag`, for
+    /// the peer's process; returns the ids and the file.
+    pub fn prompt_ids(model: &Path, tokens: usize, tag: &str) -> (Vec<u32>, PathBuf) {
+        let probe = Model::load(
+            model,
+            &LoadOptions {
+                context_len: 1024,
+                threads: 1,
+            },
+        )
+        .expect("load model");
+        let para = "The small robot rolled across the kitchen floor, listening for its name. \
+            It had learned to answer questions about the weather, to read recipes aloud, and to \
+            remind the family when the plants needed water. ";
+        let mut ids = probe.tokenizer().encode(&para.repeat(60), true, false);
+        ids.truncate(tokens);
+        let file = std::env::temp_dir().join(format!("{tag}-{}.txt", std::process::id()));
+        let text: Vec<String> = ids.iter().map(|t| t.to_string()).collect();
+        std::fs::write(&file, text.join(" ")).expect("write the prompt ids");
+        (ids, file)
+    }
+}
