@@ -16,7 +16,6 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{TempFile, edit_distance, models_dir, normalize};
-use sotad_engines::audio::{read_wav, resample::to_mono_16k};
 use sotad_engines::gguf::GgmlType;
 use sotad_engines::quant::{self, QMatrix};
 use sotad_engines::stt::ct2::{DType, TensorSlice};
@@ -35,23 +34,10 @@ fn tiny() -> PathBuf {
 }
 
 fn clips() -> Vec<(String, Vec<f32>, String)> {
-    let dir = models_dir().join("speech/librivox");
-    let text = std::fs::read_to_string(dir.join("transcription")).unwrap();
-    let mut out: Vec<_> = text
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim().strip_prefix("<s>")?;
-            let (words, rest) = l.split_once("</s>")?;
-            let id = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
-            let wav = read_wav(dir.join(format!("{id}.wav"))).unwrap();
-            let s = to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)
-                .unwrap()
-                .into_owned();
-            Some((id.to_owned(), s, words.trim().to_owned()))
-        })
+    let mut out: Vec<_> = common::librivox_clips()
+        .into_iter()
+        .map(|c| (c.id, c.samples, c.reference))
         .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(out.len(), 5);
     if cfg!(target_arch = "aarch64") {
         out.retain(|c| c.0.ends_with("0880"));
     }

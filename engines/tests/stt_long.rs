@@ -9,32 +9,15 @@
 mod common;
 
 use common::{Rng, edit_distance, models_dir, normalize};
-use sotad_engines::audio::{read_wav, resample::to_mono_16k};
 use sotad_engines::stt::{LoadOptions, TranscribeOptions, Whisper};
 
 const RATE: usize = 16_000;
 
 fn clips() -> Vec<(Vec<f32>, String)> {
-    let dir = models_dir().join("speech/librivox");
-    let list = dir.join("transcription");
-    let text = std::fs::read_to_string(&list)
-        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/install-models.sh", list.display()));
-    let mut out: Vec<(String, Vec<f32>, String)> = text
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim().strip_prefix("<s>")?;
-            let (words, rest) = l.split_once("</s>")?;
-            let id = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
-            let wav = read_wav(dir.join(format!("{id}.wav"))).unwrap();
-            let samples = to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)
-                .unwrap()
-                .into_owned();
-            Some((id.to_owned(), samples, words.trim().to_owned()))
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(out.len(), 5, "expected five clips in {}", list.display());
-    out.into_iter().map(|(_, s, t)| (s, t)).collect()
+    common::librivox_clips()
+        .into_iter()
+        .map(|c| (c.samples, c.reference))
+        .collect()
 }
 
 #[test]

@@ -14,10 +14,8 @@ mod common;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use common::{edit_distance, models_dir, normalize};
-use sotad_engines::audio::{
-    encode_wav_i16, read_wav, resample::resample_mono, resample::to_mono_16k,
-};
+use common::{Clip, edit_distance, models_dir, normalize};
+use sotad_engines::audio::{encode_wav_i16, resample::resample_mono};
 use sotad_engines::stt::ct2::json::{self, JsonValue};
 use sotad_engines::stt::{LoadOptions, Task, TranscribeOptions, Whisper};
 
@@ -50,42 +48,8 @@ fn model(name: &str) -> &'static Whisper {
     })
 }
 
-struct Clip {
-    id: String,
-    samples: Vec<f32>,
-    reference: String,
-}
-
 fn clips() -> Vec<Clip> {
-    let dir = models_dir().join("speech/librivox");
-    let list = dir.join("transcription");
-    let text = std::fs::read_to_string(&list)
-        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/install-models.sh", list.display()));
-    let mut out: Vec<Clip> = text
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim().strip_prefix("<s>")?;
-            let (words, rest) = l.split_once("</s>")?;
-            let id = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
-            let wav = read_wav(dir.join(format!("{id}.wav"))).unwrap();
-            let samples = to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)
-                .unwrap()
-                .into_owned();
-            Some(Clip {
-                id: id.to_owned(),
-                samples,
-                reference: words.trim().to_owned(),
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    assert_eq!(
-        out.len(),
-        5,
-        "expected five LibriVox clips in {}",
-        list.display()
-    );
-    out
+    common::librivox_clips()
 }
 
 /// faster-whisper's result for a model and setting (`"float32"`: greedy,

@@ -116,3 +116,45 @@ pub fn edit_distance(a: &[String], b: &[String]) -> usize {
     }
     prev[b.len()]
 }
+
+/// One LibriVox recording of Debian's pocketsphinx-testdata: its id, 16 kHz mono samples and
+/// transcript.
+pub struct Clip {
+    pub id: String,
+    pub samples: Vec<f32>,
+    pub reference: String,
+}
+
+/// The five LibriVox clips with their transcripts, sorted by id.
+pub fn librivox_clips() -> Vec<Clip> {
+    use sotad_engines::audio::{read_wav, resample::to_mono_16k};
+    let dir = models_dir().join("speech/librivox");
+    let list = dir.join("transcription");
+    let text = std::fs::read_to_string(&list)
+        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/install-models.sh", list.display()));
+    let mut out: Vec<Clip> = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim().strip_prefix("<s>")?;
+            let (words, rest) = l.split_once("</s>")?;
+            let id = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
+            let wav = read_wav(dir.join(format!("{id}.wav"))).unwrap();
+            let samples = to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)
+                .unwrap()
+                .into_owned();
+            Some(Clip {
+                id: id.to_owned(),
+                samples,
+                reference: words.trim().to_owned(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        out.len(),
+        5,
+        "expected five LibriVox clips in {}",
+        list.display()
+    );
+    out
+}
