@@ -207,6 +207,8 @@ pub struct Vad {
     pub min_speech_ms: u32,
     pub pre_roll_ms: u32,
     pub trailing_silence_ms: u32,
+    /// A pause this long starts transcription before the endpoint; 0 waits for it.
+    pub speculate_ms: u32,
     pub max_utterance_ms: u32,
     pub gate: bool,
     pub gate_min_db: f64,
@@ -234,6 +236,7 @@ impl Vad {
                 pre_roll_ms: self.pre_roll_ms,
                 trailing_silence_ms: self.trailing_silence_ms,
                 max_utterance_ms: self.max_utterance_ms,
+                pause_ms: self.speculate_ms,
             },
         }
     }
@@ -612,6 +615,14 @@ impl Config {
             96,
             10_000,
         )?;
+        if v.speculate_ms != 0 {
+            range(
+                "vad.speculate_ms",
+                u64::from(v.speculate_ms),
+                32,
+                u64::from(v.trailing_silence_ms).saturating_sub(32),
+            )?;
+        }
         range(
             "vad.max_utterance_ms",
             u64::from(v.max_utterance_ms),
@@ -1027,6 +1038,11 @@ mod tests {
                 "[vad]\ntrailing_silence_ms = 10\n",
                 "vad.trailing_silence_ms",
                 "96",
+            ),
+            (
+                "[vad]\nspeculate_ms = 600\ntrailing_silence_ms = 600\n",
+                "vad.speculate_ms",
+                "32 to 568",
             ),
             ("[vad]\ngate_min_db = 3.0\n", "vad.gate_min_db", "-100 to 0"),
         ] {

@@ -14,6 +14,8 @@
 //!
 //! Inference runs on the engine threads; this module only coordinates, on tokio.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -41,7 +43,23 @@ pub enum Input {
         /// Delay from the true end of speech to the endpoint (trailing silence), in ms.
         endpoint_ms: f64,
         endpointed_at: Instant,
+        /// Its transcription, when it was started at a pause before the endpoint.
+        speculation: Option<Speculation>,
     },
+}
+
+/// What a transcription gives the turn: text, language, and its time in ms.
+type SttResult = Result<(String, String, f64), String>;
+
+/// A transcription started at a pause in speech (`vad.speculate_ms`), before the endpoint
+/// knew whether the utterance was over. Cancelled when speech comes back.
+pub struct Speculation {
+    /// (utterance start, end of speech), stream positions: the endpoint's utterance must
+    /// have the same to use this transcript.
+    key: (u64, u64),
+    cancel: Arc<AtomicBool>,
+    started: Instant,
+    result: Pin<Box<dyn Future<Output = SttResult> + Send>>,
 }
 
 /// `turn/text`: a typed question that runs the LLM → TTS path of the voice loop.
@@ -101,8 +119,12 @@ pub struct Latency {
     /// True end of speech → endpoint (trailing silence the endpointer waited for).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint_ms: Option<f64>,
+    /// The transcription, from its start to the transcript.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stt_ms: Option<f64>,
+    /// How long before the endpoint the transcription started (speculatively, at a pause).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stt_early_ms: Option<f64>,
     /// Start of the turn (the endpoint, or the text's arrival) → the LLM's first token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttft_ms: Option<f64>,
@@ -164,6 +186,8 @@ struct Inner {
     speaking: AtomicBool,
     playback: Option<PlaybackSender>,
     session: String,
+    /// The transcription started at the latest pause, if speech has not come back since.
+    speculation: Mutex<Option<Speculation>>,
 }
 
 impl Turns {
@@ -183,6 +207,7 @@ impl Turns {
                 speaking: AtomicBool::new(false),
                 playback,
                 session: "voice".to_string(),
+                speculation: Mutex::new(None),
             }),
         }
     }
@@ -222,11 +247,18 @@ impl Turns {
 
     /// Runs one turn to its end, publishing its events. A turn already in progress is
     /// cancelled first: the newest question wins.
-    pub async fn run(&self, turn: String, input: Input) {
+    pub async fn run(&self, turn: String, mut input: Input) {
         let started = Instant::now();
         let inner = &self.inner;
         let topics = inner.publisher.topics().clone();
-        let cancel = Arc::new(AtomicBool::new(false));
+        // A speculative transcription becomes this turn's: cancelling the turn stops it too.
+        let speculation = match &mut input {
+            Input::Speech { speculation, .. } => speculation.take(),
+            Input::Text { .. } => None,
+        };
+        let cancel = speculation
+            .as_ref()
+            .map_or_else(|| Arc::new(AtomicBool::new(false)), |s| s.cancel.clone());
         let llm_id = format!("{turn}/llm");
         if let Some(previous) = self.cancel_current() {
             tracing::info!(previous, turn, "new turn cancels the one in progress");
@@ -267,12 +299,23 @@ impl Turns {
                 samples,
                 endpoint_ms,
                 endpointed_at,
+                ..
             } => {
                 latency.endpoint_ms = Some(round1(endpoint_ms));
                 let origin = endpointed_at
                     .checked_sub(std::time::Duration::from_secs_f64(endpoint_ms / 1e3))
                     .unwrap_or(endpointed_at);
-                match self.transcribe(samples).await {
+                let result = match speculation {
+                    Some(s) => {
+                        latency.stt_early_ms = Some(round1(ms_between(s.started, endpointed_at)));
+                        s.result.await
+                    }
+                    None => match self.start_transcription(samples, cancel.clone()) {
+                        Ok(pending) => pending.await,
+                        Err(e) => Err(e),
+                    },
+                };
+                match result {
                     Ok((text, language, ms)) => {
                         latency.stt_ms = Some(round1(ms));
                         transcript = text.clone();
@@ -377,23 +420,95 @@ impl Turns {
             .await;
     }
 
-    async fn transcribe(&self, samples: Vec<f32>) -> Result<(String, String, f64), String> {
+    /// Queues a transcription on the STT worker; the future gives its result.
+    fn start_transcription(
+        &self,
+        samples: Vec<f32>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<impl Future<Output = SttResult> + Send + use<>, String> {
         let Some(stt) = &self.inner.stages.stt else {
             return Err("speech-to-text is off: configuration key `stt.model` is empty".into());
         };
         let started = Instant::now();
-        let t = stt
+        let pending = stt
             .submit(move |engine| {
-                engine.transcribe_samples(&samples, None, crate::stt::Task::Transcribe, None, None)
+                engine.transcribe_samples(
+                    &samples,
+                    None,
+                    crate::stt::Task::Transcribe,
+                    None,
+                    None,
+                    Some(cancel),
+                )
             })
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())??;
-        Ok((
-            t.text.trim().to_string(),
-            t.language.clone(),
-            ms_between(started, Instant::now()),
-        ))
+            .map_err(|e| e.to_string())?;
+        Ok(async move {
+            let t = pending.await.map_err(|e| e.to_string())??;
+            Ok((
+                t.text.trim().to_string(),
+                t.language.clone(),
+                ms_between(started, Instant::now()),
+            ))
+        })
+    }
+
+    /// Starts transcribing the utterance so far at a pause (`VadEvent::Pause`), replacing
+    /// (and cancelling) an earlier speculation. `key` is (utterance start, end of speech).
+    pub fn speculate(&self, key: (u64, u64), samples: Vec<f32>) {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let speculation = match self.start_transcription(samples, cancel.clone()) {
+            Ok(pending) => Some(Speculation {
+                key,
+                cancel,
+                started: Instant::now(),
+                result: Box::pin(pending),
+            }),
+            Err(e) => {
+                tracing::debug!(error = e, "no speculative transcription");
+                None
+            }
+        };
+        let old = std::mem::replace(
+            &mut *self
+                .inner
+                .speculation
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            speculation,
+        );
+        if let Some(old) = old {
+            old.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Speech came back after the pause (or the utterance was abandoned): the speculative
+    /// transcription is cancelled. Returns whether there was one.
+    pub fn abandon_speculation(&self) -> bool {
+        let old = self
+            .inner
+            .speculation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        old.map(|s| s.cancel.store(true, Ordering::Relaxed))
+            .is_some()
+    }
+
+    /// The speculative transcription of the utterance `key`, if one is under way; any other
+    /// is cancelled.
+    pub fn take_speculation(&self, key: (u64, u64)) -> Option<Speculation> {
+        let s = self
+            .inner
+            .speculation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        if s.key == key {
+            Some(s)
+        } else {
+            s.cancel.store(true, Ordering::Relaxed);
+            None
+        }
     }
 
     async fn answer(

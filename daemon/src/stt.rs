@@ -203,6 +203,7 @@ impl Stt {
         task: Task,
         beam_size: Option<usize>,
         initial_prompt: Option<&str>,
+        cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     ) -> Result<engine::Transcript, String> {
         let language = match language {
             Some("") => None,
@@ -217,6 +218,7 @@ impl Stt {
             },
             beam_size: beam_size.unwrap_or(self.beam_size),
             initial_prompt: initial_prompt.map(str::to_string),
+            cancel,
             ..Default::default()
         };
         self.model
@@ -253,6 +255,7 @@ impl Stt {
                 request.task,
                 request.beam_size,
                 request.initial_prompt.as_deref(),
+                None,
             )
             .map_err(|e| fail(ErrorCode::Internal, None, e))?;
         let total_ms = started.elapsed().as_secs_f64() * 1e3;

@@ -10,6 +10,10 @@
 //! - While sotad speaks, the microphone is ignored (it would hear itself), unless barge-in
 //!   is on: then the start of speech stops playback and cancels the turn, and the utterance
 //!   becomes the next turn.
+//! - Speculative transcription (`vad.speculate_ms`): a pause in speech starts Whisper on the
+//!   utterance so far, before the endpoint; speech that comes back cancels it, and the
+//!   endpoint's turn takes it over when nothing was said since (same start, same end of
+//!   speech). Either way a turn transcribes the utterance up to the pause point.
 //! - Push-to-talk (`ptt/start` … `ptt/stop`): while held, frames skip the VAD and collect into
 //!   one utterance (bounded by `vad.max_utterance_ms`), handed over on release; the press
 //!   cancels the turn in progress.
@@ -27,7 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::audio::{self, Capture, CaptureHandle, CaptureStatus, Player, Samples};
 use crate::config::Config;
-use crate::pipeline::{Input, PlayItem, PlaybackSender, Turns};
+use crate::pipeline::{Input, PlayItem, PlaybackSender, Speculation, Turns};
 
 /// Utterances waiting for a turn.
 pub const UTTERANCE_QUEUE: usize = 2;
@@ -47,6 +51,9 @@ pub struct VoiceControl {
     pub utterances_dropped: AtomicU64,
     pub ignored_while_speaking: AtomicU64,
     pub barge_ins: AtomicU64,
+    /// Transcriptions started at a pause, and those cancelled because speech came back.
+    pub speculations: AtomicU64,
+    pub speculations_abandoned: AtomicU64,
     pub vad_windows: AtomicU64,
     pub vad_model_runs: AtomicU64,
     /// Set when the VAD model could not be loaded.
@@ -81,6 +88,8 @@ pub struct VoiceSample {
     pub utterances_dropped: u64,
     pub ignored_while_speaking: u64,
     pub barge_ins: u64,
+    pub speculations: u64,
+    pub speculations_abandoned: u64,
     pub vad_windows: u64,
     pub vad_model_runs: u64,
 }
@@ -119,6 +128,8 @@ impl VoiceControl {
             utterances_dropped: self.utterances_dropped.load(Ordering::Relaxed),
             ignored_while_speaking: self.ignored_while_speaking.load(Ordering::Relaxed),
             barge_ins: self.barge_ins.load(Ordering::Relaxed),
+            speculations: self.speculations.load(Ordering::Relaxed),
+            speculations_abandoned: self.speculations_abandoned.load(Ordering::Relaxed),
             vad_windows: self.vad_windows.load(Ordering::Relaxed),
             vad_model_runs: self.vad_model_runs.load(Ordering::Relaxed),
         }
@@ -191,6 +202,8 @@ pub fn control(config: &Config) -> Arc<VoiceControl> {
         utterances_dropped: AtomicU64::new(0),
         ignored_while_speaking: AtomicU64::new(0),
         barge_ins: AtomicU64::new(0),
+        speculations: AtomicU64::new(0),
+        speculations_abandoned: AtomicU64::new(0),
         vad_windows: AtomicU64::new(0),
         vad_model_runs: AtomicU64::new(0),
         vad_error: std::sync::Mutex::new(None),
@@ -274,12 +287,14 @@ fn send_utterance(
     control: &VoiceControl,
     samples: Vec<f32>,
     endpoint: Duration,
+    speculation: Option<Speculation>,
 ) {
     control.utterances.fetch_add(1, Ordering::Relaxed);
     let input = Input::Speech {
         samples,
         endpoint_ms: endpoint.as_secs_f64() * 1e3,
         endpointed_at: Instant::now(),
+        speculation,
     };
     if utterances.try_send(input).is_err() {
         control.utterances_dropped.fetch_add(1, Ordering::Relaxed);
@@ -300,6 +315,15 @@ fn run_vad(
     // Push-to-talk: the audio while the button is held, bounded.
     let mut held: Vec<f32> = Vec::new();
     let mut holding = false;
+    // The latest pause of the utterance under way: (start, end of speech), audio length.
+    let mut last_pause: Option<((u64, u64), usize)> = None;
+    let abandon = |last_pause: &mut Option<((u64, u64), usize)>| {
+        if last_pause.take().is_some() && turns.abandon_speculation() {
+            control
+                .speculations_abandoned
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    };
     while let Some(frame) = frames.blocking_recv() {
         let muted = control.muted.load(Ordering::Relaxed);
         if control.ptt.load(Ordering::Relaxed) && !muted {
@@ -307,6 +331,7 @@ fn run_vad(
             if active {
                 detector.reset();
                 active = false;
+                abandon(&mut last_pause);
             }
             holding = true;
             let room = max_ptt_samples.saturating_sub(held.len());
@@ -318,7 +343,13 @@ fn run_vad(
             holding = false;
             let samples = std::mem::take(&mut held);
             if !muted && !samples.is_empty() {
-                send_utterance(utterances, control, samples, frame.captured_at.elapsed());
+                send_utterance(
+                    utterances,
+                    control,
+                    samples,
+                    frame.captured_at.elapsed(),
+                    None,
+                );
             }
         }
         let listening = control.listening.load(Ordering::Relaxed) && !muted;
@@ -332,6 +363,7 @@ fn run_vad(
             if active {
                 detector.reset();
                 active = false;
+                abandon(&mut last_pause);
             }
             continue;
         }
@@ -354,8 +386,19 @@ fn run_vad(
                     tracing::info!(turn, "barge-in: playback stopped, turn cancelled");
                 }
             }
-            Some(VadEvent::SpeechEnd {
+            Some(VadEvent::Pause {
                 utterance,
+                start,
+                speech_end,
+            }) => {
+                control.speculations.fetch_add(1, Ordering::Relaxed);
+                last_pause = Some(((start, speech_end), utterance.len()));
+                turns.speculate((start, speech_end), utterance);
+            }
+            Some(VadEvent::Resume { .. }) => abandon(&mut last_pause),
+            Some(VadEvent::SpeechEnd {
+                mut utterance,
+                start,
                 speech_end,
                 at,
                 ..
@@ -365,7 +408,20 @@ fn run_vad(
                 let waited =
                     Duration::from_secs_f64(at.saturating_sub(speech_end) as f64 / 16_000.0);
                 let queued = frame.captured_at.elapsed();
-                send_utterance(utterances, control, utterance, waited + queued);
+                // Nothing was said since the last pause: the turn transcribes the same audio
+                // as the speculation did (up to the pause point), and takes its result.
+                let speculation = match last_pause.take() {
+                    Some((key, len)) if key == (start, speech_end) => {
+                        utterance.truncate(len);
+                        turns.take_speculation(key)
+                    }
+                    Some(_) => {
+                        turns.abandon_speculation();
+                        None
+                    }
+                    None => None,
+                };
+                send_utterance(utterances, control, utterance, waited + queued, speculation);
             }
             _ => {}
         }

@@ -65,6 +65,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// The caller's cancel flag was raised; the work stopped at the next check.
+    #[error("cancelled")]
+    Cancelled,
+
     /// A text-to-speech model (ONNX graph, Piper voice config) is malformed, unsupported, or
     /// lacks a parameter the VITS architecture needs.
     #[error(transparent)]

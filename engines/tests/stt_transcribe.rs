@@ -193,6 +193,24 @@ fn silence_gives_no_text() {
 }
 
 #[test]
+fn a_raised_cancel_flag_stops_the_transcription() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let m = model(TINY);
+    let clip = &clips()[0];
+    let flag = Arc::new(AtomicBool::new(true));
+    let opts = TranscribeOptions {
+        cancel: Some(flag.clone()),
+        ..Default::default()
+    };
+    let e = m.transcribe(&clip.samples, &opts).unwrap_err();
+    assert!(matches!(e, sotad_engines::Error::Cancelled), "{e}");
+    // Lowered, the same options transcribe.
+    flag.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(!m.transcribe(&clip.samples, &opts).unwrap().text.trim().is_empty());
+}
+
+#[test]
 fn long_form_audio_keeps_every_clip() {
     let m = model(TINY);
     let all = clips();

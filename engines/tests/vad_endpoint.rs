@@ -21,6 +21,7 @@ fn cfg() -> EndpointConfig {
         pre_roll_ms: 64,          // 2 windows
         trailing_silence_ms: 160, // 5 windows
         max_utterance_ms: 30_000,
+        pause_ms: 0,
     }
 }
 
@@ -149,6 +150,76 @@ fn hysteresis_and_short_pauses_keep_the_utterance() {
         }
         e => panic!("{e:?}"),
     }
+}
+
+#[test]
+fn pauses_are_reported_before_the_endpoint_and_resumes_after_them() {
+    let mut ep = Endpointer::new(EndpointConfig {
+        pause_ms: 64, // 2 windows
+        ..cfg()
+    });
+    // 5 silent, 10 speech, 3 silent (a pause, then speech again), 6 speech, 8 silent.
+    let mut probs = vec![0.01; 5];
+    probs.extend(vec![0.9; 10]);
+    probs.extend(vec![0.1; 3]);
+    probs.extend(vec![0.9; 6]);
+    probs.extend(vec![0.1; 8]);
+    let events = feed(&mut ep, &probs);
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|(i, e)| {
+            let k = match e {
+                VadEvent::SpeechStart { .. } => "start",
+                VadEvent::Pause { .. } => "pause",
+                VadEvent::Resume { .. } => "resume",
+                VadEvent::SpeechEnd { .. } => "end",
+            };
+            (*i, k)
+        })
+        .collect();
+    // The first pause: 2 silent windows after window 14; speech resumes at window 18;
+    // the second pause 2 windows after window 23, the endpoint 5 windows after it.
+    assert_eq!(
+        kinds,
+        [
+            (7, "start"),
+            (16, "pause"),
+            (18, "resume"),
+            (25, "pause"),
+            (28, "end")
+        ]
+    );
+    let (
+        VadEvent::Pause {
+            utterance: paused,
+            start: pause_start,
+            speech_end: pause_speech_end,
+        },
+        VadEvent::SpeechEnd {
+            utterance,
+            start,
+            speech_end,
+            ..
+        },
+    ) = (&events[3].1, &events[4].1)
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!(pause_start, start);
+    assert_eq!(pause_speech_end, speech_end);
+    assert_eq!(*speech_end, 24 * W);
+    // The pause's audio is the utterance up to two windows after the speech, and the
+    // final utterance begins with exactly those samples.
+    assert_eq!(paused.len() as u64, 26 * W - start);
+    assert_eq!(&utterance[..paused.len()], &paused[..]);
+    assert_contiguous(paused, *start);
+    // Off by default: the same input gives no pause events.
+    let mut ep = Endpointer::new(cfg());
+    assert!(
+        feed(&mut ep, &probs)
+            .iter()
+            .all(|(_, e)| !matches!(e, VadEvent::Pause { .. } | VadEvent::Resume { .. }))
+    );
 }
 
 #[test]

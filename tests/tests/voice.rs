@@ -125,6 +125,14 @@ async fn a_spoken_question_is_transcribed_answered_and_spoken() {
             "{key}: {done}"
         );
     }
+    // The transcription began at the pause (`vad.speculate_ms`, 160 ms by default), before the
+    // endpoint (600 ms of trailing silence): its head start is the difference, give or take a
+    // window and the frame queue.
+    let early = latency["stt_early_ms"].as_f64().unwrap_or(0.0);
+    assert!(
+        (300.0..=600.0).contains(&early),
+        "stt_early_ms {early}: {done}"
+    );
     // The events of this turn, in order, with one id.
     let events: Vec<String> = seen
         .iter()
@@ -222,6 +230,72 @@ async fn a_missing_microphone_is_reported_text_turns_still_work_and_capture_resu
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
     let _ = t;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_inside_a_question_starts_a_transcription_that_the_rest_of_it_cancels() {
+    let broker = Mosquitto::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let clips = librivox_clips();
+    let clip = |name: &str| {
+        clips
+            .iter()
+            .find(|(path, _)| path.to_string_lossy().ends_with(&format!("{name}.wav")))
+            .unwrap()
+    };
+    // These two have the least silence at the joint (32 ms after the first, 32 ms before
+    // the second), so the pause between them is what is added here: 350 ms, longer than
+    // the pause that starts a speculative transcription (160 ms), shorter than the trailing
+    // silence that ends the utterance (600 ms), with room for the VAD's lag. One turn must
+    // come out, with both halves in its transcript: the speculation made at the pause
+    // (only the first half) must not be used.
+    let (first, first_text) = clip("0880");
+    let (second, second_text) = clip("0930");
+    let mic = mic_recording(
+        dir.path(),
+        "mic.raw",
+        &[
+            Part::Silence(1.0),
+            Part::Clip(first),
+            Part::Silence(0.35),
+            Part::Clip(second),
+            Part::Silence(3.0),
+        ],
+    );
+    let conf = asound(dir.path(), &mic.display().to_string());
+    let alsa = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
+    let sotad = Sotad::start_with_env(
+        &config(broker.port, "pause", "testmic"),
+        "pause",
+        &[("ALSA_CONFIG_PATH", &alsa)],
+    )
+    .unwrap();
+    let mut c = TestClient::connect(broker.port, "t-pause", false)
+        .await
+        .unwrap();
+    c.subscribe("sotad/pause/#").await.unwrap();
+    let (done, seen) = c
+        .expect_collecting(&sotad.topic("turn/done"), WAIT, |_| true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+    let done = payload_json(&done);
+    let started = seen
+        .iter()
+        .filter(|p| p.topic == sotad.topic("turn/started"))
+        .count();
+    assert_eq!(started, 1, "one turn for the whole question: {done}");
+    let both = format!("{first_text} {second_text}");
+    let wer = word_error_rate(&both, done["transcript"].as_str().unwrap());
+    assert!(wer <= 0.3, "WER {wer:.2} against both halves: {done}");
+    assert!(done["latency"]["stt_early_ms"].as_f64() > Some(0.0), "{done}");
+    c.expect(&sotad.topic("telemetry"), WAIT, |p| {
+        serde_json::from_slice::<Value>(p).is_ok_and(|v| {
+            v["voice"]["speculations"].as_u64() >= Some(2)
+                && v["voice"]["speculations_abandoned"].as_u64() >= Some(1)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("speculations not counted: {e}"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -33,6 +33,8 @@
 //!   can translate to English; English-only models only transcribe English.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::mel::{HOP_LENGTH, MelFrontEnd, N_FRAMES};
@@ -131,6 +133,19 @@ pub struct TranscribeOptions {
     /// How much of a window the encoder sees when the audio ends before 30 s (see
     /// [`EncoderWindow`]).
     pub encoder_window: EncoderWindow,
+    /// Raised by the caller to abandon the transcription: checked before each window's
+    /// encoder and at each decoding step, after which `transcribe` returns
+    /// [`Error::Cancelled`]. A window's encoder, once started, runs to its end.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl TranscribeOptions {
+    fn check_cancel(&self) -> Result<()> {
+        match &self.cancel {
+            Some(flag) if flag.load(Ordering::Relaxed) => Err(Error::Cancelled),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How many mel frames the encoder runs on for a window whose audio is shorter than 30 s.
@@ -197,6 +212,7 @@ impl Default for TranscribeOptions {
             pad_with_silence: false,
             silence_peak: 1e-3,
             encoder_window: EncoderWindow::Full,
+            cancel: None,
         }
     }
 }
@@ -510,6 +526,7 @@ impl Whisper {
                 continue;
             }
 
+            opts.check_cancel()?;
             let t = Instant::now();
             let frames = opts.encoder_window.frames(segment_size);
             let window = if !opts.pad_with_silence {
@@ -803,6 +820,7 @@ impl Whisper {
         let mut tokens: Vec<u32> = Vec::new();
         let mut sum_logprob = 0.0f32;
         for step in 0..max_new {
+            opts.check_cancel()?;
             self.filter_logits(&mut logits, &tokens, opts);
             let mut logprobs = logits.clone();
             log_softmax(&mut logprobs);
@@ -891,6 +909,7 @@ impl Whisper {
         }];
         let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
         for _ in 0..max_new {
+            opts.check_cancel()?;
             let mut candidates: Vec<(f32, usize, u32)> = Vec::new();
             for (bi, b) in beams.iter().enumerate() {
                 let mut l = b.logits.clone();

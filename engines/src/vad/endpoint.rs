@@ -9,6 +9,11 @@
 //!    └─────────────────────────────┴──────────── emits SpeechEnd ◀────────┘ max_utterance_ms reached
 //! ```
 //!
+//! With `pause_ms` set (below `trailing_silence_ms`), a pause in speech of that length emits
+//! [`VadEvent::Pause`] with the utterance so far, so that a caller can start transcribing
+//! before the endpoint (speculatively); speech that comes back after it emits
+//! [`VadEvent::Resume`], and the pause's audio is no longer the utterance.
+//!
 //! Hysteresis: once in speech, a window counts as silence only below `neg_threshold`
 //! (default `threshold - 0.15`, as silero-vad's own `get_speech_timestamps`).
 //! While idle the last `pre_roll_ms` of audio are kept in a ring, so an utterance starts a
@@ -34,6 +39,9 @@ pub struct EndpointConfig {
     pub trailing_silence_ms: u32,
     /// An utterance is cut (ended) at this length, ms.
     pub max_utterance_ms: u32,
+    /// Silence after speech that emits [`VadEvent::Pause`], ms; 0 (the default) never does.
+    /// Only meaningful below `trailing_silence_ms`.
+    pub pause_ms: u32,
 }
 
 impl Default for EndpointConfig {
@@ -46,6 +54,7 @@ impl Default for EndpointConfig {
             pre_roll_ms: 300,
             trailing_silence_ms: 600,
             max_utterance_ms: 30_000,
+            pause_ms: 0,
         }
     }
 }
@@ -71,6 +80,22 @@ pub enum VadEvent {
         pre_roll: Vec<f32>,
         /// Stream position of `pre_roll[0]`.
         start: u64,
+        /// Stream position just after the window that triggered the event.
+        at: u64,
+    },
+    /// Speech paused for `pause_ms`: the utterance may be over (the endpoint decides).
+    Pause {
+        /// The utterance so far: pre-roll, speech, and `pause_ms` (rounded up to whole
+        /// windows) of the pause. If no speech follows, the `SpeechEnd` utterance starts
+        /// with exactly these samples.
+        utterance: Vec<f32>,
+        /// Stream position of `utterance[0]`.
+        start: u64,
+        /// Stream position just after the last window judged speech.
+        speech_end: u64,
+    },
+    /// Speech came back after a [`VadEvent::Pause`]: that pause did not end the utterance.
+    Resume {
         /// Stream position just after the window that triggered the event.
         at: u64,
     },
@@ -105,6 +130,10 @@ pub struct Endpointer {
     pre_roll_cap: usize,
     min_speech: u64,
     trailing_silence: u64,
+    /// `pause_ms` in samples; 0 when off.
+    pause: u64,
+    /// A `Pause` was emitted for the current silence.
+    paused: bool,
     max_utterance: usize,
     /// Idle: the last `pre_roll_cap` samples. Candidate/Speech: the utterance so far.
     buf: VecDeque<f32>,
@@ -133,6 +162,8 @@ impl Endpointer {
             pre_roll_cap,
             min_speech: ms_to_samples(cfg.min_speech_ms, rate),
             trailing_silence: ms_to_samples(cfg.trailing_silence_ms, rate).max(1),
+            pause: ms_to_samples(cfg.pause_ms, rate),
+            paused: false,
             max_utterance: max_utterance.max(1),
             buf: VecDeque::with_capacity(pre_roll_cap),
             buf_start: 0,
@@ -208,9 +239,22 @@ impl Endpointer {
                 self.buf.extend(window);
                 if p >= self.cfg.neg_threshold {
                     self.speech_last_end = self.pos;
+                    if self.paused {
+                        self.paused = false;
+                        return Some(VadEvent::Resume { at: self.pos });
+                    }
                 }
-                if self.pos - self.speech_last_end >= self.trailing_silence {
+                let silence = self.pos - self.speech_last_end;
+                if silence >= self.trailing_silence {
                     return Some(self.end(EndReason::Silence));
+                }
+                if self.pause > 0 && !self.paused && silence >= self.pause {
+                    self.paused = true;
+                    return Some(VadEvent::Pause {
+                        utterance: self.buf.iter().copied().collect(),
+                        start: self.buf_start,
+                        speech_end: self.speech_last_end,
+                    });
                 }
                 if self.buf.len() >= self.max_utterance + self.pre_roll_cap
                     || self.pos - self.speech_first >= self.max_utterance as u64
@@ -252,6 +296,7 @@ impl Endpointer {
     fn end(&mut self, reason: EndReason) -> VadEvent {
         let utterance: Vec<f32> = self.buf.drain(..).collect();
         let start = self.buf_start;
+        self.paused = false;
         self.buf_start = self.pos;
         self.phase = Phase::Idle;
         VadEvent::SpeechEnd {
