@@ -6,7 +6,9 @@
 //! cargo build --release -p sotad
 //! cargo bench -p sotad-benches --bench voice                 # latency, 10 questions
 //! cargo bench -p sotad-benches --bench voice -- idle 600     # idle, 600 s
+//! SOTAD__VAD__SPECULATE_MS=0 cargo bench -p sotad-benches --bench voice   # no speculative STT
 //! ```
+//! The daemon inherits the environment, so any `SOTAD__SECTION__KEY` override applies.
 //! The daemon runs on its embedded broker with Whisper tiny.en, SmolLM2-135M-Instruct and the
 //! joe-medium Piper voice (the default configuration, answers capped at 48 tokens). Its
 //! microphone is alsa-lib's `file` plugin reading a recording this bench writes: ten short
@@ -283,11 +285,12 @@ fn latency() {
         let l = &v["latency"];
         let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "  {:8} {:10} endpoint {:5.0} ms  stt {:5.0} ms  first token {:5.0} ms  first audio {:5.0} ms  end of speech -> audio {:5.0} ms  | {:?} -> {:?}",
+            "  {:8} {:10} endpoint {:5.0} ms  stt {:5.0} ms (started {:4.0} ms early)  first token {:5.0} ms  first audio {:5.0} ms  end of speech -> audio {:5.0} ms  | {:?} -> {:?}",
             v["turn"].as_str().unwrap_or("?"),
             v["outcome"].as_str().unwrap_or("?"),
             f("endpoint_ms"),
             f("stt_ms"),
+            l["stt_early_ms"].as_f64().unwrap_or(0.0),
             f("ttft_ms"),
             f("first_audio_ms"),
             f("response_ms"),
@@ -314,11 +317,17 @@ fn latency() {
     };
     // `ttft_ms` and `first_audio_ms` count from the turn's start (the endpoint, for speech).
     println!(
-        "medians over {} answered turns of {}: endpoint {:.0} ms, STT {:.0} ms, first token {:.0} ms and first audio {:.0} ms after the endpoint; end of speech -> first audio {:.0} ms (target 500 ms)",
+        "medians over {} answered turns of {}: endpoint {:.0} ms, STT {:.0} ms (started {:.0} ms before the endpoint), first token {:.0} ms and first audio {:.0} ms after the endpoint; end of speech -> first audio {:.0} ms (target 500 ms)",
         answered.len(),
         turns.len(),
         median(&col("endpoint_ms")),
         median(&col("stt_ms")),
+        median(
+            &answered
+                .iter()
+                .map(|v| v["latency"]["stt_early_ms"].as_f64().unwrap_or(0.0))
+                .collect::<Vec<_>>()
+        ),
         median(&col("ttft_ms")),
         median(&col("first_audio_ms")),
         median(&col("response_ms")),

@@ -33,6 +33,9 @@ pub struct Llm {
     session: engine::Session,
     conversations: Conversations,
     defaults: Defaults,
+    /// The conversation the last `ask` of a session left, for [`Llm::warm`]: its messages
+    /// (system prompt first) and whether thinking was on.
+    warm: Option<(Vec<engine::Message>, bool)>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +54,16 @@ struct Defaults {
 pub struct LlmStage {
     pub worker: Worker<Llm>,
     running: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
+}
+
+impl LlmStage {
+    /// Queues [`Llm::warm`] behind whatever the worker is doing; skipped when the queue is
+    /// full.
+    pub fn warm(&self) {
+        if let Err(e) = self.worker.submit(|engine: &mut Llm| engine.warm()) {
+            tracing::debug!(error = %e, "no warm-up of the conversation");
+        }
+    }
 }
 
 /// Starts the LLM worker if `llm.model` is set; the model loads on the worker thread.
@@ -95,6 +108,7 @@ pub fn load(config: &Config) -> Result<Llm, String> {
             min_p: c.min_p,
             repeat_penalty: c.repeat_penalty,
         },
+        warm: None,
     })
 }
 
@@ -417,6 +431,14 @@ impl Llm {
         if let Some(session) = &request.session {
             self.conversations
                 .remember(session, &given, engine::Message::assistant(&reply.text));
+            let mut next: Vec<engine::Message> = messages
+                .first()
+                .filter(|m| m.role == engine::Role::System)
+                .cloned()
+                .into_iter()
+                .collect();
+            next.extend(self.conversations.history(session).iter().cloned());
+            self.warm = Some((next, options.thinking));
         }
         let t = &reply.timings;
         Ok(Reply {
@@ -440,6 +462,25 @@ impl Llm {
 
     pub fn model(&self) -> &engine::Model {
         &self.model
+    }
+
+    /// Evaluates the conversation the last `ask` left (with its oldest turns forgotten if the
+    /// session was full) into the KV cache, so that the session's next question computes only
+    /// itself. Run as its own job after the reply, in the time the answer is being spoken.
+    pub fn warm(&mut self) {
+        let Some((messages, thinking)) = self.warm.take() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        match self.session.prefill_chat(&messages, thinking) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(
+                tokens = n,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "conversation evaluated ahead of its next turn"
+            ),
+            Err(e) => tracing::debug!(error = %e, "conversation not evaluated ahead"),
+        }
     }
 }
 
@@ -514,7 +555,10 @@ impl Conversations {
                 .cloned(),
         );
         turns.push(answer);
-        // A turn starts at a user message; keep the last `max_turns` of them.
+        // A turn starts at a user message. Beyond `max_turns`, the oldest are forgotten down
+        // to half of it at once: every forgetting changes the prompt right after the system
+        // prompt, so the whole history must be evaluated again; this way that happens once
+        // every `max_turns / 2` turns instead of on every turn of a long conversation.
         let starts: Vec<usize> = turns
             .iter()
             .enumerate()
@@ -522,7 +566,8 @@ impl Conversations {
             .map(|(i, _)| i)
             .collect();
         if starts.len() > self.max_turns {
-            let cut = starts[starts.len() - self.max_turns];
+            let keep = self.max_turns.div_ceil(2);
+            let cut = starts[starts.len() - keep];
             turns.drain(..cut);
         }
     }
@@ -567,16 +612,25 @@ mod tests {
 
     #[test]
     fn conversations_keep_bounded_turns_and_sessions() {
-        let mut c = Conversations::new(2, 2);
-        for i in 0..3 {
+        let mut c = Conversations::new(2, 4);
+        let turns = |c: &mut Conversations| -> Vec<String> {
+            c.history("a").iter().map(|m| m.content.clone()).collect()
+        };
+        for i in 0..4 {
             c.remember(
                 "a",
                 &[engine::Message::user(&format!("q{i}"))],
                 engine::Message::assistant(&format!("a{i}")),
             );
         }
-        let h: Vec<String> = c.history("a").iter().map(|m| m.content.clone()).collect();
-        assert_eq!(h, ["q1", "a1", "q2", "a2"]);
+        assert_eq!(turns(&mut c).len(), 8, "four turns kept");
+        // The fifth forgets down to half of the bound at once.
+        c.remember(
+            "a",
+            &[engine::Message::user("q4")],
+            engine::Message::assistant("a4"),
+        );
+        assert_eq!(turns(&mut c), ["q3", "a3", "q4", "a4"]);
         c.remember(
             "b",
             &[engine::Message::user("x")],

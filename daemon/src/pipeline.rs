@@ -630,6 +630,9 @@ impl Turns {
         let (result, (), ()) = tokio::join!(done, tokens, forward);
         llm.finish(llm_id);
         let reply = result.map_err(|e| e.to_string())?.map_err(|e| e.message)?;
+        // Every sentence is synthesized; while it plays, evaluate the conversation for the
+        // next question.
+        llm.warm();
         Ok(Answer {
             text: reply.text,
             stop_reason: reply.stop_reason,

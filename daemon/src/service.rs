@@ -406,6 +406,9 @@ pub async fn ask(
         Err(e) => Err(submit_error(&id, e)),
     };
     llm.finish(&id);
+    if result.is_ok() {
+        llm.warm();
+    }
     result
 }
 

@@ -133,7 +133,7 @@ async fn llm_streams_tokens_remembers_sessions_and_cancels() {
         &config(
             broker.port,
             "llm",
-            "[stt]\nmodel = \"\"\n[tts]\nvoice = \"\"",
+            "[stt]\nmodel = \"\"\n[tts]\nvoice = \"\"\n[llm]\nsession_turns = 2",
         ),
         "llm",
     )
@@ -202,6 +202,39 @@ async fn llm_streams_tokens_remembers_sessions_and_cancels() {
         "{reply}\nfirst: {first}"
     );
     assert!(!reply["text"].as_str().unwrap().is_empty(), "{reply}");
+
+    // A third turn overflows `session_turns = 2`: the two oldest turns are forgotten (down to
+    // half the bound), which changes the prompt right after the system prompt. The warm-up
+    // after the reply evaluates the shortened conversation, so the fourth question still
+    // finds everything but itself in the cache.
+    let mut last = Value::Null;
+    for (id, q) in [("q3", "And of Spain?"), ("q4", "And of Italy?")] {
+        let ask = json!({"id": id, "prompt": q, "session": "s",
+                         "options": {"temperature": 0.0, "max_tokens": 24}});
+        c.publish(&sotad.topic("llm/ask"), ask.to_string())
+            .await
+            .unwrap();
+        let reply = c
+            .expect_id(&sotad.topic("llm/reply"), id, WAIT)
+            .await
+            .unwrap();
+        if id == "q4" {
+            let t = &reply["timings"];
+            let prompt = t["prompt_tokens"].as_u64().unwrap();
+            let cached = t["cached_tokens"].as_u64().unwrap();
+            let before = &last["timings"];
+            // q1 and q2 are gone: the prompt is shorter than q3's prompt plus its answer.
+            assert!(
+                prompt
+                    < before["prompt_tokens"].as_u64().unwrap()
+                        + before["generated_tokens"].as_u64().unwrap(),
+                "{reply}\nq3: {last}"
+            );
+            // Only the new question (and its template tokens) was computed.
+            assert!(prompt - cached <= 24, "{reply}\nq3: {last}");
+        }
+        last = reply;
+    }
 
     // Cancel a long generation.
     let ask = json!({"id": "long", "prompt": "Write a long story about a robot.",

@@ -210,6 +210,38 @@ impl TextStream {
 }
 
 impl Session {
+    /// Evaluates a conversation so far into the cache, without opening the assistant's
+    /// turn, so that a later [`Session::chat`] on these messages plus a new one only computes
+    /// the new one. Reuses the cached prefix; a conversation that does not fit in the context
+    /// is left alone. Returns the number of tokens evaluated.
+    ///
+    /// For idle time between turns: when a conversation's oldest turns are forgotten, its
+    /// rendered prompt changes near the start and the whole history has to be recomputed;
+    /// doing it here keeps that out of the next question's time to first token.
+    pub fn prefill_chat(&mut self, messages: &[Message], thinking: bool) -> Result<usize> {
+        let text = self
+            .model
+            .inner
+            .template
+            .render(messages, false, thinking)?;
+        let ids = self.model.inner.tokenizer.encode(&text, true, true);
+        if ids.is_empty() || ids.len() + 1 > self.model.inner.config.context_len {
+            return Ok(0);
+        }
+        let common = self
+            .tokens
+            .iter()
+            .zip(&ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if common == ids.len() {
+            return Ok(0);
+        }
+        self.truncate(common);
+        self.eval(&ids[common..])?;
+        Ok(ids.len() - common)
+    }
+
     /// Renders `messages` with the model's chat template and generates the assistant's reply.
     /// The streamed pieces are the visible text only (no thinking, no stop strings).
     pub fn chat(
