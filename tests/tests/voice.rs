@@ -287,7 +287,10 @@ async fn a_pause_inside_a_question_starts_a_transcription_that_the_rest_of_it_ca
     let both = format!("{first_text} {second_text}");
     let wer = word_error_rate(&both, done["transcript"].as_str().unwrap());
     assert!(wer <= 0.3, "WER {wer:.2} against both halves: {done}");
-    assert!(done["latency"]["stt_early_ms"].as_f64() > Some(0.0), "{done}");
+    assert!(
+        done["latency"]["stt_early_ms"].as_f64() > Some(0.0),
+        "{done}"
+    );
     c.expect(&sotad.topic("telemetry"), WAIT, |p| {
         serde_json::from_slice::<Value>(p).is_ok_and(|v| {
             v["voice"]["speculations"].as_u64() >= Some(2)
