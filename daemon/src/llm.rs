@@ -373,29 +373,9 @@ impl Llm {
         request: &AskRequest,
         stream: &mut Stream,
     ) -> Result<Reply, RequestError> {
+        let (messages, given) = self.conversation(request);
         let o = &request.options;
         let d = &self.defaults;
-        let system = o
-            .system_prompt
-            .clone()
-            .unwrap_or_else(|| d.system_prompt.clone());
-        // The conversation: remembered turns of the session, then the new messages.
-        let mut messages: Vec<engine::Message> = Vec::new();
-        let given: Vec<engine::Message> = match (&request.prompt, &request.messages) {
-            (Some(p), _) => vec![engine::Message::user(p)],
-            (None, Some(m)) => m.iter().map(to_engine).collect(),
-            (None, None) => Vec::new(),
-        };
-        let has_system = given
-            .first()
-            .is_some_and(|m| m.role == engine::Role::System);
-        if !has_system && !system.is_empty() {
-            messages.push(engine::Message::system(&system));
-        }
-        if let Some(session) = &request.session {
-            messages.extend(self.conversations.history(session).iter().cloned());
-        }
-        messages.extend(given.iter().cloned());
 
         let options = engine::GenerateOptions {
             max_tokens: o.max_tokens.unwrap_or(d.max_tokens),
@@ -464,6 +444,48 @@ impl Llm {
         &self.model
     }
 
+    /// The messages `request` is answered from (system prompt, the session's remembered
+    /// turns, the new messages) and the new messages alone.
+    fn conversation(
+        &mut self,
+        request: &AskRequest,
+    ) -> (Vec<engine::Message>, Vec<engine::Message>) {
+        let system = request
+            .options
+            .system_prompt
+            .clone()
+            .unwrap_or_else(|| self.defaults.system_prompt.clone());
+        let mut messages: Vec<engine::Message> = Vec::new();
+        let given: Vec<engine::Message> = match (&request.prompt, &request.messages) {
+            (Some(p), _) => vec![engine::Message::user(p)],
+            (None, Some(m)) => m.iter().map(to_engine).collect(),
+            (None, None) => Vec::new(),
+        };
+        let has_system = given
+            .first()
+            .is_some_and(|m| m.role == engine::Role::System);
+        if !has_system && !system.is_empty() {
+            messages.push(engine::Message::system(&system));
+        }
+        if let Some(session) = &request.session {
+            messages.extend(self.conversations.history(session).iter().cloned());
+        }
+        messages.extend(given.iter().cloned());
+        (messages, given)
+    }
+
+    /// Evaluates the prompt `request` would be answered from into the KV cache, without
+    /// generating or remembering anything: the voice loop calls it with a transcript made
+    /// before the endpoint, so that the answer, if that transcript is the question, starts
+    /// from a computed prompt.
+    pub fn prepare(&mut self, request: &AskRequest) {
+        let (messages, _) = self.conversation(request);
+        let thinking = request.options.thinking.unwrap_or(false);
+        if let Err(e) = self.session.prefill_chat(&messages, true, thinking) {
+            tracing::debug!(error = %e, "prompt not evaluated ahead");
+        }
+    }
+
     /// Evaluates the conversation the last `ask` left (with its oldest turns forgotten if the
     /// session was full) into the KV cache, so that the session's next question computes only
     /// itself. Run as its own job after the reply, in the time the answer is being spoken.
@@ -472,7 +494,7 @@ impl Llm {
             return;
         };
         let started = std::time::Instant::now();
-        match self.session.prefill_chat(&messages, thinking) {
+        match self.session.prefill_chat(&messages, false, thinking) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(
                 tokens = n,

@@ -188,6 +188,8 @@ struct Inner {
     session: String,
     /// The transcription started at the latest pause, if speech has not come back since.
     speculation: Mutex<Option<Speculation>>,
+    /// The runtime, for the tasks that follow a speculation from the VAD thread.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Turns {
@@ -208,6 +210,7 @@ impl Turns {
                 playback,
                 session: "voice".to_string(),
                 speculation: Mutex::new(None),
+                runtime: tokio::runtime::Handle::try_current().ok(),
             }),
         }
     }
@@ -459,9 +462,9 @@ impl Turns {
         let speculation = match self.start_transcription(samples, cancel.clone()) {
             Ok(pending) => Some(Speculation {
                 key,
-                cancel,
+                cancel: cancel.clone(),
                 started: Instant::now(),
-                result: Box::pin(pending),
+                result: self.follow_speculation(pending, cancel),
             }),
             Err(e) => {
                 tracing::debug!(error = e, "no speculative transcription");
@@ -478,6 +481,56 @@ impl Turns {
         );
         if let Some(old) = old {
             old.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Drives a speculative transcription on its own task, so that as soon as it has a
+    /// transcript (often before the endpoint), the LLM evaluates the prompt it would answer
+    /// ([`crate::llm::Llm::prepare`]): if the endpoint confirms the question, the answer
+    /// starts from a computed prompt. Nothing is published or remembered before the turn.
+    fn follow_speculation(
+        &self,
+        pending: impl Future<Output = SttResult> + Send + 'static,
+        cancel: Arc<AtomicBool>,
+    ) -> Pin<Box<dyn Future<Output = SttResult> + Send>> {
+        let Some(runtime) = &self.inner.runtime else {
+            return Box::pin(pending);
+        };
+        let this = self.clone();
+        let task = runtime.spawn(async move {
+            let result = pending.await;
+            if let Ok((text, _, _)) = &result
+                && !text.trim().is_empty()
+                && !cancel.load(Ordering::Relaxed)
+                && let Some(llm) = &this.inner.stages.llm
+            {
+                let request = this.voice_request("prepare".into(), text.clone(), None);
+                if let Err(e) = llm.worker.submit(move |engine| engine.prepare(&request)) {
+                    tracing::debug!(error = %e, "speculative prompt not evaluated");
+                }
+            }
+            result
+        });
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(format!("the transcription task failed: {e}")))
+        })
+    }
+
+    /// The LLM request of a voice-loop turn: the question in the `voice` session (or the
+    /// text turn's own session).
+    fn voice_request(
+        &self,
+        id: String,
+        question: String,
+        session: Option<Option<String>>,
+    ) -> llm::AskRequest {
+        llm::AskRequest {
+            id,
+            prompt: Some(question),
+            messages: None,
+            session: session.unwrap_or_else(|| Some(self.inner.session.clone())),
+            options: llm::Options::default(),
         }
     }
 
@@ -524,13 +577,7 @@ impl Turns {
         let Some(llm) = &inner.stages.llm else {
             return Err("the LLM is off: configuration key `llm.model` is empty".into());
         };
-        let request = llm::AskRequest {
-            id: llm_id.to_string(),
-            prompt: Some(question),
-            messages: None,
-            session,
-            options: llm::Options::default(),
-        };
+        let request = self.voice_request(llm_id.to_string(), question, Some(session));
         let flag = llm.register(llm_id);
         if cancel.load(Ordering::Relaxed) {
             flag.store(true, Ordering::Relaxed);

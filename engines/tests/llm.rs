@@ -698,6 +698,46 @@ fn cancellation_between_tokens() {
 // ----- chat templates and tokenizer ------------------------------------------------------------
 
 #[test]
+fn a_conversation_evaluated_ahead_leaves_only_the_new_tokens_to_compute() {
+    let (model, _f) = load_tiny(Kind::Qwen3, 256);
+    let opts = GenerateOptions {
+        max_tokens: 3,
+        ..Default::default()
+    };
+    let go = |s: &mut sotad_engines::llm::Session, m: &[Message]| {
+        s.chat(m, &opts, |_| std::ops::ControlFlow::Continue(()))
+            .unwrap()
+    };
+    let history = [
+        Message::system("Be brief."),
+        Message::user("hi"),
+        Message::assistant("hello"),
+    ];
+    let mut next = history.to_vec();
+    next.push(Message::user("how are you"));
+
+    // Between turns: the conversation so far, the assistant's turn not opened.
+    let mut s = model.session();
+    let n = s.prefill_chat(&history, false, false).unwrap();
+    assert!(n > 0);
+    assert_eq!(s.prefill_chat(&history, false, false).unwrap(), 0, "cached");
+    let r = go(&mut s, &next);
+    assert_eq!(r.timings.cached_tokens, n, "{:?}", r.timings);
+    assert!(r.timings.prompt_tokens > n);
+
+    // Before the endpoint: the whole prompt, reply opened; only its last token is
+    // evaluated again (for the logits).
+    let mut s = model.session();
+    let n = s.prefill_chat(&next, true, false).unwrap();
+    let r = go(&mut s, &next);
+    assert_eq!(r.timings.prompt_tokens, n);
+    assert_eq!(r.timings.cached_tokens, n - 1);
+    // And the answer is the one computed from scratch.
+    let fresh = go(&mut model.session(), &next);
+    assert_eq!(r.tokens, fresh.tokens);
+}
+
+#[test]
 fn qwen3_fallback_template_turns_thinking_off_and_on() {
     let (model, _f) = load_tiny(Kind::Qwen3, 64);
     let t = model.chat_template();

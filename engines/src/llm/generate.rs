@@ -210,20 +210,26 @@ impl TextStream {
 }
 
 impl Session {
-    /// Evaluates a conversation so far into the cache, without opening the assistant's
-    /// turn, so that a later [`Session::chat`] on these messages plus a new one only computes
-    /// the new one. Reuses the cached prefix; a conversation that does not fit in the context
-    /// is left alone. Returns the number of tokens evaluated.
+    /// Evaluates a conversation into the cache without generating, so that a later
+    /// [`Session::chat`] on it (or on it plus a new message, with `open_reply` false) only
+    /// computes what is new. `open_reply` renders the assistant's turn opened, as `chat`
+    /// does. Reuses the cached prefix; a conversation that does not fit in the context is
+    /// left alone. Returns the number of tokens evaluated.
     ///
-    /// For idle time between turns: when a conversation's oldest turns are forgotten, its
-    /// rendered prompt changes near the start and the whole history has to be recomputed;
-    /// doing it here keeps that out of the next question's time to first token.
-    pub fn prefill_chat(&mut self, messages: &[Message], thinking: bool) -> Result<usize> {
+    /// For idle time: between turns (when a conversation's oldest turns are forgotten, its
+    /// rendered prompt changes near the start and the whole history has to be recomputed),
+    /// or while it is not yet sure that a question is finished.
+    pub fn prefill_chat(
+        &mut self,
+        messages: &[Message],
+        open_reply: bool,
+        thinking: bool,
+    ) -> Result<usize> {
         let text = self
             .model
             .inner
             .template
-            .render(messages, false, thinking)?;
+            .render(messages, open_reply, thinking)?;
         let ids = self.model.inner.tokenizer.encode(&text, true, true);
         if ids.is_empty() || ids.len() + 1 > self.model.inner.config.context_len {
             return Ok(0);
