@@ -200,20 +200,12 @@ fn a_raised_cancel_flag_stops_the_transcription() {
     let clip = &clips()[0];
     let flag = Arc::new(AtomicBool::new(true));
     let opts = TranscribeOptions {
-        cancel: Some(flag.clone()),
+        cancel: Some(flag),
         ..Default::default()
     };
     let e = m.transcribe(&clip.samples, &opts).unwrap_err();
     assert!(matches!(e, sotad_engines::Error::Cancelled), "{e}");
-    // Lowered, the same options transcribe.
-    flag.store(false, std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        !m.transcribe(&clip.samples, &opts)
-            .unwrap()
-            .text
-            .trim()
-            .is_empty()
-    );
+    // (A lowered flag is the daemon's every voice turn: tests/tests/voice.rs.)
 }
 
 #[test]
