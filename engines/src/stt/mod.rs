@@ -23,6 +23,7 @@
 pub mod ct2;
 pub mod gguf;
 pub mod mel;
+pub(crate) mod encoder;
 pub mod model;
 pub mod ops;
 pub mod quantize;

@@ -53,7 +53,7 @@ pub struct LayerNorm<'a> {
 }
 
 impl LayerNorm<'_> {
-    fn row(&self, x: &[f32], y: &mut [f32]) {
+    pub(crate) fn row(&self, x: &[f32], y: &mut [f32]) {
         let n = x.len() as f32;
         let mean = x.iter().sum::<f32>() / n;
         let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
@@ -106,7 +106,7 @@ pub struct Softmax {
 }
 
 impl Softmax {
-    fn row(&self, r: usize, x: &mut [f32]) {
+    pub(crate) fn row(&self, r: usize, x: &mut [f32]) {
         let visible = match self.causal_offset {
             Some(p) => (r % self.q_len.max(1) + p + 1).min(x.len()),
             None => x.len(),
