@@ -14,12 +14,13 @@
 //!   `dst += lhs · rhs`), then add their bias;
 //! - the two convolutions are products without an im2col copy: the input is stored
 //!   time-major with a zero row before and after, so the three frames a kernel reads are
-//!   adjacent in memory, and the weights are reordered to `[out, tap, in]` at load;
+//!   adjacent in memory, and the weights are reordered to `[tap, in, out]` at load;
+//! - weights are stored transposed (`[in, out]`), the layout gemm reads without packing;
 //! - self-attention runs per head and block of [`Q_BLOCK`] queries: the block's scores
 //!   (`Q_BLOCK × frames`) stay in a per-thread buffer in the cache through the softmax
 //!   and the value product, whose output is written into its place in the merged
 //!   `(frames, state)` matrix; queries and keys are read in place from the fused
-//!   query/key/value matrix, the values from a per-head transposed copy (so gemm does not
+//!   query/key/value matrix, the keys from a per-head transposed copy (so gemm does not
 //!   repack them for every block);
 //! - the activation buffers are kept between calls.
 //!
@@ -33,14 +34,52 @@ use rayon::prelude::*;
 
 use super::ops::{LayerNorm, Softmax, gelu};
 
-/// Rows of the output per task of a matrix product.
-const ROWS: usize = 64;
+/// Rows of the output per task of a matrix product. gemm computes a row-major product as
+/// the transposed column-major one, with our rows as its columns; up to 48 (8 × its
+/// 6-column micro-tile) it reads the weights in place, above that it packs them per call.
+/// Measured on tiny.en (x86, 2 threads, `STT_ENC_ROWS`): 96 rows 5–8 % faster than 48
+/// (fewer tasks, the packing pays for itself), 32 slower, 144 no better.
+const ROWS: usize = 96;
 
-/// Query rows per attention task: the scores of one block (`Q_BLOCK × 1500` for the full
-/// window, 384 KB) fit in a core's L2 cache.
-pub(crate) const Q_BLOCK: usize = 64;
+/// Query rows per attention task: at most 48 lets gemm read the keys and values in place
+/// (see [`ROWS`]); the block's scores (`48 × 1504` for the full window, 289 KB) stay in a
+/// core's L2 cache. 96 measured the same within noise (`STT_ENC_QBLOCK`).
+const Q_BLOCK: usize = 48;
 
-/// A dense layer: `weight` is `[out, in]` row-major.
+/// `name` from the environment (for tuning experiments), else `default`.
+fn tunable(name: &str, default: usize, cell: &'static std::sync::OnceLock<usize>) -> usize {
+    *cell.get_or_init(|| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or(default)
+    })
+}
+
+fn rows_per_task() -> usize {
+    static CELL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    tunable("STT_ENC_ROWS", ROWS, &CELL)
+}
+
+fn q_block() -> usize {
+    static CELL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    tunable("STT_ENC_QBLOCK", Q_BLOCK, &CELL)
+}
+
+/// `[rows, cols]` row-major to `[cols, rows]`.
+pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; w.len()];
+    for (r, row) in w.chunks_exact(cols).enumerate().take(rows) {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
+}
+
+/// A dense layer: `weight` is `[in, out]` row-major (the transpose of PyTorch's and
+/// CTranslate2's `[out, in]`), which gemm reads in place.
 pub(crate) struct Dense {
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
@@ -63,13 +102,12 @@ pub(crate) struct Layer {
     pub fc2: Dense,
 }
 
-/// The encoder's weights. The convolution weights are `[out, tap, in]` (reordered from
+/// The encoder's weights. The convolution weights are `[tap · in, out]` (reordered from
 /// PyTorch's `[out, in, tap]` at load).
 pub(crate) struct Encoder {
     pub n_mels: usize,
     pub state: usize,
     pub heads: usize,
-    pub n_ctx: usize,
     pub conv1: Dense,
     pub conv2: Dense,
     /// `[n_ctx, state]`.
@@ -87,7 +125,7 @@ struct Scratch {
     conv1: Vec<f32>,
     h: Vec<f32>,
     qkv: Vec<f32>,
-    vt: Vec<f32>,
+    kt: Vec<f32>,
     attn: Vec<f32>,
     ff: Vec<f32>,
 }
@@ -99,13 +137,14 @@ fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
-/// Reorders a convolution weight from `[out, in, tap]` to `[out, tap, in]`.
+/// Reorders a convolution weight from `[out, in, tap]` to `[tap, in, out]` (a dense
+/// layer's `[in, out]` over the three frames side by side).
 pub(crate) fn conv_weight_tap_major(w: &[f32], out: usize, inp: usize, taps: usize) -> Vec<f32> {
     let mut r = vec![0.0f32; w.len()];
     for o in 0..out {
         for c in 0..inp {
             for j in 0..taps {
-                r[o * taps * inp + j * inp + c] = w[o * inp * taps + c * taps + j];
+                r[(j * inp + c) * out + o] = w[o * inp * taps + c * taps + j];
             }
         }
     }
@@ -173,7 +212,7 @@ unsafe fn gemm1(
     }
 }
 
-/// `out[r] = [out[r] +] lhs[r] · Wᵀ` for `m` rows (lhs row `r` starts at `r · lhs_rs` and
+/// `out[r] = [out[r] +] lhs[r] · W` for `m` rows (lhs row `r` starts at `r · lhs_rs` and
 /// has `w.inp` values), in tasks of [`ROWS`] rows; `epi(first_row, rows)` runs on each
 /// task's output rows right after its product.
 fn linear(
@@ -188,7 +227,7 @@ fn linear(
     linear_raw(m, lhs, lhs_rs, &w.weight, w.out, w.inp, out, accumulate, epi);
 }
 
-/// [`linear`] with the weight as a slice, `n × k` row-major.
+/// [`linear`] with the weight as a slice, `k × n` row-major (inputs × outputs).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn linear_raw(
     m: usize,
@@ -203,15 +242,15 @@ pub(crate) fn linear_raw(
 ) {
     assert!(m == 0 || lhs.len() >= (m - 1) * lhs_rs + k, "linear: input too short");
     assert!(weight.len() == n * k && out.len() >= m * n, "linear: shapes");
+    let chunk = rows_per_task();
     out[..m * n]
-        .par_chunks_mut(ROWS * n)
+        .par_chunks_mut(chunk * n)
         .enumerate()
         .for_each(|(i, o)| {
-            let r0 = i * ROWS;
+            let r0 = i * chunk;
             let rows = o.len() / n;
             // SAFETY: `o` is `rows × n`; the lhs rows `r0 .. r0 + rows` are inside `lhs`
-            // (asserted above); the weight is `n × k`, read as its transpose (`k × n`,
-            // row stride 1, column stride k). `o` is a fresh mutable borrow, so it
+            // (asserted above); the weight is `k × n`, row-major. `o` is a fresh mutable borrow, so it
             // overlaps neither input.
             unsafe {
                 gemm1(
@@ -225,8 +264,8 @@ pub(crate) fn linear_raw(
                     lhs_rs,
                     1,
                     weight.as_ptr(),
+                    n,
                     1,
-                    k,
                 );
             }
             epi(r0, o);
@@ -262,8 +301,8 @@ impl Norm {
             eps,
         };
         let d = self.gamma.len();
-        x.par_chunks(ROWS * d)
-            .zip(y.par_chunks_mut(ROWS * d))
+        x.par_chunks(rows_per_task() * d)
+            .zip(y.par_chunks_mut(rows_per_task() * d))
             .for_each(|(xs, ys)| {
                 for (xr, yr) in xs.chunks_exact(d).zip(ys.chunks_exact_mut(d)) {
                     ln.row(xr, yr);
@@ -278,30 +317,35 @@ thread_local! {
 }
 
 /// Self-attention over `t` positions: `qkv` is `(t, 3 · state)` (queries, keys, values),
-/// `out` receives `(t, state)` with the heads side by side. `vt` is scratch for the
-/// transposed values.
-fn self_attention(qkv: &[f32], t: usize, state: usize, heads: usize, vt: &mut [f32], out: &mut [f32]) {
+/// `out` receives `(t, state)` with the heads side by side. `kt` is scratch for the keys
+/// per head, transposed to `(dh, t_pad)` with `t_pad = t` rounded up to 8 (zero keys in
+/// the padding, left out of the softmax): gemm then reads both the keys and the values
+/// (in place) without repacking them for every block of queries.
+fn self_attention(qkv: &[f32], t: usize, state: usize, heads: usize, kt: &mut [f32], out: &mut [f32]) {
     let dh = state / heads;
     let w3 = 3 * state;
-    // Values per head as (dh, t): the value product then reads its right operand with unit
-    // row stride, which gemm uses without repacking.
-    vt.par_chunks_mut(dh * t).enumerate().for_each(|(h, vh)| {
-        for (j, row) in qkv.chunks_exact(w3).enumerate() {
-            let v = &row[2 * state + h * dh..2 * state + (h + 1) * dh];
-            for (d, &x) in v.iter().enumerate() {
-                vh[d * t + j] = x;
+    let t_pad = t.next_multiple_of(8);
+    assert!(out.len() >= t * state && qkv.len() >= t * w3 && kt.len() >= heads * dh * t_pad);
+    kt.par_chunks_mut(dh * t_pad).enumerate().for_each(|(h, kh)| {
+        for (j, row) in qkv.chunks_exact(w3).take(t).enumerate() {
+            let k = &row[state + h * dh..state + (h + 1) * dh];
+            for (d, &x) in k.iter().enumerate() {
+                kh[d * t_pad + j] = x;
             }
         }
+        for d in 0..dh {
+            kh[d * t_pad + t..(d + 1) * t_pad].fill(0.0);
+        }
     });
-    let blocks = t.div_ceil(Q_BLOCK);
+    let qb = q_block();
+    let blocks = t.div_ceil(qb);
     let scale = 1.0 / (dh as f32).sqrt();
     let out_ptr = SendPtr(out.as_mut_ptr());
-    assert!(out.len() >= t * state && qkv.len() >= t * w3 && vt.len() >= heads * dh * t);
-    let vt = &*vt;
+    let kt = &*kt;
     (0..heads * blocks).into_par_iter().for_each(|task| {
         let (h, b) = (task / blocks, task % blocks);
-        let r0 = b * Q_BLOCK;
-        let q_len = Q_BLOCK.min(t - r0);
+        let r0 = b * qb;
+        let q_len = qb.min(t - r0);
         let softmax = Softmax {
             scale,
             q_len,
@@ -309,33 +353,33 @@ fn self_attention(qkv: &[f32], t: usize, state: usize, heads: usize, vt: &mut [f
         };
         SCORES.with(|s| {
             let mut s = s.borrow_mut();
-            let scores = sized(&mut s, q_len * t);
-            // SAFETY: queries rows r0.. of head h and all keys of head h are inside `qkv`
-            // (t rows of 3·state, asserted); the keys are read as (dh, t): row stride 1,
-            // column stride 3·state. `scores` is this thread's own buffer.
+            let scores = sized(&mut s, q_len * t_pad);
+            // SAFETY: query rows r0 .. r0 + q_len of head h are inside `qkv` (t rows of
+            // 3·state, asserted); the keys of head h are kt[h·dh·t_pad ..], (dh, t_pad)
+            // row-major. `scores` is this thread's own buffer.
             unsafe {
                 gemm1(
                     q_len,
-                    t,
+                    t_pad,
                     dh,
                     scores.as_mut_ptr(),
-                    t,
+                    t_pad,
                     false,
                     qkv.as_ptr().add(r0 * w3 + h * dh),
                     w3,
                     1,
-                    qkv.as_ptr().add(state + h * dh),
+                    kt.as_ptr().add(h * dh * t_pad),
+                    t_pad,
                     1,
-                    w3,
                 );
             }
-            for (i, row) in scores.chunks_exact_mut(t).enumerate() {
-                softmax.row(i, row);
+            for (i, row) in scores.chunks_exact_mut(t_pad).enumerate() {
+                softmax.row(i, &mut row[..t]);
             }
             // SAFETY: the output block (rows r0 .. r0 + q_len, columns h·dh .. (h+1)·dh)
             // belongs to this task alone; `out` holds t × state values (asserted) and
-            // lives past the loop. The values of head h are vt[h·dh·t ..], (t, dh) with
-            // row stride 1 and column stride t.
+            // lives past the loop. The values of head h are read in place from `qkv`,
+            // (t, dh) with row stride 3·state.
             unsafe {
                 gemm1(
                     q_len,
@@ -345,11 +389,11 @@ fn self_attention(qkv: &[f32], t: usize, state: usize, heads: usize, vt: &mut [f
                     state,
                     false,
                     scores.as_ptr(),
-                    t,
+                    t_pad,
                     1,
-                    vt.as_ptr().add(h * dh * t),
+                    qkv.as_ptr().add(2 * state + h * dh),
+                    w3,
                     1,
-                    t,
                 );
             }
         });
@@ -419,7 +463,6 @@ impl Encoder {
             n_mels,
             state,
             heads,
-            n_ctx,
             conv1,
             conv2,
             pos,
@@ -498,7 +541,7 @@ impl Encoder {
 
         let h = sized(&mut sc.h, t * s);
         let qkv = sized(&mut sc.qkv, t * 3 * s);
-        let vt = sized(&mut sc.vt, t * s);
+        let kt = sized(&mut sc.kt, t.next_multiple_of(8) * s);
         let attn = sized(&mut sc.attn, t * s);
         let ff_width = self.layers.iter().map(|l| l.fc1.out).max().unwrap_or(0);
         let ff_all = sized(&mut sc.ff, t * ff_width);
@@ -507,7 +550,7 @@ impl Encoder {
             let b = &l.qkv.bias;
             linear(t, h, s, &l.qkv, qkv, false, &|_, o| add_bias(b, o));
             lap("ln+qkv");
-            self_attention(qkv, t, s, self.heads, vt, attn);
+            self_attention(qkv, t, s, self.heads, kt, attn);
             lap("attention");
             let b = &l.out.bias;
             linear(t, attn, s, &l.out, &mut x, true, &|_, o| add_bias(b, o));

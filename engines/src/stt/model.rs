@@ -63,11 +63,26 @@ const FAST_MIN_ROWS: usize = 64;
 /// blocks (decoder, when quantized and `in` is a multiple of 32).
 struct Linear {
     weight: Option<Tensor>,
+    /// `[in, out]`: the weight transposed, for layers fed many rows at once (the
+    /// cross-attention keys and values), multiplied by [`encoder::linear_raw`].
+    wt: Option<Vec<f32>>,
     q: Option<(GgmlType, QBytes)>,
     rows: usize,
     cols: usize,
     bias: Vec<f32>,
     threads: usize,
+}
+
+impl Linear {
+    /// Keeps an `f32` weight transposed, for [`encoder::linear_raw`] (quantized weights
+    /// stay as they are).
+    fn transposed(mut self) -> CResult<Self> {
+        if let Some(w) = self.weight.take() {
+            let v = w.flatten_all()?.to_vec1::<f32>()?;
+            self.wt = Some(encoder::transpose(&v, self.rows, self.cols));
+        }
+        Ok(self)
+    }
 }
 
 /// Quantized weight rows: made at load, or borrowed from a memory-mapped GGUF file.
@@ -148,6 +163,7 @@ impl Linear {
         if let Some((threads, (ty, slice))) = quantized {
             return Ok(Self {
                 weight: None,
+                wt: None,
                 q: Some((ty, QBytes::Mapped(slice))),
                 rows,
                 cols,
@@ -158,6 +174,7 @@ impl Linear {
         match q8_threads {
             Some(threads) if cols % 32 == 0 && cols > 0 => Ok(Self {
                 weight: None,
+                wt: None,
                 q: Some((GgmlType::Q8_0, QBytes::Owned(quantize_q8_0(&w, cols)))),
                 rows,
                 cols,
@@ -169,6 +186,7 @@ impl Linear {
                     Tensor::from_vec(w, (rows, cols), &Device::Cpu)
                         .map_err(candle_err(&format!("tensor {name:?}")))?,
                 ),
+                wt: None,
                 q: None,
                 rows,
                 cols,
@@ -180,33 +198,50 @@ impl Linear {
 
     /// `x · Wᵀ + b` (and GELU if asked) for `x` of shape `(rows, in)`.
     fn forward(&self, x: &Tensor, gelu: bool) -> CResult<Tensor> {
-        let y = match (&self.weight, &self.q) {
-            // Many rows (the cross-attention keys and values of a window): the row-split
-            // product of the encoder, with the bias added in the same pass.
-            (Some(w), _) if x.dim(0)? >= FAST_MIN_ROWS && !gelu => {
-                let (n, cols) = x.dims2()?;
-                if cols != self.cols {
-                    candle_core::bail!("linear layer of width {} fed rows of {cols}", self.cols);
-                }
+        if let Some(wt) = &self.wt {
+            let (n, cols) = x.dims2()?;
+            if cols != self.cols {
+                candle_core::bail!("linear layer of width {} fed rows of {cols}", self.cols);
+            }
+            let y = if n >= FAST_MIN_ROWS {
                 let x = x.contiguous()?;
                 let mut out = vec![0.0f32; n * self.rows];
                 with_f32(&x, |xs| {
-                    with_f32(w, |ws| {
-                        encoder::linear_raw(
-                            n,
-                            xs,
-                            self.cols,
-                            ws,
-                            self.rows,
-                            self.cols,
-                            &mut out,
-                            false,
-                            &|_, o| encoder::add_bias(&self.bias, o),
-                        )
-                    })
-                })??;
-                return Tensor::from_vec(out, (n, self.rows), &Device::Cpu);
+                    encoder::linear_raw(
+                        n,
+                        xs,
+                        self.cols,
+                        wt,
+                        self.rows,
+                        self.cols,
+                        &mut out,
+                        false,
+                        &|_, o| encoder::add_bias(&self.bias, o),
+                    )
+                })?;
+                let y = Tensor::from_vec(out, (n, self.rows), &Device::Cpu)?;
+                if !gelu {
+                    return Ok(y);
+                }
+                y.inplace_op1(&BiasGelu {
+                    bias: &[],
+                    per_row: false,
+                    gelu,
+                })?;
+                return Ok(y);
+            } else {
+                x.matmul(&Tensor::from_slice(wt, (self.cols, self.rows), &Device::Cpu)?)?
+            };
+            if !self.bias.is_empty() || gelu {
+                y.inplace_op1(&BiasGelu {
+                    bias: &self.bias,
+                    per_row: false,
+                    gelu,
+                })?;
             }
+            return Ok(y);
+        }
+        let y = match (&self.weight, &self.q) {
             (Some(w), _) => x.matmul(&w.t()?)?,
             (None, Some((ty, q))) => {
                 let n = x.dim(0)?;
@@ -481,7 +516,7 @@ fn dense(parts: &[&weights::Linear]) -> encoder::Dense {
         bias.clear();
     }
     encoder::Dense {
-        weight,
+        weight: encoder::transpose(&weight, out, inp),
         bias,
         out,
         inp,
@@ -650,7 +685,9 @@ impl WhisperNet {
                         &[&l.cross_attn.key, &l.cross_attn.value],
                         None,
                         enc_mapped,
-                    )?,
+                    )?
+                    .transposed()
+                    .map_err(candle_err("cross-attention weights"))?,
                     cross_out: Linear::load_fused(&[&l.cross_attn.out], q8, dec_mapped)?,
                     mlp_ln: Norm::load(&l.mlp_ln),
                     mlp: Mlp::load(&l.mlp, q8, dec_mapped)?,
