@@ -224,7 +224,9 @@ fn linear(
     accumulate: bool,
     epi: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
-    linear_raw(m, lhs, lhs_rs, &w.weight, w.out, w.inp, out, accumulate, epi);
+    linear_raw(
+        m, lhs, lhs_rs, &w.weight, w.out, w.inp, out, accumulate, epi,
+    );
 }
 
 /// [`linear`] with the weight as a slice, `k × n` row-major (inputs × outputs).
@@ -240,8 +242,14 @@ pub(crate) fn linear_raw(
     accumulate: bool,
     epi: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
-    assert!(m == 0 || lhs.len() >= (m - 1) * lhs_rs + k, "linear: input too short");
-    assert!(weight.len() == n * k && out.len() >= m * n, "linear: shapes");
+    assert!(
+        m == 0 || lhs.len() >= (m - 1) * lhs_rs + k,
+        "linear: input too short"
+    );
+    assert!(
+        weight.len() == n * k && out.len() >= m * n,
+        "linear: shapes"
+    );
     let chunk = rows_per_task();
     out[..m * n]
         .par_chunks_mut(chunk * n)
@@ -321,22 +329,31 @@ thread_local! {
 /// per head, transposed to `(dh, t_pad)` with `t_pad = t` rounded up to 8 (zero keys in
 /// the padding, left out of the softmax): gemm then reads both the keys and the values
 /// (in place) without repacking them for every block of queries.
-fn self_attention(qkv: &[f32], t: usize, state: usize, heads: usize, kt: &mut [f32], out: &mut [f32]) {
+fn self_attention(
+    qkv: &[f32],
+    t: usize,
+    state: usize,
+    heads: usize,
+    kt: &mut [f32],
+    out: &mut [f32],
+) {
     let dh = state / heads;
     let w3 = 3 * state;
     let t_pad = t.next_multiple_of(8);
     assert!(out.len() >= t * state && qkv.len() >= t * w3 && kt.len() >= heads * dh * t_pad);
-    kt.par_chunks_mut(dh * t_pad).enumerate().for_each(|(h, kh)| {
-        for (j, row) in qkv.chunks_exact(w3).take(t).enumerate() {
-            let k = &row[state + h * dh..state + (h + 1) * dh];
-            for (d, &x) in k.iter().enumerate() {
-                kh[d * t_pad + j] = x;
+    kt.par_chunks_mut(dh * t_pad)
+        .enumerate()
+        .for_each(|(h, kh)| {
+            for (j, row) in qkv.chunks_exact(w3).take(t).enumerate() {
+                let k = &row[state + h * dh..state + (h + 1) * dh];
+                for (d, &x) in k.iter().enumerate() {
+                    kh[d * t_pad + j] = x;
+                }
             }
-        }
-        for d in 0..dh {
-            kh[d * t_pad + t..(d + 1) * t_pad].fill(0.0);
-        }
-    });
+            for d in 0..dh {
+                kh[d * t_pad + t..(d + 1) * t_pad].fill(0.0);
+            }
+        });
     let qb = q_block();
     let blocks = t.div_ceil(qb);
     let scale = 1.0 / (dh as f32).sqrt();
@@ -452,7 +469,12 @@ impl Encoder {
         norm("ln_post", &ln_post)?;
         for (i, l) in layers.iter().enumerate() {
             let ff = l.fc1.out;
-            check(&format!("layer {i} attention qkv"), &l.qkv, 3 * state, state)?;
+            check(
+                &format!("layer {i} attention qkv"),
+                &l.qkv,
+                3 * state,
+                state,
+            )?;
             check(&format!("layer {i} attention out"), &l.out, state, state)?;
             check(&format!("layer {i} fc1"), &l.fc1, ff, state)?;
             check(&format!("layer {i} fc2"), &l.fc2, state, ff)?;
@@ -561,7 +583,9 @@ impl Encoder {
             linear(t, h, s, &l.fc1, ff, false, &|_, o| bias_gelu(b, o));
             lap("ln+fc1");
             let b = &l.fc2.bias;
-            linear(t, ff, l.fc2.inp, &l.fc2, &mut x, true, &|_, o| add_bias(b, o));
+            linear(t, ff, l.fc2.inp, &l.fc2, &mut x, true, &|_, o| {
+                add_bias(b, o)
+            });
             lap("fc2");
         }
         let mut y = vec![0.0f32; t * s];

@@ -21,9 +21,9 @@
 //! ```
 
 pub mod ct2;
+pub(crate) mod encoder;
 pub mod gguf;
 pub mod mel;
-pub(crate) mod encoder;
 pub mod model;
 pub mod ops;
 pub mod quantize;

@@ -230,7 +230,11 @@ impl Linear {
                 })?;
                 return Ok(y);
             } else {
-                x.matmul(&Tensor::from_slice(wt, (self.cols, self.rows), &Device::Cpu)?)?
+                x.matmul(&Tensor::from_slice(
+                    wt,
+                    (self.cols, self.rows),
+                    &Device::Cpu,
+                )?)?
             };
             if !self.bias.is_empty() || gelu {
                 y.inplace_op1(&BiasGelu {
@@ -632,7 +636,12 @@ impl WhisperNet {
                     });
                 }
                 Ok(encoder::Dense {
-                    weight: encoder::conv_weight_tap_major(&floats(&c.weight, None), out, inp, taps),
+                    weight: encoder::conv_weight_tap_major(
+                        &floats(&c.weight, None),
+                        out,
+                        inp,
+                        taps,
+                    ),
                     bias,
                     out,
                     inp: inp * taps,
@@ -650,21 +659,23 @@ impl WhisperNet {
                     fc2: dense(&[&l.mlp.fc2]),
                 })
                 .collect();
-            EncoderImpl::Fast(encoder::Encoder::new(
-                dims.n_mels,
-                dims.n_audio_state,
-                dims.n_audio_head,
-                dims.n_audio_ctx,
-                conv(&e.conv1, "conv1")?,
-                conv(&e.conv2, "conv2")?,
-                e.positional_embedding.to_f32_vec(),
-                layers,
-                enc_norm(&e.ln_post),
-                LN_EPS,
+            EncoderImpl::Fast(
+                encoder::Encoder::new(
+                    dims.n_mels,
+                    dims.n_audio_state,
+                    dims.n_audio_head,
+                    dims.n_audio_ctx,
+                    conv(&e.conv1, "conv1")?,
+                    conv(&e.conv2, "conv2")?,
+                    e.positional_embedding.to_f32_vec(),
+                    layers,
+                    enc_norm(&e.ln_post),
+                    LN_EPS,
+                )
+                .map_err(|reason| Error::Stt {
+                    reason: format!("encoder weights: {reason}"),
+                })?,
             )
-            .map_err(|reason| Error::Stt {
-                reason: format!("encoder weights: {reason}"),
-            })?)
         };
         let d = &w.decoder;
         let dec_layers = d
@@ -755,10 +766,7 @@ impl WhisperNet {
             per_row: true,
             gelu: true,
         })?;
-        let x = x
-            .unsqueeze(0)?
-            .conv1d(&c.conv2_w, 1, 2, 1, 1)?
-            .squeeze(0)?;
+        let x = x.unsqueeze(0)?.conv1d(&c.conv2_w, 1, 2, 1, 1)?.squeeze(0)?;
         x.inplace_op1(&BiasGelu {
             bias: &c.conv2_b,
             per_row: true,
