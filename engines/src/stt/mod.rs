@@ -21,6 +21,7 @@
 //! ```
 
 pub mod ct2;
+pub(crate) mod encoder;
 pub mod gguf;
 pub mod mel;
 pub mod model;

@@ -13,6 +13,7 @@
 use candle_core::{CpuStorage, Device, Storage, Tensor};
 
 use super::ct2::{DType as CtType, TensorSlice};
+use super::encoder;
 use super::ops::{AddAssign, BiasGelu, LayerNorm, Softmax, dot, exp_neg};
 use super::weights::{self, WhisperDims, WhisperWeights};
 use crate::error::{Error, Result};
@@ -54,15 +55,34 @@ fn tensor(t: &TensorSlice, scale: Option<&TensorSlice>) -> Result<Tensor> {
         .map_err(candle_err(&format!("tensor {:?}", t.name())))
 }
 
+/// Input rows from which an `f32` [`Linear`] runs [`encoder::linear_raw`] instead of a
+/// candle product.
+const FAST_MIN_ROWS: usize = 64;
+
 /// A linear layer: `weight` is `[out, in]`, as an `f32` tensor (encoder) or as Q8_0
 /// blocks (decoder, when quantized and `in` is a multiple of 32).
 struct Linear {
     weight: Option<Tensor>,
+    /// `[in, out]`: the weight transposed, for layers fed many rows at once (the
+    /// cross-attention keys and values), multiplied by [`encoder::linear_raw`].
+    wt: Option<Vec<f32>>,
     q: Option<(GgmlType, QBytes)>,
     rows: usize,
     cols: usize,
     bias: Vec<f32>,
     threads: usize,
+}
+
+impl Linear {
+    /// Keeps an `f32` weight transposed, for [`encoder::linear_raw`] (quantized weights
+    /// stay as they are).
+    fn transposed(mut self) -> CResult<Self> {
+        if let Some(w) = self.weight.take() {
+            let v = w.flatten_all()?.to_vec1::<f32>()?;
+            self.wt = Some(encoder::transpose(&v, self.rows, self.cols));
+        }
+        Ok(self)
+    }
 }
 
 /// Quantized weight rows: made at load, or borrowed from a memory-mapped GGUF file.
@@ -143,6 +163,7 @@ impl Linear {
         if let Some((threads, (ty, slice))) = quantized {
             return Ok(Self {
                 weight: None,
+                wt: None,
                 q: Some((ty, QBytes::Mapped(slice))),
                 rows,
                 cols,
@@ -153,6 +174,7 @@ impl Linear {
         match q8_threads {
             Some(threads) if cols % 32 == 0 && cols > 0 => Ok(Self {
                 weight: None,
+                wt: None,
                 q: Some((GgmlType::Q8_0, QBytes::Owned(quantize_q8_0(&w, cols)))),
                 rows,
                 cols,
@@ -164,6 +186,7 @@ impl Linear {
                     Tensor::from_vec(w, (rows, cols), &Device::Cpu)
                         .map_err(candle_err(&format!("tensor {name:?}")))?,
                 ),
+                wt: None,
                 q: None,
                 rows,
                 cols,
@@ -175,6 +198,53 @@ impl Linear {
 
     /// `x · Wᵀ + b` (and GELU if asked) for `x` of shape `(rows, in)`.
     fn forward(&self, x: &Tensor, gelu: bool) -> CResult<Tensor> {
+        if let Some(wt) = &self.wt {
+            let (n, cols) = x.dims2()?;
+            if cols != self.cols {
+                candle_core::bail!("linear layer of width {} fed rows of {cols}", self.cols);
+            }
+            let y = if n >= FAST_MIN_ROWS {
+                let x = x.contiguous()?;
+                let mut out = vec![0.0f32; n * self.rows];
+                with_f32(&x, |xs| {
+                    encoder::linear_raw(
+                        n,
+                        xs,
+                        self.cols,
+                        wt,
+                        self.rows,
+                        self.cols,
+                        &mut out,
+                        false,
+                        &|_, o| encoder::add_bias(&self.bias, o),
+                    )
+                })?;
+                let y = Tensor::from_vec(out, (n, self.rows), &Device::Cpu)?;
+                if !gelu {
+                    return Ok(y);
+                }
+                y.inplace_op1(&BiasGelu {
+                    bias: &[],
+                    per_row: false,
+                    gelu,
+                })?;
+                return Ok(y);
+            } else {
+                x.matmul(&Tensor::from_slice(
+                    wt,
+                    (self.cols, self.rows),
+                    &Device::Cpu,
+                )?)?
+            };
+            if !self.bias.is_empty() || gelu {
+                y.inplace_op1(&BiasGelu {
+                    bias: &self.bias,
+                    per_row: false,
+                    gelu,
+                })?;
+            }
+            return Ok(y);
+        }
         let y = match (&self.weight, &self.q) {
             (Some(w), _) => x.matmul(&w.t()?)?,
             (None, Some((ty, q))) => {
@@ -406,18 +476,62 @@ enum Projection {
 /// [`CrossKv`].
 pub struct WhisperNet {
     dims: WhisperDims,
-    conv1_w: Tensor,
-    conv1_b: Vec<f32>,
-    conv2_w: Tensor,
-    conv2_b: Vec<f32>,
-    enc_pos: Tensor,
-    enc_layers: Vec<EncoderLayer>,
-    ln_post: Norm,
+    encoder: EncoderImpl,
     tok_emb: Vec<f32>,
     dec_pos: Vec<f32>,
     dec_layers: Vec<DecoderLayer>,
     dec_ln: Norm,
     projection: Projection,
+}
+
+/// The encoder: `f32` on slices ([`super::encoder`], the default), or on candle with
+/// quantized (GGUF) matrices kept file-backed (`quantized_encoder`).
+enum EncoderImpl {
+    Fast(encoder::Encoder),
+    Candle(Box<CandleEncoder>),
+}
+
+struct CandleEncoder {
+    conv1_w: Tensor,
+    conv1_b: Vec<f32>,
+    conv2_w: Tensor,
+    conv2_b: Vec<f32>,
+    enc_pos: Tensor,
+    layers: Vec<EncoderLayer>,
+    ln_post: Norm,
+}
+
+/// An `f32` dense layer of the fast encoder (fused parts concatenated by rows).
+fn dense(parts: &[&weights::Linear]) -> encoder::Dense {
+    let mut weight = Vec::new();
+    let mut bias = Vec::new();
+    let (mut out, mut inp) = (0, 0);
+    for l in parts {
+        let r = l.weight.shape().first().copied().unwrap_or(0);
+        weight.extend(floats(&l.weight, l.scale.as_ref()));
+        match &l.bias {
+            Some(b) => bias.extend(b.to_f32_vec()),
+            None => bias.extend(std::iter::repeat_n(0.0, r)),
+        }
+        out += r;
+        inp = l.weight.row_len();
+    }
+    if bias.iter().all(|&b| b == 0.0) {
+        bias.clear();
+    }
+    encoder::Dense {
+        weight: encoder::transpose(&weight, out, inp),
+        bias,
+        out,
+        inp,
+    }
+}
+
+fn enc_norm(n: &weights::LayerNorm) -> encoder::Norm {
+    encoder::Norm {
+        gamma: n.gamma.to_f32_vec(),
+        beta: n.beta.to_f32_vec(),
+    }
 }
 
 /// Cross-attention keys and values of one encoded window, per decoder layer:
@@ -477,23 +591,92 @@ impl WhisperNet {
         let quantized_projection = quantized_decoder;
         let q8 = quantized_decoder.then_some(threads.max(1));
         let e = &w.encoder;
-        let enc_layers = e
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(EncoderLayer {
-                    attn_ln: Norm::load(&l.attn_ln),
-                    qkv: Linear::load_fused(
-                        &[&l.attn.query, &l.attn.key, &l.attn.value],
-                        None,
-                        enc_mapped,
-                    )?,
-                    out: Linear::load(&l.attn.out, enc_mapped)?,
-                    mlp_ln: Norm::load(&l.mlp_ln),
-                    mlp: Mlp::load(&l.mlp, None, enc_mapped)?,
+        let encoder = if quantized_encoder {
+            let layers = e
+                .layers
+                .iter()
+                .map(|l| {
+                    Ok(EncoderLayer {
+                        attn_ln: Norm::load(&l.attn_ln),
+                        qkv: Linear::load_fused(
+                            &[&l.attn.query, &l.attn.key, &l.attn.value],
+                            None,
+                            enc_mapped,
+                        )?,
+                        out: Linear::load(&l.attn.out, enc_mapped)?,
+                        mlp_ln: Norm::load(&l.mlp_ln),
+                        mlp: Mlp::load(&l.mlp, None, enc_mapped)?,
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>>>()?;
+            EncoderImpl::Candle(Box::new(CandleEncoder {
+                conv1_w: tensor(&e.conv1.weight, None)?,
+                conv1_b: e.conv1.bias.to_f32_vec(),
+                conv2_w: tensor(&e.conv2.weight, None)?,
+                conv2_b: e.conv2.bias.to_f32_vec(),
+                enc_pos: tensor(&e.positional_embedding, None)?,
+                layers,
+                ln_post: Norm::load(&e.ln_post),
+            }))
+        } else {
+            let conv = |c: &weights::Conv1d, what: &str| -> Result<encoder::Dense> {
+                let shape = c.weight.shape();
+                let &[out, inp, taps] = shape.as_slice() else {
+                    return Err(Error::Stt {
+                        reason: format!("{what} weight has shape {shape:?}, expected 3 dimensions"),
+                    });
+                };
+                let bias = c.bias.to_f32_vec();
+                if taps != 3 || bias.len() != out {
+                    return Err(Error::Stt {
+                        reason: format!(
+                            "{what}: weight {shape:?} and {} biases (expected 3 taps, one bias per output)",
+                            bias.len()
+                        ),
+                    });
+                }
+                Ok(encoder::Dense {
+                    weight: encoder::conv_weight_tap_major(
+                        &floats(&c.weight, None),
+                        out,
+                        inp,
+                        taps,
+                    ),
+                    bias,
+                    out,
+                    inp: inp * taps,
+                })
+            };
+            let layers = e
+                .layers
+                .iter()
+                .map(|l| encoder::Layer {
+                    attn_ln: enc_norm(&l.attn_ln),
+                    qkv: dense(&[&l.attn.query, &l.attn.key, &l.attn.value]),
+                    out: dense(&[&l.attn.out]),
+                    mlp_ln: enc_norm(&l.mlp_ln),
+                    fc1: dense(&[&l.mlp.fc1]),
+                    fc2: dense(&[&l.mlp.fc2]),
+                })
+                .collect();
+            EncoderImpl::Fast(
+                encoder::Encoder::new(
+                    dims.n_mels,
+                    dims.n_audio_state,
+                    dims.n_audio_head,
+                    dims.n_audio_ctx,
+                    conv(&e.conv1, "conv1")?,
+                    conv(&e.conv2, "conv2")?,
+                    e.positional_embedding.to_f32_vec(),
+                    layers,
+                    enc_norm(&e.ln_post),
+                    LN_EPS,
+                )
+                .map_err(|reason| Error::Stt {
+                    reason: format!("encoder weights: {reason}"),
+                })?,
+            )
+        };
         let d = &w.decoder;
         let dec_layers = d
             .layers
@@ -513,7 +696,9 @@ impl WhisperNet {
                         &[&l.cross_attn.key, &l.cross_attn.value],
                         None,
                         enc_mapped,
-                    )?,
+                    )?
+                    .transposed()
+                    .map_err(candle_err("cross-attention weights"))?,
                     cross_out: Linear::load_fused(&[&l.cross_attn.out], q8, dec_mapped)?,
                     mlp_ln: Norm::load(&l.mlp_ln),
                     mlp: Mlp::load(&l.mlp, q8, dec_mapped)?,
@@ -536,13 +721,7 @@ impl WhisperNet {
         };
         Ok(Self {
             dims,
-            conv1_w: tensor(&e.conv1.weight, None)?,
-            conv1_b: e.conv1.bias.to_f32_vec(),
-            conv2_w: tensor(&e.conv2.weight, None)?,
-            conv2_b: e.conv2.bias.to_f32_vec(),
-            enc_pos: tensor(&e.positional_embedding, None)?,
-            enc_layers,
-            ln_post: Norm::load(&e.ln_post),
+            encoder,
             tok_emb,
             dec_pos: d.positional_embedding.to_f32_vec(),
             dec_layers,
@@ -573,25 +752,29 @@ impl WhisperNet {
                 mel.len()
             );
         }
+        let c = match &self.encoder {
+            EncoderImpl::Fast(enc) => {
+                let y = enc.encode(&mel, frames);
+                return Tensor::from_vec(y, (frames / 2, dims.n_audio_state), &Device::Cpu);
+            }
+            EncoderImpl::Candle(c) => c,
+        };
         let x = Tensor::from_vec(mel, (1, dims.n_mels, frames), &Device::Cpu)?;
-        let x = x.conv1d(&self.conv1_w, 1, 1, 1, 1)?.squeeze(0)?;
+        let x = x.conv1d(&c.conv1_w, 1, 1, 1, 1)?.squeeze(0)?;
         x.inplace_op1(&BiasGelu {
-            bias: &self.conv1_b,
+            bias: &c.conv1_b,
             per_row: true,
             gelu: true,
         })?;
-        let x = x
-            .unsqueeze(0)?
-            .conv1d(&self.conv2_w, 1, 2, 1, 1)?
-            .squeeze(0)?;
+        let x = x.unsqueeze(0)?.conv1d(&c.conv2_w, 1, 2, 1, 1)?.squeeze(0)?;
         x.inplace_op1(&BiasGelu {
-            bias: &self.conv2_b,
+            bias: &c.conv2_b,
             per_row: true,
             gelu: true,
         })?;
         let n = x.dim(1)?;
         let x = x.t()?.contiguous()?;
-        x.inplace_op2(&self.enc_pos.narrow(0, 0, n)?, &AddAssign)?;
+        x.inplace_op2(&c.enc_pos.narrow(0, 0, n)?, &AddAssign)?;
         let heads = dims.n_audio_head;
         let prof = std::env::var_os("STT_PROF").is_some();
         let mut t = std::time::Instant::now();
@@ -602,7 +785,7 @@ impl WhisperNet {
             t = std::time::Instant::now();
         };
         lap("conv");
-        for l in &self.enc_layers {
+        for l in &c.layers {
             let h = l.attn_ln.forward(&x)?;
             lap("ln");
             let qkv = l.qkv.forward(&h, false)?;
@@ -623,7 +806,7 @@ impl WhisperNet {
             x.inplace_op2(&h, &AddAssign)?;
             lap("add");
         }
-        self.ln_post.forward(&x)
+        c.ln_post.forward(&x)
     }
 
     /// Cross-attention keys and values for an encoder output.
