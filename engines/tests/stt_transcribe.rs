@@ -207,7 +207,13 @@ fn a_raised_cancel_flag_stops_the_transcription() {
     assert!(matches!(e, sotad_engines::Error::Cancelled), "{e}");
     // Lowered, the same options transcribe.
     flag.store(false, std::sync::atomic::Ordering::Relaxed);
-    assert!(!m.transcribe(&clip.samples, &opts).unwrap().text.trim().is_empty());
+    assert!(
+        !m.transcribe(&clip.samples, &opts)
+            .unwrap()
+            .text
+            .trim()
+            .is_empty()
+    );
 }
 
 #[test]
