@@ -301,12 +301,13 @@ impl Tts {
             }
         };
         let speaker = request.speaker.unwrap_or(self.speaker);
+        let first_chunk_ms = self.first_chunk_ms;
         let (name, voice) = self
             .voice(request.voice.as_deref())
             .map_err(|m| fail(Some("voice"), m))?;
         let sample_rate = voice.sample_rate();
         let chunks = decode_chunks(
-            self.first_chunk_ms,
+            first_chunk_ms,
             sample_rate,
             voice.piper().vits().decoder.hop_length(),
         );

@@ -103,13 +103,14 @@ fn streamed_decoder_equals_the_whole() {
 
     let voice = PiperVoice::open(joe_path()).unwrap();
     let vits = Vits::load(&voice).unwrap();
-    // joe-medium: conv_pre and conv_post 7 taps; upsampling strides 8, 8, 2, 2 with kernels
-    // 16, 16, 4, 4 (padding 4, 4, 1, 1); residual blocks of kernels 3, 7, 11, dilations 1, 3, 5
-    // (the 11-tap chain reaches 5 + 15 + 25 + 3 * 5 = 60 positions each side). Backwards from
-    // the output: left 3 + 60 -> ceil(66 / 2) = 33, + 60 -> 48, + 60 -> ceil(119 / 8) = 15,
-    // + 60 -> 11, + 3 = 14 frames; right 3 + 60 -> ceil(64 / 2) = 32, -> 47, -> 14, -> 10,
-    // + 3 = 13 frames.
-    assert_eq!(vits.decoder_context(), Some((14, 13)));
+    // joe-medium (Piper "medium": HiFi-GAN with residual blocks of type 2): conv_pre and
+    // conv_post 7 taps; upsampling strides 8, 8, 4 with kernels 16, 16, 8 (padding 4, 4, 2);
+    // residual blocks of kernels 3, 5, 7 with dilations (1, 2), (2, 6), (3, 12), of which the
+    // 7-tap one reaches furthest: 9 + 36 = 45 positions each side. Backwards from the output:
+    // left 3 + 45 -> ceil((48 + 7 - 2) / 4) = 14, + 45 -> ceil((59 + 15 - 4) / 8) = 9,
+    // + 45 -> ceil((54 + 15 - 4) / 8) = 9, + 3 = 12 frames; right 3 + 45 -> ceil(50 / 4) = 13,
+    // + 45 -> ceil(62 / 8) = 8, + 45 -> ceil(57 / 8) = 8, + 3 = 11 frames.
+    assert_eq!(vits.decoder_context(), Some((12, 11)));
     // Small chunks so that even "hello" (94 frames) has interior chunks with context on both
     // sides. Under qemu (aarch64 CI) the short case only.
     let chunks = DecodeChunks {

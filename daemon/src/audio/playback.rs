@@ -200,22 +200,25 @@ impl Player {
         let mut finished = false;
         // The next piece at the device's rate: the input's pieces, then the resampler's tail.
         let mut convert = |mono: Option<Vec<f32>>| -> Option<Vec<f32>> {
-            let Some(r) = resampler.as_mut() else {
+            if resampler.is_none() {
                 return mono;
-            };
+            }
             if finished || failed.is_some() {
                 return None;
             }
             let mut out = Vec::new();
-            let step = match &mono {
-                Some(m) => {
+            let step = match (&mono, resampler.take()) {
+                (Some(m), Some(mut r)) => {
                     out.reserve(m.len() * dev.rate as usize / rate as usize + 64);
-                    r.push(m, &mut out)
+                    let step = r.push(m, &mut out);
+                    resampler = Some(r);
+                    step
                 }
-                None => {
+                (None, Some(r)) => {
                     finished = true;
                     r.finish(&mut out)
                 }
+                (_, None) => Ok(()),
             };
             match step {
                 Ok(()) => Some(out),

@@ -1231,7 +1231,7 @@ impl Vits {
     ) -> Result<Vec<f32>> {
         let mut audio = Vec::new();
         let mut st = StageTimes::default();
-        self.infer_stream(
+        let _done = self.infer_stream(
             ids,
             speaker,
             scales,
