@@ -9,7 +9,10 @@
 //! the median total time, and the real-time factor (total time / audio seconds), for sotad
 //! (`Voice::synthesize`, 2 threads) and for piper-tts 1.8.0 (`PiperVoice.synthesize`, its
 //! onnxruntime session limited to 2 intra-op threads), both with the voice's default scales,
-//! after one warm-up run each, alternating the two engines run by run. piper-tts runs in a
+//! after one warm-up run each, alternating the engines run by run. sotad also runs a third
+//! way, as the daemon does by default: the first sentence decoded in pieces (a first piece of
+//! 250 ms of audio, `tts.first_chunk_ms`, then doubling pieces up to 1 s), with its own table
+//! of time to the first audio next to the whole-sentence run's and piper-tts's. piper-tts runs in a
 //! subprocess
 //! (`scripts/reference/tts_bench_piper.py`) with the Python of `$PIPER_PYTHON`, else
 //! `/tmp/venv-tts/bin/python`, else `/tmp/piper-venv/bin/python`; without one, only sotad's
@@ -22,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 use sotad_benches::{median, models_dir};
-use sotad_engines::tts::{LoadOptions, StageTimes, SynthOptions, Voice};
+use sotad_engines::tts::{DecodeChunks, LoadOptions, StageTimes, SynthOptions, Voice};
 
 const ONE: &str = "The quick brown fox jumps over the lazy dog.";
 const FIVE: &str = "Good morning! The battery is at eighty percent. I found three people in the kitchen. \
@@ -41,9 +44,10 @@ impl Figures {
     }
 }
 
-fn sotad_once(voice: &Voice, text: &str, seed: u64) -> (Run, StageTimes) {
+fn sotad_once(voice: &Voice, text: &str, seed: u64, chunks: DecodeChunks) -> (Run, StageTimes) {
     let opts = SynthOptions {
         seed,
+        chunks,
         ..SynthOptions::default()
     };
     let c0 = cpu_ms();
@@ -197,18 +201,31 @@ fn main() {
     if piper.is_none() {
         println!("piper-tts: not run (no Python with piper-tts; see the header of this file)");
     }
+    // As the daemon's `tts.first_chunk_ms = 250`: ceil(250 ms of samples / hop) frames first.
+    let hop = voice.piper().vits().decoder.hop_length();
+    let first_frames = (250 * voice.sample_rate() as usize).div_ceil(1000 * hop);
+    let chunks = DecodeChunks {
+        first_frames,
+        max_frames: 4 * first_frames,
+    };
     let mut ours: Vec<(Figures, StageTimes)> = Vec::new();
+    let mut streamed: Vec<(Figures, StageTimes)> = Vec::new();
     let mut theirs: Vec<Option<Figures>> = Vec::new();
     for (_, text) in &texts {
         // Warm-up, then alternate sotad and piper-tts so both see the same machine load.
-        sotad_once(&voice, text, 0);
+        sotad_once(&voice, text, 0, DecodeChunks::WHOLE);
+        sotad_once(&voice, text, 0, chunks);
         let mut p_ok = piper.as_mut().and_then(|p| p.run(text)).is_some();
         let (mut o_runs, mut p_runs) = (Vec::new(), Vec::new());
-        let mut stages = StageTimes::default();
+        let mut s_runs = Vec::new();
+        let (mut stages, mut s_stages) = (StageTimes::default(), StageTimes::default());
         for run in 0..runs {
-            let (r, s) = sotad_once(&voice, text, run as u64 + 1);
+            let (r, s) = sotad_once(&voice, text, run as u64 + 1, DecodeChunks::WHOLE);
             o_runs.push(r);
             stages = s;
+            let (r, s) = sotad_once(&voice, text, run as u64 + 1, chunks);
+            s_runs.push(r);
+            s_stages = s;
             if p_ok {
                 match piper.as_mut().and_then(|p| p.run(text)) {
                     Some(r) => p_runs.push(r),
@@ -217,6 +234,7 @@ fn main() {
             }
         }
         ours.push((summarize(&o_runs), stages));
+        streamed.push((summarize(&s_runs), s_stages));
         theirs.push(p_ok.then(|| summarize(&p_runs)));
     }
     println!(
@@ -266,6 +284,41 @@ fn main() {
         println!(
             "{:<12} sotad stages (last run): encoder {:.1} ms, durations {:.1} ms, flow {:.1} ms, decoder {:.1} ms",
             "", stages.encoder_ms, stages.durations_ms, stages.flow_ms, stages.decoder_ms
+        );
+    }
+    println!(
+        "\nFirst sentence decoded in pieces ({first_frames} frames = {:.0} ms first, up to {} frames), as the daemon does:",
+        (first_frames * hop) as f64 * 1e3 / f64::from(voice.sample_rate()),
+        4 * first_frames
+    );
+    println!(
+        "{:<12} | {:>10} {:>10} {:>9} | {:>10} {:>10} {:>9} | {:>9} | {:>8} {:>8}",
+        "text",
+        "whole 1st",
+        "pieces 1st",
+        "p 1st ms",
+        "whole tot",
+        "pieces tot",
+        "pieces cpu",
+        "decoder",
+        "1st/whl",
+        "1st/p"
+    );
+    for (i, (name, _)) in texts.iter().enumerate() {
+        let (o, _) = &ours[i];
+        let (s, st) = &streamed[i];
+        let p_first = theirs[i].as_ref().map(|p| p.first_ms);
+        println!(
+            "{name:<12} | {:>10.1} {:>10.1} {:>9} | {:>10.1} {:>10.1} {:>9.0} | {:>9.1} | {:>8.2} {:>8}",
+            o.first_ms,
+            s.first_ms,
+            p_first.map_or("-".into(), |v| format!("{v:.1}")),
+            o.total_ms,
+            s.total_ms,
+            s.cpu_ms,
+            st.decoder_ms,
+            s.first_ms / o.first_ms,
+            p_first.map_or("-".into(), |v| format!("{:.2}", s.first_ms / v)),
         );
     }
     println!(

@@ -147,7 +147,7 @@ pub fn say(
         "{}: {:.2} s of speech ({} sentences), first audio after {:.0} ms, real-time factor {:.3}",
         output.display(),
         done.audio_s,
-        done.chunks,
+        done.sentences,
         done.timings.first_audio_ms,
         done.timings.real_time_factor
     );

@@ -96,6 +96,8 @@ pub struct Tts {
     pub voice: String,
     pub speaker: u32,
     pub threads: usize,
+    /// Audio in the first piece of a request's first sentence, ms; 0: whole sentences.
+    pub first_chunk_ms: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -531,6 +533,13 @@ impl Config {
         range("llm.sessions", l.sessions as u64, 0, 1024)?;
         range("llm.session_turns", l.session_turns as u64, 1, 256)?;
         range("tts.threads", self.tts.threads as u64, 0, 256)?;
+        let first = self.tts.first_chunk_ms;
+        if first != 0 && !(50..=10_000).contains(&first) {
+            return Err(fail(
+                "tts.first_chunk_ms",
+                format!("{first} is out of range; allowed: 0 (whole sentences) or 50 to 10000"),
+            ));
+        }
         self.validate_audio(&fail, &range)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(fail(
@@ -1040,6 +1049,11 @@ mod tests {
                 "0 to 10000",
             ),
             ("[vad]\ngate_min_db = 3.0\n", "vad.gate_min_db", "-100 to 0"),
+            (
+                "[tts]\nfirst_chunk_ms = 20\n",
+                "tts.first_chunk_ms",
+                "50 to 10000",
+            ),
         ] {
             let (f, r) = load_file(text);
             let e = r.unwrap_err();

@@ -166,6 +166,9 @@ pub enum PlayItem {
         samples: Vec<f32>,
         sample_rate: u32,
         cancel: Arc<AtomicBool>,
+        /// The sentence goes on in the next item with the same `cancel` (played without a
+        /// gap on the open device).
+        more: bool,
     },
 }
 
@@ -654,18 +657,19 @@ impl Turns {
         let mut first_audio = None;
         let mut samples_out = 0usize;
         let mut rate = 22050;
-        let mut chunks = 0usize;
+        let mut sentences = 0usize;
         let forward = async {
             while let Some(chunk) = audio_rx.recv().await {
                 first_audio.get_or_insert_with(Instant::now);
                 samples_out += chunk.samples.len();
                 rate = chunk.sample_rate;
-                chunks += 1;
+                sentences += usize::from(chunk.sentence_end);
                 if let Some(player) = &inner.playback {
                     let item = PlayItem::Audio {
                         samples: chunk.samples.clone(),
                         sample_rate: chunk.sample_rate,
                         cancel: cancel.clone(),
+                        more: !chunk.sentence_end,
                     };
                     if player.try_send(item).is_err() {
                         inner.metrics.queue_dropped("playback");
@@ -686,7 +690,7 @@ impl Turns {
             ttft_ms: ttft,
             first_audio,
             audio_s: samples_out as f64 / f64::from(rate),
-            sentences: chunks,
+            sentences,
         })
     }
 }

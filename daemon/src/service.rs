@@ -412,7 +412,7 @@ pub async fn ask(
     result
 }
 
-/// Runs a `tts/say`, publishing each sentence's WAV as it is ready.
+/// Runs a `tts/say`, publishing each piece's WAV as it is ready.
 pub async fn say(
     worker: &tts::TtsWorker,
     request: tts::SayRequest,
@@ -435,6 +435,7 @@ pub async fn say(
                     samples: chunk.samples.clone(),
                     sample_rate: chunk.sample_rate,
                     cancel: never.clone(),
+                    more: !chunk.sentence_end,
                 };
                 if player.try_send(item).is_err() {
                     metrics.queue_dropped("playback");

@@ -1,8 +1,10 @@
 //! The text-to-speech stage: `tts/say` over the Piper engine worker.
 //!
-//! Text is synthesized sentence by sentence; each sentence's audio is published as one WAV
-//! on `tts/audio/<id>` as soon as it is ready (QoS 1, in order), then `tts/done` closes the
-//! request. The channel from the engine thread to MQTT is bounded and the engine waits when
+//! Text is synthesized sentence by sentence; the first sentence is decoded in pieces
+//! (`tts.first_chunk_ms` of audio first, then growing pieces), the others whole. Each piece is
+//! published as one WAV on `tts/audio/<id>` as soon as it is ready (QoS 1, in order), then
+//! `tts/done` closes the request. The first piece leaves after the decoder has run on its
+//! frames only, not on the whole sentence. The channel from the engine thread to MQTT is bounded and the engine waits when
 //! it is full: audio is never dropped, and a slow broker slows synthesis instead of growing
 //! memory.
 
@@ -24,7 +26,7 @@ use crate::worker::Worker;
 
 /// Longest text accepted in one request, in bytes.
 pub const MAX_TEXT_BYTES: usize = 100 * 1024;
-/// Sentences of audio waiting for MQTT before the engine waits.
+/// Pieces of audio waiting for MQTT before the engine waits.
 pub const AUDIO_BUFFER: usize = 4;
 /// Voices kept loaded besides the default one.
 const EXTRA_VOICES: usize = 2;
@@ -36,6 +38,8 @@ pub struct Tts {
     voices: VecDeque<(String, engine::Voice)>,
     speaker: u32,
     threads: usize,
+    /// Audio of the first piece of a request's first sentence, ms (0: whole sentences).
+    first_chunk_ms: u32,
 }
 
 pub type TtsWorker = Worker<Tts>;
@@ -77,6 +81,7 @@ pub fn load(config: &Config) -> Result<Tts, String> {
         voices: VecDeque::from([(name, voice)]),
         speaker: config.tts.speaker,
         threads,
+        first_chunk_ms: config.tts.first_chunk_ms,
     })
 }
 
@@ -183,6 +188,8 @@ pub struct Done {
     pub sample_rate: u32,
     /// WAVs published on `tts/audio/<id>`.
     pub chunks: usize,
+    /// Sentences they make up (a sentence is one WAV or, decoded in pieces, several).
+    pub sentences: usize,
     pub audio_s: f64,
     /// Characters that had no phoneme in the voice and were skipped.
     #[serde(skip_serializing_if = "is_zero")]
@@ -202,11 +209,29 @@ pub struct Timings {
     pub real_time_factor: f64,
 }
 
-/// One sentence of audio, ready to publish or play.
+/// A sentence of audio, or a piece of one, ready to publish or play.
 pub struct Chunk {
     pub samples: Vec<f32>,
     pub sample_rate: u32,
     pub text: String,
+    /// The last piece of its sentence.
+    pub sentence_end: bool,
+}
+
+/// The decoder chunks for a first piece of `first_ms` of audio (0: whole sentences): the
+/// first piece's frames, then pieces doubling up to four times that.
+pub fn decode_chunks(first_ms: u32, sample_rate: u32, hop: usize) -> engine::DecodeChunks {
+    if first_ms == 0 || hop == 0 {
+        return engine::DecodeChunks::WHOLE;
+    }
+    let samples = u64::from(first_ms) * u64::from(sample_rate) / 1000;
+    let frames = usize::try_from(samples.div_ceil(hop as u64))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    engine::DecodeChunks {
+        first_frames: frames,
+        max_frames: frames.saturating_mul(4),
+    }
 }
 
 impl Chunk {
@@ -258,8 +283,9 @@ impl Tts {
         Ok((name, voice))
     }
 
-    /// Synthesizes `request`, sending each sentence into `audio` as soon as it is ready.
-    /// Stops between sentences when `cancel` is set.
+    /// Synthesizes `request`, sending each piece into `audio` as soon as it is ready (the
+    /// first sentence in pieces of `tts.first_chunk_ms` and more, the others whole). Stops
+    /// between pieces when `cancel` is set.
     pub fn say(
         &mut self,
         request: &SayRequest,
@@ -275,11 +301,18 @@ impl Tts {
             }
         };
         let speaker = request.speaker.unwrap_or(self.speaker);
+        let first_chunk_ms = self.first_chunk_ms;
         let (name, voice) = self
             .voice(request.voice.as_deref())
             .map_err(|m| fail(Some("voice"), m))?;
         let sample_rate = voice.sample_rate();
+        let chunks = decode_chunks(
+            first_chunk_ms,
+            sample_rate,
+            voice.piper().vits().decoder.hop_length(),
+        );
         let options = engine::SynthOptions {
+            chunks,
             speaker: (request.speaker.is_some() || speaker != 0).then_some(speaker),
             noise_scale: request.scales.noise,
             length_scale: request.scales.length,
@@ -287,6 +320,7 @@ impl Tts {
             ..Default::default()
         };
         let mut chunks = 0usize;
+        let mut sentences = 0usize;
         let mut samples_out = 0usize;
         let mut first_audio_ms = 0.0;
         let mut cancelled = false;
@@ -296,11 +330,13 @@ impl Tts {
                     first_audio_ms = started.elapsed().as_secs_f64() * 1e3;
                 }
                 chunks += 1;
+                sentences += usize::from(chunk.sentence_end);
                 samples_out += chunk.samples.len();
                 let sent = audio_out.blocking_send(Chunk {
                     samples: chunk.samples.to_vec(),
                     sample_rate,
                     text: chunk.text.to_string(),
+                    sentence_end: chunk.sentence_end,
                 });
                 if sent.is_err() || cancel.load(Ordering::Relaxed) {
                     cancelled = true;
@@ -331,6 +367,7 @@ impl Tts {
             voice: name,
             sample_rate,
             chunks,
+            sentences,
             audio_s,
             skipped_chars: stats.dropped_chars,
             cancelled,

@@ -155,17 +155,56 @@ pub fn spawn_player(config: &Config, control: &Arc<VoiceControl>) -> Option<Play
         .name("sotad-play".into())
         .spawn(move || {
             let mut reported = false;
-            while let Ok(PlayItem::Audio {
-                samples,
-                sample_rate,
-                cancel,
-            }) = rx.recv()
-            {
+            // An item taken while waiting for the rest of a sentence that belongs elsewhere.
+            let mut pending: Option<PlayItem> = None;
+            loop {
+                let Some(PlayItem::Audio {
+                    samples,
+                    sample_rate,
+                    cancel,
+                    more,
+                }) = pending.take().or_else(|| rx.recv().ok())
+                else {
+                    break;
+                };
                 if cancel.load(Ordering::Relaxed) {
                     continue;
                 }
                 control.playing.store(true, Ordering::Relaxed);
-                match player.play(Samples::F32(&samples), sample_rate, &cancel) {
+                // The rest of the sentence (items with `more`), played on the open device.
+                let mut open = more;
+                let mut next = || {
+                    while open {
+                        if cancel.load(Ordering::Relaxed) {
+                            return None;
+                        }
+                        match rx.recv_timeout(std::time::Duration::from_millis(20)) {
+                            Ok(PlayItem::Audio {
+                                samples,
+                                sample_rate: r,
+                                cancel: c,
+                                more,
+                            }) => {
+                                if Arc::ptr_eq(&c, &cancel) && r == sample_rate {
+                                    open = more;
+                                    return Some(samples);
+                                }
+                                // Another turn's audio: the sentence ended early (cancelled).
+                                pending = Some(PlayItem::Audio {
+                                    samples,
+                                    sample_rate: r,
+                                    cancel: c,
+                                    more,
+                                });
+                                open = false;
+                            }
+                            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                            Err(std_mpsc::RecvTimeoutError::Disconnected) => open = false,
+                        }
+                    }
+                    None
+                };
+                match player.play_stream(Samples::F32(&samples), sample_rate, &mut next, &cancel) {
                     Ok(_) => reported = false,
                     Err(e) => {
                         // A busy or missing speaker is reported once per outage, not fatal:

@@ -367,3 +367,95 @@ fn bad_input_is_an_error() {
     assert!(matches!(kind(&e), TtsErrorKind::Espeak { .. }), "{e}");
     assert!(e.to_string().contains("/nonexistent/espeak-ng"), "{e}");
 }
+
+/// With `SynthOptions::chunks`, the first sentence comes in pieces that put together equal
+/// its whole-sentence audio (noise 0, no normalization); later sentences come whole; with
+/// normalization no sample exceeds 1.
+#[test]
+fn first_sentence_comes_in_pieces() {
+    use sotad_engines::tts::{DecodeChunks, STREAM_MAX_GAIN};
+    let voice = joe();
+    // Under qemu (aarch64 CI) one sentence.
+    let (text, n) = if cfg!(target_arch = "aarch64") {
+        ("This is sotad.", 1)
+    } else {
+        ("This is sotad speaking. Hello!", 2)
+    };
+    let raw = SynthOptions {
+        noise_scale: Some(0.0),
+        noise_w: Some(0.0),
+        normalize: false,
+        ..SynthOptions::default()
+    };
+    let chunks = DecodeChunks {
+        first_frames: 16,
+        max_frames: 32,
+    };
+    let collect = |opts: &SynthOptions| {
+        let mut got: Vec<(usize, bool, Vec<f32>)> = Vec::new();
+        let stats = voice
+            .synthesize(text, opts, |c| {
+                got.push((c.sentence, c.sentence_end, c.samples.to_vec()));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        (stats, got)
+    };
+    let (whole_stats, whole) = collect(&raw);
+    assert_eq!(whole.len(), n);
+    assert_eq!(whole_stats.sentences, n);
+    let (stats, pieces) = collect(&SynthOptions {
+        chunks,
+        ..raw.clone()
+    });
+    println!(
+        "whole: first audio {:.0} ms of {:.0}; pieces: first audio {:.0} ms of {:.0}, {} chunks",
+        whole_stats.first_audio_ms,
+        whole_stats.total_ms,
+        stats.first_audio_ms,
+        stats.total_ms,
+        stats.chunks
+    );
+    assert_eq!(stats.sentences, n);
+    assert_eq!(stats.chunks, pieces.len());
+    let first: Vec<&(usize, bool, Vec<f32>)> = pieces.iter().filter(|p| p.0 == 0).collect();
+    assert!(first.len() >= 3, "{} pieces", first.len());
+    assert_eq!(first[0].2.len(), 16 * 256);
+    assert!(first[..first.len() - 1].iter().all(|p| !p.1) && first.last().unwrap().1);
+    let joined: Vec<f32> = first.iter().flat_map(|p| p.2.iter().copied()).collect();
+    assert_eq!(joined.len(), whole[0].2.len());
+    let diff = joined
+        .iter()
+        .zip(&whole[0].2)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff < 1e-4, "max abs diff {diff}");
+    if n == 2 {
+        // The second sentence: one piece, equal to the whole run's.
+        let second: Vec<_> = pieces.iter().filter(|p| p.0 == 1).collect();
+        assert_eq!(second.len(), 1);
+        assert!(second[0].1);
+        assert_eq!(second[0].2, whole[1].2);
+    }
+    // Normalized: the pieces of the first sentence scaled by at most STREAM_MAX_GAIN, never
+    // above 1; a whole sentence to a peak of 1.
+    let (_, normalized) = collect(&SynthOptions {
+        chunks,
+        normalize: true,
+        ..raw
+    });
+    assert_eq!(normalized.len(), pieces.len());
+    for (p, r) in normalized.iter().zip(&pieces) {
+        let peak = p.2.iter().fold(0f32, |m, &v| m.max(v.abs()));
+        let raw_peak = r.2.iter().fold(0f32, |m, &v| m.max(v.abs()));
+        println!(
+            "sentence {}: raw peak {raw_peak:.3}, normalized {peak:.3}",
+            p.0
+        );
+        assert!(peak <= 1.0, "{peak}");
+        if p.0 == 0 {
+            assert!(peak >= raw_peak * 0.999 && peak <= raw_peak * STREAM_MAX_GAIN * 1.001);
+        } else {
+            assert!((peak - 1.0).abs() < 1e-5, "{peak}");
+        }
+    }
+}

@@ -280,7 +280,7 @@ async fn llm_streams_tokens_remembers_sessions_and_cancels() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn tts_publishes_one_wav_per_sentence_then_done() {
+async fn tts_publishes_wavs_of_sentences_in_pieces_then_done() {
     let broker = Mosquitto::start().unwrap();
     let sotad = Sotad::start(
         &config(
@@ -303,27 +303,33 @@ async fn tts_publishes_one_wav_per_sentence_then_done() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
     let done: Value = serde_json::from_slice(&done.payload).unwrap();
-    assert_eq!(done["chunks"], 2, "{done}");
+    // Two sentences; the first is decoded in pieces (`tts.first_chunk_ms`, 250 ms by
+    // default: "Hello there." is about 70 frames, cut 22 + 48), the second whole.
+    assert_eq!(done["sentences"], 2, "{done}");
+    assert_eq!(done["chunks"], 3, "{done}");
     assert_eq!(done["sample_rate"], 22050);
     let wavs: Vec<Vec<u8>> = seen
         .into_iter()
         .filter(|p| p.topic == sotad.topic("tts/audio/s1"))
         .map(|p| p.payload.to_vec())
         .collect();
-    assert_eq!(wavs.len(), 2);
+    assert_eq!(wavs.len(), 3);
     let mut seconds = 0.0;
+    let mut all = Vec::new();
     for wav in &wavs {
         assert_eq!(&wav[..4], b"RIFF");
         let frames = (wav.len() - 44) / 2;
+        assert!(frames >= 22 * 256, "{frames} samples");
         seconds += frames as f64 / 22050.0;
-        // Speech, not silence: a reasonable RMS.
-        let samples: Vec<f64> = wav[44..]
-            .chunks_exact(2)
-            .map(|b| f64::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-            .collect();
-        let rms = (samples.iter().map(|x| x * x).sum::<f64>() / samples.len() as f64).sqrt();
-        assert!(rms > 0.02, "rms {rms}");
+        all.extend(
+            wav[44..]
+                .chunks_exact(2)
+                .map(|b| f64::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0),
+        );
     }
+    // Speech, not silence: a reasonable RMS.
+    let rms = (all.iter().map(|x| x * x).sum::<f64>() / all.len() as f64).sqrt();
+    assert!(rms > 0.02, "rms {rms}");
     assert!((seconds - done["audio_s"].as_f64().unwrap()).abs() < 0.01);
     assert!(seconds > 1.0 && seconds < 6.0, "{seconds} s");
 

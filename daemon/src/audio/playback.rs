@@ -146,6 +146,21 @@ impl Player {
         rate: u32,
         cancel: &AtomicBool,
     ) -> Result<PlayStats, PlayError> {
+        self.play_stream(samples, rate, &mut || None, cancel)
+    }
+
+    /// Plays `first`, then each piece `more` returns until it returns `None`, on one open
+    /// device: the pieces follow each other without a gap as long as each comes before the
+    /// device has played out the one before (the device keeps running while `more` waits; a
+    /// piece that comes too late is an underrun, recovered and counted). Every piece is mono
+    /// at `rate`. Otherwise as [`Player::play`].
+    pub fn play_stream(
+        &self,
+        first: Samples<'_>,
+        rate: u32,
+        more: &mut dyn FnMut() -> Option<Vec<f32>>,
+        cancel: &AtomicBool,
+    ) -> Result<PlayStats, PlayError> {
         let started = Instant::now();
         let device = &self.cfg.device;
         let dev_err = |what: &'static str, e: alsa::Error| match pcm::classify(&e) {
@@ -173,17 +188,53 @@ impl Player {
         }
         let dev = pcm::open(device, Direction::Playback, rate, 1, self.cfg.buffer_ms)
             .map_err(|e| dev_err("open", e))?;
-        // Convert to the device's rate and channel count here (see the module docs).
-        let mono = samples.to_f32();
-        let mono = if dev.rate == rate {
-            mono
+        // Convert to the device's rate and channel count here (see the module docs); one
+        // resampler for the whole stream, so the pieces join seamlessly.
+        let mut resampler = if dev.rate == rate {
+            None
         } else {
-            let mut r = MonoResampler::new(rate, dev.rate).map_err(|e| input_err(e.to_string()))?;
-            let mut out = Vec::with_capacity(mono.len() * dev.rate as usize / rate as usize + 64);
-            r.push(&mono, &mut out)
-                .map_err(|e| input_err(e.to_string()))?;
-            r.finish(&mut out).map_err(|e| input_err(e.to_string()))?;
-            out
+            Some(MonoResampler::new(rate, dev.rate).map_err(|e| input_err(e.to_string()))?)
+        };
+        let mut total_in = first.len();
+        let mut failed: Option<String> = None;
+        let mut finished = false;
+        // The next piece at the device's rate: the input's pieces, then the resampler's tail.
+        let mut convert = |mono: Option<Vec<f32>>| -> Option<Vec<f32>> {
+            if resampler.is_none() {
+                return mono;
+            }
+            if finished || failed.is_some() {
+                return None;
+            }
+            let mut out = Vec::new();
+            let step = match (&mono, resampler.take()) {
+                (Some(m), Some(mut r)) => {
+                    out.reserve(m.len() * dev.rate as usize / rate as usize + 64);
+                    let step = r.push(m, &mut out);
+                    resampler = Some(r);
+                    step
+                }
+                (None, Some(r)) => {
+                    finished = true;
+                    r.finish(&mut out)
+                }
+                (_, None) => Ok(()),
+            };
+            match step {
+                Ok(()) => Some(out),
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    None
+                }
+            }
+        };
+        let first = convert(Some(first.to_f32())).unwrap_or_default();
+        let mut next = || match more() {
+            Some(piece) => {
+                total_in += piece.len();
+                convert(Some(Samples::F32(&piece).to_f32()))
+            }
+            None => convert(None),
         };
         let mut stats = PlayStats {
             samples_played: 0,
@@ -193,13 +244,13 @@ impl Player {
             device_channels: dev.channels,
             elapsed: Duration::ZERO,
         };
-        let total_in = samples.len();
         let result = match dev.format {
             SampleFmt::S16 => {
                 let io = dev.pcm.io_i16().map_err(|e| dev_err("io", e))?;
                 write_all(
                     &dev,
-                    &mono,
+                    first,
+                    &mut next,
                     |x| (x * 32767.0).round() as i16,
                     |b| io.writei(b),
                     cancel,
@@ -210,7 +261,8 @@ impl Player {
                 let io = dev.pcm.io_i32().map_err(|e| dev_err("io", e))?;
                 write_all(
                     &dev,
-                    &mono,
+                    first,
+                    &mut next,
                     |x| (f64::from(x) * 2_147_483_647.0).round() as i32,
                     |b| io.writei(b),
                     cancel,
@@ -219,10 +271,22 @@ impl Player {
             }
             SampleFmt::F32 => {
                 let io = dev.pcm.io_f32().map_err(|e| dev_err("io", e))?;
-                write_all(&dev, &mono, |x| x, |b| io.writei(b), cancel, &mut stats)
+                write_all(
+                    &dev,
+                    first,
+                    &mut next,
+                    |x| x,
+                    |b| io.writei(b),
+                    cancel,
+                    &mut stats,
+                )
             }
         };
+        drop(next);
         result.map_err(|(what, e)| dev_err(what, e))?;
+        if let Some(reason) = failed {
+            return Err(input_err(reason));
+        }
         // Map device frames written back to input samples.
         stats.samples_played = if stats.cancelled {
             (stats.samples_played as u64 * u64::from(rate) / u64::from(dev.rate.max(1))) as usize
@@ -236,11 +300,13 @@ impl Player {
 
 type WriteError = (&'static str, alsa::Error);
 
-/// Writes `mono` duplicated to every channel, then waits for the device to play it out.
-/// `stats.samples_played` counts device frames written.
+/// Writes `first` and the pieces `next` returns (mono, at the device's rate) duplicated to
+/// every channel, then waits for the device to play them out. `stats.samples_played` counts
+/// device frames written.
 fn write_all<S: Copy + Default>(
     dev: &OpenPcm,
-    mono: &[f32],
+    first: Vec<f32>,
+    next: &mut dyn FnMut() -> Option<Vec<f32>>,
     convert: impl Fn(f32) -> S,
     mut writei: impl FnMut(&[S]) -> alsa::Result<usize>,
     cancel: &AtomicBool,
@@ -248,6 +314,32 @@ fn write_all<S: Copy + Default>(
 ) -> Result<(), WriteError> {
     let ch = dev.channels.max(1) as usize;
     let mut buf: Vec<S> = Vec::with_capacity(dev.period * ch);
+    let mut piece = Some(first);
+    while let Some(mono) = piece.take() {
+        write_piece(dev, &mono, &convert, &mut writei, &mut buf, cancel, stats)?;
+        if stats.cancelled {
+            return Ok(());
+        }
+        if dev.pcm.state() == alsa::pcm::State::Prepared && !mono.is_empty() {
+            // Less than the start threshold was written: play it now rather than wait.
+            let _ = dev.pcm.start();
+        }
+        piece = next();
+    }
+    play_out(dev, cancel, stats)
+}
+
+/// Writes one piece; on `cancel`, drops the device's queue and sets `stats.cancelled`.
+fn write_piece<S: Copy + Default>(
+    dev: &OpenPcm,
+    mono: &[f32],
+    convert: &impl Fn(f32) -> S,
+    writei: &mut impl FnMut(&[S]) -> alsa::Result<usize>,
+    buf: &mut Vec<S>,
+    cancel: &AtomicBool,
+    stats: &mut PlayStats,
+) -> Result<(), WriteError> {
+    let ch = dev.channels.max(1) as usize;
     let mut pos = 0usize;
     while pos < mono.len() {
         if cancel.load(Ordering::Acquire) {
@@ -287,6 +379,11 @@ fn write_all<S: Copy + Default>(
         }
         pos = end;
     }
+    Ok(())
+}
+
+/// Waits for the queued audio to play out, still watching `cancel`.
+fn play_out(dev: &OpenPcm, cancel: &AtomicBool, stats: &mut PlayStats) -> Result<(), WriteError> {
     // Wait for the queued audio to play out, still watching `cancel`.
     if dev.pcm.state() == alsa::pcm::State::Prepared {
         // Less than a buffer was written: start explicitly.

@@ -185,6 +185,13 @@ impl Conv1d {
         }
     }
 
+    /// Input positions each output depends on, left and right of its own: the "same"
+    /// padding, `(K - 1) * dilation` split with the odd one on the right.
+    pub fn reach(&self) -> (usize, usize) {
+        let span = (self.k - 1) * self.dilation;
+        (self.pad_l, span - self.pad_l)
+    }
+
     /// `residual + bias + conv(act(x))` for `x` `[C_in, l]`; returns `[C_out, l]`.
     ///
     /// Columns are processed in cache-sized blocks: each block's input windows for all taps
@@ -304,6 +311,11 @@ impl ConvTranspose1d {
             w,
             bias,
         }
+    }
+
+    /// Kernel size, stride and padding (trimmed from each end).
+    pub fn geometry(&self) -> (usize, usize, usize) {
+        (self.k, self.stride, self.pad)
     }
 
     /// Output length for input length `l`.

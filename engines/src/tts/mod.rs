@@ -30,6 +30,7 @@ pub mod vits;
 pub use self::error::{TtsError, TtsErrorKind, TtsFile, TtsSubject};
 pub use self::piper_voice::{PiperVoice, VitsConfig, VoiceConfig};
 pub use self::synth::{
-    AudioChunk, LoadOptions, MAX_PHONEMES, SynthOptions, SynthStats, Synthesizer, Voice,
+    AudioChunk, LoadOptions, MAX_PHONEMES, STREAM_MAX_GAIN, SynthOptions, SynthStats, Synthesizer,
+    Voice,
 };
-pub use self::vits::{Scales, StageTimes};
+pub use self::vits::{DecodeChunks, Scales, StageTimes};

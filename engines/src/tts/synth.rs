@@ -18,7 +18,7 @@ use super::espeak::{Espeak, Pending, sanitize, split_text};
 use super::nfd::nfd;
 use super::phonemize::{PhonemeIdMap, clauses_from_cli, phonemes_to_ids, sentences};
 use super::piper_voice::PiperVoice;
-use super::vits::{Noise, Scales, StageTimes, Vits};
+use super::vits::{DecodeChunks, Noise, Scales, StageTimes, Vits};
 use crate::error::Result;
 
 /// How to load a voice.
@@ -52,9 +52,26 @@ pub struct SynthOptions {
     pub noise_w: Option<f32>,
     /// Seed of the noise: the same text, options and seed give the same audio.
     pub seed: u64,
-    /// Scale each sentence to a peak of 1.0, as piper-tts does by default.
+    /// Scale each sentence to a peak of 1.0, as piper-tts does by default. With `chunks`
+    /// cutting sentences into pieces, the peak of the whole sentence is not known when its
+    /// first piece goes out: each piece is then scaled by the reciprocal of the highest
+    /// peak so far, but never above [`STREAM_MAX_GAIN`] (a quiet first piece is not
+    /// blown up); no sample leaves above 1.0 either way.
     pub normalize: bool,
+    /// How the first sentence's audio is cut into pieces (default: one piece per sentence).
+    /// With chunks, its first piece is handed over after the decoder has run on its first
+    /// frames only, not on the whole sentence. The later sentences are synthesized whole
+    /// (one piece each): they are ready long before the audio before them has played, and
+    /// whole they cost the decoder no overlap.
+    pub chunks: DecodeChunks,
 }
+
+/// The largest gain of [`SynthOptions::normalize`] on a sentence streamed in pieces.
+/// joe-medium's raw output peaked at 0.48 and 0.57 on the two sentences of the streaming test
+/// (whole-sentence normalization gains of 2.1 and 1.7), with 250 ms pieces peaking from 0.12
+/// to 0.57: 2 keeps a streamed sentence about as loud as a whole one, while a quiet first
+/// piece (an unvoiced onset) is not raised far above what follows.
+pub const STREAM_MAX_GAIN: f32 = 2.0;
 
 impl Default for SynthOptions {
     fn default() -> Self {
@@ -65,11 +82,13 @@ impl Default for SynthOptions {
             noise_w: None,
             seed: 0,
             normalize: true,
+            chunks: DecodeChunks::WHOLE,
         }
     }
 }
 
-/// One sentence of audio.
+/// A piece of audio: a whole sentence, or a part of one when [`SynthOptions::chunks`]
+/// cuts sentences.
 #[derive(Debug, Clone, Copy)]
 pub struct AudioChunk<'a> {
     /// Mono samples in `[-1, 1]`.
@@ -78,10 +97,15 @@ pub struct AudioChunk<'a> {
     pub sample_rate: u32,
     /// Index of this chunk in the stream (0, 1, ...).
     pub index: usize,
-    /// The piece of text it came from (a sentence; a long sentence yields several chunks).
+    /// The piece of text it came from (a sentence; a sentence longer than
+    /// [`MAX_PHONEMES`] is synthesized in several parts, each counted as a sentence here).
     pub text: &'a str,
     /// The phonemes synthesized.
     pub phonemes: &'a str,
+    /// Index of the sentence in the stream (0, 1, ...); equal for the pieces of one sentence.
+    pub sentence: usize,
+    /// Whether this is the last piece of its sentence.
+    pub sentence_end: bool,
 }
 
 impl AudioChunk<'_> {
@@ -110,6 +134,8 @@ impl AudioChunk<'_> {
 pub struct SynthStats {
     /// Chunks delivered.
     pub chunks: usize,
+    /// Sentences synthesized (whole or, when stopped, in part).
+    pub sentences: usize,
     /// Samples delivered.
     pub samples: usize,
     /// Seconds of audio delivered.
@@ -423,36 +449,65 @@ impl Voice {
             stats.phonemize_ms += tp.elapsed().as_secs_f64() * 1e3;
             for (phonemes, ids, unknown) in sents {
                 stats.unknown_phonemes += unknown;
+                let sentence = stats.sentences;
+                stats.sentences += 1;
                 let mut times = StageTimes::default();
-                let mut audio = self.pool.install(|| {
+                let mut peak = 0f32;
+                let mut stopped = false;
+                let chunks = if sentence == 0 {
+                    opts.chunks
+                } else {
+                    DecodeChunks::WHOLE
+                };
+                // Each step runs on the voice's pool; the callback runs on the caller's thread.
+                let latent = self.pool.install(|| {
                     self.vits
-                        .infer(&ids, opts.speaker, scales, &mut noise, Some(&mut times))
+                        .latent(&ids, opts.speaker, scales, &mut noise, &mut times)
                 })?;
+                let mut stream = self.vits.decode_stream(latent, chunks);
+                let whole = stream.plan().len() == 1;
+                let mut deliver = |mut audio: Vec<f32>, last: bool, stats: &mut SynthStats| {
+                    if opts.normalize {
+                        // A whole sentence: to its own peak. Pieces: to the peak so far.
+                        peak = audio.iter().fold(peak, |m, &v| m.max(v.abs()));
+                        let gain = if whole {
+                            if peak > 1e-8 { 1.0 / peak } else { 1.0 }
+                        } else {
+                            (1.0 / peak.max(1e-8)).min(STREAM_MAX_GAIN)
+                        };
+                        audio
+                            .iter_mut()
+                            .for_each(|v| *v = (*v * gain).clamp(-1.0, 1.0));
+                    }
+                    let chunk = AudioChunk {
+                        samples: &audio,
+                        sample_rate: self.sample_rate(),
+                        index: stats.chunks,
+                        text: piece,
+                        phonemes: &phonemes,
+                        sentence,
+                        sentence_end: last,
+                    };
+                    if stats.chunks == 0 {
+                        stats.first_audio_ms = t0.elapsed().as_secs_f64() * 1e3;
+                    }
+                    stats.chunks += 1;
+                    stats.samples += audio.len();
+                    stats.audio_secs += chunk.secs();
+                    on_chunk(&chunk)
+                };
+                while let Some((audio, last)) = self.pool.install(|| stream.next_piece(&mut times))
+                {
+                    if deliver(audio, last, &mut stats).is_break() {
+                        stopped = true;
+                        break;
+                    }
+                }
                 stats.stages.encoder_ms += times.encoder_ms;
                 stats.stages.durations_ms += times.durations_ms;
                 stats.stages.flow_ms += times.flow_ms;
                 stats.stages.decoder_ms += times.decoder_ms;
-                if opts.normalize {
-                    let peak = audio.iter().fold(0f32, |m, &v| m.max(v.abs()));
-                    if peak > 1e-8 {
-                        let k = 1.0 / peak;
-                        audio.iter_mut().for_each(|v| *v *= k);
-                    }
-                }
-                let chunk = AudioChunk {
-                    samples: &audio,
-                    sample_rate: self.sample_rate(),
-                    index: stats.chunks,
-                    text: piece,
-                    phonemes: &phonemes,
-                };
-                if stats.chunks == 0 {
-                    stats.first_audio_ms = t0.elapsed().as_secs_f64() * 1e3;
-                }
-                stats.chunks += 1;
-                stats.samples += audio.len();
-                stats.audio_secs += chunk.secs();
-                if on_chunk(&chunk).is_break() {
+                if stopped {
                     stats.stopped = true;
                     drop(next.take()); // kills a running espeak-ng
                     stats.total_ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -21,6 +21,8 @@
 //! A multi-speaker voice adds its speaker embedding (`emb_g`) through the `cond` layers of the
 //! duration predictor, the flow's WaveNets and the decoder.
 
+use std::ops::ControlFlow;
+
 use candle_core::{Device, Tensor};
 
 use super::conv::{Act, Conv1d, ConvTranspose1d, gemm_strided};
@@ -963,6 +965,40 @@ impl Decoder {
         })
     }
 
+    /// Samples per latent frame.
+    fn hop(&self) -> usize {
+        self.ups.iter().map(|u| u.geometry().1).product()
+    }
+
+    /// The decoder's receptive field in latent frames: how many frames left and right of a
+    /// frame its samples depend on. Worked out backwards from the output through every layer
+    /// of the loaded graph: a "same" convolution adds its padding on each side, parallel
+    /// residual blocks the largest of their chains, and a transposed convolution (kernel
+    /// `k`, stride `s`, padding `p`, output block of an input frame starting at a multiple of
+    /// `s`) maps `l` outputs of context on the left to `ceil((l + k - 1 - p) / s)` inputs and
+    /// `r` on the right to `ceil((r + p) / s)`.
+    ///
+    /// `None` when an upsampling layer does not turn `n` inputs into exactly `n * s` outputs
+    /// (`k - s != 2p`): then frames do not map to whole blocks of samples and the decoder is
+    /// only run whole.
+    fn context(&self) -> Option<(usize, usize)> {
+        let (mut l, mut r) = self.post.reach();
+        for (up, level) in self.ups.iter().zip(&self.blocks).rev() {
+            let (k, s, p) = up.geometry();
+            if s == 0 || k < s || k - s != 2 * p {
+                return None;
+            }
+            let (bl, br) = level
+                .iter()
+                .map(ResBlock::reach)
+                .fold((0, 0), |(a, b), (x, y)| (a.max(x), b.max(y)));
+            l = (l + bl + k - 1).saturating_sub(p).div_ceil(s);
+            r = (r + br + p).div_ceil(s);
+        }
+        let (pl, pr) = self.pre.reach();
+        Some((l + pl, r + pr))
+    }
+
     /// The waveform of latent `z` `[C, F]`.
     fn forward(&self, z: &[f32], f: usize, g: Option<&[f32]>) -> Vec<f32> {
         let mut x = self.pre.forward(z, f, Act::Identity, None);
@@ -1003,6 +1039,18 @@ impl Decoder {
 }
 
 impl ResBlock {
+    /// Inputs left and right of a position that its output depends on (the chain's
+    /// paddings added up).
+    fn reach(&self) -> (usize, usize) {
+        let add = |(a, b): (usize, usize), (x, y): (usize, usize)| (a + x, b + y);
+        match self {
+            ResBlock::One(convs) => convs.iter().fold((0, 0), |acc, (c1, c2)| {
+                add(add(acc, c1.reach()), c2.reach())
+            }),
+            ResBlock::Two(convs) => convs.iter().fold((0, 0), |acc, c| add(acc, c.reach())),
+        }
+    }
+
     fn forward(&self, x: &[f32], l: usize) -> Vec<f32> {
         let mut x = x.to_vec();
         match self {
@@ -1023,6 +1071,50 @@ impl ResBlock {
 }
 
 // ----- the model ---------------------------------------------------------------------------
+
+/// How [`Vits::infer_stream`] cuts the decoder's work along time.
+///
+/// Chunks start at `first_frames` latent frames and double up to `max_frames`; a remainder
+/// shorter than half the chunk before it is joined to that chunk. Each chunk is decoded with
+/// the decoder's receptive field of extra frames on both sides (about 14 frames each side for
+/// Piper's medium voices), so smaller chunks cost more in total but give the first samples
+/// sooner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeChunks {
+    /// Latent frames of the first chunk (`hop_length` samples each); 0: the whole sentence
+    /// in one piece.
+    pub first_frames: usize,
+    /// The largest chunk, in frames (at least `first_frames`).
+    pub max_frames: usize,
+}
+
+impl DecodeChunks {
+    /// The whole sentence in one piece.
+    pub const WHOLE: Self = Self {
+        first_frames: 0,
+        max_frames: 0,
+    };
+
+    /// The chunks of `f` frames as `(start, end)` frame ranges, in order, covering `0..f`.
+    pub fn plan(&self, f: usize) -> Vec<(usize, usize)> {
+        if self.first_frames == 0 || f <= self.first_frames {
+            return vec![(0, f)];
+        }
+        let max = self.max_frames.max(self.first_frames);
+        let mut out = Vec::new();
+        let (mut start, mut size) = (0, self.first_frames);
+        while start < f {
+            let mut end = (start + size).min(f);
+            if f - end < size / 2 {
+                end = f;
+            }
+            out.push((start, end));
+            start = end;
+            size = (size * 2).min(max);
+        }
+        out
+    }
+}
 
 /// Per-stage wall times of one [`Vits::infer`] call, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -1137,6 +1229,82 @@ impl Vits {
         noise: &mut Noise,
         times: Option<&mut StageTimes>,
     ) -> Result<Vec<f32>> {
+        let mut audio = Vec::new();
+        let mut st = StageTimes::default();
+        let _done = self.infer_stream(
+            ids,
+            speaker,
+            scales,
+            noise,
+            DecodeChunks::WHOLE,
+            &mut st,
+            &mut |samples, _| {
+                audio.extend_from_slice(samples);
+                ControlFlow::Continue(())
+            },
+        )?;
+        if let Some(t) = times {
+            *t = st;
+        }
+        Ok(audio)
+    }
+
+    /// The decoder's receptive field in latent frames, left and right (`None`: the decoder
+    /// runs whole, see [`DecodeChunks`]).
+    pub fn decoder_context(&self) -> Option<(usize, usize)> {
+        self.dec.context()
+    }
+
+    /// Like [`Vits::infer`], but hands the waveform to `sink` piece by piece as the decoder
+    /// produces it ([`Vits::latent`], then [`DecodeStream`]). `sink` gets each piece and
+    /// whether it is the last; it may stop the stream with `ControlFlow::Break` (returned).
+    /// `times` gets the stage times, the decoder's summed over chunks (time in `sink`
+    /// excluded).
+    #[allow(clippy::too_many_arguments)]
+    pub fn infer_stream(
+        &self,
+        ids: &[i64],
+        speaker: Option<u32>,
+        scales: Scales,
+        noise: &mut Noise,
+        chunks: DecodeChunks,
+        times: &mut StageTimes,
+        sink: &mut dyn FnMut(&[f32], bool) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>> {
+        let latent = self.latent(ids, speaker, scales, noise, times)?;
+        let mut stream = self.decode_stream(latent, chunks);
+        while let Some((audio, last)) = stream.next_piece(times) {
+            if sink(&audio, last).is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// The decoder over `latent`, in the chunks of `chunks`.
+    pub fn decode_stream(&self, latent: Latent, chunks: DecodeChunks) -> DecodeStream<'_> {
+        let plan = match self.dec.context() {
+            Some(_) => chunks.plan(latent.frames),
+            None => vec![(0, latent.frames)],
+        };
+        DecodeStream {
+            vits: self,
+            latent,
+            plan,
+            next: 0,
+        }
+    }
+
+    /// Text encoder, durations and flow for one sentence's phoneme ids: the latent the
+    /// decoder turns into audio. `times` gets the first three stages' times.
+    pub fn latent(
+        &self,
+        ids: &[i64],
+        speaker: Option<u32>,
+        scales: Scales,
+        noise: &mut Noise,
+        times: &mut StageTimes,
+    ) -> Result<Latent> {
         let ids = self.check(ids, speaker)?;
         for (name, v) in [
             ("noise_scale", scales.noise_scale),
@@ -1158,7 +1326,8 @@ impl Vits {
                 .into());
             }
         }
-        let mut st = StageTimes::default();
+        let st = times;
+        *st = StageTimes::default();
         let clock = std::time::Instant::now();
         let lap = |since: &mut std::time::Instant| {
             let ms = since.elapsed().as_secs_f64() * 1e3;
@@ -1252,11 +1421,75 @@ impl Vits {
         }
         st.flow_ms = lap(&mut since);
 
-        let audio = self.dec.forward(&z, f, g_vec.as_deref());
-        st.decoder_ms = lap(&mut since);
-        if let Some(t) = times {
-            *t = st;
-        }
-        Ok(audio)
+        Ok(Latent {
+            z,
+            frames: f,
+            g: g_vec,
+        })
+    }
+}
+
+/// One sentence's latent (`[inter_channels, frames]`), ready for the decoder.
+#[derive(Debug, Clone)]
+pub struct Latent {
+    z: Vec<f32>,
+    frames: usize,
+    /// The speaker embedding of a multi-speaker voice.
+    g: Option<Vec<f32>>,
+}
+
+impl Latent {
+    /// Latent frames (`hop_length` samples of audio each).
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+}
+
+/// The decoder over one sentence's latent, chunk by chunk: the text encoder, durations and
+/// flow ran for the whole sentence ([`Vits::latent`]); each [`DecodeStream::next_piece`] runs
+/// the decoder on the next chunk of frames with the decoder's receptive field
+/// ([`Vits::decoder_context`]) of extra frames on both sides, whose samples are computed and
+/// dropped. The pieces put together equal [`Vits::infer`]'s waveform up to float rounding.
+#[derive(Debug)]
+pub struct DecodeStream<'a> {
+    vits: &'a Vits,
+    latent: Latent,
+    plan: Vec<(usize, usize)>,
+    next: usize,
+}
+
+impl DecodeStream<'_> {
+    /// The chunks, as latent frame ranges.
+    pub fn plan(&self) -> &[(usize, usize)] {
+        &self.plan
+    }
+
+    /// The next piece of audio and whether it is the last one; `None` after the last. Adds
+    /// the decoder's time to `times.decoder_ms`. Runs on the current rayon pool.
+    pub fn next_piece(&mut self, times: &mut StageTimes) -> Option<(Vec<f32>, bool)> {
+        let &(c0, c1) = self.plan.get(self.next)?;
+        self.next += 1;
+        let t = std::time::Instant::now();
+        let dec = &self.vits.dec;
+        let Latent { z, frames: f, g } = &self.latent;
+        let (f, g) = (*f, g.as_deref());
+        let audio = if (c0, c1) == (0, f) {
+            dec.forward(z, f, g)
+        } else {
+            let (cl, cr) = dec.context().unwrap_or((0, 0));
+            let hop = dec.hop();
+            // The window: the chunk and its context, within the sentence.
+            let (a, b) = (c0.saturating_sub(cl), (c1 + cr).min(f));
+            let w = b - a;
+            let mut zw = Vec::with_capacity(z.len() / f.max(1) * w);
+            for row in z.chunks_exact(f) {
+                zw.extend_from_slice(&row[a..b]);
+            }
+            let out = dec.forward(&zw, w, g);
+            debug_assert_eq!(out.len(), w * hop);
+            out[(c0 - a) * hop..(c1 - a) * hop].to_vec()
+        };
+        times.decoder_ms += t.elapsed().as_secs_f64() * 1e3;
+        Some((audio, self.next == self.plan.len()))
     }
 }
