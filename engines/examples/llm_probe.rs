@@ -1,6 +1,7 @@
 //! Debugging: writes the named intermediates of the forward pass (see `Session::set_probe`)
 //! for a prompt and then single forced tokens, to compare them bit for bit with llama.cpp's
-//! (scripts/reference/llm_dump_llama.py writes those).
+//! (scripts/reference/llm_dump_llama.py writes those, scripts/reference/llm_compare_dumps.py
+//! compares).
 //!
 //! ```text
 //! cargo run --release -p sotad-engines --example llm_probe -- MODEL.gguf OUT_DIR PROMPT_IDS [FORCED_IDS] [CALLS]

@@ -147,7 +147,10 @@ fn check_model(name: &str) {
                     session.eval(&[t]).unwrap();
                 }
             }
-            assert_eq!(got, expected, "{name}: free-running greedy ids after {text:?}");
+            assert_eq!(
+                got, expected,
+                "{name}: free-running greedy ids after {text:?}"
+            );
         }
         // The first MIN_EXACT tokens must match exactly, and 90% of all steps.
         let exact = first_miss.unwrap_or(n);

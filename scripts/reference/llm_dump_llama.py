@@ -1,5 +1,16 @@
-# Dump llama.cpp intermediates via cb_eval: python dump_llama.py MODEL OUT.npz PROMPT_JSON_IDS [forced_ids_json] [steps_to_dump]
-import ctypes, json, sys, os
+#!/usr/bin/env python3
+"""Dumps llama.cpp's intermediate tensors (ggml's eval callback) for one prompt and forced
+tokens, to compare them bit for bit with sotad's (engines/examples/llm_probe.rs).
+
+    /tmp/venv-llm/bin/python scripts/reference/llm_dump_llama.py MODEL.gguf OUT.npz \
+        '[prompt ids]' ['[forced ids]'] ['[calls to dump]']
+
+Call 0 evaluates the prompt, call k the k-th forced token; only the listed calls are kept
+(default: the prompt). Same settings as llm_reference.py (2 threads, n_batch 512, flash
+attention off, f16 KV cache). Keys are "call/tensor name" (repeated names get "#k"), values
+float32 arrays in ggml's [ne3][ne2][ne1][ne0] order (f16 tensors converted).
+"""
+import ctypes, json, sys
 import numpy as np
 import llama_cpp
 from llama_cpp import Llama
@@ -21,13 +32,8 @@ def cb(t, ask, ud):
     name = tt.name.decode()
     ne = list(tt.ne); nb = list(tt.nb)
     if tt.type == 0:   # f32
-        arr = np.ctypeslib.as_array(ctypes.cast(tt.data, ctypes.POINTER(ctypes.c_uint8)), shape=(nb[3]*ne[3],)) if False else None
-        # strided view -> copy elementwise via as_strided
-        base = ctypes.cast(tt.data, ctypes.POINTER(ctypes.c_float))
         nbytes = (ne[3]-1)*nb[3]+(ne[2]-1)*nb[2]+(ne[1]-1)*nb[1]+(ne[0]-1)*nb[0]+4
         raw = np.ctypeslib.as_array(ctypes.cast(tt.data, ctypes.POINTER(ctypes.c_uint8)), shape=(nbytes,))
-        a = np.lib.stride_tricks.as_strided(raw.view(np.uint8), shape=(ne[3],ne[2],ne[1],ne[0]), strides=(nb[3],nb[2],nb[1],nb[0]))
-        # reinterpret: build float via copying bytes
         a = np.lib.stride_tricks.as_strided(np.frombuffer(raw, dtype=np.uint8), shape=(ne[3],ne[2],ne[1],ne[0],4), strides=(nb[3],nb[2],nb[1],nb[0],1)).copy().view(np.float32)[...,0]
         key = f"{state['call']}/{name}"
         k2 = key; i = 1

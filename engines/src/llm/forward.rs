@@ -309,7 +309,9 @@ fn round_f16(x: f32) -> f32 {
 }
 
 /// GELU (tanh form) of every f16 value, rounded to f16: ggml's `ggml_table_gelu_f16`,
-/// built on first use (256 KiB).
+/// built on first use (256 KiB). `1 + a·x²` is the fused multiply-add `(a·x)·x + 1` that the
+/// C compiler makes of ggml's expression (with it all 65,536 entries equal the table in
+/// llama-cpp-python's library; without it one differs, and Gemma 3's layer 0 with it).
 fn gelu_table() -> &'static [f32] {
     static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
@@ -318,22 +320,24 @@ fn gelu_table() -> &'static [f32] {
         (0..=u16::MAX)
             .map(|bits| {
                 let x = f16::from_bits(bits).to_f32();
-                let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh());
+                let inner = (COEF_A * x).mul_add(x, 1.0);
+                let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh());
                 round_f16(g)
             })
             .collect()
     })
 }
 
-/// ggml's GELU through its f16 table: input and output rounded to f16.
+/// ggml's GEGLU `gelu(x)·u` with GELU through its f16 table (input and output rounded to
+/// f16); below −10 the result is +0 whatever the sign of `u`, as in ggml.
 #[inline]
-fn gelu_f16(table: &[f32], x: f32) -> f32 {
+fn geglu_f16(table: &[f32], x: f32, u: f32) -> f32 {
     if x <= -10.0 {
         0.0
     } else if x >= 10.0 {
-        x
+        x * u
     } else {
-        table[usize::from(f16::from_f32(x).to_bits())]
+        table[usize::from(f16::from_f32(x).to_bits())] * u
     }
 }
 
@@ -658,7 +662,7 @@ pub(crate) fn forward(
             let table = gelu_table();
             gate.iter_mut()
                 .zip(up.iter())
-                .for_each(|(g, &u)| *g = gelu_f16(table, *g) * u);
+                .for_each(|(g, &u)| *g = geglu_f16(table, *g, u));
         } else {
             gate.iter_mut()
                 .zip(up.iter())
