@@ -194,6 +194,7 @@ impl KSum {
     /// activation rows at a time): one fused multiply-add per 64-element chunk `c` of the
     /// chunk's integer dot product `isum[c]` and minimum term `imin[c]`.
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the AVX2 kernel tiles
     pub(crate) fn add_chunks(&mut self, d: f32, isum: [i32; 4], dmin: f32, imin: [i32; 4]) {
         for c in 0..4 {
             self.acc = (isum[c] as f32).mul_add(d, self.acc);

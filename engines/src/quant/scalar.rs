@@ -373,8 +373,8 @@ fn dot_q6_k(w: &[u8], x: &[u8]) -> f32 {
 }
 
 /// Q6_K in the order of llama.cpp's x86 (AVX2) `ggml_vec_dot_q6_K_q8_K`, which the AVX2
-/// kernel reproduces and which llama.cpp uses on x86 for Q6_K at every batch size we
-/// measured: eight i32 lanes per super-block, lane `l` holding the elements `e` with
+/// kernel reproduces and which llama.cpp uses on x86 for Q6_K for one token and batches
+/// under 8 (larger batches take its tiled GEMM, not reproduced): eight i32 lanes per super-block, lane `l` holding the elements `e` with
 /// `(e mod 32) / 4 = l` with the six-bit values unsigned (0..=63), minus `32·(s_2l·bsum_2l +
 /// s_2l+1·bsum_2l+1)` (the −32 offset, spread over the lanes by 16-element group); each
 /// lane folded into its own f32 accumulator with a fused multiply-add by `d_w·d_x`, the eight
