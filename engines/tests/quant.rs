@@ -478,11 +478,27 @@ fn matvec_and_matmul_equal_rowwise_vec_dot_for_1_2_3_threads() {
                         m.matmul_with(k, &xs, &mut out, threads).unwrap();
                     }
                     for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
-                        assert_eq!(
-                            a.to_bits(),
-                            b.to_bits(),
-                            "{ty} {k} {n_tok} rows {threads} threads: output {i} = {a}, vec_dot {b}"
-                        );
+                        // On x86 the AVX2 Q4_K kernel folds complete four-row tiles per
+                        // 64-element chunk (llama.cpp's repacked GEMM order): equal to the
+                        // one-row product up to rounding there, bit for bit elsewhere.
+                        let tiled = cfg!(target_arch = "x86_64")
+                            && ty == GgmlType::Q4_K
+                            && k != Kernel::Scalar
+                            && i / rows < n_tok / 4 * 4;
+                        if tiled {
+                            let x = &xs[i / rows * act_bytes..(i / rows + 1) * act_bytes];
+                            let bound = magnitude(ty, m.row(i % rows), x);
+                            assert!(
+                                f64::from((a - b).abs()) <= 1e-5 * bound,
+                                "{ty} {k} {n_tok} rows {threads} threads: output {i} = {a}, vec_dot {b}"
+                            );
+                        } else {
+                            assert_eq!(
+                                a.to_bits(),
+                                b.to_bits(),
+                                "{ty} {k} {n_tok} rows {threads} threads: output {i} = {a}, vec_dot {b}"
+                            );
+                        }
                     }
                 }
             }

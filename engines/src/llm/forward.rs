@@ -117,6 +117,21 @@ pub(crate) struct Scratch {
     rope_global: Vec<(f32, f32)>,
     rope_local: Vec<(f32, f32)>,
     pub logits: Vec<f32>,
+    /// A debugging probe that sees named intermediates (ggml's tensor names) of every layer;
+    /// see [`super::Session::set_probe`].
+    pub probe: Option<Probe>,
+}
+
+/// Callback for intermediates: `(name, layer, values)`, values `[token][dim]`.
+pub type Probe = Box<dyn FnMut(&str, usize, &[f32]) + Send>;
+
+/// Hands an intermediate to the probe, if one is set (a branch on `None` otherwise).
+macro_rules! probe {
+    ($s:expr, $name:expr, $layer:expr, $data:expr) => {
+        if let Some(p) = $s.as_mut() {
+            p($name, $layer, $data);
+        }
+    };
 }
 
 type HeadScratch = (Vec<f32>, Vec<f32>, Vec<f32>);
@@ -294,7 +309,9 @@ fn round_f16(x: f32) -> f32 {
 }
 
 /// GELU (tanh form) of every f16 value, rounded to f16: ggml's `ggml_table_gelu_f16`,
-/// built on first use (256 KiB).
+/// built on first use (256 KiB). `1 + a·x²` is the fused multiply-add `(a·x)·x + 1` that the
+/// C compiler makes of ggml's expression (with it all 65,536 entries equal the table in
+/// llama-cpp-python's library; without it one differs, and Gemma 3's layer 0 with it).
 fn gelu_table() -> &'static [f32] {
     static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
@@ -303,40 +320,31 @@ fn gelu_table() -> &'static [f32] {
         (0..=u16::MAX)
             .map(|bits| {
                 let x = f16::from_bits(bits).to_f32();
-                let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh());
+                let inner = (COEF_A * x).mul_add(x, 1.0);
+                let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh());
                 round_f16(g)
             })
             .collect()
     })
 }
 
-/// ggml's GELU through its f16 table: input and output rounded to f16.
+/// ggml's GEGLU `gelu(x)·u` with GELU through its f16 table (input and output rounded to
+/// f16); below −10 the result is +0 whatever the sign of `u`, as in ggml.
 #[inline]
-fn gelu_f16(table: &[f32], x: f32) -> f32 {
+fn geglu_f16(table: &[f32], x: f32, u: f32) -> f32 {
     if x <= -10.0 {
         0.0
     } else if x >= 10.0 {
-        x
+        x * u
     } else {
-        table[usize::from(f16::from_f32(x).to_bits())]
+        table[usize::from(f16::from_f32(x).to_bits())] * u
     }
 }
 
-/// SiLU with libm's `expf`.
-///
-/// ggml computes it as `x / (1 + ggml_v_expf(−x))` ([`silu_ggml`], bit-identical to it). On
-/// the llama.cpp fixtures (`tests/llm_real_models.rs`) that version moves the remaining
-/// near-tie flips rather than removing them (Qwen2.5 "The capital of France is" then differs
-/// at step 2, SmolLM2's chat prompt at step 15, against 40/40 and step 31 with this one), so
-/// some other difference upstream still decides those ties; until it is found, this stays.
+/// SiLU exactly as ggml's `ggml_v_silu` computes it: `x / (1 + ggml_v_expf(−x))`. Checked
+/// against llama.cpp's own `ffn_swiglu` tensor (SmolLM2 layer 0 on its chat prompt, all
+/// 52,224 values equal bit for bit; libm's `expf` differs on a quarter of them).
 #[inline]
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-/// SiLU exactly as ggml's `ggml_v_silu` (see [`silu`] for why it is not used yet).
-#[inline]
-#[cfg_attr(not(test), allow(dead_code))]
 fn silu_ggml(x: f32) -> f32 {
     x / (1.0 + expf_ggml(-x))
 }
@@ -470,6 +478,7 @@ pub(crate) fn forward(
         }
     }
 
+    probe!(s.probe, "inp_scaled", 0, &s.x[..n * d]);
     let x = &mut s.x[..n * d];
     for (il, l) in w.layers.iter().enumerate() {
         // ---- attention ----
@@ -477,6 +486,7 @@ pub(crate) fn forward(
         for (xr, or) in x.chunks_exact(d).zip(xn.chunks_exact_mut(d)) {
             rms_norm(xr, &l.attn_norm, c.eps, or);
         }
+        probe!(s.probe, "attn_norm", il, xn);
         s.acts.invalidate();
         let q = &mut s.q[..n * q_dim];
         let k = &mut s.k[..n * kv_dim];
@@ -484,6 +494,9 @@ pub(crate) fn forward(
         matmul(file, &l.wq, &mut s.acts, xn, q, pool)?;
         matmul(file, &l.wk, &mut s.acts, xn, k, pool)?;
         matmul(file, &l.wv, &mut s.acts, xn, v, pool)?;
+        probe!(s.probe, "Qcur", il, q);
+        probe!(s.probe, "Kcur", il, k);
+        probe!(s.probe, "Vcur", il, v);
         for (buf, bias, dim) in [
             (&mut *q, &l.bq, q_dim),
             (&mut *k, &l.bk, kv_dim),
@@ -513,6 +526,8 @@ pub(crate) fn forward(
                 rope(h, tab, c.rope_dim, c.rope_neox);
             }
         }
+        probe!(s.probe, "Qrope", il, q);
+        probe!(s.probe, "Krope", il, k);
         // Store keys and values (f16).
         for i in 0..n {
             let p = pos0 + i;
@@ -616,53 +631,66 @@ pub(crate) fn forward(
                 }
             }
         });
+        probe!(s.probe, "kqv_out", il, att);
         s.acts.invalidate();
         let proj = &mut s.proj[..n * d];
         matmul(file, &l.wo, &mut s.acts, att, proj, pool)?;
+        probe!(s.probe, "attn_out", il, proj);
         if let Some(pw) = &l.post_attn_norm {
             for r in proj.chunks_exact_mut(d) {
                 rms_norm_inplace(r, pw, c.eps);
             }
         }
+        probe!(s.probe, "attn_post_norm", il, proj);
         x.iter_mut().zip(proj.iter()).for_each(|(a, &b)| *a += b);
+        probe!(s.probe, "sa_out", il, x);
 
         // ---- feed-forward ----
         let xn = &mut s.xn[..n * d];
         for (xr, or) in x.chunks_exact(d).zip(xn.chunks_exact_mut(d)) {
             rms_norm(xr, &l.ffn_norm, c.eps, or);
         }
+        probe!(s.probe, "ffn_norm", il, xn);
         s.acts.invalidate();
         let gate = &mut s.gate[..n * c.n_ff];
         let up = &mut s.up[..n * c.n_ff];
         matmul(file, &l.w_gate, &mut s.acts, xn, gate, pool)?;
         matmul(file, &l.w_up, &mut s.acts, xn, up, pool)?;
+        probe!(s.probe, "ffn_gate", il, gate);
+        probe!(s.probe, "ffn_up", il, up);
         if c.arch == Arch::Gemma3 {
             let table = gelu_table();
             gate.iter_mut()
                 .zip(up.iter())
-                .for_each(|(g, &u)| *g = gelu_f16(table, *g) * u);
+                .for_each(|(g, &u)| *g = geglu_f16(table, *g, u));
         } else {
             gate.iter_mut()
                 .zip(up.iter())
-                .for_each(|(g, &u)| *g = silu(*g) * u);
+                .for_each(|(g, &u)| *g = silu_ggml(*g) * u);
         }
+        probe!(s.probe, "ffn_act", il, gate);
         s.acts.invalidate();
         matmul(file, &l.w_down, &mut s.acts, gate, proj, pool)?;
+        probe!(s.probe, "ffn_out", il, proj);
         if let Some(pw) = &l.post_ffn_norm {
             for r in proj.chunks_exact_mut(d) {
                 rms_norm_inplace(r, pw, c.eps);
             }
         }
+        probe!(s.probe, "ffn_post_norm", il, proj);
         x.iter_mut().zip(proj.iter()).for_each(|(a, &b)| *a += b);
+        probe!(s.probe, "l_out", il, x);
     }
 
     // Output: the last token only.
     let last = &x[(n - 1) * d..n * d];
     let xn = &mut s.xn[..d];
     rms_norm(last, &w.output_norm, c.eps, xn);
+    probe!(s.probe, "result_norm", 0, xn);
     s.acts.invalidate();
     s.logits.resize(w.output.rows, 0.0);
     matmul(file, &w.output, &mut s.acts, xn, &mut s.logits, pool)?;
+    probe!(s.probe, "result_output", 0, &s.logits);
     Ok(())
 }
 

@@ -76,6 +76,8 @@ pub use self::generate::{GenerateOptions, Prompt, Reply, StopReason, Timings};
 pub use self::sample::Sampler;
 pub use self::tokenizer::{TokenKind, Tokenizer};
 
+#[doc(hidden)]
+pub use self::forward::Probe;
 use self::forward::{KvCache, Scratch};
 use self::weights::Weights;
 use crate::error::{Error, Result};
@@ -265,6 +267,14 @@ impl Session {
         }
         self.tokens.extend_from_slice(tokens);
         Ok(&self.scratch.logits)
+    }
+
+    /// Debugging: calls `probe(name, layer, values)` with the named intermediates of every
+    /// following evaluation (ggml's tensor names where there is one; values `[token][dim]`),
+    /// to compare them with llama.cpp's. `None` removes it.
+    #[doc(hidden)]
+    pub fn set_probe(&mut self, probe: Option<Probe>) {
+        self.scratch.probe = probe;
     }
 
     /// The logits after the last evaluated token (empty before any evaluation).

@@ -164,9 +164,49 @@ pub(crate) fn k_scale_bytes(b: &[u8]) -> &[u8; 12] {
 /// that all paths agree bit for bit: `sum + (d·isum − dmin·imin)`, where `d` and `dmin` are
 /// the weight's super-block scales times the activation scale, `isum` is the exact integer
 /// dot product with the sub-block scales applied and `imin` the exact integer minimum term.
+/// (Q6_K; Q4_K and Q5_K use [`KSum`].)
 #[inline(always)]
 pub(crate) fn k_accumulate(sum: f32, d: f32, isum: i32, dmin: f32, imin: i32) -> f32 {
     sum + (d * isum as f32 - dmin * imin as f32)
+}
+
+/// The running sums of a Q4_K / Q5_K dot product, kept the same way in every code path so
+/// that all paths agree bit for bit, in the order of llama.cpp's x86 kernels for Q4_K
+/// (the AVX2 GEMV/GEMM over rows repacked eight at a time, `q4_K_8x8_q8_K`, which it uses for
+/// every batch size): per super-block one fused multiply-add of the exact integer dot product
+/// `isum` into `acc` with `d_w·d_x`, and one of the exact integer minimum term `imin` into
+/// `min` with `dmin_w·d_x`; the result is `acc − min`.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct KSum {
+    acc: f32,
+    min: f32,
+}
+
+impl KSum {
+    /// Folds in one super-block (`d`, `dmin`: the weight's scales times the activation's).
+    #[inline(always)]
+    pub(crate) fn add(&mut self, d: f32, isum: i32, dmin: f32, imin: i32) {
+        self.acc = (isum as f32).mul_add(d, self.acc);
+        self.min = (imin as f32).mul_add(dmin, self.min);
+    }
+
+    /// Folds in one super-block in the order of llama.cpp's x86 repacked Q4_K GEMM (four
+    /// activation rows at a time): one fused multiply-add per 64-element chunk `c` of the
+    /// chunk's integer dot product `isum[c]` and minimum term `imin[c]`.
+    #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the AVX2 kernel tiles
+    pub(crate) fn add_chunks(&mut self, d: f32, isum: [i32; 4], dmin: f32, imin: [i32; 4]) {
+        for c in 0..4 {
+            self.acc = (isum[c] as f32).mul_add(d, self.acc);
+            self.min = (imin[c] as f32).mul_add(dmin, self.min);
+        }
+    }
+
+    /// The dot product.
+    #[inline(always)]
+    pub(crate) fn total(self) -> f32 {
+        self.acc - self.min
+    }
 }
 
 #[cfg(test)]

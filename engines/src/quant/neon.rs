@@ -15,7 +15,7 @@
 //!
 //! Every kernel computes `N` dot products (one weight row against `N` activation rows),
 //! unpacking each weight block once. Float accumulation is as on x86: per-lane for the
-//! 32-element formats, and one exact integer per super-block folded with [`k_accumulate`]
+//! 32-element formats, and one exact integer per super-block folded with [`KSum`] or [`k_accumulate`]
 //! for the k-quants (bit-identical to the scalar reference).
 
 // See x86.rs: needed for Rust 1.85, reported as unnecessary by newer compilers.
@@ -409,7 +409,7 @@ unsafe fn k_with_mins<D: Dot, const N: usize>(
 ) -> [f32; N] {
     // SAFETY: every pointer below stays inside super-block `i < nb` of its row.
     unsafe {
-        let mut sums = [0.0f32; N];
+        let mut sums = [KSum::default(); N];
         for i in 0..nb {
             let wb = wp.add(i * w_bytes);
             let (sc, mn) = k_scales_mins(&*wb.add(K_SCALES).cast::<[u8; 12]>());
@@ -444,10 +444,10 @@ unsafe fn k_with_mins<D: Dot, const N: usize>(
                 );
                 let m = vmull_s16(vget_low_s16(pairs), vget_low_s16(mins));
                 let imin = vaddvq_s32(vmlal_high_s16(m, pairs, mins));
-                sums[j] = k_accumulate(sums[j], dw * dy, vaddvq_s32(acc[j]), dmin * dy, imin);
+                sums[j].add(dw * dy, vaddvq_s32(acc[j]), dmin * dy, imin);
             }
         }
-        sums
+        sums.map(KSum::total)
     }
 }
 

@@ -306,9 +306,9 @@ fn k_min_term(xb: &[u8], mn: &[u8; 8]) -> i32 {
 }
 
 /// Per super-block: `isum = Σ_s scale_s·Σ q_w·q_x` (sub-blocks of 32) and the minimum term
-/// from the Q8_K block sums, folded with [`k_accumulate`].
+/// from the Q8_K block sums, folded with [`KSum`].
 fn dot_q4_k(w: &[u8], x: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut sum = KSum::default();
     for (wb, xb) in w.chunks_exact(Q4_K_BYTES).zip(x.chunks_exact(Q8_K_BYTES)) {
         let (sc, mn) = k_scales_mins(k_scale_bytes(wb));
         let q = q4_k_values(wb);
@@ -319,20 +319,19 @@ fn dot_q4_k(w: &[u8], x: &[u8]) -> f32 {
             isum += i32::from(sc[s]) * d;
         }
         let dy = f32_at(xb, 0);
-        sum = k_accumulate(
-            sum,
+        sum.add(
             f16_at(wb, 0) * dy,
             isum,
             f16_at(wb, 2) * dy,
             k_min_term(xb, &mn),
         );
     }
-    sum
+    sum.total()
 }
 
 /// As Q4_K with five-bit values.
 fn dot_q5_k(w: &[u8], x: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut sum = KSum::default();
     for (wb, xb) in w.chunks_exact(Q5_K_BYTES).zip(x.chunks_exact(Q8_K_BYTES)) {
         let (sc, mn) = k_scales_mins(k_scale_bytes(wb));
         let q = q5_k_values(wb);
@@ -343,20 +342,22 @@ fn dot_q5_k(w: &[u8], x: &[u8]) -> f32 {
             isum += i32::from(sc[s]) * d;
         }
         let dy = f32_at(xb, 0);
-        sum = k_accumulate(
-            sum,
+        sum.add(
             f16_at(wb, 0) * dy,
             isum,
             f16_at(wb, 2) * dy,
             k_min_term(xb, &mn),
         );
     }
-    sum
+    sum.total()
 }
 
 /// Per super-block: `isum = Σ_g scale_g·Σ (q_w−32)·q_x` over 16 groups of 16, then
 /// `sum + d·isum` (through [`k_accumulate`] with a zero minimum term).
 fn dot_q6_k(w: &[u8], x: &[u8]) -> f32 {
+    if cfg!(target_arch = "x86_64") {
+        return dot_q6_k_lanes(w, x);
+    }
     let mut sum = 0.0f32;
     for (wb, xb) in w.chunks_exact(Q6_K_BYTES).zip(x.chunks_exact(Q8_K_BYTES)) {
         let q = q6_k_values(wb);
@@ -369,4 +370,32 @@ fn dot_q6_k(w: &[u8], x: &[u8]) -> f32 {
         sum = k_accumulate(sum, f16_at(wb, Q6_K_D) * f32_at(xb, 0), isum, 0.0, 0);
     }
     sum
+}
+
+/// Q6_K in the order of llama.cpp's x86 (AVX2) `ggml_vec_dot_q6_K_q8_K`, which the AVX2
+/// kernel reproduces and which llama.cpp uses on x86 for Q6_K for one token and batches
+/// under 8 (larger batches take its tiled GEMM, not reproduced): eight i32 lanes per super-block, lane `l` holding the elements `e` with
+/// `(e mod 32) / 4 = l` with the six-bit values unsigned (0..=63), minus `32·(s_2l·bsum_2l +
+/// s_2l+1·bsum_2l+1)` (the −32 offset, spread over the lanes by 16-element group); each
+/// lane folded into its own f32 accumulator with a fused multiply-add by `d_w·d_x`, the eight
+/// accumulators summed at the end as x86 does (`(l0+l4)+(l2+l6)` + `(l1+l5)+(l3+l7)`).
+fn dot_q6_k_lanes(w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (wb, xb) in w.chunks_exact(Q6_K_BYTES).zip(x.chunks_exact(Q8_K_BYTES)) {
+        let q = q6_k_values(wb);
+        let y = &xb[Q8_K_QS..Q8_K_QS + QK_K];
+        let sc = |g: usize| i32::from(wb[Q6_K_SCALES + g] as i8);
+        let mut lanes = [0i32; 8];
+        for (e, (&q, y)) in q.iter().zip(i8s(y)).enumerate() {
+            lanes[(e % 32) / 4] += sc(e / 16) * (i32::from(q) + 32) * y;
+        }
+        let d = f16_at(wb, Q6_K_D) * f32_at(xb, 0);
+        for (l, (a, lane)) in acc.iter_mut().zip(lanes).enumerate() {
+            let bsum = |g: usize| i32::from(i16_at(xb, Q8_K_BSUMS + 2 * g));
+            let off = 32 * (sc(2 * l) * bsum(2 * l) + sc(2 * l + 1) * bsum(2 * l + 1));
+            *a = d.mul_add((lane - off) as f32, *a);
+        }
+    }
+    let s: [f32; 4] = std::array::from_fn(|i| acc[i] + acc[i + 4]);
+    (s[0] + s[2]) + (s[1] + s[3])
 }

@@ -13,8 +13,11 @@
 //! Float accumulation: 32-element formats accumulate `d_w·d_x` times the eight 32-bit lanes
 //! in eight f32 lanes and add them up at the end, so the result differs from the scalar
 //! reference by rounding only. The k-quants reduce each super-block to one exact integer and
-//! fold it in with [`k_accumulate`], exactly like the scalar code, so they match it bit for
-//! bit.
+//! fold it in with [`KSum`] (Q4_K, Q5_K), or keep eight lanes in f32 (Q6_K), exactly like the
+//! scalar code, so they match it bit for bit. Q4_K against a tile of four activation rows
+//! folds per 64-element chunk instead (llama.cpp's repacked GEMM order), so the rows of
+//! complete four-row tiles of a matrix product differ from the one-row dot product in the
+//! last bits.
 
 // Rust 1.87 made most intrinsics safe to call from functions with matching target features;
 // the crate's minimum version (1.85) still needs the `unsafe` blocks, which newer compilers
@@ -413,6 +416,11 @@ unsafe fn mins_pairs(mn: &[u8; 8]) -> __m256i {
 /// Q4_K and Q5_K against Q8_K. `unpack(wb, c)` returns the two sub-blocks of 64-element
 /// chunk `c` as unsigned bytes (sub-block `2c`, then `2c+1`).
 ///
+/// With `chunked` (Q4_K against a tile of four activation rows) the super-block is folded in
+/// per 64-element chunk ([`KSum::add_chunks`]), as llama.cpp's repacked Q4_K GEMM does for
+/// each complete group of four rows; otherwise per super-block, as its GEMV does for the
+/// remaining rows and for one token.
+///
 /// # Safety
 ///
 /// `wp` must point to `nb` super-blocks of `w_bytes` bytes and each `xp[j]` to `nb` Q8_K
@@ -424,16 +432,18 @@ unsafe fn k_with_mins<const N: usize>(
     xp: [*const u8; N],
     nb: usize,
     w_bytes: usize,
+    chunked: bool,
     unpack: impl Fn(*const u8, usize) -> (__m256i, __m256i),
 ) -> [f32; N] {
     // SAFETY: every pointer below stays inside super-block `i < nb` of its row.
     unsafe {
-        let mut sums = [0.0f32; N];
+        let mut sums = [KSum::default(); N];
         for i in 0..nb {
             let wb = wp.add(i * w_bytes);
             let scales = &*wb.add(K_SCALES).cast::<[u8; 12]>();
             let (sc, mn) = k_scales_mins(scales);
             let mut acc = [_mm256_setzero_si256(); N];
+            let mut chunk_sums = [[0i32; 4]; N];
             for c in 0..4 {
                 let (lo, hi) = unpack(wb, c);
                 let s_lo = _mm256_set1_epi16(i16::from(sc[2 * c]));
@@ -442,7 +452,12 @@ unsafe fn k_with_mins<const N: usize>(
                     let y = at(&xp, j, i * Q8_K_BYTES + Q8_K_QS + 64 * c);
                     let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load32(y)), s_lo);
                     let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load32(y.add(32))), s_hi);
-                    *acc = _mm256_add_epi32(*acc, _mm256_add_epi32(p_lo, p_hi));
+                    let p = _mm256_add_epi32(p_lo, p_hi);
+                    if chunked {
+                        chunk_sums[j][c] = hsum_i32(p);
+                    } else {
+                        *acc = _mm256_add_epi32(*acc, p);
+                    }
                 }
             }
             let pairs = mins_pairs(&mn);
@@ -451,11 +466,20 @@ unsafe fn k_with_mins<const N: usize>(
                 let xb = at(&xp, j, i * Q8_K_BYTES);
                 let d = _mm_mul_ps(d_dmin, _mm_set1_ps(f32_at_ptr(xb)));
                 let (d, dmin) = (_mm_cvtss_f32(d), _mm_cvtss_f32(_mm_movehdup_ps(d)));
-                let imin = k_min_term(xb, pairs);
-                sums[j] = k_accumulate(sums[j], d, hsum_i32(acc[j]), dmin, imin);
+                if chunked {
+                    // Lane s of the product is sub-block s's minimum term.
+                    let mut m = [0i32; 8];
+                    let v = _mm256_madd_epi16(load32(xb.add(Q8_K_BSUMS)), pairs);
+                    _mm256_storeu_si256(m.as_mut_ptr().cast(), v);
+                    let imin = [m[0] + m[1], m[2] + m[3], m[4] + m[5], m[6] + m[7]];
+                    sums[j].add_chunks(d, chunk_sums[j], dmin, imin);
+                } else {
+                    let imin = k_min_term(xb, pairs);
+                    sums[j].add(d, hsum_i32(acc[j]), dmin, imin);
+                }
             }
         }
-        sums
+        sums.map(KSum::total)
     }
 }
 
@@ -463,7 +487,7 @@ unsafe fn k_with_mins<const N: usize>(
 unsafe fn q4_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
     // SAFETY: forwarded contract; the closure reads 32 bytes of `qs` per chunk.
     unsafe {
-        k_with_mins(wp, xp, nb, Q4_K_BYTES, |wb, c| {
+        k_with_mins(wp, xp, nb, Q4_K_BYTES, N == 4, |wb, c| {
             let q = load32(wb.add(Q4_K_QS + 32 * c));
             let m = _mm256_set1_epi8(0x0f);
             (
@@ -478,7 +502,7 @@ unsafe fn q4_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> 
 unsafe fn q5_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
     // SAFETY: forwarded contract; the closure reads 32 bytes of `qs` and the 32 of `qh`.
     unsafe {
-        k_with_mins(wp, xp, nb, Q5_K_BYTES, |wb, c| {
+        k_with_mins(wp, xp, nb, Q5_K_BYTES, false, |wb, c| {
             let q = load32(wb.add(Q5_K_QS + 32 * c));
             // Bits 2c and 2c+1 of each qh byte are the fifth bits of sub-blocks 2c and 2c+1.
             // After a 16-bit shift right by 2c (c <= 3) they are bits 0 and 1 of their byte;
@@ -501,13 +525,15 @@ unsafe fn q5_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> 
 }
 
 /// Q6_K against Q8_K. The six-bit values are used unsigned (0..=63) with `maddubs`; the −32
-/// offset is applied once per super-block through the Q8_K block sums:
-/// `Σ_g s_g Σ (q−32)·y = Σ_g s_g Σ q·y − 32 Σ_g s_g·bsum_g`.
+/// offset comes from the Q8_K block sums, `Σ_g s_g Σ (q−32)·y = Σ_g s_g Σ q·y − 32 Σ_g
+/// s_g·bsum_g`, subtracted lane by lane; the eight lanes are accumulated in f32 with fused
+/// multiply-adds and summed at the end, exactly as llama.cpp's AVX2 `ggml_vec_dot_q6_K_q8_K`
+/// (see the scalar `dot_q6_k_lanes`).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
     // SAFETY: every pointer below stays inside super-block `i < nb` of its row.
     unsafe {
-        let mut sums = [0.0f32; N];
+        let mut sums = [_mm256_setzero_ps(); N];
         let m4 = _mm256_set1_epi8(0x0f);
         let m2 = _mm256_set1_epi8(0x30);
         for i in 0..nb {
@@ -557,11 +583,12 @@ unsafe fn q6_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> 
             let dw = _mm_cvtss_f32(_mm_movehdup_ps(f16x2(wb.add(Q6_K_D - 2))));
             for j in 0..N {
                 let xb = at(&xp, j, i * Q8_K_BYTES);
-                let offset = hsum_i32(_mm256_madd_epi16(load32(xb.add(Q8_K_BSUMS)), scales16));
-                let isum = hsum_i32(acc[j]) - 32 * offset;
-                sums[j] = k_accumulate(sums[j], dw * f32_at_ptr(xb), isum, 0.0, 0);
+                let offset = _mm256_madd_epi16(load32(xb.add(Q8_K_BSUMS)), scales16);
+                let lanes = _mm256_sub_epi32(acc[j], _mm256_slli_epi32(offset, 5));
+                let d = _mm256_set1_ps(dw * f32_at_ptr(xb));
+                sums[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), sums[j]);
             }
         }
-        sums
+        sums.map(|s| hsum_f32(s))
     }
 }
