@@ -9,6 +9,7 @@ pub mod error;
 pub mod gguf;
 pub mod llm;
 mod mapped;
+mod par;
 pub mod quant;
 pub mod stt;
 pub mod tts;

@@ -151,19 +151,7 @@ pub(crate) fn conv_weight_tap_major(w: &[f32], out: usize, inp: usize, taps: usi
     r
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to write disjoint parts of one buffer from rayon tasks (see the
-// callers), while the buffer outlives the parallel loop.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
+use crate::par::SendPtr;
 
 /// `dst (m × n, row stride dst_rs) = [dst +] lhs (m × k) · rhs (k × n)`, one thread.
 ///

@@ -38,19 +38,7 @@ impl Act {
 /// Columns below which a part is not split further.
 const MIN_COLS: usize = 96;
 
-/// A raw pointer that may cross threads: each part writes a disjoint set of columns.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint column ranges of one buffer to scoped rayon tasks.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so closures capture the whole `SendPtr`, not its field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
+use crate::par::SendPtr;
 
 /// Runs `f(l0, l1)` over parts of `0..l`, in parallel on the current rayon pool.
 fn par_columns(l: usize, f: impl Fn(usize, usize) + Sync) {
