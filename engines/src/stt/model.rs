@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, Device, Storage, Tensor};
 
 use super::ct2::{DType as CtType, TensorSlice};
 use super::encoder;
-use super::ops::{AddAssign, BiasGelu, LayerNorm, Softmax, dot, exp_neg};
+use super::ops::{AddAssign, BiasGelu, LayerNorm, Softmax, dot};
 use super::weights::{self, WhisperDims, WhisperWeights};
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
@@ -387,12 +387,8 @@ fn attention_direct(
                         for (s, kj) in p.iter_mut().zip(kh.chunks_exact(dh)) {
                             *s = dot(qi, kj) * scale;
                         }
-                        let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                        let mut sum = 0.0f32;
-                        for s in p.iter_mut() {
-                            *s = exp_neg(*s - max);
-                            sum += *s;
-                        }
+                        let max = super::vmath::max(p);
+                        let sum = super::vmath::exp_scaled_sum(p, 1.0, -max);
                         let oi = &mut o[i * dh..(i + 1) * dh];
                         for (&w, vj) in p.iter().zip(vh.chunks_exact(dh)) {
                             for (a, &b) in oi.iter_mut().zip(vj) {
@@ -562,9 +558,10 @@ impl DecoderCache {
 impl WhisperNet {
     /// Converts the weights to candle tensors. With `quantized_decoder`, the decoder's
     /// per-token linear layers and the output projection are kept as Q8_0 blocks instead
-    /// (when the width is a multiple of 32) and multiplied with `threads` threads.
+    /// (when the width is a multiple of 32) and multiplied with `threads` threads (as the
+    /// encoder; [`WhisperNet::load_opts`] sets them apart).
     pub fn load(w: &WhisperWeights, quantized_decoder: bool, threads: usize) -> Result<Self> {
-        Self::load_inner(w, quantized_decoder, false, threads)
+        Self::load_inner(w, quantized_decoder, false, threads, threads)
     }
 
     /// [`WhisperNet::load`] with the options of [`super::LoadOptions`]: quantized (GGUF)
@@ -575,7 +572,13 @@ impl WhisperNet {
         opts: &super::LoadOptions,
         threads: usize,
     ) -> Result<Self> {
-        Self::load_inner(w, opts.quantized_decoder, opts.quantized_encoder, threads)
+        Self::load_inner(
+            w,
+            opts.quantized_decoder,
+            opts.quantized_encoder,
+            threads,
+            opts.decoder_threads.max(1),
+        )
     }
 
     fn load_inner(
@@ -583,13 +586,14 @@ impl WhisperNet {
         quantized_decoder: bool,
         quantized_encoder: bool,
         threads: usize,
+        decoder_threads: usize,
     ) -> Result<Self> {
         let dims = w.dims;
         let threads = threads.max(1);
         let enc_mapped = quantized_encoder.then_some(threads);
-        let dec_mapped = Some(threads);
+        let dec_mapped = Some(decoder_threads.max(1));
         let quantized_projection = quantized_decoder;
-        let q8 = quantized_decoder.then_some(threads.max(1));
+        let q8 = quantized_decoder.then_some(decoder_threads.max(1));
         let e = &w.encoder;
         let encoder = if quantized_encoder {
             let layers = e
@@ -937,11 +941,11 @@ impl WhisperNet {
 
 /// `log_softmax` of a logit vector, in place.
 pub fn log_softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let max = super::vmath::max(x);
     if !max.is_finite() {
         return;
     }
-    let sum: f32 = x.iter().map(|&v| super::ops::exp_neg(v - max)).sum();
+    let sum = super::vmath::sum_exp(x, -max);
     let lse = max + sum.ln();
     for v in x.iter_mut() {
         *v -= lse;
