@@ -530,10 +530,53 @@ fn enc_norm(n: &weights::LayerNorm) -> encoder::Norm {
     }
 }
 
-/// Cross-attention keys and values of one encoded window, per decoder layer:
-/// `(heads, n_audio_ctx, dh)` each.
+/// Cross-attention keys and values of one encoded window, per decoder layer, laid out
+/// for [`cross_attention`].
 pub struct CrossKv {
-    kv: Vec<(Tensor, Tensor)>,
+    layers: Vec<LayerKv>,
+}
+
+/// One decoder layer's cross-attention keys and values over `frames` encoder frames.
+struct LayerKv {
+    /// Keys transposed per head: `(heads, dh, frames)`, so that a query's scores are a sum of
+    /// `dh` scaled rows (vector operations over the frames, no horizontal sums).
+    kt: Vec<f32>,
+    /// Values per head: `(heads, frames, dh)`.
+    v: Vec<f32>,
+    frames: usize,
+}
+
+/// Cross-attention of `n` query rows (`q`: `n × heads · dh`, heads side by side) over one
+/// layer's keys and values; returns `n × heads · dh` in the same layout. Runs on the
+/// calling thread: a decoding step's share is a fraction of a millisecond.
+fn cross_attention(q: &[f32], n: usize, heads: usize, kv: &LayerKv) -> Vec<f32> {
+    let width = q.len() / n.max(1);
+    let dh = width / heads.max(1);
+    let t = kv.frames;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let mut out = vec![0.0f32; n * width];
+    let mut p = vec![0.0f32; t];
+    for (qi, oi) in q.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        for h in 0..heads {
+            let qh = &qi[h * dh..(h + 1) * dh];
+            let kt = &kv.kt[h * dh * t..(h + 1) * dh * t];
+            p.fill(0.0);
+            for (&a, krow) in qh.iter().zip(kt.chunks_exact(t)) {
+                let a = a * scale;
+                p.iter_mut().zip(krow).for_each(|(s, &k)| *s += a * k);
+            }
+            let max = super::vmath::max(&p);
+            let sum = super::vmath::exp_scaled_sum(&mut p, 1.0, -max);
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            let oh = &mut oi[h * dh..(h + 1) * dh];
+            let vh = &kv.v[h * t * dh..(h + 1) * t * dh];
+            for (&w, vj) in p.iter().zip(vh.chunks_exact(dh)) {
+                oh.iter_mut().zip(vj).for_each(|(o, &v)| *o += w * v);
+            }
+            oh.iter_mut().for_each(|o| *o *= inv);
+        }
+    }
+    out
 }
 
 /// The decoder's self-attention cache for one sequence.
@@ -816,16 +859,35 @@ impl WhisperNet {
     /// Cross-attention keys and values for an encoder output.
     pub fn cross_kv(&self, enc: &Tensor) -> Result<CrossKv> {
         let heads = self.dims.n_text_head;
-        let kv = self
+        let state = self.dims.n_text_state;
+        let dh = state / heads.max(1);
+        let layers = self
             .dec_layers
             .iter()
             .map(|l| {
-                let kv = split_heads(&l.cross_kv.forward(enc, false)?, 2, heads)?;
-                Ok((kv[0].clone(), kv[1].clone()))
+                // (frames, 2 · state): keys, then values, heads side by side.
+                let kv = l
+                    .cross_kv
+                    .forward(enc, false)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let t = kv.len() / (2 * state).max(1);
+                let mut kt = vec![0.0f32; heads * dh * t];
+                let mut v = vec![0.0f32; heads * t * dh];
+                for (j, row) in kv.chunks_exact(2 * state).enumerate() {
+                    for h in 0..heads {
+                        for d in 0..dh {
+                            kt[(h * dh + d) * t + j] = row[h * dh + d];
+                        }
+                        v[(h * t + j) * dh..(h * t + j + 1) * dh]
+                            .copy_from_slice(&row[state + h * dh..state + (h + 1) * dh]);
+                    }
+                }
+                Ok(LayerKv { kt, v, frames: t })
             })
             .collect::<CResult<Vec<_>>>()
             .map_err(candle_err("cross-attention keys"))?;
-        Ok(CrossKv { kv })
+        Ok(CrossKv { layers })
     }
 
     /// Feeds `tokens` (after the `cache.len()` already fed) and returns the logits
@@ -898,12 +960,13 @@ impl WhisperNet {
             x.inplace_op2(&l.out.forward(&merge_heads(&a)?, false)?, &AddAssign)?;
 
             let h = l.cross_ln.forward(&x)?;
-            let q = split_heads(&l.cross_q.forward(&h, false)?, 1, heads)?;
-            let Some((ck, cv)) = cross.kv.get(i) else {
+            let q = l.cross_q.forward(&h, false)?;
+            let Some(kv) = cross.layers.get(i) else {
                 candle_core::bail!("cross-attention cache has no layer {i}");
             };
-            let a = attention(&q[0], ck, cv, None)?;
-            x.inplace_op2(&l.cross_out.forward(&merge_heads(&a)?, false)?, &AddAssign)?;
+            let a = with_f32(&q.contiguous()?, |qs| cross_attention(qs, n, heads, kv))?;
+            let a = Tensor::from_vec(a, (n, state), &Device::Cpu)?;
+            x.inplace_op2(&l.cross_out.forward(&a, false)?, &AddAssign)?;
 
             let h = l.mlp_ln.forward(&x)?;
             x.inplace_op2(&l.mlp.forward(&h)?, &AddAssign)?;
