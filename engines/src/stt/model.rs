@@ -11,6 +11,7 @@
 //! per generated token.
 
 use candle_core::{CpuStorage, Device, Storage, Tensor};
+use rayon::prelude::*;
 
 use super::ct2::{DType as CtType, TensorSlice};
 use super::encoder;
@@ -866,23 +867,31 @@ impl WhisperNet {
             .iter()
             .map(|l| {
                 // (frames, 2 · state): keys, then values, heads side by side.
-                let kv = l
-                    .cross_kv
-                    .forward(enc, false)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                let t = kv.len() / (2 * state).max(1);
+                let kv = l.cross_kv.forward(enc, false)?.contiguous()?;
+                let t = kv.dim(0)?;
                 let mut kt = vec![0.0f32; heads * dh * t];
                 let mut v = vec![0.0f32; heads * t * dh];
-                for (j, row) in kv.chunks_exact(2 * state).enumerate() {
-                    for h in 0..heads {
-                        for d in 0..dh {
-                            kt[(h * dh + d) * t + j] = row[h * dh + d];
-                        }
-                        v[(h * t + j) * dh..(h * t + j + 1) * dh]
-                            .copy_from_slice(&row[state + h * dh..state + (h + 1) * dh]);
-                    }
-                }
+                with_f32(&kv, |kv| {
+                    // One head per task; the keys in tiles of 16 frames, so that the
+                    // transposed writes go to a few cache lines at a time.
+                    kt.par_chunks_mut(dh * t.max(1))
+                        .zip(v.par_chunks_mut(t.max(1) * dh))
+                        .enumerate()
+                        .for_each(|(h, (kth, vh))| {
+                            for j0 in (0..t).step_by(16) {
+                                let rows = &kv[j0 * 2 * state..(j0 + 16).min(t) * 2 * state];
+                                for (dj, row) in rows.chunks_exact(2 * state).enumerate() {
+                                    for (d, &x) in row[h * dh..(h + 1) * dh].iter().enumerate() {
+                                        kth[d * t + j0 + dj] = x;
+                                    }
+                                }
+                            }
+                            for (vj, row) in vh.chunks_exact_mut(dh).zip(kv.chunks_exact(2 * state))
+                            {
+                                vj.copy_from_slice(&row[state + h * dh..state + (h + 1) * dh]);
+                            }
+                        });
+                })?;
                 Ok(LayerKv { kt, v, frames: t })
             })
             .collect::<CResult<Vec<_>>>()
