@@ -275,9 +275,58 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// [`Linear::forward`] on plain rows: `x` is `n × in`; returns `n × out`. Quantized
+    /// weights go straight to the kernels, without a candle tensor on either side.
+    fn forward_slice(&self, x: &[f32], n: usize, gelu: bool) -> CResult<Vec<f32>> {
+        let mut y = match &self.q {
+            Some((ty, q)) if self.weight.is_none() && self.wt.is_none() => {
+                let m = QMatrix::new(*ty, self.rows, self.cols, q.bytes())
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                let xq = m
+                    .quantize_activation(x)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                let mut out = vec![0.0f32; n * self.rows];
+                m.matmul(&xq, &mut out, self.threads)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                out
+            }
+            _ => {
+                let t = Tensor::from_slice(x, (n, self.cols), &Device::Cpu)?;
+                return self.forward(&t, gelu)?.flatten_all()?.to_vec1::<f32>();
+            }
+        };
+        if gelu {
+            super::vmath::bias_gelu(&self.bias, &mut y);
+        } else if !self.bias.is_empty() {
+            for row in y.chunks_exact_mut(self.rows) {
+                row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
+            }
+        }
+        Ok(y)
+    }
+}
+
 struct Norm {
     gamma: Vec<f32>,
     beta: Vec<f32>,
+}
+
+impl Norm {
+    /// Layer norm of each row of `x` (rows of `gamma.len()` values).
+    fn apply_rows(&self, x: &[f32]) -> Vec<f32> {
+        let ln = LayerNorm {
+            gamma: &self.gamma,
+            beta: &self.beta,
+            eps: LN_EPS,
+        };
+        let d = self.gamma.len().max(1);
+        let mut y = vec![0.0f32; x.len()];
+        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            ln.row(xr, yr);
+        }
+        y
+    }
 }
 
 impl Norm {
@@ -308,10 +357,6 @@ impl Mlp {
             fc1: Linear::load_fused(&[&m.fc1], q8, mapped)?,
             fc2: Linear::load_fused(&[&m.fc2], q8, mapped)?,
         })
-    }
-
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x, true)?, false)
     }
 }
 
@@ -547,6 +592,49 @@ struct LayerKv {
     frames: usize,
 }
 
+/// Causal self-attention of `n` new query rows (`q`: `n × heads · dh`) at positions
+/// `past ..`, over the cached keys and values of positions `0 .. past + n` (`k`, `v`: rows of
+/// `heads · dh`); returns `n × heads · dh`.
+fn self_attention_step(
+    q: &[f32],
+    n: usize,
+    past: usize,
+    k: &[f32],
+    v: &[f32],
+    heads: usize,
+) -> Vec<f32> {
+    let width = q.len() / n.max(1);
+    let dh = width / heads.max(1);
+    let scale = 1.0 / (dh as f32).sqrt();
+    let mut out = vec![0.0f32; n * width];
+    let mut p = vec![0.0f32; past + n];
+    for (i, (qi, oi)) in q
+        .chunks_exact(width)
+        .zip(out.chunks_exact_mut(width))
+        .enumerate()
+    {
+        let visible = past + i + 1;
+        for h in 0..heads {
+            let qh = &qi[h * dh..(h + 1) * dh];
+            let p = &mut p[..visible];
+            for (s, kr) in p.iter_mut().zip(k.chunks_exact(width)) {
+                *s = dot(qh, &kr[h * dh..(h + 1) * dh]) * scale;
+            }
+            let max = super::vmath::max(p);
+            let sum = super::vmath::exp_scaled_sum(p, 1.0, -max);
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            let oh = &mut oi[h * dh..(h + 1) * dh];
+            for (&w, vr) in p.iter().zip(v.chunks_exact(width)) {
+                oh.iter_mut()
+                    .zip(&vr[h * dh..(h + 1) * dh])
+                    .for_each(|(o, &x)| *o += w * x);
+            }
+            oh.iter_mut().for_each(|o| *o *= inv);
+        }
+    }
+    out
+}
+
 /// Cross-attention of `n` query rows (`q`: `n × heads · dh`, heads side by side) over one
 /// layer's keys and values; returns `n × heads · dh` in the same layout. Runs on the
 /// calling thread: a decoding step's share is a fraction of a millisecond.
@@ -580,10 +668,12 @@ fn cross_attention(q: &[f32], n: usize, heads: usize, kv: &LayerKv) -> Vec<f32> 
     out
 }
 
-/// The decoder's self-attention cache for one sequence.
+/// The decoder's self-attention cache for one sequence: per layer, the keys and the values
+/// of the tokens fed so far, `len × state` each (heads side by side).
 #[derive(Default, Clone)]
 pub struct DecoderCache {
-    kv: Vec<(Tensor, Tensor)>,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
     len: usize,
 }
 
@@ -941,9 +1031,10 @@ impl WhisperNet {
         self.project(&hidden, threads)
     }
 
+    /// The decoder layers on plain rows (candle only where a layer's weights are `f32`).
     fn decode_inner(
         &self,
-        x: Vec<f32>,
+        mut x: Vec<f32>,
         n: usize,
         cache: &mut DecoderCache,
         cross: &CrossKv,
@@ -951,39 +1042,52 @@ impl WhisperNet {
     ) -> CResult<Vec<Vec<f32>>> {
         let state = self.dims.n_text_state;
         let heads = self.dims.n_text_head;
-        let x = Tensor::from_vec(x, (n, state), &Device::Cpu)?;
+        let layers = self.dec_layers.len();
         let past = cache.len;
-        let mut new_kv = Vec::with_capacity(self.dec_layers.len());
+        if cache.k.len() != layers || cache.v.len() != layers {
+            if past != 0 {
+                candle_core::bail!(
+                    "decoder cache has {} layers, the model {layers}",
+                    cache.k.len()
+                );
+            }
+            cache.k = vec![Vec::new(); layers];
+            cache.v = vec![Vec::new(); layers];
+        }
+        let add = |x: &mut [f32], y: &[f32]| x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
         for (i, l) in self.dec_layers.iter().enumerate() {
-            let h = l.attn_ln.forward(&x)?;
-            let qkv = split_heads(&l.qkv.forward(&h, false)?, 3, heads)?;
-            let (k, v) = match cache.kv.get(i) {
-                Some((pk, pv)) => (
-                    Tensor::cat(&[pk, &qkv[1]], 1)?,
-                    Tensor::cat(&[pv, &qkv[2]], 1)?,
-                ),
-                None => (qkv[1].clone(), qkv[2].clone()),
-            };
-            let a = attention(&qkv[0], &k, &v, Some(past))?;
-            new_kv.push((k, v));
-            x.inplace_op2(&l.out.forward(&merge_heads(&a)?, false)?, &AddAssign)?;
+            let h = l.attn_ln.apply_rows(&x);
+            let qkv = l.qkv.forward_slice(&h, n, false)?;
+            let mut q = Vec::with_capacity(n * state);
+            for row in qkv.chunks_exact(3 * state) {
+                q.extend_from_slice(&row[..state]);
+                cache.k[i].extend_from_slice(&row[state..2 * state]);
+                cache.v[i].extend_from_slice(&row[2 * state..]);
+            }
+            let a = self_attention_step(&q, n, past, &cache.k[i], &cache.v[i], heads);
+            add(&mut x, &l.out.forward_slice(&a, n, false)?);
 
-            let h = l.cross_ln.forward(&x)?;
-            let q = l.cross_q.forward(&h, false)?;
+            let h = l.cross_ln.apply_rows(&x);
+            let q = l.cross_q.forward_slice(&h, n, false)?;
             let Some(kv) = cross.layers.get(i) else {
                 candle_core::bail!("cross-attention cache has no layer {i}");
             };
-            let a = with_f32(&q.contiguous()?, |qs| cross_attention(qs, n, heads, kv))?;
-            let a = Tensor::from_vec(a, (n, state), &Device::Cpu)?;
-            x.inplace_op2(&l.cross_out.forward(&a, false)?, &AddAssign)?;
+            let a = cross_attention(&q, n, heads, kv);
+            add(&mut x, &l.cross_out.forward_slice(&a, n, false)?);
 
-            let h = l.mlp_ln.forward(&x)?;
-            x.inplace_op2(&l.mlp.forward(&h)?, &AddAssign)?;
+            let h = l.mlp_ln.apply_rows(&x);
+            let f = l.mlp.fc1.forward_slice(&h, n, true)?;
+            add(&mut x, &l.mlp.fc2.forward_slice(&f, n, false)?);
         }
-        cache.kv = new_kv;
         cache.len += n;
-        let x = self.dec_ln.forward(&x)?;
-        want.iter().map(|&r| x.get(r)?.to_vec1::<f32>()).collect()
+        want.iter()
+            .map(|&r| {
+                let Some(row) = x.get(r * state..(r + 1) * state) else {
+                    candle_core::bail!("no decoder row {r} of {n}");
+                };
+                Ok(self.dec_ln.apply_rows(row))
+            })
+            .collect()
     }
 
     fn project(&self, hidden: &[Vec<f32>], threads: usize) -> Result<Vec<Vec<f32>>> {
