@@ -3,14 +3,20 @@
 //! For whisper-tiny.en-ct2 and whisper-base-ct2 (the models dir of scripts/install-models.sh)
 //! and each of the five LibriVox clips: the median wall time (latency) of `STT_BENCH_RUNS`
 //! (default 3) transcriptions after one warm-up, with 2 threads and greedy decoding, for
-//! sotad at its default settings (the full 30 s encoder window, as faster-whisper), sotad
-//! with the encoder window fitted to the audio (`EncoderWindow::Fit`, 2 s margin, 5 s
-//! minimum; opt-in, it changes transcripts), and faster-whisper
-//! with compute types int8 and float32 (`cpu_threads=2`, `beam_size=1`), run as a
-//! subprocess: `scripts/reference/stt_reference.py bench` with the Python in
-//! `STT_REF_PYTHON` (default /tmp/venv-stt/bin/python). The two sotad settings alternate
-//! run by run. Prints latency, real-time factor, the ratios sotad / faster-whisper (below 1:
-//! sotad is faster), and whether each transcript equals faster-whisper float32's.
+//! each sotad variant of `STT_BENCH_VARIANTS` (default `f32,q8_0,q8_0-enc`):
+//! - `f32`: the defaults on the CTranslate2 directory (f32 encoder on the full 30 s window,
+//!   as faster-whisper; decoder matrices in Q8_0);
+//! - `q8_0`: a GGUF file made from it by `quantize_whisper` (`sotad quantize whisper --type
+//!   q8_0`), loaded with the defaults (decoder file-backed Q8_0, encoder dequantized to f32);
+//! - `q8_0-enc`: the same file with `quantized_encoder` (the encoder's matrices file-backed Q8_0);
+//! - `fit`: the f32 defaults with the encoder window fitted to the audio (opt-in; it changes
+//!   transcripts, docs/benchmarks.md);
+//!
+//! and faster-whisper with compute types int8 and float32 (`cpu_threads=2`, `beam_size=1`),
+//! run as a subprocess: `scripts/reference/stt_reference.py bench` with the Python in
+//! `STT_REF_PYTHON` (default /tmp/venv-stt/bin/python; `scripts/bench-peers.sh` makes it).
+//! Prints latency, real-time factor, the ratios sotad / faster-whisper (below 1: sotad is
+//! faster), and whether each transcript equals faster-whisper float32's.
 //!
 //! `cargo bench -p sotad-benches --bench stt` (`STT_BENCH_MODELS=tiny` for one model)
 
@@ -20,8 +26,10 @@ use std::time::Instant;
 
 use sotad_benches::{median, models_dir};
 use sotad_engines::audio::{read_wav, to_mono_16k};
+use sotad_engines::gguf::GgmlType;
 use sotad_engines::stt::ct2::json::{self, JsonValue};
-use sotad_engines::stt::{EncoderWindow, LoadOptions, TranscribeOptions, Whisper};
+use sotad_engines::stt::quantize::quantize_whisper;
+use sotad_engines::stt::{EncoderWindow, LoadOptions, TranscribeOptions, Transcript, Whisper};
 
 /// One clip's result from the reference script.
 struct Peer {
@@ -71,6 +79,18 @@ fn faster_whisper(model: &Path, compute: &str, runs: usize, wavs: &[PathBuf]) ->
         .collect()
 }
 
+/// One way of running sotad in the bench.
+struct Variant {
+    label: &'static str,
+    /// The model: its CTranslate2 directory, or a GGUF file quantized from it.
+    path: PathBuf,
+    load: LoadOptions,
+    opts: TranscribeOptions,
+}
+
+/// Per clip: median seconds and the last run's transcript.
+type Runs = Vec<(f64, Transcript)>;
+
 fn main() {
     let runs: usize = std::env::var("STT_BENCH_RUNS")
         .ok()
@@ -93,124 +113,177 @@ fn main() {
                 .into_owned()
         })
         .collect();
+    let wanted = std::env::var("STT_BENCH_VARIANTS").unwrap_or_else(|_| "f32,q8_0,q8_0-enc".into());
+    let wanted: Vec<&str> = wanted.split(',').map(str::trim).collect();
     println!(
-        "STT benchmark: {runs} runs per clip after a warm-up, medians, 2 threads, greedy (beam 1)"
+        "STT benchmark: {runs} runs per clip after a warm-up, medians, 2 threads, greedy (beam 1); sotad variants: {}",
+        wanted.join(", ")
     );
+    let scratch = std::env::temp_dir().join(format!("sotad-stt-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
     let only = std::env::var("STT_BENCH_MODELS").unwrap_or_default();
     for name in ["whisper-tiny.en-ct2", "whisper-base-ct2"] {
         if !only.is_empty() && !only.split(',').any(|m| name.contains(m.trim())) {
             continue;
         }
         let mdir = dir.join(name);
-        let t = Instant::now();
-        let model = Whisper::load(
-            &mdir,
-            &LoadOptions {
-                threads: 2,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let load_ms = t.elapsed().as_secs_f64() * 1e3;
-        let full = TranscribeOptions::default();
-        let fit = TranscribeOptions {
-            encoder_window: EncoderWindow::Fit {
-                margin_secs: 2.0,
-                min_secs: 5.0,
-            },
+        let load = LoadOptions {
+            threads: 2,
             ..Default::default()
         };
-        // Per clip: (median s, timings, text) for the default (full) and the fitted window.
-        let mut ours = Vec::new();
-        for a in &audio {
-            model.transcribe(a, &fit).unwrap();
-            model.transcribe(a, &full).unwrap();
-            let (mut tf, mut tw) = (Vec::new(), Vec::new());
-            let (mut lf, mut lw) = (None, None);
-            for _ in 0..runs {
-                let t = Instant::now();
-                let r = model.transcribe(a, &fit).unwrap();
-                tf.push(t.elapsed().as_secs_f64());
-                lf = Some(r);
-                let t = Instant::now();
-                let r = model.transcribe(a, &full).unwrap();
-                tw.push(t.elapsed().as_secs_f64());
-                lw = Some(r);
+        let mut variants = Vec::new();
+        let gguf = scratch.join(format!("{name}-q8_0.gguf"));
+        for &w in &wanted {
+            let (label, path, load, opts) = match w {
+                "f32" => (
+                    "sotad f32 (defaults: CTranslate2 dir, f32 encoder, Q8_0 decoder)",
+                    mdir.clone(),
+                    load.clone(),
+                    TranscribeOptions::default(),
+                ),
+                "fit" => (
+                    "sotad f32, encoder window fitted to the audio (2 s margin, 5 s minimum)",
+                    mdir.clone(),
+                    load.clone(),
+                    TranscribeOptions {
+                        encoder_window: EncoderWindow::Fit {
+                            margin_secs: 2.0,
+                            min_secs: 5.0,
+                        },
+                        ..Default::default()
+                    },
+                ),
+                "q8_0" | "q8_0-enc" => {
+                    if !gguf.exists() {
+                        quantize_whisper(&mdir, &gguf, GgmlType::Q8_0).unwrap();
+                    }
+                    let quantized_encoder = w == "q8_0-enc";
+                    (
+                        if quantized_encoder {
+                            "sotad q8_0 GGUF, quantized encoder too (stt.quantized_encoder)"
+                        } else {
+                            "sotad q8_0 GGUF (`sotad quantize whisper --type q8_0`; encoder dequantized to f32 at load)"
+                        },
+                        gguf.clone(),
+                        LoadOptions {
+                            quantized_encoder,
+                            ..load.clone()
+                        },
+                        TranscribeOptions::default(),
+                    )
+                }
+                other => panic!(
+                    "STT_BENCH_VARIANTS: unknown variant {other:?} (f32, fit, q8_0, q8_0-enc)"
+                ),
+            };
+            variants.push(Variant {
+                label,
+                path,
+                load,
+                opts,
+            });
+        }
+        let mut results: Vec<Runs> = Vec::new();
+        for v in &variants {
+            let t = Instant::now();
+            let model = Whisper::load(&v.path, &v.load).unwrap();
+            let load_ms = t.elapsed().as_secs_f64() * 1e3;
+            println!("{name}: {} loaded in {load_ms:.0} ms", v.label);
+            let mut per_clip = Vec::new();
+            for a in &audio {
+                model.transcribe(a, &v.opts).unwrap();
+                let mut times = Vec::new();
+                let mut last = None;
+                for _ in 0..runs {
+                    let t = Instant::now();
+                    let r = model.transcribe(a, &v.opts).unwrap();
+                    times.push(t.elapsed().as_secs_f64());
+                    last = Some(r);
+                }
+                per_clip.push((median(&times), last.unwrap()));
             }
-            ours.push(((median(&tw), lw.unwrap()), (median(&tf), lf.unwrap())));
+            results.push(per_clip);
         }
         let int8 = faster_whisper(&mdir, "int8", runs, &wavs);
         let f32s = faster_whisper(&mdir, "float32", runs, &wavs);
         let peer = |v: &Option<Vec<Peer>>, i: usize| v.as_ref().map_or(f64::NAN, |v| v[i].secs);
-        println!("\n{name} (load {load_ms:.0} ms); latency in ms, RTF = latency / audio");
+        let total = |v: &Option<Vec<Peer>>| (0..wavs.len()).map(|i| peer(v, i)).sum::<f64>();
+        let (ti, tf) = (total(&int8), total(&f32s));
+        println!("\n{name}: latency per clip in ms, RTF = latency / audio");
         println!(
-            "| clip | audio s | sotad ms (enc/dec) | RTF | sotad fitted window ms (enc/dec) | fw int8 ms | RTF | fw f32 ms | sotad/int8 | sotad/f32 | fitted/int8 | text = fw f32 |"
+            "| clip | audio s | fw int8 ms (RTF) | fw f32 ms (RTF) | {} |",
+            variants
+                .iter()
+                .enumerate()
+                .map(|(k, _)| format!("sotad [{k}] ms (enc/dec), RTF, /int8, = fw f32"))
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-        let mut sums = [0.0f64; 4];
-        let mut equal = 0;
+        println!("|---|---|---|---|{}", "---|".repeat(variants.len()));
         for (i, p) in wavs.iter().enumerate() {
             let secs = audio[i].len() as f64 / 16_000.0;
             let id = p.file_stem().unwrap().to_string_lossy();
-            let id = id.rsplit('-').next().unwrap_or_default();
-            let ((o, rf), (w, rw)) = &ours[i];
+            let id = id.rsplit('-').next().unwrap_or_default().to_string();
             let (fi, ff) = (peer(&int8, i), peer(&f32s, i));
-            for (s, v) in sums.iter_mut().zip([*o, *w, fi, ff]) {
-                *s += v;
-            }
-            let same = f32s.as_ref().map(|v| v[i].text == rf.text);
-            equal += usize::from(same == Some(true));
+            let cells: Vec<String> = results
+                .iter()
+                .map(|r| {
+                    let (s, t) = &r[i];
+                    let same = f32s.as_ref().map(|v| v[i].text == t.text);
+                    format!(
+                        "{:.0} ({:.0}/{:.0}), {:.3}, {:.2}, {}",
+                        s * 1e3,
+                        t.timings.encode_ms,
+                        t.timings.decode_ms,
+                        s / secs,
+                        s / fi,
+                        match same {
+                            Some(true) => "yes",
+                            Some(false) => "NO",
+                            None => "?",
+                        }
+                    )
+                })
+                .collect();
             println!(
-                "| {id} | {secs:.2} | {:.0} ({:.0}/{:.0}) | {:.3} | {:.0} ({:.0}/{:.0}) | {:.0} | {:.3} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
-                o * 1e3,
-                rf.timings.encode_ms,
-                rf.timings.decode_ms,
-                o / secs,
-                w * 1e3,
-                rw.timings.encode_ms,
-                rw.timings.decode_ms,
+                "| {id} | {secs:.2} | {:.0} ({:.3}) | {:.0} ({:.3}) | {} |",
                 fi * 1e3,
                 fi / secs,
                 ff * 1e3,
-                o / fi,
-                o / ff,
-                w / fi,
-                match same {
-                    Some(true) => "yes",
-                    Some(false) => "NO",
-                    None => "?",
-                }
+                ff / secs,
+                cells.join(" | ")
             );
-            if same == Some(false) {
-                println!(
-                    "  sotad: {:?}\n  fw f32: {:?}",
-                    rf.text,
-                    f32s.as_ref().unwrap()[i].text
-                );
-            }
-            if rw.text != rf.text {
-                println!("  fitted window: {:?}", rw.text);
+        }
+        println!("\n{name}, all {} clips:", wavs.len());
+        println!(
+            "- faster-whisper int8 {:.0} ms, float32 {:.0} ms",
+            ti * 1e3,
+            tf * 1e3
+        );
+        for (k, (v, r)) in variants.iter().zip(&results).enumerate() {
+            let s: f64 = r.iter().map(|(s, _)| s).sum();
+            let equal = r
+                .iter()
+                .enumerate()
+                .filter(|(i, (_, t))| f32s.as_ref().is_some_and(|f| f[*i].text == t.text))
+                .count();
+            println!(
+                "- [{k}] {}: {:.0} ms; sotad / fw int8 = **{:.2}**, sotad / fw float32 = {:.2}; transcripts equal to fw float32's: {equal}/{}",
+                v.label,
+                s * 1e3,
+                s / ti,
+                s / tf,
+                wavs.len()
+            );
+            for (i, (_, t)) in r.iter().enumerate() {
+                if let Some(f) = f32s.as_ref().filter(|f| f[i].text != t.text) {
+                    println!(
+                        "  clip {i}: sotad {:?}\n          fw f32 {:?}",
+                        t.text, f[i].text
+                    );
+                }
             }
         }
-        let [so, sw, si, sf] = sums;
-        println!(
-            "| all five | | {:.0} | | {:.0} | {:.0} | | {:.0} | **{:.2}** | **{:.2}** | **{:.2}** | {equal}/{} |",
-            so * 1e3,
-            sw * 1e3,
-            si * 1e3,
-            sf * 1e3,
-            so / si,
-            so / sf,
-            sw / si,
-            wavs.len()
-        );
-        println!(
-            "{name}: sotad / fw int8 = {:.2} (fitted window {:.2}), sotad / fw float32 = {:.2} (fitted window {:.2}); fitted window / full window = {:.2}",
-            so / si,
-            sw / si,
-            so / sf,
-            sw / sf,
-            sw / so
-        );
     }
+    let _ = std::fs::remove_dir_all(&scratch);
 }

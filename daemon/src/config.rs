@@ -67,6 +67,8 @@ pub struct Stt {
     pub language: String,
     pub beam_size: usize,
     pub threads: usize,
+    /// Threads of one decoding step (0 = one per core).
+    pub decoder_threads: usize,
     /// GGUF models: multiply the encoder's matrices quantized (less memory, slower).
     pub quantized_encoder: bool,
 }
@@ -511,6 +513,12 @@ impl Config {
         }
         range("stt.beam_size", self.stt.beam_size as u64, 1, 8)?;
         range("stt.threads", self.stt.threads as u64, 0, 256)?;
+        range(
+            "stt.decoder_threads",
+            self.stt.decoder_threads as u64,
+            0,
+            256,
+        )?;
         let l = &self.llm;
         range("llm.context", l.context as u64, 64, 131_072)?;
         range("llm.threads", l.threads as u64, 0, 256)?;

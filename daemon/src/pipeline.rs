@@ -343,6 +343,12 @@ impl Turns {
                             (Some(text), Some(inner.session.clone()), origin)
                         }
                     }
+                    // Cancelled while transcribing (barge-in, a newer turn, `listen/stop`):
+                    // the engine stopped on the turn's flag; that is not a failure.
+                    Err(_) if cancel.load(Ordering::Relaxed) => {
+                        outcome = "cancelled";
+                        (None, None, origin)
+                    }
                     Err(e) => {
                         outcome = "failed";
                         error = Some(e);

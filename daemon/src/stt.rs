@@ -47,6 +47,7 @@ pub fn load(config: &Config) -> Result<Stt, String> {
         &engine::LoadOptions {
             threads,
             quantized_encoder: config.stt.quantized_encoder,
+            decoder_threads: self::threads(config.stt.decoder_threads),
             ..Default::default()
         },
     )

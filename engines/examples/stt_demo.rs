@@ -1,4 +1,5 @@
 //! Transcribes WAV files: `cargo run --release -p sotad-engines --example stt_demo -- MODEL_DIR FILE.wav...`
+//! (2 threads, or `STT_THREADS`; decoder 1, or `STT_DECODER_THREADS`; `STT_F32_DECODER`, `STT_QUANT_ENCODER` as in `LoadOptions`).
 use sotad_engines::stt::{LoadOptions, TranscribeOptions, Whisper};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -10,9 +11,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = Whisper::load(
         dir,
         &LoadOptions {
-            threads: 2,
+            threads: std::env::var("STT_THREADS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(2),
             quantized_decoder: std::env::var_os("STT_F32_DECODER").is_none(),
             quantized_encoder: std::env::var_os("STT_QUANT_ENCODER").is_some(),
+            decoder_threads: std::env::var("STT_DECODER_THREADS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1),
         },
     )?;
     eprintln!("loaded {} in {:?}", model.name(), t.elapsed());

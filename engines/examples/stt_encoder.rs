@@ -33,10 +33,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..runs {
         let t = std::time::Instant::now();
         let enc = pool.install(|| net.encode(window.clone(), frames))?;
+        let encoded = t.elapsed().as_secs_f64() * 1e3;
         let _cross = pool.install(|| net.cross_kv(&enc))?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         out = enc.flatten_all()?.to_vec1::<f32>()?;
-        eprintln!("run: {:.1} ms", times.last().unwrap());
+        eprintln!(
+            "run: {:.1} ms (encoder {encoded:.1} ms, cross-attention keys and values {:.1} ms)",
+            times.last().unwrap(),
+            times.last().unwrap() - encoded
+        );
     }
     times.sort_by(f64::total_cmp);
     println!("median encoder+cross_kv: {:.1} ms", times[times.len() / 2]);

@@ -32,7 +32,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::ops::{LayerNorm, Softmax, gelu};
+use super::ops::{LayerNorm, Softmax};
 
 /// Rows of the output per task of a matrix product. gemm computes a row-major product as
 /// the transposed column-major one, with our rows as its columns; up to 48 (8 × its
@@ -278,15 +278,7 @@ pub(crate) fn add_bias(bias: &[f32], rows: &mut [f32]) {
 }
 
 fn bias_gelu(bias: &[f32], rows: &mut [f32]) {
-    if bias.is_empty() {
-        rows.iter_mut().for_each(|v| *v = gelu(*v));
-        return;
-    }
-    for row in rows.chunks_exact_mut(bias.len()) {
-        row.iter_mut()
-            .zip(bias)
-            .for_each(|(v, b)| *v = gelu(*v + b));
-    }
+    super::vmath::bias_gelu(bias, rows);
 }
 
 impl Norm {

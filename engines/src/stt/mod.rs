@@ -30,6 +30,7 @@ pub mod quantize;
 pub mod safetensors;
 pub mod tokenizer;
 pub mod transcribe;
+pub mod vmath;
 pub mod weights;
 
 pub use self::transcribe::{

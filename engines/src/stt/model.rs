@@ -11,10 +11,11 @@
 //! per generated token.
 
 use candle_core::{CpuStorage, Device, Storage, Tensor};
+use rayon::prelude::*;
 
 use super::ct2::{DType as CtType, TensorSlice};
 use super::encoder;
-use super::ops::{AddAssign, BiasGelu, LayerNorm, Softmax, dot, exp_neg};
+use super::ops::{AddAssign, BiasGelu, LayerNorm, Softmax, dot};
 use super::weights::{self, WhisperDims, WhisperWeights};
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
@@ -274,9 +275,58 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// [`Linear::forward`] on plain rows: `x` is `n × in`; returns `n × out`. Quantized
+    /// weights go straight to the kernels, without a candle tensor on either side.
+    fn forward_slice(&self, x: &[f32], n: usize, gelu: bool) -> CResult<Vec<f32>> {
+        let mut y = match &self.q {
+            Some((ty, q)) if self.weight.is_none() && self.wt.is_none() => {
+                let m = QMatrix::new(*ty, self.rows, self.cols, q.bytes())
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                let xq = m
+                    .quantize_activation(x)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                let mut out = vec![0.0f32; n * self.rows];
+                m.matmul(&xq, &mut out, self.threads)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                out
+            }
+            _ => {
+                let t = Tensor::from_slice(x, (n, self.cols), &Device::Cpu)?;
+                return self.forward(&t, gelu)?.flatten_all()?.to_vec1::<f32>();
+            }
+        };
+        if gelu {
+            super::vmath::bias_gelu(&self.bias, &mut y);
+        } else if !self.bias.is_empty() {
+            for row in y.chunks_exact_mut(self.rows) {
+                row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
+            }
+        }
+        Ok(y)
+    }
+}
+
 struct Norm {
     gamma: Vec<f32>,
     beta: Vec<f32>,
+}
+
+impl Norm {
+    /// Layer norm of each row of `x` (rows of `gamma.len()` values).
+    fn apply_rows(&self, x: &[f32]) -> Vec<f32> {
+        let ln = LayerNorm {
+            gamma: &self.gamma,
+            beta: &self.beta,
+            eps: LN_EPS,
+        };
+        let d = self.gamma.len().max(1);
+        let mut y = vec![0.0f32; x.len()];
+        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            ln.row(xr, yr);
+        }
+        y
+    }
 }
 
 impl Norm {
@@ -307,10 +357,6 @@ impl Mlp {
             fc1: Linear::load_fused(&[&m.fc1], q8, mapped)?,
             fc2: Linear::load_fused(&[&m.fc2], q8, mapped)?,
         })
-    }
-
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x, true)?, false)
     }
 }
 
@@ -387,12 +433,8 @@ fn attention_direct(
                         for (s, kj) in p.iter_mut().zip(kh.chunks_exact(dh)) {
                             *s = dot(qi, kj) * scale;
                         }
-                        let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                        let mut sum = 0.0f32;
-                        for s in p.iter_mut() {
-                            *s = exp_neg(*s - max);
-                            sum += *s;
-                        }
+                        let max = super::vmath::max(p);
+                        let sum = super::vmath::exp_scaled_sum(p, 1.0, -max);
                         let oi = &mut o[i * dh..(i + 1) * dh];
                         for (&w, vj) in p.iter().zip(vh.chunks_exact(dh)) {
                             for (a, &b) in oi.iter_mut().zip(vj) {
@@ -534,16 +576,104 @@ fn enc_norm(n: &weights::LayerNorm) -> encoder::Norm {
     }
 }
 
-/// Cross-attention keys and values of one encoded window, per decoder layer:
-/// `(heads, n_audio_ctx, dh)` each.
+/// Cross-attention keys and values of one encoded window, per decoder layer, laid out
+/// for [`cross_attention`].
 pub struct CrossKv {
-    kv: Vec<(Tensor, Tensor)>,
+    layers: Vec<LayerKv>,
 }
 
-/// The decoder's self-attention cache for one sequence.
+/// One decoder layer's cross-attention keys and values over `frames` encoder frames.
+struct LayerKv {
+    /// Keys transposed per head: `(heads, dh, frames)`, so that a query's scores are a sum of
+    /// `dh` scaled rows (vector operations over the frames, no horizontal sums).
+    kt: Vec<f32>,
+    /// Values per head: `(heads, frames, dh)`.
+    v: Vec<f32>,
+    frames: usize,
+}
+
+/// Causal self-attention of `n` new query rows (`q`: `n × heads · dh`) at positions
+/// `past ..`, over the cached keys and values of positions `0 .. past + n` (`k`, `v`: rows of
+/// `heads · dh`); returns `n × heads · dh`.
+fn self_attention_step(
+    q: &[f32],
+    n: usize,
+    past: usize,
+    k: &[f32],
+    v: &[f32],
+    heads: usize,
+) -> Vec<f32> {
+    let width = q.len() / n.max(1);
+    let dh = width / heads.max(1);
+    let scale = 1.0 / (dh as f32).sqrt();
+    let mut out = vec![0.0f32; n * width];
+    let mut p = vec![0.0f32; past + n];
+    for (i, (qi, oi)) in q
+        .chunks_exact(width)
+        .zip(out.chunks_exact_mut(width))
+        .enumerate()
+    {
+        let visible = past + i + 1;
+        for h in 0..heads {
+            let qh = &qi[h * dh..(h + 1) * dh];
+            let p = &mut p[..visible];
+            for (s, kr) in p.iter_mut().zip(k.chunks_exact(width)) {
+                *s = dot(qh, &kr[h * dh..(h + 1) * dh]) * scale;
+            }
+            let max = super::vmath::max(p);
+            let sum = super::vmath::exp_scaled_sum(p, 1.0, -max);
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            let oh = &mut oi[h * dh..(h + 1) * dh];
+            for (&w, vr) in p.iter().zip(v.chunks_exact(width)) {
+                oh.iter_mut()
+                    .zip(&vr[h * dh..(h + 1) * dh])
+                    .for_each(|(o, &x)| *o += w * x);
+            }
+            oh.iter_mut().for_each(|o| *o *= inv);
+        }
+    }
+    out
+}
+
+/// Cross-attention of `n` query rows (`q`: `n × heads · dh`, heads side by side) over one
+/// layer's keys and values; returns `n × heads · dh` in the same layout. Runs on the
+/// calling thread: a decoding step's share is a fraction of a millisecond.
+fn cross_attention(q: &[f32], n: usize, heads: usize, kv: &LayerKv) -> Vec<f32> {
+    let width = q.len() / n.max(1);
+    let dh = width / heads.max(1);
+    let t = kv.frames;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let mut out = vec![0.0f32; n * width];
+    let mut p = vec![0.0f32; t];
+    for (qi, oi) in q.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        for h in 0..heads {
+            let qh = &qi[h * dh..(h + 1) * dh];
+            let kt = &kv.kt[h * dh * t..(h + 1) * dh * t];
+            p.fill(0.0);
+            for (&a, krow) in qh.iter().zip(kt.chunks_exact(t)) {
+                let a = a * scale;
+                p.iter_mut().zip(krow).for_each(|(s, &k)| *s += a * k);
+            }
+            let max = super::vmath::max(&p);
+            let sum = super::vmath::exp_scaled_sum(&mut p, 1.0, -max);
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            let oh = &mut oi[h * dh..(h + 1) * dh];
+            let vh = &kv.v[h * t * dh..(h + 1) * t * dh];
+            for (&w, vj) in p.iter().zip(vh.chunks_exact(dh)) {
+                oh.iter_mut().zip(vj).for_each(|(o, &v)| *o += w * v);
+            }
+            oh.iter_mut().for_each(|o| *o *= inv);
+        }
+    }
+    out
+}
+
+/// The decoder's self-attention cache for one sequence: per layer, the keys and the values
+/// of the tokens fed so far, `len × state` each (heads side by side).
 #[derive(Default, Clone)]
 pub struct DecoderCache {
-    kv: Vec<(Tensor, Tensor)>,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
     len: usize,
 }
 
@@ -562,9 +692,10 @@ impl DecoderCache {
 impl WhisperNet {
     /// Converts the weights to candle tensors. With `quantized_decoder`, the decoder's
     /// per-token linear layers and the output projection are kept as Q8_0 blocks instead
-    /// (when the width is a multiple of 32) and multiplied with `threads` threads.
+    /// (when the width is a multiple of 32) and multiplied with `threads` threads (as the
+    /// encoder; [`WhisperNet::load_opts`] sets them apart).
     pub fn load(w: &WhisperWeights, quantized_decoder: bool, threads: usize) -> Result<Self> {
-        Self::load_inner(w, quantized_decoder, false, threads)
+        Self::load_inner(w, quantized_decoder, false, threads, threads)
     }
 
     /// [`WhisperNet::load`] with the options of [`super::LoadOptions`]: quantized (GGUF)
@@ -575,7 +706,13 @@ impl WhisperNet {
         opts: &super::LoadOptions,
         threads: usize,
     ) -> Result<Self> {
-        Self::load_inner(w, opts.quantized_decoder, opts.quantized_encoder, threads)
+        Self::load_inner(
+            w,
+            opts.quantized_decoder,
+            opts.quantized_encoder,
+            threads,
+            opts.decoder_threads.max(1),
+        )
     }
 
     fn load_inner(
@@ -583,13 +720,14 @@ impl WhisperNet {
         quantized_decoder: bool,
         quantized_encoder: bool,
         threads: usize,
+        decoder_threads: usize,
     ) -> Result<Self> {
         let dims = w.dims;
         let threads = threads.max(1);
         let enc_mapped = quantized_encoder.then_some(threads);
-        let dec_mapped = Some(threads);
+        let dec_mapped = Some(decoder_threads.max(1));
         let quantized_projection = quantized_decoder;
-        let q8 = quantized_decoder.then_some(threads.max(1));
+        let q8 = quantized_decoder.then_some(decoder_threads.max(1));
         let e = &w.encoder;
         let encoder = if quantized_encoder {
             let layers = e
@@ -812,16 +950,43 @@ impl WhisperNet {
     /// Cross-attention keys and values for an encoder output.
     pub fn cross_kv(&self, enc: &Tensor) -> Result<CrossKv> {
         let heads = self.dims.n_text_head;
-        let kv = self
+        let state = self.dims.n_text_state;
+        let dh = state / heads.max(1);
+        let layers = self
             .dec_layers
             .iter()
             .map(|l| {
-                let kv = split_heads(&l.cross_kv.forward(enc, false)?, 2, heads)?;
-                Ok((kv[0].clone(), kv[1].clone()))
+                // (frames, 2 · state): keys, then values, heads side by side.
+                let kv = l.cross_kv.forward(enc, false)?.contiguous()?;
+                let t = kv.dim(0)?;
+                let mut kt = vec![0.0f32; heads * dh * t];
+                let mut v = vec![0.0f32; heads * t * dh];
+                with_f32(&kv, |kv| {
+                    // One head per task; the keys in tiles of 16 frames, so that the
+                    // transposed writes go to a few cache lines at a time.
+                    kt.par_chunks_mut(dh * t.max(1))
+                        .zip(v.par_chunks_mut(t.max(1) * dh))
+                        .enumerate()
+                        .for_each(|(h, (kth, vh))| {
+                            for j0 in (0..t).step_by(16) {
+                                let rows = &kv[j0 * 2 * state..(j0 + 16).min(t) * 2 * state];
+                                for (dj, row) in rows.chunks_exact(2 * state).enumerate() {
+                                    for (d, &x) in row[h * dh..(h + 1) * dh].iter().enumerate() {
+                                        kth[d * t + j0 + dj] = x;
+                                    }
+                                }
+                            }
+                            for (vj, row) in vh.chunks_exact_mut(dh).zip(kv.chunks_exact(2 * state))
+                            {
+                                vj.copy_from_slice(&row[state + h * dh..state + (h + 1) * dh]);
+                            }
+                        });
+                })?;
+                Ok(LayerKv { kt, v, frames: t })
             })
             .collect::<CResult<Vec<_>>>()
             .map_err(candle_err("cross-attention keys"))?;
-        Ok(CrossKv { kv })
+        Ok(CrossKv { layers })
     }
 
     /// Feeds `tokens` (after the `cache.len()` already fed) and returns the logits
@@ -866,9 +1031,10 @@ impl WhisperNet {
         self.project(&hidden, threads)
     }
 
+    /// The decoder layers on plain rows (candle only where a layer's weights are `f32`).
     fn decode_inner(
         &self,
-        x: Vec<f32>,
+        mut x: Vec<f32>,
         n: usize,
         cache: &mut DecoderCache,
         cross: &CrossKv,
@@ -876,38 +1042,52 @@ impl WhisperNet {
     ) -> CResult<Vec<Vec<f32>>> {
         let state = self.dims.n_text_state;
         let heads = self.dims.n_text_head;
-        let x = Tensor::from_vec(x, (n, state), &Device::Cpu)?;
+        let layers = self.dec_layers.len();
         let past = cache.len;
-        let mut new_kv = Vec::with_capacity(self.dec_layers.len());
+        if cache.k.len() != layers || cache.v.len() != layers {
+            if past != 0 {
+                candle_core::bail!(
+                    "decoder cache has {} layers, the model {layers}",
+                    cache.k.len()
+                );
+            }
+            cache.k = vec![Vec::new(); layers];
+            cache.v = vec![Vec::new(); layers];
+        }
+        let add = |x: &mut [f32], y: &[f32]| x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
         for (i, l) in self.dec_layers.iter().enumerate() {
-            let h = l.attn_ln.forward(&x)?;
-            let qkv = split_heads(&l.qkv.forward(&h, false)?, 3, heads)?;
-            let (k, v) = match cache.kv.get(i) {
-                Some((pk, pv)) => (
-                    Tensor::cat(&[pk, &qkv[1]], 1)?,
-                    Tensor::cat(&[pv, &qkv[2]], 1)?,
-                ),
-                None => (qkv[1].clone(), qkv[2].clone()),
-            };
-            let a = attention(&qkv[0], &k, &v, Some(past))?;
-            new_kv.push((k, v));
-            x.inplace_op2(&l.out.forward(&merge_heads(&a)?, false)?, &AddAssign)?;
+            let h = l.attn_ln.apply_rows(&x);
+            let qkv = l.qkv.forward_slice(&h, n, false)?;
+            let mut q = Vec::with_capacity(n * state);
+            for row in qkv.chunks_exact(3 * state) {
+                q.extend_from_slice(&row[..state]);
+                cache.k[i].extend_from_slice(&row[state..2 * state]);
+                cache.v[i].extend_from_slice(&row[2 * state..]);
+            }
+            let a = self_attention_step(&q, n, past, &cache.k[i], &cache.v[i], heads);
+            add(&mut x, &l.out.forward_slice(&a, n, false)?);
 
-            let h = l.cross_ln.forward(&x)?;
-            let q = split_heads(&l.cross_q.forward(&h, false)?, 1, heads)?;
-            let Some((ck, cv)) = cross.kv.get(i) else {
+            let h = l.cross_ln.apply_rows(&x);
+            let q = l.cross_q.forward_slice(&h, n, false)?;
+            let Some(kv) = cross.layers.get(i) else {
                 candle_core::bail!("cross-attention cache has no layer {i}");
             };
-            let a = attention(&q[0], ck, cv, None)?;
-            x.inplace_op2(&l.cross_out.forward(&merge_heads(&a)?, false)?, &AddAssign)?;
+            let a = cross_attention(&q, n, heads, kv);
+            add(&mut x, &l.cross_out.forward_slice(&a, n, false)?);
 
-            let h = l.mlp_ln.forward(&x)?;
-            x.inplace_op2(&l.mlp.forward(&h)?, &AddAssign)?;
+            let h = l.mlp_ln.apply_rows(&x);
+            let f = l.mlp.fc1.forward_slice(&h, n, true)?;
+            add(&mut x, &l.mlp.fc2.forward_slice(&f, n, false)?);
         }
-        cache.kv = new_kv;
         cache.len += n;
-        let x = self.dec_ln.forward(&x)?;
-        want.iter().map(|&r| x.get(r)?.to_vec1::<f32>()).collect()
+        want.iter()
+            .map(|&r| {
+                let Some(row) = x.get(r * state..(r + 1) * state) else {
+                    candle_core::bail!("no decoder row {r} of {n}");
+                };
+                Ok(self.dec_ln.apply_rows(row))
+            })
+            .collect()
     }
 
     fn project(&self, hidden: &[Vec<f32>], threads: usize) -> Result<Vec<Vec<f32>>> {
@@ -937,11 +1117,11 @@ impl WhisperNet {
 
 /// `log_softmax` of a logit vector, in place.
 pub fn log_softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let max = super::vmath::max(x);
     if !max.is_finite() {
         return;
     }
-    let sum: f32 = x.iter().map(|&v| super::ops::exp_neg(v - max)).sum();
+    let sum = super::vmath::sum_exp(x, -max);
     let lse = max + sum.ln();
     for v in x.iter_mut() {
         *v -= lse;

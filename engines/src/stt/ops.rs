@@ -112,36 +112,12 @@ impl Softmax {
             None => x.len(),
         };
         let (live, masked) = x.split_at_mut(visible);
-        let mut lanes = [f32::NEG_INFINITY; 8];
-        let mut chunks = live.chunks_exact(8);
-        for c in &mut chunks {
-            for (m, &v) in lanes.iter_mut().zip(c) {
-                *m = if v > *m { v } else { *m };
-            }
-        }
-        let max = chunks
-            .remainder()
-            .iter()
-            .chain(&lanes)
-            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        let max = super::vmath::max(live);
         if !max.is_finite() {
             x.fill(0.0);
             return;
         }
-        let offset = -max * self.scale;
-        let mut acc = [0.0f32; 8];
-        let mut chunks = live.chunks_exact_mut(8);
-        for c in &mut chunks {
-            for (v, a) in c.iter_mut().zip(acc.iter_mut()) {
-                *v = exp_neg(v.mul_add(self.scale, offset));
-                *a += *v;
-            }
-        }
-        for v in chunks.into_remainder() {
-            *v = exp_neg(v.mul_add(self.scale, offset));
-            acc[0] += *v;
-        }
-        let sum: f32 = acc.iter().sum();
+        let sum = super::vmath::exp_scaled_sum(live, self.scale, -max * self.scale);
         let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
         for v in live.iter_mut() {
             *v *= inv;
@@ -248,9 +224,7 @@ impl BiasGelu<'_> {
             }
         }
         if self.gelu {
-            for v in x.iter_mut() {
-                *v = gelu(*v);
-            }
+            super::vmath::bias_gelu(&[], x);
         }
     }
 }

@@ -66,6 +66,11 @@ pub struct LoadOptions {
     /// at load. Saves memory (4x for Q8_0) at the cost of encoder speed; off by default (see
     /// docs/benchmarks.md). The decoder's quantized matrices always stay file-backed.
     pub quantized_encoder: bool,
+    /// Threads for a decoding step's matrix-vector products (0 = 1). One by default: a step
+    /// of tiny or base is a few milliseconds of memory-bound work, and handing part of it to
+    /// another thread, about 25 times per token, cost more than it saved, 5-10x more when
+    /// the cores are busy (docs/benchmarks.md). The encoder always uses `threads`.
+    pub decoder_threads: usize,
 }
 
 impl Default for LoadOptions {
@@ -74,6 +79,7 @@ impl Default for LoadOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
             quantized_decoder: true,
             quantized_encoder: false,
+            decoder_threads: 1,
         }
     }
 }
@@ -293,6 +299,8 @@ pub struct Whisper {
     suppress: Vec<u32>,
     suppress_begin: Vec<u32>,
     pool: rayon::ThreadPool,
+    /// Threads of a decoding step ([`LoadOptions::decoder_threads`]).
+    decoder_threads: usize,
     threads: usize,
     name: &'static str,
 }
@@ -397,6 +405,7 @@ impl Whisper {
             suppress_begin,
             pool,
             threads,
+            decoder_threads: opts.decoder_threads.max(1),
         })
     }
 
@@ -697,7 +706,7 @@ impl Whisper {
         let mut cache = DecoderCache::default();
         let logits = self
             .net
-            .decode(&[sp.sot], &mut cache, cross, &[0], self.threads)?;
+            .decode(&[sp.sot], &mut cache, cross, &[0], self.decoder_threads)?;
         let logits = logits.first().ok_or_else(|| Error::Stt {
             reason: "language detection produced no logits".into(),
         })?;
@@ -805,7 +814,7 @@ impl Whisper {
             &mut cache,
             cross,
             &[sot_index, initial.len() - 1],
-            self.threads,
+            self.decoder_threads,
         )?;
         let (Some(first), Some(mut logits)) = (out.first(), out.last().cloned()) else {
             return Err(Error::Stt {
@@ -845,7 +854,7 @@ impl Whisper {
             tokens.push(next);
             let out = self
                 .net
-                .decode(&[next], &mut cache, cross, &[0], self.threads)?;
+                .decode(&[next], &mut cache, cross, &[0], self.decoder_threads)?;
             logits = out.into_iter().next().unwrap_or_default();
         }
         let text_tokens: Vec<u32> = tokens.iter().copied().filter(|&t| t < sp.eot).collect();
@@ -889,7 +898,7 @@ impl Whisper {
             &mut cache,
             cross,
             &[sot_index, initial.len() - 1],
-            self.threads,
+            self.decoder_threads,
         )?;
         let (Some(first), Some(logits)) = (out.first(), out.last().cloned()) else {
             return Err(Error::Stt {
@@ -950,7 +959,7 @@ impl Whisper {
                 let mut cache = parent.cache.clone();
                 let out = self
                     .net
-                    .decode(&[t], &mut cache, cross, &[0], self.threads)?;
+                    .decode(&[t], &mut cache, cross, &[0], self.decoder_threads)?;
                 timings.tokens += 1;
                 let mut tokens = parent.tokens.clone();
                 tokens.push(t);

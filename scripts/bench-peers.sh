@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT OR Apache-2.0
+#
+# bench-peers.sh — install the peers that the benchmarks in benches/ run side by side with
+# sotad, each in its own Python venv at the path the bench looks for by default. Not needed
+# for building or testing (scripts/test.sh); a bench without its peer prints sotad's side only.
+#
+#   scripts/bench-peers.sh            all of them
+#   scripts/bench-peers.sh stt llm    some: stt (faster-whisper), llm (llama-cpp-python,
+#                                     built from source for this CPU), tts (piper-tts),
+#                                     vad (onnxruntime)
+#
+# Idempotent: a venv whose package imports is left alone. The venvs live in /tmp (override
+# with BENCH_VENVS=DIR and point the benches at them: STT_REF_PYTHON, SOTAD_BENCH_PYTHON,
+# SOTAD_TTS_PYTHON; see each bench's header).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup.sh
+DIR="${BENCH_VENVS:-/tmp}"
+PEERS=("$@")
+if ((${#PEERS[@]} == 0)); then PEERS=(stt llm tts vad); fi
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  SUDO=
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+fi
+
+# venv DIR MODULE PIP-ARGS...: make DIR unless its python can import MODULE.
+venv() {
+  local dir="$1" module="$2"
+  shift 2
+  if [ -x "$dir/bin/python" ] && "$dir/bin/python" -c "import $module" 2>/dev/null; then
+    echo "bench-peers: $dir has $module"
+    return
+  fi
+  echo "bench-peers: installing $* into $dir"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install -q --upgrade pip
+  "$dir/bin/pip" install -q "$@"
+}
+
+for p in "${PEERS[@]}"; do
+  case "$p" in
+    # benches/benches/stt.rs, through scripts/reference/stt_reference.py
+    stt) venv "$DIR/venv-stt" faster_whisper faster-whisper==1.2.1 ;;
+    # benches/benches/llm.rs: llama.cpp compiled for this CPU (GGML_NATIVE), as a user would
+    # build it; takes several minutes on two cores.
+    llm) CMAKE_ARGS="-DGGML_NATIVE=ON" venv "$DIR/venv-llm" llama_cpp llama-cpp-python==0.3.36 numpy ;;
+    # benches/benches/tts.rs, through scripts/reference/tts_bench_piper.py
+    tts) venv "$DIR/venv-tts" piper piper-tts==1.8.0 ;;
+    # benches/benches/vad.rs: Silero VAD on onnxruntime
+    vad) venv "$DIR/venv-vad" onnxruntime onnxruntime numpy ;;
+    *) echo "bench-peers: unknown peer $p (stt, llm, tts, vad)" >&2; exit 2 ;;
+  esac
+done
