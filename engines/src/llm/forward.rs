@@ -256,6 +256,140 @@ fn dot_gemm8(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// The batch (8-lane) attention loops with AVX2 intrinsics: the same operations per output, in
+/// the same order, as [`dot_gemm8`] and the lane accumulation in [`forward`], but four keys'
+/// scores at a time (independent FMA chains instead of one) and the value accumulators kept
+/// in registers.
+mod attn_x86 {
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+
+    /// Whether the functions below can run (AVX2 and FMA, detected at run time).
+    pub(super) fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// `out[j] = dot_gemm8(q, keys[j·hd..(j+1)·hd])` for every key, `hd = q.len()`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2 and FMA; `q.len()` must be a multiple of 8 and `keys.len()`
+    /// `out.len() · q.len()`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores_gemm8(q: &[f32], keys: &[f32], out: &mut [f32]) {
+        let hd = q.len();
+        assert!(hd % 8 == 0 && keys.len() == out.len() * hd);
+        // SAFETY: every load below is inside `q` or key row `j < out.len()` (checked above).
+        unsafe {
+            let qp = q.as_ptr();
+            let kp = keys.as_ptr();
+            let n = out.len();
+            let mut j = 0;
+            while j + 4 <= n {
+                let k: [*const f32; 4] = std::array::from_fn(|t| kp.add((j + t) * hd));
+                let mut a = [_mm256_setzero_ps(); 4];
+                for c in (0..hd).step_by(8) {
+                    let qv = _mm256_loadu_ps(qp.add(c));
+                    for t in 0..4 {
+                        a[t] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[t].add(c)), a[t]);
+                    }
+                }
+                for t in 0..4 {
+                    out[j + t] = hsum(a[t]);
+                }
+                j += 4;
+            }
+            while j < n {
+                let k = kp.add(j * hd);
+                let mut a = _mm256_setzero_ps();
+                for c in (0..hd).step_by(8) {
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(k.add(c)), a);
+                }
+                out[j] = hsum(a);
+                j += 1;
+            }
+        }
+    }
+
+    /// `out = Σ_{j ≥ first} w[j]·v_j` with one accumulator per lane `j mod 8`, each summed in
+    /// `j` order with fused multiply-adds and the lanes added as [`super::hsum8`] does.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2 and FMA; `out.len()` must be a multiple of 8 and `v` hold at
+    /// least `w.len()` rows of `out.len()`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_values_gemm8(
+        w: &[f32],
+        first: usize,
+        v: &[f32],
+        out: &mut [f32],
+    ) {
+        let hdv = out.len();
+        let n = w.len();
+        assert!(hdv % 8 == 0 && v.len() >= n * hdv);
+        // SAFETY: every load is inside row `j < n` of `v` or `out` (checked above).
+        unsafe {
+            let vp = v.as_ptr();
+            for c in (0..hdv).step_by(8) {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut j0 = first / 8 * 8;
+                while j0 < n {
+                    if j0 >= first && j0 + 8 <= n {
+                        for l in 0..8 {
+                            let x = _mm256_loadu_ps(vp.add((j0 + l) * hdv + c));
+                            acc[l] = _mm256_fmadd_ps(_mm256_set1_ps(w[j0 + l]), x, acc[l]);
+                        }
+                    } else {
+                        for l in 0..8 {
+                            let j = j0 + l;
+                            if j >= first && j < n {
+                                let x = _mm256_loadu_ps(vp.add(j * hdv + c));
+                                acc[l] = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), x, acc[l]);
+                            }
+                        }
+                    }
+                    j0 += 8;
+                }
+                let s04 = _mm256_add_ps(acc[4], acc[0]);
+                let s15 = _mm256_add_ps(acc[5], acc[1]);
+                let s26 = _mm256_add_ps(acc[6], acc[2]);
+                let s37 = _mm256_add_ps(acc[7], acc[3]);
+                let o = _mm256_add_ps(_mm256_add_ps(s04, s26), _mm256_add_ps(s15, s37));
+                _mm256_storeu_ps(out.as_mut_ptr().add(c), o);
+            }
+        }
+    }
+
+    /// Horizontal sum in the order of [`super::hsum8`].
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn scores_gemm8(_: &[f32], _: &[f32], _: &mut [f32]) {
+        unreachable!("available() is false")
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn weighted_values_gemm8(_: &[f32], _: usize, _: &[f32], _: &mut [f32]) {
+        unreachable!("available() is false")
+    }
+}
+
 /// `exp(x)` computed as ggml's SIMD `ggml_v_expf` computes it on x86 (AVX2) and aarch64
 /// (NEON): the same range reduction `x = n·ln2 + b`, the same degree-5 polynomial in fused
 /// multiply-adds, the same scaling by `2^n` with its special cases for |n| > 126. llama.cpp
@@ -561,6 +695,7 @@ pub(crate) fn forward(
         let (k_base0, v_base0) = (kv.k_base(il, 0), kv.v_base(il, 0));
         let (k_stride, v_stride) = (kv.ctx * hd, kv.ctx * hdv);
         let decode = n == 1;
+        let simd8 = attn_x86::available() && hd % 8 == 0 && hdv % 8 == 0;
         pool.run(nh, &|h| {
             // SAFETY: task `h` alone uses `heads[h]` and writes head `h`'s columns of `att`.
             let (scores, qh, acc) = unsafe { &mut *(hptr as *mut HeadScratch).add(h) };
@@ -585,19 +720,35 @@ pub(crate) fn forward(
                 // its tiled f16 GEMM (a batch), which llama.cpp uses for these products.
                 let scores = &mut scores[..=p];
                 let mut max = f32::NEG_INFINITY;
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    if j < first {
-                        *sc = f32::NEG_INFINITY;
-                        continue;
+                if !decode && simd8 {
+                    scores[..first].fill(f32::NEG_INFINITY);
+                    // SAFETY: AVX2 and FMA were detected (`simd8`), `hd` is a multiple of 8.
+                    unsafe {
+                        attn_x86::scores_gemm8(
+                            &qh[..hd],
+                            &kf[first * hd..(p + 1) * hd],
+                            &mut scores[first..],
+                        );
                     }
-                    let kj = &kf[j * hd..(j + 1) * hd];
-                    let d = if decode {
-                        dot_f16_ggml(&qh[..hd], kj)
-                    } else {
-                        dot_gemm8(&qh[..hd], kj)
-                    };
-                    *sc = d * kq_scale;
-                    max = max.max(*sc);
+                    for sc in &mut scores[first..] {
+                        *sc *= kq_scale;
+                        max = max.max(*sc);
+                    }
+                } else {
+                    for (j, sc) in scores.iter_mut().enumerate() {
+                        if j < first {
+                            *sc = f32::NEG_INFINITY;
+                            continue;
+                        }
+                        let kj = &kf[j * hd..(j + 1) * hd];
+                        let d = if decode {
+                            dot_f16_ggml(&qh[..hd], kj)
+                        } else {
+                            dot_gemm8(&qh[..hd], kj)
+                        };
+                        *sc = d * kq_scale;
+                        max = max.max(*sc);
+                    }
                 }
                 // Softmax as ggml_vec_soft_max_f32: ggml's SIMD exp, summed eight at a time
                 // in f32, the partial sums in f64.
@@ -609,6 +760,16 @@ pub(crate) fn forward(
                     sum += f64::from(hsum8(chunk));
                 }
                 let inv = (1.0 / sum) as f32;
+                if !decode && simd8 {
+                    for sc in &mut scores[first..] {
+                        *sc = round_f16(*sc * inv);
+                    }
+                    let out =
+                        unsafe { std::slice::from_raw_parts_mut(aptr.at(i * o_in + h * hdv), hdv) };
+                    // SAFETY: AVX2 and FMA were detected (`simd8`), `hdv` is a multiple of 8.
+                    unsafe { attn_x86::weighted_values_gemm8(scores, first, vf, out) };
+                    continue;
+                }
                 // out = Σ_j p_j v_j, accumulated per lane (position mod 32 or 8) as ggml does.
                 let acc = &mut acc[..lanes * hdv];
                 acc.fill(0.0);
