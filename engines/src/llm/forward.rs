@@ -88,10 +88,43 @@ impl Acts {
         }
     }
 
-    fn get(&mut self, ty: GgmlType, x: &[f32]) -> Result<&[u8]> {
+    /// `x` (rows of `cols`) in the activation format `ty`, quantized on first use; a batch's
+    /// rows are split between the pool's threads (each row is quantized on its own, so the
+    /// bytes do not depend on the split).
+    fn get(&mut self, ty: GgmlType, x: &[f32], cols: usize, pool: &mut Pool) -> Result<&[u8]> {
         let b = &mut self.bufs[Self::slot(ty)];
         if !b.1 {
-            quant::quantize_activation_into(ty, x, &mut b.0)?;
+            let n = x.len() / cols.max(1);
+            let threads = pool.threads();
+            if n < 8 || threads < 2 || n * cols != x.len() {
+                quant::quantize_activation_into(ty, x, &mut b.0)?;
+            } else {
+                let row = quant::row_bytes(ty, cols)?;
+                b.0.clear();
+                b.0.resize(n * row, 0);
+                let per = n.div_ceil(threads);
+                let tasks = n.div_ceil(per);
+                let optr = b.0.as_mut_ptr() as usize;
+                let err: Mutex<Option<Error>> = Mutex::new(None);
+                pool.run(tasks, &|t| {
+                    let (r0, r1) = (t * per, ((t + 1) * per).min(n));
+                    // SAFETY: task `t` alone writes rows r0..r1 of the buffer, which outlives
+                    // `run` and holds `n` rows of `row` bytes.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            (optr as *mut u8).add(r0 * row),
+                            (r1 - r0) * row,
+                        )
+                    };
+                    if let Err(e) = quant::quantize_activation_to(ty, &x[r0 * cols..r1 * cols], out)
+                    {
+                        *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    }
+                });
+                if let Some(e) = err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                    return Err(e);
+                }
+            }
             b.1 = true;
         }
         Ok(&b.0)
@@ -338,34 +371,64 @@ mod attn_x86 {
         // SAFETY: every load is inside row `j < n` of `v` or `out` (checked above).
         unsafe {
             let vp = v.as_ptr();
-            for c in (0..hdv).step_by(8) {
-                let mut acc = [_mm256_setzero_ps(); 8];
+            // Two 8-wide column chunks per pass (a whole 64-byte line of each value row).
+            let mut c = 0;
+            while c + 16 <= hdv {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 8];
                 let mut j0 = first / 8 * 8;
                 while j0 < n {
                     if j0 >= first && j0 + 8 <= n {
                         for l in 0..8 {
-                            let x = _mm256_loadu_ps(vp.add((j0 + l) * hdv + c));
-                            acc[l] = _mm256_fmadd_ps(_mm256_set1_ps(w[j0 + l]), x, acc[l]);
+                            let wj = _mm256_set1_ps(w[j0 + l]);
+                            let row = vp.add((j0 + l) * hdv + c);
+                            for h in 0..2 {
+                                let x = _mm256_loadu_ps(row.add(8 * h));
+                                acc[l][h] = _mm256_fmadd_ps(wj, x, acc[l][h]);
+                            }
                         }
                     } else {
                         for l in 0..8 {
                             let j = j0 + l;
                             if j >= first && j < n {
-                                let x = _mm256_loadu_ps(vp.add(j * hdv + c));
-                                acc[l] = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), x, acc[l]);
+                                let wj = _mm256_set1_ps(w[j]);
+                                let row = vp.add(j * hdv + c);
+                                for h in 0..2 {
+                                    let x = _mm256_loadu_ps(row.add(8 * h));
+                                    acc[l][h] = _mm256_fmadd_ps(wj, x, acc[l][h]);
+                                }
                             }
                         }
                     }
                     j0 += 8;
                 }
-                let s04 = _mm256_add_ps(acc[4], acc[0]);
-                let s15 = _mm256_add_ps(acc[5], acc[1]);
-                let s26 = _mm256_add_ps(acc[6], acc[2]);
-                let s37 = _mm256_add_ps(acc[7], acc[3]);
-                let o = _mm256_add_ps(_mm256_add_ps(s04, s26), _mm256_add_ps(s15, s37));
-                _mm256_storeu_ps(out.as_mut_ptr().add(c), o);
+                for h in 0..2 {
+                    let o = reduce_lanes(std::array::from_fn(|l| acc[l][h]));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * h), o);
+                }
+                c += 16;
+            }
+            while c < hdv {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for j in first..n {
+                    let x = _mm256_loadu_ps(vp.add(j * hdv + c));
+                    acc[j % 8] = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), x, acc[j % 8]);
+                }
+                _mm256_storeu_ps(out.as_mut_ptr().add(c), reduce_lanes(acc));
+                c += 8;
             }
         }
+    }
+
+    /// The eight lane accumulators added per column as [`super::hsum8`] adds lanes.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn reduce_lanes(acc: [__m256; 8]) -> __m256 {
+        let s04 = _mm256_add_ps(acc[4], acc[0]);
+        let s15 = _mm256_add_ps(acc[5], acc[1]);
+        let s26 = _mm256_add_ps(acc[6], acc[2]);
+        let s37 = _mm256_add_ps(acc[7], acc[3]);
+        _mm256_add_ps(_mm256_add_ps(s04, s26), _mm256_add_ps(s15, s37))
     }
 
     /// Horizontal sum in the order of [`super::hsum8`].
@@ -493,8 +556,8 @@ fn matmul(
     out: &mut [f32],
     pool: &mut Pool,
 ) -> Result<()> {
-    let xq = acts.get(m.act_type(), x)?;
     let q = m.view(file)?;
+    let xq = acts.get(m.act_type(), x, q.cols(), pool)?;
     let kernel = Kernel::best();
     let act_row = q.activation_row_bytes();
     let n_tok = xq.len() / act_row;

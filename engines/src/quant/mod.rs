@@ -58,7 +58,9 @@
 //! # Kernels and accuracy
 //!
 //! [`Kernel`] names the implementations: [`Kernel::Scalar`] (portable reference),
-//! [`Kernel::Avx2`] (x86_64 with AVX2, FMA, F16C), [`Kernel::Neon`] (aarch64 baseline, e.g.
+//! [`Kernel::Avx2`] (x86_64 with AVX2, FMA, F16C), [`Kernel::Avx512Vnni`] (x86_64 with
+//! AVX-512 F/BW/VL/VNNI as well: 256-bit `vpdpbusd`/`vpdpwssd` on tiles of four weight rows ×
+//! four tokens, bit for bit the AVX2 results), [`Kernel::Neon`] (aarch64 baseline, e.g.
 //! Raspberry Pi 4's Cortex-A72) and [`Kernel::NeonDotprod`] (aarch64 with `SDOT`, e.g. Pi 5,
 //! Jetson Orin). [`Kernel::best`] picks one by **run-time** feature detection, never from
 //! compile-time flags, so one aarch64 binary runs on cores with and without `dotprod`.
@@ -414,6 +416,34 @@ pub fn quantize_activation_into(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> R
     let len = row_bytes(ty, x.len())?;
     out.clear();
     out.resize(len, 0);
+    quantize(x, out);
+    Ok(())
+}
+
+/// As [`quantize_activation_into`], into `out`, which must be exactly the encoding's length
+/// (for splitting the rows of a batch between threads).
+pub fn quantize_activation_to(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
+    let quantize: fn(&[f32], &mut [u8]) = match ty {
+        GgmlType::Q8_0 => quantize::q8_0_into,
+        GgmlType::Q8_1 => quantize::q8_1_into,
+        GgmlType::Q8_K => quantize::q8_k_into,
+        _ => {
+            return Err(QuantErrorKind::UnsupportedType {
+                ty,
+                role: "activations",
+            }
+            .into());
+        }
+    };
+    let len = row_bytes(ty, x.len())?;
+    if out.len() != len {
+        return Err(QuantErrorKind::WrongLength {
+            what: format!("{ty} output for {} elements", x.len()),
+            expected: len,
+            found: out.len(),
+        }
+        .into());
+    }
     quantize(x, out);
     Ok(())
 }
