@@ -368,6 +368,10 @@ mod attn_x86 {
         let hdv = out.len();
         let n = w.len();
         assert!(hdv % 8 == 0 && v.len() >= n * hdv);
+        if hdv % 32 == 0 && is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was detected; the lengths were checked above.
+            return unsafe { weighted_values_avx512(w, first, v, out) };
+        }
         // SAFETY: every load is inside row `j < n` of `v` or `out` (checked above).
         unsafe {
             let vp = v.as_ptr();
@@ -415,6 +419,64 @@ mod attn_x86 {
                 }
                 _mm256_storeu_ps(out.as_mut_ptr().add(c), reduce_lanes(acc));
                 c += 8;
+            }
+        }
+    }
+
+    /// [`weighted_values_gemm8`] with 16-wide registers, 32 columns per pass over the
+    /// values. Every operation is per column (the lanes `j mod 8` are separate registers, not
+    /// vector lanes), so the width changes nothing but the number of passes.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512F; `out.len()` must be a multiple of 32 and `v` hold at least
+    /// `w.len()` rows of `out.len()`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn weighted_values_avx512(w: &[f32], first: usize, v: &[f32], out: &mut [f32]) {
+        let hdv = out.len();
+        let n = w.len();
+        assert!(hdv % 32 == 0 && v.len() >= n * hdv);
+        // SAFETY: every load is inside row `j < n` of `v` or `out` (checked above).
+        unsafe {
+            let vp = v.as_ptr();
+            for c in (0..hdv).step_by(32) {
+                let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+                let mut j0 = first / 8 * 8;
+                while j0 < n {
+                    if j0 >= first && j0 + 8 <= n {
+                        for l in 0..8 {
+                            let wj = _mm512_set1_ps(w[j0 + l]);
+                            let row = vp.add((j0 + l) * hdv + c);
+                            for h in 0..2 {
+                                let x = _mm512_loadu_ps(row.add(16 * h));
+                                acc[l][h] = _mm512_fmadd_ps(wj, x, acc[l][h]);
+                            }
+                        }
+                    } else {
+                        for l in 0..8 {
+                            let j = j0 + l;
+                            if j >= first && j < n {
+                                let wj = _mm512_set1_ps(w[j]);
+                                let row = vp.add(j * hdv + c);
+                                for h in 0..2 {
+                                    let x = _mm512_loadu_ps(row.add(16 * h));
+                                    acc[l][h] = _mm512_fmadd_ps(wj, x, acc[l][h]);
+                                }
+                            }
+                        }
+                    }
+                    j0 += 8;
+                }
+                for h in 0..2 {
+                    let a = |l: usize| acc[l][h];
+                    let s04 = _mm512_add_ps(a(4), a(0));
+                    let s15 = _mm512_add_ps(a(5), a(1));
+                    let s26 = _mm512_add_ps(a(6), a(2));
+                    let s37 = _mm512_add_ps(a(7), a(3));
+                    let o = _mm512_add_ps(_mm512_add_ps(s04, s26), _mm512_add_ps(s15, s37));
+                    _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * h), o);
+                }
             }
         }
     }
@@ -882,15 +944,34 @@ pub(crate) fn forward(
         matmul(file, &l.w_up, &mut s.acts, xn, up, pool)?;
         probe!(s.probe, "ffn_gate", il, gate);
         probe!(s.probe, "ffn_up", il, up);
-        if c.arch == Arch::Gemma3 {
-            let table = gelu_table();
-            gate.iter_mut()
-                .zip(up.iter())
-                .for_each(|(g, &u)| *g = geglu_f16(table, *g, u));
+        // Element by element, so a batch's rows are split between the pool's threads.
+        let gemma = c.arch == Arch::Gemma3;
+        let act = |gate: &mut [f32], up: &[f32]| {
+            if gemma {
+                let table = gelu_table();
+                gate.iter_mut()
+                    .zip(up)
+                    .for_each(|(g, &u)| *g = geglu_f16(table, *g, u));
+            } else {
+                gate.iter_mut()
+                    .zip(up)
+                    .for_each(|(g, &u)| *g = silu_ggml(*g) * u);
+            }
+        };
+        if n < 8 || pool.threads() < 2 {
+            act(gate, up);
         } else {
-            gate.iter_mut()
-                .zip(up.iter())
-                .for_each(|(g, &u)| *g = silu_ggml(*g) * u);
+            let per = n.div_ceil(pool.threads()) * c.n_ff;
+            let tasks = gate.len().div_ceil(per);
+            let gptr = SyncPtr(gate.as_mut_ptr());
+            let len = gate.len();
+            let up: &[f32] = up;
+            pool.run(tasks, &|t| {
+                let (a, b) = (t * per, ((t + 1) * per).min(len));
+                // SAFETY: task `t` alone writes elements a..b of `gate`, which outlives `run`.
+                let g = unsafe { std::slice::from_raw_parts_mut(gptr.at(a), b - a) };
+                act(g, &up[a..b]);
+            });
         }
         probe!(s.probe, "ffn_act", il, gate);
         s.acts.invalidate();
