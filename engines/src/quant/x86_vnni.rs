@@ -70,17 +70,9 @@ pub(super) fn dot_tile<const R: usize, const N: usize>(
     // which is exactly what each kernel reads.
     unsafe {
         match ty {
-            GgmlType::Q4_0 => signed_tile(wp, xp, nb, Q4_0_BYTES, 8, |wb| nibbles(wb.add(2))),
-            GgmlType::Q5_0 => signed_tile(wp, xp, nb, Q5_0_BYTES, 16, |wb| {
-                let qh = wb.add(2).cast::<u32>().read_unaligned();
-                _mm256_or_si256(
-                    nibbles(wb.add(6)),
-                    _mm256_maskz_mov_epi8(qh, _mm256_set1_epi8(0x10)),
-                )
-            }),
-            GgmlType::Q8_0 => signed_tile(wp, xp, nb, Q8_0_BYTES, 128, |wb| {
-                _mm256_xor_si256(load32(wb.add(2)), _mm256_set1_epi8(-128))
-            }),
+            GgmlType::Q4_0 => q4_0_tile(wp, xp, nb),
+            GgmlType::Q5_0 => q5_0_tile(wp, xp, nb),
+            GgmlType::Q8_0 => q8_0_tile(wp, xp, nb),
             GgmlType::Q4_K if N == 4 => {
                 let x4 = [xp[0], xp[1], xp[2], xp[3]];
                 let v = q4_k_tile4(wp, x4, nb);
@@ -99,35 +91,112 @@ pub(super) fn dot_tile<const R: usize, const N: usize>(
 ///
 /// As [`super::x86::dot_rows`].
 pub(super) fn dot_rows(ty: GgmlType, nb: usize, w: &[u8], x: &[u8], out: &mut [f32]) {
-    let tiled = matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0);
-    if !(tiled || ty == GgmlType::Q6_K) || out.is_empty() {
+    type Tile4 = unsafe fn([*const u8; 4], [*const u8; 1], usize) -> [[f32; 1]; 4];
+    let tile: Option<Tile4> = match ty {
+        GgmlType::Q4_0 => Some(q4_0_tile::<4, 1>),
+        GgmlType::Q5_0 => Some(q5_0_tile::<4, 1>),
+        GgmlType::Q8_0 => Some(q8_0_tile::<4, 1>),
+        _ => None,
+    };
+    if !(tile.is_some() || ty == GgmlType::Q6_K) || out.is_empty() {
         return super::x86::dot_rows(ty, nb, w, x, out);
     }
+    assert!(
+        available(),
+        "AVX-512 VNNI kernels called on a CPU without them"
+    );
     let row_bytes = w.len() / out.len();
     assert_eq!(
         row_bytes * out.len(),
         w.len(),
         "{ty} rows do not divide the weight bytes"
     );
-    if !tiled {
-        for (o, w) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
-            let [[v]] = dot_tile::<1, 1>(ty, nb, [w], [x]);
+    // One check for all rows (they have the same length), as in the AVX2 `dot_rows`: per-row
+    // checks cost a measurable part of a decode step on short rows.
+    check_dot_lengths(ty, nb, &w[..row_bytes], &[x]);
+    let xp = [x.as_ptr()];
+    let wp = w.as_ptr();
+    let Some(tile) = tile else {
+        for (r, o) in out.iter_mut().enumerate() {
+            // SAFETY: the features were detected above; row `r` is inside `w` (checked) and
+            // holds `nb` Q6_K blocks, `x` `nb` Q8_K blocks.
+            let [v] = unsafe { q6_k::<1>(wp.add(r * row_bytes), xp, nb) };
             *o = v;
         }
         return;
-    }
+    };
     let full = out.len() / 4 * 4;
-    for (o, rows) in out[..full]
-        .chunks_exact_mut(4)
-        .zip(w.chunks_exact(4 * row_bytes))
-    {
-        let ws: [&[u8]; 4] = std::array::from_fn(|r| &rows[r * row_bytes..(r + 1) * row_bytes]);
-        let v = dot_tile::<4, 1>(ty, nb, ws, [x]);
+    for (g, o) in out[..full].chunks_exact_mut(4).enumerate() {
+        // SAFETY: as above; rows 4g..4g+4 are inside `w`.
+        let v = unsafe {
+            tile(
+                std::array::from_fn(|k| wp.add((4 * g + k) * row_bytes)),
+                xp,
+                nb,
+            )
+        };
         for (o, v) in o.iter_mut().zip(v) {
             *o = v[0];
         }
     }
     super::x86::dot_rows(ty, nb, &w[full * row_bytes..], x, &mut out[full..]);
+}
+
+/// Q4_0 tiles ([`signed_tile`] with the nibbles, offset 8).
+///
+/// # Safety
+///
+/// As [`signed_tile`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4_0_tile<const R: usize, const N: usize>(
+    wp: [*const u8; R],
+    xp: [*const u8; N],
+    nb: usize,
+) -> [[f32; N]; R] {
+    // SAFETY: forwarded contract; the closure reads bytes 2..18 of a block.
+    unsafe { signed_tile(wp, xp, nb, Q4_0_BYTES, 8, |wb| nibbles(wb.add(2))) }
+}
+
+/// Q5_0 tiles ([`signed_tile`] with the nibbles and the fifth bits by a mask move, offset 16).
+///
+/// # Safety
+///
+/// As [`signed_tile`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q5_0_tile<const R: usize, const N: usize>(
+    wp: [*const u8; R],
+    xp: [*const u8; N],
+    nb: usize,
+) -> [[f32; N]; R] {
+    // SAFETY: forwarded contract; the closure reads bytes 2..22 of a block.
+    unsafe {
+        signed_tile(wp, xp, nb, Q5_0_BYTES, 16, |wb| {
+            let qh = wb.add(2).cast::<u32>().read_unaligned();
+            _mm256_or_si256(
+                nibbles(wb.add(6)),
+                _mm256_maskz_mov_epi8(qh, _mm256_set1_epi8(0x10)),
+            )
+        })
+    }
+}
+
+/// Q8_0 tiles ([`signed_tile`] with the quants' sign bit flipped, offset 128).
+///
+/// # Safety
+///
+/// As [`signed_tile`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q8_0_tile<const R: usize, const N: usize>(
+    wp: [*const u8; R],
+    xp: [*const u8; N],
+    nb: usize,
+) -> [[f32; N]; R] {
+    // SAFETY: forwarded contract; the closure reads bytes 2..34 of a block.
+    unsafe {
+        signed_tile(wp, xp, nb, Q8_0_BYTES, 128, |wb| {
+            _mm256_xor_si256(load32(wb.add(2)), _mm256_set1_epi8(-128))
+        })
+    }
 }
 
 /// Signed weights (Q4_0, Q5_0, Q8_0) against Q8_0 activations; `unpack` turns a weight block
