@@ -163,6 +163,9 @@ fn cpu_features() -> Vec<&'static str> {
         if std::arch::is_x86_feature_detected!("avx512f") {
             found.push("avx512f");
         }
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            found.push("avx512vnni");
+        }
     }
     #[cfg(target_arch = "aarch64")]
     {

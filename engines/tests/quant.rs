@@ -14,6 +14,8 @@
 //! - Dot product vs f64 reference on dequantized values: `1e-4 · Σ|w_i·x_i|`, plus for
 //!   Q4_1/Q5_1 the f16 rounding of Q8_1's stored block sum (`Σ_b |m_b|·|s_b − Σ x_i|`).
 //! - matvec / matmul vs row-wise `vec_dot_with`: bit-identical for 1, 2 and 3 threads.
+//! - x86: the AVX-512 VNNI kernels (row tiles) vs the AVX2 ones: bit-identical on every
+//!   product shape.
 
 use std::path::PathBuf;
 
@@ -512,6 +514,53 @@ fn matvec_and_matmul_equal_rowwise_vec_dot_for_1_2_3_threads() {
             if n_tok == 1 {
                 quant::matvec(ty, &w, rows, cols, &xs, &mut a, 3).unwrap();
                 assert_eq!(a, b);
+            }
+        }
+    }
+}
+
+/// The x86 kernels (AVX2 and, where the CPU has it, AVX-512 VNNI with its tiles of four
+/// weight rows × four tokens) return the same bits for every product shape: token counts
+/// that leave every tail of the 4-token tiles, row counts that leave every tail of the 4-row
+/// tiles, every weight type. The VNNI kernels change only the integer arithmetic, so this
+/// must hold bit for bit, including Q4_K's four-token (GEMM-order) tiles, which the test
+/// above can only bound.
+#[test]
+fn x86_kernels_agree_bit_for_bit_on_every_tile_shape() {
+    let x86: Vec<Kernel> = simd_kernels()
+        .into_iter()
+        .filter(|k| matches!(k, Kernel::Avx2 | Kernel::Avx512Vnni))
+        .collect();
+    eprintln!("x86 kernels on this CPU: {x86:?}");
+    if x86.len() < 2 {
+        return;
+    }
+    let mut rng = Rng::new(7);
+    for ty in WEIGHT_TYPES {
+        let cols = 4 * 256;
+        let nb = cols / block_elems(ty);
+        for rows in [1usize, 3, 4, 7, 9] {
+            let w = random_weights(ty, rows * nb, &mut rng, false);
+            let m = QMatrix::new(ty, rows, cols, &w).unwrap();
+            for n_tok in 1..=9usize {
+                let xs = random_activations(act_of(ty), n_tok * nb, &mut rng, 127, false);
+                let mut reference = vec![f32::NAN; n_tok * rows];
+                m.matmul_with(x86[0], &xs, &mut reference, 1).unwrap();
+                for &k in &x86[1..] {
+                    for threads in [1, 2] {
+                        let mut out = vec![f32::NAN; n_tok * rows];
+                        m.matmul_with(k, &xs, &mut out, threads).unwrap();
+                        for (i, (a, b)) in out.iter().zip(&reference).enumerate() {
+                            assert_eq!(
+                                a.to_bits(),
+                                b.to_bits(),
+                                "{ty} {k} vs {}: {rows} rows, {n_tok} tokens, {threads} threads, \
+                                 output {i}: {a} vs {b}",
+                                x86[0]
+                            );
+                        }
+                    }
+                }
             }
         }
     }

@@ -88,10 +88,43 @@ impl Acts {
         }
     }
 
-    fn get(&mut self, ty: GgmlType, x: &[f32]) -> Result<&[u8]> {
+    /// `x` (rows of `cols`) in the activation format `ty`, quantized on first use; a batch's
+    /// rows are split between the pool's threads (each row is quantized on its own, so the
+    /// bytes do not depend on the split).
+    fn get(&mut self, ty: GgmlType, x: &[f32], cols: usize, pool: &mut Pool) -> Result<&[u8]> {
         let b = &mut self.bufs[Self::slot(ty)];
         if !b.1 {
-            quant::quantize_activation_into(ty, x, &mut b.0)?;
+            let n = x.len() / cols.max(1);
+            let threads = pool.threads();
+            if n < 8 || threads < 2 || n * cols != x.len() {
+                quant::quantize_activation_into(ty, x, &mut b.0)?;
+            } else {
+                let row = quant::row_bytes(ty, cols)?;
+                b.0.clear();
+                b.0.resize(n * row, 0);
+                let per = n.div_ceil(threads);
+                let tasks = n.div_ceil(per);
+                let optr = b.0.as_mut_ptr() as usize;
+                let err: Mutex<Option<Error>> = Mutex::new(None);
+                pool.run(tasks, &|t| {
+                    let (r0, r1) = (t * per, ((t + 1) * per).min(n));
+                    // SAFETY: task `t` alone writes rows r0..r1 of the buffer, which outlives
+                    // `run` and holds `n` rows of `row` bytes.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            (optr as *mut u8).add(r0 * row),
+                            (r1 - r0) * row,
+                        )
+                    };
+                    if let Err(e) = quant::quantize_activation_to(ty, &x[r0 * cols..r1 * cols], out)
+                    {
+                        *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    }
+                });
+                if let Some(e) = err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                    return Err(e);
+                }
+            }
             b.1 = true;
         }
         Ok(&b.0)
@@ -256,6 +289,232 @@ fn dot_gemm8(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// The batch (8-lane) attention loops with AVX2 intrinsics: the same operations per output, in
+/// the same order, as [`dot_gemm8`] and the lane accumulation in [`forward`], but four keys'
+/// scores at a time (independent FMA chains instead of one) and the value accumulators kept
+/// in registers.
+mod attn_x86 {
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+
+    /// Whether the functions below can run (AVX2 and FMA, detected at run time).
+    pub(super) fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// `out[j] = dot_gemm8(q, keys[j·hd..(j+1)·hd])` for every key, `hd = q.len()`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2 and FMA; `q.len()` must be a multiple of 8 and `keys.len()`
+    /// `out.len() · q.len()`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores_gemm8(q: &[f32], keys: &[f32], out: &mut [f32]) {
+        let hd = q.len();
+        assert!(hd % 8 == 0 && keys.len() == out.len() * hd);
+        // SAFETY: every load below is inside `q` or key row `j < out.len()` (checked above).
+        unsafe {
+            let qp = q.as_ptr();
+            let kp = keys.as_ptr();
+            let n = out.len();
+            let mut j = 0;
+            while j + 4 <= n {
+                let k: [*const f32; 4] = std::array::from_fn(|t| kp.add((j + t) * hd));
+                let mut a = [_mm256_setzero_ps(); 4];
+                for c in (0..hd).step_by(8) {
+                    let qv = _mm256_loadu_ps(qp.add(c));
+                    for t in 0..4 {
+                        a[t] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[t].add(c)), a[t]);
+                    }
+                }
+                for t in 0..4 {
+                    out[j + t] = hsum(a[t]);
+                }
+                j += 4;
+            }
+            while j < n {
+                let k = kp.add(j * hd);
+                let mut a = _mm256_setzero_ps();
+                for c in (0..hd).step_by(8) {
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(k.add(c)), a);
+                }
+                out[j] = hsum(a);
+                j += 1;
+            }
+        }
+    }
+
+    /// `out = Σ_{j ≥ first} w[j]·v_j` with one accumulator per lane `j mod 8`, each summed in
+    /// `j` order with fused multiply-adds and the lanes added as [`super::hsum8`] does.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2 and FMA; `out.len()` must be a multiple of 8 and `v` hold at
+    /// least `w.len()` rows of `out.len()`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_values_gemm8(
+        w: &[f32],
+        first: usize,
+        v: &[f32],
+        out: &mut [f32],
+    ) {
+        let hdv = out.len();
+        let n = w.len();
+        assert!(hdv % 8 == 0 && v.len() >= n * hdv);
+        if hdv % 32 == 0 && is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was detected; the lengths were checked above.
+            return unsafe { weighted_values_avx512(w, first, v, out) };
+        }
+        // SAFETY: every load is inside row `j < n` of `v` or `out` (checked above).
+        unsafe {
+            let vp = v.as_ptr();
+            // Two 8-wide column chunks per pass (a whole 64-byte line of each value row).
+            let mut c = 0;
+            while c + 16 <= hdv {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 8];
+                let mut j0 = first / 8 * 8;
+                while j0 < n {
+                    if j0 >= first && j0 + 8 <= n {
+                        for l in 0..8 {
+                            let wj = _mm256_set1_ps(w[j0 + l]);
+                            let row = vp.add((j0 + l) * hdv + c);
+                            for h in 0..2 {
+                                let x = _mm256_loadu_ps(row.add(8 * h));
+                                acc[l][h] = _mm256_fmadd_ps(wj, x, acc[l][h]);
+                            }
+                        }
+                    } else {
+                        for l in 0..8 {
+                            let j = j0 + l;
+                            if j >= first && j < n {
+                                let wj = _mm256_set1_ps(w[j]);
+                                let row = vp.add(j * hdv + c);
+                                for h in 0..2 {
+                                    let x = _mm256_loadu_ps(row.add(8 * h));
+                                    acc[l][h] = _mm256_fmadd_ps(wj, x, acc[l][h]);
+                                }
+                            }
+                        }
+                    }
+                    j0 += 8;
+                }
+                for h in 0..2 {
+                    let o = reduce_lanes(std::array::from_fn(|l| acc[l][h]));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * h), o);
+                }
+                c += 16;
+            }
+            while c < hdv {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for j in first..n {
+                    let x = _mm256_loadu_ps(vp.add(j * hdv + c));
+                    acc[j % 8] = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), x, acc[j % 8]);
+                }
+                _mm256_storeu_ps(out.as_mut_ptr().add(c), reduce_lanes(acc));
+                c += 8;
+            }
+        }
+    }
+
+    /// [`weighted_values_gemm8`] with 16-wide registers, 32 columns per pass over the
+    /// values. Every operation is per column (the lanes `j mod 8` are separate registers, not
+    /// vector lanes), so the width changes nothing but the number of passes.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512F; `out.len()` must be a multiple of 32 and `v` hold at least
+    /// `w.len()` rows of `out.len()`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn weighted_values_avx512(w: &[f32], first: usize, v: &[f32], out: &mut [f32]) {
+        let hdv = out.len();
+        let n = w.len();
+        assert!(hdv % 32 == 0 && v.len() >= n * hdv);
+        // SAFETY: every load is inside row `j < n` of `v` or `out` (checked above).
+        unsafe {
+            let vp = v.as_ptr();
+            for c in (0..hdv).step_by(32) {
+                let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+                let mut j0 = first / 8 * 8;
+                while j0 < n {
+                    if j0 >= first && j0 + 8 <= n {
+                        for l in 0..8 {
+                            let wj = _mm512_set1_ps(w[j0 + l]);
+                            let row = vp.add((j0 + l) * hdv + c);
+                            for h in 0..2 {
+                                let x = _mm512_loadu_ps(row.add(16 * h));
+                                acc[l][h] = _mm512_fmadd_ps(wj, x, acc[l][h]);
+                            }
+                        }
+                    } else {
+                        for l in 0..8 {
+                            let j = j0 + l;
+                            if j >= first && j < n {
+                                let wj = _mm512_set1_ps(w[j]);
+                                let row = vp.add(j * hdv + c);
+                                for h in 0..2 {
+                                    let x = _mm512_loadu_ps(row.add(16 * h));
+                                    acc[l][h] = _mm512_fmadd_ps(wj, x, acc[l][h]);
+                                }
+                            }
+                        }
+                    }
+                    j0 += 8;
+                }
+                for h in 0..2 {
+                    let a = |l: usize| acc[l][h];
+                    let s04 = _mm512_add_ps(a(4), a(0));
+                    let s15 = _mm512_add_ps(a(5), a(1));
+                    let s26 = _mm512_add_ps(a(6), a(2));
+                    let s37 = _mm512_add_ps(a(7), a(3));
+                    let o = _mm512_add_ps(_mm512_add_ps(s04, s26), _mm512_add_ps(s15, s37));
+                    _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * h), o);
+                }
+            }
+        }
+    }
+
+    /// The eight lane accumulators added per column as [`super::hsum8`] adds lanes.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn reduce_lanes(acc: [__m256; 8]) -> __m256 {
+        let s04 = _mm256_add_ps(acc[4], acc[0]);
+        let s15 = _mm256_add_ps(acc[5], acc[1]);
+        let s26 = _mm256_add_ps(acc[6], acc[2]);
+        let s37 = _mm256_add_ps(acc[7], acc[3]);
+        _mm256_add_ps(_mm256_add_ps(s04, s26), _mm256_add_ps(s15, s37))
+    }
+
+    /// Horizontal sum in the order of [`super::hsum8`].
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn scores_gemm8(_: &[f32], _: &[f32], _: &mut [f32]) {
+        unreachable!("available() is false")
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn weighted_values_gemm8(_: &[f32], _: usize, _: &[f32], _: &mut [f32]) {
+        unreachable!("available() is false")
+    }
+}
+
 /// `exp(x)` computed as ggml's SIMD `ggml_v_expf` computes it on x86 (AVX2) and aarch64
 /// (NEON): the same range reduction `x = n·ln2 + b`, the same degree-5 polynomial in fused
 /// multiply-adds, the same scaling by `2^n` with its special cases for |n| > 126. llama.cpp
@@ -359,8 +618,8 @@ fn matmul(
     out: &mut [f32],
     pool: &mut Pool,
 ) -> Result<()> {
-    let xq = acts.get(m.act_type(), x)?;
     let q = m.view(file)?;
+    let xq = acts.get(m.act_type(), x, q.cols(), pool)?;
     let kernel = Kernel::best();
     let act_row = q.activation_row_bytes();
     let n_tok = xq.len() / act_row;
@@ -561,6 +820,7 @@ pub(crate) fn forward(
         let (k_base0, v_base0) = (kv.k_base(il, 0), kv.v_base(il, 0));
         let (k_stride, v_stride) = (kv.ctx * hd, kv.ctx * hdv);
         let decode = n == 1;
+        let simd8 = attn_x86::available() && hd % 8 == 0 && hdv % 8 == 0;
         pool.run(nh, &|h| {
             // SAFETY: task `h` alone uses `heads[h]` and writes head `h`'s columns of `att`.
             let (scores, qh, acc) = unsafe { &mut *(hptr as *mut HeadScratch).add(h) };
@@ -585,19 +845,35 @@ pub(crate) fn forward(
                 // its tiled f16 GEMM (a batch), which llama.cpp uses for these products.
                 let scores = &mut scores[..=p];
                 let mut max = f32::NEG_INFINITY;
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    if j < first {
-                        *sc = f32::NEG_INFINITY;
-                        continue;
+                if !decode && simd8 {
+                    scores[..first].fill(f32::NEG_INFINITY);
+                    // SAFETY: AVX2 and FMA were detected (`simd8`), `hd` is a multiple of 8.
+                    unsafe {
+                        attn_x86::scores_gemm8(
+                            &qh[..hd],
+                            &kf[first * hd..(p + 1) * hd],
+                            &mut scores[first..],
+                        );
                     }
-                    let kj = &kf[j * hd..(j + 1) * hd];
-                    let d = if decode {
-                        dot_f16_ggml(&qh[..hd], kj)
-                    } else {
-                        dot_gemm8(&qh[..hd], kj)
-                    };
-                    *sc = d * kq_scale;
-                    max = max.max(*sc);
+                    for sc in &mut scores[first..] {
+                        *sc *= kq_scale;
+                        max = max.max(*sc);
+                    }
+                } else {
+                    for (j, sc) in scores.iter_mut().enumerate() {
+                        if j < first {
+                            *sc = f32::NEG_INFINITY;
+                            continue;
+                        }
+                        let kj = &kf[j * hd..(j + 1) * hd];
+                        let d = if decode {
+                            dot_f16_ggml(&qh[..hd], kj)
+                        } else {
+                            dot_gemm8(&qh[..hd], kj)
+                        };
+                        *sc = d * kq_scale;
+                        max = max.max(*sc);
+                    }
                 }
                 // Softmax as ggml_vec_soft_max_f32: ggml's SIMD exp, summed eight at a time
                 // in f32, the partial sums in f64.
@@ -609,6 +885,16 @@ pub(crate) fn forward(
                     sum += f64::from(hsum8(chunk));
                 }
                 let inv = (1.0 / sum) as f32;
+                if !decode && simd8 {
+                    for sc in &mut scores[first..] {
+                        *sc = round_f16(*sc * inv);
+                    }
+                    let out =
+                        unsafe { std::slice::from_raw_parts_mut(aptr.at(i * o_in + h * hdv), hdv) };
+                    // SAFETY: AVX2 and FMA were detected (`simd8`), `hdv` is a multiple of 8.
+                    unsafe { attn_x86::weighted_values_gemm8(scores, first, vf, out) };
+                    continue;
+                }
                 // out = Σ_j p_j v_j, accumulated per lane (position mod 32 or 8) as ggml does.
                 let acc = &mut acc[..lanes * hdv];
                 acc.fill(0.0);
@@ -658,15 +944,34 @@ pub(crate) fn forward(
         matmul(file, &l.w_up, &mut s.acts, xn, up, pool)?;
         probe!(s.probe, "ffn_gate", il, gate);
         probe!(s.probe, "ffn_up", il, up);
-        if c.arch == Arch::Gemma3 {
-            let table = gelu_table();
-            gate.iter_mut()
-                .zip(up.iter())
-                .for_each(|(g, &u)| *g = geglu_f16(table, *g, u));
+        // Element by element, so a batch's rows are split between the pool's threads.
+        let gemma = c.arch == Arch::Gemma3;
+        let act = |gate: &mut [f32], up: &[f32]| {
+            if gemma {
+                let table = gelu_table();
+                gate.iter_mut()
+                    .zip(up)
+                    .for_each(|(g, &u)| *g = geglu_f16(table, *g, u));
+            } else {
+                gate.iter_mut()
+                    .zip(up)
+                    .for_each(|(g, &u)| *g = silu_ggml(*g) * u);
+            }
+        };
+        if n < 8 || pool.threads() < 2 {
+            act(gate, up);
         } else {
-            gate.iter_mut()
-                .zip(up.iter())
-                .for_each(|(g, &u)| *g = silu_ggml(*g) * u);
+            let per = n.div_ceil(pool.threads()) * c.n_ff;
+            let tasks = gate.len().div_ceil(per);
+            let gptr = SyncPtr(gate.as_mut_ptr());
+            let len = gate.len();
+            let up: &[f32] = up;
+            pool.run(tasks, &|t| {
+                let (a, b) = (t * per, ((t + 1) * per).min(len));
+                // SAFETY: task `t` alone writes elements a..b of `gate`, which outlives `run`.
+                let g = unsafe { std::slice::from_raw_parts_mut(gptr.at(a), b - a) };
+                act(g, &up[a..b]);
+            });
         }
         probe!(s.probe, "ffn_act", il, gate);
         s.acts.invalidate();

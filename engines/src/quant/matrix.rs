@@ -1,7 +1,10 @@
 //! [`QMatrix`], a validated view of a quantized weight matrix, and the multi-threaded
 //! matrix-vector ([`matvec`]) and matrix-matrix ([`matmul`]) products.
 
-use super::{Kernel, QuantError, QuantErrorKind, activation_type, dot_n, dot_rows, layout};
+use super::{
+    Kernel, QuantError, QuantErrorKind, activation_type, dot_n, dot_rows, dot_tile, layout,
+    tiles_rows,
+};
 use crate::error::Result;
 use crate::gguf::{GgmlType, TensorView};
 
@@ -15,6 +18,18 @@ pub const MIN_BYTES_PER_THREAD: usize = 256 * 1024;
 
 /// Activation rows processed together against each weight block.
 const TILE: usize = 4;
+
+/// Weight rows processed together by the kernels that tile rows ([`tiles_rows`]).
+const ROW_TILE: usize = 4;
+
+/// Writes the tile `v` (`v[k][j]` = weight row `r0 + k`, input row `t + j`) into `outs`.
+fn store<const N: usize>(outs: &mut [&mut [f32]], t: usize, r0: usize, v: &[[f32; N]]) {
+    for (k, v) in v.iter().enumerate() {
+        for (j, &v) in v.iter().enumerate() {
+            outs[t + j][r0 + k] = v;
+        }
+    }
+}
 
 /// A quantized weight matrix of `rows` × `cols` in ggml's block layout, borrowed (typically
 /// from a memory-mapped GGUF file). Row `r` is bytes `r·row_bytes .. (r+1)·row_bytes`.
@@ -304,8 +319,38 @@ impl<'a> QMatrix<'a> {
             dot_rows(kernel, ty, nb, w, xs[0], &mut outs[0][..]);
             return;
         }
-        let rows = self.bytes.chunks_exact(self.row_bytes).skip(first).take(n);
-        for (r, w) in rows.enumerate() {
+        let row = |r: usize| &self.bytes[(first + r) * self.row_bytes..][..self.row_bytes];
+        let mut r0 = 0;
+        if tiles_rows(kernel) {
+            // Tiles of ROW_TILE weight rows × TILE input rows.
+            while r0 + ROW_TILE <= n {
+                let ws: [&[u8]; ROW_TILE] = std::array::from_fn(|k| row(r0 + k));
+                let mut t = 0;
+                while t + TILE <= xs.len() {
+                    let v = dot_tile(kernel, ty, nb, ws, [xs[t], xs[t + 1], xs[t + 2], xs[t + 3]]);
+                    store(outs, t, r0, &v);
+                    t += TILE;
+                }
+                match xs.len() - t {
+                    3 => {
+                        let v = dot_tile(kernel, ty, nb, ws, [xs[t], xs[t + 1], xs[t + 2]]);
+                        store(outs, t, r0, &v);
+                    }
+                    2 => {
+                        let v = dot_tile(kernel, ty, nb, ws, [xs[t], xs[t + 1]]);
+                        store(outs, t, r0, &v);
+                    }
+                    1 => {
+                        let v = dot_tile(kernel, ty, nb, ws, [xs[t]]);
+                        store(outs, t, r0, &v);
+                    }
+                    _ => {}
+                }
+                r0 += ROW_TILE;
+            }
+        }
+        for r in r0..n {
+            let w = row(r);
             let mut t = 0;
             while t + TILE <= xs.len() {
                 let v = dot_n(kernel, ty, nb, w, [xs[t], xs[t + 1], xs[t + 2], xs[t + 3]]);

@@ -58,7 +58,9 @@
 //! # Kernels and accuracy
 //!
 //! [`Kernel`] names the implementations: [`Kernel::Scalar`] (portable reference),
-//! [`Kernel::Avx2`] (x86_64 with AVX2, FMA, F16C), [`Kernel::Neon`] (aarch64 baseline, e.g.
+//! [`Kernel::Avx2`] (x86_64 with AVX2, FMA, F16C), [`Kernel::Avx512Vnni`] (x86_64 with
+//! AVX-512 F/BW/VL/VNNI as well: 256-bit `vpdpbusd`/`vpdpwssd` on tiles of four weight rows ×
+//! four tokens, bit for bit the AVX2 results), [`Kernel::Neon`] (aarch64 baseline, e.g.
 //! Raspberry Pi 4's Cortex-A72) and [`Kernel::NeonDotprod`] (aarch64 with `SDOT`, e.g. Pi 5,
 //! Jetson Orin). [`Kernel::best`] picks one by **run-time** feature detection, never from
 //! compile-time flags, so one aarch64 binary runs on cores with and without `dotprod`.
@@ -114,6 +116,8 @@ mod scalar;
 mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_vnni;
 
 use std::fmt;
 
@@ -125,12 +129,15 @@ use crate::gguf::GgmlType;
 
 /// An implementation of the kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive] // later: SVE, i8mm (`SMMLA`), AVX-VNNI
+#[non_exhaustive] // later: SVE, i8mm (`SMMLA`), AVX-VNNI without AVX-512
 pub enum Kernel {
     /// Portable scalar code: the reference.
     Scalar,
     /// x86_64 with AVX2, FMA and F16C.
     Avx2,
+    /// x86_64 with AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI: 256-bit `vpdpbusd`/`vpdpwssd`,
+    /// tiles of several weight rows; results bit for bit those of [`Kernel::Avx2`].
+    Avx512Vnni,
     /// aarch64 NEON without the `dotprod` extension (widening multiplies).
     Neon,
     /// aarch64 NEON with `dotprod` (`SDOT`).
@@ -139,9 +146,10 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, fastest last.
-    pub const ALL: [Kernel; 4] = [
+    pub const ALL: [Kernel; 5] = [
         Kernel::Scalar,
         Kernel::Avx2,
+        Kernel::Avx512Vnni,
         Kernel::Neon,
         Kernel::NeonDotprod,
     ];
@@ -152,6 +160,8 @@ impl Kernel {
             Kernel::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => x86::available(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => x86_vnni::available(),
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => true,
             #[cfg(target_arch = "aarch64")]
@@ -175,11 +185,12 @@ impl Kernel {
             .unwrap_or(Kernel::Scalar)
     }
 
-    /// A short name: `scalar`, `avx2`, `neon`, `neon-dotprod`.
+    /// A short name: `scalar`, `avx2`, `avx512-vnni`, `neon`, `neon-dotprod`.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Scalar => "scalar",
             Kernel::Avx2 => "avx2",
+            Kernel::Avx512Vnni => "avx512-vnni",
             Kernel::Neon => "neon",
             Kernel::NeonDotprod => "neon-dotprod",
         }
@@ -409,6 +420,34 @@ pub fn quantize_activation_into(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> R
     Ok(())
 }
 
+/// As [`quantize_activation_into`], into `out`, which must be exactly the encoding's length
+/// (for splitting the rows of a batch between threads).
+pub fn quantize_activation_to(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
+    let quantize: fn(&[f32], &mut [u8]) = match ty {
+        GgmlType::Q8_0 => quantize::q8_0_into,
+        GgmlType::Q8_1 => quantize::q8_1_into,
+        GgmlType::Q8_K => quantize::q8_k_into,
+        _ => {
+            return Err(QuantErrorKind::UnsupportedType {
+                ty,
+                role: "activations",
+            }
+            .into());
+        }
+    };
+    let len = row_bytes(ty, x.len())?;
+    if out.len() != len {
+        return Err(QuantErrorKind::WrongLength {
+            what: format!("{ty} output for {} elements", x.len()),
+            expected: len,
+            found: out.len(),
+        }
+        .into());
+    }
+    quantize(x, out);
+    Ok(())
+}
+
 /// Quantizes weights (one or more rows, concatenated) to `ty`: any of [`WEIGHT_TYPES`]
 /// (round to nearest per block; see the source for how the k-quants choose their scales).
 pub fn quantize_weights(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
@@ -488,12 +527,43 @@ pub(crate) fn dot_n<const N: usize>(
         }
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => x86::dot(ty, nb, w, xs),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => {
+            let [v] = x86_vnni::dot_tile::<1, N>(ty, nb, [w], xs);
+            v
+        }
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon => neon::dot(false, ty, nb, w, xs),
         #[cfg(target_arch = "aarch64")]
         Kernel::NeonDotprod => neon::dot(true, ty, nb, w, xs),
         #[allow(unreachable_patterns)] // which arms remain depends on the target
         other => panic!("the {other} kernels do not exist on this architecture"),
+    }
+}
+
+/// Whether [`dot_tile`] computes several weight rows at once with `kernel` (otherwise it is
+/// [`dot_n`] row by row, and callers may as well loop over rows themselves).
+pub(crate) fn tiles_rows(kernel: Kernel) -> bool {
+    matches!(kernel, Kernel::Avx512Vnni)
+}
+
+/// The `R` × `N` dot products of the weight rows `ws` (`nb` blocks of `ty` each) with the
+/// activation rows `xs`: `out[r][t] = ws[r] · xs[t]`, the same values as [`dot_n`] per row.
+///
+/// # Panics
+///
+/// As [`dot_n`].
+pub(crate) fn dot_tile<const R: usize, const N: usize>(
+    kernel: Kernel,
+    ty: GgmlType,
+    nb: usize,
+    ws: [&[u8]; R],
+    xs: [&[u8]; N],
+) -> [[f32; N]; R] {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => x86_vnni::dot_tile(ty, nb, ws, xs),
+        _ => ws.map(|w| dot_n(kernel, ty, nb, w, xs)),
     }
 }
 
@@ -514,6 +584,8 @@ pub(crate) fn dot_rows(
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => x86::dot_rows(ty, nb, w, x, out),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => x86_vnni::dot_rows(ty, nb, w, x, out),
         _ => {
             let row_bytes = w.len() / out.len().max(1);
             for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes.max(1))) {

@@ -127,7 +127,7 @@ pub(super) fn dot_rows(ty: GgmlType, nb: usize, w: &[u8], x: &[u8], out: &mut [f
 /// `p` must be valid for reading 4 bytes; the CPU must have F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16x2(p: *const u8) -> __m128 {
+pub(super) unsafe fn f16x2(p: *const u8) -> __m128 {
     // SAFETY: the caller guarantees four readable bytes; F16C is enabled on this function.
     unsafe { _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned())) }
 }
@@ -142,7 +142,7 @@ unsafe fn f16x2(p: *const u8) -> __m128 {
 /// `p` must be valid for reading 2 bytes; the CPU must have AVX2 and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16x8(p: *const u8) -> __m256 {
+pub(super) unsafe fn f16x8(p: *const u8) -> __m256 {
     // SAFETY: the caller guarantees two readable bytes; AVX2 and F16C are enabled.
     unsafe { _mm256_cvtph_ps(_mm_set1_epi16(p.cast::<i16>().read_unaligned())) }
 }
@@ -153,7 +153,7 @@ unsafe fn f16x8(p: *const u8) -> __m256 {
 ///
 /// `p` must be valid for reading 4 bytes.
 #[inline]
-unsafe fn f32_at_ptr(p: *const u8) -> f32 {
+pub(super) unsafe fn f32_at_ptr(p: *const u8) -> f32 {
     // SAFETY: guaranteed by the caller; x86_64 is little-endian.
     unsafe { p.cast::<f32>().read_unaligned() }
 }
@@ -165,7 +165,7 @@ unsafe fn f32_at_ptr(p: *const u8) -> f32 {
 /// `p` must be valid for reading 32 bytes; the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load32(p: *const u8) -> __m256i {
+pub(super) unsafe fn load32(p: *const u8) -> __m256i {
     // SAFETY: guaranteed by the caller; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(p.cast()) }
 }
@@ -173,7 +173,7 @@ unsafe fn load32(p: *const u8) -> __m256i {
 /// Horizontal sum of eight f32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_f32(v: __m256) -> f32 {
+pub(super) unsafe fn hsum_f32(v: __m256) -> f32 {
     // SAFETY: register-only intrinsics; AVX2 is enabled on this function.
     unsafe {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -186,7 +186,7 @@ unsafe fn hsum_f32(v: __m256) -> f32 {
 /// Horizontal sum of eight i32 lanes (exact: callers' sums fit in i32).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_i32(v: __m256i) -> i32 {
+pub(super) unsafe fn hsum_i32(v: __m256i) -> i32 {
     // SAFETY: register-only intrinsics; AVX2 is enabled on this function.
     unsafe {
         let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -212,7 +212,7 @@ unsafe fn dot_u8_i8(a: __m256i, b: __m256i) -> __m256i {
 /// `p` must be valid for reading 16 bytes; the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles(p: *const u8) -> __m256i {
     // SAFETY: guaranteed by the caller.
     unsafe {
         let q = _mm_loadu_si128(p.cast());
@@ -484,7 +484,11 @@ unsafe fn k_with_mins<const N: usize>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
+pub(super) unsafe fn q4_k<const N: usize>(
+    wp: *const u8,
+    xp: [*const u8; N],
+    nb: usize,
+) -> [f32; N] {
     // SAFETY: forwarded contract; the closure reads 32 bytes of `qs` per chunk.
     unsafe {
         k_with_mins(wp, xp, nb, Q4_K_BYTES, N == 4, |wb, c| {
