@@ -501,6 +501,18 @@ impl Llm {
         (messages, given)
     }
 
+    /// Evaluates the prompt `request` would be answered from into the KV cache, without
+    /// generating or remembering anything: the voice loop calls it with a transcript made
+    /// before the endpoint, so that the answer, if that transcript is the question, starts
+    /// from a computed prompt.
+    pub fn prepare(&mut self, request: &AskRequest) {
+        let (messages, _) = self.conversation(request);
+        let thinking = request.options.thinking.unwrap_or(false);
+        if let Err(e) = self.session.prefill_chat(&messages, true, thinking) {
+            tracing::debug!(error = %e, "prompt not evaluated ahead");
+        }
+    }
+
     /// Evaluates the conversation the last `ask` left (with its oldest turns forgotten if the
     /// session was full) into the KV cache, so that the session's next question computes only
     /// itself. Run as its own job after the reply, in the time the answer is being spoken.

@@ -198,6 +198,8 @@ struct Inner {
     seq: AtomicU64,
     /// Numbers the speculative answers (their LLM and TTS request ids).
     seq_speculative: AtomicU64,
+    /// Whether a speculative transcript is answered before the endpoint (`vad.speculate_answer`).
+    speculate_answers: bool,
     /// Set while a turn is producing or playing speech (the microphone is ignored meanwhile
     /// unless barge-in is on).
     speaking: AtomicBool,
@@ -224,6 +226,7 @@ impl Turns {
                 current: Mutex::new(None),
                 seq: AtomicU64::new(0),
                 seq_speculative: AtomicU64::new(0),
+                speculate_answers: true,
                 speaking: AtomicBool::new(false),
                 playback,
                 session: "voice".to_string(),
@@ -231,6 +234,16 @@ impl Turns {
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }),
         }
+    }
+
+    /// Sets `vad.speculate_answer`: whether a transcript made before the endpoint is
+    /// answered at once (held back until the endpoint), or only has its prompt evaluated.
+    /// Call before the turns are shared.
+    pub fn speculate_answers(mut self, on: bool) -> Turns {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.speculate_answers = on;
+        }
+        self
     }
 
     /// The player's queue, when a speaker is configured.
@@ -597,6 +610,17 @@ impl Turns {
         let task = runtime.spawn(async move {
             let result = pending.await;
             if let Ok((text, _, _)) = &result
+                && !text.trim().is_empty()
+                && !cancel.load(Ordering::Relaxed)
+                && !this.inner.speculate_answers
+                && let Some(llm) = &this.inner.stages.llm
+            {
+                // Only evaluate the prompt the answer would start from.
+                let request = this.voice_request("prepare".into(), text.clone(), None);
+                if let Err(e) = llm.worker.submit(move |engine| engine.prepare(&request)) {
+                    tracing::debug!(error = %e, "speculative prompt not evaluated");
+                }
+            } else if let Ok((text, _, _)) = &result
                 && !text.trim().is_empty()
                 && !cancel.load(Ordering::Relaxed)
                 && this.inner.stages.llm.is_some()
