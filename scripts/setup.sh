@@ -28,7 +28,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Rust 1.85 or newer (edition 2024). Prefer an existing rustup toolchain; otherwise rustup,
+# Rust 1.89 or newer (edition 2024; stable AVX-512 intrinsics). Prefer an existing rustup toolchain; otherwise rustup,
 # and where its download site is out of reach, Debian's rustc-web (1.8x from bookworm-security).
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
@@ -43,8 +43,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
-if [ "$rust_minor" -lt 85 ]; then
-  echo "setup: rustc $(rustc --version) is too old; sotad needs 1.85 or newer" >&2
+if [ "$rust_minor" -lt 89 ]; then
+  echo "setup: rustc $(rustc --version) is too old; sotad needs 1.89 or newer" >&2
   exit 1
 fi
 

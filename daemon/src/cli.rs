@@ -100,6 +100,7 @@ pub fn chat(config: &Config, thinking: bool) -> anyhow::Result<()> {
             tokens: Some(tx),
             cancel: Arc::new(AtomicBool::new(false)),
             dropped: 0,
+            remember: true,
         };
         let reply = engine.ask(&request, &mut stream);
         drop(stream);

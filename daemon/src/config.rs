@@ -213,6 +213,8 @@ pub struct Vad {
     pub trailing_silence_ms: u32,
     /// A pause this long starts transcription before the endpoint; 0 waits for it.
     pub speculate_ms: u32,
+    /// A transcript ready before the endpoint is answered at once, held back until then.
+    pub speculate_answer: bool,
     pub max_utterance_ms: u32,
     pub gate: bool,
     pub gate_min_db: f64,

@@ -219,7 +219,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let publisher = Publisher::new(client.clone(), topics.clone(), metrics.clone());
     let voice_control = voice::control(&config);
     let playback = voice::spawn_player(&config, &voice_control);
-    let turns = pipeline::Turns::new(stages.clone(), publisher.clone(), metrics.clone(), playback);
+    let turns = pipeline::Turns::new(stages.clone(), publisher.clone(), metrics.clone(), playback)
+        .speculate_answers(config.vad.speculate_answer);
     let voice = voice::start(&config, voice_control.clone(), turns.clone());
     let capabilities = Arc::new(serde_json::to_vec(&capabilities(&config, &device_id))?);
 

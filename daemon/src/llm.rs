@@ -364,6 +364,10 @@ pub struct Stream {
     pub tokens: Option<mpsc::Sender<String>>,
     pub cancel: Arc<AtomicBool>,
     pub dropped: u64,
+    /// Whether the exchange joins the request's session when done. The voice loop's
+    /// speculative answers do not: the turn that adopts one remembers it
+    /// ([`Llm::remember`]); an abandoned one leaves no trace.
+    pub remember: bool,
 }
 
 impl Llm {
@@ -408,17 +412,8 @@ impl Llm {
         let reply = result.map_err(|e| {
             RequestError::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())
         })?;
-        if let Some(session) = &request.session {
-            self.conversations
-                .remember(session, &given, engine::Message::assistant(&reply.text));
-            let mut next: Vec<engine::Message> = messages
-                .first()
-                .filter(|m| m.role == engine::Role::System)
-                .cloned()
-                .into_iter()
-                .collect();
-            next.extend(self.conversations.history(session).iter().cloned());
-            self.warm = Some((next, options.thinking));
+        if stream.remember {
+            self.remember_exchange(request, &messages, &given, &reply.text);
         }
         let t = &reply.timings;
         Ok(Reply {
@@ -442,6 +437,38 @@ impl Llm {
 
     pub fn model(&self) -> &engine::Model {
         &self.model
+    }
+
+    /// Remembers `reply` as the answer to `request` in its session, as [`Llm::ask`] does
+    /// when its stream says so: for an answer generated speculatively, once the turn that
+    /// asked it is confirmed.
+    pub fn remember(&mut self, request: &AskRequest, reply: &str) {
+        let (messages, given) = self.conversation(request);
+        self.remember_exchange(request, &messages, &given, reply);
+    }
+
+    /// Adds the exchange to the request's session (if it has one) and readies
+    /// [`Llm::warm`] with the conversation as the session's next question will see it.
+    fn remember_exchange(
+        &mut self,
+        request: &AskRequest,
+        messages: &[engine::Message],
+        given: &[engine::Message],
+        reply: &str,
+    ) {
+        let Some(session) = &request.session else {
+            return;
+        };
+        self.conversations
+            .remember(session, given, engine::Message::assistant(reply));
+        let mut next: Vec<engine::Message> = messages
+            .first()
+            .filter(|m| m.role == engine::Role::System)
+            .cloned()
+            .into_iter()
+            .collect();
+        next.extend(self.conversations.history(session).iter().cloned());
+        self.warm = Some((next, request.options.thinking.unwrap_or(false)));
     }
 
     /// The messages `request` is answered from (system prompt, the session's remembered

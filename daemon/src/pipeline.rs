@@ -60,6 +60,18 @@ pub struct Speculation {
     cancel: Arc<AtomicBool>,
     started: Instant,
     result: Pin<Box<dyn Future<Output = SttResult> + Send>>,
+    /// The answer started from the transcript before the endpoint, if any: set before
+    /// `result` resolves.
+    held: Arc<Mutex<Option<Held>>>,
+}
+
+/// An answer generated from a speculative transcript before the endpoint confirmed it: the
+/// LLM and TTS run, but no audio is played or published (and nothing is remembered) until
+/// the turn sends its id through `commit`. Dropping `commit` abandons it.
+struct Held {
+    llm_id: String,
+    commit: tokio::sync::oneshot::Sender<String>,
+    done: tokio::task::JoinHandle<Result<Answer, String>>,
 }
 
 /// `turn/text`: a typed question that runs the LLM → TTS path of the voice loop.
@@ -184,6 +196,10 @@ struct Inner {
     metrics: Arc<Metrics>,
     current: Mutex<Option<Current>>,
     seq: AtomicU64,
+    /// Numbers the speculative answers (their LLM and TTS request ids).
+    seq_speculative: AtomicU64,
+    /// Whether a speculative transcript is answered before the endpoint (`vad.speculate_answer`).
+    speculate_answers: bool,
     /// Set while a turn is producing or playing speech (the microphone is ignored meanwhile
     /// unless barge-in is on).
     speaking: AtomicBool,
@@ -209,6 +225,8 @@ impl Turns {
                 metrics,
                 current: Mutex::new(None),
                 seq: AtomicU64::new(0),
+                seq_speculative: AtomicU64::new(0),
+                speculate_answers: true,
                 speaking: AtomicBool::new(false),
                 playback,
                 session: "voice".to_string(),
@@ -216,6 +234,16 @@ impl Turns {
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }),
         }
+    }
+
+    /// Sets `vad.speculate_answer`: whether a transcript made before the endpoint is
+    /// answered at once (held back until the endpoint), or only has its prompt evaluated.
+    /// Call before the turns are shared.
+    pub fn speculate_answers(mut self, on: bool) -> Turns {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.speculate_answers = on;
+        }
+        self
     }
 
     /// The player's queue, when a speaker is configured.
@@ -297,6 +325,7 @@ impl Turns {
         let mut reply = String::new();
         let mut audio_s = 0.0;
         let mut sentences = 0usize;
+        let mut held: Option<Held> = None;
 
         // 1. Speech to text.
         let (question, session, origin) = match input {
@@ -314,7 +343,9 @@ impl Turns {
                 let result = match speculation {
                     Some(s) => {
                         latency.stt_early_ms = Some(round1(ms_between(s.started, endpointed_at)));
-                        s.result.await
+                        let r = s.result.await;
+                        held = s.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        r
                     }
                     None => match self.start_transcription(samples, cancel.clone()) {
                         Ok(pending) => pending.await,
@@ -362,13 +393,17 @@ impl Turns {
         if let Some(question) = question
             && !cancel.load(Ordering::Relaxed)
         {
-            match self
-                .answer(&turn, &llm_id, question, session, &cancel, started)
-                .await
-            {
+            let answered = match held.take() {
+                Some(h) => self.adopt(&turn, h, &question, session).await,
+                None => {
+                    self.answer(&turn, &llm_id, question, session, &cancel, None)
+                        .await
+                }
+            };
+            match answered {
                 Ok(a) => {
                     reply = a.text;
-                    latency.ttft_ms = a.ttft_ms.map(round1);
+                    latency.ttft_ms = a.first_token.map(|t| round1(ms_between(started, t)));
                     latency.first_audio_ms = a.first_audio.map(|t| round1(ms_between(started, t)));
                     latency.response_ms = a.first_audio.map(|t| round1(ms_between(origin, t)));
                     audio_s = a.audio_s;
@@ -397,6 +432,9 @@ impl Turns {
                     error = Some(e);
                 }
             }
+        }
+        if let Some(h) = held.take() {
+            self.abandon_held(h);
         }
         // Cancelled while transcribing (barge-in, a newer turn, `listen/stop`): the LLM never
         // ran, and the turn must not read as answered.
@@ -468,12 +506,14 @@ impl Turns {
     /// (and cancelling) an earlier speculation. `key` is (utterance start, end of speech).
     pub fn speculate(&self, key: (u64, u64), samples: Vec<f32>) {
         let cancel = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(Mutex::new(None));
         let speculation = match self.start_transcription(samples, cancel.clone()) {
             Ok(pending) => Some(Speculation {
                 key,
                 cancel: cancel.clone(),
                 started: Instant::now(),
-                result: self.follow_speculation(pending, cancel),
+                result: self.follow_speculation(pending, cancel, held.clone()),
+                held,
             }),
             Err(e) => {
                 tracing::debug!(error = e, "no speculative transcription");
@@ -489,8 +529,67 @@ impl Turns {
             speculation,
         );
         if let Some(old) = old {
-            old.cancel.store(true, Ordering::Relaxed);
+            self.cancel_speculation(old);
         }
+    }
+
+    /// Cancels a speculation: its transcription and, if it has one, its held answer.
+    fn cancel_speculation(&self, s: Speculation) {
+        s.cancel.store(true, Ordering::Relaxed);
+        if let Some(h) = s.held.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.abandon_held(h);
+        }
+    }
+
+    /// Stops a held answer that no turn will adopt: the LLM is cancelled, the audio is
+    /// neither played nor published, nothing is remembered.
+    fn abandon_held(&self, h: Held) {
+        if let Some(llm) = &self.inner.stages.llm {
+            llm.cancel(&h.llm_id);
+        }
+        drop(h.commit);
+        self.inner.metrics.speculative_answer(false);
+    }
+
+    /// Makes a held answer this turn's: its audio goes out under the turn's id from now
+    /// on, and once it is complete the exchange is remembered in the voice session.
+    async fn adopt(
+        &self,
+        turn: &str,
+        h: Held,
+        question: &str,
+        session: Option<String>,
+    ) -> Result<Answer, String> {
+        if let Some(current) = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .filter(|c| c.turn == turn)
+        {
+            current.llm_id = h.llm_id.clone();
+        }
+        self.inner.metrics.speculative_answer(true);
+        let _ = h.commit.send(turn.to_string());
+        let answer = h
+            .done
+            .await
+            .unwrap_or_else(|e| Err(format!("the answer task failed: {e}")))?;
+        if answer.stop_reason != "cancelled"
+            && let Some(llm) = &self.inner.stages.llm
+        {
+            let request = self.voice_request(h.llm_id, question.to_string(), Some(session));
+            let reply = answer.text.clone();
+            match llm
+                .worker
+                .submit(move |engine| engine.remember(&request, &reply))
+            {
+                Ok(_) => llm.warm(),
+                Err(e) => tracing::warn!(turn, error = %e, "the answer was not remembered"),
+            }
+        }
+        Ok(answer)
     }
 
     /// Drives a speculative transcription on its own task, so that as soon as it has a
@@ -501,21 +600,59 @@ impl Turns {
         &self,
         pending: impl Future<Output = SttResult> + Send + 'static,
         cancel: Arc<AtomicBool>,
+        held: Arc<Mutex<Option<Held>>>,
     ) -> Pin<Box<dyn Future<Output = SttResult> + Send>> {
         let Some(runtime) = &self.inner.runtime else {
             return Box::pin(pending);
         };
         let this = self.clone();
+        let spawner = runtime.clone();
         let task = runtime.spawn(async move {
             let result = pending.await;
             if let Ok((text, _, _)) = &result
                 && !text.trim().is_empty()
                 && !cancel.load(Ordering::Relaxed)
+                && !this.inner.speculate_answers
                 && let Some(llm) = &this.inner.stages.llm
             {
+                // Only evaluate the prompt the answer would start from.
                 let request = this.voice_request("prepare".into(), text.clone(), None);
                 if let Err(e) = llm.worker.submit(move |engine| engine.prepare(&request)) {
                     tracing::debug!(error = %e, "speculative prompt not evaluated");
+                }
+            } else if let Ok((text, _, _)) = &result
+                && !text.trim().is_empty()
+                && !cancel.load(Ordering::Relaxed)
+                && this.inner.stages.llm.is_some()
+            {
+                // Answer it now, held back until the endpoint confirms the question.
+                let n = this.inner.seq_speculative.fetch_add(1, Ordering::Relaxed) + 1;
+                let label = format!("speculative-{n}");
+                let llm_id = format!("{label}/llm");
+                let (commit, gate) = tokio::sync::oneshot::channel();
+                let (answerer, question, id) = (this.clone(), text.clone(), llm_id.clone());
+                let flag = cancel.clone();
+                let session = Some(this.inner.session.clone());
+                let done = spawner.spawn(async move {
+                    answerer
+                        .answer(&label, &id, question, session, &flag, Some(gate))
+                        .await
+                });
+                let mut slot = held.lock().unwrap_or_else(|e| e.into_inner());
+                if cancel.load(Ordering::Relaxed) {
+                    // Abandoned meanwhile: nobody will look at the slot again.
+                    drop(slot);
+                    this.abandon_held(Held {
+                        llm_id,
+                        commit,
+                        done,
+                    });
+                } else {
+                    *slot = Some(Held {
+                        llm_id,
+                        commit,
+                        done,
+                    });
                 }
             }
             result
@@ -552,8 +689,7 @@ impl Turns {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        old.map(|s| s.cancel.store(true, Ordering::Relaxed))
-            .is_some()
+        old.map(|s| self.cancel_speculation(s)).is_some()
     }
 
     /// The speculative transcription of the utterance `key`, if one is under way; any other
@@ -568,11 +704,16 @@ impl Turns {
         if s.key == key {
             Some(s)
         } else {
-            s.cancel.store(true, Ordering::Relaxed);
+            self.cancel_speculation(s);
             None
         }
     }
 
+    /// Answers `question`: the LLM's tokens cut into sentences, each synthesized as soon as
+    /// it is complete, the audio played and published on `turn`'s topic. With a `gate` (a
+    /// speculative answer), no audio goes out and nothing is remembered until the gate gives
+    /// the id of the turn that adopts it; if the gate closes instead, the audio is dropped.
+    #[allow(clippy::too_many_arguments)]
     async fn answer(
         &self,
         turn: &str,
@@ -580,7 +721,7 @@ impl Turns {
         question: String,
         session: Option<String>,
         cancel: &Arc<AtomicBool>,
-        started: Instant,
+        gate: Option<tokio::sync::oneshot::Receiver<String>>,
     ) -> Result<Answer, String> {
         let inner = &self.inner;
         let Some(llm) = &inner.stages.llm else {
@@ -592,11 +733,13 @@ impl Turns {
             flag.store(true, Ordering::Relaxed);
         }
         let (tokens_tx, mut tokens_rx) = mpsc::channel::<String>(llm::TOKEN_STREAM_BUFFER * 4);
+        let remember = gate.is_none();
         let submitted = llm.worker.submit(move |engine| {
             let mut stream = llm::Stream {
                 tokens: Some(tokens_tx),
                 cancel: flag,
                 dropped: 0,
+                remember,
             };
             engine.ask(&request, &mut stream)
         });
@@ -640,7 +783,7 @@ impl Turns {
             };
             while let Some(piece) = tokens_rx.recv().await {
                 if ttft.is_none() {
-                    ttft = Some(ms_between(started, Instant::now()));
+                    ttft = Some(Instant::now());
                 }
                 for sentence in splitter.push(&piece) {
                     speak(sentence);
@@ -659,12 +802,23 @@ impl Turns {
                 }
             }
         };
-        let audio_topic = inner.publisher.topics().tts_audio(turn);
         let mut first_audio = None;
         let mut samples_out = 0usize;
         let mut rate = 22050;
         let mut sentences = 0usize;
         let forward = async {
+            let audio_topic = match gate {
+                None => inner.publisher.topics().tts_audio(turn),
+                Some(gate) => match gate.await {
+                    Ok(adopted_by) => inner.publisher.topics().tts_audio(&adopted_by),
+                    Err(_) => {
+                        // Abandoned: let the synthesis finish (it stops on the cancel flag)
+                        // and drop its audio.
+                        while audio_rx.recv().await.is_some() {}
+                        return;
+                    }
+                },
+            };
             while let Some(chunk) = audio_rx.recv().await {
                 first_audio.get_or_insert_with(Instant::now);
                 samples_out += chunk.samples.len();
@@ -693,7 +847,7 @@ impl Turns {
         Ok(Answer {
             text: reply.text,
             stop_reason: reply.stop_reason,
-            ttft_ms: ttft,
+            first_token: ttft,
             first_audio,
             audio_s: samples_out as f64 / f64::from(rate),
             sentences,
@@ -704,7 +858,8 @@ impl Turns {
 struct Answer {
     text: String,
     stop_reason: String,
-    ttft_ms: Option<f64>,
+    /// When the first token arrived (before the turn started, for an adopted answer).
+    first_token: Option<Instant>,
     first_audio: Option<Instant>,
     audio_s: f64,
     sentences: usize,

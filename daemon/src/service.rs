@@ -380,6 +380,7 @@ pub async fn ask(
             tokens: Some(tokens_tx),
             cancel,
             dropped: 0,
+            remember: true,
         };
         engine.ask(&request, &mut stream)
     });

@@ -160,6 +160,20 @@ impl Metrics {
         queues.entry(name).or_default().dropped += 1;
     }
 
+    /// Counts an answer started from a speculative transcript before the endpoint, in
+    /// telemetry's stages as `turn.speculative_answer`: `ok` when a turn adopted it,
+    /// `errors` when it was abandoned (speech came back).
+    pub fn speculative_answer(&self, adopted: bool) {
+        self.stage("turn.speculative_answer", |s| {
+            s.requests += 1;
+            if adopted {
+                s.ok += 1;
+            } else {
+                s.errors += 1;
+            }
+        });
+    }
+
     /// Records a finished voice-loop turn: `turn` counts turns (ok = answered) with their
     /// total time, and `turn.<part>` the latency parts, so telemetry shows their percentiles.
     pub fn turn_done(&self, outcome: &str, latency: &crate::pipeline::Latency) {

@@ -302,6 +302,89 @@ async fn a_pause_inside_a_question_starts_a_transcription_that_the_rest_of_it_ca
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_answer_started_at_a_pause_is_dropped_when_speech_comes_back() {
+    let broker = Mosquitto::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let clips = librivox_clips();
+    let clip = |name: &str| {
+        clips
+            .iter()
+            .find(|(path, _)| path.to_string_lossy().ends_with(&format!("{name}.wav")))
+            .unwrap()
+    };
+    // A 2 s pause inside the question, and 3 s of trailing silence to end it: the pause is
+    // long enough for the first half's speculative transcript, and the answer to it, to be
+    // under way however busy the machine is; then speech comes back. That answer must be
+    // dropped (nothing of it played or published), and the one turn must answer the whole
+    // question from the speculation at its end, adopted at the endpoint.
+    let (first, first_text) = clip("0880");
+    let (second, second_text) = clip("0930");
+    let mic = mic_recording(
+        dir.path(),
+        "mic.raw",
+        &[
+            Part::Silence(1.0),
+            Part::Clip(first),
+            Part::Silence(2.0),
+            Part::Clip(second),
+            Part::Silence(6.0),
+        ],
+    );
+    let conf = asound(dir.path(), &mic.display().to_string());
+    let alsa = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
+    let sotad = Sotad::start_with_env(
+        &config_with(
+            broker.port,
+            "held",
+            "testmic",
+            SHORT_ANSWERS,
+            "[vad]\ntrailing_silence_ms = 3000",
+        ),
+        "held",
+        &[("ALSA_CONFIG_PATH", &alsa)],
+    )
+    .unwrap();
+    let mut c = TestClient::connect(broker.port, "t-held", false)
+        .await
+        .unwrap();
+    c.subscribe("sotad/held/#").await.unwrap();
+    let (done, seen) = c
+        .expect_collecting(&sotad.topic("turn/done"), WAIT, |_| true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+    let done = payload_json(&done);
+    assert_eq!(done["outcome"], "answered", "{done}");
+    let turn = done["turn"].as_str().unwrap();
+    let started = seen
+        .iter()
+        .filter(|p| p.topic == sotad.topic("turn/started"))
+        .count();
+    assert_eq!(started, 1, "one turn for the whole question: {done}");
+    let both = format!("{first_text} {second_text}");
+    let wer = word_error_rate(&both, done["transcript"].as_str().unwrap());
+    assert!(wer <= 0.3, "WER {wer:.2} against both halves: {done}");
+    // Audio went out only under the turn's id, and only after the turn had started.
+    let audio_prefix = sotad.topic("tts/audio/");
+    let first_audio = seen.iter().position(|p| p.topic.starts_with(&audio_prefix));
+    let turn_start = seen
+        .iter()
+        .position(|p| p.topic == sotad.topic("turn/started"));
+    assert!(first_audio > turn_start, "audio before the turn started");
+    for p in seen.iter().filter(|p| p.topic.starts_with(&audio_prefix)) {
+        assert_eq!(p.topic, sotad.topic(&format!("tts/audio/{turn}")));
+    }
+    assert!(done["audio_s"].as_f64() > Some(0.0), "{done}");
+    c.expect(&sotad.topic("telemetry"), WAIT, |p| {
+        serde_json::from_slice::<Value>(p).is_ok_and(|v| {
+            let held = &v["stages"]["turn.speculative_answer"];
+            held["ok"].as_u64() >= Some(1) && held["errors"].as_u64() >= Some(1)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("speculative answers not counted as adopted and dropped: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn speech_during_an_answer_barges_in_cancels_it_and_becomes_the_next_turn() {
     let broker = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
