@@ -43,9 +43,18 @@ for p in "${PEERS[@]}"; do
   case "$p" in
     # benches/benches/stt.rs, through scripts/reference/stt_reference.py
     stt) venv "$DIR/venv-stt" faster_whisper faster-whisper==1.2.1 ;;
-    # benches/benches/llm.rs: llama.cpp compiled for this CPU (GGML_NATIVE), as a user would
-    # build it; takes several minutes on two cores.
-    llm) CMAKE_ARGS="-DGGML_NATIVE=ON" venv "$DIR/venv-llm" llama_cpp llama-cpp-python==0.3.36 numpy ;;
+    # benches/benches/llm.rs: llama.cpp compiled for this CPU, as a user would build it, but
+    # without ggml's AMX backend: on this project's Sapphire Rapids machine the native build
+    # (GGML_NATIVE=ON turns AMX on) crashes in ggml_backend_amx_mul_mat on the first batch.
+    # The flags below are the native ones minus AMX; on a CPU without AVX-512 drop those.
+    # Takes several minutes on two cores.
+    llm)
+      if grep -qw avx512_vnni /proc/cpuinfo; then
+        flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+      else
+        flags="-DGGML_NATIVE=ON"
+      fi
+      CMAKE_ARGS="$flags" venv "$DIR/venv-llm" llama_cpp llama-cpp-python==0.3.36 numpy ;;
     # benches/benches/tts.rs, through scripts/reference/tts_bench_piper.py
     tts) venv "$DIR/venv-tts" piper piper-tts==1.8.0 ;;
     # benches/benches/vad.rs: Silero VAD on onnxruntime

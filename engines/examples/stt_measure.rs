@@ -45,6 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             threads: 2,
             quantized_decoder: std::env::var_os("STT_F32_DECODER").is_none(),
             quantized_encoder: std::env::var_os("STT_QUANT_ENCODER").is_some(),
+            ..Default::default()
         },
     )?;
     println!(
