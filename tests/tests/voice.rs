@@ -115,7 +115,6 @@ async fn a_spoken_question_is_transcribed_answered_and_spoken() {
     for key in [
         "endpoint_ms",
         "stt_ms",
-        "ttft_ms",
         "first_audio_ms",
         "response_ms",
         "total_ms",
@@ -125,6 +124,17 @@ async fn a_spoken_question_is_transcribed_answered_and_spoken() {
             "{key}: {done}"
         );
     }
+    // 0 when the answer, started from the speculative transcript, had its first token before
+    // the turn began (`vad.speculate_answer`).
+    assert!(
+        latency["ttft_ms"].as_f64().is_some_and(|x| x >= 0.0),
+        "ttft_ms: {done}"
+    );
+    // The first audio cannot come before the endpoint: the held answer waits for the turn.
+    assert!(
+        latency["response_ms"].as_f64() >= latency["endpoint_ms"].as_f64(),
+        "{done}"
+    );
     // The transcription began at the pause (`vad.speculate_ms`, 160 ms by default), before the
     // endpoint (600 ms of trailing silence): its head start is the difference, give or take a
     // window and the frame queue.
