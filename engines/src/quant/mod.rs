@@ -394,14 +394,9 @@ fn quantize_or_panic(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     out
 }
 
-/// Quantizes `x` (one or more rows, concatenated) to the activation format `ty` (Q8_0, Q8_1
-/// or Q8_K), replacing the contents of `out`, which is reused to avoid allocating per token.
-///
-/// Rounding follows ggml: Q8_0 and Q8_1 as ggml's aarch64 backend (`d = amax/127`,
-/// `q = round_half_even(x/d)`), Q8_K as `quantize_row_q8_K_ref`. See the source for the
-/// small differences between ggml's own platforms.
-pub fn quantize_activation_into(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
-    let quantize: fn(&[f32], &mut [u8]) = match ty {
+/// The quantizer of an activation encoding (Q8_0, Q8_1, Q8_K).
+fn activation_quantizer(ty: GgmlType) -> Result<fn(&[f32], &mut [u8])> {
+    Ok(match ty {
         GgmlType::Q8_0 => quantize::q8_0_into,
         GgmlType::Q8_1 => quantize::q8_1_into,
         GgmlType::Q8_K => quantize::q8_k_into,
@@ -412,7 +407,16 @@ pub fn quantize_activation_into(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> R
             }
             .into());
         }
-    };
+    })
+}
+/// Quantizes `x` (one or more rows, concatenated) to the activation format `ty` (Q8_0, Q8_1
+/// or Q8_K), replacing the contents of `out`, which is reused to avoid allocating per token.
+///
+/// Rounding follows ggml: Q8_0 and Q8_1 as ggml's aarch64 backend (`d = amax/127`,
+/// `q = round_half_even(x/d)`), Q8_K as `quantize_row_q8_K_ref`. See the source for the
+/// small differences between ggml's own platforms.
+pub fn quantize_activation_into(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
+    let quantize = activation_quantizer(ty)?;
     let len = row_bytes(ty, x.len())?;
     out.clear();
     out.resize(len, 0);
@@ -423,18 +427,7 @@ pub fn quantize_activation_into(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> R
 /// As [`quantize_activation_into`], into `out`, which must be exactly the encoding's length
 /// (for splitting the rows of a batch between threads).
 pub fn quantize_activation_to(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
-    let quantize: fn(&[f32], &mut [u8]) = match ty {
-        GgmlType::Q8_0 => quantize::q8_0_into,
-        GgmlType::Q8_1 => quantize::q8_1_into,
-        GgmlType::Q8_K => quantize::q8_k_into,
-        _ => {
-            return Err(QuantErrorKind::UnsupportedType {
-                ty,
-                role: "activations",
-            }
-            .into());
-        }
-    };
+    let quantize = activation_quantizer(ty)?;
     let len = row_bytes(ty, x.len())?;
     if out.len() != len {
         return Err(QuantErrorKind::WrongLength {
