@@ -6,6 +6,7 @@
 //! cargo build --release -p sotad
 //! cargo bench -p sotad-benches --bench voice                 # latency, 10 questions
 //! cargo bench -p sotad-benches --bench voice -- idle 600     # idle, 600 s
+//! cargo bench -p sotad-benches --bench voice -- split        # early endpoint's false splits
 //! SOTAD__VAD__SPECULATE_MS=0 cargo bench -p sotad-benches --bench voice   # no speculative STT
 //! ```
 //! The daemon inherits the environment, so any `SOTAD__SECTION__KEY` override applies.
@@ -13,7 +14,10 @@
 //! joe-medium Piper voice (the default configuration, answers capped at 48 tokens). Its
 //! microphone is alsa-lib's `file` plugin reading a recording this bench writes: ten short
 //! questions spoken by the Piper voice (resampled to 16 kHz), each followed by 9 s of silence;
-//! for `idle`, faint noise (about -60 dBFS) and nobody speaking. Turn latencies come from the
+//! for `idle`, faint noise (about -60 dBFS) and nobody speaking; for `split`, pairs of
+//! sentences with a pause between them (300, 400, 500 and 700 ms), to count how often the
+//! early endpoint (`vad.complete_silence_ms`) ends the utterance after the first sentence.
+//! Turn latencies come from the
 //! daemon's `turn/done` events (watched with `mosquitto_sub`); `endpoint` starts at the VAD's
 //! estimate of the end of speech. Needs the models directory (`scripts/install-models.sh`)
 //! and `mosquitto_sub` (Debian's mosquitto-clients).
@@ -74,27 +78,47 @@ fn push_samples(raw: &mut Vec<u8>, samples: &[f32]) {
     }
 }
 
-/// The questions, spoken by the Piper voice, at 16 kHz, each followed by silence.
-fn question_recording(models: &Path) -> (Vec<u8>, f64) {
-    let voice = Voice::load(
+fn piper_voice(models: &Path) -> Voice {
+    Voice::load(
         &models.join("piper/en_US-joe-medium.onnx"),
         &LoadOptions::default(),
     )
-    .expect("load the Piper voice (scripts/install-models.sh)");
+    .expect("load the Piper voice (scripts/install-models.sh)")
+}
+
+/// `text` spoken by the Piper voice, 16 kHz mono.
+fn speak(voice: &Voice, text: &str) -> Vec<f32> {
+    let mut spoken = Vec::new();
+    let mut rate = 22_050;
+    voice
+        .synthesize(text, &SynthOptions::default(), |chunk| {
+            rate = chunk.sample_rate;
+            spoken.extend_from_slice(&chunk.samples);
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("synthesize a sentence");
+    audio::to_mono_16k(&spoken, rate, 1)
+        .expect("resample")
+        .into_owned()
+}
+
+/// Without the silence Piper puts around speech (so that a pause added between two
+/// sentences is the pause).
+fn trimmed(mono: Vec<f32>) -> Vec<f32> {
+    let loud = |x: &f32| x.abs() > 0.01;
+    let first = mono.iter().position(loud).unwrap_or(0);
+    let last = mono.iter().rposition(loud).map_or(mono.len(), |i| i + 1);
+    mono[first..last.max(first)].to_vec()
+}
+
+/// The questions, spoken by the Piper voice, at 16 kHz, each followed by silence.
+fn question_recording(models: &Path) -> (Vec<u8>, f64) {
+    let voice = piper_voice(models);
     let mut raw = Vec::new();
     push_silence(&mut raw, 1.0);
     let mut speech_s = 0.0;
     for q in QUESTIONS {
-        let mut spoken = Vec::new();
-        let mut rate = 22_050;
-        voice
-            .synthesize(q, &SynthOptions::default(), |chunk| {
-                rate = chunk.sample_rate;
-                spoken.extend_from_slice(&chunk.samples);
-                std::ops::ControlFlow::Continue(())
-            })
-            .expect("synthesize a question");
-        let mono = audio::to_mono_16k(&spoken, rate, 1).expect("resample");
+        let mono = speak(&voice, q);
         speech_s += mono.len() as f64 / 16_000.0;
         push_samples(&mut raw, &mono);
         push_silence(&mut raw, GAP_S);
@@ -285,10 +309,11 @@ fn latency() {
         let l = &v["latency"];
         let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "  {:8} {:10} endpoint {:5.0} ms  stt {:5.0} ms (started {:4.0} ms early)  first token {:5.0} ms  first audio {:5.0} ms  end of speech -> audio {:5.0} ms  | {:?} -> {:?}",
+            "  {:8} {:10} endpoint {:5.0} ms ({:8})  stt {:5.0} ms (started {:4.0} ms early)  first token {:5.0} ms  first audio {:5.0} ms  end of speech -> audio {:5.0} ms  | {:?} -> {:?}",
             v["turn"].as_str().unwrap_or("?"),
             v["outcome"].as_str().unwrap_or("?"),
             f("endpoint_ms"),
+            v["endpoint"].as_str().unwrap_or("?"),
             f("stt_ms"),
             l["stt_early_ms"].as_f64().unwrap_or(0.0),
             f("ttft_ms"),
@@ -336,6 +361,11 @@ fn latency() {
         "sotad RSS after the run: {:.0} MiB ({:.0} MiB anonymous)",
         rss as f64 / 1024.0,
         anon as f64 / 1024.0
+    );
+    println!(
+        "endpoints: {} of {} turns ended early on a complete transcript (vad.complete_silence_ms)",
+        turns.iter().filter(|v| v["endpoint"] == "complete").count(),
+        turns.len()
     );
     if turns.len() < QUESTIONS.len() {
         println!(
@@ -398,6 +428,95 @@ fn idle(secs: u64) {
     );
 }
 
+/// Pairs of sentences said as one utterance with a pause between them: the first reads as
+/// complete, so the early endpoint may end the utterance there.
+const PAIRS: [(&str, &str); 6] = [
+    (
+        "I am going to the kitchen.",
+        "What should I cook for dinner?",
+    ),
+    ("It is cold outside today.", "Will it rain tomorrow?"),
+    ("My name is Anna.", "What is your name?"),
+    ("Turn on the kitchen light.", "Then play some music."),
+    ("I have a question for you.", "How far away is the moon?"),
+    (
+        "The meeting starts at noon.",
+        "Remind me ten minutes before.",
+    ),
+];
+
+/// How often the early endpoint splits two sentences said with a pause between them: for
+/// each pause length, the six pairs as six utterances; a pair is split when the turn that
+/// transcribed its first sentence does not have the second sentence's last word.
+fn split() {
+    let models = models_dir();
+    let voice = piper_voice(&models);
+    let spoken: Vec<(Vec<f32>, Vec<f32>)> = PAIRS
+        .iter()
+        .map(|(a, b)| (trimmed(speak(&voice, a)), trimmed(speak(&voice, b))))
+        .collect();
+    println!(
+        "early endpoint, false splits: {} pairs of sentences per pause (Piper voice), defaults",
+        PAIRS.len()
+    );
+    let last_word = |s: &str| {
+        s.split_whitespace()
+            .last()
+            .unwrap_or("")
+            .trim_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase()
+    };
+    for pause_ms in [300u32, 400, 500, 700] {
+        let mut raw = Vec::new();
+        push_silence(&mut raw, 1.0);
+        for (a, b) in &spoken {
+            push_samples(&mut raw, a);
+            push_silence(&mut raw, f64::from(pause_ms) / 1e3);
+            push_samples(&mut raw, b);
+            push_silence(&mut raw, GAP_S);
+        }
+        let daemon = start(&raw, 5);
+        let deadline = Instant::now() + Duration::from_secs_f64(raw.len() as f64 / 32_000.0 + 15.0);
+        let mut turns: Vec<serde_json::Value> = Vec::new();
+        while Instant::now() < deadline {
+            let Ok(line) = daemon.lines.recv_timeout(Duration::from_secs(1)) else {
+                continue;
+            };
+            if let Some(p) = line.strip_prefix("sotad/bench/turn/done ") {
+                turns.push(serde_json::from_str(p).unwrap_or_default());
+            }
+        }
+        let mut splits = 0;
+        for (a, b) in PAIRS {
+            let (first, end) = (last_word(a), last_word(b));
+            let heard = |v: &serde_json::Value, w: &str| {
+                v["transcript"]
+                    .as_str()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .any(|t| last_word(t) == w)
+            };
+            let turn = turns.iter().find(|v| heard(v, &first));
+            let whole = turn.is_some_and(|v| heard(v, &end));
+            splits += usize::from(!whole);
+            println!(
+                "  pause {pause_ms:4} ms  {:5}  endpoint {:8} {:5.0} ms  | {:?}",
+                if whole { "whole" } else { "SPLIT" },
+                turn.and_then(|v| v["endpoint"].as_str()).unwrap_or("-"),
+                turn.and_then(|v| v["latency"]["endpoint_ms"].as_f64())
+                    .unwrap_or(f64::NAN),
+                turn.and_then(|v| v["transcript"].as_str())
+                    .unwrap_or("(no turn)")
+            );
+        }
+        println!(
+            "pause {pause_ms} ms: {splits} of {} pairs split, {} turns",
+            PAIRS.len(),
+            turns.len()
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; the rest are ours.
     let args: Vec<String> = std::env::args()
@@ -406,6 +525,7 @@ fn main() {
         .collect();
     match args.first().map(String::as_str) {
         Some("idle") => idle(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(600)),
+        Some("split") => split(),
         _ => latency(),
     }
 }

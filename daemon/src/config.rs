@@ -215,6 +215,9 @@ pub struct Vad {
     pub speculate_ms: u32,
     /// A transcript ready before the endpoint is answered at once, held back until then.
     pub speculate_answer: bool,
+    /// A speculative transcript that reads as complete ends the utterance after this much
+    /// silence instead of `trailing_silence_ms`; 0 never does.
+    pub complete_silence_ms: u32,
     pub max_utterance_ms: u32,
     pub gate: bool,
     pub gate_min_db: f64,
@@ -637,6 +640,13 @@ impl Config {
         // At or above the trailing silence it never fires (the endpoint comes first); not an
         // error, so that shortening `trailing_silence_ms` alone stays valid.
         range("vad.speculate_ms", u64::from(v.speculate_ms), 0, 10_000)?;
+        // Likewise: it only acts after a pause (`speculate_ms`) and before the endpoint.
+        range(
+            "vad.complete_silence_ms",
+            u64::from(v.complete_silence_ms),
+            0,
+            10_000,
+        )?;
         range(
             "vad.max_utterance_ms",
             u64::from(v.max_utterance_ms),
@@ -1056,6 +1066,11 @@ mod tests {
             (
                 "[vad]\nspeculate_ms = 10001\n",
                 "vad.speculate_ms",
+                "0 to 10000",
+            ),
+            (
+                "[vad]\ncomplete_silence_ms = 20000\n",
+                "vad.complete_silence_ms",
                 "0 to 10000",
             ),
             ("[vad]\ngate_min_db = 3.0\n", "vad.gate_min_db", "-100 to 0"),

@@ -45,6 +45,9 @@ pub enum Input {
         endpointed_at: Instant,
         /// Its transcription, when it was started at a pause before the endpoint.
         speculation: Option<Speculation>,
+        /// What ended it: `silence`, `complete` (its transcript read as finished),
+        /// `max_length` or `push_to_talk`.
+        endpoint: &'static str,
     },
 }
 
@@ -63,6 +66,9 @@ pub struct Speculation {
     /// The answer started from the transcript before the endpoint, if any: set before
     /// `result` resolves.
     held: Arc<Mutex<Option<Held>>>,
+    /// Set once the transcript is ready and reads as a finished sentence
+    /// ([`crate::sentences::reads_complete`]): the VAD thread may end the utterance early.
+    complete: Arc<AtomicBool>,
 }
 
 /// An answer generated from a speculative transcript before the endpoint confirmed it: the
@@ -158,6 +164,9 @@ pub struct DoneEvent<'a> {
     pub reply: &'a str,
     pub audio_s: f64,
     pub sentences: usize,
+    /// What ended a spoken question: `silence`, `complete`, `max_length`, `push_to_talk`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<&'static str>,
     pub latency: Latency,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -326,6 +335,7 @@ impl Turns {
         let mut audio_s = 0.0;
         let mut sentences = 0usize;
         let mut held: Option<Held> = None;
+        let mut endpoint_reason = None;
 
         // 1. Speech to text.
         let (question, session, origin) = match input {
@@ -334,8 +344,10 @@ impl Turns {
                 samples,
                 endpoint_ms,
                 endpointed_at,
+                endpoint,
                 ..
             } => {
+                endpoint_reason = Some(endpoint);
                 latency.endpoint_ms = Some(round1(endpoint_ms));
                 let origin = endpointed_at
                     .checked_sub(std::time::Duration::from_secs_f64(endpoint_ms / 1e3))
@@ -463,6 +475,7 @@ impl Turns {
                     reply: &reply,
                     audio_s,
                     sentences,
+                    endpoint: endpoint_reason,
                     latency,
                     error,
                 },
@@ -507,13 +520,15 @@ impl Turns {
     pub fn speculate(&self, key: (u64, u64), samples: Vec<f32>) {
         let cancel = Arc::new(AtomicBool::new(false));
         let held = Arc::new(Mutex::new(None));
+        let complete = Arc::new(AtomicBool::new(false));
         let speculation = match self.start_transcription(samples, cancel.clone()) {
             Ok(pending) => Some(Speculation {
                 key,
                 cancel: cancel.clone(),
                 started: Instant::now(),
-                result: self.follow_speculation(pending, cancel, held.clone()),
+                result: self.follow_speculation(pending, cancel, held.clone(), complete.clone()),
                 held,
+                complete,
             }),
             Err(e) => {
                 tracing::debug!(error = e, "no speculative transcription");
@@ -601,6 +616,7 @@ impl Turns {
         pending: impl Future<Output = SttResult> + Send + 'static,
         cancel: Arc<AtomicBool>,
         held: Arc<Mutex<Option<Held>>>,
+        complete: Arc<AtomicBool>,
     ) -> Pin<Box<dyn Future<Output = SttResult> + Send>> {
         let Some(runtime) = &self.inner.runtime else {
             return Box::pin(pending);
@@ -655,6 +671,12 @@ impl Turns {
                     });
                 }
             }
+            // Last, so that an early endpoint finds the held answer in place.
+            if let Ok((text, _, _)) = &result
+                && crate::sentences::reads_complete(text)
+            {
+                complete.store(true, Ordering::Relaxed);
+            }
             result
         });
         Box::pin(async move {
@@ -690,6 +712,17 @@ impl Turns {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         old.map(|s| self.cancel_speculation(s)).is_some()
+    }
+
+    /// Whether the speculative transcription of the utterance `key` is ready and reads as a
+    /// finished sentence (then the endpoint need not wait for the whole trailing silence).
+    pub fn speculation_complete(&self, key: (u64, u64)) -> bool {
+        self.inner
+            .speculation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|s| s.key == key && s.complete.load(Ordering::Relaxed))
     }
 
     /// The speculative transcription of the utterance `key`, if one is under way; any other

@@ -85,6 +85,38 @@ impl SentenceSplitter {
 }
 
 /// Whether the word just before a period is an abbreviation (`e.g`, `Dr`, `U.S`, a single letter).
+/// Whether a transcript reads as a finished utterance, for the voice loop's early endpoint
+/// (`vad.complete_silence_ms`): it ends with a full stop, question or exclamation mark
+/// (possibly inside closing quotes or brackets), not with an ellipsis, and its last word is
+/// not one that announces more (a conjunction, an article, a hesitation). Whisper
+/// punctuates what it hears, and trails off with "..." or a comma when speech stops
+/// mid-sentence; the word list catches the cases where it still writes a full stop.
+pub fn reads_complete(transcript: &str) -> bool {
+    let text = transcript.trim_end_matches(|c: char| {
+        c.is_whitespace() || matches!(c, '"' | '\'' | ')' | ']' | '»' | '”' | '’')
+    });
+    let Some(last) = text.chars().last() else {
+        return false;
+    };
+    if !matches!(last, '.' | '?' | '!' | '。' | '？' | '！') || text.ends_with("..") {
+        return false;
+    }
+    let body = text.trim_end_matches(['.', '?', '!', '。', '？', '！']);
+    let Some(word) = body.split_whitespace().last() else {
+        return false;
+    };
+    let word = word
+        .trim_matches(|c: char| !c.is_alphanumeric())
+        .to_lowercase();
+    !word.is_empty() && !TRAILING_WORDS.contains(&word.as_str())
+}
+
+/// Last words after which an English sentence is not over.
+const TRAILING_WORDS: &[&str] = &[
+    "a", "an", "and", "as", "at", "because", "but", "for", "from", "if", "in", "into", "my", "of",
+    "on", "or", "so", "than", "that", "the", "then", "to", "uh", "um", "with", "your",
+];
+
 fn is_abbreviation(before: &str) -> bool {
     let word = before
         .rsplit(|c: char| c.is_whitespace() || c == '(')
@@ -158,6 +190,36 @@ mod tests {
             split(&["Yes, the capital of France, of course, is Paris. It"]),
             ["Yes, the capital of France, of course, is Paris.", "It"]
         );
+    }
+
+    #[test]
+    fn complete_transcripts() {
+        for t in [
+            "What is the capital of France?",
+            "Turn on the light.",
+            " Stop!  ",
+            "He said \"go home.\"",
+            "Wie spät ist es?",
+            "今天天气怎么样？",
+            "I was born in 1984.",
+        ] {
+            assert!(reads_complete(t), "{t:?}");
+        }
+        for t in [
+            "",
+            "  ",
+            ".",
+            "What is the capital of",
+            "What is the capital of...",
+            "Tell me about the weather, and",
+            "Tell me about the weather and.",
+            "I would like to…",
+            "So, um.",
+            "Play some music,",
+            "The cat sat on the.",
+        ] {
+            assert!(!reads_complete(t), "{t:?}");
+        }
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //!   utterance so far, before the endpoint; speech that comes back cancels it, and the
 //!   endpoint's turn takes it over when nothing was said since (same start, same end of
 //!   speech). Either way a turn transcribes the utterance up to the pause point.
+//! - Early endpoint (`vad.complete_silence_ms`): when that speculative transcript is ready
+//!   and reads as a finished sentence, the utterance ends once the silence has lasted
+//!   `complete_silence_ms`, without waiting for the whole `trailing_silence_ms`.
 //! - Push-to-talk (`ptt/start` … `ptt/stop`): while held, frames skip the VAD and collect into
 //!   one utterance (bounded by `vad.max_utterance_ms`), handed over on release; the press
 //!   cancels the turn in progress.
@@ -26,7 +29,7 @@ use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sotad_engines::vad::{SileroVad, VadEvent, VoiceDetector};
+use sotad_engines::vad::{EndReason, SileroVad, VadEvent, VoiceDetector};
 use tokio::sync::mpsc;
 
 use crate::audio::{self, Capture, CaptureHandle, CaptureStatus, Player, Samples};
@@ -54,6 +57,8 @@ pub struct VoiceControl {
     /// Transcriptions started at a pause, and those cancelled because speech came back.
     pub speculations: AtomicU64,
     pub speculations_abandoned: AtomicU64,
+    /// Utterances ended early because their speculative transcript read as complete.
+    pub complete_endpoints: AtomicU64,
     pub vad_windows: AtomicU64,
     pub vad_model_runs: AtomicU64,
     /// Set when the VAD model could not be loaded.
@@ -90,6 +95,7 @@ pub struct VoiceSample {
     pub barge_ins: u64,
     pub speculations: u64,
     pub speculations_abandoned: u64,
+    pub complete_endpoints: u64,
     pub vad_windows: u64,
     pub vad_model_runs: u64,
 }
@@ -130,6 +136,7 @@ impl VoiceControl {
             barge_ins: self.barge_ins.load(Ordering::Relaxed),
             speculations: self.speculations.load(Ordering::Relaxed),
             speculations_abandoned: self.speculations_abandoned.load(Ordering::Relaxed),
+            complete_endpoints: self.complete_endpoints.load(Ordering::Relaxed),
             vad_windows: self.vad_windows.load(Ordering::Relaxed),
             vad_model_runs: self.vad_model_runs.load(Ordering::Relaxed),
         }
@@ -243,6 +250,7 @@ pub fn control(config: &Config) -> Arc<VoiceControl> {
         barge_ins: AtomicU64::new(0),
         speculations: AtomicU64::new(0),
         speculations_abandoned: AtomicU64::new(0),
+        complete_endpoints: AtomicU64::new(0),
         vad_windows: AtomicU64::new(0),
         vad_model_runs: AtomicU64::new(0),
         vad_error: std::sync::Mutex::new(None),
@@ -271,6 +279,7 @@ pub fn start(config: &Config, control: Arc<VoiceControl>, turns: Turns) -> Voice
     let detector_config = config.vad.detector_config();
     // A held push-to-talk button keeps at most as much audio as one VAD utterance.
     let max_ptt_samples = config.vad.max_utterance_ms as usize * 16;
+    let complete_silence = u64::from(config.vad.complete_silence_ms) * 16;
     let vad_control = control.clone();
     let vad_turns = turns.clone();
     let spawned = std::thread::Builder::new()
@@ -296,6 +305,7 @@ pub fn start(config: &Config, control: Arc<VoiceControl>, turns: Turns) -> Voice
             run_vad(
                 &mut detector,
                 max_ptt_samples,
+                complete_silence,
                 &mut frames_rx,
                 &utter_tx,
                 &vad_control,
@@ -327,6 +337,7 @@ fn send_utterance(
     samples: Vec<f32>,
     endpoint: Duration,
     speculation: Option<Speculation>,
+    reason: &'static str,
 ) {
     control.utterances.fetch_add(1, Ordering::Relaxed);
     let input = Input::Speech {
@@ -334,6 +345,7 @@ fn send_utterance(
         endpoint_ms: endpoint.as_secs_f64() * 1e3,
         endpointed_at: Instant::now(),
         speculation,
+        endpoint: reason,
     };
     if utterances.try_send(input).is_err() {
         control.utterances_dropped.fetch_add(1, Ordering::Relaxed);
@@ -341,9 +353,11 @@ fn send_utterance(
     }
 }
 
+/// The VAD thread's loop. `complete_silence` is `vad.complete_silence_ms` in samples.
 fn run_vad(
     detector: &mut VoiceDetector,
     max_ptt_samples: usize,
+    complete_silence: u64,
     frames: &mut audio::FrameReceiver,
     utterances: &mpsc::Sender<Input>,
     control: &VoiceControl,
@@ -388,6 +402,7 @@ fn run_vad(
                     samples,
                     frame.captured_at.elapsed(),
                     None,
+                    "push_to_talk",
                 );
             }
         }
@@ -407,7 +422,19 @@ fn run_vad(
             continue;
         }
         active = true;
-        let event = detector.push_window(&frame.samples);
+        let mut event = detector.push_window(&frame.samples);
+        // Early endpoint: the pause's transcript is in and reads as a finished sentence.
+        if event.is_none()
+            && complete_silence > 0
+            && let Some((key, _)) = last_pause
+            && detector
+                .endpointer()
+                .paused_for()
+                .is_some_and(|s| s >= complete_silence)
+            && turns.speculation_complete(key)
+        {
+            event = detector.end_paused();
+        }
         let stats = detector.stats();
         control.vad_windows.fetch_add(
             stats.windows - last_windows.min(stats.windows),
@@ -440,7 +467,7 @@ fn run_vad(
                 start,
                 speech_end,
                 at,
-                ..
+                reason,
             }) => {
                 // From the true end of speech to now: the trailing silence the endpointer
                 // waited for, plus the time the last frame spent in the queue.
@@ -460,7 +487,23 @@ fn run_vad(
                     }
                     None => None,
                 };
-                send_utterance(utterances, control, utterance, waited + queued, speculation);
+                let reason = match reason {
+                    EndReason::Silence => "silence",
+                    EndReason::Complete => {
+                        control.complete_endpoints.fetch_add(1, Ordering::Relaxed);
+                        "complete"
+                    }
+                    EndReason::MaxLength => "max_length",
+                    EndReason::Flushed => "flushed",
+                };
+                send_utterance(
+                    utterances,
+                    control,
+                    utterance,
+                    waited + queued,
+                    speculation,
+                    reason,
+                );
             }
             _ => {}
         }

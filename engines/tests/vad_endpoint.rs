@@ -223,6 +223,66 @@ fn pauses_are_reported_before_the_endpoint_and_resumes_after_them() {
 }
 
 #[test]
+fn a_pause_can_be_ended_early_as_complete() {
+    let mut ep = Endpointer::new(EndpointConfig {
+        pause_ms: 64, // 2 windows
+        ..cfg()
+    });
+    // Not in a pause: nothing to end, nothing changes.
+    assert!(ep.end_paused().is_none());
+    let mut probs = vec![0.01; 5];
+    probs.extend(vec![0.9; 10]);
+    let events = feed(&mut ep, &probs);
+    assert!(
+        matches!(events[..], [(_, VadEvent::SpeechStart { .. })]),
+        "{events:?}"
+    );
+    assert!(ep.in_speech());
+    assert_eq!(ep.paused_for(), None);
+    assert!(ep.end_paused().is_none(), "speech under way is not a pause");
+    // Two silent windows: the pause.
+    let events = feed(&mut ep, &[0.1, 0.1]);
+    let VadEvent::Pause {
+        utterance: paused,
+        start: pause_start,
+        ..
+    } = &events[0].1
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!(ep.paused_for(), Some(2 * W));
+    // One more silent window, then the caller ends it (the silence alone needs five).
+    assert!(feed(&mut ep, &[0.1]).is_empty());
+    assert_eq!(ep.paused_for(), Some(3 * W));
+    let Some(VadEvent::SpeechEnd {
+        utterance,
+        start,
+        speech_end,
+        at,
+        reason,
+    }) = ep.end_paused()
+    else {
+        panic!("no end");
+    };
+    assert_eq!(reason, EndReason::Complete);
+    assert_eq!(start, *pause_start);
+    assert_eq!(speech_end, 15 * W);
+    assert_eq!(at, 18 * W);
+    assert_eq!(&utterance[..paused.len()], &paused[..]);
+    assert_eq!(utterance.len() as u64, at - start);
+    assert_contiguous(&utterance, start);
+    // Idle again: silence ends nothing more, and new speech starts a new utterance.
+    assert!(!ep.active());
+    assert_eq!(ep.paused_for(), None);
+    assert!(feed(&mut ep, &[0.1; 8]).is_empty());
+    let events = feed(&mut ep, &[0.9; 4]);
+    assert!(
+        matches!(events[..], [(_, VadEvent::SpeechStart { .. })]),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn max_utterance_cuts_and_speech_restarts() {
     let mut c = cfg();
     c.max_utterance_ms = 640; // 20 windows

@@ -68,6 +68,9 @@ pub enum EndReason {
     MaxLength,
     /// [`Endpointer::flush`] was called (end of stream) during speech.
     Flushed,
+    /// [`Endpointer::end_paused`] was called: the caller judged the utterance complete
+    /// during a pause (say, from its transcript) before `trailing_silence_ms` had passed.
+    Complete,
 }
 
 /// What the endpointer reports. Sample positions count from the first sample pushed.
@@ -279,6 +282,21 @@ impl Endpointer {
             }
             Phase::Idle => None,
         }
+    }
+
+    /// While a pause is under way (after [`VadEvent::Pause`], before speech comes back or
+    /// the endpoint): how long the silence has lasted so far, in samples.
+    pub fn paused_for(&self) -> Option<u64> {
+        (self.phase == Phase::Speech && self.paused).then(|| self.pos - self.speech_last_end)
+    }
+
+    /// Ends the utterance now, during a pause, because the caller knows it is complete
+    /// (a transcript that reads as a finished sentence): `SpeechEnd` with
+    /// [`EndReason::Complete`], the same utterance the silence would have ended, only sooner.
+    /// `None` (and nothing changes) unless a pause is under way.
+    pub fn end_paused(&mut self) -> Option<VadEvent> {
+        self.paused_for()?;
+        Some(self.end(EndReason::Complete))
     }
 
     fn maybe_start(&mut self) -> Option<VadEvent> {

@@ -122,6 +122,11 @@ impl VoiceDetector {
         self.endpointer.flush()
     }
 
+    /// Ends the utterance under way during a pause ([`Endpointer::end_paused`]).
+    pub fn end_paused(&mut self) -> Option<VadEvent> {
+        self.endpointer.end_paused()
+    }
+
     /// Starts a new, unrelated stream: model state and endpointer are reset; the gate keeps
     /// the noise floor it has learnt (same room, same microphone).
     pub fn reset(&mut self) {
