@@ -80,7 +80,7 @@ fn push_samples(raw: &mut Vec<u8>, samples: &[f32]) {
 
 fn piper_voice(models: &Path) -> Voice {
     Voice::load(
-        &models.join("piper/en_US-joe-medium.onnx"),
+        models.join("piper/en_US-joe-medium.onnx"),
         &LoadOptions::default(),
     )
     .expect("load the Piper voice (scripts/install-models.sh)")
@@ -93,7 +93,7 @@ fn speak(voice: &Voice, text: &str) -> Vec<f32> {
     voice
         .synthesize(text, &SynthOptions::default(), |chunk| {
             rate = chunk.sample_rate;
-            spoken.extend_from_slice(&chunk.samples);
+            spoken.extend_from_slice(chunk.samples);
             std::ops::ControlFlow::Continue(())
         })
         .expect("synthesize a sentence");
