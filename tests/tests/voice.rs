@@ -83,29 +83,70 @@ fn payload_json(p: &rumqttc::Publish) -> Value {
     serde_json::from_slice(&p.payload).unwrap_or(Value::Null)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_spoken_question_is_transcribed_answered_and_spoken() {
+/// A daemon that heard a question: its first `turn/done` and everything the client saw on
+/// the device's topics up to it. Fields drop in order: the daemon before its broker.
+struct Heard {
+    done: Value,
+    seen: Vec<rumqttc::Publish>,
+    c: TestClient,
+    sotad: Sotad,
+    _broker: Mosquitto,
+    dir: tempfile::TempDir,
+}
+
+/// LibriVox clips by the end of their names, with their transcripts.
+fn clips<const N: usize>(names: [&str; N]) -> [(std::path::PathBuf, String); N] {
+    let all = librivox_clips();
+    names.map(|name| {
+        all.iter()
+            .find(|(path, _)| path.to_string_lossy().ends_with(&format!("{name}.wav")))
+            .unwrap()
+            .clone()
+    })
+}
+
+/// Starts a daemon (device `name`, the short-answer `[llm]`, and `vad` as extra lines)
+/// whose microphone plays `parts`, and waits for its first turn to end.
+async fn hear(name: &str, parts: &[Part<'_>], vad: &str) -> Heard {
     let broker = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (clip, reference) = librivox_clips().remove(1);
-    let mic = mic_file(dir.path(), &clip);
+    let mic = mic_recording(dir.path(), "mic.raw", parts);
     let conf = asound(dir.path(), &mic.display().to_string());
     let alsa = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
     let sotad = Sotad::start_with_env(
-        &config(broker.port, "voice", "testmic"),
-        "voice",
+        &config_with(broker.port, name, "testmic", SHORT_ANSWERS, vad),
+        name,
         &[("ALSA_CONFIG_PATH", &alsa)],
     )
     .unwrap();
-    let mut c = TestClient::connect(broker.port, "t-voice", false)
+    let mut c = TestClient::connect(broker.port, &format!("t-{name}"), false)
         .await
         .unwrap();
-    c.subscribe("sotad/voice/#").await.unwrap();
+    c.subscribe(&format!("sotad/{name}/#")).await.unwrap();
     let (done, seen) = c
         .expect_collecting(&sotad.topic("turn/done"), WAIT, |_| true)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
-    let done: Value = serde_json::from_slice(&done.payload).unwrap();
+    Heard {
+        done: payload_json(&done),
+        seen,
+        c,
+        sotad,
+        _broker: broker,
+        dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spoken_question_is_transcribed_answered_and_spoken() {
+    let (clip, reference) = librivox_clips().remove(1);
+    let heard = hear(
+        "voice",
+        &[Part::Silence(1.0), Part::Clip(&clip), Part::Silence(3.0)],
+        "",
+    )
+    .await;
+    let (done, seen, sotad) = (&heard.done, &heard.seen, &heard.sotad);
     let turn = done["turn"].as_str().unwrap().to_string();
     assert_eq!(done["outcome"], "answered", "{done}");
     let wer = word_error_rate(&reference, done["transcript"].as_str().unwrap());
@@ -173,7 +214,7 @@ async fn a_spoken_question_is_transcribed_answered_and_spoken() {
     // And to the speaker device.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let played = std::fs::metadata(dir.path().join("speaker.raw")).map_or(0, |m| m.len());
+        let played = std::fs::metadata(heard.dir.path().join("speaker.raw")).map_or(0, |m| m.len());
         if played > 22_050 {
             break;
         }
@@ -255,41 +296,23 @@ async fn a_missing_microphone_is_reported_text_turns_still_work_and_capture_resu
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_question_that_reads_complete_ends_without_waiting_for_the_trailing_silence() {
-    let broker = Mosquitto::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
     // A LibriVox sentence and 5 s of silence, with a trailing silence of 3 s: the endpoint
     // would come 3 s after the speech, but the transcript made at the pause (160 ms) is in
     // long before, however busy the machine, and it ends with a full stop: the utterance
     // ends as soon as the transcript is, after at least `complete_silence_ms` (320 ms).
     let (clip, reference) = librivox_clips().remove(1);
-    let mic = mic_recording(
-        dir.path(),
-        "mic.raw",
-        &[Part::Silence(1.0), Part::Clip(&clip), Part::Silence(5.0)],
-    );
-    let conf = asound(dir.path(), &mic.display().to_string());
-    let alsa = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
-    let sotad = Sotad::start_with_env(
-        &config_with(
-            broker.port,
-            "early",
-            "testmic",
-            SHORT_ANSWERS,
-            "[vad]\ntrailing_silence_ms = 3000\ncomplete_silence_ms = 320",
-        ),
+    let Heard {
+        done,
+        seen,
+        c,
+        sotad,
+        ..
+    } = &mut hear(
         "early",
-        &[("ALSA_CONFIG_PATH", &alsa)],
+        &[Part::Silence(1.0), Part::Clip(&clip), Part::Silence(5.0)],
+        "[vad]\ntrailing_silence_ms = 3000\ncomplete_silence_ms = 320",
     )
-    .unwrap();
-    let mut c = TestClient::connect(broker.port, "t-early", false)
-        .await
-        .unwrap();
-    c.subscribe("sotad/early/#").await.unwrap();
-    let (done, seen) = c
-        .expect_collecting(&sotad.topic("turn/done"), WAIT, |_| true)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
-    let done = payload_json(&done);
+    .await;
     assert_eq!(done["outcome"], "answered", "{done}");
     assert_eq!(done["endpoint"], "complete", "{done}");
     let transcript = done["transcript"].as_str().unwrap();
@@ -321,59 +344,33 @@ async fn a_question_that_reads_complete_ends_without_waiting_for_the_trailing_si
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pause_inside_a_question_starts_a_transcription_that_the_rest_of_it_cancels() {
-    let broker = Mosquitto::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let clips = librivox_clips();
-    let clip = |name: &str| {
-        clips
-            .iter()
-            .find(|(path, _)| path.to_string_lossy().ends_with(&format!("{name}.wav")))
-            .unwrap()
-    };
     // These two have the least silence at the joint (32 ms after the first, 32 ms before
     // the second), so the pause between them is what is added here: 350 ms, longer than
     // the pause that starts a speculative transcription (160 ms), shorter than the trailing
     // silence that ends the utterance (600 ms), with room for the VAD's lag. One turn must
     // come out, with both halves in its transcript: the speculation made at the pause
     // (only the first half) must not be used.
-    let (first, first_text) = clip("0880");
-    let (second, second_text) = clip("0930");
-    let mic = mic_recording(
-        dir.path(),
-        "mic.raw",
-        &[
-            Part::Silence(1.0),
-            Part::Clip(first),
-            Part::Silence(0.35),
-            Part::Clip(second),
-            Part::Silence(3.0),
-        ],
-    );
-    let conf = asound(dir.path(), &mic.display().to_string());
-    let alsa = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
+    let [(first, first_text), (second, second_text)] = clips(["0880", "0930"]);
     // The early endpoint is off: the first half reads as a complete sentence, and whether
     // its transcript is in before the second half starts depends on the machine's speed.
-    let sotad = Sotad::start_with_env(
-        &config_with(
-            broker.port,
-            "pause",
-            "testmic",
-            SHORT_ANSWERS,
-            "[vad]\ncomplete_silence_ms = 0",
-        ),
+    let Heard {
+        done,
+        seen,
+        c,
+        sotad,
+        ..
+    } = &mut hear(
         "pause",
-        &[("ALSA_CONFIG_PATH", &alsa)],
+        &[
+            Part::Silence(1.0),
+            Part::Clip(&first),
+            Part::Silence(0.35),
+            Part::Clip(&second),
+            Part::Silence(3.0),
+        ],
+        "[vad]\ncomplete_silence_ms = 0",
     )
-    .unwrap();
-    let mut c = TestClient::connect(broker.port, "t-pause", false)
-        .await
-        .unwrap();
-    c.subscribe("sotad/pause/#").await.unwrap();
-    let (done, seen) = c
-        .expect_collecting(&sotad.topic("turn/done"), WAIT, |_| true)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
-    let done = payload_json(&done);
+    .await;
     let started = seen
         .iter()
         .filter(|p| p.topic == sotad.topic("turn/started"))
@@ -398,56 +395,30 @@ async fn a_pause_inside_a_question_starts_a_transcription_that_the_rest_of_it_ca
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_answer_started_at_a_pause_is_dropped_when_speech_comes_back() {
-    let broker = Mosquitto::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let clips = librivox_clips();
-    let clip = |name: &str| {
-        clips
-            .iter()
-            .find(|(path, _)| path.to_string_lossy().ends_with(&format!("{name}.wav")))
-            .unwrap()
-    };
     // A 2 s pause inside the question, and 3 s of trailing silence to end it: the pause is
     // long enough for the first half's speculative transcript, and the answer to it, to be
     // under way however busy the machine is; then speech comes back. That answer must be
     // dropped (nothing of it played or published), and the one turn must answer the whole
     // question from the speculation at its end, adopted at the endpoint.
-    let (first, first_text) = clip("0880");
-    let (second, second_text) = clip("0930");
-    let mic = mic_recording(
-        dir.path(),
-        "mic.raw",
+    let [(first, first_text), (second, second_text)] = clips(["0880", "0930"]);
+    let Heard {
+        done,
+        seen,
+        c,
+        sotad,
+        ..
+    } = &mut hear(
+        "held",
         &[
             Part::Silence(1.0),
-            Part::Clip(first),
+            Part::Clip(&first),
             Part::Silence(2.0),
-            Part::Clip(second),
+            Part::Clip(&second),
             Part::Silence(6.0),
         ],
-    );
-    let conf = asound(dir.path(), &mic.display().to_string());
-    let alsa = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
-    let sotad = Sotad::start_with_env(
-        &config_with(
-            broker.port,
-            "held",
-            "testmic",
-            SHORT_ANSWERS,
-            "[vad]\ntrailing_silence_ms = 3000\ncomplete_silence_ms = 0",
-        ),
-        "held",
-        &[("ALSA_CONFIG_PATH", &alsa)],
+        "[vad]\ntrailing_silence_ms = 3000\ncomplete_silence_ms = 0",
     )
-    .unwrap();
-    let mut c = TestClient::connect(broker.port, "t-held", false)
-        .await
-        .unwrap();
-    c.subscribe("sotad/held/#").await.unwrap();
-    let (done, seen) = c
-        .expect_collecting(&sotad.topic("turn/done"), WAIT, |_| true)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
-    let done = payload_json(&done);
+    .await;
     assert_eq!(done["outcome"], "answered", "{done}");
     let turn = done["turn"].as_str().unwrap();
     let started = seen
