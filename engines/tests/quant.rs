@@ -532,6 +532,32 @@ fn x86_kernels_agree_bit_for_bit_on_every_tile_shape() {
         .filter(|k| matches!(k, Kernel::Avx2 | Kernel::Avx512Vnni))
         .collect();
     eprintln!("x86 kernels on this CPU: {x86:?}");
+    // One token: every kernel's matrix-vector product (VNNI: four rows at a time) equals its
+    // one-row dot product, row by row, for every tail of the row tiles, with 1 and 2 threads.
+    let mut rng = Rng::new(8);
+    for &k in &x86 {
+        for ty in WEIGHT_TYPES {
+            let cols = 3 * 256;
+            let nb = cols / block_elems(ty);
+            for rows in 1..=9usize {
+                let w = random_weights(ty, rows * nb, &mut rng, false);
+                let m = QMatrix::new(ty, rows, cols, &w).unwrap();
+                let x = random_activations(act_of(ty), nb, &mut rng, 127, false);
+                for threads in [1, 2] {
+                    let mut out = vec![f32::NAN; rows];
+                    m.matvec_with(k, &x, &mut out, threads).unwrap();
+                    for (r, a) in out.iter().enumerate() {
+                        let b = vec_dot_with(k, ty, m.row(r), &x);
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{ty} {k}: {rows} rows, {threads} threads, row {r}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
     if x86.len() < 2 {
         return;
     }

@@ -265,6 +265,11 @@ unsafe fn at<const N: usize>(xp: &[*const u8; N], j: usize, offset: usize) -> *c
 
 // ----- 32-element formats ------------------------------------------------------------------
 
+/// How far ahead of the block being read the one-token kernel of [`signed_q8_0`] prefetches
+/// (Qwen2.5-Coder-0.5B decode on a Zen 3: 33.5-37.7 tok/s without, 38.7-40.9 with 512; see
+/// docs/benchmarks.md).
+const PREFETCH_BYTES: usize = 512;
+
 /// Signed weights (Q4_0, Q5_0, Q8_0) against Q8_0 activations; `unpack` turns a weight block
 /// into 32 signed bytes.
 ///
@@ -286,6 +291,11 @@ unsafe fn signed_q8_0<const N: usize>(
         let mut acc = [_mm256_setzero_ps(); N];
         for i in 0..nb {
             let wb = wp.add(i * w_bytes);
+            if N == 1 {
+                // One token: the rows stream from memory one after the other; ask for the
+                // bytes a fixed distance ahead (a hint: it never faults, nor changes results).
+                _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH_BYTES).cast());
+            }
             let dw = f16x8(wb);
             let q = unpack(wb);
             let q_abs = _mm256_sign_epi8(q, q);
