@@ -489,15 +489,24 @@ fn split() {
         let mut splits = 0;
         for (a, b) in PAIRS {
             let (first, end) = (last_word(a), last_word(b));
-            let heard = |v: &serde_json::Value, w: &str| {
+            // The words of a turn's transcript, normalized like `last_word`.
+            let words = |v: &serde_json::Value| -> Vec<String> {
                 v["transcript"]
                     .as_str()
                     .unwrap_or("")
                     .split_whitespace()
-                    .any(|t| last_word(t) == w)
+                    .map(last_word)
+                    .collect()
             };
-            let turn = turns.iter().find(|v| heard(v, &first));
-            let whole = turn.is_some_and(|v| heard(v, &end));
+            // The turn that heard the first sentence's last word, and whether the second
+            // sentence's last word comes after it in the same turn.
+            let found = turns.iter().find_map(|v| {
+                let w = words(v);
+                let at = w.iter().position(|t| *t == first)?;
+                Some((v, w[at + 1..].contains(&end)))
+            });
+            let turn = found.map(|(v, _)| v);
+            let whole = found.is_some_and(|(_, both)| both);
             splits += usize::from(!whole);
             println!(
                 "  pause {pause_ms:4} ms  {:5}  endpoint {:8} {:5.0} ms  | {:?}",
