@@ -487,22 +487,16 @@ fn run_vad(
                     }
                     None => None,
                 };
-                let reason = match reason {
-                    EndReason::Silence => "silence",
-                    EndReason::Complete => {
-                        control.complete_endpoints.fetch_add(1, Ordering::Relaxed);
-                        "complete"
-                    }
-                    EndReason::MaxLength => "max_length",
-                    EndReason::Flushed => "flushed",
-                };
+                if reason == EndReason::Complete {
+                    control.complete_endpoints.fetch_add(1, Ordering::Relaxed);
+                }
                 send_utterance(
                     utterances,
                     control,
                     utterance,
                     waited + queued,
                     speculation,
-                    reason,
+                    reason.as_str(),
                 );
             }
             _ => {}

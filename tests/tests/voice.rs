@@ -105,6 +105,17 @@ fn clips<const N: usize>(names: [&str; N]) -> [(std::path::PathBuf, String); N] 
     })
 }
 
+/// A question in two halves: 1 s of silence, `first`, a pause, `second`, then `tail` s.
+fn halves<'a>(first: &'a Path, pause: f32, second: &'a Path, tail: f32) -> [Part<'a>; 5] {
+    [
+        Part::Silence(1.0),
+        Part::Clip(first),
+        Part::Silence(pause),
+        Part::Clip(second),
+        Part::Silence(tail),
+    ]
+}
+
 /// Starts a daemon (device `name`, the short-answer `[llm]`, and `vad` as extra lines)
 /// whose microphone plays `parts`, and waits for its first turn to end.
 async fn hear(name: &str, parts: &[Part<'_>], vad: &str) -> Heard {
@@ -361,13 +372,7 @@ async fn a_pause_inside_a_question_starts_a_transcription_that_the_rest_of_it_ca
         ..
     } = &mut hear(
         "pause",
-        &[
-            Part::Silence(1.0),
-            Part::Clip(&first),
-            Part::Silence(0.35),
-            Part::Clip(&second),
-            Part::Silence(3.0),
-        ],
+        &halves(&first, 0.35, &second, 3.0),
         "[vad]\ncomplete_silence_ms = 0",
     )
     .await;
@@ -409,13 +414,7 @@ async fn an_answer_started_at_a_pause_is_dropped_when_speech_comes_back() {
         ..
     } = &mut hear(
         "held",
-        &[
-            Part::Silence(1.0),
-            Part::Clip(&first),
-            Part::Silence(2.0),
-            Part::Clip(&second),
-            Part::Silence(6.0),
-        ],
+        &halves(&first, 2.0, &second, 6.0),
         "[vad]\ntrailing_silence_ms = 3000\ncomplete_silence_ms = 0",
     )
     .await;

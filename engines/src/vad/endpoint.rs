@@ -73,6 +73,18 @@ pub enum EndReason {
     Complete,
 }
 
+impl EndReason {
+    /// The reason's name in the daemon's protocol (`turn/done`'s `endpoint`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Silence => "silence",
+            EndReason::MaxLength => "max_length",
+            EndReason::Flushed => "flushed",
+            EndReason::Complete => "complete",
+        }
+    }
+}
+
 /// What the endpointer reports. Sample positions count from the first sample pushed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VadEvent {
