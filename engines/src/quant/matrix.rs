@@ -3,7 +3,7 @@
 
 use super::{
     Kernel, QuantError, QuantErrorKind, activation_type, dot_n, dot_rows, dot_tile, layout,
-    tiles_rows,
+    matmul_rows, tiles_rows,
 };
 use crate::error::Result;
 use crate::gguf::{GgmlType, TensorView};
@@ -317,6 +317,10 @@ impl<'a> QMatrix<'a> {
         if xs.len() == 1 {
             let w = &self.bytes[first * self.row_bytes..(first + n) * self.row_bytes];
             dot_rows(kernel, ty, nb, w, xs[0], &mut outs[0][..]);
+            return;
+        }
+        let w = &self.bytes[first * self.row_bytes..(first + n) * self.row_bytes];
+        if matmul_rows(kernel, ty, nb, w, xs, outs) {
             return;
         }
         let row = |r: usize| &self.bytes[(first + r) * self.row_bytes..][..self.row_bytes];

@@ -117,6 +117,8 @@ mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
+mod x86_rows;
+#[cfg(target_arch = "x86_64")]
 mod x86_vnni;
 
 use std::fmt;
@@ -557,6 +559,32 @@ pub(crate) fn dot_tile<const R: usize, const N: usize>(
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => x86_vnni::dot_tile(ty, nb, ws, xs),
         _ => ws.map(|w| dot_n(kernel, ty, nb, w, xs)),
+    }
+}
+
+/// `outs[t][r] = w_r · xs[t]` for the consecutive weight rows in `w` (`nb` blocks of `ty`
+/// each, as many as each `outs[t]` has elements), if `kernel` has a whole-product kernel for
+/// `ty` that beats calling [`dot_n`] tile by tile; returns whether it did. The results are
+/// bit for bit those of [`dot_n`].
+///
+/// # Panics
+///
+/// As [`dot_n`], and if the lengths of `w`, `xs` and `outs` disagree.
+pub(crate) fn matmul_rows(
+    kernel: Kernel,
+    ty: GgmlType,
+    nb: usize,
+    w: &[u8],
+    xs: &[&[u8]],
+    outs: &mut [&mut [f32]],
+) -> bool {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 if x86_rows::has_matmul(ty) => {
+            x86_rows::matmul(ty, nb, w, xs, outs);
+            true
+        }
+        _ => false,
     }
 }
 

@@ -200,7 +200,7 @@ pub(super) unsafe fn hsum_i32(v: __m256i) -> i32 {
 /// four products).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_u8_i8(a: __m256i, b: __m256i) -> __m256i {
+pub(super) unsafe fn dot_u8_i8(a: __m256i, b: __m256i) -> __m256i {
     // SAFETY: register-only intrinsics; AVX2 is enabled on this function.
     unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)) }
 }
@@ -231,7 +231,7 @@ pub(super) unsafe fn nibbles(p: *const u8) -> __m256i {
 /// `p` must be valid for reading 4 bytes; the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn fifth_bits(p: *const u8) -> __m256i {
+pub(super) unsafe fn fifth_bits(p: *const u8) -> __m256i {
     // SAFETY: guaranteed by the caller.
     unsafe {
         let qh = p.cast::<u32>().read_unaligned();
@@ -354,31 +354,61 @@ unsafe fn unsigned_q8_1<const N: usize>(
     }
 }
 
+/// The 32 signed values of the Q4_0 block at `wb`.
+///
+/// # Safety
+///
+/// `wb` must point to a whole Q4_0 block; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unpack_q4_0(wb: *const u8) -> __m256i {
+    // SAFETY: the quants are bytes 2..18 of the block.
+    unsafe { _mm256_sub_epi8(nibbles(wb.add(2)), _mm256_set1_epi8(8)) }
+}
+
+/// The 32 signed values of the Q5_0 block at `wb`.
+///
+/// # Safety
+///
+/// `wb` must point to a whole Q5_0 block; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unpack_q5_0(wb: *const u8) -> __m256i {
+    // SAFETY: the high bits are bytes 2..6 of the block, the nibbles bytes 6..22.
+    unsafe {
+        let q = _mm256_or_si256(nibbles(wb.add(6)), fifth_bits(wb.add(2)));
+        _mm256_sub_epi8(q, _mm256_set1_epi8(16))
+    }
+}
+
+/// The 32 signed values of the Q8_0 block at `wb`.
+///
+/// # Safety
+///
+/// `wb` must point to a whole Q8_0 block; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unpack_q8_0(wb: *const u8) -> __m256i {
+    // SAFETY: the quants are bytes 2..34 of the block.
+    unsafe { load32(wb.add(2)) }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_0<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
     // SAFETY: forwarded contract; the closure reads bytes 2..18 of a block.
-    unsafe {
-        signed_q8_0(wp, xp, nb, Q4_0_BYTES, |wb| {
-            _mm256_sub_epi8(nibbles(wb.add(2)), _mm256_set1_epi8(8))
-        })
-    }
+    unsafe { signed_q8_0(wp, xp, nb, Q4_0_BYTES, |wb| unpack_q4_0(wb)) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q5_0<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
     // SAFETY: forwarded contract; the closure reads bytes 2..22 of a block.
-    unsafe {
-        signed_q8_0(wp, xp, nb, Q5_0_BYTES, |wb| {
-            let q = _mm256_or_si256(nibbles(wb.add(6)), fifth_bits(wb.add(2)));
-            _mm256_sub_epi8(q, _mm256_set1_epi8(16))
-        })
-    }
+    unsafe { signed_q8_0(wp, xp, nb, Q5_0_BYTES, |wb| unpack_q5_0(wb)) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
     // SAFETY: forwarded contract; the closure reads bytes 2..34 of a block.
-    unsafe { signed_q8_0(wp, xp, nb, Q8_0_BYTES, |wb| load32(wb.add(2))) }
+    unsafe { signed_q8_0(wp, xp, nb, Q8_0_BYTES, |wb| unpack_q8_0(wb)) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -406,7 +436,7 @@ unsafe fn q5_1<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> 
 /// `xb` must point to a whole Q8_K block; the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn k_min_term(xb: *const u8, mins_pairs: __m256i) -> i32 {
+pub(super) unsafe fn k_min_term(xb: *const u8, mins_pairs: __m256i) -> i32 {
     // SAFETY: the bsums are the last 32 bytes of the block.
     unsafe { hsum_i32(_mm256_madd_epi16(load32(xb.add(Q8_K_BSUMS)), mins_pairs)) }
 }
@@ -415,7 +445,7 @@ unsafe fn k_min_term(xb: *const u8, mins_pairs: __m256i) -> i32 {
 /// hold min s), to pair with the sixteen Q8_K block sums.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn mins_pairs(mn: &[u8; 8]) -> __m256i {
+pub(super) unsafe fn mins_pairs(mn: &[u8; 8]) -> __m256i {
     // SAFETY: `mn` is 8 readable bytes.
     unsafe {
         let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(mn.as_ptr().cast()));
@@ -493,6 +523,56 @@ unsafe fn k_with_mins<const N: usize>(
     }
 }
 
+/// Chunk `c` (elements 64c..64c+64) of the Q4_K super-block at `wb` as unsigned bytes:
+/// sub-block `2c`, then `2c + 1`.
+///
+/// # Safety
+///
+/// `wb` must point to a whole Q4_K super-block and `c < 4`; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unpack_q4_k(wb: *const u8, c: usize) -> (__m256i, __m256i) {
+    // SAFETY: chunk c's nibbles are bytes 32c..32c+32 of `qs`.
+    unsafe {
+        let q = load32(wb.add(Q4_K_QS + 32 * c));
+        let m = _mm256_set1_epi8(0x0f);
+        (
+            _mm256_and_si256(q, m),
+            _mm256_and_si256(_mm256_srli_epi16(q, 4), m),
+        )
+    }
+}
+
+/// Chunk `c` of the Q5_K super-block at `wb`, as [`unpack_q4_k`].
+///
+/// # Safety
+///
+/// `wb` must point to a whole Q5_K super-block and `c < 4`; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unpack_q5_k(wb: *const u8, c: usize) -> (__m256i, __m256i) {
+    // SAFETY: reads 32 bytes of `qs` and the 32 of `qh`.
+    unsafe {
+        let q = load32(wb.add(Q5_K_QS + 32 * c));
+        // Bits 2c and 2c+1 of each qh byte are the fifth bits of sub-blocks 2c and 2c+1.
+        // After a 16-bit shift right by 2c (c <= 3) they are bits 0 and 1 of their byte;
+        // bits arriving from the neighbouring byte land in bits 8-2c..7, never below 2.
+        // The left shifts then move bit 0 / bit 1 to bit 4 within the byte.
+        let h = _mm256_srl_epi16(load32(wb.add(Q5_K_QH)), _mm_cvtsi32_si128(2 * c as i32));
+        let m = _mm256_set1_epi8(0x0f);
+        let b4 = _mm256_set1_epi8(0x10);
+        let lo = _mm256_or_si256(
+            _mm256_and_si256(q, m),
+            _mm256_and_si256(_mm256_slli_epi16(h, 4), b4),
+        );
+        let hi = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(q, 4), m),
+            _mm256_and_si256(_mm256_slli_epi16(h, 3), b4),
+        );
+        (lo, hi)
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn q4_k<const N: usize>(
     wp: *const u8,
@@ -500,42 +580,79 @@ pub(super) unsafe fn q4_k<const N: usize>(
     nb: usize,
 ) -> [f32; N] {
     // SAFETY: forwarded contract; the closure reads 32 bytes of `qs` per chunk.
-    unsafe {
-        k_with_mins(wp, xp, nb, Q4_K_BYTES, N == 4, |wb, c| {
-            let q = load32(wb.add(Q4_K_QS + 32 * c));
-            let m = _mm256_set1_epi8(0x0f);
-            (
-                _mm256_and_si256(q, m),
-                _mm256_and_si256(_mm256_srli_epi16(q, 4), m),
-            )
-        })
-    }
+    unsafe { k_with_mins(wp, xp, nb, Q4_K_BYTES, N == 4, |wb, c| unpack_q4_k(wb, c)) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q5_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
     // SAFETY: forwarded contract; the closure reads 32 bytes of `qs` and the 32 of `qh`.
+    unsafe { k_with_mins(wp, xp, nb, Q5_K_BYTES, false, |wb, c| unpack_q5_k(wb, c)) }
+}
+
+/// Values 128·half .. 128·half + 128 of the Q6_K super-block at `wb` as unsigned bytes
+/// (0..=63), in four vectors of 32: vector `k` holds groups `8·half + 2k` (bytes 0-15) and
+/// `8·half + 2k + 1` (bytes 16-31).
+///
+/// # Safety
+///
+/// `wb` must point to a whole Q6_K super-block and `half < 2`; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unpack_q6_k(wb: *const u8, half: usize) -> [__m256i; 4] {
+    // SAFETY: the half's 64 bytes of `ql` and 32 of `qh` are inside the super-block.
     unsafe {
-        k_with_mins(wp, xp, nb, Q5_K_BYTES, false, |wb, c| {
-            let q = load32(wb.add(Q5_K_QS + 32 * c));
-            // Bits 2c and 2c+1 of each qh byte are the fifth bits of sub-blocks 2c and 2c+1.
-            // After a 16-bit shift right by 2c (c <= 3) they are bits 0 and 1 of their byte;
-            // bits arriving from the neighbouring byte land in bits 8-2c..7, never below 2.
-            // The left shifts then move bit 0 / bit 1 to bit 4 within the byte.
-            let h = _mm256_srl_epi16(load32(wb.add(Q5_K_QH)), _mm_cvtsi32_si128(2 * c as i32));
-            let m = _mm256_set1_epi8(0x0f);
-            let b4 = _mm256_set1_epi8(0x10);
-            let lo = _mm256_or_si256(
-                _mm256_and_si256(q, m),
-                _mm256_and_si256(_mm256_slli_epi16(h, 4), b4),
-            );
-            let hi = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(q, 4), m),
-                _mm256_and_si256(_mm256_slli_epi16(h, 3), b4),
-            );
-            (lo, hi)
-        })
+        let m4 = _mm256_set1_epi8(0x0f);
+        let m2 = _mm256_set1_epi8(0x30);
+        let ql0 = load32(wb.add(64 * half));
+        let ql1 = load32(wb.add(64 * half + 32));
+        let qh = load32(wb.add(Q6_K_QH + 32 * half));
+        // Bits 4-5 of each value come from bit pairs 0-1, 2-3, 4-5, 6-7 of qh; the 16-bit
+        // shifts move them within the byte (spill-over is masked off).
+        [
+            _mm256_or_si256(
+                _mm256_and_si256(ql0, m4),
+                _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                _mm256_and_si256(qh, m2),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
+            ),
+        ]
     }
+}
+
+/// The scales of Q6_K groups `g` and `g + 1` as sixteen i16 lanes (eight each), to pair with
+/// a vector of [`unpack_q6_k`] after `maddubs`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q6_k_scales(sc: &[i8; 16], g: usize) -> __m256i {
+    // SAFETY: register-only intrinsics; AVX2 is enabled on this function.
+    unsafe {
+        _mm256_set_m128i(
+            _mm_set1_epi16(i16::from(sc[g + 1])),
+            _mm_set1_epi16(i16::from(sc[g])),
+        )
+    }
+}
+
+/// The scale `d` of the Q6_K super-block at `wb`.
+///
+/// # Safety
+///
+/// `wb` must point to a whole Q6_K super-block; the CPU must have F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q6_k_d(wb: *const u8) -> f32 {
+    // SAFETY: d is the last field: read it with the scale byte pair before it (lane 1).
+    unsafe { _mm_cvtss_f32(_mm_movehdup_ps(f16x2(wb.add(Q6_K_D - 2)))) }
 }
 
 /// Q6_K against Q8_K. The six-bit values are used unsigned (0..=63) with `maddubs`; the −32
@@ -548,43 +665,14 @@ unsafe fn q6_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> 
     // SAFETY: every pointer below stays inside super-block `i < nb` of its row.
     unsafe {
         let mut sums = [_mm256_setzero_ps(); N];
-        let m4 = _mm256_set1_epi8(0x0f);
-        let m2 = _mm256_set1_epi8(0x30);
         for i in 0..nb {
             let wb = wp.add(i * Q6_K_BYTES);
             let sc = &*wb.add(Q6_K_SCALES).cast::<[i8; 16]>();
             let mut acc = [_mm256_setzero_si256(); N];
             for half in 0..2 {
-                let ql0 = load32(wb.add(64 * half));
-                let ql1 = load32(wb.add(64 * half + 32));
-                let qh = load32(wb.add(Q6_K_QH + 32 * half));
-                // Bits 4-5 of each value come from bit pairs 0-1, 2-3, 4-5, 6-7 of qh; the
-                // 16-bit shifts move them within the byte (spill-over is masked off).
-                let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                        _mm256_and_si256(qh, m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
-                    ),
-                ];
+                let q = unpack_q6_k(wb, half);
                 for (k, q) in q.into_iter().enumerate() {
-                    // 32 values = groups 8·half + 2k (bytes 0-15) and + 1 (bytes 16-31).
-                    let g = 8 * half + 2 * k;
-                    let s = _mm256_set_m128i(
-                        _mm_set1_epi16(i16::from(sc[g + 1])),
-                        _mm_set1_epi16(i16::from(sc[g])),
-                    );
+                    let s = q6_k_scales(sc, 8 * half + 2 * k);
                     for (j, acc) in acc.iter_mut().enumerate() {
                         let y = at(&xp, j, i * Q8_K_BYTES + Q8_K_QS + 128 * half + 32 * k);
                         let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load32(y)), s);
@@ -593,8 +681,7 @@ unsafe fn q6_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> 
                 }
             }
             let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr().cast()));
-            // d is the last field: read it with the scale byte pair before it (lane 1).
-            let dw = _mm_cvtss_f32(_mm_movehdup_ps(f16x2(wb.add(Q6_K_D - 2))));
+            let dw = q6_k_d(wb);
             for j in 0..N {
                 let xb = at(&xp, j, i * Q8_K_BYTES);
                 let offset = _mm256_madd_epi16(load32(xb.add(Q8_K_BSUMS)), scales16);
