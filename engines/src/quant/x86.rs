@@ -393,6 +393,30 @@ pub(super) unsafe fn unpack_q8_0(wb: *const u8) -> __m256i {
     unsafe { load32(wb.add(2)) }
 }
 
+/// The 32 unsigned values of the Q4_1 block at `wb`.
+///
+/// # Safety
+///
+/// `wb` must point to a whole Q4_1 block; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unpack_q4_1(wb: *const u8) -> __m256i {
+    // SAFETY: the nibbles are bytes 4..20 of the block.
+    unsafe { nibbles(wb.add(4)) }
+}
+
+/// The 32 unsigned values of the Q5_1 block at `wb`.
+///
+/// # Safety
+///
+/// `wb` must point to a whole Q5_1 block; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unpack_q5_1(wb: *const u8) -> __m256i {
+    // SAFETY: the high bits are bytes 4..8 of the block, the nibbles bytes 8..24.
+    unsafe { _mm256_or_si256(nibbles(wb.add(8)), fifth_bits(wb.add(4))) }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_0<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
     // SAFETY: forwarded contract; the closure reads bytes 2..18 of a block.
@@ -414,17 +438,13 @@ unsafe fn q8_0<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
     // SAFETY: forwarded contract; the closure reads bytes 4..20 of a block.
-    unsafe { unsigned_q8_1(wp, xp, nb, Q4_1_BYTES, |wb| nibbles(wb.add(4))) }
+    unsafe { unsigned_q8_1(wp, xp, nb, Q4_1_BYTES, |wb| unpack_q4_1(wb)) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q5_1<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
     // SAFETY: forwarded contract; the closure reads bytes 4..24 of a block.
-    unsafe {
-        unsigned_q8_1(wp, xp, nb, Q5_1_BYTES, |wb| {
-            _mm256_or_si256(nibbles(wb.add(8)), fifth_bits(wb.add(4)))
-        })
-    }
+    unsafe { unsigned_q8_1(wp, xp, nb, Q5_1_BYTES, |wb| unpack_q5_1(wb)) }
 }
 
 // ----- k-quants ----------------------------------------------------------------------------

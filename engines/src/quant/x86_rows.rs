@@ -31,6 +31,8 @@ pub(super) fn has_matmul(ty: GgmlType) -> bool {
         GgmlType::Q4_0
             | GgmlType::Q5_0
             | GgmlType::Q8_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_1
             | GgmlType::Q4_K
             | GgmlType::Q5_K
             | GgmlType::Q6_K
@@ -80,6 +82,8 @@ pub(super) fn matmul(ty: GgmlType, nb: usize, w: &[u8], xs: &[&[u8]], outs: &mut
             GgmlType::Q4_0 => signed(w, row_bytes, nb, xs, outs, Q4_0_BYTES, unpack_q4_0),
             GgmlType::Q5_0 => signed(w, row_bytes, nb, xs, outs, Q5_0_BYTES, unpack_q5_0),
             GgmlType::Q8_0 => signed(w, row_bytes, nb, xs, outs, Q8_0_BYTES, unpack_q8_0),
+            GgmlType::Q4_1 => unsigned(w, row_bytes, nb, xs, outs, Q4_1_BYTES, unpack_q4_1),
+            GgmlType::Q5_1 => unsigned(w, row_bytes, nb, xs, outs, Q5_1_BYTES, unpack_q5_1),
             GgmlType::Q4_K => with_mins(w, row_bytes, xs, outs, Q4_K_BYTES, true, unpack_q4_k),
             GgmlType::Q5_K => with_mins(w, row_bytes, xs, outs, Q5_K_BYTES, false, unpack_q5_k),
             GgmlType::Q6_K => q6_k(w, row_bytes, xs, outs),
@@ -217,6 +221,90 @@ unsafe fn signed_tile<const N: usize>(
     }
 }
 
+// ----- Q4_1, Q5_1 against Q8_1 -------------------------------------------------------------
+
+/// One unpacked block of a 32-element format with a minimum: the unsigned values and
+/// `(d, m)` in lanes 0 and 1.
+#[derive(Clone, Copy)]
+struct UnsignedBlock {
+    q: __m256i,
+    dm: __m128,
+}
+
+/// Q4_1 or Q5_1 weights (`unpack` gives a block's 32 unsigned values).
+///
+/// # Safety
+///
+/// As [`matmul`] for these formats.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unsigned(
+    w: &[u8],
+    row_bytes: usize,
+    nb: usize,
+    xs: &[&[u8]],
+    outs: &mut [&mut [f32]],
+    w_bytes: usize,
+    unpack: unsafe fn(*const u8) -> __m256i,
+) {
+    // SAFETY: every block read is one `matmul` checked; the scales buffer holds `nb` pairs
+    // for each of the `xs.len()` rows.
+    unsafe {
+        // The activation (d, s) pairs, widened once: row t's block i is `xd[t * nb + i]`.
+        let mut xd = Vec::with_capacity(xs.len() * nb);
+        for x in xs {
+            xd.extend((0..nb).map(|i| f16x2(x[i * Q8_1_BYTES..].as_ptr())));
+        }
+        let xd = &xd;
+        rows(
+            w,
+            row_bytes,
+            w_bytes,
+            xs,
+            outs,
+            |wb| UnsignedBlock {
+                q: unpack(wb),
+                dm: f16x2(wb),
+            },
+            |b, t, xp| unsigned_tile(b, &xd[t * nb..], xp),
+            |b, t, x| unsigned_tile(b, &xd[t * nb..], [x])[0],
+        );
+    }
+}
+
+/// `N` dot products of an unpacked row with Q8_1 rows whose widened `(d, s)` pairs start at
+/// `xd`, as `x86::unsigned_q8_1`: `d_w·d_x · Σ q·x` in eight lanes, plus `m_w·s_x` summed
+/// block by block.
+///
+/// # Safety
+///
+/// Each `xp[j]` must point to `blocks.len()` Q8_1 blocks and `xd` hold `N · blocks.len()`
+/// pairs; the CPU must have AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unsigned_tile<const N: usize>(
+    blocks: &[UnsignedBlock],
+    xd: &[__m128],
+    xp: [*const u8; N],
+) -> [f32; N] {
+    let nb = blocks.len();
+    assert!(xd.len() >= N * nb, "activation scales too short");
+    // SAFETY: block `i < nb` of each activation row (caller's contract); `xd` was checked.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); N];
+        // Lane 1 accumulates the minimum terms m_w·s_x (lane 0 is unused).
+        let mut mins = [_mm_setzero_ps(); N];
+        for (i, b) in blocks.iter().enumerate() {
+            for j in 0..N {
+                let p = _mm256_cvtepi32_ps(dot_u8_i8(b.q, load32(xp[j].add(i * Q8_1_BYTES + 4))));
+                let prod = _mm_mul_ps(b.dm, *xd.get_unchecked(j * nb + i)); // (d_w·d_x, m_w·s_x)
+                acc[j] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), p, acc[j]);
+                mins[j] = _mm_add_ps(mins[j], prod);
+            }
+        }
+        std::array::from_fn(|j| hsum_f32(acc[j]) + _mm_cvtss_f32(_mm_movehdup_ps(mins[j])))
+    }
+}
+
 // ----- Q4_K, Q5_K against Q8_K -------------------------------------------------------------
 
 /// One unpacked Q4_K / Q5_K super-block: the eight sub-blocks as unsigned bytes, their
@@ -277,13 +365,40 @@ unsafe fn with_mins(
                 b.dmin = _mm_cvtss_f32(_mm_movehdup_ps(d_dmin));
                 b
             },
-            |b, _, xp| mins_tile(b, xp, chunked),
-            |b, _, x| mins_tile(b, [x], false)[0],
+            |b, _, xp| {
+                if chunked {
+                    mins_tile4_chunked(b, xp)
+                } else {
+                    mins_tile(b, xp)
+                }
+            },
+            |b, _, x| mins_tile(b, [x])[0],
         );
     }
 }
 
-/// `N` dot products of an unpacked Q4_K / Q5_K row with Q8_K rows, as `x86::k_with_mins`.
+/// The integer dot products of the four 64-element chunks of an unpacked super-block with
+/// the Q8_K quants at `y`, each in eight i32 lanes (sub-block scales applied).
+///
+/// # Safety
+///
+/// `y` must point to 256 readable quants; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn chunk_dots(b: &MinsBlock, y: *const u8) -> [__m256i; 4] {
+    // SAFETY: chunk c reads quants 64c..64c+64 (caller's contract).
+    std::array::from_fn(|c| unsafe {
+        let lo = _mm256_maddubs_epi16(b.q[2 * c], load32(y.add(64 * c)));
+        let hi = _mm256_maddubs_epi16(b.q[2 * c + 1], load32(y.add(64 * c + 32)));
+        _mm256_add_epi32(
+            _mm256_madd_epi16(lo, b.scale[2 * c]),
+            _mm256_madd_epi16(hi, b.scale[2 * c + 1]),
+        )
+    })
+}
+
+/// `N` dot products of an unpacked Q4_K / Q5_K row with Q8_K rows, as `x86::k_with_mins`
+/// folds them per super-block (see [`mins_tile4_chunked`] for the per-chunk order).
 ///
 /// # Safety
 ///
@@ -291,11 +406,7 @@ unsafe fn with_mins(
 /// F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn mins_tile<const N: usize>(
-    blocks: &[MinsBlock],
-    xp: [*const u8; N],
-    chunked: bool,
-) -> [f32; N] {
+unsafe fn mins_tile<const N: usize>(blocks: &[MinsBlock], xp: [*const u8; N]) -> [f32; N] {
     // SAFETY: super-block `i < blocks.len()` of each activation row (caller's contract).
     unsafe {
         let mut sums = [KSum::default(); N];
@@ -303,48 +414,83 @@ unsafe fn mins_tile<const N: usize>(
             for (j, sum) in sums.iter_mut().enumerate() {
                 let xb = xp[j].add(i * Q8_K_BYTES);
                 let y = xb.add(Q8_K_QS);
-                // Chunk c's integer dot product in eight lanes.
-                let p: [__m256i; 4] = std::array::from_fn(|c| {
-                    let lo = _mm256_maddubs_epi16(b.q[2 * c], load32(y.add(64 * c)));
-                    let hi = _mm256_maddubs_epi16(b.q[2 * c + 1], load32(y.add(64 * c + 32)));
-                    _mm256_add_epi32(
-                        _mm256_madd_epi16(lo, b.scale[2 * c]),
-                        _mm256_madd_epi16(hi, b.scale[2 * c + 1]),
-                    )
-                });
+                let p = chunk_dots(b, y);
                 let dx = f32_at_ptr(xb);
                 let (d, dmin) = (b.d * dx, b.dmin * dx);
-                if chunked {
-                    // Integer sums are exact in any order: reduce the four chunks together.
-                    let h = _mm256_hadd_epi32(
-                        _mm256_hadd_epi32(p[0], p[1]),
-                        _mm256_hadd_epi32(p[2], p[3]),
-                    );
-                    let isum =
-                        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-                    // Lane s of the product is sub-block s's minimum term; chunk c is lanes
-                    // 2c and 2c + 1.
-                    let m = _mm256_madd_epi16(load32(xb.add(Q8_K_BSUMS)), b.mins);
-                    let m = _mm256_hadd_epi32(m, m);
-                    let imin = _mm_unpacklo_epi64(
-                        _mm256_castsi256_si128(m),
-                        _mm256_extracti128_si256(m, 1),
-                    );
-                    let (mut is, mut im) = ([0i32; 4], [0i32; 4]);
-                    _mm_storeu_si128(is.as_mut_ptr().cast(), isum);
-                    _mm_storeu_si128(im.as_mut_ptr().cast(), imin);
-                    sum.add_chunks(d, is, dmin, im);
-                } else {
-                    let acc = _mm256_add_epi32(
-                        _mm256_add_epi32(p[0], p[1]),
-                        _mm256_add_epi32(p[2], p[3]),
-                    );
-                    sum.add(d, hsum_i32(acc), dmin, k_min_term(xb, b.mins));
-                }
+                let acc =
+                    _mm256_add_epi32(_mm256_add_epi32(p[0], p[1]), _mm256_add_epi32(p[2], p[3]));
+                sum.add(d, hsum_i32(acc), dmin, k_min_term(xb, b.mins));
             }
         }
         sums.map(KSum::total)
     }
+}
+
+/// Four dot products of an unpacked Q4_K row with Q8_K rows, each super-block folded per
+/// 64-element chunk (`KSum::add_chunks`, llama.cpp's repacked GEMM order) as `x86::q4_k` does
+/// for a tile; the per-chunk folds of the four rows run side by side in the four lanes
+/// of one vector (lane `j` does exactly row `j`'s scalar fused multiply-adds, in the same
+/// order, so the bits are the same).
+///
+/// # Safety
+///
+/// As [`mins_tile`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mins_tile4_chunked(blocks: &[MinsBlock], xp: [*const u8; 4]) -> [f32; 4] {
+    // SAFETY: super-block `i < blocks.len()` of each activation row (caller's contract).
+    unsafe {
+        let (mut acc, mut min) = (_mm_setzero_ps(), _mm_setzero_ps());
+        for (i, b) in blocks.iter().enumerate() {
+            // Per row j: its four chunk sums, and its four chunk minimum terms.
+            let mut isum = [_mm_setzero_si128(); 4];
+            let mut imin = [_mm_setzero_si128(); 4];
+            let mut dx = [0.0f32; 4];
+            for j in 0..4 {
+                let xb = xp[j].add(i * Q8_K_BYTES);
+                let y = xb.add(Q8_K_QS);
+                let p = chunk_dots(b, y);
+                let h =
+                    _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+                isum[j] = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+                let m = _mm256_madd_epi16(load32(xb.add(Q8_K_BSUMS)), b.mins);
+                let m = _mm256_hadd_epi32(m, m);
+                imin[j] =
+                    _mm_unpacklo_epi64(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+                dx[j] = f32_at_ptr(xb);
+            }
+            // Lane j: row j's d_w·d_x and dmin_w·d_x, as the scalar products.
+            let dx = _mm_loadu_ps(dx.as_ptr());
+            let d = _mm_mul_ps(_mm_set1_ps(b.d), dx);
+            let dmin = _mm_mul_ps(_mm_set1_ps(b.dmin), dx);
+            // Transposed, vector c holds chunk c of the four rows.
+            let isum = transpose4(isum);
+            let imin = transpose4(imin);
+            for c in 0..4 {
+                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(isum[c]), d, acc);
+                min = _mm_fmadd_ps(_mm_cvtepi32_ps(imin[c]), dmin, min);
+            }
+        }
+        let mut out = [0.0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), _mm_sub_ps(acc, min));
+        out
+    }
+}
+
+/// The 4 × 4 transpose of four vectors of four i32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose4(r: [__m128i; 4]) -> [__m128i; 4] {
+    let t0 = _mm_unpacklo_epi32(r[0], r[1]); // r0[0] r1[0] r0[1] r1[1]
+    let t1 = _mm_unpacklo_epi32(r[2], r[3]); // r2[0] r3[0] r2[1] r3[1]
+    let t2 = _mm_unpackhi_epi32(r[0], r[1]); // r0[2] r1[2] r0[3] r1[3]
+    let t3 = _mm_unpackhi_epi32(r[2], r[3]); // r2[2] r3[2] r2[3] r3[3]
+    [
+        _mm_unpacklo_epi64(t0, t1),
+        _mm_unpackhi_epi64(t0, t1),
+        _mm_unpacklo_epi64(t2, t3),
+        _mm_unpackhi_epi64(t2, t3),
+    ]
 }
 
 // ----- Q6_K against Q8_K -------------------------------------------------------------------
@@ -454,6 +600,8 @@ mod tests {
             GgmlType::Q4_0,
             GgmlType::Q5_0,
             GgmlType::Q8_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_1,
             GgmlType::Q4_K,
             GgmlType::Q5_K,
             GgmlType::Q6_K,
@@ -465,7 +613,7 @@ mod tests {
             // Sane f16 scales (0.01 and 0.005) where the format keeps them.
             let scales: &[usize] = match ty {
                 GgmlType::Q6_K => &[Q6_K_D],
-                GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+                GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q4_1 | GgmlType::Q5_1 => &[0, 2],
                 _ => &[0],
             };
             for blk in w.chunks_exact_mut(block) {
