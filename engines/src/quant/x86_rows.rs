@@ -162,10 +162,15 @@ unsafe fn signed(
     // SAFETY: every block read is one `matmul` checked; the scales buffer holds `nb` values
     // for each of the `xs.len()` rows.
     unsafe {
-        // The activation scales, widened once: row t's block i is `xd[t * nb + i]`.
-        let mut xd = Vec::with_capacity(xs.len() * nb);
-        for x in xs {
-            xd.extend((0..nb).map(|i| _mm_cvtss_f32(f16x2(x[i * Q8_0_BYTES..].as_ptr()))));
+        // The activation scales, widened once, in groups of four rows (the tiles): row t's
+        // block i is `xd[(t / 4) * 4 * nb + 4 * i + t % 4]`, so a tile's four scales of a
+        // block are adjacent.
+        let mut xd = vec![0.0f32; xs.len().next_multiple_of(4) * nb];
+        for (t, x) in xs.iter().enumerate() {
+            let group = &mut xd[t / 4 * 4 * nb..];
+            for i in 0..nb {
+                group[4 * i + t % 4] = _mm_cvtss_f32(f16x2(x[i * Q8_0_BYTES..].as_ptr()));
+            }
         }
         let xd = &xd;
         rows(
@@ -182,42 +187,69 @@ unsafe fn signed(
                     d: _mm_cvtss_f32(f16x2(wb)),
                 }
             },
-            |b, t, xp| signed_tile(b, &xd[t * nb..], xp),
-            |b, t, x| signed_tile(b, &xd[t * nb..], [x])[0],
+            |b, t, xp| signed_tile4(b, &xd[t / 4 * 4 * nb..][..4 * nb], xp),
+            |b, t, x| signed_tile1(b, &xd[t / 4 * 4 * nb..][..4 * nb], t % 4, x),
         );
     }
 }
 
-/// `N` dot products of an unpacked row with Q8_0 rows whose widened scales start at `xd`
-/// (`blocks.len()` per row): per block `acc += (d_w·d_x) · Σ|w|·(x·sign w)` in eight lanes,
-/// summed at the end, as `x86::signed_q8_0`.
+/// Four dot products of an unpacked row with Q8_0 rows, whose widened scales are `xd` (four
+/// per block, see [`signed`]): per block `acc += (d_w·d_x) · Σ|w|·(x·sign w)` in eight
+/// lanes, summed at the end, as `x86::signed_q8_0`. The four products `d_w·d_x` of a block
+/// are one vector multiplication, read back by broadcasting loads, which keeps the vector
+/// units free for the integer products.
 ///
 /// # Safety
 ///
-/// Each `xp[j]` must point to `blocks.len()` Q8_0 blocks and `xd` hold `N · blocks.len()`
-/// scales; the CPU must have AVX2, FMA and F16C.
+/// Each `xp[j]` must point to `blocks.len()` Q8_0 blocks; the CPU must have AVX2, FMA and
+/// F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn signed_tile<const N: usize>(
-    blocks: &[SignedBlock],
-    xd: &[f32],
-    xp: [*const u8; N],
-) -> [f32; N] {
-    let nb = blocks.len();
-    assert!(xd.len() >= N * nb, "activation scales too short");
+unsafe fn signed_tile4(blocks: &[SignedBlock], xd: &[f32], xp: [*const u8; 4]) -> [f32; 4] {
+    assert_eq!(xd.len(), 4 * blocks.len(), "one scale per block and row");
     // SAFETY: block `i < nb` of each activation row (caller's contract); `xd` was checked.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut d = [0.0f32; 4];
         for (i, b) in blocks.iter().enumerate() {
-            let dw = _mm256_set1_ps(b.d);
+            let dx = _mm_loadu_ps(xd.as_ptr().add(4 * i));
+            _mm_storeu_ps(d.as_mut_ptr(), _mm_mul_ps(_mm_set1_ps(b.d), dx));
+            // Keep the products in memory: LLVM would otherwise broadcast them from the
+            // register with shuffles, which compete with the multiply-adds for the same units.
+            std::hint::black_box(&mut d);
             for (j, acc) in acc.iter_mut().enumerate() {
                 let y = _mm256_sign_epi8(load32(xp[j].add(i * Q8_0_BYTES + 2)), b.q);
                 let p = _mm256_cvtepi32_ps(dot_u8_i8(b.abs, y));
-                let dx = _mm256_set1_ps(*xd.get_unchecked(j * nb + i));
-                *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), p, *acc);
+                *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d[j]), p, *acc);
             }
         }
         acc.map(|a| hsum_f32(a))
+    }
+}
+
+/// One dot product of an unpacked row with a Q8_0 row, lane `lane` of the scale groups `xd`;
+/// the same arithmetic as [`signed_tile4`] for one row.
+///
+/// # Safety
+///
+/// As [`signed_tile4`], for the one row `x`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn signed_tile1(blocks: &[SignedBlock], xd: &[f32], lane: usize, x: *const u8) -> f32 {
+    assert!(
+        xd.len() == 4 * blocks.len() && lane < 4,
+        "one scale per block and row"
+    );
+    // SAFETY: block `i < nb` of the activation row (caller's contract); `xd` was checked.
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        for (i, b) in blocks.iter().enumerate() {
+            let y = _mm256_sign_epi8(load32(x.add(i * Q8_0_BYTES + 2)), b.q);
+            let p = _mm256_cvtepi32_ps(dot_u8_i8(b.abs, y));
+            let d = b.d * *xd.get_unchecked(4 * i + lane);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), p, acc);
+        }
+        hsum_f32(acc)
     }
 }
 
