@@ -31,7 +31,7 @@
 use std::arch::x86_64::*;
 
 use super::layout::*;
-use super::x86::{f16x2, f16x8, f32_at_ptr, hsum_f32, load32, nibbles};
+use super::x86::{f16x2, f16x8, f32_at_ptr, hsum_f32, load32, nibbles, q6_k_scales, unpack_q6_k};
 use crate::gguf::GgmlType;
 
 /// Whether this CPU can run these kernels (AVX2, FMA, F16C, AVX-512 F/BW/VL/VNNI, detected at
@@ -364,40 +364,14 @@ unsafe fn q6_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> 
     // SAFETY: every pointer below stays inside super-block `i < nb` of its row.
     unsafe {
         let mut sums = [_mm256_setzero_ps(); N];
-        let m4 = _mm256_set1_epi8(0x0f);
-        let m2 = _mm256_set1_epi8(0x30);
         for i in 0..nb {
             let wb = wp.add(i * Q6_K_BYTES);
             let sc = &*wb.add(Q6_K_SCALES).cast::<[i8; 16]>();
             let mut acc = [_mm256_setzero_si256(); N];
             for half in 0..2 {
-                let ql0 = load32(wb.add(64 * half));
-                let ql1 = load32(wb.add(64 * half + 32));
-                let qh = load32(wb.add(Q6_K_QH + 32 * half));
-                let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                        _mm256_and_si256(qh, m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
-                    ),
-                ];
+                let q = unpack_q6_k(wb, half);
                 for (k, q) in q.into_iter().enumerate() {
-                    let g = 8 * half + 2 * k;
-                    let s = _mm256_set_m128i(
-                        _mm_set1_epi16(i16::from(sc[g + 1])),
-                        _mm_set1_epi16(i16::from(sc[g])),
-                    );
+                    let s = q6_k_scales(sc, 8 * half + 2 * k);
                     for (j, acc) in acc.iter_mut().enumerate() {
                         let y = xp[j].add(i * Q8_K_BYTES + Q8_K_QS + 128 * half + 32 * k);
                         *acc = _mm256_dpwssd_epi32(*acc, _mm256_maddubs_epi16(q, load32(y)), s);
