@@ -570,6 +570,7 @@ pub(crate) fn dot_tile<const R: usize, const N: usize>(
 /// # Panics
 ///
 /// As [`dot_n`], and if the lengths of `w`, `xs` and `outs` disagree.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // only x86 has such kernels
 pub(crate) fn matmul_rows(
     kernel: Kernel,
     ty: GgmlType,
