@@ -133,6 +133,39 @@ unsafe fn rows<B: Copy>(
     }
 }
 
+/// The activation scales of every block of `xs` (blocks of `block_bytes`), widened once by
+/// `widen`, in groups of four rows (the tiles): row t's block i is at
+/// `(t / 4) · 4 · nb + 4 · i + t % 4`, so a tile's four values of a block are adjacent; a
+/// last incomplete group is padded with `pad`.
+///
+/// # Safety
+///
+/// Every row of `xs` must hold `nb` blocks whose first bytes `widen` can read; the CPU must
+/// have what `widen` needs.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_scales<T: Copy>(
+    xs: &[&[u8]],
+    nb: usize,
+    block_bytes: usize,
+    pad: T,
+    widen: impl Fn(*const u8) -> T,
+) -> Vec<T> {
+    let mut xd = vec![pad; xs.len().next_multiple_of(4) * nb];
+    for (t, x) in xs.iter().enumerate() {
+        let group = &mut xd[t / 4 * 4 * nb..];
+        for i in 0..nb {
+            group[4 * i + t % 4] = widen(x[i * block_bytes..].as_ptr());
+        }
+    }
+    xd
+}
+
+/// The scale group of [`tile_scales`] that holds row `t`.
+fn tile_group<T>(xd: &[T], t: usize, nb: usize) -> &[T] {
+    &xd[t / 4 * 4 * nb..][..4 * nb]
+}
+
 // ----- Q4_0, Q5_0, Q8_0 against Q8_0 -------------------------------------------------------
 
 /// One unpacked block of a symmetric 32-element format: the magnitudes, the values (for the
@@ -162,17 +195,7 @@ unsafe fn signed(
     // SAFETY: every block read is one `matmul` checked; the scales buffer holds `nb` values
     // for each of the `xs.len()` rows.
     unsafe {
-        // The activation scales, widened once, in groups of four rows (the tiles): row t's
-        // block i is `xd[(t / 4) * 4 * nb + 4 * i + t % 4]`, so a tile's four scales of a
-        // block are adjacent.
-        let mut xd = vec![0.0f32; xs.len().next_multiple_of(4) * nb];
-        for (t, x) in xs.iter().enumerate() {
-            let group = &mut xd[t / 4 * 4 * nb..];
-            for i in 0..nb {
-                group[4 * i + t % 4] = _mm_cvtss_f32(f16x2(x[i * Q8_0_BYTES..].as_ptr()));
-            }
-        }
-        let xd = &xd;
+        let xd = tile_scales(xs, nb, Q8_0_BYTES, 0.0, |xb| _mm_cvtss_f32(f16x2(xb)));
         rows(
             w,
             row_bytes,
@@ -187,14 +210,14 @@ unsafe fn signed(
                     d: _mm_cvtss_f32(f16x2(wb)),
                 }
             },
-            |b, t, xp| signed_tile4(b, &xd[t / 4 * 4 * nb..][..4 * nb], xp),
-            |b, t, x| signed_tile1(b, &xd[t / 4 * 4 * nb..][..4 * nb], t % 4, x),
+            |b, t, xp| signed_tile4(b, tile_group(&xd, t, nb), xp),
+            |b, t, x| signed_tile1(b, tile_group(&xd, t, nb), t % 4, x),
         );
     }
 }
 
 /// Four dot products of an unpacked row with Q8_0 rows, whose widened scales are `xd` (four
-/// per block, see [`signed`]): per block `acc += (d_w·d_x) · Σ|w|·(x·sign w)` in eight
+/// per block, see [`tile_scales`]): per block `acc += (d_w·d_x) · Σ|w|·(x·sign w)` in eight
 /// lanes, summed at the end, as `x86::signed_q8_0`. The four products `d_w·d_x` of a block
 /// are one vector multiplication, read back by broadcasting loads, which keeps the vector
 /// units free for the integer products.
@@ -281,12 +304,8 @@ unsafe fn unsigned(
     // SAFETY: every block read is one `matmul` checked; the scales buffer holds `nb` pairs
     // for each of the `xs.len()` rows.
     unsafe {
-        // The activation (d, s) pairs, widened once: row t's block i is `xd[t * nb + i]`.
-        let mut xd = Vec::with_capacity(xs.len() * nb);
-        for x in xs {
-            xd.extend((0..nb).map(|i| f16x2(x[i * Q8_1_BYTES..].as_ptr())));
-        }
-        let xd = &xd;
+        // The activation (d, s) pairs, widened once.
+        let xd = tile_scales(xs, nb, Q8_1_BYTES, _mm_setzero_ps(), |xb| f16x2(xb));
         rows(
             w,
             row_bytes,
@@ -297,29 +316,32 @@ unsafe fn unsigned(
                 q: unpack(wb),
                 dm: f16x2(wb),
             },
-            |b, t, xp| unsigned_tile(b, &xd[t * nb..], xp),
-            |b, t, x| unsigned_tile(b, &xd[t * nb..], [x])[0],
+            |b, t, xp| unsigned_tile(b, tile_group(&xd, t, nb), 0, xp),
+            |b, t, x| unsigned_tile(b, tile_group(&xd, t, nb), t % 4, [x])[0],
         );
     }
 }
 
-/// `N` dot products of an unpacked row with Q8_1 rows whose widened `(d, s)` pairs start at
-/// `xd`, as `x86::unsigned_q8_1`: `d_w·d_x · Σ q·x` in eight lanes, plus `m_w·s_x` summed
-/// block by block.
+/// `N` dot products of an unpacked row with Q8_1 rows whose widened `(d, s)` pairs are lanes
+/// `lane ..` of the scale group `xd` (see [`tile_scales`]), as `x86::unsigned_q8_1`:
+/// `d_w·d_x · Σ q·x` in eight lanes, plus `m_w·s_x` summed block by block.
 ///
 /// # Safety
 ///
-/// Each `xp[j]` must point to `blocks.len()` Q8_1 blocks and `xd` hold `N · blocks.len()`
-/// pairs; the CPU must have AVX2, FMA and F16C.
+/// Each `xp[j]` must point to `blocks.len()` Q8_1 blocks; the CPU must have AVX2, FMA and
+/// F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn unsigned_tile<const N: usize>(
     blocks: &[UnsignedBlock],
     xd: &[__m128],
+    lane: usize,
     xp: [*const u8; N],
 ) -> [f32; N] {
-    let nb = blocks.len();
-    assert!(xd.len() >= N * nb, "activation scales too short");
+    assert!(
+        xd.len() == 4 * blocks.len() && lane + N <= 4,
+        "one scale pair per block and row"
+    );
     // SAFETY: block `i < nb` of each activation row (caller's contract); `xd` was checked.
     unsafe {
         let mut acc = [_mm256_setzero_ps(); N];
@@ -328,7 +350,7 @@ unsafe fn unsigned_tile<const N: usize>(
         for (i, b) in blocks.iter().enumerate() {
             for j in 0..N {
                 let p = _mm256_cvtepi32_ps(dot_u8_i8(b.q, load32(xp[j].add(i * Q8_1_BYTES + 4))));
-                let prod = _mm_mul_ps(b.dm, *xd.get_unchecked(j * nb + i)); // (d_w·d_x, m_w·s_x)
+                let prod = _mm_mul_ps(b.dm, *xd.get_unchecked(4 * i + lane + j)); // (d_w·d_x, m_w·s_x)
                 acc[j] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), p, acc[j]);
                 mins[j] = _mm_add_ps(mins[j], prod);
             }
