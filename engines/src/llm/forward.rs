@@ -290,12 +290,16 @@ fn dot_gemm8(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The batch (8-lane) attention loops with AVX2 intrinsics: the same operations per output, in
-/// the same order, as [`dot_gemm8`] and the lane accumulation in [`forward`], but four keys'
-/// scores at a time (independent FMA chains instead of one) and the value accumulators kept
-/// in registers.
+/// the same order, as [`dot_gemm8`] and the lane accumulation in [`forward`], but for a block
+/// of `Q` queries at once, so that each key and value row is read from cache once per block
+/// instead of once per query (a head's keys and values outgrow L2 at a few hundred
+/// positions), with independent FMA chains and the accumulators in registers.
 mod attn_x86 {
     #[cfg(target_arch = "x86_64")]
     use std::arch::x86_64::*;
+
+    /// Queries per block in the batch loops.
+    pub(super) const QB: usize = 4;
 
     /// Whether the functions below can run (AVX2 and FMA, detected at run time).
     pub(super) fn available() -> bool {
@@ -307,175 +311,189 @@ mod attn_x86 {
         false
     }
 
-    /// `out[j] = dot_gemm8(q, keys[j·hd..(j+1)·hd])` for every key, `hd = q.len()`.
+    /// `out[q·stride + j] = dot_gemm8(qs[q·hd..(q+1)·hd], keys[j·hd..(j+1)·hd])` for the `Q`
+    /// queries in `qs` and every key `j` in `lo..hi`, `hd = qs.len() / Q`.
     ///
     /// # Safety
     ///
-    /// The CPU must have AVX2 and FMA; `q.len()` must be a multiple of 8 and `keys.len()`
-    /// `out.len() · q.len()`.
+    /// The CPU must have AVX2 and FMA (the lengths are checked).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores_gemm8(q: &[f32], keys: &[f32], out: &mut [f32]) {
-        let hd = q.len();
-        assert!(hd % 8 == 0 && keys.len() == out.len() * hd);
-        // SAFETY: every load below is inside `q` or key row `j < out.len()` (checked above).
+    pub(super) unsafe fn scores<const Q: usize>(
+        qs: &[f32],
+        keys: &[f32],
+        lo: usize,
+        hi: usize,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        let hd = qs.len() / Q;
+        assert!(hd % 8 == 0 && qs.len() == Q * hd && keys.len() >= hi * hd);
+        assert!(lo <= hi && hi <= stride && out.len() >= (Q - 1) * stride + hi);
+        // SAFETY: AVX2 and FMA by the caller; the bounds were checked above.
         unsafe {
-            let qp = q.as_ptr();
-            let kp = keys.as_ptr();
-            let n = out.len();
-            let mut j = 0;
-            while j + 4 <= n {
-                let k: [*const f32; 4] = std::array::from_fn(|t| kp.add((j + t) * hd));
-                let mut a = [_mm256_setzero_ps(); 4];
-                for c in (0..hd).step_by(8) {
-                    let qv = _mm256_loadu_ps(qp.add(c));
-                    for t in 0..4 {
-                        a[t] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[t].add(c)), a[t]);
+            if Q == 1 {
+                scores_tile::<Q, 4>(qs, keys, lo, hi, out, stride);
+            } else {
+                scores_tile::<Q, 2>(qs, keys, lo, hi, out, stride);
+            }
+        }
+    }
+
+    /// [`scores`] with `K` keys per step (`Q·K` accumulators), the last keys one at a time.
+    ///
+    /// # Safety
+    ///
+    /// As [`scores`], with the bounds checked there.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_tile<const Q: usize, const K: usize>(
+        qs: &[f32],
+        keys: &[f32],
+        lo: usize,
+        hi: usize,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        let hd = qs.len() / Q;
+        let (qp, kp, op) = (qs.as_ptr(), keys.as_ptr(), out.as_mut_ptr());
+        // SAFETY: query `q < Q` and key `j < hi` rows and output `q·stride + j` are in bounds
+        // (checked by `scores`).
+        unsafe {
+            let mut j = lo;
+            while j + K <= hi {
+                let a = score_tile::<Q, K>(qp, kp.add(j * hd), hd);
+                for (q, a) in a.iter().enumerate() {
+                    for (t, &a) in a.iter().enumerate() {
+                        *op.add(q * stride + j + t) = hsum(a);
                     }
                 }
-                for t in 0..4 {
-                    out[j + t] = hsum(a[t]);
-                }
-                j += 4;
+                j += K;
             }
-            while j < n {
-                let k = kp.add(j * hd);
-                let mut a = _mm256_setzero_ps();
-                for c in (0..hd).step_by(8) {
-                    a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(k.add(c)), a);
+            while j < hi {
+                let a = score_tile::<Q, 1>(qp, kp.add(j * hd), hd);
+                for (q, a) in a.iter().enumerate() {
+                    *op.add(q * stride + j) = hsum(a[0]);
                 }
-                out[j] = hsum(a);
                 j += 1;
             }
         }
     }
 
-    /// `out = Σ_{j ≥ first} w[j]·v_j` with one accumulator per lane `j mod 8`, each summed in
-    /// `j` order with fused multiply-adds and the lanes added as [`super::hsum8`] does.
+    /// The 8-lane accumulators of `Q` queries (rows of `hd` at `qp`) against `K` keys (rows
+    /// of `hd` at `kp`).
     ///
     /// # Safety
     ///
-    /// The CPU must have AVX2 and FMA; `out.len()` must be a multiple of 8 and `v` hold at
-    /// least `w.len()` rows of `out.len()`.
+    /// AVX2 and FMA; `qp` valid for `Q·hd` floats, `kp` for `K·hd`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn score_tile<const Q: usize, const K: usize>(
+        qp: *const f32,
+        kp: *const f32,
+        hd: usize,
+    ) -> [[__m256; K]; Q] {
+        let mut a = [[_mm256_setzero_ps(); K]; Q];
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            for c in (0..hd).step_by(8) {
+                let kv: [__m256; K] = std::array::from_fn(|t| _mm256_loadu_ps(kp.add(t * hd + c)));
+                for (q, a) in a.iter_mut().enumerate() {
+                    let qv = _mm256_loadu_ps(qp.add(q * hd + c));
+                    for t in 0..K {
+                        a[t] = _mm256_fmadd_ps(qv, kv[t], a[t]);
+                    }
+                }
+            }
+        }
+        a
+    }
+
+    /// `outs[q] = Σ_{lo ≤ j < hi} w[q·stride + j]·v_j` for `Q` queries, where `v_j` is row `j`
+    /// of `v` (rows of `hdv = outs[q].len()`): one accumulator per lane `j mod 8`, each summed
+    /// in `j` order with fused multiply-adds, and the lanes added as [`super::hsum8`] does.
+    ///
+    /// The lanes are summed one after the other (positions `l, l+8, …`), so a block of
+    /// queries needs one accumulator per query and column register, not eight. Zero weights
+    /// (positions outside a query's causal window) add exact zeros and leave its sums as they
+    /// would be without those positions, as long as the values are finite.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2 and FMA (the lengths are checked).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_values_gemm8(
+    pub(super) unsafe fn weighted_values<const Q: usize>(
         w: &[f32],
-        first: usize,
+        stride: usize,
+        lo: usize,
+        hi: usize,
         v: &[f32],
-        out: &mut [f32],
+        outs: [&mut [f32]; Q],
     ) {
-        let hdv = out.len();
-        let n = w.len();
-        assert!(hdv % 8 == 0 && v.len() >= n * hdv);
-        if hdv % 32 == 0 && is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F was detected; the lengths were checked above.
-            return unsafe { weighted_values_avx512(w, first, v, out) };
-        }
-        // SAFETY: every load is inside row `j < n` of `v` or `out` (checked above).
+        let hdv = outs[0].len();
+        assert!(hdv % 8 == 0 && outs.iter().all(|o| o.len() == hdv));
+        assert!(lo <= hi && hi <= stride && w.len() >= (Q - 1) * stride + hi);
+        assert!(v.len() >= hi * hdv);
+        let op = outs.map(|o| o.as_mut_ptr());
+        let mut c = 0;
+        // SAFETY: AVX2 and FMA by the caller; bounds as checked above.
         unsafe {
-            let vp = v.as_ptr();
-            // Two 8-wide column chunks per pass (a whole 64-byte line of each value row).
-            let mut c = 0;
             while c + 16 <= hdv {
-                let mut acc = [[_mm256_setzero_ps(); 2]; 8];
-                let mut j0 = first / 8 * 8;
-                while j0 < n {
-                    if j0 >= first && j0 + 8 <= n {
-                        for l in 0..8 {
-                            let wj = _mm256_set1_ps(w[j0 + l]);
-                            let row = vp.add((j0 + l) * hdv + c);
-                            for h in 0..2 {
-                                let x = _mm256_loadu_ps(row.add(8 * h));
-                                acc[l][h] = _mm256_fmadd_ps(wj, x, acc[l][h]);
-                            }
-                        }
-                    } else {
-                        for l in 0..8 {
-                            let j = j0 + l;
-                            if j >= first && j < n {
-                                let wj = _mm256_set1_ps(w[j]);
-                                let row = vp.add(j * hdv + c);
-                                for h in 0..2 {
-                                    let x = _mm256_loadu_ps(row.add(8 * h));
-                                    acc[l][h] = _mm256_fmadd_ps(wj, x, acc[l][h]);
-                                }
-                            }
-                        }
-                    }
-                    j0 += 8;
-                }
-                for h in 0..2 {
-                    let o = reduce_lanes(std::array::from_fn(|l| acc[l][h]));
-                    _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * h), o);
-                }
+                values_chunk::<Q, 2>(w, stride, lo, hi, v, hdv, c, op);
                 c += 16;
             }
-            while c < hdv {
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for j in first..n {
-                    let x = _mm256_loadu_ps(vp.add(j * hdv + c));
-                    acc[j % 8] = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), x, acc[j % 8]);
-                }
-                _mm256_storeu_ps(out.as_mut_ptr().add(c), reduce_lanes(acc));
-                c += 8;
+            if c < hdv {
+                values_chunk::<Q, 1>(w, stride, lo, hi, v, hdv, c, op);
             }
         }
     }
 
-    /// [`weighted_values_gemm8`] with 16-wide registers, 32 columns per pass over the
-    /// values. Every operation is per column (the lanes `j mod 8` are separate registers, not
-    /// vector lanes), so the width changes nothing but the number of passes.
+    /// Columns `c..c + 8·H` of [`weighted_values`].
     ///
     /// # Safety
     ///
-    /// The CPU must have AVX-512F; `out.len()` must be a multiple of 32 and `v` hold at least
-    /// `w.len()` rows of `out.len()`.
+    /// As [`weighted_values`], with `c + 8·H ≤ hdv` and every `op[q]` valid for `hdv` floats.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn weighted_values_avx512(w: &[f32], first: usize, v: &[f32], out: &mut [f32]) {
-        let hdv = out.len();
-        let n = w.len();
-        assert!(hdv % 32 == 0 && v.len() >= n * hdv);
-        // SAFETY: every load is inside row `j < n` of `v` or `out` (checked above).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn values_chunk<const Q: usize, const H: usize>(
+        w: &[f32],
+        stride: usize,
+        lo: usize,
+        hi: usize,
+        v: &[f32],
+        hdv: usize,
+        c: usize,
+        op: [*mut f32; Q],
+    ) {
+        let (wp, vp) = (w.as_ptr(), v.as_ptr());
+        // SAFETY: weight `q·stride + j` and value row `j < hi` are in bounds (checked by
+        // `weighted_values`), as are columns `c..c + 8·H` of each output.
         unsafe {
-            let vp = v.as_ptr();
-            for c in (0..hdv).step_by(32) {
-                let mut acc = [[_mm512_setzero_ps(); 2]; 8];
-                let mut j0 = first / 8 * 8;
-                while j0 < n {
-                    if j0 >= first && j0 + 8 <= n {
-                        for l in 0..8 {
-                            let wj = _mm512_set1_ps(w[j0 + l]);
-                            let row = vp.add((j0 + l) * hdv + c);
-                            for h in 0..2 {
-                                let x = _mm512_loadu_ps(row.add(16 * h));
-                                acc[l][h] = _mm512_fmadd_ps(wj, x, acc[l][h]);
-                            }
-                        }
-                    } else {
-                        for l in 0..8 {
-                            let j = j0 + l;
-                            if j >= first && j < n {
-                                let wj = _mm512_set1_ps(w[j]);
-                                let row = vp.add(j * hdv + c);
-                                for h in 0..2 {
-                                    let x = _mm512_loadu_ps(row.add(16 * h));
-                                    acc[l][h] = _mm512_fmadd_ps(wj, x, acc[l][h]);
-                                }
-                            }
+            let mut lanes = [[[_mm256_setzero_ps(); H]; Q]; 8];
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                // The first position at or after `lo` that falls in lane `l`.
+                let mut j = lo + (l + 8 - lo % 8) % 8;
+                while j < hi {
+                    let row = vp.add(j * hdv + c);
+                    let x: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(row.add(8 * h)));
+                    for (q, acc) in lane.iter_mut().enumerate() {
+                        let wj = _mm256_broadcast_ss(&*wp.add(q * stride + j));
+                        for h in 0..H {
+                            acc[h] = _mm256_fmadd_ps(wj, x[h], acc[h]);
                         }
                     }
-                    j0 += 8;
+                    j += 8;
                 }
-                for h in 0..2 {
-                    let a = |l: usize| acc[l][h];
-                    let s04 = _mm512_add_ps(a(4), a(0));
-                    let s15 = _mm512_add_ps(a(5), a(1));
-                    let s26 = _mm512_add_ps(a(6), a(2));
-                    let s37 = _mm512_add_ps(a(7), a(3));
-                    let o = _mm512_add_ps(_mm512_add_ps(s04, s26), _mm512_add_ps(s15, s37));
-                    _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * h), o);
+            }
+            for (q, &o) in op.iter().enumerate() {
+                for h in 0..H {
+                    let sum = reduce_lanes(std::array::from_fn(|l| lanes[l][q][h]));
+                    _mm256_storeu_ps(o.add(c + 8 * h), sum);
                 }
             }
         }
@@ -505,12 +523,26 @@ mod attn_x86 {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    pub(super) unsafe fn scores_gemm8(_: &[f32], _: &[f32], _: &mut [f32]) {
+    pub(super) unsafe fn scores<const Q: usize>(
+        _: &[f32],
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: &mut [f32],
+        _: usize,
+    ) {
         unreachable!("available() is false")
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    pub(super) unsafe fn weighted_values_gemm8(_: &[f32], _: usize, _: &[f32], _: &mut [f32]) {
+    pub(super) unsafe fn weighted_values<const Q: usize>(
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: usize,
+        _: &[f32],
+        _: [&mut [f32]; Q],
+    ) {
         unreachable!("available() is false")
     }
 }
@@ -554,6 +586,20 @@ pub(crate) fn expf_ggml(x: f32) -> f32 {
     }
     let s2 = f32::from_bits(e.wrapping_sub(g));
     s2.mul_add(j, s2) * s1
+}
+
+/// Softmax numerators in place as ggml_vec_soft_max_f32 computes them: `exp(s − max)` with
+/// ggml's SIMD exp, summed eight at a time in f32 and the partial sums in f64. Returns
+/// `1 / sum`.
+fn softmax_exp(scores: &mut [f32], max: f32) -> f32 {
+    let mut sum = 0f64;
+    for chunk in scores.chunks_mut(8) {
+        for sc in chunk.iter_mut() {
+            *sc = expf_ggml(*sc - max);
+        }
+        sum += f64::from(hsum8(chunk));
+    }
+    (1.0 / sum) as f32
 }
 
 #[inline]
@@ -720,8 +766,8 @@ pub(crate) fn forward(
     grow(&mut s.up, n * c.n_ff);
     s.heads.resize_with(nh, Default::default);
     for (sc, qh, acc) in &mut s.heads {
-        grow(sc, n_pos);
-        grow(qh, hd);
+        grow(sc, attn_x86::QB * n_pos);
+        grow(qh, attn_x86::QB * hd);
         grow(acc, 32 * hdv);
     }
 
@@ -821,6 +867,13 @@ pub(crate) fn forward(
         let (k_stride, v_stride) = (kv.ctx * hd, kv.ctx * hdv);
         let decode = n == 1;
         let simd8 = attn_x86::available() && hd % 8 == 0 && hdv % 8 == 0;
+        let first_of = |p: usize| {
+            if local {
+                (p + 1).saturating_sub(window)
+            } else {
+                0
+            }
+        };
         pool.run(nh, &|h| {
             // SAFETY: task `h` alone uses `heads[h]` and writes head `h`'s columns of `att`.
             let (scores, qh, acc) = unsafe { &mut *(hptr as *mut HeadScratch).add(h) };
@@ -829,72 +882,113 @@ pub(crate) fn forward(
             let vb = v_base0 + hk * v_stride;
             let kf = &kc[kb..kb + n_pos * hd];
             let vf = &vc[vb..vb + n_pos * hdv];
+            // The query of token `i`, scaled and rounded to f16 as llama.cpp's graph does.
+            let load_query = |i: usize, out: &mut [f32]| {
+                let qs = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                for (o, &x) in out.iter_mut().zip(qs) {
+                    *o = round_f16(x * q_scale);
+                }
+            };
+            // The output row of token `i` for this head.
+            let out_row = |i: usize| {
+                // SAFETY: head `h`'s columns of token `i` are written by this task alone.
+                unsafe { std::slice::from_raw_parts_mut(aptr.at(i * o_in + h * hdv), hdv) }
+            };
+            if !decode && simd8 {
+                // A batch: the order of llama.cpp's tiled f16 GEMM, blocks of QB queries.
+                let mut i0 = 0;
+                while i0 < n {
+                    let qn = if n - i0 >= attn_x86::QB {
+                        attn_x86::QB
+                    } else {
+                        1
+                    };
+                    let (lo, hi) = (first_of(pos0 + i0), pos0 + i0 + qn);
+                    for (t, row) in qh.chunks_exact_mut(hd).take(qn).enumerate() {
+                        load_query(i0 + t, row);
+                    }
+                    // SAFETY: AVX2 and FMA were detected (`simd8`); `hd` and `hdv` are
+                    // multiples of 8; the functions check every length.
+                    unsafe {
+                        if qn == attn_x86::QB {
+                            attn_x86::scores::<{ attn_x86::QB }>(
+                                &qh[..qn * hd],
+                                kf,
+                                lo,
+                                hi,
+                                scores,
+                                n_pos,
+                            );
+                        } else {
+                            attn_x86::scores::<1>(&qh[..hd], kf, lo, hi, scores, n_pos);
+                        }
+                    }
+                    for t in 0..qn {
+                        let p = pos0 + i0 + t;
+                        let first = first_of(p);
+                        let row = &mut scores[t * n_pos..(t + 1) * n_pos];
+                        row[..first].fill(f32::NEG_INFINITY);
+                        let mut max = f32::NEG_INFINITY;
+                        for sc in &mut row[first..=p] {
+                            *sc *= kq_scale;
+                            max = max.max(*sc);
+                        }
+                        let inv = softmax_exp(&mut row[..=p], max);
+                        for sc in &mut row[first..=p] {
+                            *sc = round_f16(*sc * inv);
+                        }
+                        // Other queries' positions in the block weigh nothing for this one.
+                        row[lo..first].fill(0.0);
+                        row[p + 1..hi].fill(0.0);
+                    }
+                    // SAFETY: as above.
+                    unsafe {
+                        if qn == attn_x86::QB {
+                            let outs = std::array::from_fn(|t| out_row(i0 + t));
+                            attn_x86::weighted_values::<{ attn_x86::QB }>(
+                                scores, n_pos, lo, hi, vf, outs,
+                            );
+                        } else {
+                            attn_x86::weighted_values::<1>(
+                                scores,
+                                n_pos,
+                                lo,
+                                hi,
+                                vf,
+                                [out_row(i0)],
+                            );
+                        }
+                    }
+                    i0 += qn;
+                }
+                return;
+            }
+            // One token (decode), or no AVX2: the same orders in plain code, one query at a
+            // time.
             let lanes = if decode { 32 } else { 8 };
             for i in 0..n {
                 let p = pos0 + i;
-                let first = if local {
-                    (p + 1).saturating_sub(window)
-                } else {
-                    0
-                };
-                let qs = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-                for (o, &x) in qh.iter_mut().zip(qs) {
-                    *o = round_f16(x * q_scale);
-                }
+                let first = first_of(p);
+                load_query(i, &mut qh[..hd]);
                 // Scores in the summation order of ggml's f16 dot product (one token) or of
                 // its tiled f16 GEMM (a batch), which llama.cpp uses for these products.
                 let scores = &mut scores[..=p];
                 let mut max = f32::NEG_INFINITY;
-                if !decode && simd8 {
-                    scores[..first].fill(f32::NEG_INFINITY);
-                    // SAFETY: AVX2 and FMA were detected (`simd8`), `hd` is a multiple of 8.
-                    unsafe {
-                        attn_x86::scores_gemm8(
-                            &qh[..hd],
-                            &kf[first * hd..(p + 1) * hd],
-                            &mut scores[first..],
-                        );
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    if j < first {
+                        *sc = f32::NEG_INFINITY;
+                        continue;
                     }
-                    for sc in &mut scores[first..] {
-                        *sc *= kq_scale;
-                        max = max.max(*sc);
-                    }
-                } else {
-                    for (j, sc) in scores.iter_mut().enumerate() {
-                        if j < first {
-                            *sc = f32::NEG_INFINITY;
-                            continue;
-                        }
-                        let kj = &kf[j * hd..(j + 1) * hd];
-                        let d = if decode {
-                            dot_f16_ggml(&qh[..hd], kj)
-                        } else {
-                            dot_gemm8(&qh[..hd], kj)
-                        };
-                        *sc = d * kq_scale;
-                        max = max.max(*sc);
-                    }
+                    let kj = &kf[j * hd..(j + 1) * hd];
+                    let d = if decode {
+                        dot_f16_ggml(&qh[..hd], kj)
+                    } else {
+                        dot_gemm8(&qh[..hd], kj)
+                    };
+                    *sc = d * kq_scale;
+                    max = max.max(*sc);
                 }
-                // Softmax as ggml_vec_soft_max_f32: ggml's SIMD exp, summed eight at a time
-                // in f32, the partial sums in f64.
-                let mut sum = 0f64;
-                for chunk in scores.chunks_mut(8) {
-                    for sc in chunk.iter_mut() {
-                        *sc = expf_ggml(*sc - max);
-                    }
-                    sum += f64::from(hsum8(chunk));
-                }
-                let inv = (1.0 / sum) as f32;
-                if !decode && simd8 {
-                    for sc in &mut scores[first..] {
-                        *sc = round_f16(*sc * inv);
-                    }
-                    let out =
-                        unsafe { std::slice::from_raw_parts_mut(aptr.at(i * o_in + h * hdv), hdv) };
-                    // SAFETY: AVX2 and FMA were detected (`simd8`), `hdv` is a multiple of 8.
-                    unsafe { attn_x86::weighted_values_gemm8(scores, first, vf, out) };
-                    continue;
-                }
+                let inv = softmax_exp(scores, max);
                 // out = Σ_j p_j v_j, accumulated per lane (position mod 32 or 8) as ggml does.
                 let acc = &mut acc[..lanes * hdv];
                 acc.fill(0.0);
@@ -906,8 +1000,7 @@ pub(crate) fn forward(
                         &vf[j * hdv..(j + 1) * hdv],
                     );
                 }
-                let out =
-                    unsafe { std::slice::from_raw_parts_mut(aptr.at(i * o_in + h * hdv), hdv) };
+                let out = out_row(i);
                 for (dd, o) in out.iter_mut().enumerate() {
                     let mut l = [0f32; 32];
                     for (lane, v) in l.iter_mut().enumerate().take(lanes) {
@@ -1002,6 +1095,112 @@ pub(crate) fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The blocked AVX2 attention loops give, bit for bit, the plain loops' scores
+    /// ([`dot_gemm8`]) and weighted sums (one accumulator per position mod 8, [`hsum8`]),
+    /// for blocks of four queries and single queries, windows that start anywhere, and zero
+    /// weights outside each query's own window.
+    #[test]
+    fn blocked_attention_matches_the_plain_order_bit_for_bit() {
+        if !attn_x86::available() {
+            eprintln!("no AVX2/FMA on this CPU: nothing to compare");
+            return;
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // f16 values of widely spread magnitudes, so that sums round differently in
+            // different orders.
+            let scale = f32::powi(2.0, (state >> 20) as i32 % 16 - 8);
+            round_f16(((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale)
+        };
+        let (hd, hdv, n_pos) = (64, 40, 53);
+        let keys: Vec<f32> = (0..n_pos * hd).map(|_| rand()).collect();
+        let values: Vec<f32> = (0..n_pos * hdv).map(|_| rand()).collect();
+        const Q: usize = attn_x86::QB;
+        let qs: Vec<f32> = (0..Q * hd).map(|_| rand()).collect();
+        let mut differ = 0;
+        for (lo, hi) in [(0, n_pos), (5, 37), (13, 14), (8, 48), (21, 29)] {
+            // Scores.
+            let mut got = vec![f32::NAN; Q * n_pos];
+            // SAFETY: `available()` said AVX2 and FMA.
+            unsafe { attn_x86::scores::<Q>(&qs, &keys, lo, hi, &mut got, n_pos) };
+            let mut one = vec![f32::NAN; n_pos];
+            // SAFETY: as above.
+            unsafe { attn_x86::scores::<1>(&qs[hd..2 * hd], &keys, lo, hi, &mut one, n_pos) };
+            for j in lo..hi {
+                let k = &keys[j * hd..(j + 1) * hd];
+                for q in 0..Q {
+                    let want = dot_gemm8(&qs[q * hd..(q + 1) * hd], k);
+                    assert_eq!(
+                        got[q * n_pos + j].to_bits(),
+                        want.to_bits(),
+                        "score {q} {j}"
+                    );
+                }
+                assert_eq!(
+                    one[j].to_bits(),
+                    got[n_pos + j].to_bits(),
+                    "single score {j}"
+                );
+            }
+            // Weighted values, each query with its own window inside lo..hi (zeros outside).
+            let mut w = vec![f32::NAN; Q * n_pos];
+            let windows: Vec<(usize, usize)> = (0..Q)
+                .map(|q| {
+                    (
+                        lo + q.min(hi - lo - 1) / 2,
+                        hi - (Q - 1 - q).min(hi - lo - 1),
+                    )
+                })
+                .collect();
+            for (q, &(a, b)) in windows.iter().enumerate() {
+                for j in lo..hi {
+                    w[q * n_pos + j] = if (a..b).contains(&j) {
+                        rand().abs()
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            let mut outs = vec![vec![f32::NAN; hdv]; Q];
+            let [o0, o1, o2, o3] = &mut outs[..] else {
+                unreachable!()
+            };
+            // SAFETY: as above.
+            unsafe {
+                attn_x86::weighted_values::<Q>(&w, n_pos, lo, hi, &values, [o0, o1, o2, o3]);
+            }
+            let mut single = vec![f32::NAN; hdv];
+            // SAFETY: as above.
+            unsafe {
+                attn_x86::weighted_values::<1>(&w[n_pos..], n_pos, lo, hi, &values, [&mut single]);
+            }
+            for (q, &(a, b)) in windows.iter().enumerate() {
+                let mut acc = vec![0f32; 8 * hdv];
+                for j in a..b {
+                    let lane = j % 8;
+                    axpy(
+                        &mut acc[lane * hdv..(lane + 1) * hdv],
+                        w[q * n_pos + j],
+                        &values[j * hdv..(j + 1) * hdv],
+                    );
+                }
+                for dd in 0..hdv {
+                    let l: [f32; 8] = std::array::from_fn(|lane| acc[lane * hdv + dd]);
+                    let want = hsum8(&l);
+                    assert_eq!(outs[q][dd].to_bits(), want.to_bits(), "value {q} {dd}");
+                    // Summed in another order, the results would not all be these bits.
+                    let other = l.iter().sum::<f32>();
+                    differ += usize::from(other.to_bits() != want.to_bits());
+                }
+            }
+            assert_eq!(single, outs[1]);
+        }
+        assert!(differ > 20, "{differ}");
+    }
 
     /// `expf_ggml` and `silu` against ggml's own SIMD functions (values from
     /// scripts/reference/ggml_expf_reference.py): bit for bit.
