@@ -131,7 +131,7 @@ use crate::gguf::GgmlType;
 
 /// An implementation of the kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive] // later: SVE, i8mm (`SMMLA`), AVX-VNNI without AVX-512
+#[non_exhaustive] // later: SVE, AVX-VNNI without AVX-512
 pub enum Kernel {
     /// Portable scalar code: the reference.
     Scalar,
@@ -144,16 +144,22 @@ pub enum Kernel {
     Neon,
     /// aarch64 NEON with `dotprod` (`SDOT`).
     NeonDotprod,
+    /// aarch64 NEON with `i8mm` (`SMMLA`) for tiles of several weight rows × several tokens
+    /// (prefill), and `SDOT` as [`Kernel::NeonDotprod`] for one token or one row. The
+    /// k-quants are bit for bit those of [`Kernel::NeonDotprod`]; the 32-element formats
+    /// differ from them by float rounding only.
+    NeonI8mm,
 }
 
 impl Kernel {
     /// Every kernel, fastest last.
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 6] = [
         Kernel::Scalar,
         Kernel::Avx2,
         Kernel::Avx512Vnni,
         Kernel::Neon,
         Kernel::NeonDotprod,
+        Kernel::NeonI8mm,
     ];
 
     /// Whether this kernel can run on this CPU (run-time detection).
@@ -168,6 +174,8 @@ impl Kernel {
             Kernel::Neon => true,
             #[cfg(target_arch = "aarch64")]
             Kernel::NeonDotprod => neon::dotprod_available(),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonI8mm => neon::i8mm_available(),
             #[allow(unreachable_patterns)] // which arms remain depends on the target
             _ => false,
         }
@@ -187,7 +195,7 @@ impl Kernel {
             .unwrap_or(Kernel::Scalar)
     }
 
-    /// A short name: `scalar`, `avx2`, `avx512-vnni`, `neon`, `neon-dotprod`.
+    /// A short name: `scalar`, `avx2`, `avx512-vnni`, `neon`, `neon-dotprod`, `neon-i8mm`.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Scalar => "scalar",
@@ -195,6 +203,7 @@ impl Kernel {
             Kernel::Avx512Vnni => "avx512-vnni",
             Kernel::Neon => "neon",
             Kernel::NeonDotprod => "neon-dotprod",
+            Kernel::NeonI8mm => "neon-i8mm",
         }
     }
 }
@@ -530,7 +539,7 @@ pub(crate) fn dot_n<const N: usize>(
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon => neon::dot(false, ty, nb, w, xs),
         #[cfg(target_arch = "aarch64")]
-        Kernel::NeonDotprod => neon::dot(true, ty, nb, w, xs),
+        Kernel::NeonDotprod | Kernel::NeonI8mm => neon::dot(true, ty, nb, w, xs),
         #[allow(unreachable_patterns)] // which arms remain depends on the target
         other => panic!("the {other} kernels do not exist on this architecture"),
     }
@@ -539,11 +548,12 @@ pub(crate) fn dot_n<const N: usize>(
 /// Whether [`dot_tile`] computes several weight rows at once with `kernel` (otherwise it is
 /// [`dot_n`] row by row, and callers may as well loop over rows themselves).
 pub(crate) fn tiles_rows(kernel: Kernel) -> bool {
-    matches!(kernel, Kernel::Avx512Vnni)
+    matches!(kernel, Kernel::Avx512Vnni | Kernel::NeonI8mm)
 }
 
 /// The `R` × `N` dot products of the weight rows `ws` (`nb` blocks of `ty` each) with the
-/// activation rows `xs`: `out[r][t] = ws[r] · xs[t]`, the same values as [`dot_n`] per row.
+/// activation rows `xs`: `out[r][t] = ws[r] · xs[t]`, the same values as [`dot_n`] per row
+/// (with [`Kernel::NeonI8mm`] and a 32-element format: up to float rounding).
 ///
 /// # Panics
 ///
@@ -558,6 +568,8 @@ pub(crate) fn dot_tile<const R: usize, const N: usize>(
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => x86_vnni::dot_tile(ty, nb, ws, xs),
+        #[cfg(target_arch = "aarch64")]
+        Kernel::NeonI8mm => neon::dot_tile_i8mm(ty, nb, ws, xs),
         _ => ws.map(|w| dot_n(kernel, ty, nb, w, xs)),
     }
 }
