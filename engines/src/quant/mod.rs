@@ -61,16 +61,21 @@
 //! [`Kernel::Avx2`] (x86_64 with AVX2, FMA, F16C), [`Kernel::Avx512Vnni`] (x86_64 with
 //! AVX-512 F/BW/VL/VNNI as well: 256-bit `vpdpbusd`/`vpdpwssd` on tiles of four weight rows ×
 //! four tokens, bit for bit the AVX2 results), [`Kernel::Neon`] (aarch64 baseline, e.g.
-//! Raspberry Pi 4's Cortex-A72) and [`Kernel::NeonDotprod`] (aarch64 with `SDOT`, e.g. Pi 5,
-//! Jetson Orin). [`Kernel::best`] picks one by **run-time** feature detection, never from
-//! compile-time flags, so one aarch64 binary runs on cores with and without `dotprod`.
+//! Raspberry Pi 4's Cortex-A72), [`Kernel::NeonDotprod`] (aarch64 with `SDOT`, e.g. Pi 5,
+//! Jetson Orin) and [`Kernel::NeonI8mm`] (aarch64 with `i8mm` as well: `SMMLA` on tiles of
+//! four weight rows × up to four tokens for prefill, `SDOT` for one token; for newer cores
+//! such as Cortex-A710/X2/A720, Neoverse N2/V1 and Graviton 3, not Pi 5's Cortex-A76 or Jetson
+//! Orin's A78AE; tested under qemu only, no i8mm hardware has run it, so nothing is known of its
+//! speed). [`Kernel::best`] picks one by **run-time** feature detection, never from
+//! compile-time flags, so one aarch64 binary runs on cores with and without `dotprod`/`i8mm`.
 //!
 //! All paths compute the integer part of every block exactly. For the k-quants they also
 //! reduce each super-block to one integer and fold it into the float sum the same way, so
-//! every path returns bit-identical results. For the 32-element formats the SIMD paths
-//! accumulate in vector lanes (as ggml does); they differ from the scalar reference only by
-//! float rounding (tested to within 1e-5 of `Σ|w_i·x_i|` plus the minimum terms; observed
-//! 7e-8). When this module was written, dequantization and the activation quantizers were
+//! every path returns bit-identical results (the `SMMLA` tiles included). For the 32-element
+//! formats the SIMD paths accumulate in vector lanes (as ggml does; the `SMMLA` tiles, as
+//! llama.cpp's i8mm kernels, in one f32 lane per output, so their tiles round differently
+//! from their one-row products); they differ from the scalar reference only by float
+//! rounding (tested to within 1e-5 of `Σ|w_i·x_i|` plus the minimum terms; observed 7e-8). When this module was written, dequantization and the activation quantizers were
 //! also compared with ggml's own C reference functions on the same random blocks (identical
 //! bytes and bits), and the dot products with ggml's generic ones (within 7e-8 of
 //! `Σ|w_i·x_i|`); that comparison needs a C build of ggml and is not part of the tests.
@@ -85,7 +90,8 @@
 //! thread, under `std::thread::scope`; the calling thread takes the first range. Starting a
 //! thread costs tens of microseconds, so small products use fewer threads (see
 //! [`MIN_BYTES_PER_THREAD`]). Each output value is computed by one thread in a fixed order,
-//! so results do not depend on the thread count.
+//! so results do not depend on the thread count (with a kernel that tiles weight rows, the
+//! ranges are whole tiles, so the same rows are tiled whatever the thread count).
 //!
 //! # Example
 //!

@@ -1,4 +1,5 @@
-//! aarch64 kernels: NEON, with and without the `dotprod` extension (`SDOT`).
+//! aarch64 kernels: NEON, with and without the `dotprod` extension (`SDOT`), and tiles with
+//! the `i8mm` extension (`SMMLA`).
 //!
 //! NEON is part of the aarch64 baseline, so the plain path runs everywhere (Raspberry Pi 4's
 //! Cortex-A72 included). `SDOT` (Armv8.2 `dotprod`: Pi 5's Cortex-A76, Jetson Orin's
@@ -17,6 +18,18 @@
 //! unpacking each weight block once. Float accumulation is as on x86: per-lane for the
 //! 32-element formats, and one exact integer per super-block folded with [`KSum`] or [`k_accumulate`]
 //! for the k-quants (bit-identical to the scalar reference).
+//!
+//! With `i8mm` (Armv8.6; Cortex-A710/X2/A720, Neoverse N2/V1, Graviton 3; not the Pi 5's
+//! A76 nor Jetson Orin's A78AE), [`dot_tile_i8mm`] computes a tile of weight rows × tokens
+//! for prefill with `SMMLA`, which multiplies a 2×8 byte matrix by the transpose of another
+//! into a 2×2 i32 matrix: two weight rows' eight-element chunks in one operand, two tokens'
+//! in the other, interleaved by [`pair`]; an odd last row or token is paired with itself.
+//! The weights are unpacked by the same functions as above. The k-quants reduce to the same
+//! exact integers per super-block and output and fold them with the same calls, so they are
+//! bit for bit the `SDOT` results; the 32-element formats keep one f32 lane per output (as
+//! llama.cpp's i8mm kernels), so they differ from `SDOT` by float rounding. One-token and
+//! one-row products keep using `SDOT`. This path has run only under qemu (`-cpu max`), never
+//! on i8mm hardware; its speed is unknown.
 
 // See x86.rs: needed for Rust 1.85, reported as unnecessary by newer compilers.
 #![allow(unused_unsafe)]
@@ -297,6 +310,24 @@ impl Dot for Plain {
     }
 }
 
+/// `acc` (`int32x4_t`) after the one instruction `insn acc.4s, a.16b, b.16b` (an
+/// accumulating product of the signed byte vectors `a` and `b`), written with `asm!` because
+/// the intrinsics of `SDOT` and `SMMLA` are unstable in Rust. Needs an `unsafe` block and the
+/// instruction's target feature.
+macro_rules! accumulate_asm {
+    ($insn:literal, $acc:expr, $a:expr, $b:expr) => {{
+        let mut acc: int32x4_t = $acc;
+        asm!(
+            concat!($insn, " {acc:v}.4s, {a:v}.16b, {b:v}.16b"),
+            acc = inout(vreg) acc,
+            a = in(vreg) $a,
+            b = in(vreg) $b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+        acc
+    }};
+}
+
 /// Armv8.2 `SDOT`: lane `i` gains `Σ a[4i..4i+4]·b[4i..4i+4]`.
 struct Sdot;
 
@@ -304,19 +335,9 @@ impl Dot for Sdot {
     #[inline]
     #[target_feature(enable = "dotprod")]
     unsafe fn dot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-        let mut acc = acc;
         // SAFETY: the caller guarantees `dotprod`; the instruction reads and writes only the
-        // three vector registers named here.
-        unsafe {
-            asm!(
-                "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
-                acc = inout(vreg) acc,
-                a = in(vreg) a,
-                b = in(vreg) b,
-                options(pure, nomem, nostack, preserves_flags),
-            );
-        }
-        acc
+        // three vector registers named in `accumulate_asm!`.
+        unsafe { accumulate_asm!("sdot", acc, a, b) }
     }
 }
 
@@ -611,7 +632,7 @@ pub(super) fn i8mm_available() -> bool {
 ///
 /// # Panics
 ///
-/// If the CPU lacks i8mm, or the lengths do not match (see [`check_dot_lengths`]).
+/// If the CPU lacks i8mm, or the lengths do not match (see [`check_tile_lengths`]).
 pub(super) fn dot_tile_i8mm<const R: usize, const N: usize>(
     ty: GgmlType,
     nb: usize,
@@ -622,12 +643,8 @@ pub(super) fn dot_tile_i8mm<const R: usize, const N: usize>(
         i8mm_available(),
         "SMMLA kernels called on a CPU without i8mm"
     );
-    for w in ws {
-        check_dot_lengths(ty, nb, w, &xs);
-    }
-    let wp = ws.map(<[u8]>::as_ptr);
-    let xp = xs.map(<[u8]>::as_ptr);
-    // SAFETY: `i8mm` and `dotprod` were detected just above; `check_dot_lengths` proved that
+    let (wp, xp) = check_tile_lengths(ty, nb, &ws, &xs);
+    // SAFETY: `i8mm` and `dotprod` were detected just above; `check_tile_lengths` proved that
     // every `ws[r]` holds `nb` blocks of `ty` and every `xs[t]` `nb` activation blocks, which
     // is exactly what the tiles read.
     unsafe { tiles_i8mm::<R, N>(ty, wp, xp, nb) }
@@ -672,19 +689,9 @@ unsafe fn tiles_i8mm<const R: usize, const N: usize>(
 #[inline]
 #[target_feature(enable = "i8mm")]
 unsafe fn smmla(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    let mut acc = acc;
     // SAFETY: the caller guarantees `i8mm`; the instruction reads and writes only the three
-    // vector registers named here.
-    unsafe {
-        asm!(
-            "smmla {acc:v}.4s, {a:v}.16b, {b:v}.16b",
-            acc = inout(vreg) acc,
-            a = in(vreg) a,
-            b = in(vreg) b,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    acc
+    // vector registers named in `accumulate_asm!`.
+    unsafe { accumulate_asm!("smmla", acc, a, b) }
 }
 
 /// The 2×2 dot products of two weight rows with two tokens over the operands `w` and `x`
