@@ -5,18 +5,21 @@
 # without dotprod), and on each further core (default: a Raspberry Pi 5 core, with dotprod)
 # the tests whose code paths depend on CPU features: the kernels (quant), the LLM (its
 # kernels through whole models), the VAD (its NEON dot products) and the library unit tests.
+# On qemu's `max` core (default: last; it has i8mm, which no listed board has) only the
+# kernel tests, the LLM tests and the library unit tests run: i8mm changes only the
+# prefill products (SMMLA tiles), which those cover, in about 11 s.
 # Everything else computes the same way on every aarch64 core, and emulating the real-model
 # tests twice would double the longest part of CI. The integration tests (mosquitto, real
 # binary) run natively. Test targets that take minutes on x86 already (HEAVY below) run on
 # x86 only; the parts of them that exercise aarch64 kernels run here through a filter.
 #
-#   cross/test-aarch64.sh [cortex-a72 cortex-a76 ...]
+#   cross/test-aarch64.sh [cortex-a72 cortex-a76 max ...]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cross/install-deps.sh
 . cross/env.sh
 cores=("$@")
-((${#cores[@]})) || cores=(cortex-a72 cortex-a76)
+((${#cores[@]})) || cores=(cortex-a72 cortex-a76 max)
 
 # A 10-minute recording, and Whisper transcriptions in three formats: minutes on x86.
 HEAVY=(stt_long stt_formats)
@@ -39,6 +42,11 @@ for cpu in "${cores[@]}"; do
     "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --test stt_formats \
       weight_quantizers
     first=0
+  elif [[ $cpu == max ]]; then
+    echo "== aarch64: the kernel and LLM tests under qemu -cpu max (i8mm)"
+    # The same package set as the first pass, so nothing is rebuilt.
+    "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --lib \
+      --test quant --test llm
   else
     echo "== aarch64: CPU-feature-dependent tests under qemu -cpu $cpu"
     # The same package set as the first pass, so nothing is rebuilt.

@@ -6,7 +6,8 @@
 #
 # One release build serves everything on x86: the daemon binary that the integration tests
 # start, and the test harnesses (which share its compiled dependencies). Then one aarch64
-# release build of the engines' and daemon's unit tests, run under qemu on two cores.
+# release build of the engines' and daemon's unit tests, run under qemu on two cores, and its
+# kernel tests on a third (qemu's `max`, with i8mm).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,5 +19,5 @@ cargo build --release --locked -p sotad
 echo "== tests"
 cargo test --release --locked --workspace
 
-echo "== aarch64: cross build, and the engines' and daemon's unit tests under qemu (Pi 4 and Pi 5 cores)"
-cross/test-aarch64.sh cortex-a72 cortex-a76
+echo "== aarch64: cross build, and the engines' and daemon's unit tests under qemu (Pi 4 and Pi 5 cores, and max for i8mm)"
+cross/test-aarch64.sh cortex-a72 cortex-a76 max

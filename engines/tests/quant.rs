@@ -483,10 +483,17 @@ fn matvec_and_matmul_equal_rowwise_vec_dot_for_1_2_3_threads() {
                         // On x86 the AVX2 Q4_K kernel folds complete four-row tiles per
                         // 64-element chunk (llama.cpp's repacked GEMM order): equal to the
                         // one-row product up to rounding there, bit for bit elsewhere.
-                        let tiled = cfg!(target_arch = "x86_64")
+                        // On aarch64 with i8mm the 32-element formats' tiles of four
+                        // weight rows (SMMLA, one f32 lane per output) round differently
+                        // from the one-row SDOT product; the k-quants do not.
+                        let tiled = (cfg!(target_arch = "x86_64")
                             && ty == GgmlType::Q4_K
                             && k != Kernel::Scalar
-                            && i / rows < n_tok / 4 * 4;
+                            && i / rows < n_tok / 4 * 4)
+                            || (k == Kernel::NeonI8mm
+                                && block_elems(ty) == 32
+                                && n_tok > 1
+                                && i % rows < rows / 4 * 4);
                         if tiled {
                             let x = &xs[i / rows * act_bytes..(i / rows + 1) * act_bytes];
                             let bound = magnitude(ty, m.row(i % rows), x);
@@ -590,6 +597,74 @@ fn x86_kernels_agree_bit_for_bit_on_every_tile_shape() {
             }
         }
     }
+}
+
+/// The aarch64 i8mm kernel (SMMLA tiles of four weight rows × up to four tokens) on every
+/// tile shape: rows that leave every tail of the row tiles, token counts 1..9 that leave
+/// every tail of the token tiles, 1 to 3 threads. The k-quants must equal the SDOT kernel's
+/// results bit for bit (the same exact integers folded the same way); the 32-element
+/// formats must be within the usual bound of the scalar reference and must not depend on
+/// the thread count.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_i8mm_tiles_agree_with_sdot_and_scalar_on_every_tile_shape() {
+    if !Kernel::NeonI8mm.is_available() {
+        eprintln!("skipped: this CPU has no i8mm (run under qemu -cpu max to test it)");
+        return;
+    }
+    let mut rng = Rng::new(9);
+    let mut worst = 0.0f64;
+    for ty in WEIGHT_TYPES {
+        let cols = 2 * 256;
+        let nb = cols / block_elems(ty);
+        for rows in [1usize, 2, 3, 4, 5, 7, 9] {
+            let w = random_weights(ty, rows * nb, &mut rng, false);
+            let m = QMatrix::new(ty, rows, cols, &w).unwrap();
+            let act_bytes = m.activation_row_bytes();
+            for n_tok in 1..=9usize {
+                let xs = random_activations(act_of(ty), n_tok * nb, &mut rng, 127, false);
+                let mut sdot = vec![f32::NAN; n_tok * rows];
+                m.matmul_with(Kernel::NeonDotprod, &xs, &mut sdot, 1)
+                    .unwrap();
+                let mut first = vec![f32::NAN; n_tok * rows];
+                m.matmul_with(Kernel::NeonI8mm, &xs, &mut first, 1).unwrap();
+                for threads in [2, 3] {
+                    let mut out = vec![f32::NAN; n_tok * rows];
+                    m.matmul_with(Kernel::NeonI8mm, &xs, &mut out, threads)
+                        .unwrap();
+                    for (i, (a, b)) in out.iter().zip(&first).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{ty}: {rows} rows, {n_tok} tokens, {threads} vs 1 threads, \
+                             output {i}: {a} vs {b}"
+                        );
+                    }
+                }
+                for (i, (a, b)) in first.iter().zip(&sdot).enumerate() {
+                    if block_elems(ty) == 256 {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{ty}: {rows} rows, {n_tok} tokens, output {i}: i8mm {a} vs sdot {b}"
+                        );
+                    } else {
+                        let (r, t) = (i % rows, i / rows);
+                        let x = &xs[t * act_bytes..(t + 1) * act_bytes];
+                        let reference = vec_dot_with(Kernel::Scalar, ty, m.row(r), x);
+                        let err = f64::from((a - reference).abs()) / magnitude(ty, m.row(r), x);
+                        worst = worst.max(err);
+                        assert!(
+                            err <= 1e-5,
+                            "{ty}: {rows} rows, {n_tok} tokens, output {i}: i8mm {a} vs scalar \
+                             {reference} (error {err:e} of B)"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("largest i8mm-vs-scalar difference, 32-element formats: {worst:e} of B");
 }
 
 #[test]

@@ -100,6 +100,29 @@ pub(crate) fn check_dot_lengths<const N: usize>(
     }
 }
 
+/// Checks a tile of `R` weight rows × `N` activation rows of type `ty` (every weight row as
+/// [`check_dot_lengths`] does) and returns their start pointers, for the kernels that read
+/// `nb` blocks from each.
+///
+/// # Panics
+///
+/// As [`check_dot_lengths`].
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+pub(crate) fn check_tile_lengths<const R: usize, const N: usize>(
+    ty: GgmlType,
+    nb: usize,
+    ws: &[&[u8]; R],
+    xs: &[&[u8]; N],
+) -> ([*const u8; R], [*const u8; N]) {
+    for w in ws {
+        check_dot_lengths(ty, nb, w, xs);
+    }
+    (ws.map(<[u8]>::as_ptr), xs.map(<[u8]>::as_ptr))
+}
+
 /// Reads a little-endian `u16`.
 #[inline(always)]
 pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {

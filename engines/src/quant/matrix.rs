@@ -286,8 +286,13 @@ impl<'a> QMatrix<'a> {
         }
 
         // Contiguous row ranges, one per thread; each thread gets its range of every
-        // output row.
-        let chunk = self.rows.div_ceil(threads);
+        // output row. With a row-tiling kernel the ranges are whole tiles (but the last), so
+        // which rows are tiled does not depend on the thread count (for `NeonI8mm`, whose
+        // tiles round differently from its one-row products, neither do the results).
+        let mut chunk = self.rows.div_ceil(threads);
+        if n_tok > 1 && tiles_rows(kernel) {
+            chunk = chunk.next_multiple_of(ROW_TILE);
+        }
         let threads = self.rows.div_ceil(chunk);
         let mut parts: Vec<Vec<&mut [f32]>> =
             (0..threads).map(|_| Vec::with_capacity(n_tok)).collect();

@@ -61,16 +61,21 @@
 //! [`Kernel::Avx2`] (x86_64 with AVX2, FMA, F16C), [`Kernel::Avx512Vnni`] (x86_64 with
 //! AVX-512 F/BW/VL/VNNI as well: 256-bit `vpdpbusd`/`vpdpwssd` on tiles of four weight rows ×
 //! four tokens, bit for bit the AVX2 results), [`Kernel::Neon`] (aarch64 baseline, e.g.
-//! Raspberry Pi 4's Cortex-A72) and [`Kernel::NeonDotprod`] (aarch64 with `SDOT`, e.g. Pi 5,
-//! Jetson Orin). [`Kernel::best`] picks one by **run-time** feature detection, never from
-//! compile-time flags, so one aarch64 binary runs on cores with and without `dotprod`.
+//! Raspberry Pi 4's Cortex-A72), [`Kernel::NeonDotprod`] (aarch64 with `SDOT`, e.g. Pi 5,
+//! Jetson Orin) and [`Kernel::NeonI8mm`] (aarch64 with `i8mm` as well: `SMMLA` on tiles of
+//! four weight rows × up to four tokens for prefill, `SDOT` for one token; for newer cores
+//! such as Cortex-A710/X2/A720, Neoverse N2/V1 and Graviton 3, not Pi 5's Cortex-A76 or Jetson
+//! Orin's A78AE; tested under qemu only, no i8mm hardware has run it, so nothing is known of its
+//! speed). [`Kernel::best`] picks one by **run-time** feature detection, never from
+//! compile-time flags, so one aarch64 binary runs on cores with and without `dotprod`/`i8mm`.
 //!
 //! All paths compute the integer part of every block exactly. For the k-quants they also
 //! reduce each super-block to one integer and fold it into the float sum the same way, so
-//! every path returns bit-identical results. For the 32-element formats the SIMD paths
-//! accumulate in vector lanes (as ggml does); they differ from the scalar reference only by
-//! float rounding (tested to within 1e-5 of `Σ|w_i·x_i|` plus the minimum terms; observed
-//! 7e-8). When this module was written, dequantization and the activation quantizers were
+//! every path returns bit-identical results (the `SMMLA` tiles included). For the 32-element
+//! formats the SIMD paths accumulate in vector lanes (as ggml does; the `SMMLA` tiles, as
+//! llama.cpp's i8mm kernels, in one f32 lane per output, so their tiles round differently
+//! from their one-row products); they differ from the scalar reference only by float
+//! rounding (tested to within 1e-5 of `Σ|w_i·x_i|` plus the minimum terms; observed 7e-8). When this module was written, dequantization and the activation quantizers were
 //! also compared with ggml's own C reference functions on the same random blocks (identical
 //! bytes and bits), and the dot products with ggml's generic ones (within 7e-8 of
 //! `Σ|w_i·x_i|`); that comparison needs a C build of ggml and is not part of the tests.
@@ -85,7 +90,8 @@
 //! thread, under `std::thread::scope`; the calling thread takes the first range. Starting a
 //! thread costs tens of microseconds, so small products use fewer threads (see
 //! [`MIN_BYTES_PER_THREAD`]). Each output value is computed by one thread in a fixed order,
-//! so results do not depend on the thread count.
+//! so results do not depend on the thread count (with a kernel that tiles weight rows, the
+//! ranges are whole tiles, so the same rows are tiled whatever the thread count).
 //!
 //! # Example
 //!
@@ -131,7 +137,7 @@ use crate::gguf::GgmlType;
 
 /// An implementation of the kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive] // later: SVE, i8mm (`SMMLA`), AVX-VNNI without AVX-512
+#[non_exhaustive] // later: SVE, AVX-VNNI without AVX-512
 pub enum Kernel {
     /// Portable scalar code: the reference.
     Scalar,
@@ -144,16 +150,22 @@ pub enum Kernel {
     Neon,
     /// aarch64 NEON with `dotprod` (`SDOT`).
     NeonDotprod,
+    /// aarch64 NEON with `i8mm` (`SMMLA`) for tiles of several weight rows × several tokens
+    /// (prefill), and `SDOT` as [`Kernel::NeonDotprod`] for one token or one row. The
+    /// k-quants are bit for bit those of [`Kernel::NeonDotprod`]; the 32-element formats
+    /// differ from them by float rounding only.
+    NeonI8mm,
 }
 
 impl Kernel {
     /// Every kernel, fastest last.
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 6] = [
         Kernel::Scalar,
         Kernel::Avx2,
         Kernel::Avx512Vnni,
         Kernel::Neon,
         Kernel::NeonDotprod,
+        Kernel::NeonI8mm,
     ];
 
     /// Whether this kernel can run on this CPU (run-time detection).
@@ -168,6 +180,8 @@ impl Kernel {
             Kernel::Neon => true,
             #[cfg(target_arch = "aarch64")]
             Kernel::NeonDotprod => neon::dotprod_available(),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonI8mm => neon::i8mm_available(),
             #[allow(unreachable_patterns)] // which arms remain depends on the target
             _ => false,
         }
@@ -187,7 +201,7 @@ impl Kernel {
             .unwrap_or(Kernel::Scalar)
     }
 
-    /// A short name: `scalar`, `avx2`, `avx512-vnni`, `neon`, `neon-dotprod`.
+    /// A short name: `scalar`, `avx2`, `avx512-vnni`, `neon`, `neon-dotprod`, `neon-i8mm`.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Scalar => "scalar",
@@ -195,6 +209,7 @@ impl Kernel {
             Kernel::Avx512Vnni => "avx512-vnni",
             Kernel::Neon => "neon",
             Kernel::NeonDotprod => "neon-dotprod",
+            Kernel::NeonI8mm => "neon-i8mm",
         }
     }
 }
@@ -530,7 +545,7 @@ pub(crate) fn dot_n<const N: usize>(
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon => neon::dot(false, ty, nb, w, xs),
         #[cfg(target_arch = "aarch64")]
-        Kernel::NeonDotprod => neon::dot(true, ty, nb, w, xs),
+        Kernel::NeonDotprod | Kernel::NeonI8mm => neon::dot(true, ty, nb, w, xs),
         #[allow(unreachable_patterns)] // which arms remain depends on the target
         other => panic!("the {other} kernels do not exist on this architecture"),
     }
@@ -539,11 +554,12 @@ pub(crate) fn dot_n<const N: usize>(
 /// Whether [`dot_tile`] computes several weight rows at once with `kernel` (otherwise it is
 /// [`dot_n`] row by row, and callers may as well loop over rows themselves).
 pub(crate) fn tiles_rows(kernel: Kernel) -> bool {
-    matches!(kernel, Kernel::Avx512Vnni)
+    matches!(kernel, Kernel::Avx512Vnni | Kernel::NeonI8mm)
 }
 
 /// The `R` × `N` dot products of the weight rows `ws` (`nb` blocks of `ty` each) with the
-/// activation rows `xs`: `out[r][t] = ws[r] · xs[t]`, the same values as [`dot_n`] per row.
+/// activation rows `xs`: `out[r][t] = ws[r] · xs[t]`, the same values as [`dot_n`] per row
+/// (with [`Kernel::NeonI8mm`] and a 32-element format: up to float rounding).
 ///
 /// # Panics
 ///
@@ -558,6 +574,8 @@ pub(crate) fn dot_tile<const R: usize, const N: usize>(
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => x86_vnni::dot_tile(ty, nb, ws, xs),
+        #[cfg(target_arch = "aarch64")]
+        Kernel::NeonI8mm => neon::dot_tile_i8mm(ty, nb, ws, xs),
         _ => ws.map(|w| dot_n(kernel, ty, nb, w, xs)),
     }
 }

@@ -49,7 +49,7 @@ pub(super) fn available() -> bool {
 ///
 /// # Panics
 ///
-/// If the CPU lacks the features, or the lengths do not match (see [`check_dot_lengths`]).
+/// If the CPU lacks the features, or the lengths do not match (see [`check_tile_lengths`]).
 pub(super) fn dot_tile<const R: usize, const N: usize>(
     ty: GgmlType,
     nb: usize,
@@ -60,12 +60,8 @@ pub(super) fn dot_tile<const R: usize, const N: usize>(
         available(),
         "AVX-512 VNNI kernels called on a CPU without them"
     );
-    for w in ws {
-        check_dot_lengths(ty, nb, w, &xs);
-    }
-    let wp = ws.map(<[u8]>::as_ptr);
-    let xp = xs.map(<[u8]>::as_ptr);
-    // SAFETY: the CPU features were detected above, and `check_dot_lengths` proved that every
+    let (wp, xp) = check_tile_lengths(ty, nb, &ws, &xs);
+    // SAFETY: the CPU features were detected above, and `check_tile_lengths` proved that every
     // `ws[r]` holds `nb` blocks of `ty` and every `xs[t]` `nb` blocks of its activation type,
     // which is exactly what each kernel reads.
     unsafe {
