@@ -1,8 +1,9 @@
 //! A fixed LLM workload to run under `perf record`: prefill of a 512-token prompt, or 256
-//! greedy decode steps after a 16-token prompt, repeated.
+//! greedy decode steps after a 16-token prompt (`decode`) or after the 512-token prompt
+//! (`decode-long`, as the LLM bench decodes), repeated.
 //!
 //! ```text
-//! cargo run --release -p sotad-engines --example llm_profile -- MODEL.gguf prefill|decode [REPEATS] [THREADS]
+//! cargo run --release -p sotad-engines --example llm_profile -- MODEL.gguf prefill|decode|decode-long [REPEATS] [THREADS]
 //! ```
 
 use std::time::Instant;
@@ -12,7 +13,7 @@ use sotad_engines::llm::{LoadOptions, Model, Sampler};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: llm_profile MODEL.gguf prefill|decode [REPEATS] [THREADS]");
+        eprintln!("usage: llm_profile MODEL.gguf prefill|decode|decode-long [REPEATS] [THREADS]");
         std::process::exit(2);
     }
     let repeats: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(3);
@@ -40,7 +41,12 @@ fn main() {
             let dt = t.elapsed().as_secs_f64();
             println!("prefill {:.1} tok/s", ids.len() as f64 / dt);
         } else {
-            session.eval(&ids[..16]).unwrap();
+            let prompt = if args[2] == "decode-long" {
+                &ids[..]
+            } else {
+                &ids[..16]
+            };
+            session.eval(prompt).unwrap();
             let mut tok = Sampler::argmax(session.logits());
             let t = Instant::now();
             for _ in 0..256 {
