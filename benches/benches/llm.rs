@@ -164,7 +164,7 @@ fn main() {
     }
 }
 
-/// llama-cpp-python in its own process (`llm_bench_peer.py ... serve`), one run per request.
+/// llama-cpp-python in its own process (`llm_bench_peer.py`), one run per request.
 struct Peer {
     child: Child,
     out: BufReader<ChildStdout>,
@@ -187,7 +187,6 @@ impl Peer {
             .arg(threads.to_string())
             .arg(ids_file)
             .arg(DECODE_TOKENS.to_string())
-            .arg("serve")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

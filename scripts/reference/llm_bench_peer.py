@@ -1,16 +1,14 @@
 #!/usr/bin/env python3
 """The llama.cpp side of benches/llm.rs: same GGUF, same threads, same token ids.
 
-Usage: llm_bench_peer.py MODEL.gguf THREADS PROMPT_IDS_FILE DECODE_TOKENS RUNS|serve
-Prints one JSON object: load_ms, prefill_tok_s, ttft_ms, decode_tok_s (medians), rss_*_kib.
-With `serve` instead of a number of runs (how benches/llm.rs runs it, so that the two sides'
-runs alternate on a machine whose speed drifts): after loading, one JSON line with load_ms
-and the RSS after load; then one run, and one JSON line with its figures, for every line read
-on standard input; at the end of input a last line with the RSS after generating.
+Usage: llm_bench_peer.py MODEL.gguf THREADS PROMPT_IDS_FILE DECODE_TOKENS
+A server, so that benches/llm.rs can alternate the two sides' runs on a machine whose speed
+drifts: after loading, one JSON line with load_ms and the RSS after load; then one run, and
+one JSON line with its prefill_tok_s, ttft_ms and decode_tok_s, for every line read on
+standard input; at the end of input a last line with the RSS after generating.
 Run with a python that has llama-cpp-python (see llm_reference.py).
 """
 import json
-import statistics
 import sys
 import time
 
@@ -30,7 +28,6 @@ def rss():
 
 def main():
     path, threads, ids_file, n_dec = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    serve = sys.argv[5] == "serve"
     ids = [int(x) for x in open(ids_file).read().split()]
     t = time.perf_counter()
     llm = Llama(path, n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads,
@@ -58,26 +55,13 @@ def main():
         return len(ids) / dt, dt * 1e3, n_dec / (time.perf_counter() - t)
 
     rss_load = {"rss_anon_load_kib": after_load["RssAnon"], "rss_file_load_kib": after_load["RssFile"]}
-    if serve:
-        print(json.dumps({"load_ms": load_ms, **rss_load}), flush=True)
-        for _ in sys.stdin:
-            p, f, d = one_run()
-            print(json.dumps({"prefill_tok_s": p, "ttft_ms": f, "decode_tok_s": d}), flush=True)
-        after_gen = rss()
-        print(json.dumps({"rss_anon_gen_kib": after_gen["RssAnon"],
-                          "rss_file_gen_kib": after_gen["RssFile"]}), flush=True)
-        return
-
-    runs = [one_run() for _ in range(int(sys.argv[5]))]
+    print(json.dumps({"load_ms": load_ms, **rss_load}), flush=True)
+    for _ in sys.stdin:
+        p, f, d = one_run()
+        print(json.dumps({"prefill_tok_s": p, "ttft_ms": f, "decode_tok_s": d}), flush=True)
     after_gen = rss()
-    print(json.dumps({
-        "load_ms": load_ms,
-        "prefill_tok_s": statistics.median(r[0] for r in runs),
-        "ttft_ms": statistics.median(r[1] for r in runs),
-        "decode_tok_s": statistics.median(r[2] for r in runs),
-        **rss_load,
-        "rss_anon_gen_kib": after_gen["RssAnon"], "rss_file_gen_kib": after_gen["RssFile"],
-    }))
+    print(json.dumps({"rss_anon_gen_kib": after_gen["RssAnon"],
+                      "rss_file_gen_kib": after_gen["RssFile"]}), flush=True)
 
 
 if __name__ == "__main__":

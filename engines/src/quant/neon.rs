@@ -831,11 +831,13 @@ unsafe fn tile_32<const R: usize, const N: usize, const MIN: bool>(
                 let (xt, xu) = (xp[t].add(i * x_bytes), xp[u].add(i * x_bytes));
                 let x = [0, 16].map(|o| pair(load_s8(xt.add(x_qs + o)), load_s8(xu.add(x_qs + o))));
                 let dx = per_token_f32(f16_at_ptr(xt), f16_at_ptr(xu));
-                let sx = per_token_f32(f16_at_ptr(xt.add(2)), f16_at_ptr(xu.add(2)));
                 for p in 0..R.div_ceil(2) {
                     let isum = smmla_pairs(vdupq_n_s32(0), &w[p], &x);
                     acc[p][q] = vfmaq_f32(acc[p][q], vcvtq_f32_s32(isum), vmulq_f32(dw[p], dx));
-                    if MIN {
+                }
+                if MIN {
+                    let sx = per_token_f32(f16_at_ptr(xt.add(2)), f16_at_ptr(xu.add(2)));
+                    for p in 0..R.div_ceil(2) {
                         mins[p][q] = vaddq_f32(mins[p][q], vmulq_f32(mw[p], sx));
                     }
                 }
@@ -935,14 +937,17 @@ unsafe fn tile_q6_k<const R: usize, const N: usize>(
                     let (qa, qb) = (q6_k_values(wb[a], half), q6_k_values(wb[b], half));
                     let sa = &*wb[a].add(Q6_K_SCALES + 8 * half).cast::<[i8; 8]>();
                     let sb = &*wb[b].add(Q6_K_SCALES + 8 * half).cast::<[i8; 8]>();
+                    // The row pair's groups and scales, once for all token pairs.
+                    let w: [[int8x16_t; 2]; 8] = std::array::from_fn(|g| pair(qa[g], qb[g]));
+                    let s: [int32x4_t; 8] =
+                        std::array::from_fn(|g| per_row_s32(i32::from(sa[g]), i32::from(sb[g])));
                     for (q, t, u) in pairs(N) {
                         let yt = xp[t].add(i * Q8_K_BYTES + Q8_K_QS + 128 * half);
                         let yu = xp[u].add(i * Q8_K_BYTES + Q8_K_QS + 128 * half);
                         for g in 0..8 {
                             let x = pair(load_s8(yt.add(16 * g)), load_s8(yu.add(16 * g)));
-                            let prod = smmla_pairs(vdupq_n_s32(0), &[pair(qa[g], qb[g])], &[x]);
-                            let s = per_row_s32(i32::from(sa[g]), i32::from(sb[g]));
-                            acc[p][q] = vmlaq_s32(acc[p][q], prod, s);
+                            let prod = smmla_pairs(vdupq_n_s32(0), &[w[g]], &[x]);
+                            acc[p][q] = vmlaq_s32(acc[p][q], prod, s[g]);
                         }
                     }
                 }
