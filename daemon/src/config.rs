@@ -71,6 +71,9 @@ pub struct Stt {
     pub decoder_threads: usize,
     /// GGUF models: multiply the encoder's matrices quantized (less memory, slower).
     pub quantized_encoder: bool,
+    /// `full` (the 30 s window the model was trained on) or `fit` (the audio plus 2 s,
+    /// at least 5 s: faster for short commands, but transcripts change).
+    pub encoder_window: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -513,6 +516,15 @@ impl Config {
                 format!(
                     "{:?} is not a language code; allowed: an ISO 639-1 code such as \"en\" or \"de\", or empty to detect",
                     self.stt.language
+                ),
+            ));
+        }
+        if !matches!(self.stt.encoder_window.as_str(), "full" | "fit") {
+            return Err(fail(
+                "stt.encoder_window",
+                format!(
+                    "{:?} is not an encoder window; allowed: \"full\" (the 30 s window, transcripts as faster-whisper's) or \"fit\" (the audio plus 2 s, at least 5 s: faster, transcripts change)",
+                    self.stt.encoder_window
                 ),
             ));
         }
@@ -1019,6 +1031,11 @@ mod tests {
                 "5000",
             ),
             ("[device]\nid = \"a/b\"\n", "device.id", "A-Z"),
+            (
+                "[stt]\nencoder_window = \"short\"\n",
+                "stt.encoder_window",
+                "\"fit\"",
+            ),
             ("[mqtt]\nprefix = \"a/#\"\n", "mqtt.prefix", "'+'"),
             (
                 "[broker]\nlisten = \"localhost\"\n",

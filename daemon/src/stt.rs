@@ -20,6 +20,7 @@ pub struct Stt {
     model: engine::Whisper,
     language: Option<String>,
     beam_size: usize,
+    encoder_window: engine::EncoderWindow,
 }
 
 pub type SttWorker = Worker<Stt>;
@@ -60,7 +61,19 @@ pub fn load(config: &Config) -> Result<Stt, String> {
         model,
         language: (!config.stt.language.is_empty()).then(|| config.stt.language.clone()),
         beam_size: config.stt.beam_size,
+        encoder_window: encoder_window(&config.stt.encoder_window),
     })
+}
+
+/// The engine's window for `stt.encoder_window` (validated: `full` or `fit`).
+fn encoder_window(configured: &str) -> engine::EncoderWindow {
+    match configured {
+        "fit" => engine::EncoderWindow::Fit {
+            margin_secs: 2.0,
+            min_secs: 5.0,
+        },
+        _ => engine::EncoderWindow::Full,
+    }
 }
 
 /// `0` means one thread per core.
@@ -220,6 +233,7 @@ impl Stt {
             beam_size: beam_size.unwrap_or(self.beam_size),
             initial_prompt: initial_prompt.map(str::to_string),
             cancel,
+            encoder_window: self.encoder_window,
             ..Default::default()
         };
         self.model
@@ -289,6 +303,16 @@ impl Stt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoder_window_key_selects_the_engine_window() {
+        assert_eq!(encoder_window("full"), engine::EncoderWindow::Full);
+        let fit = encoder_window("fit");
+        assert_ne!(fit, engine::EncoderWindow::Full);
+        // A 2 s command (200 mel frames) is encoded as a 5 s window, not the full 30 s.
+        assert_eq!(fit.frames(200), 500);
+        assert_eq!(engine::EncoderWindow::Full.frames(200), 3000);
+    }
 
     #[test]
     fn raw_wav_gets_a_stable_id() {
