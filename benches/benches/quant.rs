@@ -5,7 +5,8 @@
 //! cargo bench -p sotad-benches --bench quant -- quick   # fewer configurations
 //! ```
 //!
-//! Prints the cost of starting a thread; then, for Q4_1 and Q4_K (the weight types of our two
+//! Prints the cost of starting a thread and the machine's plain read bandwidth with 1 and 2
+//! threads (the decode roofline's ceiling); then, for Q4_1 and Q4_K (the weight types of our two
 //! test models), the median time of `QMatrix::matvec_with` on a synthetic matrix that fits in
 //! the last-level cache and on one that does not, with 1 and 2 threads; then one token's
 //! worth of matvecs over the real SmolLM2 Q4_1 tensors and the real Gemma 3 Q4_K tensors (if
@@ -195,6 +196,31 @@ fn prefill(min_time: Duration) {
     }
 }
 
+/// The machine's own read bandwidth, the decode roofline's ceiling: a plain sum over 256 MiB
+/// (far beyond the last-level cache), split over 1 and 2 threads, in GB/s. The kernels'
+/// streaming rates above are to be read against it.
+fn read_bandwidth(min_time: Duration) {
+    let words = vec![1u64; 256 << 17]; // 256 MiB of u64
+    println!("\n== plain read of 256 MiB (sum of u64 words; the bandwidth ceiling)");
+    for threads in [1usize, 2] {
+        let s = time(min_time, || {
+            let part = words.len().div_ceil(threads);
+            let total: u64 = std::thread::scope(|scope| {
+                let handles: Vec<_> = words
+                    .chunks(part)
+                    .map(|c| scope.spawn(move || c.iter().fold(0u64, |a, &w| a.wrapping_add(w))))
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("reader")).sum()
+            });
+            black_box(total);
+        });
+        println!(
+            "   {threads} thread(s): {:.2} GB/s",
+            gbs(words.len() * 8, s)
+        );
+    }
+}
+
 /// What `QMatrix::matvec` pays per extra thread: starting and joining it.
 fn spawn_cost(min_time: Duration) {
     let s = time(min_time, || {
@@ -224,6 +250,7 @@ fn main() {
         vec![best, Kernel::Scalar]
     };
     spawn_cost(min_time);
+    read_bandwidth(min_time);
     synthetic(&[GgmlType::Q4_1, GgmlType::Q4_K], min_time, &kernels);
     real_model("smollm2-135m-instruct-q4_1.gguf", GgmlType::Q4_1, min_time);
     real_model("gemma-3-270m-q4_k_m.gguf", GgmlType::Q4_K, min_time);
