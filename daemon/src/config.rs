@@ -49,6 +49,9 @@ pub struct Voice {
     pub listen: bool,
     /// Speech during playback interrupts it.
     pub barge_in: bool,
+    /// The answer's first spoken piece ends after this many words at the latest (0: at the
+    /// first clause or sentence end).
+    pub first_piece_words: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -529,6 +532,12 @@ impl Config {
             ));
         }
         range("stt.beam_size", self.stt.beam_size as u64, 1, 8)?;
+        range(
+            "voice.first_piece_words",
+            self.voice.first_piece_words as u64,
+            0,
+            100,
+        )?;
         range("stt.threads", self.stt.threads as u64, 0, 256)?;
         range(
             "stt.decoder_threads",
@@ -1031,6 +1040,11 @@ mod tests {
                 "5000",
             ),
             ("[device]\nid = \"a/b\"\n", "device.id", "A-Z"),
+            (
+                "[voice]\nfirst_piece_words = 101\n",
+                "voice.first_piece_words",
+                "0 to 100",
+            ),
             (
                 "[stt]\nencoder_window = \"short\"\n",
                 "stt.encoder_window",

@@ -209,6 +209,8 @@ struct Inner {
     seq_speculative: AtomicU64,
     /// Whether a speculative transcript is answered before the endpoint (`vad.speculate_answer`).
     speculate_answers: bool,
+    /// The first spoken piece's word limit (`voice.first_piece_words`, 0: none).
+    first_piece_words: usize,
     /// Set while a turn is producing or playing speech (the microphone is ignored meanwhile
     /// unless barge-in is on).
     speaking: AtomicBool,
@@ -236,6 +238,7 @@ impl Turns {
                 seq: AtomicU64::new(0),
                 seq_speculative: AtomicU64::new(0),
                 speculate_answers: true,
+                first_piece_words: 0,
                 speaking: AtomicBool::new(false),
                 playback,
                 session: "voice".to_string(),
@@ -251,6 +254,15 @@ impl Turns {
     pub fn speculate_answers(mut self, on: bool) -> Turns {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.speculate_answers = on;
+        }
+        self
+    }
+
+    /// Sets `voice.first_piece_words`: the answer's first spoken piece ends after this many
+    /// words when no clause has ended before (0: no limit). Call before the turns are shared.
+    pub fn first_piece_words(mut self, words: usize) -> Turns {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.first_piece_words = words;
         }
         self
     }
@@ -791,7 +803,9 @@ impl Turns {
             // Owns the audio sender: the channel closes once every sentence is synthesized.
             let audio_tx = audio_tx;
             let mut jobs = Vec::new();
-            let mut splitter = SentenceSplitter::new().early_first_clause();
+            let mut splitter = SentenceSplitter::new()
+                .early_first_clause()
+                .first_piece_words(inner.first_piece_words);
             let mut speak = |sentence: String| {
                 let Some(tts) = &inner.stages.tts else {
                     return;

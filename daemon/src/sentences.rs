@@ -8,7 +8,10 @@
 //! With [`SentenceSplitter::early_first_clause`], the first piece may also end at a comma:
 //! the voice loop starts speaking after the first clause instead of the first sentence,
 //! which saves the time the LLM and TTS spend on the rest of it. The comma stays in the
-//! text, so the voice pauses there as it would mid-sentence.
+//! text, so the voice pauses there as it would mid-sentence. With
+//! [`SentenceSplitter::first_piece_words`] the first piece also ends after that many words
+//! when no clause or sentence has ended before (`voice.first_piece_words`): sooner still for
+//! a long first clause, at the cost of a break in the intonation where it is cut.
 
 /// Accumulates streamed text and yields complete sentences.
 #[derive(Debug, Default)]
@@ -16,6 +19,10 @@ pub struct SentenceSplitter {
     pending: String,
     /// The next piece may end at a comma (only until the first piece is out).
     clause: bool,
+    /// The first piece ends after this many words at the latest (0: no limit).
+    first_words: usize,
+    /// Whether a piece has gone out.
+    started: bool,
 }
 
 /// Sentences shorter than this (in characters) wait for more text.
@@ -32,6 +39,13 @@ impl SentenceSplitter {
         self
     }
 
+    /// The first piece ends after `words` words if no clause or sentence ended before
+    /// (0: no limit).
+    pub fn first_piece_words(mut self, words: usize) -> SentenceSplitter {
+        self.first_words = words;
+        self
+    }
+
     /// Adds a piece of text; returns the sentences it completed, in order.
     pub fn push(&mut self, piece: &str) -> Vec<String> {
         self.pending.push_str(piece);
@@ -44,6 +58,7 @@ impl SentenceSplitter {
             let cleaned = clean(&sentence);
             if !cleaned.is_empty() {
                 self.clause = false;
+                self.started = true;
                 out.push(cleaned);
             }
         }
@@ -59,15 +74,23 @@ impl SentenceSplitter {
     /// Byte index just past the first sentence end that leaves a long enough sentence.
     fn sentence_end(&self) -> Option<usize> {
         let text = &self.pending;
+        let word_limit = if self.started { 0 } else { self.first_words };
+        let mut words = 0;
         let mut chars = text.char_indices().peekable();
         while let Some((i, c)) = chars.next() {
             let next = chars.peek().map(|&(_, n)| n);
+            // The limit's last word ends where whitespace follows it.
+            let word_ends = !c.is_whitespace() && next.is_some_and(char::is_whitespace);
+            if word_ends {
+                words += 1;
+            }
             let end = match c {
                 '\n' => Some(i + 1),
                 '.' | '!' | '?' | '…' | ';' | ':' if next.is_some_and(char::is_whitespace) => {
                     Some(i + c.len_utf8())
                 }
                 ',' if self.clause && next.is_some_and(char::is_whitespace) => Some(i + 1),
+                _ if word_limit > 0 && word_ends && words >= word_limit => Some(i + c.len_utf8()),
                 _ => None,
             };
             if c == '.' && end.is_some() && is_abbreviation(&text[..i]) {
@@ -189,6 +212,43 @@ mod tests {
         assert_eq!(
             split(&["Yes, the capital of France, of course, is Paris. It"]),
             ["Yes, the capital of France, of course, is Paris.", "It"]
+        );
+    }
+
+    #[test]
+    fn the_first_piece_ends_after_the_word_limit_when_no_clause_ends_sooner() {
+        let mut s = SentenceSplitter::new()
+            .early_first_clause()
+            .first_piece_words(5);
+        assert!(s.push("The distance to the").is_empty());
+        assert!(s.push(" moon").is_empty(), "the fifth word may go on");
+        assert_eq!(s.push(" varies"), ["The distance to the moon"]);
+        // Later pieces are sentences again.
+        assert!(
+            s.push(" depending on your vantage point, and on the")
+                .is_empty()
+        );
+        assert_eq!(
+            s.push(" date. Yes"),
+            ["varies depending on your vantage point, and on the date."]
+        );
+        assert_eq!(s.finish().as_deref(), Some("Yes"));
+        // Short words wait for MIN_CHARS; a clause that ends sooner still wins.
+        let mut s = SentenceSplitter::new()
+            .early_first_clause()
+            .first_piece_words(5);
+        assert_eq!(s.push("I am a b c d e f"), ["I am a b c d"]);
+        let mut s = SentenceSplitter::new()
+            .early_first_clause()
+            .first_piece_words(5);
+        assert_eq!(
+            s.push("Paris is the capital, that is right. "),
+            ["Paris is the capital,", "that is right."]
+        );
+        // 0 is no limit.
+        assert_eq!(
+            split(&["The distance to the moon varies depending on the date. "]),
+            ["The distance to the moon varies depending on the date."]
         );
     }
 
