@@ -182,45 +182,50 @@ unsafe fn signed_rows(
         }
         let (d, sums) = (&prep.d[..], &prep.offset_sums[..]);
         for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
-            // SAFETY: `row` is one whole row of `w`; `d` and `sums` were filled from `x`'s
-            // `nb` blocks just above.
+            // SAFETY: `row` is one whole row of `w`; `d` and, for Q4_0 and Q5_0, `sums` were
+            // filled from `x`'s `nb` blocks just above (so `i < nb` indexes them), and each
+            // closure reads inside block `i` of the row.
             *o = unsafe {
                 let wp = row.as_ptr();
                 match ty {
-                    GgmlType::Q4_0 => {
-                        offset_row(wp, nb, Q4_0_BYTES, x, d, sums, |wb| nibbles(wb.add(2)))
-                    }
-                    GgmlType::Q5_0 => offset_row(wp, nb, Q5_0_BYTES, x, d, sums, |wb| {
-                        _mm256_or_si256(nibbles(wb.add(6)), fifth_bits(wb.add(2)))
+                    GgmlType::Q4_0 => prepared_row(wp, nb, Q4_0_BYTES, x, d, |wb, y, i| {
+                        _mm256_sub_epi32(dot_u8_i8(nibbles(wb.add(2)), y), *sums.get_unchecked(i))
                     }),
-                    _ => sign_row(wp, nb, x, d),
+                    GgmlType::Q5_0 => prepared_row(wp, nb, Q5_0_BYTES, x, d, |wb, y, i| {
+                        let q = _mm256_or_si256(nibbles(wb.add(6)), fifth_bits(wb.add(2)));
+                        _mm256_sub_epi32(dot_u8_i8(q, y), *sums.get_unchecked(i))
+                    }),
+                    // Q8_0 values span the whole signed byte, so they cannot be offset into
+                    // `maddubs`'s unsigned operand: the sign transfer.
+                    _ => prepared_row(wp, nb, Q8_0_BYTES, x, d, |wb, y, _| {
+                        let q = load32(wb.add(2));
+                        dot_u8_i8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q))
+                    }),
                 }
             };
         }
     });
 }
 
-/// One row of unsigned weights whose offset is in `sums` (Q4_0, Q5_0): lane `l` of block `i`
-/// is `Σ q·y − sums[i][l]`; then `acc += (d_w·d_x) · lane`, block by block, as
-/// [`signed_q8_0`] does.
+/// One row of [`signed_rows`]: `acc += (d_w·d_x) · lanes`, block by block, as
+/// [`signed_q8_0`] does, where `lanes(wb, y, i)` gives the eight exact integer lanes of
+/// weight block `i` (at `wb`) against the activation values `y`.
 ///
 /// # Safety
 ///
-/// `wp` must point to `nb` blocks of `w_bytes` bytes, which `unpack` turns into 32 unsigned
-/// values; `x` must be `nb` Q8_0 blocks, `d` their widened scales and `sums` their offset
-/// lane sums; the CPU must have AVX2, FMA and F16C.
+/// `wp` must point to `nb` blocks of `w_bytes` bytes that `lanes` may read; `x` must be `nb`
+/// Q8_0 blocks and `d` their widened scales; the CPU must have AVX2, FMA and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn offset_row(
+unsafe fn prepared_row(
     wp: *const u8,
     nb: usize,
     w_bytes: usize,
     x: &[u8],
     d: &[f32],
-    sums: &[__m256i],
-    unpack: impl Fn(*const u8) -> __m256i,
+    lanes: impl Fn(*const u8, __m256i, usize) -> __m256i,
 ) -> f32 {
-    let (d, sums) = (&d[..nb], &sums[..nb]);
+    let d = &d[..nb];
     // SAFETY: block `i < nb` of the row and of `x` is in bounds (caller's contract).
     unsafe {
         let mut acc = _mm256_setzero_ps();
@@ -228,36 +233,8 @@ unsafe fn offset_row(
             let wb = wp.add(i * w_bytes);
             _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH_BYTES).cast());
             let y = load32(x.as_ptr().add(i * Q8_0_BYTES + 2));
-            let p = _mm256_sub_epi32(dot_u8_i8(unpack(wb), y), sums[i]);
             let dd = _mm256_mul_ps(f16x8(wb), _mm256_set1_ps(d[i]));
-            acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(p), acc);
-        }
-        hsum_f32(acc)
-    }
-}
-
-/// One row of Q8_0 weights: the sign transfer of [`signed_q8_0`] (the values span the whole
-/// signed byte, so they cannot be offset into `maddubs`'s unsigned operand), with the
-/// activation scales widened once per token.
-///
-/// # Safety
-///
-/// As [`offset_row`], for Q8_0 weights (`sums` unused).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sign_row(wp: *const u8, nb: usize, x: &[u8], d: &[f32]) -> f32 {
-    let d = &d[..nb];
-    // SAFETY: block `i < nb` of the row and of `x` is in bounds (caller's contract).
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for i in 0..nb {
-            let wb = wp.add(i * Q8_0_BYTES);
-            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH_BYTES).cast());
-            let y = load32(x.as_ptr().add(i * Q8_0_BYTES + 2));
-            let q = load32(wb.add(2));
-            let p = dot_u8_i8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
-            let dd = _mm256_mul_ps(f16x8(wb), _mm256_set1_ps(d[i]));
-            acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(p), acc);
+            acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(lanes(wb, y, i)), acc);
         }
         hsum_f32(acc)
     }
