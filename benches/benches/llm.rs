@@ -121,6 +121,10 @@ fn main() {
     println!(
         "(sotad RSS figures are growth over the process before loading; llama.cpp's are its whole python process)"
     );
+    println!(
+        "(sotad weight layout: the GGUF file's own blocks, memory-mapped, no repacked copy; kernels: {})",
+        sotad_engines::quant::Kernel::best()
+    );
     let ours = [
         ("load ms", load_ms, "load_ms"),
         ("prefill tok/s", median(&prefill), "prefill_tok_s"),
