@@ -532,12 +532,6 @@ impl Config {
             ));
         }
         range("stt.beam_size", self.stt.beam_size as u64, 1, 8)?;
-        range(
-            "voice.first_piece_words",
-            self.voice.first_piece_words as u64,
-            0,
-            100,
-        )?;
         range("stt.threads", self.stt.threads as u64, 0, 256)?;
         range(
             "stt.decoder_threads",
@@ -661,6 +655,12 @@ impl Config {
         // At or above the trailing silence it never fires (the endpoint comes first); not an
         // error, so that shortening `trailing_silence_ms` alone stays valid.
         range("vad.speculate_ms", u64::from(v.speculate_ms), 0, 10_000)?;
+        range(
+            "voice.first_piece_words",
+            self.voice.first_piece_words as u64,
+            0,
+            100,
+        )?;
         // Likewise: it only acts after a pause (`speculate_ms`) and before the endpoint.
         range(
             "vad.complete_silence_ms",

@@ -19,10 +19,9 @@ pub struct SentenceSplitter {
     pending: String,
     /// The next piece may end at a comma (only until the first piece is out).
     clause: bool,
-    /// The first piece ends after this many words at the latest (0: no limit).
+    /// The next piece ends after this many words at the latest (0: no limit; only until
+    /// the first piece is out).
     first_words: usize,
-    /// Whether a piece has gone out.
-    started: bool,
 }
 
 /// Sentences shorter than this (in characters) wait for more text.
@@ -58,7 +57,7 @@ impl SentenceSplitter {
             let cleaned = clean(&sentence);
             if !cleaned.is_empty() {
                 self.clause = false;
-                self.started = true;
+                self.first_words = 0;
                 out.push(cleaned);
             }
         }
@@ -74,7 +73,7 @@ impl SentenceSplitter {
     /// Byte index just past the first sentence end that leaves a long enough sentence.
     fn sentence_end(&self) -> Option<usize> {
         let text = &self.pending;
-        let word_limit = if self.started { 0 } else { self.first_words };
+        let word_limit = self.first_words;
         let mut words = 0;
         let mut chars = text.char_indices().peekable();
         while let Some((i, c)) = chars.next() {

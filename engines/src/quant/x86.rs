@@ -181,62 +181,69 @@ unsafe fn signed_rows(
             }
         }
         let (d, sums) = (&prep.d[..], &prep.offset_sums[..]);
-        for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
-            // SAFETY: `row` is one whole row of `w`; `d` and, for Q4_0 and Q5_0, `sums` were
-            // filled from `x`'s `nb` blocks just above (so `i < nb` indexes them), and each
-            // closure reads inside block `i` of the row.
-            *o = unsafe {
-                let wp = row.as_ptr();
-                match ty {
-                    GgmlType::Q4_0 => prepared_row(wp, nb, Q4_0_BYTES, x, d, |wb, y, i| {
+        // SAFETY: `d` and, for Q4_0 and Q5_0, `sums` were filled from `x`'s `nb` blocks just
+        // above (so a block index `i < nb` indexes them), and each closure reads inside block
+        // `i` of its row.
+        unsafe {
+            match ty {
+                GgmlType::Q4_0 => {
+                    prepared_rows(w, row_bytes, nb, Q4_0_BYTES, x, d, out, |wb, y, i| {
                         _mm256_sub_epi32(dot_u8_i8(nibbles(wb.add(2)), y), *sums.get_unchecked(i))
-                    }),
-                    GgmlType::Q5_0 => prepared_row(wp, nb, Q5_0_BYTES, x, d, |wb, y, i| {
+                    })
+                }
+                GgmlType::Q5_0 => {
+                    prepared_rows(w, row_bytes, nb, Q5_0_BYTES, x, d, out, |wb, y, i| {
                         let q = _mm256_or_si256(nibbles(wb.add(6)), fifth_bits(wb.add(2)));
                         _mm256_sub_epi32(dot_u8_i8(q, y), *sums.get_unchecked(i))
-                    }),
-                    // Q8_0 values span the whole signed byte, so they cannot be offset into
-                    // `maddubs`'s unsigned operand: the sign transfer.
-                    _ => prepared_row(wp, nb, Q8_0_BYTES, x, d, |wb, y, _| {
-                        let q = load32(wb.add(2));
-                        dot_u8_i8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q))
-                    }),
+                    })
                 }
-            };
+                // Q8_0 values span the whole signed byte, so they cannot be offset into
+                // `maddubs`'s unsigned operand: the sign transfer.
+                _ => prepared_rows(w, row_bytes, nb, Q8_0_BYTES, x, d, out, |wb, y, _| {
+                    let q = load32(wb.add(2));
+                    dot_u8_i8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q))
+                }),
+            }
         }
     });
 }
 
-/// One row of [`signed_rows`]: `acc += (d_w·d_x) · lanes`, block by block, as
-/// [`signed_q8_0`] does, where `lanes(wb, y, i)` gives the eight exact integer lanes of
-/// weight block `i` (at `wb`) against the activation values `y`.
+/// The rows of [`signed_rows`], one after the other: per row `acc += (d_w·d_x) · lanes`,
+/// block by block, as [`signed_q8_0`] does, where `lanes(wb, y, i)` gives the eight exact
+/// integer lanes of weight block `i` (at `wb`) against the activation values `y`.
 ///
 /// # Safety
 ///
-/// `wp` must point to `nb` blocks of `w_bytes` bytes that `lanes` may read; `x` must be `nb`
-/// Q8_0 blocks and `d` their widened scales; the CPU must have AVX2, FMA and F16C.
+/// `w` must be `out.len()` rows of `row_bytes` bytes, each `nb` blocks of `w_bytes` bytes
+/// that `lanes` may read; `x` must be `nb` Q8_0 blocks and `d` their widened scales; the CPU
+/// must have AVX2, FMA and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn prepared_row(
-    wp: *const u8,
+#[allow(clippy::too_many_arguments)] // the product's six inputs, the prepared scales and the format's lanes
+unsafe fn prepared_rows(
+    w: &[u8],
+    row_bytes: usize,
     nb: usize,
     w_bytes: usize,
     x: &[u8],
     d: &[f32],
+    out: &mut [f32],
     lanes: impl Fn(*const u8, __m256i, usize) -> __m256i,
-) -> f32 {
+) {
     let d = &d[..nb];
-    // SAFETY: block `i < nb` of the row and of `x` is in bounds (caller's contract).
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for i in 0..nb {
-            let wb = wp.add(i * w_bytes);
-            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH_BYTES).cast());
-            let y = load32(x.as_ptr().add(i * Q8_0_BYTES + 2));
-            let dd = _mm256_mul_ps(f16x8(wb), _mm256_set1_ps(d[i]));
-            acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(lanes(wb, y, i)), acc);
-        }
-        hsum_f32(acc)
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+        // SAFETY: block `i < nb` of the row and of `x` is in bounds (caller's contract).
+        *o = unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for i in 0..nb {
+                let wb = row.as_ptr().add(i * w_bytes);
+                _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH_BYTES).cast());
+                let y = load32(x.as_ptr().add(i * Q8_0_BYTES + 2));
+                let dd = _mm256_mul_ps(f16x8(wb), _mm256_set1_ps(d[i]));
+                acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(lanes(wb, y, i)), acc);
+            }
+            hsum_f32(acc)
+        };
     }
 }
 
@@ -391,7 +398,8 @@ unsafe fn at<const N: usize>(xp: &[*const u8; N], j: usize, offset: usize) -> *c
 
 // ----- 32-element formats ------------------------------------------------------------------
 
-/// How far ahead of the block being read the one-token kernel of [`signed_q8_0`] prefetches
+/// How far ahead of the block being read the one-token kernels of the 32-element signed
+/// formats ([`prepared_rows`], and [`signed_q8_0`] with `N = 1`) prefetch
 /// (Qwen2.5-Coder-0.5B decode on a Zen 3: 33.5-37.7 tok/s without, 38.7-40.9 with 512; see
 /// docs/benchmarks.md).
 const PREFETCH_BYTES: usize = 512;
