@@ -111,19 +111,51 @@ fn trimmed(mono: Vec<f32>) -> Vec<f32> {
     mono[first..last.max(first)].to_vec()
 }
 
-/// The questions, spoken by the Piper voice, at 16 kHz, each followed by silence.
-fn question_recording(models: &Path) -> (Vec<u8>, f64) {
+/// Where speech truly ends in `mono` (16 kHz), in samples: the end of the last 10 ms frame
+/// whose RMS is within 40 dB of the loudest frame's (Piper leaves a quiet tail after the
+/// last word; the VAD's own estimate of the end comes later still).
+fn true_end(mono: &[f32]) -> usize {
+    const FRAME: usize = 160;
+    let rms: Vec<f32> = mono
+        .chunks(FRAME)
+        .map(|c| (c.iter().map(|x| x * x).sum::<f32>() / c.len() as f32).sqrt())
+        .collect();
+    let loudest = rms.iter().copied().fold(0.0f32, f32::max);
+    rms.iter()
+        .rposition(|&r| r > loudest * 0.01)
+        .map_or(0, |i| ((i + 1) * FRAME).min(mono.len()))
+}
+
+/// The questions, spoken by the Piper voice, at 16 kHz, each followed by silence; the mean
+/// question length in seconds, and where each question's speech truly ends (seconds from
+/// the start of the recording).
+fn question_recording(models: &Path) -> (Vec<u8>, f64, Vec<f64>) {
     let voice = piper_voice(models);
     let mut raw = Vec::new();
     push_silence(&mut raw, 1.0);
     let mut speech_s = 0.0;
+    let mut ends = Vec::new();
     for q in QUESTIONS {
         let mono = speak(&voice, q);
         speech_s += mono.len() as f64 / 16_000.0;
+        ends.push((raw.len() / 2 + true_end(&mono)) as f64 / 16_000.0);
         push_samples(&mut raw, &mono);
         push_silence(&mut raw, GAP_S);
     }
-    (raw, speech_s / QUESTIONS.len() as f64)
+    (raw, speech_s / QUESTIONS.len() as f64, ends)
+}
+
+/// How much later than the true end of speech the VAD placed it, in ms: the turn's
+/// `speech_end_s` (a position in the capture stream, which is the recording here) against
+/// the nearest true end. `None` when no question ends within 1.5 s of it.
+fn vad_lag_ms(turn: &serde_json::Value, true_ends: &[f64]) -> Option<f64> {
+    let seen = turn["speech_end_s"].as_f64()?;
+    true_ends
+        .iter()
+        .map(|&t| seen - t)
+        .filter(|d| d.abs() < 1.5)
+        .min_by(|a, b| a.abs().total_cmp(&b.abs()))
+        .map(|d| d * 1e3)
 }
 
 /// Faint noise (about -60 dBFS RMS) for `secs`: a room where nobody speaks.
@@ -288,7 +320,7 @@ fn clock_ticks_per_second() -> f64 {
 
 fn latency() {
     let models = models_dir();
-    let (raw, mean_question_s) = question_recording(&models);
+    let (raw, mean_question_s, true_ends) = question_recording(&models);
     println!(
         "voice loop latency: {} spoken questions (mean {:.2} s), Whisper tiny.en, SmolLM2-135M-Instruct Q4_1, Piper joe-medium, defaults",
         QUESTIONS.len(),
@@ -308,16 +340,19 @@ fn latency() {
         let v: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
         let l = &v["latency"];
         let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
+        let lag = vad_lag_ms(&v, &true_ends).unwrap_or(f64::NAN);
         println!(
-            "  {:8} {:10} endpoint {:5.0} ms ({:8})  stt {:5.0} ms (started {:4.0} ms early)  first token {:5.0} ms  first audio {:5.0} ms  end of speech -> audio {:5.0} ms  | {:?} -> {:?}",
+            "  {:8} {:10} VAD lag {:4.0} ms  endpoint {:5.0} ms ({:8})  stt {:5.0} ms (started {:4.0} ms early)  first token {:5.0} ms  first audio {:5.0} ms  end of speech -> audio {:5.0} ms (VAD's end {:5.0} ms)  | {:?} -> {:?}",
             v["turn"].as_str().unwrap_or("?"),
             v["outcome"].as_str().unwrap_or("?"),
+            lag,
             f("endpoint_ms"),
             v["endpoint"].as_str().unwrap_or("?"),
             f("stt_ms"),
             l["stt_early_ms"].as_f64().unwrap_or(0.0),
             f("ttft_ms"),
             f("first_audio_ms"),
+            f("response_ms") + lag,
             f("response_ms"),
             v["transcript"].as_str().unwrap_or(""),
             v["reply"]
@@ -340,11 +375,21 @@ fn latency() {
             .filter_map(|v| v["latency"][k].as_f64())
             .collect()
     };
+    let lags: Vec<f64> = answered
+        .iter()
+        .filter_map(|v| vad_lag_ms(v, &true_ends))
+        .collect();
+    // From the true end of speech: the daemon's `response_ms` counts from the VAD's estimate.
+    let responses: Vec<f64> = answered
+        .iter()
+        .filter_map(|v| Some(v["latency"]["response_ms"].as_f64()? + vad_lag_ms(v, &true_ends)?))
+        .collect();
     // `ttft_ms` and `first_audio_ms` count from the turn's start (the endpoint, for speech).
     println!(
-        "medians over {} answered turns of {}: endpoint {:.0} ms, STT {:.0} ms (started {:.0} ms before the endpoint), first token {:.0} ms and first audio {:.0} ms after the endpoint; end of speech -> first audio {:.0} ms (target 500 ms)",
+        "medians over {} answered turns of {}: VAD's end of speech {:.0} ms after the true end, endpoint {:.0} ms after the VAD's end, STT {:.0} ms (started {:.0} ms before the endpoint), first token {:.0} ms and first audio {:.0} ms after the endpoint; VAD's end of speech -> first audio {:.0} ms; true end of speech -> first audio {:.0} ms (target 500 ms)",
         answered.len(),
         turns.len(),
+        median(&lags),
         median(&col("endpoint_ms")),
         median(&col("stt_ms")),
         median(
@@ -356,6 +401,11 @@ fn latency() {
         median(&col("ttft_ms")),
         median(&col("first_audio_ms")),
         median(&col("response_ms")),
+        if responses.len() == answered.len() {
+            median(&responses)
+        } else {
+            f64::NAN
+        },
     );
     println!(
         "sotad RSS after the run: {:.0} MiB ({:.0} MiB anonymous)",

@@ -99,6 +99,7 @@ pub fn chat(config: &Config, thinking: bool) -> anyhow::Result<()> {
         let mut stream = llm::Stream {
             tokens: Some(tx),
             cancel: Arc::new(AtomicBool::new(false)),
+            hold: None,
             dropped: 0,
             remember: true,
         };
@@ -135,7 +136,7 @@ pub fn say(
     tts::validate(&request).map_err(|e| anyhow!(e.message))?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tts::Chunk>(1024);
     let done = engine
-        .say(&request, &tx, &AtomicBool::new(false))
+        .say(&request, &tx, &AtomicBool::new(false), || {})
         .map_err(|e| anyhow!(e.message))?;
     drop(tx);
     let mut samples = Vec::new();

@@ -52,6 +52,8 @@ pub struct Voice {
     /// The answer's first spoken piece ends after this many words at the latest (0: at the
     /// first clause or sentence end).
     pub first_piece_words: usize,
+    /// The answer's generation waits while its first spoken piece is synthesized.
+    pub first_audio_priority: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -221,7 +221,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let playback = voice::spawn_player(&config, &voice_control);
     let turns = pipeline::Turns::new(stages.clone(), publisher.clone(), metrics.clone(), playback)
         .speculate_answers(config.vad.speculate_answer)
-        .first_piece_words(config.voice.first_piece_words);
+        .first_piece_words(config.voice.first_piece_words)
+        .first_audio_priority(config.voice.first_audio_priority);
     let voice = voice::start(&config, voice_control.clone(), turns.clone());
     let capabilities = Arc::new(serde_json::to_vec(&capabilities(&config, &device_id))?);
 

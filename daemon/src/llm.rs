@@ -12,7 +12,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sotad_engines::llm as engine;
@@ -359,10 +360,58 @@ impl LlmStage {
     }
 }
 
+/// Lets another stage pause a generation between two tokens. The voice loop holds its answer's
+/// generation while Piper synthesizes the first spoken piece (`voice.first_audio_priority`):
+/// on a board with two cores the LLM's threads would otherwise take half the CPU from the one
+/// job the person is waiting for. A generation never waits longer than [`Hold::LIMIT`] per
+/// token, nor once it is cancelled, so a hold that is never released costs at most that.
+#[derive(Debug, Default)]
+pub struct Hold {
+    held: Mutex<bool>,
+    released: Condvar,
+}
+
+impl Hold {
+    /// The longest a generation waits on one hold.
+    pub const LIMIT: Duration = Duration::from_secs(1);
+
+    pub fn hold(&self) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+
+    pub fn release(&self) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.released.notify_all();
+    }
+
+    /// Waits while held, at most [`Hold::LIMIT`], and returns early once `cancel` is set.
+    /// Returns how long it waited.
+    pub fn wait(&self, cancel: &AtomicBool) -> Duration {
+        let start = Instant::now();
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while *held && !cancel.load(Ordering::Relaxed) {
+            let left = Self::LIMIT.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            // Short slices, so a cancel (which does not notify) is seen soon.
+            let slice = left.min(Duration::from_millis(20));
+            held = self
+                .released
+                .wait_timeout(held, slice)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        start.elapsed()
+    }
+}
+
 /// What a generation needs besides the request: where tokens go and when to stop.
 pub struct Stream {
     pub tokens: Option<mpsc::Sender<String>>,
     pub cancel: Arc<AtomicBool>,
+    /// Checked after every token: the generation waits while another stage holds it.
+    pub hold: Option<Arc<Hold>>,
     pub dropped: u64,
     /// Whether the exchange joins the request's session when done. The voice loop's
     /// speculative answers do not: the turn that adopts one remembers it
@@ -395,12 +444,16 @@ impl Llm {
         };
         let cancel = stream.cancel.clone();
         let tokens = stream.tokens.clone();
+        let hold = stream.hold.clone();
         let mut dropped = 0u64;
         let result = self.session.chat(&messages, &options, |piece: &str| {
             if let Some(tx) = &tokens
                 && tx.try_send(piece.to_string()).is_err()
             {
                 dropped += 1;
+            }
+            if let Some(hold) = &hold {
+                hold.wait(&cancel);
             }
             if cancel.load(Ordering::Relaxed) {
                 ControlFlow::Break(())
@@ -634,6 +687,38 @@ impl Conversations {
 mod tests {
     use super::*;
     use crate::mqtt::request;
+
+    #[test]
+    fn a_hold_pauses_the_generation_until_released_or_cancelled() {
+        let no = AtomicBool::new(false);
+        // Not held: no wait.
+        let hold = Arc::new(Hold::default());
+        assert!(hold.wait(&no) < Duration::from_millis(50));
+        // Held, released by another thread after 100 ms.
+        hold.hold();
+        let releaser = {
+            let hold = hold.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                hold.release();
+            })
+        };
+        let waited = hold.wait(&no);
+        releaser.join().unwrap();
+        assert!(
+            waited >= Duration::from_millis(90) && waited < Hold::LIMIT,
+            "{waited:?}"
+        );
+        // Held and cancelled: returns at once.
+        hold.hold();
+        assert!(hold.wait(&AtomicBool::new(true)) < Duration::from_millis(50));
+        // Held and never released: bounded by the limit.
+        let waited = hold.wait(&no);
+        assert!(
+            waited >= Hold::LIMIT && waited < Hold::LIMIT + Duration::from_millis(500),
+            "{waited:?}"
+        );
+    }
 
     fn ask(json: &str) -> Result<AskRequest, RequestError> {
         let r: AskRequest = request::parse(json.as_bytes(), 1 << 20)?;

@@ -40,7 +40,7 @@ pub enum Input {
     /// An utterance from the microphone, 16 kHz mono, with when the endpointer saw its end.
     Speech {
         samples: Vec<f32>,
-        /// Delay from the true end of speech to the endpoint (trailing silence), in ms.
+        /// Delay from the end of speech as the VAD saw it to the endpoint, in ms.
         endpoint_ms: f64,
         endpointed_at: Instant,
         /// Its transcription, when it was started at a pause before the endpoint.
@@ -48,6 +48,9 @@ pub enum Input {
         /// What ended it: `silence`, `complete` (its transcript read as finished),
         /// `max_length` or `push_to_talk`.
         endpoint: &'static str,
+        /// Where the speech ended as the VAD saw it, in seconds of audio captured since
+        /// capture started (dropped frames included); `None` for push-to-talk.
+        speech_end_s: Option<f64>,
     },
 }
 
@@ -134,7 +137,7 @@ pub struct ReplyEvent<'a> {
 /// Where the time of a turn went, in milliseconds; absent stages did not run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
-    /// True end of speech → endpoint (trailing silence the endpointer waited for).
+    /// End of speech as the VAD saw it → endpoint (the silence the endpointer waited for).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint_ms: Option<f64>,
     /// The transcription, from its start to the transcript.
@@ -149,7 +152,8 @@ pub struct Latency {
     /// Start of the turn (the endpoint, or the text's arrival) → first audio sample ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_audio_ms: Option<f64>,
-    /// True end of speech (or arrival) → first audio: what the person waits for.
+    /// End of speech as the VAD saw it (or arrival) → first audio: what the person waits
+    /// for, less the VAD's lag behind the true end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_ms: Option<f64>,
     pub total_ms: f64,
@@ -167,6 +171,10 @@ pub struct DoneEvent<'a> {
     /// What ended a spoken question: `silence`, `complete`, `max_length`, `push_to_talk`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<&'static str>,
+    /// Where the question's speech ended in the capture stream (seconds of audio since
+    /// capture started), as the VAD saw it: lines a turn up with a recording.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speech_end_s: Option<f64>,
     pub latency: Latency,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -211,6 +219,9 @@ struct Inner {
     speculate_answers: bool,
     /// The first spoken piece's word limit (`voice.first_piece_words`, 0: none).
     first_piece_words: usize,
+    /// Whether an answer's generation waits while its first spoken piece is synthesized
+    /// (`voice.first_audio_priority`).
+    first_audio_priority: bool,
     /// Set while a turn is producing or playing speech (the microphone is ignored meanwhile
     /// unless barge-in is on).
     speaking: AtomicBool,
@@ -239,6 +250,7 @@ impl Turns {
                 seq_speculative: AtomicU64::new(0),
                 speculate_answers: true,
                 first_piece_words: 0,
+                first_audio_priority: true,
                 speaking: AtomicBool::new(false),
                 playback,
                 session: "voice".to_string(),
@@ -254,6 +266,15 @@ impl Turns {
     pub fn speculate_answers(mut self, on: bool) -> Turns {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.speculate_answers = on;
+        }
+        self
+    }
+
+    /// Sets `voice.first_audio_priority`: whether an answer's generation waits while its
+    /// first spoken piece is synthesized. Call before the turns are shared.
+    pub fn first_audio_priority(mut self, on: bool) -> Turns {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.first_audio_priority = on;
         }
         self
     }
@@ -348,6 +369,7 @@ impl Turns {
         let mut sentences = 0usize;
         let mut held: Option<Held> = None;
         let mut endpoint_reason = None;
+        let mut speech_end = None;
 
         // 1. Speech to text.
         let (question, session, origin) = match input {
@@ -357,9 +379,11 @@ impl Turns {
                 endpoint_ms,
                 endpointed_at,
                 endpoint,
+                speech_end_s,
                 ..
             } => {
                 endpoint_reason = Some(endpoint);
+                speech_end = speech_end_s.map(|s| (s * 1e3).round() / 1e3);
                 latency.endpoint_ms = Some(round1(endpoint_ms));
                 let origin = endpointed_at
                     .checked_sub(std::time::Duration::from_secs_f64(endpoint_ms / 1e3))
@@ -488,6 +512,7 @@ impl Turns {
                     audio_s,
                     sentences,
                     endpoint: endpoint_reason,
+                    speech_end_s: speech_end,
                     latency,
                     error,
                 },
@@ -779,10 +804,15 @@ impl Turns {
         }
         let (tokens_tx, mut tokens_rx) = mpsc::channel::<String>(llm::TOKEN_STREAM_BUFFER * 4);
         let remember = gate.is_none();
+        // Held while the first spoken piece is synthesized (`voice.first_audio_priority`).
+        let hold = (inner.first_audio_priority && inner.stages.tts.is_some())
+            .then(|| Arc::new(llm::Hold::default()));
+        let llm_hold = hold.clone();
         let submitted = llm.worker.submit(move |engine| {
             let mut stream = llm::Stream {
                 tokens: Some(tokens_tx),
                 cancel: flag,
+                hold: llm_hold,
                 dropped: 0,
                 remember,
             };
@@ -820,9 +850,24 @@ impl Turns {
                 };
                 let tx = audio_tx.clone();
                 let cancel = cancel.clone();
-                match tts.submit(move |engine| engine.say(&request, &tx, &cancel)) {
+                // The first piece has the CPU to itself until its first audio is out.
+                let first = hold.clone().filter(|_| jobs.is_empty());
+                if let Some(h) = &first {
+                    h.hold();
+                }
+                let release = first.clone();
+                match tts.submit(move |engine| {
+                    engine.say(&request, &tx, &cancel, || {
+                        if let Some(h) = release {
+                            h.release();
+                        }
+                    })
+                }) {
                     Ok(job) => jobs.push(job),
                     Err(e) => {
+                        if let Some(h) = &first {
+                            h.release();
+                        }
                         inner.metrics.queue_dropped("tts");
                         tracing::warn!(turn, error = %e, "a sentence was not spoken");
                     }

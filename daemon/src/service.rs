@@ -379,6 +379,7 @@ pub async fn ask(
         let mut stream = llm::Stream {
             tokens: Some(tokens_tx),
             cancel,
+            hold: None,
             dropped: 0,
             remember: true,
         };
@@ -425,7 +426,7 @@ pub async fn say(
     let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(tts::AUDIO_BUFFER);
     let cancel = tts::CancelFlag::default();
     let done = worker
-        .submit(move |engine| engine.say(&request, &audio_tx, &cancel))
+        .submit(move |engine| engine.say(&request, &audio_tx, &cancel, || {}))
         .map_err(|e| submit_error(&id, e))?;
     let topic = publisher.topics().tts_audio(&id);
     let forward = async {

@@ -285,12 +285,29 @@ impl Tts {
 
     /// Synthesizes `request`, sending each piece into `audio` as soon as it is ready (the
     /// first sentence in pieces of `tts.first_chunk_ms` and more, the others whole). Stops
-    /// between pieces when `cancel` is set.
+    /// between pieces when `cancel` is set. `first_audio` runs once the first piece is sent
+    /// (or when the call ends without audio).
     pub fn say(
         &mut self,
         request: &SayRequest,
         audio_out: &mpsc::Sender<Chunk>,
         cancel: &AtomicBool,
+        first_audio: impl FnOnce(),
+    ) -> Result<Done, RequestError> {
+        let mut first_audio = Some(first_audio);
+        let done = self.synthesize(request, audio_out, cancel, &mut first_audio);
+        if let Some(f) = first_audio.take() {
+            f();
+        }
+        done
+    }
+
+    fn synthesize(
+        &mut self,
+        request: &SayRequest,
+        audio_out: &mpsc::Sender<Chunk>,
+        cancel: &AtomicBool,
+        first_audio: &mut Option<impl FnOnce()>,
     ) -> Result<Done, RequestError> {
         let started = Instant::now();
         let fail = |field: Option<&str>, message: String| {
@@ -338,6 +355,9 @@ impl Tts {
                     text: chunk.text.to_string(),
                     sentence_end: chunk.sentence_end,
                 });
+                if let Some(f) = first_audio.take() {
+                    f();
+                }
                 if sent.is_err() || cancel.load(Ordering::Relaxed) {
                     cancelled = true;
                     ControlFlow::Break(())

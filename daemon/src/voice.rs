@@ -338,6 +338,7 @@ fn send_utterance(
     endpoint: Duration,
     speculation: Option<Speculation>,
     reason: &'static str,
+    speech_end_s: Option<f64>,
 ) {
     control.utterances.fetch_add(1, Ordering::Relaxed);
     let input = Input::Speech {
@@ -346,6 +347,7 @@ fn send_utterance(
         endpointed_at: Instant::now(),
         speculation,
         endpoint: reason,
+        speech_end_s,
     };
     if utterances.try_send(input).is_err() {
         control.utterances_dropped.fetch_add(1, Ordering::Relaxed);
@@ -403,6 +405,7 @@ fn run_vad(
                     frame.captured_at.elapsed(),
                     None,
                     "push_to_talk",
+                    None,
                 );
             }
         }
@@ -474,6 +477,12 @@ fn run_vad(
                 let waited =
                     Duration::from_secs_f64(at.saturating_sub(speech_end) as f64 / 16_000.0);
                 let queued = frame.captured_at.elapsed();
+                // The detector's positions count only the windows it was given; the frame's
+                // sequence number counts every frame captured, so the end of speech in the
+                // capture stream is this frame's end minus the silence since.
+                let captured = (frame.seq + 1) * audio::FRAME_SAMPLES as u64;
+                let speech_end_s = captured.saturating_sub(at.saturating_sub(speech_end)) as f64
+                    / f64::from(audio::SAMPLE_RATE);
                 // Nothing was said since the last pause: the turn transcribes the same audio
                 // as the speculation did (up to the pause point), and takes its result.
                 let speculation = match last_pause.take() {
@@ -497,6 +506,7 @@ fn run_vad(
                     waited + queued,
                     speculation,
                     reason.as_str(),
+                    Some(speech_end_s),
                 );
             }
             _ => {}
