@@ -8,8 +8,10 @@
 //! cargo bench -p sotad-benches --bench voice -- idle 600     # idle, 600 s
 //! cargo bench -p sotad-benches --bench voice -- split        # early endpoint's false splits
 //! SOTAD__VAD__SPECULATE_MS=0 cargo bench -p sotad-benches --bench voice   # no speculative STT
+//! SOTAD_BENCH_CONFIG=configs/low-latency.toml cargo bench -p sotad-benches --bench voice
 //! ```
-//! The daemon inherits the environment, so any `SOTAD__SECTION__KEY` override applies.
+//! The daemon inherits the environment, so any `SOTAD__SECTION__KEY` override applies;
+//! `SOTAD_BENCH_CONFIG` names a profile whose keys are passed that way.
 //! The daemon runs on its embedded broker with Whisper tiny.en, SmolLM2-135M-Instruct and the
 //! joe-medium Piper voice (the default configuration, answers capped at 48 tokens). Its
 //! microphone is alsa-lib's `file` plugin reading a recording this bench writes: ten short
@@ -208,6 +210,43 @@ mod tempfile_dir {
     }
 }
 
+/// The keys of the configuration file named by `SOTAD_BENCH_CONFIG` (for instance
+/// `configs/low-latency.toml`, relative to the workspace root or absolute) as `SOTAD__SECTION__KEY`
+/// overrides for the daemon, which keeps the bench's own file for broker, devices and models
+/// (a variable set in the environment wins over the profile's key).
+/// Only the simple form the profiles use: `[section]` lines and `key = scalar` lines.
+fn profile_env() -> Vec<(String, String)> {
+    let Some(name) = std::env::var_os("SOTAD_BENCH_CONFIG") else {
+        return Vec::new();
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("SOTAD_BENCH_CONFIG: cannot read {}: {e}", path.display()));
+    let mut section = String::new();
+    let mut vars = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.trim().to_uppercase();
+        } else if let Some((key, value)) = line.split_once('=') {
+            // A variable already set in the environment wins over the profile.
+            let var = format!("SOTAD__{section}__{}", key.trim().to_uppercase());
+            if std::env::var_os(&var).is_none() {
+                vars.push((var, value.trim().trim_matches('"').to_string()));
+            }
+        } else {
+            panic!(
+                "SOTAD_BENCH_CONFIG: {}: cannot read line {line:?}",
+                path.display()
+            );
+        }
+    }
+    println!("configuration from {}: {vars:?}", path.display());
+    vars
+}
+
 /// Starts sotad with the microphone reading `mic_raw`, and `mosquitto_sub` on its topics.
 fn start(mic_raw: &[u8], telemetry_secs: u32) -> Daemon {
     let dir = tempfile_dir::Dir::new();
@@ -238,6 +277,7 @@ fn start(mic_raw: &[u8], telemetry_secs: u32) -> Daemon {
     .unwrap();
     let child = Command::new(sotad_bin())
         .args(["--config", toml.to_str().unwrap(), "run"])
+        .envs(profile_env())
         .env(
             "ALSA_CONFIG_PATH",
             format!("/usr/share/alsa/alsa.conf:{}", conf.display()),

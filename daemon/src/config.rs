@@ -972,6 +972,22 @@ mod tests {
     }
 
     #[test]
+    fn the_low_latency_profile_sets_the_voice_loop_trades() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/low-latency.toml");
+        let c = Config::load_with_env(FileLayer::Explicit(path), env(&[])).unwrap();
+        let d = Config::load_with_env(FileLayer::None, env(&[])).unwrap();
+        assert_eq!(c.stt.encoder_window, "fit");
+        assert_eq!(d.stt.encoder_window, "full");
+        assert!(c.voice.first_piece_words > 0 && d.voice.first_piece_words == 0);
+        assert!(c.vad.speculate_ms < d.vad.speculate_ms);
+        assert!(c.voice.first_audio_priority && d.voice.first_audio_priority);
+        // Everything else is the defaults' (the profile is meant to be merged into a file).
+        assert_eq!(c.mqtt.host, d.mqtt.host);
+        assert_eq!(c.stt.model, d.stt.model);
+        assert_eq!(c.llm.model, d.llm.model);
+    }
+
+    #[test]
     fn file_overrides_defaults_and_env_overrides_file() {
         let f = file_with("[mqtt]\nhost = \"broker.lan\"\nport = 8883\n");
         let c = Config::load_with_env(
