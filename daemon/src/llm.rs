@@ -363,42 +363,44 @@ impl LlmStage {
 /// Lets another stage pause a generation between two tokens. The voice loop holds its answer's
 /// generation while Piper synthesizes the first spoken piece (`voice.first_audio_priority`):
 /// on a board with two cores the LLM's threads would otherwise take half the CPU from the one
-/// job the person is waiting for. A generation never waits longer than [`Hold::LIMIT`] per
-/// token, nor once it is cancelled, so a hold that is never released costs at most that.
+/// job the person is waiting for. A hold lasts at most [`Hold::LIMIT`] from when it was set,
+/// released or not, and a cancelled generation does not wait.
 #[derive(Debug, Default)]
 pub struct Hold {
-    held: Mutex<bool>,
+    /// When the hold was set; `None` when released.
+    since: Mutex<Option<Instant>>,
     released: Condvar,
 }
 
 impl Hold {
-    /// The longest a generation waits on one hold.
+    /// The longest a hold keeps a generation waiting.
     pub const LIMIT: Duration = Duration::from_secs(1);
 
     pub fn hold(&self) {
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *self.since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
     pub fn release(&self) {
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        *self.since.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.released.notify_all();
     }
 
-    /// Waits while held, at most [`Hold::LIMIT`], and returns early once `cancel` is set.
-    /// Returns how long it waited.
+    /// Waits while held (until [`Hold::LIMIT`] after the hold was set), and returns early once
+    /// `cancel` is set. Returns how long it waited.
     pub fn wait(&self, cancel: &AtomicBool) -> Duration {
         let start = Instant::now();
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        while *held && !cancel.load(Ordering::Relaxed) {
-            let left = Self::LIMIT.saturating_sub(start.elapsed());
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(t) = *since
+            && !cancel.load(Ordering::Relaxed)
+        {
+            let left = Self::LIMIT.saturating_sub(t.elapsed());
             if left.is_zero() {
                 break;
             }
             // Short slices, so a cancel (which does not notify) is seen soon.
-            let slice = left.min(Duration::from_millis(20));
-            held = self
+            since = self
                 .released
-                .wait_timeout(held, slice)
+                .wait_timeout(since, left.min(Duration::from_millis(20)))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -712,12 +714,15 @@ mod tests {
         // Held and cancelled: returns at once.
         hold.hold();
         assert!(hold.wait(&AtomicBool::new(true)) < Duration::from_millis(50));
-        // Held and never released: bounded by the limit.
+        // Held and never released: bounded by the limit, counted from the hold, so the
+        // next token does not wait again.
         let waited = hold.wait(&no);
         assert!(
-            waited >= Hold::LIMIT && waited < Hold::LIMIT + Duration::from_millis(500),
+            waited >= Hold::LIMIT - Duration::from_millis(100)
+                && waited < Hold::LIMIT + Duration::from_millis(500),
             "{waited:?}"
         );
+        assert!(hold.wait(&no) < Duration::from_millis(50));
     }
 
     fn ask(json: &str) -> Result<AskRequest, RequestError> {
