@@ -215,7 +215,13 @@ mod tempfile_dir {
 /// overrides for the daemon, which keeps the bench's own file for broker, devices and models
 /// (a variable set in the environment wins over the profile's key).
 /// Only the simple form the profiles use: `[section]` lines and `key = scalar` lines.
-fn profile_env() -> Vec<(String, String)> {
+/// Read once: `split` starts one daemon per pause.
+fn profile_env() -> &'static [(String, String)] {
+    static VARS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    VARS.get_or_init(read_profile)
+}
+
+fn read_profile() -> Vec<(String, String)> {
     let Some(name) = std::env::var_os("SOTAD_BENCH_CONFIG") else {
         return Vec::new();
     };
@@ -277,7 +283,7 @@ fn start(mic_raw: &[u8], telemetry_secs: u32) -> Daemon {
     .unwrap();
     let child = Command::new(sotad_bin())
         .args(["--config", toml.to_str().unwrap(), "run"])
-        .envs(profile_env())
+        .envs(profile_env().iter().cloned())
         .env(
             "ALSA_CONFIG_PATH",
             format!("/usr/share/alsa/alsa.conf:{}", conf.display()),

@@ -385,6 +385,12 @@ impl Hold {
         self.released.notify_all();
     }
 
+    /// Sets the hold until the returned guard is dropped.
+    pub fn guard(self: Arc<Self>) -> HoldGuard {
+        self.hold();
+        HoldGuard(self)
+    }
+
     /// Waits while held (until [`Hold::LIMIT`] after the hold was set), and returns early once
     /// `cancel` is set. Returns how long it waited.
     pub fn wait(&self, cancel: &AtomicBool) -> Duration {
@@ -405,6 +411,16 @@ impl Hold {
                 .0;
         }
         start.elapsed()
+    }
+}
+
+/// Releases its [`Hold`] when dropped, whichever way its owner ends.
+#[derive(Debug)]
+pub struct HoldGuard(Arc<Hold>);
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 

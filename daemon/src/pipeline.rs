@@ -850,24 +850,16 @@ impl Turns {
                 };
                 let tx = audio_tx.clone();
                 let cancel = cancel.clone();
-                // The first piece has the CPU to itself until its first audio is out.
-                let first = hold.clone().filter(|_| jobs.is_empty());
-                if let Some(h) = &first {
-                    h.hold();
-                }
-                let release = first.clone();
-                match tts.submit(move |engine| {
-                    engine.say(&request, &tx, &cancel, || {
-                        if let Some(h) = release {
-                            h.release();
-                        }
-                    })
-                }) {
+                // The first piece has the CPU to itself until its first audio is out; the
+                // guard goes with the job, so a job that is refused or ends without audio
+                // releases the hold too.
+                let first = hold
+                    .clone()
+                    .filter(|_| jobs.is_empty())
+                    .map(llm::Hold::guard);
+                match tts.submit(move |engine| engine.say(&request, &tx, &cancel, || drop(first))) {
                     Ok(job) => jobs.push(job),
                     Err(e) => {
-                        if let Some(h) = &first {
-                            h.release();
-                        }
                         inner.metrics.queue_dropped("tts");
                         tracing::warn!(turn, error = %e, "a sentence was not spoken");
                     }

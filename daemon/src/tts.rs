@@ -285,8 +285,7 @@ impl Tts {
 
     /// Synthesizes `request`, sending each piece into `audio` as soon as it is ready (the
     /// first sentence in pieces of `tts.first_chunk_ms` and more, the others whole). Stops
-    /// between pieces when `cancel` is set. `first_audio` runs once the first piece is sent
-    /// (or when the call ends without audio).
+    /// between pieces when `cancel` is set. `first_audio` runs once the first piece is sent.
     pub fn say(
         &mut self,
         request: &SayRequest,
@@ -295,20 +294,6 @@ impl Tts {
         first_audio: impl FnOnce(),
     ) -> Result<Done, RequestError> {
         let mut first_audio = Some(first_audio);
-        let done = self.synthesize(request, audio_out, cancel, &mut first_audio);
-        if let Some(f) = first_audio.take() {
-            f();
-        }
-        done
-    }
-
-    fn synthesize(
-        &mut self,
-        request: &SayRequest,
-        audio_out: &mpsc::Sender<Chunk>,
-        cancel: &AtomicBool,
-        first_audio: &mut Option<impl FnOnce()>,
-    ) -> Result<Done, RequestError> {
         let started = Instant::now();
         let fail = |field: Option<&str>, message: String| {
             let e = RequestError::new(Some(request.id.clone()), ErrorCode::InvalidRequest, message);
