@@ -75,6 +75,9 @@ pub fn load(config: &Config) -> Result<Tts, String> {
         )
     })?;
     let name = voice_name(&path);
+    if let Some(phonemizer) = voice.phonemizer() {
+        tracing::info!(voice = %name, "phonemes from espeak-ng: {phonemizer}");
+    }
     Ok(Tts {
         default_voice: name.clone(),
         models_dir: config.models_dir(),

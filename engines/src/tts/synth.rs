@@ -1,8 +1,8 @@
 //! Text to speech with a Piper voice: the API the daemon calls.
 //!
 //! [`Voice::synthesize`] splits the text into sentences ([`super::espeak::split_text`]),
-//! phonemizes each with an espeak-ng process (started one sentence ahead, so it overlaps with
-//! synthesis), maps the phonemes to ids the way Piper does, runs [`Vits`] on them and hands
+//! phonemizes each with espeak-ng (its library, or a process started one sentence ahead so it
+//! overlaps with synthesis), maps the phonemes to ids the way Piper does, runs [`Vits`] on them and hands
 //! every sentence's audio to a callback as soon as it is ready. Memory stays bounded by one
 //! sentence, whatever the length of the text; the callback can stop the stream.
 //!
@@ -26,7 +26,9 @@ use crate::error::Result;
 pub struct LoadOptions {
     /// Inference threads (a dedicated pool per voice). At least 1.
     pub threads: usize,
-    /// The espeak-ng program (default `espeak-ng`, looked up in `PATH`).
+    /// The espeak-ng program to run for every piece. `None` (the default): espeak-ng's
+    /// shared library, loaded at run time, or when it is missing the program `espeak-ng`
+    /// from `PATH` (see [`super::espeak`]).
     pub espeak: Option<PathBuf>,
 }
 
@@ -219,12 +221,10 @@ impl Voice {
     pub fn from_piper(voice: PiperVoice, opts: &LoadOptions) -> Result<Self> {
         let config = voice.config();
         let espeak = match config.phoneme_type.as_str() {
-            "espeak" => Some(Espeak::new(
-                opts.espeak
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("espeak-ng")),
-                config.espeak_voice.clone(),
-            )),
+            "espeak" => Some(match &opts.espeak {
+                Some(program) => Espeak::new(program.clone(), config.espeak_voice.clone()),
+                None => Espeak::auto(config.espeak_voice.clone()),
+            }),
             "text" => None,
             other => {
                 return Err(TtsError::new(
@@ -265,6 +265,12 @@ impl Voice {
     /// Output sample rate in Hz.
     pub fn sample_rate(&self) -> u32 {
         self.voice.config().sample_rate
+    }
+
+    /// Where the voice's phonemes come from (the espeak-ng library or program), for logs;
+    /// `None` for a voice that reads text directly.
+    pub fn phonemizer(&self) -> Option<String> {
+        self.espeak.as_ref().map(Espeak::describe)
     }
 
     /// The underlying voice (config, hyperparameters).
