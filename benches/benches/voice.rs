@@ -388,7 +388,7 @@ fn latency() {
         let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
         let lag = vad_lag_ms(&v, &true_ends).unwrap_or(f64::NAN);
         println!(
-            "  {:8} {:10} VAD lag {:4.0} ms  endpoint {:5.0} ms ({:8})  stt {:5.0} ms (started {:4.0} ms early)  first token {:5.0} ms  first audio {:5.0} ms  end of speech -> audio {:5.0} ms (VAD's end {:5.0} ms)  | {:?} -> {:?}",
+            "  {:8} {:10} VAD lag {:4.0} ms  endpoint {:5.0} ms ({:8})  stt {:5.0} ms (started {:4.0} ms early)  first token {:5.0} ms  first audio {:5.0} ms (ready {:4.0} ms before the endpoint)  end of speech -> audio {:5.0} ms (VAD's end {:5.0} ms)  | {:?} -> {:?}",
             v["turn"].as_str().unwrap_or("?"),
             v["outcome"].as_str().unwrap_or("?"),
             lag,
@@ -398,6 +398,7 @@ fn latency() {
             l["stt_early_ms"].as_f64().unwrap_or(0.0),
             f("ttft_ms"),
             f("first_audio_ms"),
+            margin_ms(&v),
             f("response_ms") + lag,
             f("response_ms"),
             v["transcript"].as_str().unwrap_or(""),
@@ -430,9 +431,10 @@ fn latency() {
         .iter()
         .filter_map(|v| Some(v["latency"]["response_ms"].as_f64()? + vad_lag_ms(v, &true_ends)?))
         .collect();
+    let margins: Vec<f64> = answered.iter().map(|v| margin_ms(v)).collect();
     // `ttft_ms` and `first_audio_ms` count from the turn's start (the endpoint, for speech).
     println!(
-        "medians over {} answered turns of {}: VAD's end of speech {:.0} ms after the true end, endpoint {:.0} ms after the VAD's end, STT {:.0} ms (started {:.0} ms before the endpoint), first token {:.0} ms and first audio {:.0} ms after the endpoint; VAD's end of speech -> first audio {:.0} ms; true end of speech -> first audio {:.0} ms (target 500 ms)",
+        "medians over {} answered turns of {}: VAD's end of speech {:.0} ms after the true end, endpoint {:.0} ms after the VAD's end, STT {:.0} ms (started {:.0} ms before the endpoint), first token {:.0} ms and first audio {:.0} ms after the endpoint (ready {:.0} ms before it); VAD's end of speech -> first audio {:.0} ms; true end of speech -> first audio {:.0} ms (target 500 ms)",
         answered.len(),
         turns.len(),
         median(&lags),
@@ -446,6 +448,7 @@ fn latency() {
         ),
         median(&col("ttft_ms")),
         median(&col("first_audio_ms")),
+        median(&margins),
         median(&col("response_ms")),
         if responses.len() == answered.len() {
             median(&responses)
@@ -540,6 +543,16 @@ const PAIRS: [(&str, &str); 6] = [
         "Remind me ten minutes before.",
     ),
 ];
+
+/// How long before the endpoint the answer's first audio was ready (`audio_early_ms`), or
+/// after it, negative (`first_audio_ms`, counted from the turn's start at the endpoint): the
+/// computation's margin, when the endpoint's silence sets the wait.
+fn margin_ms(turn: &serde_json::Value) -> f64 {
+    let l = &turn["latency"];
+    l["audio_early_ms"]
+        .as_f64()
+        .unwrap_or_else(|| -l["first_audio_ms"].as_f64().unwrap_or(f64::NAN))
+}
 
 /// How often the early endpoint splits two sentences said with a pause between them: for
 /// each pause length, the six pairs as six utterances; a pair is split when the turn that

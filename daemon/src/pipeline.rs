@@ -156,6 +156,11 @@ pub struct Latency {
     /// for, less the VAD's lag behind the true end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_ms: Option<f64>,
+    /// How long before the endpoint an answer started from a speculative transcript had its
+    /// first audio ready: the margin by which the endpoint, not the computation, set the
+    /// wait. Absent when the audio was not ready before the endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_early_ms: Option<f64>,
     pub total_ms: f64,
 }
 
@@ -370,6 +375,7 @@ impl Turns {
         let mut held: Option<Held> = None;
         let mut endpoint_reason = None;
         let mut speech_end = None;
+        let mut endpointed = None;
 
         // 1. Speech to text.
         let (question, session, origin) = match input {
@@ -383,6 +389,7 @@ impl Turns {
                 ..
             } => {
                 endpoint_reason = Some(endpoint);
+                endpointed = Some(endpointed_at);
                 speech_end = speech_end_s.map(|s| (s * 1e3).round() / 1e3);
                 latency.endpoint_ms = Some(round1(endpoint_ms));
                 let origin = endpointed_at
@@ -454,6 +461,11 @@ impl Turns {
                     latency.ttft_ms = a.first_token.map(|t| round1(ms_between(started, t)));
                     latency.first_audio_ms = a.first_audio.map(|t| round1(ms_between(started, t)));
                     latency.response_ms = a.first_audio.map(|t| round1(ms_between(origin, t)));
+                    latency.audio_early_ms = a
+                        .audio_ready
+                        .zip(endpointed)
+                        .filter(|(ready, endpoint)| ready < endpoint)
+                        .map(|(ready, endpoint)| round1(ms_between(ready, endpoint)));
                     audio_s = a.audio_s;
                     sentences = a.sentences;
                     inner
@@ -828,6 +840,8 @@ impl Turns {
 
         // Speech for the sentences, in order, as they complete.
         let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(tts::AUDIO_BUFFER);
+        // When the first audio was synthesized (a held answer's waits behind the gate).
+        let audio_ready = Arc::new(std::sync::OnceLock::new());
         let mut ttft = None;
         let tokens = async {
             // Owns the audio sender: the channel closes once every sentence is synthesized.
@@ -857,7 +871,12 @@ impl Turns {
                     .clone()
                     .filter(|_| jobs.is_empty())
                     .map(llm::Hold::guard);
-                match tts.submit(move |engine| engine.say(&request, &tx, &cancel, || drop(first))) {
+                let ready = audio_ready.clone();
+                let first_audio = move || {
+                    let _ = ready.set(Instant::now());
+                    drop(first);
+                };
+                match tts.submit(move |engine| engine.say(&request, &tx, &cancel, first_audio)) {
                     Ok(job) => jobs.push(job),
                     Err(e) => {
                         inner.metrics.queue_dropped("tts");
@@ -933,6 +952,7 @@ impl Turns {
             stop_reason: reply.stop_reason,
             first_token: ttft,
             first_audio,
+            audio_ready: audio_ready.get().copied(),
             audio_s: samples_out as f64 / f64::from(rate),
             sentences,
         })
@@ -945,6 +965,9 @@ struct Answer {
     /// When the first token arrived (before the turn started, for an adopted answer).
     first_token: Option<Instant>,
     first_audio: Option<Instant>,
+    /// When the first audio was synthesized: for an answer held behind its gate, before it
+    /// went out (`first_audio`).
+    audio_ready: Option<Instant>,
     audio_s: f64,
     sentences: usize,
 }
