@@ -72,10 +72,13 @@ pub fn spawn(config: &Config) -> Option<LlmStage> {
     config.model_path(&config.llm.model)?;
     let config = config.clone();
     let worker = Worker::spawn("llm", config.service.request_queue, move || load(&config));
-    Some(LlmStage {
+    let stage = LlmStage {
         worker,
         running: Arc::default(),
-    })
+    };
+    // Once loaded: the system prompt, so that the first question computes only itself.
+    stage.warm();
+    Some(stage)
 }
 
 /// Loads the configured model; the error names the configuration key and the file.
@@ -109,7 +112,15 @@ pub fn load(config: &Config) -> Result<Llm, String> {
             min_p: c.min_p,
             repeat_penalty: c.repeat_penalty,
         },
-        warm: None,
+        // The first question finds the default system prompt computed.
+        warm: Some((
+            Some(&c.system_prompt)
+                .filter(|p| !p.is_empty())
+                .map(engine::Message::system)
+                .into_iter()
+                .collect(),
+            false,
+        )),
     })
 }
 
@@ -585,14 +596,16 @@ impl Llm {
     }
 
     /// Evaluates the conversation the last `ask` left (with its oldest turns forgotten if the
-    /// session was full) into the KV cache, so that the session's next question computes only
-    /// itself. Run as its own job after the reply, in the time the answer is being spoken.
+    /// session was full), and the start of the next user message, into the KV cache, so that
+    /// the session's next question computes only its words and the template around them. Run
+    /// as its own job after the reply, in the time the answer is being spoken, and once after
+    /// the model loads (the system prompt).
     pub fn warm(&mut self) {
         let Some((messages, thinking)) = self.warm.take() else {
             return;
         };
         let started = std::time::Instant::now();
-        match self.session.prefill_chat(&messages, false, thinking) {
+        match self.session.prefill_before_user(&messages, thinking) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(
                 tokens = n,

@@ -719,6 +719,7 @@ fn a_conversation_evaluated_ahead_leaves_only_the_new_tokens_to_compute() {
     // Between turns: the conversation so far, the assistant's turn not opened.
     let mut s = model.session();
     let n = s.prefill_chat(&history, false, false).unwrap();
+    let history_tokens = n;
     assert!(n > 0);
     assert_eq!(s.prefill_chat(&history, false, false).unwrap(), 0, "cached");
     let r = go(&mut s, &next);
@@ -735,6 +736,28 @@ fn a_conversation_evaluated_ahead_leaves_only_the_new_tokens_to_compute() {
     // And the answer is the one computed from scratch.
     let fresh = go(&mut model.session(), &next);
     assert_eq!(r.tokens, fresh.tokens);
+
+    // Between turns, with the start of the next user message (`<|im_start|>user\n`): all of
+    // it is reused, and the question computes only its words and the template after them.
+    let mut s = model.session();
+    let m = s.prefill_before_user(&history, false).unwrap();
+    assert!(
+        m > history_tokens,
+        "{m} tokens with the user message's start, {history_tokens} without"
+    );
+    assert_eq!(s.prefill_before_user(&history, false).unwrap(), 0, "cached");
+    let r = go(&mut s, &next);
+    assert_eq!(r.timings.cached_tokens, m, "{:?}", r.timings);
+    assert_eq!(r.tokens, fresh.tokens);
+    // The first question of a conversation: the system prompt and the user message's start.
+    let mut s = model.session();
+    let k = s
+        .prefill_before_user(&[Message::system("Be brief.")], false)
+        .unwrap();
+    let first = [Message::system("Be brief."), Message::user("hi")];
+    let r = go(&mut s, &first);
+    assert_eq!(r.timings.cached_tokens, k, "{:?}", r.timings);
+    assert_eq!(r.tokens, go(&mut model.session(), &first).tokens);
 }
 
 #[test]

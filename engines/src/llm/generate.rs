@@ -230,7 +230,34 @@ impl Session {
             .inner
             .template
             .render(messages, open_reply, thinking)?;
-        let ids = self.model.inner.tokenizer.encode(&text, true, true);
+        self.prefill_text(&text)
+    }
+
+    /// Like [`Session::prefill_chat`] without the reply opened, and also the start of the
+    /// user's next message: the template's text up to where that message's words go (for
+    /// ChatML, `<|im_start|>user\n`), so that the next question computes only its own words
+    /// and what follows them. The history is rendered as it will be with a user message
+    /// after it, which some templates render differently from a conversation that ends
+    /// there. A template that does not show a message's content verbatim gets the
+    /// conversation alone.
+    pub fn prefill_before_user(&mut self, messages: &[Message], thinking: bool) -> Result<usize> {
+        // A private-use character stands for the next question's words.
+        const WORDS: &str = "\u{F8FF}";
+        let mut next = messages.to_vec();
+        next.push(Message::user(WORDS));
+        let template = &self.model.inner.template;
+        let text = template.render(&next, false, thinking)?;
+        let text = match text.find(WORDS) {
+            Some(at) if text[at + WORDS.len()..].find(WORDS).is_none() => text[..at].to_owned(),
+            _ => template.render(messages, false, thinking)?,
+        };
+        self.prefill_text(&text)
+    }
+
+    /// Evaluates the prompt `text` into the cache from where it differs from the cached
+    /// tokens; see [`Session::prefill_chat`].
+    fn prefill_text(&mut self, text: &str) -> Result<usize> {
+        let ids = self.model.inner.tokenizer.encode(text, true, true);
         if ids.is_empty() || ids.len() + 1 > self.model.inner.config.context_len {
             return Ok(0);
         }
