@@ -247,4 +247,42 @@ fn smollm2_stop_strings_streaming_and_prefix_reuse() {
         .unwrap();
     assert_eq!(r.stop_reason, StopReason::Eos);
     assert!(!r.text.is_empty() && !r.text.contains("<|im_end|>"));
+
+    // Between turns the conversation and the next user message's start are evaluated ahead
+    // (the daemon's warm-up): the next question computes only its words and the template's
+    // closing tokens, with SmolLM2's own template and tokenizer.
+    let system = Message::system("You are a robot.");
+    let history = [
+        system.clone(),
+        Message::user("Say hello."),
+        Message::assistant(r.text.trim()),
+    ];
+    let mut s = model.session();
+    let ahead = s.prefill_before_user(&history, false).unwrap();
+    let mut next = history.to_vec();
+    next.push(Message::user("What is the capital of France?"));
+    let opts = GenerateOptions {
+        max_tokens: 5,
+        ..Default::default()
+    };
+    let r = s
+        .chat(&next, &opts, |_| std::ops::ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(r.timings.cached_tokens, ahead, "{:?}", r.timings);
+    // The question's words, then the template's end of the message and opening of the reply.
+    let tok = model.tokenizer();
+    let words = tok
+        .encode("What is the capital of France?", false, false)
+        .len()
+        + tok
+            .encode("<|im_end|>\n<|im_start|>assistant\n", false, true)
+            .len();
+    let new = r.timings.prompt_tokens - r.timings.cached_tokens;
+    println!("question computed in {new} tokens, {ahead} evaluated ahead");
+    assert_eq!(new, words, "{:?}", r.timings);
+    let fresh = model
+        .session()
+        .chat(&next, &opts, |_| std::ops::ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(r.tokens, fresh.tokens);
 }
