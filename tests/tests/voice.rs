@@ -164,29 +164,35 @@ async fn a_spoken_question_is_transcribed_answered_and_spoken() {
     assert!(wer <= 0.3, "WER {wer:.2}: {done}");
     assert!(!done["reply"].as_str().unwrap().trim().is_empty(), "{done}");
     let latency = &done["latency"];
-    for key in [
-        "endpoint_ms",
-        "stt_ms",
-        "first_audio_ms",
-        "response_ms",
-        "total_ms",
-    ] {
+    for key in ["endpoint_ms", "stt_ms", "response_ms", "total_ms"] {
         assert!(
             latency[key].as_f64().is_some_and(|x| x > 0.0),
             "{key}: {done}"
         );
     }
-    // 0 when the answer, started from the speculative transcript, had its first token before
-    // the turn began (`vad.speculate_answer`).
-    assert!(
-        latency["ttft_ms"].as_f64().is_some_and(|x| x >= 0.0),
-        "ttft_ms: {done}"
-    );
+    // 0 when the answer, started from the speculative transcript, had its first token (or
+    // its first audio) before the turn began (`vad.speculate_answer`).
+    for key in ["ttft_ms", "first_audio_ms"] {
+        assert!(
+            latency[key].as_f64().is_some_and(|x| x >= 0.0),
+            "{key}: {done}"
+        );
+    }
     // The first audio cannot come before the endpoint: the held answer waits for the turn.
     assert!(
         latency["response_ms"].as_f64() >= latency["endpoint_ms"].as_f64(),
         "{done}"
     );
+    // Audio ready before the endpoint came from the speculation: after its transcript, so
+    // within the transcription's head start less its own time; and it went out at once.
+    if let Some(ready) = latency["audio_early_ms"].as_f64() {
+        let (early, stt) = (
+            latency["stt_early_ms"].as_f64().unwrap(),
+            latency["stt_ms"].as_f64().unwrap(),
+        );
+        assert!(ready > 0.0 && ready + stt <= early + 1.0, "{done}");
+        assert!(latency["first_audio_ms"].as_f64() < Some(50.0), "{done}");
+    }
     // The transcription began at the pause (`vad.speculate_ms`, 160 ms by default), before the
     // endpoint. Either the endpoint waited for the whole trailing silence (600 ms): the head
     // start is the difference, give or take a window and the frame queue; or the transcript
@@ -290,6 +296,8 @@ async fn a_missing_microphone_is_reported_text_turns_still_work_and_capture_resu
     assert_eq!(done["outcome"], "answered", "{done}");
     assert!(!done["reply"].as_str().unwrap().is_empty(), "{done}");
     assert!(done["audio_s"].as_f64().unwrap() > 0.2, "{done}");
+    // A typed turn has no endpoint to be early for.
+    assert!(done["latency"].get("audio_early_ms").is_none(), "{done}");
 
     // The device appears: capture resumes and frames flow.
     let written = mic_file(dir.path(), &librivox_clips()[0].0);
