@@ -213,6 +213,17 @@ impl std::fmt::Debug for Library {
     }
 }
 
+/// The function `name` of the library.
+///
+/// # Safety
+/// `T` must be the function's type as the library declares it.
+unsafe fn symbol<T: Copy>(lib: &libloading::Library, name: &str) -> std::result::Result<T, String> {
+    // SAFETY: the caller gives the declared type.
+    unsafe { lib.get::<T>(name.as_bytes()) }
+        .map(|f| *f)
+        .map_err(|_| format!("{LIBRARY} has no {name}"))
+}
+
 impl Library {
     fn get() -> std::result::Result<&'static Library, String> {
         static LOADED: OnceLock<std::result::Result<Library, String>> = OnceLock::new();
@@ -227,19 +238,10 @@ impl Library {
         // are looked up with the signatures of speak_lib.h, which has kept them since 1.49.
         unsafe {
             let lib = libloading::Library::new(LIBRARY).map_err(|e| e.to_string())?;
-            let symbol = |name: &str| format!("{LIBRARY} has no {name}");
-            let initialize = *lib
-                .get::<InitializeFn>(b"espeak_Initialize\0")
-                .map_err(|_| symbol("espeak_Initialize"))?;
-            let info = *lib
-                .get::<InfoFn>(b"espeak_Info\0")
-                .map_err(|_| symbol("espeak_Info"))?;
-            let set_voice = *lib
-                .get::<SetVoiceByNameFn>(b"espeak_SetVoiceByName\0")
-                .map_err(|_| symbol("espeak_SetVoiceByName"))?;
-            let text_to_phonemes = *lib
-                .get::<TextToPhonemesFn>(b"espeak_TextToPhonemes\0")
-                .map_err(|_| symbol("espeak_TextToPhonemes"))?;
+            let initialize: InitializeFn = symbol(&lib, "espeak_Initialize")?;
+            let info: InfoFn = symbol(&lib, "espeak_Info")?;
+            let set_voice: SetVoiceByNameFn = symbol(&lib, "espeak_SetVoiceByName")?;
+            let text_to_phonemes: TextToPhonemesFn = symbol(&lib, "espeak_TextToPhonemes")?;
             if initialize(
                 AUDIO_OUTPUT_SYNCHRONOUS,
                 0,
