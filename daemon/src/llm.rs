@@ -475,6 +475,7 @@ impl Llm {
         let tokens = stream.tokens.clone();
         let hold = stream.hold.clone();
         let mut dropped = 0u64;
+        let mut held = Duration::ZERO;
         let result = self.session.chat(&messages, &options, |piece: &str| {
             if let Some(tx) = &tokens
                 && tx.try_send(piece.to_string()).is_err()
@@ -482,7 +483,7 @@ impl Llm {
                 dropped += 1;
             }
             if let Some(hold) = &hold {
-                hold.wait(&cancel);
+                held += hold.wait(&cancel);
             }
             if cancel.load(Ordering::Relaxed) {
                 ControlFlow::Break(())
@@ -510,7 +511,7 @@ impl Llm {
                 generated_tokens: t.generated_tokens,
                 ttft_ms: t.ttft_ms,
                 prefill_tok_s: t.prefill_tok_s,
-                decode_tok_s: t.decode_tok_s,
+                decode_tok_s: decode_rate(t, held),
                 total_ms: t.total_ms,
             },
             tokens_dropped: dropped,
@@ -617,6 +618,16 @@ impl Llm {
     }
 }
 
+/// Generated tokens after the first, per second of generating: a generation held while the
+/// first spoken piece was synthesized (`held`, all of it after the first token) is not slower.
+fn decode_rate(t: &engine::Timings, held: Duration) -> f64 {
+    let generating_ms = t.decode_ms - held.as_secs_f64() * 1e3;
+    if held.is_zero() || t.generated_tokens < 2 || generating_ms <= 0.0 {
+        return t.decode_tok_s;
+    }
+    (t.generated_tokens - 1) as f64 / generating_ms * 1e3
+}
+
 /// The protocol's name of a stop reason.
 pub fn stop_reason(reason: engine::StopReason) -> &'static str {
     match reason {
@@ -718,6 +729,21 @@ impl Conversations {
 mod tests {
     use super::*;
     use crate::mqtt::request;
+
+    #[test]
+    fn the_decode_rate_leaves_out_the_time_held() {
+        let t = engine::Timings {
+            generated_tokens: 11,
+            decode_ms: 300.0,
+            decode_tok_s: 10.0 / 0.3,
+            ..Default::default()
+        };
+        assert_eq!(decode_rate(&t, Duration::ZERO), t.decode_tok_s);
+        // 10 tokens in 300 ms, 200 of them held: 100 tokens a second.
+        assert!((decode_rate(&t, Duration::from_millis(200)) - 100.0).abs() < 1e-9);
+        // Nothing left to divide by: the engine's figure.
+        assert_eq!(decode_rate(&t, Duration::from_millis(300)), t.decode_tok_s);
+    }
 
     #[test]
     fn a_hold_pauses_the_generation_until_released_or_cancelled() {
