@@ -99,7 +99,7 @@ pub fn load(config: &Config) -> Result<Llm, String> {
         )
     })?;
     let session = model.session();
-    Ok(Llm {
+    let mut llm = Llm {
         model,
         session,
         conversations: Conversations::new(c.sessions, c.session_turns),
@@ -112,16 +112,12 @@ pub fn load(config: &Config) -> Result<Llm, String> {
             min_p: c.min_p,
             repeat_penalty: c.repeat_penalty,
         },
-        // The first question finds the default system prompt computed.
-        warm: Some((
-            Some(&c.system_prompt)
-                .filter(|p| !p.is_empty())
-                .map(engine::Message::system)
-                .into_iter()
-                .collect(),
-            false,
-        )),
-    })
+        warm: None,
+    };
+    // The first question finds the default system prompt computed.
+    let system = llm.system_prompt(&Options::default());
+    llm.warm = Some((system.into_iter().collect(), false));
+    Ok(llm)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -560,11 +556,6 @@ impl Llm {
         &mut self,
         request: &AskRequest,
     ) -> (Vec<engine::Message>, Vec<engine::Message>) {
-        let system = request
-            .options
-            .system_prompt
-            .clone()
-            .unwrap_or_else(|| self.defaults.system_prompt.clone());
         let mut messages: Vec<engine::Message> = Vec::new();
         let given: Vec<engine::Message> = match (&request.prompt, &request.messages) {
             (Some(p), _) => vec![engine::Message::user(p)],
@@ -574,14 +565,24 @@ impl Llm {
         let has_system = given
             .first()
             .is_some_and(|m| m.role == engine::Role::System);
-        if !has_system && !system.is_empty() {
-            messages.push(engine::Message::system(&system));
+        if !has_system && let Some(system) = self.system_prompt(&request.options) {
+            messages.push(system);
         }
         if let Some(session) = &request.session {
             messages.extend(self.conversations.history(session).iter().cloned());
         }
         messages.extend(given.iter().cloned());
         (messages, given)
+    }
+
+    /// The system message a request gets unless it brings its own: `options.system_prompt`,
+    /// else `llm.system_prompt`; none when that is empty.
+    fn system_prompt(&self, options: &Options) -> Option<engine::Message> {
+        let prompt = options
+            .system_prompt
+            .as_deref()
+            .unwrap_or(&self.defaults.system_prompt);
+        (!prompt.is_empty()).then(|| engine::Message::system(prompt))
     }
 
     /// Evaluates the prompt `request` would be answered from into the KV cache, without
