@@ -91,6 +91,7 @@ fn streams_one_chunk_per_sentence() {
     // chunk's time to the total: the tests of this file run side by side, and under qemu the
     // first sentence can take most of the call while the other tests hold the cores.)
     let spread_ms = (chunks[n - 1].4 - chunks[0].4).as_secs_f64() * 1e3;
+    println!("last chunk {spread_ms:.1} ms after the first");
     assert!(
         spread_ms > stats.total_ms * 0.02,
         "last chunk {spread_ms:.1} ms after the first; {stats:?}"
