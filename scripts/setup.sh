@@ -15,7 +15,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
 
 # gcc for crates with C parts (aws-lc for TLS), ALSA headers, the broker and clients that
 # the tests run, openssl for the TLS test's certificates, espeak-ng (GPL: its library is loaded
-# at run time, or the program is run; never linked) for phonemes, sox for the audio tests and the VAD benchmark's noise.
+# at run time, or the program is run; never linked) for phonemes, sox for the audio tests and
+# the VAD benchmark's noise.
 PACKAGES=(build-essential pkg-config cmake libasound2-dev mosquitto mosquitto-clients
           openssl ca-certificates python3 curl espeak-ng sox)
 missing=()

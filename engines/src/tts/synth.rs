@@ -3,8 +3,8 @@
 //! [`Voice::synthesize`] splits the text into sentences ([`super::espeak::split_text`]),
 //! phonemizes each with espeak-ng (its library, or a process started one sentence ahead so it
 //! overlaps with synthesis), maps the phonemes to ids the way Piper does, runs [`Vits`] on
-//! them and hands every sentence's audio to a callback as soon as it is ready. Memory stays bounded by one
-//! sentence, whatever the length of the text; the callback can stop the stream.
+//! them and hands every sentence's audio to a callback as soon as it is ready. Memory stays
+//! bounded by one sentence, whatever the length of the text; the callback can stop the stream.
 //!
 //! [`Synthesizer`] is the engine-neutral interface, so another engine (Kokoro) can sit
 //! beside Piper later.
