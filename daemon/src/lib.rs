@@ -3,8 +3,11 @@
 //! # Layout
 //! - `config`: layered configuration, checked at start-up.
 //! - `broker`: the embedded MQTT broker used when no broker is configured.
-//! - `mqtt`: topics, request parsing, the connection task and every publication.
+//! - `mqtt`: topics, payloads, request parsing, the connection task and every publication.
 //! - `service`: runs requests and answers them.
+//! - `stages`: the engines on their worker threads.
+//! - `voice`: the voice loop, from microphone to speaker.
+//! - `audio`: ALSA capture and playback.
 //! - `telemetry`: counters and the periodic telemetry sample.
 //! - `systemd`: readiness, watchdog and status notifications.
 //!
@@ -14,17 +17,12 @@
 pub mod audio;
 pub mod broker;
 pub mod config;
-pub mod llm;
 pub mod mqtt;
-pub mod pipeline;
-pub mod sentences;
 pub mod service;
-pub mod stt;
+pub mod stages;
 pub mod systemd;
 pub mod telemetry;
-pub mod tts;
 pub mod voice;
-pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,7 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,56 +37,17 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::mqtt::dedup::RecentIds;
 use crate::mqtt::outbound::OFFLINE;
+use crate::mqtt::payloads::{
+    AudioInfo, BuildInfo, Capabilities, EngineInfo, Limits, PROTOCOL_VERSION,
+};
 use crate::mqtt::{Backoff, Command, Connection, Publisher, Topics};
-use crate::service::{Service, Stages};
+use crate::service::Service;
+use crate::stages::Stages;
 use crate::telemetry::{Metrics, Sampler};
+use crate::voice::turn::{Turns, TurnsConfig};
 
 /// How long the farewell (`offline`, then DISCONNECT) may take once work is done.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The retained `capabilities` document.
-#[derive(Debug, Serialize)]
-pub struct Capabilities {
-    pub version: &'static str,
-    pub protocol: u32,
-    pub device_id: String,
-    pub commands: Vec<&'static str>,
-    /// Configured engines with their models.
-    pub engines: Vec<EngineInfo>,
-    pub audio: AudioInfo,
-    pub features: Vec<&'static str>,
-    pub build: BuildInfo,
-    pub limits: Limits,
-}
-
-#[derive(Debug, Serialize)]
-pub struct EngineInfo {
-    pub stage: &'static str,
-    pub engine: String,
-    pub model: String,
-}
-
-#[derive(Debug, Serialize, Default)]
-pub struct AudioInfo {
-    pub capture: Option<String>,
-    pub playback: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BuildInfo {
-    pub target_arch: &'static str,
-    pub target_os: &'static str,
-    pub cpu_features: Vec<&'static str>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Limits {
-    pub max_packet_bytes: usize,
-    pub max_request_bytes: usize,
-}
-
-/// Protocol version of docs/protocol.md; raised on incompatible changes.
-pub const PROTOCOL_VERSION: u32 = 1;
 
 fn capabilities(config: &Config, device_id: &str) -> Capabilities {
     let mut features = vec!["ping", "telemetry", "dedup_by_id"];
@@ -218,11 +176,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     eventloop.set_network_options(network);
     let publisher = Publisher::new(client.clone(), topics.clone(), metrics.clone());
     let voice_control = voice::control(&config);
-    let playback = voice::spawn_player(&config, &voice_control);
-    let turns = pipeline::Turns::new(stages.clone(), publisher.clone(), metrics.clone(), playback)
-        .speculate_answers(config.vad.speculate_answer)
-        .first_piece_words(config.voice.first_piece_words)
-        .first_audio_priority(config.voice.first_audio_priority);
+    let speaker = (!config.audio.playback_device.is_empty())
+        .then(|| {
+            voice::speaker::spawn(
+                config.audio.playback_config(),
+                config.audio.playback_queue,
+                voice_control.playing.clone(),
+                metrics.clone(),
+            )
+        })
+        .flatten();
+    let turns = Turns::new(
+        TurnsConfig::new(&config),
+        stages.clone(),
+        publisher.clone(),
+        metrics.clone(),
+        speaker,
+    );
     let voice = voice::start(&config, voice_control.clone(), turns.clone());
     let capabilities = Arc::new(serde_json::to_vec(&capabilities(&config, &device_id))?);
 

@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use sotad::config::{self, Config, FileLayer};
 
 mod cli;
-mod demo;
 
 #[derive(Parser)]
 #[command(
@@ -179,10 +178,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let clip = clip.unwrap_or_else(|| config.models_dir().join(demo::DEFAULT_CLIP));
+            let clip = clip.unwrap_or_else(|| config.models_dir().join(cli::demo::DEFAULT_CLIP));
             let conf = match std::fs::create_dir_all(&dir)
                 .map_err(anyhow::Error::from)
-                .and_then(|()| demo::prepare_devices(&dir, &clip))
+                .and_then(|()| cli::demo::prepare_devices(&dir, &clip))
             {
                 Ok(conf) => conf,
                 Err(e) => {
@@ -207,7 +206,7 @@ fn main() -> ExitCode {
             } else {
                 "warn,rumqttd=off"
             });
-            match runtime().and_then(|rt| rt.block_on(demo::run(config, dir, clip))) {
+            match runtime().and_then(|rt| rt.block_on(cli::demo::run(config, dir, clip))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sotad demo: {e:#}");

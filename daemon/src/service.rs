@@ -6,22 +6,26 @@
 //! (persistent session), and the id check keeps a redelivery from running twice.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
 use crate::mqtt::dedup::RecentIds;
+use crate::mqtt::payloads::{
+    self, AskRequest, MessageIn, Reply, ReplyTimings, Role, SayDone, SayRequest, Segment,
+    SpeechTimings, TextTurnRequest, TokenChunk, Transcribe, Transcript, TranscriptTimings,
+};
 use crate::mqtt::request::{self, ErrorCode, PingRequest, Pong, RequestError};
 use crate::mqtt::{Command, Inbound, Publisher};
-use crate::pipeline::{self, Turns};
+use crate::stages::worker::SubmitError;
+use crate::stages::{StageError, StageErrorKind, Stages, llm, stt, tts};
 use crate::telemetry::Metrics;
+use crate::voice::answer::{AUDIO_BUFFER, send_audio};
+use crate::voice::turn::{Input, Turns};
 use crate::voice::VoiceControl;
-use crate::worker::{EngineState, SubmitError};
-use crate::{llm, stt, tts};
 
 /// How many request ids are remembered to recognize redeliveries.
 pub const REMEMBERED_IDS: usize = 4096;
@@ -147,10 +151,12 @@ impl Service {
         Ok(match command {
             Command::Ping => Job::Ping(request::parse::<PingRequest>(payload, max)?),
             // Audio may be as large as the connection allows.
-            Command::SttTranscribe => Job::Transcribe(stt::parse(payload, self.max_packet_bytes)?),
+            Command::SttTranscribe => {
+                Job::Transcribe(payloads::parse_transcribe(payload, self.max_packet_bytes)?)
+            }
             Command::LlmAsk => {
-                let r: llm::AskRequest = request::parse(payload, max)?;
-                llm::validate(&r)?;
+                let r: AskRequest = request::parse(payload, max)?;
+                payloads::validate_ask(&r)?;
                 Job::Ask(r)
             }
             Command::LlmCancel => Job::Cancel(request::parse(payload, max)?),
@@ -161,63 +167,16 @@ impl Service {
             | Command::PttStart
             | Command::PttStop => Job::Switch(request::parse::<PingRequest>(payload, max)?),
             Command::TurnText => {
-                let r: pipeline::TextTurnRequest = request::parse(payload, max)?;
-                pipeline::validate(&r)?;
+                let r: TextTurnRequest = request::parse(payload, max)?;
+                payloads::validate_text_turn(&r)?;
                 Job::Turn(r)
             }
             Command::TtsSay => {
-                let r: tts::SayRequest = request::parse(payload, max)?;
-                tts::validate(&r)?;
+                let r: SayRequest = request::parse(payload, max)?;
+                payloads::validate_say(&r)?;
                 Job::Say(r)
             }
         })
-    }
-}
-
-/// The engine stages; `None` where the configuration turned a stage off.
-#[derive(Clone, Default)]
-pub struct Stages {
-    pub stt: Option<stt::SttWorker>,
-    pub llm: Option<llm::LlmStage>,
-    pub tts: Option<tts::TtsWorker>,
-    /// `service.request_queue`: each stage's queue capacity.
-    pub queue_capacity: usize,
-}
-
-impl Stages {
-    /// Starts a worker thread for every configured stage; loading happens on those threads.
-    pub fn spawn(config: &Config) -> Stages {
-        Stages {
-            stt: stt::spawn(config),
-            llm: llm::spawn(config),
-            tts: tts::spawn(config),
-            queue_capacity: config.service.request_queue,
-        }
-    }
-}
-
-impl Stages {
-    /// Puts each engine's state and queue depth into the metrics for telemetry.
-    pub fn report(&self, metrics: &Metrics) {
-        fn one<E: 'static>(metrics: &Metrics, worker: &crate::worker::Worker<E>, capacity: usize) {
-            let state = match worker.state() {
-                EngineState::Loading => "loading".to_string(),
-                EngineState::Ready { .. } => "ready".to_string(),
-                EngineState::Failed(why) => format!("failed: {why}"),
-            };
-            metrics.engine_state(worker.name(), state);
-            metrics.queue(worker.name(), worker.queued(), capacity);
-        }
-        let capacity = self.queue_capacity;
-        if let Some(w) = &self.stt {
-            one(metrics, w, capacity);
-        }
-        if let Some(l) = &self.llm {
-            one(metrics, &l.worker, capacity);
-        }
-        if let Some(w) = &self.tts {
-            one(metrics, w, capacity);
-        }
     }
 }
 
@@ -234,11 +193,11 @@ struct Ctx {
 /// A parsed request, ready to run.
 enum Job {
     Ping(PingRequest),
-    Transcribe(stt::Transcribe),
-    Ask(llm::AskRequest),
-    Cancel(llm::CancelRequest),
-    Say(tts::SayRequest),
-    Turn(pipeline::TextTurnRequest),
+    Transcribe(Transcribe),
+    Ask(AskRequest),
+    Cancel(payloads::CancelRequest),
+    Say(SayRequest),
+    Turn(TextTurnRequest),
     /// A microphone switch; only an id.
     Switch(PingRequest),
 }
@@ -258,88 +217,178 @@ impl Job {
 
     async fn run(self, command: Command, ctx: Ctx) -> Result<(), RequestError> {
         match self {
-            Job::Ping(r) => {
-                let pong = Pong {
-                    id: r.id,
-                    version: env!("CARGO_PKG_VERSION"),
-                    device_id: ctx.device_id,
-                    uptime_s: ctx.metrics.uptime().as_secs_f64(),
-                };
-                ctx.publisher.reply(command, &pong).await;
-                Ok(())
-            }
-            Job::Transcribe(r) => {
-                let worker = stage(&r.id, ctx.stages.stt.as_ref(), "stt", "stt.model")?;
-                let id = r.id.clone();
-                let transcript = worker
-                    .submit(move |engine| engine.run(&r))
-                    .map_err(|e| submit_error(&id, e))?
-                    .await
-                    .map_err(|e| submit_error(&id, e))??;
-                ctx.publisher.reply(command, &transcript).await;
-                Ok(())
-            }
+            Job::Ping(r) => ping(r, command, &ctx).await,
+            Job::Transcribe(r) => transcribe(r, command, &ctx).await,
             Job::Ask(r) => {
                 let llm = stage(&r.id, ctx.stages.llm.as_ref(), "llm", "llm.model")?;
                 let reply = ask(llm, r, &ctx.publisher).await?;
                 ctx.publisher.reply(command, &reply).await;
                 Ok(())
             }
-            Job::Cancel(r) => {
-                let llm = stage(&r.id, ctx.stages.llm.as_ref(), "llm", "llm.model")?;
-                if llm.cancel(&r.id) {
-                    Ok(())
-                } else {
-                    Err(RequestError::new(
-                        Some(r.id.clone()),
-                        ErrorCode::NotFound,
-                        format!("no llm/ask with id {:?} is queued or running", r.id),
-                    ))
-                }
-            }
-            Job::Switch(_) => {
-                let voice = &ctx.voice;
-                match command {
-                    Command::ListenStart => voice.listening.store(true, Ordering::Relaxed),
-                    Command::ListenStop => voice.listening.store(false, Ordering::Relaxed),
-                    Command::Mute => voice.muted.store(true, Ordering::Relaxed),
-                    Command::PttStart => {
-                        // Pressing the button is an explicit interruption: whatever sotad is
-                        // saying stops now, even with barge-in off.
-                        if let Some(turn) = ctx.turns.cancel_current() {
-                            tracing::info!(turn, "push-to-talk: turn cancelled");
-                        }
-                        voice.ptt.store(true, Ordering::Relaxed)
-                    }
-                    Command::PttStop => voice.ptt.store(false, Ordering::Relaxed),
-                    _ => voice.muted.store(false, Ordering::Relaxed),
-                }
-                ctx.publisher
-                    .voice_state(&voice.state(ctx.turns.speaking()))
-                    .await;
-                Ok(())
-            }
+            Job::Cancel(r) => cancel(r, &ctx),
+            Job::Switch(_) => switch(command, &ctx).await,
             Job::Turn(r) => {
-                let input = pipeline::Input::Text {
+                let input = Input::Text {
                     text: r.text,
                     session: r.session,
                 };
                 ctx.turns.run(r.id, input).await;
                 Ok(())
             }
-            Job::Say(r) => {
-                let worker = stage(&r.id, ctx.stages.tts.as_ref(), "tts", "tts.voice")?;
-                let player = if r.play {
-                    ctx.turns.playback().cloned()
-                } else {
-                    None
-                };
-                let done = say(worker, r, &ctx.publisher, player, &ctx.metrics).await?;
-                ctx.publisher.reply(command, &done).await;
-                Ok(())
-            }
+            Job::Say(r) => say(r, command, &ctx).await,
         }
     }
+}
+
+/// `ping` → `pong`.
+async fn ping(r: PingRequest, command: Command, ctx: &Ctx) -> Result<(), RequestError> {
+    let pong = Pong {
+        id: r.id,
+        version: env!("CARGO_PKG_VERSION"),
+        device_id: ctx.device_id.clone(),
+        uptime_s: ctx.metrics.uptime().as_secs_f64(),
+    };
+    ctx.publisher.reply(command, &pong).await;
+    Ok(())
+}
+
+/// `stt/transcribe` → `stt/result`.
+async fn transcribe(r: Transcribe, command: Command, ctx: &Ctx) -> Result<(), RequestError> {
+    let worker = stage(&r.id, ctx.stages.stt.as_ref(), "stt", "stt.model")?;
+    let id = r.id.clone();
+    let job = stt::WavJob {
+        wav: r.wav,
+        language: r.language,
+        task: match r.task {
+            payloads::Task::Transcribe => stt::Task::Transcribe,
+            payloads::Task::Translate => stt::Task::Translate,
+        },
+        beam_size: r.beam_size,
+        initial_prompt: r.initial_prompt,
+    };
+    let done = worker
+        .submit(move |engine| engine.run(&job))
+        .map_err(|e| submit_error(&id, e))?
+        .await
+        .map_err(|e| submit_error(&id, e))?
+        .map_err(|e| stage_error(&id, e))?;
+    ctx.publisher.reply(command, &transcript(id, &done)).await;
+    Ok(())
+}
+
+/// The `stt/result` of a transcription.
+pub fn transcript(id: String, t: &stt::Transcription) -> Transcript {
+    let duration_s = t.duration_s;
+    Transcript {
+        id,
+        text: t.transcript.text.trim().to_string(),
+        language: t.transcript.language.clone(),
+        segments: t
+            .transcript
+            .segments
+            .iter()
+            .map(|s| Segment {
+                start: f64::from(s.start),
+                end: f64::from(s.end),
+                text: s.text.trim().to_string(),
+            })
+            .collect(),
+        duration_s,
+        timings: TranscriptTimings {
+            total_ms: t.total_ms,
+            real_time_factor: if duration_s > 0.0 {
+                t.total_ms / 1e3 / duration_s
+            } else {
+                0.0
+            },
+        },
+    }
+}
+
+/// `llm/cancel`: no reply; `not_found` when nothing by that id runs.
+fn cancel(r: payloads::CancelRequest, ctx: &Ctx) -> Result<(), RequestError> {
+    let llm = stage(&r.id, ctx.stages.llm.as_ref(), "llm", "llm.model")?;
+    if llm.cancel(&r.id) {
+        Ok(())
+    } else {
+        Err(RequestError::new(
+            Some(r.id.clone()),
+            ErrorCode::NotFound,
+            format!("no llm/ask with id {:?} is queued or running", r.id),
+        ))
+    }
+}
+
+/// `listen/*`, `mute`, `unmute`, `ptt/*` → the retained `voice/state`.
+async fn switch(command: Command, ctx: &Ctx) -> Result<(), RequestError> {
+    let voice = &ctx.voice;
+    match command {
+        Command::ListenStart => voice.listening.store(true, Ordering::Relaxed),
+        Command::ListenStop => voice.listening.store(false, Ordering::Relaxed),
+        Command::Mute => voice.muted.store(true, Ordering::Relaxed),
+        Command::PttStart => {
+            // Pressing the button is an explicit interruption: whatever sotad is saying
+            // stops now, even with barge-in off.
+            if let Some(turn) = ctx.turns.cancel_current() {
+                tracing::info!(turn, "push-to-talk: turn cancelled");
+            }
+            voice.ptt.store(true, Ordering::Relaxed)
+        }
+        Command::PttStop => voice.ptt.store(false, Ordering::Relaxed),
+        _ => voice.muted.store(false, Ordering::Relaxed),
+    }
+    ctx.publisher
+        .voice_state(&voice.state(ctx.turns.speaking()))
+        .await;
+    Ok(())
+}
+
+/// `tts/say` → `tts/audio/<id>` chunks, then `tts/done`.
+async fn say(r: SayRequest, command: Command, ctx: &Ctx) -> Result<(), RequestError> {
+    let worker = stage(&r.id, ctx.stages.tts.as_ref(), "tts", "tts.voice")?;
+    let speaker = if r.play { ctx.turns.speaker() } else { None };
+    let id = r.id.clone();
+    let job = tts::Say {
+        text: r.text,
+        voice: r.voice,
+        speaker: r.speaker,
+        length_scale: r.scales.length,
+        noise_scale: r.scales.noise,
+        noise_w: r.scales.noise_w,
+    };
+    let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(AUDIO_BUFFER);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let engine_cancel = cancel.clone();
+    let done = worker
+        .submit(move |engine| engine.say(&job, &audio_tx, &engine_cancel, || {}))
+        .map_err(|e| submit_error(&id, e))?;
+    let topic = ctx.publisher.topics().tts_audio(&id);
+    let forward = send_audio(&mut audio_rx, &topic, &ctx.publisher, speaker, &cancel);
+    let (result, _) = tokio::join!(done, forward);
+    let spoken = result
+        .map_err(|e| submit_error(&id, e))?
+        .map_err(|e| stage_error(&id, e))?;
+    let done = SayDone {
+        id,
+        voice: spoken.voice,
+        sample_rate: spoken.sample_rate,
+        chunks: spoken.chunks,
+        sentences: spoken.sentences,
+        audio_s: spoken.audio_s,
+        skipped_chars: spoken.skipped_chars,
+        cancelled: spoken.cancelled,
+        timings: SpeechTimings {
+            first_audio_ms: spoken.first_audio_ms,
+            total_ms: spoken.total_ms,
+            real_time_factor: if spoken.audio_s > 0.0 {
+                spoken.total_ms / 1e3 / spoken.audio_s
+            } else {
+                0.0
+            },
+        },
+    };
+    ctx.publisher.reply(command, &done).await;
+    Ok(())
 }
 
 fn stage<'a, T>(
@@ -366,34 +415,102 @@ fn submit_error(id: &str, e: SubmitError) -> RequestError {
     RequestError::new(Some(id.to_string()), code, e.to_string())
 }
 
+/// A stage's error as the protocol's, for the request `id`.
+fn stage_error(id: &str, e: StageError) -> RequestError {
+    let code = match e.kind {
+        StageErrorKind::InvalidInput => ErrorCode::InvalidRequest,
+        StageErrorKind::InvalidAudio => ErrorCode::InvalidAudio,
+        StageErrorKind::Internal => ErrorCode::Internal,
+    };
+    let error = RequestError::new(Some(id.to_string()), code, e.message);
+    match e.field {
+        Some(field) => error.with_field(field),
+        None => error,
+    }
+}
+
+/// The stage's question for an `llm/ask`.
+pub fn question(r: AskRequest) -> llm::Ask {
+    let messages = match (r.prompt, r.messages) {
+        (Some(p), _) => vec![sotad_engines::llm::Message::user(&p)],
+        (None, Some(m)) => m.iter().map(message).collect(),
+        (None, None) => Vec::new(),
+    };
+    let o = r.options;
+    llm::Ask {
+        id: r.id,
+        messages,
+        session: r.session,
+        options: llm::Overrides {
+            max_tokens: o.max_tokens,
+            temperature: o.temperature,
+            top_k: o.top_k,
+            top_p: o.top_p,
+            min_p: o.min_p,
+            repeat_penalty: o.repeat_penalty,
+            seed: o.seed,
+            stop: o.stop,
+            thinking: o.thinking,
+            system_prompt: o.system_prompt,
+        },
+    }
+}
+
+fn message(m: &MessageIn) -> sotad_engines::llm::Message {
+    use sotad_engines::llm::Message;
+    match m.role {
+        Role::System => Message::system(&m.content),
+        Role::User => Message::user(&m.content),
+        Role::Assistant => Message::assistant(&m.content),
+    }
+}
+
+/// The `llm/reply` of an answer.
+pub fn reply(id: String, session: Option<String>, a: llm::Answer) -> Reply {
+    let t = &a.timings;
+    Reply {
+        id,
+        session,
+        text: a.text,
+        thinking: a.thinking,
+        stop_reason: a.stop_reason,
+        timings: ReplyTimings {
+            prompt_tokens: t.prompt_tokens,
+            cached_tokens: t.cached_tokens,
+            generated_tokens: t.generated_tokens,
+            ttft_ms: t.ttft_ms,
+            prefill_tok_s: t.prefill_tok_s,
+            decode_tok_s: t.decode_tok_s,
+            total_ms: t.total_ms,
+        },
+        tokens_dropped: a.tokens_dropped,
+    }
+}
+
 /// Runs an `llm/ask`, publishing its tokens as they come.
 pub async fn ask(
     llm: &llm::LlmStage,
-    request: llm::AskRequest,
+    request: AskRequest,
     publisher: &Publisher,
-) -> Result<llm::Reply, RequestError> {
+) -> Result<Reply, RequestError> {
     let id = request.id.clone();
-    let cancel = llm.register(&id);
-    let (tokens_tx, mut tokens_rx) = mpsc::channel::<String>(llm::TOKEN_STREAM_BUFFER);
-    let submitted = llm.worker.submit(move |engine| {
-        let mut stream = llm::Stream {
-            tokens: Some(tokens_tx),
-            cancel,
-            hold: None,
-            dropped: 0,
-            remember: true,
-        };
-        engine.ask(&request, &mut stream)
-    });
+    let session = request.session.clone();
+    let submitted = llm.ask_streaming(
+        question(request),
+        llm::TOKEN_STREAM_BUFFER,
+        None,
+        true,
+        false,
+    );
     let result = match submitted {
-        Ok(done) => {
+        Ok((mut tokens_rx, done)) => {
             let topic = publisher.topics().llm_tokens();
             let forward = async {
                 let mut seq = 0u64;
                 while let Some(text) = tokens_rx.recv().await {
                     publisher.stream(
                         &topic,
-                        &llm::TokenChunk {
+                        &TokenChunk {
                             id: &id,
                             seq,
                             text: &text,
@@ -403,49 +520,15 @@ pub async fn ask(
                 }
             };
             let (result, ()) = tokio::join!(done, forward);
-            result.map_err(|e| submit_error(&id, e)).and_then(|r| r)
+            llm.finish(&id);
+            result
+                .map_err(|e| submit_error(&id, e))
+                .and_then(|r| r.map_err(|e| stage_error(&id, e)))
         }
         Err(e) => Err(submit_error(&id, e)),
     };
-    llm.finish(&id);
     if result.is_ok() {
         llm.warm();
     }
-    result
-}
-
-/// Runs a `tts/say`, publishing each piece's WAV as it is ready.
-pub async fn say(
-    worker: &tts::TtsWorker,
-    request: tts::SayRequest,
-    publisher: &Publisher,
-    player: Option<pipeline::PlaybackSender>,
-    metrics: &Metrics,
-) -> Result<tts::Done, RequestError> {
-    let id = request.id.clone();
-    let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(tts::AUDIO_BUFFER);
-    let cancel = tts::CancelFlag::default();
-    let done = worker
-        .submit(move |engine| engine.say(&request, &audio_tx, &cancel, || {}))
-        .map_err(|e| submit_error(&id, e))?;
-    let topic = publisher.topics().tts_audio(&id);
-    let forward = async {
-        let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        while let Some(chunk) = audio_rx.recv().await {
-            if let Some(player) = &player {
-                let item = pipeline::PlayItem::Audio {
-                    samples: chunk.samples.clone(),
-                    sample_rate: chunk.sample_rate,
-                    cancel: never.clone(),
-                    more: !chunk.sentence_end,
-                };
-                if player.try_send(item).is_err() {
-                    metrics.queue_dropped("playback");
-                }
-            }
-            publisher.bytes(&topic, chunk.wav()).await;
-        }
-    };
-    let (result, ()) = tokio::join!(done, forward);
-    result.map_err(|e| submit_error(&id, e))?
+    result.map(|a| reply(id, session, a))
 }

@@ -3,6 +3,9 @@
 //! Stages record into [`Metrics`] with atomics or a short lock, never blocking on I/O. The
 //! telemetry task reads them together with process and system figures from `/proc` and
 //! `/sys`, and publishes one JSON [`TelemetrySample`] per interval at QoS 0.
+//!
+//! A leaf: it owns the figures other modules report ([`Latency`] of a turn, the voice
+//! loop's [`VoiceSample`]) and imports nothing from the rest of the daemon.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -176,10 +179,10 @@ impl Metrics {
 
     /// Records a finished voice-loop turn: `turn` counts turns (ok = answered) with their
     /// total time, and `turn.<part>` the latency parts, so telemetry shows their percentiles.
-    pub fn turn_done(&self, outcome: &str, latency: &crate::pipeline::Latency) {
+    pub fn turn_done(&self, answered: bool, latency: &Latency) {
         let ms = |x: f64| Duration::from_secs_f64(x.max(0.0) / 1e3);
         self.request_received("turn");
-        self.request_done("turn", outcome == "answered", ms(latency.total_ms));
+        self.request_done("turn", answered, ms(latency.total_ms));
         for (name, value) in [
             ("turn.endpoint", latency.endpoint_ms),
             ("turn.stt", latency.stt_ms),
@@ -249,7 +252,55 @@ pub struct TelemetrySample {
     pub engines: BTreeMap<String, String>,
     /// Microphone, VAD and turn counters.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub voice: Option<crate::voice::VoiceSample>,
+    pub voice: Option<VoiceSample>,
+}
+
+/// Voice-loop counters for telemetry.
+#[derive(Debug, Clone, Serialize)]
+pub struct VoiceSample {
+    pub capture: String,
+    pub frames_sent: u64,
+    pub frames_dropped: u64,
+    pub overruns: u64,
+    pub utterances: u64,
+    pub utterances_dropped: u64,
+    pub ignored_while_speaking: u64,
+    pub barge_ins: u64,
+    pub speculations: u64,
+    pub speculations_abandoned: u64,
+    pub complete_endpoints: u64,
+    pub vad_windows: u64,
+    pub vad_model_runs: u64,
+}
+
+/// Where the time of a turn went, in milliseconds; absent stages did not run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// End of speech as the VAD saw it → endpoint (the silence the endpointer waited for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_ms: Option<f64>,
+    /// The transcription, from its start to the transcript.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stt_ms: Option<f64>,
+    /// How long before the endpoint the transcription started (speculatively, at a pause).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stt_early_ms: Option<f64>,
+    /// Start of the turn (the endpoint, or the text's arrival) → the LLM's first token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// Start of the turn (the endpoint, or the text's arrival) → first audio sample ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_audio_ms: Option<f64>,
+    /// End of speech as the VAD saw it (or arrival) → first audio: what the person waits
+    /// for, less the VAD's lag behind the true end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_ms: Option<f64>,
+    /// How long before the endpoint an answer started from a speculative transcript had its
+    /// first audio ready: the margin by which the endpoint, not the computation, set the
+    /// wait. Absent when the audio was not ready before the endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_early_ms: Option<f64>,
+    pub total_ms: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 
 use super::pcm::{self, OpenPcm, SampleFmt, Trouble};
 
-/// The rate frames are delivered at.
-pub const SAMPLE_RATE: u32 = 16_000;
+/// The rate frames are delivered at: the engines' one speech rate.
+pub use sotad_engines::audio::SAMPLE_RATE;
 /// Samples per frame: 32 ms, one Silero VAD window.
 pub const FRAME_SAMPLES: usize = 512;
 

@@ -129,9 +129,14 @@ impl Topics {
         self.join("error")
     }
 
-    /// Voice-loop events: `turn/started`, `turn/transcript`, `turn/reply`, `turn/done`.
-    pub fn turn(&self, event: &str) -> String {
-        self.join(&format!("turn/{event}"))
+    /// A voice-loop event's topic.
+    pub fn turn(&self, event: TurnEvent) -> String {
+        self.join(match event {
+            TurnEvent::Started => "turn/started",
+            TurnEvent::Transcript => "turn/transcript",
+            TurnEvent::Reply => "turn/reply",
+            TurnEvent::Done => "turn/done",
+        })
     }
 
     /// The token stream of `llm/ask` (QoS 0).
@@ -159,6 +164,15 @@ impl Topics {
             .into_iter()
             .find(|c| c.request_suffix() == suffix)
     }
+}
+
+/// The events of a voice-loop turn, in the order they are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnEvent {
+    Started,
+    Transcript,
+    Reply,
+    Done,
 }
 
 #[cfg(test)]

@@ -25,5 +25,6 @@ pub use self::wav::{
     SampleFormat, Wav, WavError, WavErrorKind, encode_wav_i16, parse_wav, read_wav, write_wav_i16,
 };
 
-/// The sample rate Whisper's front end expects.
-pub const WHISPER_SAMPLE_RATE: u32 = 16_000;
+/// The one rate of sotad's speech path: the microphone's frames, Whisper's front end and
+/// Silero's windows are all 16 kHz mono.
+pub const SAMPLE_RATE: u32 = 16_000;

@@ -31,7 +31,7 @@ use rubato::{
     calculate_cutoff,
 };
 
-use super::WHISPER_SAMPLE_RATE;
+use super::SAMPLE_RATE;
 use crate::error::{Error, Result};
 
 /// Lowest sample rate accepted by the resampler.
@@ -77,11 +77,11 @@ pub fn to_mono_16k(interleaved: &[f32], sample_rate: u32, channels: u16) -> Resu
     } else {
         Cow::Owned(downmix_to_mono(interleaved, channels))
     };
-    if sample_rate == WHISPER_SAMPLE_RATE {
+    if sample_rate == SAMPLE_RATE {
         return Ok(mono);
     }
     let mut resampler =
-        MonoResampler::new(sample_rate, WHISPER_SAMPLE_RATE).map_err(|e| match e {
+        MonoResampler::new(sample_rate, SAMPLE_RATE).map_err(|e| match e {
             Error::Resample {
                 from_rate,
                 to_rate,

@@ -1,33 +1,25 @@
-//! The text-to-speech stage: `tts/say` over the Piper engine worker.
+//! The text-to-speech stage: Piper voices on the worker thread.
 //!
 //! Text is synthesized sentence by sentence; the first sentence is decoded in pieces
-//! (`tts.first_chunk_ms` of audio first, then growing pieces), the others whole. Each piece is
-//! published as one WAV on `tts/audio/<id>` as soon as it is ready (QoS 1, in order), then
-//! `tts/done` closes the request. The first piece leaves after the decoder has run on its
-//! frames only, not on the whole sentence. The channel from the engine thread to MQTT is bounded and the engine waits when
-//! it is full: audio is never dropped, and a slow broker slows synthesis instead of growing
-//! memory.
+//! (`tts.first_chunk_ms` of audio first, then growing pieces), the others whole. Each piece
+//! goes into a bounded channel as soon as it is ready, and the engine waits when the
+//! channel is full: audio is never dropped, and a slow consumer slows synthesis instead of
+//! growing memory.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use sotad_engines::audio;
 use sotad_engines::tts as engine;
 use tokio::sync::mpsc;
 
-use crate::config::Config;
-use crate::mqtt::request::{ErrorCode, Request, RequestError};
-use crate::worker::Worker;
+use super::error::StageError;
+use super::worker::{Worker, threads};
+use crate::config;
 
-/// Longest text accepted in one request, in bytes.
-pub const MAX_TEXT_BYTES: usize = 100 * 1024;
-/// Pieces of audio waiting for MQTT before the engine waits.
-pub const AUDIO_BUFFER: usize = 4;
 /// Voices kept loaded besides the default one.
 const EXTRA_VOICES: usize = 2;
 
@@ -44,24 +36,27 @@ pub struct Tts {
 
 pub type TtsWorker = Worker<Tts>;
 
-/// Starts the TTS worker if `tts.voice` is set; the voice loads on the worker thread.
-pub fn spawn(config: &Config) -> Option<TtsWorker> {
-    config.model_path(&config.tts.voice)?;
-    let config = config.clone();
-    Some(Worker::spawn(
-        "tts",
-        config.service.request_queue,
-        move || load(&config),
-    ))
+/// Starts the TTS worker if `tts.voice` is set (`path`); the voice loads on the worker
+/// thread. Other voices are looked up in `models_dir`.
+pub fn spawn(
+    path: Option<PathBuf>,
+    config: config::Tts,
+    models_dir: PathBuf,
+    queue: usize,
+) -> Option<TtsWorker> {
+    let path = path?;
+    Some(Worker::spawn("tts", queue, move || {
+        load(Some(path), &config, models_dir)
+    }))
 }
 
 /// Loads the configured voice; the error names the configuration key and the file.
-pub fn load(config: &Config) -> Result<Tts, String> {
-    let key_value = &config.tts.voice;
-    let Some(path) = config.model_path(key_value) else {
+pub fn load(path: Option<PathBuf>, config: &config::Tts, models_dir: PathBuf) -> Result<Tts, String> {
+    let key_value = &config.voice;
+    let Some(path) = path else {
         return Err("text-to-speech is off: configuration key `tts.voice` is empty".into());
     };
-    let threads = crate::stt::threads(config.tts.threads);
+    let threads = threads(config.threads);
     let voice = engine::Voice::load(
         &path,
         &engine::LoadOptions {
@@ -80,11 +75,11 @@ pub fn load(config: &Config) -> Result<Tts, String> {
     }
     Ok(Tts {
         default_voice: name.clone(),
-        models_dir: config.models_dir(),
+        models_dir,
         voices: VecDeque::from([(name, voice)]),
-        speaker: config.tts.speaker,
+        speaker: config.speaker,
         threads,
-        first_chunk_ms: config.tts.first_chunk_ms,
+        first_chunk_ms: config.first_chunk_ms,
     })
 }
 
@@ -97,119 +92,38 @@ fn voice_name(path: &Path) -> String {
     file.strip_suffix(".onnx").unwrap_or(file).to_string()
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SayRequest {
-    pub id: String,
+/// Text to say, with the request's overrides of the configured voice.
+#[derive(Debug, Clone, Default)]
+pub struct Say {
     pub text: String,
     /// A voice name (e.g. `en_US-joe-medium`), found as `<models.dir>/piper/<name>.onnx` or
     /// `<models.dir>/<name>.onnx`. Default: `tts.voice`.
-    #[serde(default)]
     pub voice: Option<String>,
     /// Speaker id of a multi-speaker voice. Default: `tts.speaker`.
-    #[serde(default)]
     pub speaker: Option<u32>,
-    #[serde(default)]
-    pub scales: Scales,
-    /// Also play the audio on the speaker (`audio.playback_device`), as well as publishing it.
-    #[serde(default)]
-    pub play: bool,
-}
-
-impl Request for SayRequest {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-/// Overrides of the voice's inference scales.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Scales {
-    /// Speaking rate: larger is slower (0.1-5).
-    pub length: Option<f32>,
-    /// Variation of the voice (0-2).
-    pub noise: Option<f32>,
-    /// Variation of phoneme durations (0-2).
+    /// Speaking rate: larger is slower.
+    pub length_scale: Option<f32>,
+    /// Variation of the voice.
+    pub noise_scale: Option<f32>,
+    /// Variation of phoneme durations.
     pub noise_w: Option<f32>,
 }
 
-pub fn validate(r: &SayRequest) -> Result<(), RequestError> {
-    let invalid = |field: &str, message: String| {
-        RequestError::new(Some(r.id.clone()), ErrorCode::InvalidRequest, message).with_field(field)
-    };
-    if r.text.trim().is_empty() {
-        return Err(invalid("text", "the text is empty; nothing to say".into()));
-    }
-    if r.text.len() > MAX_TEXT_BYTES {
-        return Err(invalid(
-            "text",
-            format!(
-                "the text is {} bytes; the limit is {MAX_TEXT_BYTES}",
-                r.text.len()
-            ),
-        ));
-    }
-    if let Some(v) = &r.voice
-        && (v.is_empty()
-            || v.len() > 128
-            || !v
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-            || v.starts_with('.'))
-    {
-        return Err(invalid(
-            "voice",
-            format!(
-                "{v:?} is not a voice name; allowed: letters, digits, '_', '-', '.' (e.g. \"en_US-joe-medium\")"
-            ),
-        ));
-    }
-    let s = &r.scales;
-    for (field, value, lo, hi) in [
-        ("scales.length", s.length, 0.1, 5.0),
-        ("scales.noise", s.noise, 0.0, 2.0),
-        ("scales.noise_w", s.noise_w, 0.0, 2.0),
-    ] {
-        if let Some(x) = value
-            && !(x.is_finite() && x >= lo && x <= hi)
-        {
-            return Err(invalid(
-                field,
-                format!("{x} is out of range; allowed: {lo} to {hi}"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The answer on `tts/done`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Done {
-    pub id: String,
+/// What was said.
+#[derive(Debug, Clone)]
+pub struct Spoken {
     pub voice: String,
     pub sample_rate: u32,
-    /// WAVs published on `tts/audio/<id>`.
+    /// Chunks sent.
     pub chunks: usize,
-    /// Sentences they make up (a sentence is one WAV or, decoded in pieces, several).
+    /// Sentences they make up (a sentence is one chunk or, decoded in pieces, several).
     pub sentences: usize,
     pub audio_s: f64,
     /// Characters that had no phoneme in the voice and were skipped.
-    #[serde(skip_serializing_if = "is_zero")]
     pub skipped_chars: usize,
     pub cancelled: bool,
-    pub timings: Timings,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Timings {
     pub first_audio_ms: f64,
     pub total_ms: f64,
-    pub real_time_factor: f64,
 }
 
 /// A sentence of audio, or a piece of one, ready to publish or play.
@@ -286,30 +200,23 @@ impl Tts {
         Ok((name, voice))
     }
 
-    /// Synthesizes `request`, sending each piece into `audio` as soon as it is ready (the
+    /// Synthesizes `say`, sending each piece into `audio` as soon as it is ready (the
     /// first sentence in pieces of `tts.first_chunk_ms` and more, the others whole). Stops
     /// between pieces when `cancel` is set. `first_audio` runs once the first piece is sent.
     pub fn say(
         &mut self,
-        request: &SayRequest,
+        say: &Say,
         audio_out: &mpsc::Sender<Chunk>,
         cancel: &AtomicBool,
         first_audio: impl FnOnce(),
-    ) -> Result<Done, RequestError> {
+    ) -> Result<Spoken, StageError> {
         let mut first_audio = Some(first_audio);
         let started = Instant::now();
-        let fail = |field: Option<&str>, message: String| {
-            let e = RequestError::new(Some(request.id.clone()), ErrorCode::InvalidRequest, message);
-            match field {
-                Some(f) => e.with_field(f),
-                None => e,
-            }
-        };
-        let speaker = request.speaker.unwrap_or(self.speaker);
+        let speaker = say.speaker.unwrap_or(self.speaker);
         let first_chunk_ms = self.first_chunk_ms;
         let (name, voice) = self
-            .voice(request.voice.as_deref())
-            .map_err(|m| fail(Some("voice"), m))?;
+            .voice(say.voice.as_deref())
+            .map_err(|m| StageError::invalid("voice", m))?;
         let sample_rate = voice.sample_rate();
         let chunks = decode_chunks(
             first_chunk_ms,
@@ -318,10 +225,10 @@ impl Tts {
         );
         let options = engine::SynthOptions {
             chunks,
-            speaker: (request.speaker.is_some() || speaker != 0).then_some(speaker),
-            noise_scale: request.scales.noise,
-            length_scale: request.scales.length,
-            noise_w: request.scales.noise_w,
+            speaker: (say.speaker.is_some() || speaker != 0).then_some(speaker),
+            noise_scale: say.noise_scale,
+            length_scale: say.length_scale,
+            noise_w: say.noise_w,
             ..Default::default()
         };
         let mut chunks = 0usize;
@@ -330,7 +237,7 @@ impl Tts {
         let mut first_audio_ms = 0.0;
         let mut cancelled = false;
         let stats = voice
-            .synthesize(&request.text, &options, |chunk: &engine::AudioChunk| {
+            .synthesize(&say.text, &options, |chunk: &engine::AudioChunk| {
                 if chunks == 0 {
                     first_audio_ms = started.elapsed().as_secs_f64() * 1e3;
                 }
@@ -357,21 +264,18 @@ impl Tts {
                 sotad_engines::Error::Tts(t)
                     if matches!(t.kind, engine::TtsErrorKind::UnknownSpeaker { .. }) =>
                 {
-                    fail(Some("speaker"), e.to_string())
+                    StageError::invalid("speaker", e.to_string())
                 }
                 sotad_engines::Error::Tts(t)
                     if matches!(t.kind, engine::TtsErrorKind::BadInput { .. }) =>
                 {
-                    fail(Some("text"), e.to_string())
+                    StageError::invalid("text", e.to_string())
                 }
-                _ => {
-                    RequestError::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())
-                }
+                _ => StageError::internal(e.to_string()),
             })?;
         let total_ms = started.elapsed().as_secs_f64() * 1e3;
         let audio_s = samples_out as f64 / f64::from(sample_rate);
-        Ok(Done {
-            id: request.id.clone(),
+        Ok(Spoken {
             voice: name,
             sample_rate,
             chunks,
@@ -379,63 +283,15 @@ impl Tts {
             audio_s,
             skipped_chars: stats.dropped_chars,
             cancelled,
-            timings: Timings {
-                first_audio_ms,
-                total_ms,
-                real_time_factor: if audio_s > 0.0 {
-                    total_ms / 1e3 / audio_s
-                } else {
-                    0.0
-                },
-            },
+            first_audio_ms,
+            total_ms,
         })
     }
 }
 
-/// Shared cancel flag for a running `tts/say` (barge-in, shutdown).
-pub type CancelFlag = Arc<AtomicBool>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mqtt::request;
-
-    fn say(json: &str) -> Result<SayRequest, RequestError> {
-        let r: SayRequest = request::parse(json.as_bytes(), 1 << 20)?;
-        validate(&r)?;
-        Ok(r)
-    }
-
-    #[test]
-    fn say_validation_names_the_field() {
-        assert!(say(r#"{"id":"1","text":"Hello."}"#).is_ok());
-        assert_eq!(
-            say(r#"{"id":"1","text":"  "}"#)
-                .unwrap_err()
-                .field
-                .as_deref(),
-            Some("text")
-        );
-        assert_eq!(
-            say(r#"{"id":"1","text":"a","voice":"../etc/passwd"}"#)
-                .unwrap_err()
-                .field
-                .as_deref(),
-            Some("voice")
-        );
-        assert_eq!(
-            say(r#"{"id":"1","text":"a","scales":{"length":0}}"#)
-                .unwrap_err()
-                .field
-                .as_deref(),
-            Some("scales.length")
-        );
-        let big = format!(
-            r#"{{"id":"1","text":"{}"}}"#,
-            "a".repeat(MAX_TEXT_BYTES + 1)
-        );
-        assert_eq!(say(&big).unwrap_err().field.as_deref(), Some("text"));
-    }
 
     #[test]
     fn voice_names_come_from_file_names() {

@@ -172,6 +172,15 @@ impl<E: 'static> Worker<E> {
     }
 }
 
+/// Engine threads for a `threads` key: `0` means one per core.
+pub fn threads(configured: usize) -> usize {
+    if configured == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        configured
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

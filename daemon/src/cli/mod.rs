@@ -1,4 +1,7 @@
-//! One-shot commands that use the engines directly, without MQTT: `transcribe`, `chat`, `say`.
+//! One-shot commands that use the stages directly, without MQTT: `transcribe`, `chat`,
+//! `say`, `quantize whisper`; and `demo`, the whole daemon on embedded defaults.
+
+pub mod demo;
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -7,7 +10,9 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, anyhow};
 use sotad::config::Config;
-use sotad::{llm, stt, tts};
+use sotad::mqtt::payloads::{self, AskRequest, Options, SayRequest, Scales};
+use sotad::service;
+use sotad::stages::{llm, stt, tts};
 
 pub fn transcribe(
     config: &Config,
@@ -17,9 +22,9 @@ pub fn transcribe(
     json: bool,
 ) -> anyhow::Result<()> {
     let wav = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut engine = stt::load(config).map_err(|e| anyhow!(e))?;
-    let request = stt::Transcribe {
-        id: path.display().to_string(),
+    let mut engine = stt::load(config.model_path(&config.stt.model), &config.stt)
+        .map_err(|e| anyhow!(e))?;
+    let job = stt::WavJob {
         wav,
         language,
         task: if translate {
@@ -30,9 +35,10 @@ pub fn transcribe(
         beam_size: None,
         initial_prompt: None,
     };
-    let t = engine
-        .run(&request)
+    let done = engine
+        .run(&job)
         .map_err(|e| anyhow!("{}: {}", path.display(), e.message))?;
+    let t = service::transcript(path.display().to_string(), &done);
     if json {
         println!("{}", serde_json::to_string_pretty(&t)?);
     } else {
@@ -64,7 +70,8 @@ pub fn quantize_whisper(ty: &str, input: &Path, output: &Path) -> anyhow::Result
 }
 
 pub fn chat(config: &Config, thinking: bool) -> anyhow::Result<()> {
-    let mut engine = llm::load(config).map_err(|e| anyhow!(e))?;
+    let mut engine =
+        llm::load(config.model_path(&config.llm.model), &config.llm).map_err(|e| anyhow!(e))?;
     let stdin = std::io::stdin();
     let mut turn = 0u64;
     eprintln!("sotad chat: type a message and press Enter; an empty line ends.");
@@ -76,17 +83,18 @@ pub fn chat(config: &Config, thinking: bool) -> anyhow::Result<()> {
             return Ok(());
         }
         turn += 1;
-        let request = llm::AskRequest {
+        let request = AskRequest {
             id: format!("chat-{turn}"),
             prompt: Some(line.trim().to_string()),
             messages: None,
             session: Some("terminal".into()),
-            options: llm::Options {
+            options: Options {
                 thinking: Some(thinking),
                 ..Default::default()
             },
         };
-        llm::validate(&request).map_err(|e| anyhow!(e.message))?;
+        payloads::validate_ask(&request).map_err(|e| anyhow!(e.message))?;
+        let ask = service::question(request);
         // Print pieces as they come, from the engine thread's callback.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
         let printer = std::thread::spawn(move || {
@@ -96,14 +104,8 @@ pub fn chat(config: &Config, thinking: bool) -> anyhow::Result<()> {
                 let _ = out.flush();
             }
         });
-        let mut stream = llm::Stream {
-            tokens: Some(tx),
-            cancel: Arc::new(AtomicBool::new(false)),
-            hold: None,
-            dropped: 0,
-            remember: true,
-        };
-        let reply = engine.ask(&request, &mut stream);
+        let mut stream = llm::Stream::new(Some(tx), Arc::new(AtomicBool::new(false)));
+        let reply = engine.ask(&ask, &mut stream);
         drop(stream);
         let _ = printer.join();
         let reply = reply.map_err(|e| anyhow!(e.message))?;
@@ -113,7 +115,7 @@ pub fn chat(config: &Config, thinking: bool) -> anyhow::Result<()> {
             reply.timings.generated_tokens,
             reply.timings.ttft_ms,
             reply.timings.decode_tok_s,
-            reply.stop_reason
+            payloads::stop_reason_name(reply.stop_reason)
         );
     }
 }
@@ -124,19 +126,29 @@ pub fn say(
     output: &Path,
     voice: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut engine = tts::load(config).map_err(|e| anyhow!(e))?;
-    let request = tts::SayRequest {
+    let mut engine = tts::load(
+        config.model_path(&config.tts.voice),
+        &config.tts,
+        config.models_dir(),
+    )
+    .map_err(|e| anyhow!(e))?;
+    let request = SayRequest {
         id: "say".into(),
         text: text.to_string(),
         voice,
         speaker: None,
-        scales: tts::Scales::default(),
+        scales: Scales::default(),
         play: false,
     };
-    tts::validate(&request).map_err(|e| anyhow!(e.message))?;
+    payloads::validate_say(&request).map_err(|e| anyhow!(e.message))?;
+    let job = tts::Say {
+        text: request.text,
+        voice: request.voice,
+        ..Default::default()
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tts::Chunk>(1024);
     let done = engine
-        .say(&request, &tx, &AtomicBool::new(false), || {})
+        .say(&job, &tx, &AtomicBool::new(false), || {})
         .map_err(|e| anyhow!(e.message))?;
     drop(tx);
     let mut samples = Vec::new();
@@ -150,8 +162,12 @@ pub fn say(
         output.display(),
         done.audio_s,
         done.sentences,
-        done.timings.first_audio_ms,
-        done.timings.real_time_factor
+        done.first_audio_ms,
+        if done.audio_s > 0.0 {
+            done.total_ms / 1e3 / done.audio_s
+        } else {
+            0.0
+        }
     );
     Ok(())
 }

@@ -1,0 +1,197 @@
+//! The `sotad-vad` thread: frames from the microphone through the energy gate, Silero and
+//! the endpointer into utterances; push-to-talk; barge-in; speculation at pauses.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use sotad_engines::audio::SAMPLE_RATE;
+use sotad_engines::vad::{EndReason, VadEvent, VoiceDetector};
+use tokio::sync::mpsc;
+
+use super::control::VoiceControl;
+use super::speculation::{AtEndpoint, PauseTracker};
+use super::turn::{Input, Turns, Utterance};
+use crate::audio;
+use crate::mqtt::payloads::Endpoint;
+
+/// Samples in `ms` milliseconds of 16 kHz audio.
+pub fn samples_in(ms: u64) -> u64 {
+    ms * u64::from(SAMPLE_RATE) / 1000
+}
+
+/// What the VAD thread needs besides its detector and channels.
+pub struct Listen {
+    /// A held push-to-talk button keeps at most this many samples (`vad.max_utterance_ms`).
+    pub max_ptt_samples: usize,
+    /// `vad.complete_silence_ms` in samples (0: no early endpoint).
+    pub complete_silence: u64,
+}
+
+/// Hands a finished utterance to the turn task; a full queue drops it and counts.
+fn send_utterance(utterances: &mpsc::Sender<Input>, control: &VoiceControl, utterance: Utterance) {
+    control.utterances.fetch_add(1, Ordering::Relaxed);
+    if utterances.try_send(Input::Speech(utterance)).is_err() {
+        control.utterances_dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("an utterance was dropped: turns are falling behind");
+    }
+}
+
+/// The VAD thread's loop, until the capture channel closes.
+pub fn run(
+    listen: &Listen,
+    detector: &mut VoiceDetector,
+    frames: &mut audio::FrameReceiver,
+    utterances: &mpsc::Sender<Input>,
+    control: &VoiceControl,
+    turns: &Turns,
+) {
+    let mut active = false;
+    let mut last_windows = 0;
+    // Push-to-talk: the audio while the button is held, bounded.
+    let mut held: Vec<f32> = Vec::new();
+    let mut holding = false;
+    let mut pauses = PauseTracker::default();
+    let abandon = |pauses: &mut PauseTracker| {
+        if pauses.abandon() && turns.speculator().abandon() {
+            control
+                .speculations_abandoned
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    while let Some(frame) = frames.blocking_recv() {
+        let muted = control.muted.load(Ordering::Relaxed);
+        if control.ptt.load(Ordering::Relaxed) && !muted {
+            // The VAD sleeps while the button is held; the press itself cancelled any turn.
+            if active {
+                detector.reset();
+                active = false;
+                abandon(&mut pauses);
+            }
+            holding = true;
+            let room = listen.max_ptt_samples.saturating_sub(held.len());
+            held.extend_from_slice(&frame.samples[..frame.samples.len().min(room)]);
+            continue;
+        }
+        if holding {
+            // Released (or muted meanwhile: then the audio is discarded).
+            holding = false;
+            let samples = std::mem::take(&mut held);
+            if !muted && !samples.is_empty() {
+                send_utterance(
+                    utterances,
+                    control,
+                    Utterance {
+                        samples,
+                        endpoint_delay: frame.captured_at.elapsed(),
+                        endpointed_at: Instant::now(),
+                        speculation: None,
+                        endpoint: Endpoint::PushToTalk,
+                        speech_end_s: None,
+                    },
+                );
+            }
+        }
+        let listening = control.listening.load(Ordering::Relaxed) && !muted;
+        let speaking = turns.speaking() || control.playing.load(Ordering::Relaxed);
+        if !listening || (speaking && !control.barge_in) {
+            if speaking && listening {
+                control
+                    .ignored_while_speaking
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            if active {
+                detector.reset();
+                active = false;
+                abandon(&mut pauses);
+            }
+            continue;
+        }
+        active = true;
+        let mut event = detector.push_window(&frame.samples);
+        // Early endpoint: the pause's transcript is in and reads as a finished sentence.
+        if event.is_none()
+            && pauses.ends_early(
+                detector.endpointer().paused_for(),
+                listen.complete_silence,
+                |key| turns.speculator().complete(key),
+            )
+        {
+            event = detector.end_paused();
+        }
+        let stats = detector.stats();
+        control.vad_windows.fetch_add(
+            stats.windows - last_windows.min(stats.windows),
+            Ordering::Relaxed,
+        );
+        last_windows = stats.windows;
+        control
+            .vad_model_runs
+            .store(stats.model_runs, Ordering::Relaxed);
+        match event {
+            Some(VadEvent::SpeechStart { .. }) if speaking => {
+                // Barge-in: the person talks over sotad.
+                control.barge_ins.fetch_add(1, Ordering::Relaxed);
+                if let Some(turn) = turns.cancel_current() {
+                    tracing::info!(turn, "barge-in: playback stopped, turn cancelled");
+                }
+            }
+            Some(VadEvent::Pause {
+                utterance,
+                start,
+                speech_end,
+            }) => {
+                control.speculations.fetch_add(1, Ordering::Relaxed);
+                pauses.pause((start, speech_end), utterance.len());
+                turns.speculator().speculate((start, speech_end), utterance);
+            }
+            Some(VadEvent::Resume { .. }) => abandon(&mut pauses),
+            Some(VadEvent::SpeechEnd {
+                mut utterance,
+                start,
+                speech_end,
+                at,
+                reason,
+            }) => {
+                // From the true end of speech to now: the trailing silence the endpointer
+                // waited for, plus the time the last frame spent in the queue.
+                let silence = at.saturating_sub(speech_end);
+                let waited =
+                    Duration::from_secs_f64(silence as f64 / f64::from(SAMPLE_RATE));
+                let queued = frame.captured_at.elapsed();
+                // The detector's positions count only the windows it was given; the frame's
+                // sequence number counts every frame captured, so the end of speech in the
+                // capture stream is this frame's end minus the silence since.
+                let captured = (frame.seq + 1) * audio::FRAME_SAMPLES as u64;
+                let speech_end_s =
+                    captured.saturating_sub(silence) as f64 / f64::from(SAMPLE_RATE);
+                let speculation = match pauses.endpoint((start, speech_end)) {
+                    AtEndpoint::Adopt { key, len } => {
+                        utterance.truncate(len);
+                        turns.speculator().take(key)
+                    }
+                    AtEndpoint::Abandon => {
+                        turns.speculator().abandon();
+                        None
+                    }
+                    AtEndpoint::Nothing => None,
+                };
+                if reason == EndReason::Complete {
+                    control.complete_endpoints.fetch_add(1, Ordering::Relaxed);
+                }
+                send_utterance(
+                    utterances,
+                    control,
+                    Utterance {
+                        samples: utterance,
+                        endpoint_delay: waited + queued,
+                        endpointed_at: Instant::now(),
+                        speculation,
+                        endpoint: Endpoint::Vad(reason),
+                        speech_end_s: Some(speech_end_s),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+}

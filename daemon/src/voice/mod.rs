@@ -1,0 +1,130 @@
+//! The voice loop, in data-path order: the microphone's frames become utterances
+//! (`listen`), utterances and typed questions become turns (`turn`, with the work started
+//! ahead at pauses in `speculation`), a turn's answer becomes sentences (`sentences`) and
+//! speech (`answer`), and speech goes to the speaker (`speaker`) and MQTT.
+//!
+//! Threads: `sotad-capture` (audio::Capture) → `sotad-vad` (`listen`) → turn tasks on tokio
+//! → the engine workers (`stages`) → `sotad-play` (`speaker`).
+//!
+//! Backpressure, edge by edge (the one place this is written):
+//! - capture → VAD: 32 ms frames, `try_send` into `audio.frame_queue`; dropped and counted
+//!   when the VAD falls behind (the capture thread never blocks).
+//! - VAD → turns: utterances, `try_send` into a queue of [`UTTERANCE_QUEUE`]; dropped and
+//!   counted when full.
+//! - LLM → sentences: the answer's text pieces, a bounded stream (pieces dropped from it are
+//!   counted and the reply still carries the whole text).
+//! - sentences → TTS: one job per sentence on the TTS worker's queue; when it is full the
+//!   sentence is skipped and counted (its text still goes out on `turn/reply`).
+//! - TTS → MQTT and speaker: [`answer::AUDIO_BUFFER`] chunks; the engine waits, so audio is
+//!   never dropped on this edge.
+//! - → speaker: `try_send` into `audio.playback_queue`; when it is full (a stalled device)
+//!   the chunk is dropped and counted; a cancelled turn's audio is skipped at once.
+//!
+//! While sotad speaks, the microphone is ignored (it would hear itself), unless barge-in is
+//! on: then the start of speech stops playback and cancels the turn, and the utterance
+//! becomes the next turn. Push-to-talk (`ptt/start` … `ptt/stop`): while held, frames skip
+//! the VAD and collect into one utterance (bounded by `vad.max_utterance_ms`), handed over on
+//! release; the press cancels the turn in progress.
+
+pub mod answer;
+pub mod control;
+pub mod listen;
+pub mod sentences;
+pub mod speaker;
+pub mod speculation;
+pub mod turn;
+
+use std::sync::Arc;
+
+use sotad_engines::vad::{SileroVad, VoiceDetector};
+use tokio::sync::mpsc;
+
+use crate::audio::{self, Capture, CaptureHandle};
+use crate::config::Config;
+pub use control::{VoiceControl, control};
+use turn::{Input, Turns};
+
+/// Utterances waiting for a turn.
+pub const UTTERANCE_QUEUE: usize = 2;
+
+/// The running voice side; dropping it stops capture (the VAD and player threads end when
+/// their channels close).
+pub struct Voice {
+    pub control: Arc<VoiceControl>,
+    _capture: Option<CaptureHandle>,
+}
+
+/// Starts capture, the VAD thread and the task that turns utterances into turns.
+/// Without a capture device, only the control block exists (text turns still work).
+pub fn start(config: &Config, control: Arc<VoiceControl>, turns: Turns) -> Voice {
+    let Some(status) = control.capture.clone() else {
+        return Voice {
+            control,
+            _capture: None,
+        };
+    };
+    let (frames_tx, mut frames_rx) = audio::frame_channel(config.audio.frame_queue);
+    let capture = match Capture::spawn(config.audio.capture_config(), frames_tx, status) {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::error!(error = %e, "could not start the capture thread");
+            None
+        }
+    };
+    let (utter_tx, mut utter_rx) = mpsc::channel::<Input>(UTTERANCE_QUEUE);
+    let vad_path = config.model_path(&config.vad.model);
+    let detector_config = config.vad.detector_config();
+    let listen = listen::Listen {
+        // A held push-to-talk button keeps at most as much audio as one VAD utterance.
+        max_ptt_samples: listen::samples_in(u64::from(config.vad.max_utterance_ms)) as usize,
+        complete_silence: listen::samples_in(u64::from(config.vad.complete_silence_ms)),
+    };
+    let vad_control = control.clone();
+    let vad_turns = turns.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sotad-vad".into())
+        .spawn(move || {
+            let model = match vad_path
+                .ok_or_else(|| "configuration key `vad.model` is empty".to_string())
+                .and_then(|p| {
+                    SileroVad::load(&p).map_err(|e| {
+                        format!("voice activity detection is not available: configuration key `vad.model`: {e}")
+                    })
+                }) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(error = e, "microphone input is off");
+                    *vad_control.vad_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    // Keep draining so the capture thread's counters stay meaningful.
+                    while frames_rx.blocking_recv().is_some() {}
+                    return;
+                }
+            };
+            let mut detector = VoiceDetector::new(model, detector_config);
+            listen::run(
+                &listen,
+                &mut detector,
+                &mut frames_rx,
+                &utter_tx,
+                &vad_control,
+                &vad_turns,
+            );
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the VAD thread");
+    }
+    tokio::spawn(async move {
+        while let Some(input) = utter_rx.recv().await {
+            let turns = turns.clone();
+            let id = turns.next_id();
+            // A turn runs as its own task so that a barge-in utterance can start the next
+            // one (which cancels this one) without waiting for it.
+            tokio::spawn(async move { turns.run(id, input).await });
+        }
+    });
+    Voice {
+        control,
+        _capture: capture,
+    }
+}
+

@@ -1,0 +1,473 @@
+//! A turn: one question (spoken or typed) and its spoken answer, with one id, the
+//! `turn/*` events and the latency breakdown. A new turn cancels the one in progress.
+//!
+//! Speech is transcribed first (or the speculative transcription made at the last pause is
+//! taken over, [`super::speculation`]); then the answer is spoken ([`super::answer`]), or a
+//! held speculative answer adopted. [`outcome`] decides how the turn ended.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sotad_engines::llm::StopReason;
+
+use super::answer::Answerer;
+use super::speaker::Speaker;
+use super::speculation::{Speculation, Speculator, transcribe};
+use crate::config::Config;
+use crate::mqtt::payloads::{
+    DoneEvent, Endpoint, ReplyEvent, Started, TranscriptEvent, TurnOutcome,
+};
+use crate::mqtt::{Publisher, TurnEvent};
+use crate::stages::Stages;
+use crate::telemetry::{Latency, Metrics};
+
+/// What starts a turn.
+pub enum Input {
+    /// Text injected over MQTT (`turn/text`).
+    Text {
+        text: String,
+        session: Option<String>,
+    },
+    /// An utterance from the microphone, 16 kHz mono.
+    Speech(Utterance),
+}
+
+/// A finished utterance, as the VAD thread hands it over.
+pub struct Utterance {
+    pub samples: Vec<f32>,
+    /// Delay from the end of speech as the VAD saw it to the endpoint.
+    pub endpoint_delay: Duration,
+    pub endpointed_at: Instant,
+    /// Its transcription, when it was started at a pause before the endpoint.
+    pub speculation: Option<Speculation>,
+    /// What ended it.
+    pub endpoint: Endpoint,
+    /// Where the speech ended as the VAD saw it, in seconds of audio captured since
+    /// capture started (dropped frames included); `None` for push-to-talk.
+    pub speech_end_s: Option<f64>,
+}
+
+/// How the voice loop answers; fixed at construction.
+#[derive(Debug, Clone)]
+pub struct TurnsConfig {
+    /// `vad.speculate_answer`: whether a transcript made before the endpoint is answered at
+    /// once (held back until the endpoint), or only has its prompt evaluated.
+    pub speculate_answers: bool,
+    /// `voice.first_piece_words`: the answer's first spoken piece ends after this many
+    /// words when no clause has ended before (0: no limit).
+    pub first_piece_words: usize,
+    /// `voice.first_audio_priority`: whether an answer's generation waits while its first
+    /// spoken piece is synthesized.
+    pub first_audio_priority: bool,
+    /// The LLM session of spoken questions.
+    pub session: String,
+}
+
+impl TurnsConfig {
+    pub fn new(config: &Config) -> TurnsConfig {
+        TurnsConfig {
+            speculate_answers: config.vad.speculate_answer,
+            first_piece_words: config.voice.first_piece_words,
+            first_audio_priority: config.voice.first_audio_priority,
+            session: "voice".to_string(),
+        }
+    }
+}
+
+/// The turn runner, shared by the MQTT service (`turn/text`) and the microphone path.
+#[derive(Clone)]
+pub struct Turns {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    session: String,
+    answerer: Answerer,
+    speculator: Speculator,
+    /// The turn in progress. Locked alone (see the lock order in `speculation.rs`).
+    current: Mutex<Option<Current>>,
+    seq: AtomicU64,
+    /// Set while a turn is producing or playing speech (the microphone is ignored meanwhile
+    /// unless barge-in is on).
+    speaking: AtomicBool,
+}
+
+/// One turn in progress, so a new one (barge-in) or `listen/stop` can cancel it.
+struct Current {
+    turn: String,
+    cancel: Arc<AtomicBool>,
+    llm_id: String,
+}
+
+/// How the transcription step of a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SttStep {
+    /// A typed question: nothing to transcribe.
+    Typed,
+    Words,
+    NoWords,
+    /// Failed, or stopped; `cancelled`: the turn's cancel flag was set then.
+    Failed { cancelled: bool },
+}
+
+/// How the answer step of a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerStep {
+    /// Not run: no question, or cancelled before.
+    Skipped,
+    Done(StopReason),
+    /// Failed; `cancelled`: the turn's cancel flag was set then.
+    Failed { cancelled: bool },
+}
+
+/// How a turn ended, from its steps and whether it was cancelled by the end.
+pub fn outcome(stt: SttStep, answer: AnswerStep, cancelled: bool) -> TurnOutcome {
+    match (stt, answer) {
+        (SttStep::NoWords, _) => TurnOutcome::NoSpeech,
+        (SttStep::Failed { cancelled: true }, _) => TurnOutcome::Cancelled,
+        (SttStep::Failed { cancelled: false }, _) => TurnOutcome::Failed,
+        (_, AnswerStep::Failed { cancelled: true }) => TurnOutcome::Cancelled,
+        (_, AnswerStep::Failed { cancelled: false }) => TurnOutcome::Failed,
+        (_, AnswerStep::Done(StopReason::Cancelled)) => TurnOutcome::Cancelled,
+        // Cancelled while transcribing or answering (barge-in, a newer turn,
+        // `listen/stop`): the turn must not read as answered.
+        _ if cancelled => TurnOutcome::Cancelled,
+        _ => TurnOutcome::Answered,
+    }
+}
+
+impl Turns {
+    pub fn new(
+        config: TurnsConfig,
+        stages: Stages,
+        publisher: Publisher,
+        metrics: Arc<Metrics>,
+        speaker: Option<Speaker>,
+    ) -> Turns {
+        let answerer = Answerer {
+            stages,
+            publisher,
+            metrics,
+            speaker,
+            first_piece_words: config.first_piece_words,
+            first_audio_priority: config.first_audio_priority,
+        };
+        let speculator = Speculator::new(
+            answerer.clone(),
+            config.speculate_answers,
+            config.session.clone(),
+        );
+        Turns {
+            inner: Arc::new(Inner {
+                session: config.session,
+                answerer,
+                speculator,
+                current: Mutex::new(None),
+                seq: AtomicU64::new(0),
+                speaking: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The speaker, when one is configured.
+    pub fn speaker(&self) -> Option<&Speaker> {
+        self.inner.answerer.speaker.as_ref()
+    }
+
+    /// The speculation of the utterance under way (driven by the VAD thread).
+    pub fn speculator(&self) -> &Speculator {
+        &self.inner.speculator
+    }
+
+    /// Whether a turn is in progress (speech being produced or played).
+    pub fn speaking(&self) -> bool {
+        self.inner.speaking.load(Ordering::Relaxed)
+    }
+
+    /// A fresh turn id.
+    pub fn next_id(&self) -> String {
+        format!(
+            "turn-{}",
+            self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1
+        )
+    }
+
+    /// The LLM session of spoken questions.
+    fn voice_session(&self) -> Option<String> {
+        Some(self.inner.session.clone())
+    }
+
+    /// Cancels the turn in progress, if any (barge-in, `listen/stop`, `mute`).
+    pub fn cancel_current(&self) -> Option<String> {
+        let current = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        current.cancel.store(true, Ordering::Relaxed);
+        if let Some(llm) = &self.inner.answerer.stages.llm {
+            llm.cancel(&current.llm_id);
+        }
+        Some(current.turn)
+    }
+
+    /// The turn in progress now cancels `llm_id` (an adopted answer's generation).
+    fn set_current_llm_id(&self, turn: &str, llm_id: &str) {
+        if let Some(current) = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .filter(|c| c.turn == turn)
+        {
+            current.llm_id = llm_id.to_string();
+        }
+    }
+
+    /// Runs one turn to its end, publishing its events. A turn already in progress is
+    /// cancelled first: the newest question wins.
+    pub async fn run(&self, turn: String, mut input: Input) {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let publisher = &inner.answerer.publisher;
+        let topics = publisher.topics().clone();
+        // A speculative transcription becomes this turn's: cancelling the turn stops it too.
+        let speculation = match &mut input {
+            Input::Speech(u) => u.speculation.take(),
+            Input::Text { .. } => None,
+        };
+        let cancel = speculation
+            .as_ref()
+            .map_or_else(|| Arc::new(AtomicBool::new(false)), |s| s.cancel.clone());
+        let llm_id = format!("{turn}/llm");
+        if let Some(previous) = self.cancel_current() {
+            tracing::info!(previous, turn, "new turn cancels the one in progress");
+        }
+        *inner.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Current {
+            turn: turn.clone(),
+            cancel: cancel.clone(),
+            llm_id: llm_id.clone(),
+        });
+        inner.speaking.store(true, Ordering::Relaxed);
+        let source = match &input {
+            Input::Text { .. } => "text",
+            Input::Speech(_) => "speech",
+        };
+        publisher
+            .event(
+                &topics.turn(TurnEvent::Started),
+                &Started {
+                    turn: &turn,
+                    source,
+                },
+            )
+            .await;
+
+        let mut latency = Latency::default();
+        let mut error = None;
+        let mut transcript = String::new();
+        let mut reply = String::new();
+        let mut audio_s = 0.0;
+        let mut sentences = 0usize;
+        let mut held = None;
+        let mut endpoint = None;
+        let mut speech_end = None;
+        let mut endpointed = None;
+        let mut stt_step = SttStep::Typed;
+        let mut answer_step = AnswerStep::Skipped;
+
+        // 1. Speech to text.
+        let (question, session, origin) = match input {
+            Input::Text { text, session } => (Some(text), session, started),
+            Input::Speech(u) => {
+                endpoint = Some(u.endpoint);
+                endpointed = Some(u.endpointed_at);
+                speech_end = u.speech_end_s.map(|s| (s * 1e3).round() / 1e3);
+                latency.endpoint_ms = Some(round1(u.endpoint_delay.as_secs_f64() * 1e3));
+                let origin = u
+                    .endpointed_at
+                    .checked_sub(u.endpoint_delay)
+                    .unwrap_or(u.endpointed_at);
+                let result = match speculation {
+                    Some(s) => {
+                        latency.stt_early_ms =
+                            Some(round1(ms_between(s.started, u.endpointed_at)));
+                        let r = s.result.await;
+                        held = s.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        r
+                    }
+                    None => match transcribe(
+                        inner.answerer.stages.stt.as_ref(),
+                        u.samples,
+                        cancel.clone(),
+                    ) {
+                        Ok(pending) => pending.await,
+                        Err(e) => Err(e),
+                    },
+                };
+                match result {
+                    Ok(t) => {
+                        latency.stt_ms = Some(round1(t.ms));
+                        transcript = t.text.clone();
+                        publisher
+                            .event(
+                                &topics.turn(TurnEvent::Transcript),
+                                &TranscriptEvent {
+                                    turn: &turn,
+                                    text: &t.text,
+                                    language: &t.language,
+                                },
+                            )
+                            .await;
+                        if t.text.trim().is_empty() {
+                            stt_step = SttStep::NoWords;
+                            (None, None, origin)
+                        } else {
+                            stt_step = SttStep::Words;
+                            (Some(t.text), self.voice_session(), origin)
+                        }
+                    }
+                    Err(e) => {
+                        // Cancelled while transcribing (barge-in, a newer turn,
+                        // `listen/stop`): the engine stopped on the turn's flag; that is not
+                        // a failure.
+                        let cancelled = cancel.load(Ordering::Relaxed);
+                        if !cancelled {
+                            error = Some(e);
+                        }
+                        stt_step = SttStep::Failed { cancelled };
+                        (None, None, origin)
+                    }
+                }
+            }
+        };
+
+        // 2. LLM, streamed into sentences; 3. each sentence to TTS as soon as it is complete.
+        if let Some(question) = question
+            && !cancel.load(Ordering::Relaxed)
+        {
+            let answered = match held.take() {
+                Some(h) => {
+                    self.set_current_llm_id(&turn, h.llm_id());
+                    inner
+                        .speculator
+                        .adopt(&turn, h, &question, session)
+                        .await
+                }
+                None => {
+                    inner
+                        .answerer
+                        .answer(&turn, &llm_id, question, session, &cancel, None)
+                        .await
+                }
+            };
+            match answered {
+                Ok(a) => {
+                    reply = a.text;
+                    latency.ttft_ms = a.first_token.map(|t| round1(ms_between(started, t)));
+                    latency.first_audio_ms = a.first_audio.map(|t| round1(ms_between(started, t)));
+                    latency.response_ms = a.first_audio.map(|t| round1(ms_between(origin, t)));
+                    latency.audio_early_ms = a
+                        .audio_ready
+                        .zip(endpointed)
+                        .filter(|(ready, endpoint)| ready < endpoint)
+                        .map(|(ready, endpoint)| round1(ms_between(ready, endpoint)));
+                    audio_s = a.audio_s;
+                    sentences = a.sentences;
+                    publisher
+                        .event(
+                            &topics.turn(TurnEvent::Reply),
+                            &ReplyEvent {
+                                turn: &turn,
+                                text: &reply,
+                                stop_reason: a.stop_reason,
+                            },
+                        )
+                        .await;
+                    answer_step = AnswerStep::Done(a.stop_reason);
+                }
+                Err(e) => {
+                    answer_step = AnswerStep::Failed {
+                        cancelled: cancel.load(Ordering::Relaxed),
+                    };
+                    error = Some(e);
+                }
+            }
+        }
+        if let Some(h) = held.take() {
+            inner.speculator.abandon_held(h);
+        }
+        let outcome = outcome(stt_step, answer_step, cancel.load(Ordering::Relaxed));
+        latency.total_ms = round1(ms_between(started, Instant::now()));
+        {
+            // A cancelled turn was already taken out of `current`; it still ends the speaking
+            // state unless a newer turn has taken its place.
+            let mut current = inner.current.lock().unwrap_or_else(|e| e.into_inner());
+            if current.as_ref().is_none_or(|c| c.turn == turn) {
+                *current = None;
+                inner.speaking.store(false, Ordering::Relaxed);
+            }
+        }
+        inner
+            .answerer
+            .metrics
+            .turn_done(outcome == TurnOutcome::Answered, &latency);
+        publisher
+            .event(
+                &topics.turn(TurnEvent::Done),
+                &DoneEvent {
+                    turn: &turn,
+                    outcome,
+                    transcript: &transcript,
+                    reply: &reply,
+                    audio_s,
+                    sentences,
+                    endpoint,
+                    speech_end_s: speech_end,
+                    latency,
+                    error,
+                },
+            )
+            .await;
+    }
+}
+
+fn ms_between(a: Instant, b: Instant) -> f64 {
+    b.saturating_duration_since(a).as_secs_f64() * 1e3
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turn_is_answered_only_when_nothing_stopped_it() {
+        use AnswerStep as A;
+        use SttStep as S;
+        use TurnOutcome::*;
+        let done = A::Done(StopReason::Eos);
+        assert_eq!(outcome(S::Words, done, false), Answered);
+        assert_eq!(outcome(S::Typed, A::Done(StopReason::MaxTokens), false), Answered);
+        // Nothing said: no answer was asked for, and a late cancel does not change that.
+        assert_eq!(outcome(S::NoWords, A::Skipped, false), NoSpeech);
+        assert_eq!(outcome(S::NoWords, A::Skipped, true), NoSpeech);
+        // A transcription that failed because the turn was cancelled is not a failure.
+        assert_eq!(outcome(S::Failed { cancelled: true }, A::Skipped, true), Cancelled);
+        assert_eq!(outcome(S::Failed { cancelled: false }, A::Skipped, true), Failed);
+        // The same for the answer.
+        assert_eq!(outcome(S::Words, A::Failed { cancelled: true }, true), Cancelled);
+        assert_eq!(outcome(S::Words, A::Failed { cancelled: false }, true), Failed);
+        // Stopped by its cancel flag, or cancelled at any point before the end.
+        assert_eq!(outcome(S::Words, A::Done(StopReason::Cancelled), false), Cancelled);
+        assert_eq!(outcome(S::Words, done, true), Cancelled);
+        assert_eq!(outcome(S::Words, A::Skipped, true), Cancelled, "cancelled before the LLM ran");
+        assert_eq!(outcome(S::Typed, A::Skipped, true), Cancelled);
+    }
+}
