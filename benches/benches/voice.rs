@@ -49,7 +49,11 @@ const QUESTIONS: [&str; 10] = [
 /// while sotad speaks).
 const GAP_S: f64 = 9.0;
 
+/// The daemon under test: `$SOTAD_BIN` (to compare two builds), else this tree's release build.
 fn sotad_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SOTAD_BIN") {
+        return PathBuf::from(bin);
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

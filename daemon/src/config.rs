@@ -246,7 +246,7 @@ impl Vad {
                 hangover_ms: self.gate_hangover_ms,
             }),
             endpoint: EndpointConfig {
-                sample_rate: 16_000,
+                sample_rate: sotad_engines::audio::SAMPLE_RATE,
                 threshold: self.threshold as f32,
                 neg_threshold: self.neg_threshold as f32,
                 min_speech_ms: self.min_speech_ms,

@@ -10,8 +10,8 @@
 //! load error, which names the configuration key and the file: the daemon keeps serving the
 //! other stages.
 //!
-//! Backpressure policy: a full queue refuses the job at once ([`SubmitError::Busy`]), which
-//! the service turns into a `busy` error reply; nothing waits without bound.
+//! A full queue refuses the job at once ([`SubmitError::Busy`]); nothing waits without bound
+//! (ARCHITECTURE.md, "Backpressure").
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};

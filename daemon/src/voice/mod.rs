@@ -6,19 +6,9 @@
 //! Threads: `sotad-capture` (audio::Capture) → `sotad-vad` (`listen`) → turn tasks on tokio
 //! → the engine workers (`stages`) → `sotad-play` (`speaker`).
 //!
-//! Backpressure, edge by edge (the one place this is written):
-//! - capture → VAD: 32 ms frames, `try_send` into `audio.frame_queue`; dropped and counted
-//!   when the VAD falls behind (the capture thread never blocks).
-//! - VAD → turns: utterances, `try_send` into a queue of [`UTTERANCE_QUEUE`]; dropped and
-//!   counted when full.
-//! - LLM → sentences: the answer's text pieces, a bounded stream (pieces dropped from it are
-//!   counted and the reply still carries the whole text).
-//! - sentences → TTS: one job per sentence on the TTS worker's queue; when it is full the
-//!   sentence is skipped and counted (its text still goes out on `turn/reply`).
-//! - TTS → MQTT and speaker: [`answer::AUDIO_BUFFER`] chunks; the engine waits, so audio is
-//!   never dropped on this edge.
-//! - → speaker: `try_send` into `audio.playback_queue`; when it is full (a stalled device)
-//!   the chunk is dropped and counted; a cancelled turn's audio is skipped at once.
+//! Every edge is bounded; what happens when one is full is written once, in
+//! ARCHITECTURE.md ("Backpressure"): frames and utterances are dropped and counted, audio
+//! from the TTS engine never is (the engine waits), the speaker's queue drops and counts.
 //!
 //! While sotad speaks, the microphone is ignored (it would hear itself), unless barge-in is
 //! on: then the start of speech stops playback and cancels the turn, and the utterance
@@ -44,7 +34,7 @@ use crate::config::Config;
 pub use control::{VoiceControl, control};
 use turn::{Input, Turns};
 
-/// Utterances waiting for a turn.
+/// Utterances waiting for a turn: the newest question matters, old ones are stale.
 pub const UTTERANCE_QUEUE: usize = 2;
 
 /// The running voice side; dropping it stops capture (the VAD and player threads end when
