@@ -47,7 +47,7 @@ pub struct EndpointConfig {
 impl Default for EndpointConfig {
     fn default() -> Self {
         Self {
-            sample_rate: 16_000,
+            sample_rate: crate::audio::SAMPLE_RATE,
             threshold: 0.5,
             neg_threshold: 0.35,
             min_speech_ms: 160,

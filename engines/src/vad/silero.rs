@@ -25,8 +25,8 @@ use crate::error::{Error, Result};
 use crate::tts::onnx::{NodeProto, OnnxModel};
 use crate::tts::{TtsErrorKind, TtsSubject};
 
-/// Sample rate the model runs at.
-pub const SAMPLE_RATE: u32 = 16_000;
+/// Sample rate the model runs at: the speech path's one rate.
+pub use crate::audio::SAMPLE_RATE;
 /// Samples per window (32 ms at 16 kHz).
 pub const WINDOW: usize = 512;
 /// Samples carried over from the previous window.
