@@ -35,7 +35,8 @@ CACHE=${SOTAD_MODELS_DIR:-${HOME:?HOME is not set; set SOTAD_MODELS_DIR}/.cache/
 # ---------------------------------------------------------------------------
 
 ITEMS=(whisper-tiny-en smollm2 piper-joe silero-vad speech whisper-base gemma3 qwen-coder)
-SET_TEST=(whisper-tiny-en whisper-base smollm2 piper-joe silero-vad speech)
+# The LLM tests check Gemma 3 and Qwen2.5 against llama.cpp too, so the test set has them.
+SET_TEST=(whisper-tiny-en whisper-base smollm2 piper-joe silero-vad speech gemma3 qwen-coder)
 SET_ALL=("${ITEMS[@]}")
 
 declare -A ITEM_PATH=(
@@ -79,8 +80,9 @@ every file against the full sha256 pinned in scripts/models.sha256.
 Options:
   --set SET    What to install (default: test):
                  test  what the tests need: whisper-tiny-en, whisper-base,
-                       smollm2, piper-joe, silero-vad, speech
-                 all   test + gemma3, qwen-coder
+                       smollm2, piper-joe, silero-vad, speech, gemma3,
+                       qwen-coder
+                 all   every item (today the same as test)
                  ITEM[,ITEM...]  single items (names or cache paths, see --list)
   --check      Only verify what is installed; download nothing. Exits 1 and
                names each missing or wrong file if anything is not right.
