@@ -7,6 +7,7 @@
 pub mod audio;
 pub mod error;
 pub mod gguf;
+pub mod json;
 pub mod llm;
 mod mapped;
 mod par;

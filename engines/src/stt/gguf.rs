@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::ct2::{self, Ct2Error, Ct2ErrorKind, Ct2Model, DType, VariableInfo};
+use super::ct2::{Ct2Error, Ct2ErrorKind, Ct2Model, DType, VariableInfo};
 use crate::error::Result;
 use crate::gguf::{GgmlType, GgufFile};
 use crate::mapped::Backing;
@@ -81,7 +81,7 @@ pub fn open(path: &Path) -> Result<(Ct2Model, Option<String>)> {
     let config_text = file
         .get_str(CONFIG_KEY)
         .map_err(|e| config_err(CONFIG_KEY, e.to_string()))?;
-    let config = ct2::json::parse(config_text).map_err(|e| {
+    let config = crate::json::parse(config_text).map_err(|e| {
         config_err(
             CONFIG_KEY,
             format!("JSON error at byte {}: {}", e.offset, e.message),

@@ -111,7 +111,7 @@ pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<Vec<VariableInfo
             "header is not UTF-8".into(),
         )
     })?;
-    let json = ct2::json::parse(text).map_err(|e| {
+    let json = crate::json::parse(text).map_err(|e| {
         fail(
             path,
             None,
@@ -198,7 +198,7 @@ pub(crate) fn vocabulary_from_tokenizer_json(
             .format("Hugging Face")
             .into()
     };
-    let json = ct2::json::parse(text)
+    let json = crate::json::parse(text)
         .map_err(|e| bad(format!("JSON error at byte {}: {}", e.offset, e.message)))?;
     let mut by_id: HashMap<usize, String> = HashMap::new();
     let Some(JsonValue::Object(vocab)) = json.get("model").and_then(|m| m.get("vocab")) else {

@@ -276,7 +276,7 @@ fn parse_merges(text: &str, path: &Path) -> Result<HashMap<(String, String), usi
     let bad = |reason: String| Error::Stt {
         reason: format!("tokenizer {path:?}: {reason}"),
     };
-    let json = super::ct2::json::parse(text)
+    let json = crate::json::parse(text)
         .map_err(|e| bad(format!("JSON error at byte {}: {}", e.offset, e.message)))?;
     let merges = json
         .get("model")
