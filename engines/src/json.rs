@@ -116,15 +116,15 @@ pub fn parse_slice(bytes: &[u8]) -> Result<JsonValue, JsonError> {
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v))
         .map_err(|e| {
-            let mut e = syntax_error(body, &e);
+            let mut e = from_serde(body, &e);
             e.offset += skip;
             e
         })
 }
 
-/// Turns `serde_json`'s error (line and column, its own wording) into a byte offset and an
-/// "expected …, found …" message.
-fn syntax_error(text: &[u8], e: &serde_json::Error) -> JsonError {
+/// Turns `serde_json`'s error on `text` (line and column, its own wording) into a byte offset
+/// and an "expected …, found …" message.
+pub(crate) fn from_serde(text: &[u8], e: &serde_json::Error) -> JsonError {
     // serde_json's column counts the bytes of the line up to and including the one it
     // stopped at, so the offending byte is the last one counted; at the end of the input
     // (an EOF error) it is the end itself.
