@@ -205,7 +205,9 @@ impl<'de> DeserializeSeed<'de> for Depth {
 impl Depth {
     fn deeper<E: de::Error>(self) -> Result<Depth, E> {
         if self.0 >= MAX_DEPTH {
-            Err(E::custom(format!("nested more than {MAX_DEPTH} levels deep")))
+            Err(E::custom(format!(
+                "nested more than {MAX_DEPTH} levels deep"
+            )))
         } else {
             Ok(Depth(self.0 + 1))
         }
@@ -284,10 +286,7 @@ mod tests {
             panic!("not an array")
         };
         assert_eq!(a[1], JsonValue::Number(-25.0));
-        assert_eq!(
-            v.get("b").unwrap(),
-            &JsonValue::String("xç😀\n".to_owned())
-        );
+        assert_eq!(v.get("b").unwrap(), &JsonValue::String("xç😀\n".to_owned()));
         assert_eq!(v.get("missing"), None);
     }
 
@@ -307,7 +306,11 @@ mod tests {
             b"tru",
             b"\"\xff\"",
         ] {
-            assert!(parse_slice(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_slice(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let deep = "[".repeat(MAX_DEPTH + 1);
         assert!(
@@ -325,6 +328,9 @@ mod tests {
             JsonValue::Array(vec![JsonValue::Number(1.0)])
         );
         let e = parse_slice(b"\xef\xbb\xbf{\n  \"a\": x}").unwrap_err();
-        assert_eq!((e.offset, e.message.as_str()), (12, "expected a value, found 'x'"));
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (12, "expected a value, found 'x'")
+        );
     }
 }

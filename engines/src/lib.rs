@@ -5,6 +5,7 @@
 //! drive them directly from files, on any target (including aarch64 under qemu).
 
 pub mod audio;
+mod bpe;
 pub mod error;
 pub mod gguf;
 pub mod json;

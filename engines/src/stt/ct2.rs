@@ -75,9 +75,9 @@ use std::sync::Arc;
 use crate::mapped::Backing;
 use half::{bf16, f16};
 
-pub use crate::json::JsonValue;
 pub use self::writer::Ct2Writer;
 use crate::error::{Error, Result};
+pub use crate::json::JsonValue;
 
 /// Binary versions this reader accepts.
 pub const SUPPORTED_BINARY_VERSIONS: std::ops::RangeInclusive<u32> = 4..=6;

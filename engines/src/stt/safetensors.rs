@@ -52,8 +52,8 @@ use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 
 use super::ct2::{self, Ct2Error, Ct2ErrorKind, Ct2Model, DType, VariableInfo};
-use crate::json::JsonValue;
 use crate::error::{Error, Result};
+use crate::json::JsonValue;
 use crate::mapped::Backing;
 
 /// The weights file of a Hugging Face directory.
@@ -99,9 +99,9 @@ impl<'de> Deserialize<'de> for Header {
                         map.next_value::<IgnoredAny>()?;
                         continue;
                     }
-                    let info = map.next_value::<TensorInfo>().map_err(|e| {
-                        de::Error::custom(format_args!("tensor {name:?}: {e}"))
-                    })?;
+                    let info = map
+                        .next_value::<TensorInfo>()
+                        .map_err(|e| de::Error::custom(format_args!("tensor {name:?}: {e}")))?;
                     out.push((name, info));
                 }
                 Ok(Header(out))

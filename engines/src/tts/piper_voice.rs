@@ -41,9 +41,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::error::{TtsError, TtsErrorKind, TtsFile, TtsSubject};
-use crate::json::{self, JsonValue as Value};
 use super::onnx::{DataType, NodeProto, OnnxModel, Tensor};
 use crate::error::{Error, Result};
+use crate::json::{self, JsonValue as Value};
 
 type PResult<T> = std::result::Result<T, Box<TtsError>>;
 
