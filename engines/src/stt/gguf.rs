@@ -133,9 +133,12 @@ pub fn open(path: &Path) -> Result<(Ct2Model, Option<String>)> {
             "decoder/embeddings/weight".to_owned(),
         ));
     }
-    drop(file);
-    // A second mapping of the same file: the page cache is shared, nothing is copied.
-    let backing = Backing::map(path)?;
+    // The header's mapping carries on as the model's (a clone elsewhere would force a second
+    // mapping of the same file; the page cache is shared either way, nothing is copied).
+    let backing = match file.into_backing() {
+        Some(b) => b,
+        None => Backing::map(path)?,
+    };
     let model = Ct2Model::from_parts(
         "GGUF",
         backing,
