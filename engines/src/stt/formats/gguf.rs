@@ -25,7 +25,7 @@
 //! # Loading
 //!
 //! The file is memory-mapped; quantized matrices stay in the mapping and are multiplied with
-//! the [`crate::quant`] kernels (see [`super::model`]); the rest is converted to `f32`.
+//! the [`crate::quant`] kernels (see [`crate::stt::model`]); the rest is converted to `f32`.
 
 use std::collections::HashMap;
 use std::path::Path;
