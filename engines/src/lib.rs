@@ -5,8 +5,10 @@
 //! drive them directly from files, on any target (including aarch64 under qemu).
 
 pub mod audio;
+mod bpe;
 pub mod error;
 pub mod gguf;
+pub mod json;
 pub mod llm;
 mod mapped;
 mod par;

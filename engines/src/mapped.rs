@@ -1,7 +1,10 @@
 //! The bytes of a model file: memory-mapped from disk, or owned in memory (tests, fuzzing).
 //!
-//! Every model reader (GGUF, CTranslate2, ONNX) keeps its file in a [`Backing`], so that weights
-//! are viewed in place and never copied, and so that the one `unsafe` memory map lives here.
+//! Every model reader (GGUF, CTranslate2, ONNX, and through them Whisper's GGUF and
+//! safetensors files and Silero's ONNX) keeps its file in a [`Backing`], so that weights are
+//! viewed in place and never copied, so that the one `unsafe` memory map lives here, and so
+//! that every model file that cannot be mapped gets the same error: the path, the step and
+//! the cause.
 
 use std::fs::File;
 use std::path::Path;
@@ -24,6 +27,18 @@ impl Backing {
             source,
         };
         let file = File::open(path).map_err(|e| io_err("open", e))?;
+        // Linux opens a directory without complaint and then refuses to map it with ENODEV
+        // ("No such device"), which says nothing useful.
+        let meta = file.metadata().map_err(|e| io_err("inspect", e))?;
+        if meta.is_dir() {
+            return Err(io_err(
+                "memory-map",
+                std::io::Error::new(
+                    std::io::ErrorKind::IsADirectory,
+                    "is a directory, not a model file",
+                ),
+            ));
+        }
         // SAFETY: the mapping is read-only and only ever viewed as `&[u8]`. Undefined
         // behaviour would require another process to truncate or rewrite the file while it
         // is mapped, which the daemon's model directory does not do (models are replaced by
@@ -37,5 +52,26 @@ impl Backing {
             Backing::Mmap(m) => m,
             Backing::Owned(v) => v,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_path_and_the_cause() {
+        let dir = std::env::temp_dir();
+        let e = Backing::map(&dir).err().unwrap().to_string();
+        assert!(
+            e.contains(&format!("{dir:?}")) && e.contains("is a directory"),
+            "{e}"
+        );
+        let missing = dir.join("sotad-no-such-model.gguf");
+        let e = Backing::map(&missing).err().unwrap().to_string();
+        assert!(
+            e.starts_with("cannot open") && e.contains("sotad-no-such-model.gguf"),
+            "{e}"
+        );
     }
 }

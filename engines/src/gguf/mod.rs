@@ -125,6 +125,12 @@ impl GgufFile {
         Self::from_vec(bytes.to_vec())
     }
 
+    /// The mapping itself, if this is the only handle to it (no clones): for readers that
+    /// read the header here and keep the bytes in a container of their own.
+    pub(crate) fn into_backing(self) -> Option<Backing> {
+        Arc::try_unwrap(self.inner).ok().map(|inner| inner.backing)
+    }
+
     fn from_backing(backing: Backing, path: Option<PathBuf>) -> Result<Self> {
         let header = match parse::parse(backing.bytes()) {
             Ok(h) => h,

@@ -11,6 +11,7 @@ use std::collections::{BinaryHeap, HashMap};
 use fancy_regex::Regex;
 
 use super::{LlmError, LlmErrorKind};
+use crate::bpe::{ByteLevel, Merges};
 use crate::error::Result;
 use crate::gguf::GgufFile;
 
@@ -46,8 +47,7 @@ impl TokenKind {
 
 enum Model {
     Bpe {
-        /// `(left, right)` token ids → merge rank.
-        ranks: HashMap<(u32, u32), u32>,
+        merges: Merges,
         regexes: Vec<Regex>,
         ignore_merges: bool,
     },
@@ -70,32 +70,13 @@ pub struct Tokenizer {
     eos: Option<u32>,
     add_bos: bool,
     eog: Vec<u32>,
-    byte_enc: [char; 256],
-    byte_dec: HashMap<char, u8>,
+    bytes: ByteLevel,
 }
 
 // Pre-tokenizer patterns, as llama.cpp lists them per `tokenizer.ggml.pre`.
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// GPT-2's reversible byte ↔ printable character map.
-fn bytes_to_unicode() -> [char; 256] {
-    let mut map = ['\0'; 256];
-    let mut n = 0u32;
-    for b in 0..256u32 {
-        let printable =
-            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
-        let c = if printable {
-            b
-        } else {
-            n += 1;
-            255 + n
-        };
-        map[b as usize] = char::from_u32(c).unwrap_or('?');
-    }
-    map
-}
 
 impl Tokenizer {
     /// Reads the tokenizer from the file's metadata.
@@ -166,7 +147,7 @@ impl Tokenizer {
         let model = match model_name {
             "gpt2" => {
                 let merges = file.get_str_array("tokenizer.ggml.merges")?;
-                let mut ranks = HashMap::with_capacity(merges.len());
+                let mut ranks = Merges::with_capacity(merges.len());
                 for (rank, m) in merges.iter().enumerate() {
                     let Some((a, b)) = m.split_once(' ') else {
                         return Err(err(
@@ -174,9 +155,7 @@ impl Tokenizer {
                             format!("merge {rank} {m:?} has no space"),
                         ));
                     };
-                    if let (Some(&a), Some(&b)) = (ids.get(a), ids.get(b)) {
-                        ranks.entry((a, b)).or_insert(rank as u32);
-                    }
+                    ranks.add(rank as u32, a, b, &ids);
                 }
                 let pre = if file.contains_key("tokenizer.ggml.pre") {
                     file.get_str("tokenizer.ggml.pre")?
@@ -204,7 +183,7 @@ impl Tokenizer {
                     .map(|p| Regex::new(p).map_err(|e| err("tokenizer.ggml.pre", e.to_string())))
                     .collect::<Result<Vec<_>>>()?;
                 Model::Bpe {
-                    ranks,
+                    merges: ranks,
                     regexes,
                     ignore_merges,
                 }
@@ -263,12 +242,6 @@ impl Tokenizer {
                 }
             }
         }
-        let byte_enc = bytes_to_unicode();
-        let byte_dec = byte_enc
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect();
         Ok(Tokenizer {
             model,
             tokens,
@@ -279,8 +252,7 @@ impl Tokenizer {
             eos,
             add_bos,
             eog,
-            byte_enc,
-            byte_dec,
+            bytes: ByteLevel::new(),
         })
     }
 
@@ -388,7 +360,7 @@ impl Tokenizer {
     fn encode_text(&self, text: &str, after_special: bool, out: &mut Vec<u32>) {
         match &self.model {
             Model::Bpe {
-                ranks,
+                merges,
                 regexes,
                 ignore_merges,
             } => {
@@ -416,8 +388,14 @@ impl Tokenizer {
                 let mut word = String::new();
                 for p in pieces {
                     word.clear();
-                    word.extend(p.bytes().map(|b| self.byte_enc[b as usize]));
-                    self.bpe_word(&word, ranks, *ignore_merges, out);
+                    self.bytes.push_chars(p.as_bytes(), &mut word);
+                    if *ignore_merges {
+                        if let Some(&id) = self.ids.get(&word) {
+                            out.push(id);
+                            continue;
+                        }
+                    }
+                    merges.encode_word(&word, &self.ids, out);
                 }
             }
             Model::Spm {
@@ -433,58 +411,6 @@ impl Tokenizer {
                     s.push(if ch == ' ' { '▁' } else { ch });
                 }
                 self.spm(&s, scores, byte_tokens, out);
-            }
-        }
-    }
-
-    fn bpe_word(
-        &self,
-        word: &str,
-        ranks: &HashMap<(u32, u32), u32>,
-        ignore_merges: bool,
-        out: &mut Vec<u32>,
-    ) {
-        if ignore_merges {
-            if let Some(&id) = self.ids.get(word) {
-                out.push(id);
-                return;
-            }
-        }
-        // Symbols: (byte range in `word`, token id if the text is a token).
-        let mut syms: Vec<(usize, usize, Option<u32>)> = word
-            .char_indices()
-            .map(|(i, c)| {
-                let e = i + c.len_utf8();
-                (i, e, self.ids.get(&word[i..e]).copied())
-            })
-            .collect();
-        loop {
-            let mut best: Option<(u32, usize)> = None;
-            for i in 0..syms.len().saturating_sub(1) {
-                if let (Some(a), Some(b)) = (syms[i].2, syms[i + 1].2) {
-                    if let Some(&r) = ranks.get(&(a, b)) {
-                        if best.is_none_or(|(br, _)| r < br) {
-                            best = Some((r, i));
-                        }
-                    }
-                }
-            }
-            let Some((_, i)) = best else { break };
-            let (s, e) = (syms[i].0, syms[i + 1].1);
-            syms[i] = (s, e, self.ids.get(&word[s..e]).copied());
-            syms.remove(i + 1);
-        }
-        for (s, e, id) in syms {
-            match id {
-                Some(id) => out.push(id),
-                None => {
-                    // Not in the vocabulary: one token per character (byte).
-                    for (i, c) in word[s..e].char_indices() {
-                        if let Some(&id) = self.ids.get(&word[s + i..s + i + c.len_utf8()]) {
-                            out.push(id);
-                        }
-                    }
-                }
             }
         }
     }
@@ -624,17 +550,7 @@ impl Tokenizer {
                 }
             }
             TokenKind::Normal => match self.model {
-                Model::Bpe { .. } => {
-                    for c in text.chars() {
-                        match self.byte_dec.get(&c) {
-                            Some(&b) => out.push(b),
-                            None => {
-                                let mut buf = [0u8; 4];
-                                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                            }
-                        }
-                    }
-                }
+                Model::Bpe { .. } => self.bytes.push_bytes(text, out),
                 Model::Spm { .. } => {
                     for c in text.chars() {
                         let c = if c == '▁' { ' ' } else { c };

@@ -3,9 +3,10 @@
 //! - [`Whisper`] loads a faster-whisper (CTranslate2) model directory and transcribes 16 kHz
 //!   mono audio ([`Whisper::transcribe`]) or WAV bytes ([`Whisper::transcribe_wav`]).
 //! - [`mel`] is Whisper's log-mel front end.
-//! - [`ct2`] reads CTranslate2 model directories (as converted for faster-whisper) and maps
-//!   their variables to a Whisper model's weights.
-//! - [`weights`] resolves every tensor of a Whisper model from a CTranslate2 model.
+//! - [`formats`] holds the file formats: [`ct2`] reads CTranslate2 model directories (as
+//!   converted for faster-whisper), [`safetensors`] Hugging Face directories, [`gguf`] the
+//!   Whisper GGUF files [`quantize`] writes; [`weights`] resolves every tensor of a Whisper
+//!   model from any of them.
 //! - [`model`] is the network on candle; [`ops`] the row kernels it adds to candle.
 //! - [`tokenizer`] turns token ids into text and back.
 //! - [`transcribe`] is the decoding loop (timestamps, silence, long-form seeking, fallback).
@@ -20,18 +21,16 @@
 //! # }
 //! ```
 
-pub mod ct2;
 pub(crate) mod encoder;
-pub mod gguf;
+pub mod formats;
 pub mod mel;
 pub mod model;
 pub mod ops;
-pub mod quantize;
-pub mod safetensors;
 pub mod tokenizer;
 pub mod transcribe;
 pub mod vmath;
-pub mod weights;
+
+pub use self::formats::{ct2, gguf, quantize, safetensors, weights};
 
 pub use self::transcribe::{
     EncoderWindow, LoadOptions, Segment, Task, Timings, TranscribeOptions, Transcript, Whisper,

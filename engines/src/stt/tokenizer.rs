@@ -4,7 +4,8 @@
 //! Decoding maps each vocabulary symbol back to bytes through GPT-2's byte ↔ character table
 //! and joins them as UTF-8. Encoding (for initial prompts) splits text the way GPT-2's
 //! pre-tokenizer does (contractions, letter runs, digit runs, other-symbol runs, each with
-//! an optional leading space; whitespace) and applies the merges of `tokenizer.json` by rank.
+//! an optional leading space; whitespace) and applies the merges of `tokenizer.json` by rank
+//! (the byte map and the merge loop are `crate::bpe`, shared with the LLM tokenizer).
 //!
 //! Special token ids are looked up by name in the vocabulary, where every faster-whisper
 //! model has them (`tiny.en`'s `tokenizer.json` lacks the timestamps, but `vocabulary.txt` has
@@ -14,6 +15,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::bpe::{ByteLevel, Merges};
 use crate::error::{Error, Result};
 
 /// Ids of Whisper's special tokens in one vocabulary.
@@ -46,33 +48,9 @@ pub struct SpecialTokens {
 pub struct Tokenizer {
     vocab: Vec<String>,
     ids: HashMap<String, u32>,
-    merges: HashMap<(String, String), usize>,
-    byte_of_char: HashMap<char, u8>,
-    char_of_byte: [char; 256],
+    merges: Merges,
+    bytes: ByteLevel,
     specials: SpecialTokens,
-}
-
-/// GPT-2's table from bytes to printable characters: printable Latin-1 bytes map to
-/// themselves, the rest to `U+0100` onwards in byte order.
-fn bytes_to_unicode() -> [char; 256] {
-    let printable = |b: u32| {
-        (u32::from(b'!')..=u32::from(b'~')).contains(&b)
-            || (0xA1..=0xAC).contains(&b)
-            || (0xAE..=0xFF).contains(&b)
-    };
-    let mut out = ['\0'; 256];
-    let mut n = 0u32;
-    for (b, slot) in out.iter_mut().enumerate() {
-        let b = b as u32;
-        let c = if printable(b) {
-            b
-        } else {
-            n += 1;
-            255 + n
-        };
-        *slot = char::from_u32(c).unwrap_or('?');
-    }
-    out
 }
 
 impl Tokenizer {
@@ -81,7 +59,7 @@ impl Tokenizer {
     pub fn new(vocab: Vec<String>, tokenizer_json: Option<&Path>) -> Result<Self> {
         let merges = match tokenizer_json {
             Some(p) => read_merges(p)?,
-            None => HashMap::new(),
+            None => Vec::new(),
         };
         Self::with_merges(vocab, merges)
     }
@@ -91,12 +69,12 @@ impl Tokenizer {
     pub fn from_json_text(vocab: Vec<String>, text: Option<&str>, what: &Path) -> Result<Self> {
         let merges = match text {
             Some(t) => parse_merges(t, what)?,
-            None => HashMap::new(),
+            None => Vec::new(),
         };
         Self::with_merges(vocab, merges)
     }
 
-    fn with_merges(vocab: Vec<String>, merges: HashMap<(String, String), usize>) -> Result<Self> {
+    fn with_merges(vocab: Vec<String>, pairs: Vec<(String, String)>) -> Result<Self> {
         let bad = |reason: String| Error::Stt { reason };
         let ids: HashMap<String, u32> = vocab
             .iter()
@@ -137,18 +115,15 @@ impl Tokenizer {
             timestamp_begin: find("<|0.00|>")?,
             languages,
         };
-        let char_of_byte = bytes_to_unicode();
-        let byte_of_char = char_of_byte
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect();
+        let mut merges = Merges::with_capacity(pairs.len());
+        for (rank, (a, b)) in pairs.iter().enumerate() {
+            merges.add(rank as u32, a, b, &ids);
+        }
         Ok(Self {
             vocab,
             ids,
             merges,
-            byte_of_char,
-            char_of_byte,
+            bytes: ByteLevel::new(),
             specials,
         })
     }
@@ -196,12 +171,7 @@ impl Tokenizer {
                 continue;
             }
             if let Some(s) = self.vocab.get(id as usize) {
-                for c in s.chars() {
-                    match self.byte_of_char.get(&c) {
-                        Some(&b) => bytes.push(b),
-                        None => bytes.extend(c.to_string().as_bytes()),
-                    }
-                }
+                self.bytes.push_bytes(s, &mut bytes);
             }
         }
         String::from_utf8_lossy(&bytes).into_owned()
@@ -217,48 +187,17 @@ impl Tokenizer {
             });
         }
         let mut out = Vec::new();
+        let mut word = String::new();
         for piece in pre_tokenize(text) {
-            let symbols: Vec<String> = piece
-                .bytes()
-                .map(|b| self.char_of_byte[b as usize].to_string())
-                .collect();
-            for s in self.bpe(symbols) {
-                match self.ids.get(&s) {
-                    Some(&id) => out.push(id),
-                    None => {
-                        // Unknown merge result: fall back to its single characters.
-                        for c in s.chars() {
-                            if let Some(&id) = self.ids.get(&c.to_string()) {
-                                out.push(id);
-                            }
-                        }
-                    }
-                }
-            }
+            word.clear();
+            self.bytes.push_chars(piece.as_bytes(), &mut word);
+            self.merges.encode_word(&word, &self.ids, &mut out);
         }
         Ok(out)
     }
-
-    fn bpe(&self, mut symbols: Vec<String>) -> Vec<String> {
-        while symbols.len() > 1 {
-            let best = symbols
-                .windows(2)
-                .enumerate()
-                .filter_map(|(i, w)| {
-                    self.merges
-                        .get(&(w[0].clone(), w[1].clone()))
-                        .map(|&r| (r, i))
-                })
-                .min();
-            let Some((_, i)) = best else { break };
-            let right = symbols.remove(i + 1);
-            symbols[i].push_str(&right);
-        }
-        symbols
-    }
 }
 
-fn read_merges(path: &Path) -> Result<HashMap<(String, String), usize>> {
+fn read_merges(path: &Path) -> Result<Vec<(String, String)>> {
     let bad = |reason: String| Error::Stt {
         reason: format!("tokenizer {path:?}: {reason}"),
     };
@@ -272,18 +211,19 @@ fn read_merges(path: &Path) -> Result<HashMap<(String, String), usize>> {
     parse_merges(text, path)
 }
 
-fn parse_merges(text: &str, path: &Path) -> Result<HashMap<(String, String), usize>> {
+/// The merges of `model.merges`, in rank order.
+fn parse_merges(text: &str, path: &Path) -> Result<Vec<(String, String)>> {
     let bad = |reason: String| Error::Stt {
         reason: format!("tokenizer {path:?}: {reason}"),
     };
-    let json = super::ct2::json::parse(text)
+    let json = crate::json::parse(text)
         .map_err(|e| bad(format!("JSON error at byte {}: {}", e.offset, e.message)))?;
     let merges = json
         .get("model")
         .and_then(|m| m.get("merges"))
         .and_then(|m| m.as_array())
         .ok_or_else(|| bad("no model.merges array".into()))?;
-    let mut out = HashMap::with_capacity(merges.len());
+    let mut out = Vec::with_capacity(merges.len());
     for (rank, m) in merges.iter().enumerate() {
         let pair = if let Some(s) = m.as_str() {
             s.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned()))
@@ -295,7 +235,7 @@ fn parse_merges(text: &str, path: &Path) -> Result<HashMap<(String, String), usi
             None
         };
         let pair = pair.ok_or_else(|| bad(format!("merge {rank} is not a pair of symbols")))?;
-        out.entry(pair).or_insert(rank);
+        out.push(pair);
     }
     Ok(out)
 }
@@ -384,14 +324,5 @@ mod tests {
             pre_tokenize(" Hello world's 123 ok!!  x"),
             vec![" Hello", " world", "'s", " 123", " ok", "!!", " ", " x"]
         );
-    }
-
-    #[test]
-    fn byte_table_is_a_bijection() {
-        let t = bytes_to_unicode();
-        let set: std::collections::HashSet<char> = t.iter().copied().collect();
-        assert_eq!(set.len(), 256);
-        assert_eq!(t[b' ' as usize], 'Ġ');
-        assert_eq!(t[b'a' as usize], 'a');
     }
 }

@@ -18,9 +18,6 @@
 mod conv;
 mod error;
 pub mod espeak;
-mod json;
-mod nfd;
-mod nfd_table;
 pub mod onnx;
 pub mod phonemize;
 pub mod piper_voice;

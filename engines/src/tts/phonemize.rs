@@ -35,14 +35,20 @@
 //! rules this does not model) it falls back to one sentence without terminators and says so in
 //! [`CliClauses::aligned`]. Other gaps: espeak-ng versions differ in pronunciation (Piper
 //! 1.8 bundles 1.52, Debian 12 ships 1.51), Piper's `[[ raw phonemes ]]` blocks and vowel
-//! cluster merging are not supported, and NFD covers the Latin letters with diacritics that
-//! IPA uses (see `nfd_table.rs`), not all of Unicode.
+//! cluster merging are not supported. Phoneme text is decomposed to NFD (the
+//! `unicode-normalization` crate), as Piper does with Python's `unicodedata`.
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::error::{TtsError, TtsErrorKind, TtsFile, TtsSubject};
-use super::nfd::nfd;
 use crate::error::Result;
+use unicode_normalization::UnicodeNormalization;
+
+/// `s` in NFD (canonical decomposition and ordering) as code points: Piper maps the
+/// code points of the decomposed text to ids ("ç" is "c" + U+0327).
+pub(crate) fn nfd(s: &str) -> Vec<char> {
+    s.nfd().collect()
+}
 
 /// The padding phoneme, inserted after every phoneme.
 pub const PAD: char = '_';
@@ -418,6 +424,19 @@ pub fn ids_from_cli(text: &str, ipa_output: &str, map: &PhonemeIdMap) -> (Vec<Ph
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Moved from tts/nfd.rs with the hand-written tables it tested; the check that those
+    // tables were sorted went with them.
+    #[test]
+    fn decomposes_and_reorders() {
+        assert_eq!(nfd("ç"), vec!['c', '\u{327}']);
+        assert_eq!(nfd("ɪç"), vec!['ɪ', 'c', '\u{327}']);
+        // ễ: e + circumflex (230) + tilde (230), order kept.
+        assert_eq!(nfd("\u{1ec5}"), vec!['e', '\u{302}', '\u{303}']);
+        // tilde (230) before a below mark (220) is reordered.
+        assert_eq!(nfd("a\u{303}\u{32f}"), vec!['a', '\u{32f}', '\u{303}']);
+        assert_eq!(nfd("həlˈoʊ"), "həlˈoʊ".chars().collect::<Vec<_>>());
+    }
 
     fn map() -> PhonemeIdMap {
         let mut m = BTreeMap::new();

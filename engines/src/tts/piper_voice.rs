@@ -41,9 +41,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::error::{TtsError, TtsErrorKind, TtsFile, TtsSubject};
-use super::json::{self, Kind, Value};
 use super::onnx::{DataType, NodeProto, OnnxModel, Tensor};
 use crate::error::{Error, Result};
+use crate::json::{self, JsonValue as Value};
 
 type PResult<T> = std::result::Result<T, Box<TtsError>>;
 
@@ -111,10 +111,8 @@ impl VoiceConfig {
     }
 }
 
-fn cfg_err(kind: TtsErrorKind, key: &str, offset: usize) -> Box<TtsError> {
-    TtsError::new(TtsFile::VoiceConfig, kind)
-        .subject(TtsSubject::Key(key.to_owned()))
-        .at(to_u64(offset))
+fn cfg_err(kind: TtsErrorKind, key: &str) -> Box<TtsError> {
+    TtsError::new(TtsFile::VoiceConfig, kind).subject(TtsSubject::Key(key.to_owned()))
 }
 
 struct Cfg<'a> {
@@ -128,7 +126,7 @@ impl<'a> Cfg<'a> {
         for part in path.split('.') {
             v = v.get(part)?;
         }
-        (!matches!(v.kind, Kind::Null)).then_some(v)
+        (!matches!(v, Value::Null)).then_some(v)
     }
 
     fn wrong(path: &str, v: &Value, expected: &'static str) -> Box<TtsError> {
@@ -138,21 +136,17 @@ impl<'a> Cfg<'a> {
                 found: v.type_name(),
             },
             path,
-            v.offset,
         )
     }
 
     fn missing(&self, path: &str) -> Box<TtsError> {
-        cfg_err(TtsErrorKind::MissingKey, path, 0)
+        cfg_err(TtsErrorKind::MissingKey, path)
     }
 
     fn str(&self, path: &str) -> PResult<Option<&'a str>> {
         match self.get(path) {
             None => Ok(None),
-            Some(Value {
-                kind: Kind::String(s),
-                ..
-            }) => Ok(Some(s)),
+            Some(Value::String(s)) => Ok(Some(s)),
             Some(v) => Err(Self::wrong(path, v, "string")),
         }
     }
@@ -161,10 +155,7 @@ impl<'a> Cfg<'a> {
         match self.get(path) {
             None => Ok(default),
             #[allow(clippy::cast_possible_truncation)] // documented rounding
-            Some(Value {
-                kind: Kind::Number(n),
-                offset,
-            }) => {
+            Some(Value::Number(n)) => {
                 if n.is_finite() && *n >= 0.0 {
                     Ok(*n as f32)
                 } else {
@@ -173,7 +164,6 @@ impl<'a> Cfg<'a> {
                             reason: format!("{n} is not a non-negative number"),
                         },
                         path,
-                        *offset,
                     ))
                 }
             }
@@ -182,15 +172,14 @@ impl<'a> Cfg<'a> {
     }
 
     fn uint(path: &str, v: &Value, max: u64) -> PResult<u64> {
-        match v.kind {
+        match *v {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked
-            Kind::Number(n) if n.fract() == 0.0 && n >= 0.0 && n <= max as f64 => Ok(n as u64),
-            Kind::Number(n) => Err(cfg_err(
+            Value::Number(n) if n.fract() == 0.0 && n >= 0.0 && n <= max as f64 => Ok(n as u64),
+            Value::Number(n) => Err(cfg_err(
                 TtsErrorKind::BadValue {
                     reason: format!("{n} is not an integer in 0..={max}"),
                 },
                 path,
-                v.offset,
             )),
             _ => Err(Self::wrong(path, v, "integer")),
         }
@@ -208,32 +197,28 @@ impl<'a> Cfg<'a> {
     fn object(&self, path: &str) -> PResult<Option<&'a [(String, Value)]>> {
         match self.get(path) {
             None => Ok(None),
-            Some(Value {
-                kind: Kind::Object(m),
-                ..
-            }) => Ok(Some(m)),
+            Some(Value::Object(m)) => Ok(Some(m)),
             Some(v) => Err(Self::wrong(path, v, "object")),
         }
     }
 }
 
 fn parse_config(bytes: &[u8]) -> PResult<VoiceConfig> {
-    let root = json::parse(bytes).map_err(|e| {
+    let root = json::parse_slice(bytes).map_err(|e| {
         TtsError::new(
             TtsFile::VoiceConfig,
-            TtsErrorKind::Json { reason: e.reason },
+            TtsErrorKind::Json { reason: e.message },
         )
         .at(to_u64(e.offset))
     })?;
-    if !matches!(root.kind, Kind::Object(_)) {
+    if !matches!(root, Value::Object(_)) {
         return Err(TtsError::new(
             TtsFile::VoiceConfig,
             TtsErrorKind::WrongType {
                 expected: "object",
                 found: root.type_name(),
             },
-        )
-        .at(to_u64(root.offset)));
+        ));
     }
     let c = Cfg { root: &root };
 
@@ -241,13 +226,11 @@ fn parse_config(bytes: &[u8]) -> PResult<VoiceConfig> {
         .u32("audio.sample_rate")?
         .ok_or_else(|| c.missing("audio.sample_rate"))?;
     if !(1000..=192_000).contains(&sample_rate) {
-        let offset = c.get("audio.sample_rate").map_or(0, |v| v.offset);
         return Err(cfg_err(
             TtsErrorKind::BadValue {
                 reason: format!("sample rate {sample_rate} Hz is outside 1000..=192000"),
             },
             "audio.sample_rate",
-            offset,
         ));
     }
     let phoneme_type = c.str("phoneme_type")?.unwrap_or("espeak").to_owned();
@@ -262,7 +245,7 @@ fn parse_config(bytes: &[u8]) -> PResult<VoiceConfig> {
     let mut phoneme_id_map = BTreeMap::new();
     for (phoneme, v) in members {
         let path = format!("{key}.{phoneme}");
-        let Kind::Array(items) = &v.kind else {
+        let Value::Array(items) = v else {
             return Err(Cfg::wrong(&path, v, "array of ids"));
         };
         let ids = items
@@ -278,19 +261,16 @@ fn parse_config(bytes: &[u8]) -> PResult<VoiceConfig> {
                     reason: "phoneme maps to no ids".to_owned(),
                 },
                 &path,
-                v.offset,
             ));
         }
         phoneme_id_map.insert(phoneme.clone(), ids);
     }
     if phoneme_id_map.is_empty() {
-        let offset = c.get(key).map_or(0, |v| v.offset);
         return Err(cfg_err(
             TtsErrorKind::BadValue {
                 reason: "phoneme_id_map is empty".to_owned(),
             },
             key,
-            offset,
         ));
     }
 

@@ -15,8 +15,7 @@ use std::time::Instant;
 
 use super::error::{TtsError, TtsErrorKind, TtsFile};
 use super::espeak::{Espeak, Pending, sanitize, split_text};
-use super::nfd::nfd;
-use super::phonemize::{PhonemeIdMap, clauses_from_cli, phonemes_to_ids, sentences};
+use super::phonemize::{PhonemeIdMap, clauses_from_cli, nfd, phonemes_to_ids, sentences};
 use super::piper_voice::PiperVoice;
 use super::vits::{DecodeChunks, Noise, Scales, StageTimes, Vits};
 use crate::error::Result;

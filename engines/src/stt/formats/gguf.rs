@@ -25,12 +25,12 @@
 //! # Loading
 //!
 //! The file is memory-mapped; quantized matrices stay in the mapping and are multiplied with
-//! the [`crate::quant`] kernels (see [`super::model`]); the rest is converted to `f32`.
+//! the [`crate::quant`] kernels (see [`crate::stt::model`]); the rest is converted to `f32`.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::ct2::{self, Ct2Error, Ct2ErrorKind, Ct2Model, DType, VariableInfo};
+use super::ct2::{Ct2Error, Ct2ErrorKind, Ct2Model, DType, VariableInfo};
 use crate::error::Result;
 use crate::gguf::{GgmlType, GgufFile};
 use crate::mapped::Backing;
@@ -81,7 +81,7 @@ pub fn open(path: &Path) -> Result<(Ct2Model, Option<String>)> {
     let config_text = file
         .get_str(CONFIG_KEY)
         .map_err(|e| config_err(CONFIG_KEY, e.to_string()))?;
-    let config = ct2::json::parse(config_text).map_err(|e| {
+    let config = crate::json::parse(config_text).map_err(|e| {
         config_err(
             CONFIG_KEY,
             format!("JSON error at byte {}: {}", e.offset, e.message),
@@ -133,9 +133,12 @@ pub fn open(path: &Path) -> Result<(Ct2Model, Option<String>)> {
             "decoder/embeddings/weight".to_owned(),
         ));
     }
-    drop(file);
-    // A second mapping of the same file: the page cache is shared, nothing is copied.
-    let backing = Backing::map(path)?;
+    // The header's mapping carries on as the model's (a clone elsewhere would force a second
+    // mapping of the same file; the page cache is shared either way, nothing is copied).
+    let backing = match file.into_backing() {
+        Some(b) => b,
+        None => Backing::map(path)?,
+    };
     let model = Ct2Model::from_parts(
         "GGUF",
         backing,

@@ -12,11 +12,11 @@ use std::path::Path;
 
 use super::ct2::{DType, TensorSlice};
 use super::gguf::{ARCHITECTURE, CONFIG_KEY, TOKENIZER_JSON_KEY, TOKENS_KEY};
-use super::model::floats;
 use super::weights::{self, TokenizerJson, WhisperWeights};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufWriter, MetaValue};
 use crate::quant;
+use crate::stt::model::floats;
 
 /// What [`quantize_whisper`] wrote.
 #[derive(Debug, Clone, Default)]

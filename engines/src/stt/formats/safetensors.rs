@@ -6,12 +6,12 @@
 //! An 8-byte little-endian header length `n`, then `n` bytes of JSON: an object mapping each
 //! tensor name to `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets relative to the
 //! end of the header) and an optional `"__metadata__"` object of strings; then the data,
-//! row-major, little-endian. The reader memory-maps the file, parses the header with the
-//! crate's strict JSON parser, and checks every entry before anything is used: a known float
-//! dtype (`F32`, `F16`, `BF16`), `end - begin` equal to the shape's byte size, and the range
-//! within the file. Errors name the file and the tensor. We read the format ourselves rather
-//! than through the `safetensors` crate: the header is small, and the crate's errors would not
-//! name the file, while everything else (views, f16 decoding, row splitting) is the
+//! row-major, little-endian. The reader memory-maps the file; the `safetensors` crate's
+//! `TensorInfo` reads each header entry (through `serde_json`, on the mapped bytes), and this
+//! module checks every entry before anything is used: a float dtype (`F32`, `F16`, `BF16`),
+//! `end - begin` equal to the shape's byte size, and the range within the file. Those checks
+//! stay here, rather than in `SafeTensors::read_metadata`, so that errors name the file and
+//! the tensor (the crate's do not); everything else (views, f16 decoding, row splitting) is the
 //! CTranslate2 reader's, which this module feeds.
 //!
 //! # Names (transformers' `WhisperForConditionalGeneration`)
@@ -46,8 +46,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::ct2::{self, Ct2Error, Ct2ErrorKind, Ct2Model, DType, JsonValue, VariableInfo};
+use safetensors::Dtype;
+use safetensors::tensor::TensorInfo;
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+
+use super::ct2::{self, Ct2Error, Ct2ErrorKind, Ct2Model, DType, VariableInfo};
 use crate::error::{Error, Result};
+use crate::json::JsonValue;
 use crate::mapped::Backing;
 
 /// The weights file of a Hugging Face directory.
@@ -55,13 +61,6 @@ pub const SAFETENSORS_FILE: &str = "model.safetensors";
 
 /// The largest header accepted (real ones are tens of kilobytes).
 const MAX_HEADER: u64 = 64 << 20;
-
-fn as_usize(v: &JsonValue) -> Option<usize> {
-    match *v {
-        JsonValue::Number(n) if n >= 0.0 && n < 9.0e15 && n.fract() == 0.0 => Some(n as usize),
-        _ => None,
-    }
-}
 
 fn fail(path: &Path, subject: Option<&str>, offset: Option<usize>, reason: String) -> Error {
     let mut e = Ct2Error::new(Ct2ErrorKind::Inconsistent { what: reason })
@@ -74,6 +73,42 @@ fn fail(path: &Path, subject: Option<&str>, offset: Option<usize>, reason: Strin
         e = e.at(o);
     }
     e.into()
+}
+
+/// A safetensors header: its tensors in file order, each read as the `safetensors` crate's
+/// `TensorInfo`; `__metadata__` is skipped. An entry that does not read names its tensor.
+struct Header(Vec<(String, TensorInfo)>);
+
+impl<'de> Deserialize<'de> for Header {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = Header;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of tensors")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Header, A::Error> {
+                let mut out = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if name == "__metadata__" {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                    let info = map
+                        .next_value::<TensorInfo>()
+                        .map_err(|e| de::Error::custom(format_args!("tensor {name:?}: {e}")))?;
+                    out.push((name, info));
+                }
+                Ok(Header(out))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
 }
 
 /// Parses the header of a safetensors file held in `bytes`: the tensors, with absolute byte
@@ -103,69 +138,43 @@ pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<Vec<VariableInfo
         ));
     }
     let data_start = 8 + n as usize;
-    let text = std::str::from_utf8(&bytes[8..data_start]).map_err(|e| {
-        fail(
-            path,
-            None,
-            Some(8 + e.valid_up_to()),
-            "header is not UTF-8".into(),
-        )
-    })?;
-    let json = ct2::json::parse(text).map_err(|e| {
-        fail(
-            path,
-            None,
-            Some(8 + e.offset),
-            format!("header JSON: {}", e.message),
-        )
-    })?;
-    let JsonValue::Object(members) = json else {
-        return Err(fail(
-            path,
-            None,
-            Some(8),
-            "header is not a JSON object".into(),
-        ));
-    };
+    let header = &bytes[8..data_start];
+    let mut de = serde_json::Deserializer::from_slice(header);
+    let Header(entries) = Header::deserialize(&mut de)
+        .and_then(|h| de.end().map(|()| h))
+        .map_err(|e| {
+            let e = crate::json::from_serde(header, &e);
+            fail(
+                path,
+                None,
+                Some(8 + e.offset),
+                format!("header JSON: {}", e.message),
+            )
+        })?;
     let data_len = bytes.len() - data_start;
-    let mut out = Vec::with_capacity(members.len());
-    for (name, v) in members {
-        if name == "__metadata__" {
-            continue;
-        }
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, info) in entries {
         let bad = |reason: String| fail(path, Some(&name), None, reason);
-        let dtype = match v.get("dtype").and_then(JsonValue::as_str) {
-            Some("F32") => DType::F32,
-            Some("F16") => DType::F16,
-            Some("BF16") => DType::BF16,
-            Some(other) => {
+        let dtype = match info.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            other => {
                 return Err(bad(format!(
                     "dtype {other} is not supported (F32, F16 or BF16)"
                 )));
             }
-            None => return Err(bad("no \"dtype\" string".into())),
         };
-        let shape = v
-            .get("shape")
-            .and_then(JsonValue::as_array)
-            .and_then(|a| a.iter().map(as_usize).collect::<Option<Vec<_>>>())
-            .ok_or_else(|| bad("no \"shape\" array of sizes".into()))?;
-        let offsets = v
-            .get("data_offsets")
-            .and_then(JsonValue::as_array)
-            .and_then(|a| match a {
-                [b, e] => Some((as_usize(b), as_usize(e))),
-                _ => None,
-            });
-        let (Some((Some(b), Some(e))), Some(need)) = (
-            offsets,
-            shape
-                .iter()
-                .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d)),
-        ) else {
-            return Err(bad(
-                "no \"data_offsets\" [begin, end] pair, or an oversized shape".into(),
-            ));
+        let TensorInfo {
+            shape,
+            data_offsets: (b, e),
+            ..
+        } = info;
+        let Some(need) = shape
+            .iter()
+            .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
+        else {
+            return Err(bad(format!("shape {shape:?} is oversized")));
         };
         if b > e || e > data_len || e - b != need {
             return Err(bad(format!(
@@ -198,7 +207,7 @@ pub(crate) fn vocabulary_from_tokenizer_json(
             .format("Hugging Face")
             .into()
     };
-    let json = ct2::json::parse(text)
+    let json = crate::json::parse(text)
         .map_err(|e| bad(format!("JSON error at byte {}: {}", e.offset, e.message)))?;
     let mut by_id: HashMap<usize, String> = HashMap::new();
     let Some(JsonValue::Object(vocab)) = json.get("model").and_then(|m| m.get("vocab")) else {

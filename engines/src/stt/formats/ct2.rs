@@ -62,8 +62,9 @@
 //! aliases point to existing variables. Errors ([`Ct2Error`]) name the file, the variable and
 //! the byte offset.
 
-pub mod json;
 pub mod writer;
+/// The JSON reader, where it has always been reachable from (`ct2::json::parse`).
+pub use crate::json;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -74,9 +75,9 @@ use std::sync::Arc;
 use crate::mapped::Backing;
 use half::{bf16, f16};
 
-pub use self::json::JsonValue;
 pub use self::writer::Ct2Writer;
 use crate::error::{Error, Result};
+pub use crate::json::JsonValue;
 
 /// Binary versions this reader accepts.
 pub const SUPPORTED_BINARY_VERSIONS: std::ops::RangeInclusive<u32> = 4..=6;
