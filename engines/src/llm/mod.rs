@@ -57,10 +57,13 @@
 //! # }
 //! ```
 
+mod attention;
 mod chat;
 mod config;
 mod forward;
 mod generate;
+mod ggml_math;
+mod kv_cache;
 mod pool;
 mod sample;
 mod tokenizer;
@@ -78,7 +81,8 @@ pub use self::tokenizer::{TokenKind, Tokenizer};
 
 #[doc(hidden)]
 pub use self::forward::Probe;
-use self::forward::{KvCache, Scratch};
+use self::forward::Scratch;
+use self::kv_cache::KvCache;
 use self::weights::Weights;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;

@@ -113,26 +113,29 @@
 //!
 //! [`TensorView::bytes`]: crate::gguf::TensorView::bytes
 
+mod error;
 mod layout;
 mod matrix;
 mod quantize;
 mod scalar;
 
 #[cfg(target_arch = "aarch64")]
-mod neon;
+mod arm;
 #[cfg(target_arch = "x86_64")]
 mod x86;
-#[cfg(target_arch = "x86_64")]
-mod x86_rows;
-#[cfg(target_arch = "x86_64")]
-mod x86_vnni;
 
 use std::fmt;
 
+#[cfg(target_arch = "aarch64")]
+use self::arm::neon;
+#[cfg(target_arch = "x86_64")]
+use self::x86::{avx2, avx2_prefill, avx512_vnni};
+
+pub use self::error::{QuantError, QuantErrorKind};
 pub use self::layout::{WEIGHT_TYPES, activation_type};
 pub use self::matrix::{MIN_BYTES_PER_THREAD, QMatrix, matmul, matvec};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gguf::GgmlType;
 
 /// An implementation of the kernels.
@@ -173,9 +176,9 @@ impl Kernel {
         match self {
             Kernel::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => x86::available(),
+            Kernel::Avx2 => avx2::available(),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => x86_vnni::available(),
+            Kernel::Avx512Vnni => avx512_vnni::available(),
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => true,
             #[cfg(target_arch = "aarch64")]
@@ -217,113 +220,6 @@ impl Kernel {
 impl fmt::Display for Kernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-// ----- errors ------------------------------------------------------------------------------
-
-/// Quantized data that the kernels cannot use, with the tensor it came from if known.
-///
-/// Displays as, for example:
-///
-/// ```text
-/// tensor "blk.0.attn_q.weight": Q4_1 matrix of 576 x 576 needs 207360 bytes, found 1000
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuantError {
-    /// The tensor involved, if the data came from a named tensor.
-    pub tensor: Option<String>,
-    /// What is wrong.
-    pub kind: QuantErrorKind,
-}
-
-impl fmt::Display for QuantError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.tensor {
-            Some(name) => write!(f, "tensor {name:?}: {}", self.kind),
-            None => write!(f, "quantized data: {}", self.kind),
-        }
-    }
-}
-
-impl std::error::Error for QuantError {}
-
-/// What is wrong with quantized data; see [`QuantError`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum QuantErrorKind {
-    /// The type has no kernel here (as weights) or is not the right activation format.
-    #[error(
-        "{ty} is not supported as {role} (weights: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"
-    )]
-    UnsupportedType {
-        /// The type found.
-        ty: GgmlType,
-        /// `"weights"`, `"activations"` or `"dequantization input"`.
-        role: &'static str,
-    },
-
-    /// A row length is not a whole number of blocks.
-    #[error("row length {cols} is not a multiple of the {ty} block size {block_size}")]
-    PartialBlock {
-        /// The type.
-        ty: GgmlType,
-        /// Elements per row.
-        cols: usize,
-        /// Elements per block.
-        block_size: usize,
-    },
-
-    /// A buffer does not have the length the shape requires.
-    #[error("{what} needs {expected} bytes or elements, found {found}")]
-    WrongLength {
-        /// Which buffer, e.g. `"Q4_1 matrix of 576 x 576"` or `"output"`.
-        what: String,
-        /// Required length.
-        expected: usize,
-        /// Actual length.
-        found: usize,
-    },
-
-    /// A matrix with rows of zero elements.
-    #[error("{ty} matrix has rows of 0 elements")]
-    EmptyRows {
-        /// The type.
-        ty: GgmlType,
-    },
-
-    /// An activation buffer is not a whole number of rows.
-    #[error("{ty} activations of {len} bytes are not a whole number of {row_bytes}-byte rows")]
-    PartialRow {
-        /// The activation type.
-        ty: GgmlType,
-        /// Bytes given.
-        len: usize,
-        /// Bytes per activation row.
-        row_bytes: usize,
-    },
-
-    /// The shape's byte size overflows `usize`.
-    #[error("{rows} x {cols} {ty} matrix is too large")]
-    TooLarge {
-        /// The type.
-        ty: GgmlType,
-        /// Rows.
-        rows: usize,
-        /// Columns.
-        cols: usize,
-    },
-}
-
-impl From<QuantErrorKind> for Error {
-    fn from(kind: QuantErrorKind) -> Self {
-        Error::Quant(Box::new(QuantError { tensor: None, kind }))
-    }
-}
-
-impl From<QuantError> for Error {
-    fn from(e: QuantError) -> Self {
-        Error::Quant(Box::new(e))
     }
 }
 
@@ -536,10 +432,10 @@ pub(crate) fn dot_n<const N: usize>(
             xs.map(|x| scalar::dot(ty, w, x))
         }
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => x86::dot(ty, nb, w, xs),
+        Kernel::Avx2 => avx2::dot(ty, nb, w, xs),
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => {
-            let [v] = x86_vnni::dot_tile::<1, N>(ty, nb, [w], xs);
+            let [v] = avx512_vnni::dot_tile::<1, N>(ty, nb, [w], xs);
             v
         }
         #[cfg(target_arch = "aarch64")]
@@ -573,7 +469,7 @@ pub(crate) fn dot_tile<const R: usize, const N: usize>(
 ) -> [[f32; N]; R] {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => x86_vnni::dot_tile(ty, nb, ws, xs),
+        Kernel::Avx512Vnni => avx512_vnni::dot_tile(ty, nb, ws, xs),
         #[cfg(target_arch = "aarch64")]
         Kernel::NeonI8mm => neon::dot_tile_i8mm(ty, nb, ws, xs),
         _ => ws.map(|w| dot_n(kernel, ty, nb, w, xs)),
@@ -599,8 +495,8 @@ pub(crate) fn matmul_rows(
 ) -> bool {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 if x86_rows::has_matmul(ty) => {
-            x86_rows::matmul(ty, nb, w, xs, outs);
+        Kernel::Avx2 if avx2_prefill::has_matmul(ty) => {
+            avx2_prefill::matmul(ty, nb, w, xs, outs);
             true
         }
         _ => false,
@@ -623,9 +519,9 @@ pub(crate) fn dot_rows(
 ) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => x86::dot_rows(ty, nb, w, x, out),
+        Kernel::Avx2 => avx2::dot_rows(ty, nb, w, x, out),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => x86_vnni::dot_rows(ty, nb, w, x, out),
+        Kernel::Avx512Vnni => avx512_vnni::dot_rows(ty, nb, w, x, out),
         _ => {
             let row_bytes = w.len() / out.len().max(1);
             for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes.max(1))) {

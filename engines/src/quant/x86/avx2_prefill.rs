@@ -1,5 +1,5 @@
 //! AVX2 prefill products over unpacked weight rows: `outs[t][r] = w_r · xs[t]` for a range
-//! of weight rows and a batch of activation rows, bit for bit what [`super::x86::dot`]
+//! of weight rows and a batch of activation rows, bit for bit what [`super::avx2::dot`]
 //! computes tile by tile.
 //!
 //! `dot` is a dot product of one weight row with a tile of four activation rows: every call
@@ -15,17 +15,17 @@
 //! On a Zen 3 core the Q5_0 product of a 4864 × 896 matrix with 128 tokens went from about
 //! 0.5 to 0.7-0.87 block pairs per nanosecond (`qmm_probe`, docs/benchmarks.md).
 
-// See x86.rs: newer compilers find some of the `unsafe` blocks unnecessary.
+// See avx2.rs: newer compilers find some of the `unsafe` blocks unnecessary.
 #![allow(unused_unsafe)]
 
 use std::arch::x86_64::*;
 
-use super::layout::*;
-use super::x86::*;
+use super::avx2::*;
 use crate::gguf::GgmlType;
+use crate::quant::layout::*;
 
 /// Whether [`matmul`] has a whole-product kernel for `ty`.
-pub(super) fn has_matmul(ty: GgmlType) -> bool {
+pub(in crate::quant) fn has_matmul(ty: GgmlType) -> bool {
     matches!(
         ty,
         GgmlType::Q4_0
@@ -49,7 +49,13 @@ pub(super) fn has_matmul(ty: GgmlType) -> bool {
 ///
 /// If the CPU lacks AVX2, FMA or F16C, [`has_matmul`] is false for `ty`, or the lengths do
 /// not match.
-pub(super) fn matmul(ty: GgmlType, nb: usize, w: &[u8], xs: &[&[u8]], outs: &mut [&mut [f32]]) {
+pub(in crate::quant) fn matmul(
+    ty: GgmlType,
+    nb: usize,
+    w: &[u8],
+    xs: &[&[u8]],
+    outs: &mut [&mut [f32]],
+) {
     assert!(
         available(),
         "AVX2/FMA/F16C kernels called on a CPU without them"
@@ -218,7 +224,7 @@ unsafe fn signed(
 
 /// Four dot products of an unpacked row with Q8_0 rows, whose widened scales are `xd` (four
 /// per block, see [`tile_scales`]): per block `acc += (d_w·d_x) · Σ|w|·(x·sign w)` in eight
-/// lanes, summed at the end, as `x86::signed_q8_0`. The four products `d_w·d_x` of a block
+/// lanes, summed at the end, as `avx2::signed_q8_0`. The four products `d_w·d_x` of a block
 /// are one vector multiplication, read back by broadcasting loads, which keeps the vector
 /// units free for the integer products.
 ///
@@ -323,7 +329,7 @@ unsafe fn unsigned(
 }
 
 /// `N` dot products of an unpacked row with Q8_1 rows whose widened `(d, s)` pairs are lanes
-/// `lane ..` of the scale group `xd` (see [`tile_scales`]), as `x86::unsigned_q8_1`:
+/// `lane ..` of the scale group `xd` (see [`tile_scales`]), as `avx2::unsigned_q8_1`:
 /// `d_w·d_x · Σ q·x` in eight lanes, plus `m_w·s_x` summed block by block.
 ///
 /// # Safety
@@ -374,7 +380,7 @@ struct MinsBlock {
 }
 
 /// Q4_K or Q5_K weights (`unpack(wb, c)` gives chunk `c`'s two sub-blocks). With `chunked`,
-/// complete four-row tiles fold each super-block per 64-element chunk, as `x86::q4_k` does
+/// complete four-row tiles fold each super-block per 64-element chunk, as `avx2::q4_k` does
 /// for a tile (llama.cpp's repacked Q4_K GEMM order).
 ///
 /// # Safety
@@ -451,7 +457,7 @@ unsafe fn chunk_dots(b: &MinsBlock, y: *const u8) -> [__m256i; 4] {
     })
 }
 
-/// `N` dot products of an unpacked Q4_K / Q5_K row with Q8_K rows, as `x86::k_with_mins`
+/// `N` dot products of an unpacked Q4_K / Q5_K row with Q8_K rows, as `avx2::k_with_mins`
 /// folds them per super-block (see [`mins_tile4_chunked`] for the per-chunk order).
 ///
 /// # Safety
@@ -481,7 +487,7 @@ unsafe fn mins_tile<const N: usize>(blocks: &[MinsBlock], xp: [*const u8; N]) ->
 }
 
 /// Four dot products of an unpacked Q4_K row with Q8_K rows, each super-block folded per
-/// 64-element chunk (`KSum::add_chunks`, llama.cpp's repacked GEMM order) as `x86::q4_k` does
+/// 64-element chunk (`KSum::add_chunks`, llama.cpp's repacked GEMM order) as `avx2::q4_k` does
 /// for a tile; the per-chunk folds of the four rows run side by side in the four lanes
 /// of one vector (lane `j` does exactly row `j`'s scalar fused multiply-adds, in the same
 /// order, so the bits are the same).
@@ -597,7 +603,7 @@ unsafe fn q6_k(w: &[u8], row_bytes: usize, xs: &[&[u8]], outs: &mut [&mut [f32]]
     }
 }
 
-/// `N` dot products of an unpacked Q6_K row with Q8_K rows, as `x86::q6_k`.
+/// `N` dot products of an unpacked Q6_K row with Q8_K rows, as `avx2::q6_k`.
 ///
 /// # Safety
 ///
@@ -635,8 +641,8 @@ mod tests {
     use crate::quant::{QMatrix, activation_type, quantize_activation};
 
     /// Every product equals the tiled dot product it replaces, bit for bit: complete tiles of
-    /// four activation rows against `x86::dot::<4>` (Q4_K's chunked order included), the
-    /// remaining rows against `x86::dot::<1>`.
+    /// four activation rows against `avx2::dot::<4>` (Q4_K's chunked order included), the
+    /// remaining rows against `avx2::dot::<1>`.
     #[test]
     fn whole_products_equal_the_tiled_dot_products_bit_for_bit() {
         if !available() {

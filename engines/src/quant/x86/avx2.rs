@@ -26,11 +26,11 @@
 
 use std::arch::x86_64::*;
 
-use super::layout::*;
 use crate::gguf::GgmlType;
+use crate::quant::layout::*;
 
 /// Whether this CPU can run these kernels (AVX2, FMA and F16C, detected at run time).
-pub(super) fn available() -> bool {
+pub(in crate::quant) fn available() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
@@ -42,7 +42,12 @@ pub(super) fn available() -> bool {
 ///
 /// If the CPU lacks AVX2, FMA or F16C, or the lengths do not match (see
 /// [`check_dot_lengths`]).
-pub(super) fn dot<const N: usize>(ty: GgmlType, nb: usize, w: &[u8], xs: [&[u8]; N]) -> [f32; N] {
+pub(in crate::quant) fn dot<const N: usize>(
+    ty: GgmlType,
+    nb: usize,
+    w: &[u8],
+    xs: [&[u8]; N],
+) -> [f32; N] {
     assert!(
         available(),
         "AVX2/FMA/F16C kernels called on a CPU without them"
@@ -78,7 +83,7 @@ pub(super) fn dot<const N: usize>(ty: GgmlType, nb: usize, w: &[u8], xs: [&[u8];
 /// # Panics
 ///
 /// As [`dot`], and if `w` is not `out.len()` rows.
-pub(super) fn dot_rows(ty: GgmlType, nb: usize, w: &[u8], x: &[u8], out: &mut [f32]) {
+pub(in crate::quant) fn dot_rows(ty: GgmlType, nb: usize, w: &[u8], x: &[u8], out: &mut [f32]) {
     assert!(
         available(),
         "AVX2/FMA/F16C kernels called on a CPU without them"
@@ -816,6 +821,45 @@ pub(super) unsafe fn q6_k_d(wb: *const u8) -> f32 {
 /// (see the scalar `dot_q6_k_lanes`).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
+    // SAFETY: forwarded contract; AVX2 is enabled on this function.
+    unsafe { q6_k_body::<MaddAdd, N>(wp, xp, nb) }
+}
+
+/// The integer step of [`q6_k_body`]: `acc + Σ pairs(p·s)` per i32 lane (`p` the i16 pair
+/// sums of `maddubs`, `s` the group scales). Every implementation gives the same exact
+/// integers; they differ in the instructions only.
+pub(super) trait Q6Step {
+    /// # Safety
+    ///
+    /// The CPU must have the instructions of the implementation, and the caller must have
+    /// them enabled (the body is inlined into it).
+    unsafe fn madd_add(acc: __m256i, p: __m256i, s: __m256i) -> __m256i;
+}
+
+/// AVX2's integer step: `vpmaddwd`, then `vpaddd`.
+pub(super) struct MaddAdd;
+
+impl Q6Step for MaddAdd {
+    #[inline(always)]
+    unsafe fn madd_add(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: AVX2, which the caller has enabled.
+        unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(p, s)) }
+    }
+}
+
+/// The body of [`q6_k`] with the integer step `S`, shared with the AVX-512 VNNI kernel
+/// (`vpdpwssd`). Inlined into a caller that enables AVX2, FMA, F16C and the features of `S`.
+///
+/// # Safety
+///
+/// `wp` must point to `nb` Q6_K super-blocks and each `xp[j]` to `nb` Q8_K blocks; the CPU
+/// must have AVX2, FMA, F16C and the instructions of `S`.
+#[inline(always)]
+pub(super) unsafe fn q6_k_body<S: Q6Step, const N: usize>(
+    wp: *const u8,
+    xp: [*const u8; N],
+    nb: usize,
+) -> [f32; N] {
     // SAFETY: every pointer below stays inside super-block `i < nb` of its row.
     unsafe {
         let mut sums = [_mm256_setzero_ps(); N];
@@ -829,8 +873,7 @@ unsafe fn q6_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> 
                     let s = q6_k_scales(sc, 8 * half + 2 * k);
                     for (j, acc) in acc.iter_mut().enumerate() {
                         let y = at(&xp, j, i * Q8_K_BYTES + Q8_K_QS + 128 * half + 32 * k);
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load32(y)), s);
-                        *acc = _mm256_add_epi32(*acc, p);
+                        *acc = S::madd_add(*acc, _mm256_maddubs_epi16(q, load32(y)), s);
                     }
                 }
             }

@@ -4,7 +4,7 @@
 //! These kernels compute a tile of `R` weight rows × `N` activation rows at once: each
 //! weight block is unpacked once for the `N` activation rows, and each activation block is
 //! loaded (and its scale converted) once for the `R` weight rows. They return **exactly** the
-//! AVX2 kernels' results ([`super::x86`]), bit for bit, because every float operation per
+//! AVX2 kernels' results ([`super::avx2`]), bit for bit, because every float operation per
 //! output is the same one in the same order; only the integer parts are computed differently,
 //! and integer sums are exact in any order:
 //!
@@ -26,18 +26,18 @@
 //! Every other case (Q4_1, Q5_1, Q5_K, Q4_K with fewer than four activation rows) runs the
 //! AVX2 kernel row by row.
 
-#![allow(unused_unsafe)] // see x86.rs
+#![allow(unused_unsafe)] // see avx2.rs
 
 use std::arch::x86_64::*;
 
-use super::layout::*;
-use super::x86::{f16x2, f16x8, f32_at_ptr, hsum_f32, load32, nibbles, q6_k_scales, unpack_q6_k};
+use super::avx2::{Q6Step, f16x8, f32_at_ptr, hsum_f32, load32, nibbles, q6_k_body};
 use crate::gguf::GgmlType;
+use crate::quant::layout::*;
 
 /// Whether this CPU can run these kernels (AVX2, FMA, F16C, AVX-512 F/BW/VL/VNNI, detected at
 /// run time).
-pub(super) fn available() -> bool {
-    super::x86::available()
+pub(in crate::quant) fn available() -> bool {
+    super::avx2::available()
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
@@ -45,12 +45,12 @@ pub(super) fn available() -> bool {
 }
 
 /// The tile of `R` weight rows `ws` (`nb` blocks of `ty` each) times `N` activation rows
-/// `xs`: `out[r][t] = ws[r] · xs[t]`, bit for bit what [`super::x86::dot`] returns per row.
+/// `xs`: `out[r][t] = ws[r] · xs[t]`, bit for bit what [`super::avx2::dot`] returns per row.
 ///
 /// # Panics
 ///
 /// If the CPU lacks the features, or the lengths do not match (see [`check_tile_lengths`]).
-pub(super) fn dot_tile<const R: usize, const N: usize>(
+pub(in crate::quant) fn dot_tile<const R: usize, const N: usize>(
     ty: GgmlType,
     nb: usize,
     ws: [&[u8]; R],
@@ -75,18 +75,18 @@ pub(super) fn dot_tile<const R: usize, const N: usize>(
                 std::array::from_fn(|r| std::array::from_fn(|t| v[r][t]))
             }
             GgmlType::Q6_K => wp.map(|w| q6_k(w, xp, nb)),
-            _ => ws.map(|w| super::x86::dot(ty, nb, w, xs)),
+            _ => ws.map(|w| super::avx2::dot(ty, nb, w, xs)),
         }
     }
 }
 
 /// `out[r] = w_r · x` for the `out.len()` consecutive weight rows in `w` and one activation
-/// row `x` (one token), four rows at a time; bit for bit [`super::x86::dot_rows`].
+/// row `x` (one token), four rows at a time; bit for bit [`super::avx2::dot_rows`].
 ///
 /// # Panics
 ///
-/// As [`super::x86::dot_rows`].
-pub(super) fn dot_rows(ty: GgmlType, nb: usize, w: &[u8], x: &[u8], out: &mut [f32]) {
+/// As [`super::avx2::dot_rows`].
+pub(in crate::quant) fn dot_rows(ty: GgmlType, nb: usize, w: &[u8], x: &[u8], out: &mut [f32]) {
     type Tile4 = unsafe fn([*const u8; 4], [*const u8; 1], usize) -> [[f32; 1]; 4];
     let tile: Option<Tile4> = match ty {
         GgmlType::Q4_0 => Some(q4_0_tile::<4, 1>),
@@ -95,7 +95,7 @@ pub(super) fn dot_rows(ty: GgmlType, nb: usize, w: &[u8], x: &[u8], out: &mut [f
         _ => None,
     };
     if !(tile.is_some() || ty == GgmlType::Q6_K) || out.is_empty() {
-        return super::x86::dot_rows(ty, nb, w, x, out);
+        return super::avx2::dot_rows(ty, nb, w, x, out);
     }
     assert!(
         available(),
@@ -135,7 +135,7 @@ pub(super) fn dot_rows(ty: GgmlType, nb: usize, w: &[u8], x: &[u8], out: &mut [f
             *o = v[0];
         }
     }
-    super::x86::dot_rows(ty, nb, &w[full * row_bytes..], x, &mut out[full..]);
+    super::avx2::dot_rows(ty, nb, &w[full * row_bytes..], x, &mut out[full..]);
 }
 
 /// Q4_0 tiles ([`signed_tile`] with the nibbles, offset 8).
@@ -348,8 +348,9 @@ unsafe fn q4_k_tile4<const R: usize>(
     }
 }
 
-/// Q6_K against Q8_K: [`super::x86`]'s `q6_k` with the scale multiply and the lane sum fused
-/// into `vpdpwssd` (same exact integer lanes, same float order).
+/// Q6_K against Q8_K: [`super::avx2`]'s Q6_K kernel (its body, [`q6_k_body`]) with the
+/// scale multiply and the lane sum fused into `vpdpwssd` (same exact integer lanes, same float
+/// order).
 ///
 /// # Safety
 ///
@@ -357,33 +358,18 @@ unsafe fn q4_k_tile4<const R: usize>(
 /// must have the features of [`available`].
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q6_k<const N: usize>(wp: *const u8, xp: [*const u8; N], nb: usize) -> [f32; N] {
-    // SAFETY: every pointer below stays inside super-block `i < nb` of its row.
-    unsafe {
-        let mut sums = [_mm256_setzero_ps(); N];
-        for i in 0..nb {
-            let wb = wp.add(i * Q6_K_BYTES);
-            let sc = &*wb.add(Q6_K_SCALES).cast::<[i8; 16]>();
-            let mut acc = [_mm256_setzero_si256(); N];
-            for half in 0..2 {
-                let q = unpack_q6_k(wb, half);
-                for (k, q) in q.into_iter().enumerate() {
-                    let s = q6_k_scales(sc, 8 * half + 2 * k);
-                    for (j, acc) in acc.iter_mut().enumerate() {
-                        let y = xp[j].add(i * Q8_K_BYTES + Q8_K_QS + 128 * half + 32 * k);
-                        *acc = _mm256_dpwssd_epi32(*acc, _mm256_maddubs_epi16(q, load32(y)), s);
-                    }
-                }
-            }
-            let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr().cast()));
-            let dw = _mm_cvtss_f32(_mm_movehdup_ps(f16x2(wb.add(Q6_K_D - 2))));
-            for j in 0..N {
-                let xb = xp[j].add(i * Q8_K_BYTES);
-                let offset = _mm256_madd_epi16(load32(xb.add(Q8_K_BSUMS)), scales16);
-                let lanes = _mm256_sub_epi32(acc[j], _mm256_slli_epi32(offset, 5));
-                let d = _mm256_set1_ps(dw * f32_at_ptr(xb));
-                sums[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), sums[j]);
-            }
-        }
-        sums.map(|s| hsum_f32(s))
+    // SAFETY: forwarded contract; the features of `Dpwssd` are enabled on this function.
+    unsafe { q6_k_body::<Dpwssd, N>(wp, xp, nb) }
+}
+
+/// The Q6_K integer step in one instruction: `vpdpwssd` (`acc + Σ pairs(p·s)`, without
+/// saturation, so the same integers as AVX2's `vpmaddwd` + `vpaddd`).
+struct Dpwssd;
+
+impl Q6Step for Dpwssd {
+    #[inline(always)]
+    unsafe fn madd_add(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: AVX-512 VNNI and VL, which the caller has enabled.
+        unsafe { _mm256_dpwssd_epi32(acc, p, s) }
     }
 }

@@ -31,17 +31,17 @@
 //! one-row products keep using `SDOT`. This path has run only under qemu (`-cpu max`), never
 //! on i8mm hardware; its speed is unknown.
 
-// See x86.rs: needed for Rust 1.85, reported as unnecessary by newer compilers.
+// See ../x86/avx2.rs: needed for Rust 1.85, reported as unnecessary by newer compilers.
 #![allow(unused_unsafe)]
 
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::layout::*;
 use crate::gguf::GgmlType;
+use crate::quant::layout::*;
 
 /// Whether this CPU has the `dotprod` extension (detected at run time).
-pub(super) fn dotprod_available() -> bool {
+pub(in crate::quant) fn dotprod_available() -> bool {
     std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
@@ -52,7 +52,7 @@ pub(super) fn dotprod_available() -> bool {
 ///
 /// If `dotprod` is requested on a CPU without it, or the lengths do not match (see
 /// [`check_dot_lengths`]).
-pub(super) fn dot<const N: usize>(
+pub(in crate::quant) fn dot<const N: usize>(
     dotprod: bool,
     ty: GgmlType,
     nb: usize,
@@ -346,7 +346,7 @@ impl Dot for Sdot {
 /// Widens an IEEE half (given as bits) to f32 with `FCVT`, which is baseline aarch64 FP.
 /// Exact for every input, subnormals included (Rust leaves flush-to-zero off).
 #[inline(always)]
-pub(super) fn f16_to_f32(bits: u16) -> f32 {
+pub(in crate::quant) fn f16_to_f32(bits: u16) -> f32 {
     let out: f32;
     // SAFETY: FCVT only reads and writes the two registers named here.
     unsafe {
@@ -619,8 +619,8 @@ unsafe fn q6_k<D: Dot, const N: usize>(wp: *const u8, xp: [*const u8; N], nb: us
 // ----- i8mm: tiles of weight rows × tokens with SMMLA --------------------------------------
 
 /// Whether this CPU has `i8mm` (`SMMLA`), and `dotprod`, which the one-row products of
-/// [`super::Kernel::NeonI8mm`] use (detected at run time; every core with i8mm has both).
-pub(super) fn i8mm_available() -> bool {
+/// [`crate::quant::Kernel::NeonI8mm`] use (detected at run time; every core with i8mm has both).
+pub(in crate::quant) fn i8mm_available() -> bool {
     std::arch::is_aarch64_feature_detected!("i8mm") && dotprod_available()
 }
 
@@ -633,7 +633,7 @@ pub(super) fn i8mm_available() -> bool {
 /// # Panics
 ///
 /// If the CPU lacks i8mm, or the lengths do not match (see [`check_tile_lengths`]).
-pub(super) fn dot_tile_i8mm<const R: usize, const N: usize>(
+pub(in crate::quant) fn dot_tile_i8mm<const R: usize, const N: usize>(
     ty: GgmlType,
     nb: usize,
     ws: [&[u8]; R],
