@@ -23,10 +23,12 @@ cores=("$@")
 
 # A 10-minute recording, and Whisper transcriptions in three formats: minutes on x86.
 HEAVY=(stt_long stt_formats)
+# Checks on the source tree, the same on every architecture: x86 only.
+SOURCE_ONLY=(tidy)
 tests=()
 for f in engines/tests/*.rs daemon/tests/*.rs; do
   name=$(basename "$f" .rs)
-  [[ " ${HEAVY[*]} " == *" $name "* ]] || tests+=(--test "$name")
+  [[ " ${HEAVY[*]} ${SOURCE_ONLY[*]} " == *" $name "* ]] || tests+=(--test "$name")
 done
 
 echo "== aarch64: building tests (release)"
