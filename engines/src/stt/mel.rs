@@ -41,7 +41,7 @@ use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 
 /// Sample rate Whisper expects.
-pub const SAMPLE_RATE: u32 = 16_000;
+pub use crate::audio::SAMPLE_RATE;
 /// FFT size (25 ms).
 pub const N_FFT: usize = 400;
 /// Hop between frames (10 ms).

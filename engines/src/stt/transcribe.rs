@@ -470,7 +470,7 @@ impl Whisper {
     fn run(&self, samples: &[f32], opts: &TranscribeOptions) -> Result<Transcript> {
         let t_start = Instant::now();
         let mut timings = Timings {
-            audio_secs: samples.len() as f64 / 16_000.0,
+            audio_secs: samples.len() as f64 / f64::from(crate::audio::SAMPLE_RATE),
             ..Timings::default()
         };
         let mel = self.mel.compute(samples);
