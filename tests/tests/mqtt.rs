@@ -266,6 +266,22 @@ async fn malformed_requests_get_errors_and_sotad_keeps_serving() {
             None,
         ),
         ("empty", Vec::new(), "invalid_json", Value::Null, None),
+        // Ids become topic levels (`tts/audio/<id>`): a wildcard or a level separator in
+        // one would lose the audio or move it elsewhere, so the id is refused (issue 24, 3).
+        (
+            "id with a wildcard",
+            br#"{"id":"a+1"}"#.to_vec(),
+            "invalid_request",
+            Value::Null,
+            Some("id"),
+        ),
+        (
+            "id with a level separator",
+            br#"{"id":"../../other"}"#.to_vec(),
+            "invalid_request",
+            Value::Null,
+            Some("id"),
+        ),
         (
             "oversized",
             oversized.into_bytes(),

@@ -118,8 +118,14 @@ pub fn peek_id(payload: &[u8]) -> Option<String> {
     }
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_ID_BYTES && !id.chars().any(char::is_control)
+/// The one rule for a field that may become part of a topic (a request id is the last
+/// level of `tts/audio/<id>`): 1 to [`MAX_ID_BYTES`] bytes, no control characters, and none
+/// of MQTT's `+`, `#` and `/`, which would make the topic a wildcard (a broker refuses to
+/// deliver a publication to it) or move it to another level.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_BYTES
+        && !id.chars().any(|c| c.is_control() || matches!(c, '+' | '#' | '/'))
 }
 
 /// Parses and checks one request payload of at most `max_bytes`.
@@ -182,7 +188,9 @@ pub fn parse<R: Request>(payload: &[u8], max_bytes: usize) -> Result<R, RequestE
             return Err(RequestError::new(
                 None,
                 ErrorCode::InvalidRequest,
-                format!("field `id` must be 1 to {MAX_ID_BYTES} bytes without control characters"),
+                format!(
+                    "field `id` must be 1 to {MAX_ID_BYTES} bytes without control characters, '+', '#' or '/' (it becomes part of a topic)"
+                ),
             )
             .with_field("id"));
         }
@@ -259,6 +267,22 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("id"));
         let long = format!(r#"{{"id":"{}"}}"#, "x".repeat(MAX_ID_BYTES + 1));
         assert_eq!(err(long.as_bytes()).field.as_deref(), Some("id"));
+    }
+
+    #[test]
+    fn ids_that_would_change_a_topic_are_refused() {
+        for id in ["a+1", "tt+x", "#", "a/b", "../../other", "x\\u0000y"] {
+            let e = err(format!(r#"{{"id":"{id}"}}"#).as_bytes());
+            assert_eq!(
+                (e.code, e.field.as_deref()),
+                (ErrorCode::InvalidRequest, Some("id")),
+                "{id}: {}",
+                e.message
+            );
+        }
+        for id in ["turn-1", "a.b_c-d", "wav-0123abcd", "ü ok"] {
+            assert!(valid_id(id), "{id}");
+        }
     }
 
     #[test]
