@@ -87,7 +87,13 @@ impl Service {
         let started = Instant::now();
         let name = command.name();
         self.metrics.request_received(name);
-        let parsed = self.parse(command, &publish.payload);
+        // The broker sets the retain flag only on what it stores and hands to a new
+        // subscription: a stale request that would run again at every start. It is not run.
+        let parsed = if publish.retain {
+            Err(retained(&publish))
+        } else {
+            self.parse(command, &publish.payload)
+        };
         let job = match parsed {
             Ok(job) => job,
             Err(error) => {
@@ -389,6 +395,18 @@ async fn say(r: SayRequest, command: Command, ctx: &Ctx) -> Result<(), RequestEr
     };
     ctx.publisher.reply(command, &done).await;
     Ok(())
+}
+
+/// The error for a retained request, which is never run.
+fn retained(publish: &rumqttc::Publish) -> RequestError {
+    RequestError::new(
+        request::peek_id(&publish.payload),
+        ErrorCode::InvalidRequest,
+        format!(
+            "a retained request is not run (it would run again at every start); publish requests without the retain flag, and clear this one with an empty retained message on {}",
+            publish.topic
+        ),
+    )
 }
 
 fn stage<'a, T>(

@@ -396,6 +396,18 @@ impl TestClient {
         Ok(())
     }
 
+    /// Publishes with the retain flag: the broker keeps the message for later subscribers.
+    pub async fn publish_retained(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+    ) -> anyhow::Result<()> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload.into())
+            .await?;
+        Ok(())
+    }
+
     /// Waits for a publish on `topic` whose payload satisfies `accept`; others are discarded.
     pub async fn expect(
         &mut self,

@@ -321,6 +321,44 @@ async fn malformed_requests_get_errors_and_sotad_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_retained_request_is_refused_not_run_at_start() {
+    let broker = Mosquitto::start().unwrap();
+    let config = Sotad::config_for(broker.port, "retained", "");
+    let mut client = TestClient::connect(broker.port, "t-retained", false)
+        .await
+        .unwrap();
+    let base = "sotad/retained";
+    client.subscribe(&format!("{base}/error")).await.unwrap();
+    client.subscribe(&format!("{base}/pong")).await.unwrap();
+    // Left on the broker before sotad starts: delivered with the retain flag on subscribe.
+    client
+        .publish_retained(&format!("{base}/ping"), r#"{"id":"stale-1"}"#)
+        .await
+        .unwrap();
+    let sotad = Sotad::start(&config, "retained").unwrap();
+    assert_eq!(sotad.topic("ping"), format!("{base}/ping"));
+    let error = client
+        .expect(&sotad.topic("error"), WAIT, |_| true)
+        .await
+        .expect("an error about the retained request");
+    let error = json(&error.payload);
+    assert_eq!(error["code"], "invalid_request", "{error}");
+    assert_eq!(error["id"], "stale-1", "{error}");
+    assert_eq!(error["request_topic"], sotad.topic("ping").as_str(), "{error}");
+    assert!(
+        error["message"].as_str().unwrap_or("").contains("retained"),
+        "{error}"
+    );
+    // It did not run, and a request without the flag does.
+    client.publish(&sotad.topic("ping"), r#"{"id":"fresh-1"}"#).await.unwrap();
+    let pong = client
+        .expect(&sotad.topic("pong"), WAIT, |_| true)
+        .await
+        .expect("a pong for the fresh request");
+    assert_eq!(json(&pong.payload)["id"], "fresh-1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_message_over_the_packet_limit_is_dropped_and_sotad_recovers() {
     let broker = Mosquitto::start().unwrap();
     let config = Sotad::config_for(
