@@ -353,6 +353,9 @@ async fn switch(command: Command, ctx: &Ctx) -> Result<(), RequestError> {
 async fn say(r: SayRequest, command: Command, ctx: &Ctx) -> Result<(), RequestError> {
     let worker = stage(&r.id, ctx.stages.tts.as_ref(), "tts", "tts.voice")?;
     let speaker = if r.play { ctx.turns.speaker() } else { None };
+    let play_error = (r.play && speaker.is_none()).then(|| {
+        "not played: no speaker is configured (configuration key `audio.playback_device` is empty); the audio went out on MQTT only".to_string()
+    });
     let id = r.id.clone();
     let job = tts::Say {
         text: r.text,
@@ -383,6 +386,7 @@ async fn say(r: SayRequest, command: Command, ctx: &Ctx) -> Result<(), RequestEr
         audio_s: spoken.audio_s,
         skipped_chars: spoken.skipped_chars,
         cancelled: spoken.cancelled,
+        play_error,
         timings: SpeechTimings {
             first_audio_ms: spoken.first_audio_ms,
             total_ms: spoken.total_ms,

@@ -366,6 +366,22 @@ async fn tts_publishes_wavs_of_sentences_in_pieces_then_done() {
         .await
         .unwrap();
     assert!(done["audio_s"].as_f64().unwrap() > 0.5, "{done}");
+    assert!(done.get("play_error").is_none(), "{done}");
+
+    // `play: true` without a speaker: said in the reply, not ignored (issue 24, item 10).
+    c.publish(
+        &sotad.topic("tts/say"),
+        r#"{"id":"p1","text":"Hi.","play":true}"#,
+    )
+    .await
+    .unwrap();
+    let done = c
+        .expect_id(&sotad.topic("tts/done"), "p1", WAIT)
+        .await
+        .unwrap();
+    let why = done["play_error"].as_str().unwrap_or_default();
+    assert!(why.contains("audio.playback_device"), "{done}");
+    assert!(done["audio_s"].as_f64().unwrap() > 0.1, "{done}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -512,6 +512,9 @@ pub struct SayDone {
     #[serde(skip_serializing_if = "is_zero")]
     pub skipped_chars: usize,
     pub cancelled: bool,
+    /// Why `play: true` was not honoured (no speaker configured); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub play_error: Option<String>,
     pub timings: SpeechTimings,
 }
 
