@@ -23,9 +23,9 @@ use crate::mqtt::{Command, Inbound, Publisher};
 use crate::stages::worker::SubmitError;
 use crate::stages::{StageError, StageErrorKind, Stages, llm, stt, tts};
 use crate::telemetry::Metrics;
+use crate::voice::VoiceControl;
 use crate::voice::answer::{AUDIO_BUFFER, send_audio};
 use crate::voice::turn::{Input, Turns};
-use crate::voice::VoiceControl;
 
 /// How many request ids are remembered to recognize redeliveries.
 pub const REMEMBERED_IDS: usize = 4096;

@@ -94,7 +94,9 @@ fn resolve(modules: &BTreeMap<String, String>, from: &str, path: &str) -> Option
             parts.remove(0);
         }
     }
-    let mut best = modules.contains_key(&base.join("::")).then(|| base.join("::"));
+    let mut best = modules
+        .contains_key(&base.join("::"))
+        .then(|| base.join("::"));
     for part in parts {
         base.push(part);
         let name = base.join("::");
@@ -151,6 +153,14 @@ fn no_import_circle_between_the_daemons_files() {
         }
     }
     // The check sees the edges it should: the turn uses the stages, never the reverse.
-    assert!(edges["voice::turn"].contains("stages"), "{:?}", edges["voice::turn"]);
-    assert!(edges["telemetry"].is_empty(), "telemetry is a leaf: {:?}", edges["telemetry"]);
+    assert!(
+        edges["voice::turn"].contains("stages"),
+        "{:?}",
+        edges["voice::turn"]
+    );
+    assert!(
+        edges["telemetry"].is_empty(),
+        "telemetry is a leaf: {:?}",
+        edges["telemetry"]
+    );
 }

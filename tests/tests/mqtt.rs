@@ -344,13 +344,20 @@ async fn a_retained_request_is_refused_not_run_at_start() {
     let error = json(&error.payload);
     assert_eq!(error["code"], "invalid_request", "{error}");
     assert_eq!(error["id"], "stale-1", "{error}");
-    assert_eq!(error["request_topic"], sotad.topic("ping").as_str(), "{error}");
+    assert_eq!(
+        error["request_topic"],
+        sotad.topic("ping").as_str(),
+        "{error}"
+    );
     assert!(
         error["message"].as_str().unwrap_or("").contains("retained"),
         "{error}"
     );
     // It did not run, and a request without the flag does.
-    client.publish(&sotad.topic("ping"), r#"{"id":"fresh-1"}"#).await.unwrap();
+    client
+        .publish(&sotad.topic("ping"), r#"{"id":"fresh-1"}"#)
+        .await
+        .unwrap();
     let pong = client
         .expect(&sotad.topic("pong"), WAIT, |_| true)
         .await

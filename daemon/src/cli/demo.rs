@@ -29,7 +29,10 @@ pub fn prepare_devices(dir: &Path, clip: &Path) -> anyhow::Result<PathBuf> {
     let mono = audio::to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)?;
     let mut raw = Vec::with_capacity((mono.len() + 64_000) * 2);
     let silence = |secs: f64, raw: &mut Vec<u8>| {
-        raw.extend(std::iter::repeat_n(0u8, (secs * f64::from(audio::SAMPLE_RATE)) as usize * 2));
+        raw.extend(std::iter::repeat_n(
+            0u8,
+            (secs * f64::from(audio::SAMPLE_RATE)) as usize * 2,
+        ));
     };
     silence(1.0, &mut raw);
     for &x in mono.iter() {

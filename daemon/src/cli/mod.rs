@@ -22,8 +22,8 @@ pub fn transcribe(
     json: bool,
 ) -> anyhow::Result<()> {
     let wav = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut engine = stt::load(config.model_path(&config.stt.model), &config.stt)
-        .map_err(|e| anyhow!(e))?;
+    let mut engine =
+        stt::load(config.model_path(&config.stt.model), &config.stt).map_err(|e| anyhow!(e))?;
     let job = stt::WavJob {
         wav,
         language,

@@ -548,10 +548,7 @@ pub fn validate_text_turn(r: &TextTurnRequest) -> Result<(), RequestError> {
         return Err(RequestError::new(
             Some(r.id.clone()),
             ErrorCode::InvalidRequest,
-            format!(
-                "`text` must be 1 to {} bytes of text",
-                MAX_PROMPT_BYTES
-            ),
+            format!("`text` must be 1 to {} bytes of text", MAX_PROMPT_BYTES),
         )
         .with_field("text"));
     }
@@ -579,7 +576,6 @@ pub struct ReplyEvent<'a> {
     pub stop_reason: StopReason,
 }
 
-
 #[derive(Debug, Clone, Serialize)]
 pub struct DoneEvent<'a> {
     pub turn: &'a str,
@@ -600,7 +596,6 @@ pub struct DoneEvent<'a> {
     pub error: Option<String>,
 }
 
-
 // ---- voice ----
 
 /// The retained `voice/state` document.
@@ -619,7 +614,6 @@ pub struct VoiceState {
     pub vad_error: Option<String>,
     pub speaking: bool,
 }
-
 
 /// How a turn ended (`turn/done`'s `outcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -766,7 +760,15 @@ mod tests {
         .iter()
         .map(|o| serde_json::to_string(o).unwrap())
         .collect();
-        assert_eq!(names, [r#""answered""#, r#""no_speech""#, r#""cancelled""#, r#""failed""#]);
+        assert_eq!(
+            names,
+            [
+                r#""answered""#,
+                r#""no_speech""#,
+                r#""cancelled""#,
+                r#""failed""#
+            ]
+        );
         let ends: Vec<String> = [
             Endpoint::Vad(EndReason::Silence),
             Endpoint::Vad(EndReason::Complete),
@@ -778,7 +780,12 @@ mod tests {
         .collect();
         assert_eq!(
             ends,
-            [r#""silence""#, r#""complete""#, r#""max_length""#, r#""push_to_talk""#]
+            [
+                r#""silence""#,
+                r#""complete""#,
+                r#""max_length""#,
+                r#""push_to_talk""#
+            ]
         );
         let stops: Vec<&str> = [
             StopReason::Eos,
@@ -790,6 +797,9 @@ mod tests {
         .into_iter()
         .map(stop_reason_name)
         .collect();
-        assert_eq!(stops, ["eos", "stop", "max_tokens", "cancelled", "context_full"]);
+        assert_eq!(
+            stops,
+            ["eos", "stop", "max_tokens", "cancelled", "context_full"]
+        );
     }
 }

@@ -125,7 +125,9 @@ pub fn peek_id(payload: &[u8]) -> Option<String> {
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID_BYTES
-        && !id.chars().any(|c| c.is_control() || matches!(c, '+' | '#' | '/'))
+        && !id
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '+' | '#' | '/'))
 }
 
 /// Parses and checks one request payload of at most `max_bytes`.

@@ -23,8 +23,8 @@ use sotad_engines::llm as engine;
 use tokio::sync::mpsc;
 
 use super::conversations::Conversations;
-use super::hold::Hold;
 use super::error::StageError;
+use super::hold::Hold;
 use super::worker::{SubmitError, Worker, threads};
 use crate::config;
 

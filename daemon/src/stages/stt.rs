@@ -32,7 +32,9 @@ pub type SttWorker = Worker<Stt>;
 /// thread.
 pub fn spawn(path: Option<PathBuf>, config: config::Stt, queue: usize) -> Option<SttWorker> {
     let path = path?;
-    Some(Worker::spawn("stt", queue, move || load(Some(path), &config)))
+    Some(Worker::spawn("stt", queue, move || {
+        load(Some(path), &config)
+    }))
 }
 
 /// Loads the configured model; the error names the configuration key and the file.
@@ -132,7 +134,8 @@ impl Stt {
         if job.wav.is_empty() {
             return Err(StageError::invalid("wav", "the WAV is empty"));
         }
-        let wav = audio::parse_wav(&job.wav).map_err(|e| StageError::audio("wav", e.to_string()))?;
+        let wav =
+            audio::parse_wav(&job.wav).map_err(|e| StageError::audio("wav", e.to_string()))?;
         let duration_s = wav.duration_secs();
         let mono = audio::to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)
             .map_err(|e| StageError::audio("wav", e.to_string()))?;

@@ -51,7 +51,11 @@ pub fn spawn(
 }
 
 /// Loads the configured voice; the error names the configuration key and the file.
-pub fn load(path: Option<PathBuf>, config: &config::Tts, models_dir: PathBuf) -> Result<Tts, String> {
+pub fn load(
+    path: Option<PathBuf>,
+    config: &config::Tts,
+    models_dir: PathBuf,
+) -> Result<Tts, String> {
     let key_value = &config.voice;
     let Some(path) = path else {
         return Err("text-to-speech is off: configuration key `tts.voice` is empty".into());

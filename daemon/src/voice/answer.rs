@@ -205,9 +205,7 @@ impl Answerer {
         };
         let (result, (), sent) = tokio::join!(done, tokens, forward);
         llm.finish(llm_id);
-        let reply = result
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.message)?;
+        let reply = result.map_err(|e| e.to_string())?.map_err(|e| e.message)?;
         // Every sentence is synthesized; while it plays, evaluate the conversation for the
         // next question.
         llm.warm();

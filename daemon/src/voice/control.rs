@@ -99,4 +99,3 @@ pub fn control(config: &Config) -> Arc<VoiceControl> {
         vad_error: std::sync::Mutex::new(None),
     })
 }
-

@@ -155,15 +155,13 @@ pub fn run(
                 // From the true end of speech to now: the trailing silence the endpointer
                 // waited for, plus the time the last frame spent in the queue.
                 let silence = at.saturating_sub(speech_end);
-                let waited =
-                    Duration::from_secs_f64(silence as f64 / f64::from(SAMPLE_RATE));
+                let waited = Duration::from_secs_f64(silence as f64 / f64::from(SAMPLE_RATE));
                 let queued = frame.captured_at.elapsed();
                 // The detector's positions count only the windows it was given; the frame's
                 // sequence number counts every frame captured, so the end of speech in the
                 // capture stream is this frame's end minus the silence since.
                 let captured = (frame.seq + 1) * audio::FRAME_SAMPLES as u64;
-                let speech_end_s =
-                    captured.saturating_sub(silence) as f64 / f64::from(SAMPLE_RATE);
+                let speech_end_s = captured.saturating_sub(silence) as f64 / f64::from(SAMPLE_RATE);
                 let speculation = match pauses.endpoint((start, speech_end)) {
                     AtEndpoint::Adopt { key, len } => {
                         utterance.truncate(len);

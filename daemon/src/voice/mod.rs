@@ -117,4 +117,3 @@ pub fn start(config: &Config, control: Arc<VoiceControl>, turns: Turns) -> Voice
         _capture: capture,
     }
 }
-

@@ -49,10 +49,7 @@ pub fn spawn(
         .name("sotad-play".into())
         .spawn(move || play_loop(&player, &rx, &playing));
     match spawned {
-        Ok(_) => Some(Speaker {
-            queue: tx,
-            metrics,
-        }),
+        Ok(_) => Some(Speaker { queue: tx, metrics }),
         Err(e) => {
             tracing::error!(error = %e, "could not start the playback thread");
             None

@@ -140,7 +140,12 @@ pub enum OnTranscript {
 }
 
 /// Decides what a speculative transcript `text` starts.
-pub fn on_transcript(text: &str, cancelled: bool, speculate_answers: bool, llm: bool) -> OnTranscript {
+pub fn on_transcript(
+    text: &str,
+    cancelled: bool,
+    speculate_answers: bool,
+    llm: bool,
+) -> OnTranscript {
     if text.trim().is_empty() || cancelled || !llm {
         OnTranscript::Nothing
     } else if speculate_answers {
@@ -335,7 +340,10 @@ impl Speculator {
         {
             let ask = Ask::question(h.llm_id, question.to_string(), session);
             let reply = answer.text.clone();
-            match llm.worker.submit(move |engine| engine.remember(&ask, &reply)) {
+            match llm
+                .worker
+                .submit(move |engine| engine.remember(&ask, &reply))
+            {
                 Ok(_) => llm.warm(),
                 Err(e) => tracing::warn!(turn, error = %e, "the answer was not remembered"),
             }
@@ -371,7 +379,8 @@ impl Speculator {
                     OnTranscript::Nothing => {}
                     OnTranscript::Prepare => {
                         // Only evaluate the prompt the answer would start from.
-                        let ask = Ask::question("prepare".into(), text.clone(), this.voice_session());
+                        let ask =
+                            Ask::question("prepare".into(), text.clone(), this.voice_session());
                         if let Some(llm) = llm
                             && let Err(e) = llm.worker.submit(move |engine| engine.prepare(&ask))
                         {
@@ -440,7 +449,11 @@ mod tests {
     #[test]
     fn the_endpoint_adopts_only_the_speculation_of_its_own_pause() {
         let mut p = PauseTracker::default();
-        assert_eq!(p.endpoint((0, 100)), AtEndpoint::Nothing, "no pause, nothing to adopt");
+        assert_eq!(
+            p.endpoint((0, 100)),
+            AtEndpoint::Nothing,
+            "no pause, nothing to adopt"
+        );
 
         p.pause((0, 100), 1600);
         assert_eq!(
@@ -486,23 +499,41 @@ mod tests {
         assert!(p.ends_early(Some(6400), 6400, yes));
         assert!(!p.ends_early(Some(6399), 6400, yes), "silence too short");
         assert!(!p.ends_early(None, 6400, yes), "speaking again");
-        assert!(!p.ends_early(Some(6400), 6400, |_| false), "transcript not complete");
+        assert!(
+            !p.ends_early(Some(6400), 6400, |_| false),
+            "transcript not complete"
+        );
         assert!(!p.ends_early(Some(100_000), 0, yes), "early endpoint off");
         let mut asked = None;
         p.ends_early(Some(6400), 6400, |key| {
             asked = Some(key);
             true
         });
-        assert_eq!(asked, Some((5, 100)), "asks about the pause's own utterance");
+        assert_eq!(
+            asked,
+            Some((5, 100)),
+            "asks about the pause's own utterance"
+        );
     }
 
     #[test]
     fn a_transcript_starts_an_answer_a_preparation_or_nothing() {
         use OnTranscript::*;
         assert_eq!(on_transcript("What time is it?", false, true, true), Answer);
-        assert_eq!(on_transcript("What time is it?", false, false, true), Prepare);
+        assert_eq!(
+            on_transcript("What time is it?", false, false, true),
+            Prepare
+        );
         assert_eq!(on_transcript("  ", false, true, true), Nothing, "no words");
-        assert_eq!(on_transcript("Hello", true, true, true), Nothing, "speech came back");
-        assert_eq!(on_transcript("Hello", false, true, false), Nothing, "no LLM");
+        assert_eq!(
+            on_transcript("Hello", true, true, true),
+            Nothing,
+            "speech came back"
+        );
+        assert_eq!(
+            on_transcript("Hello", false, true, false),
+            Nothing,
+            "no LLM"
+        );
     }
 }

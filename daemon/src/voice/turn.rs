@@ -108,7 +108,9 @@ pub enum SttStep {
     Words,
     NoWords,
     /// Failed, or stopped; `cancelled`: the turn's cancel flag was set then.
-    Failed { cancelled: bool },
+    Failed {
+        cancelled: bool,
+    },
 }
 
 /// How the answer step of a turn ended.
@@ -118,7 +120,9 @@ pub enum AnswerStep {
     Skipped,
     Done(StopReason),
     /// Failed; `cancelled`: the turn's cancel flag was set then.
-    Failed { cancelled: bool },
+    Failed {
+        cancelled: bool,
+    },
 }
 
 /// How a turn ended, from its steps and whether it was cancelled by the end.
@@ -293,8 +297,7 @@ impl Turns {
                     .unwrap_or(u.endpointed_at);
                 let result = match speculation {
                     Some(s) => {
-                        latency.stt_early_ms =
-                            Some(round1(ms_between(s.started, u.endpointed_at)));
+                        latency.stt_early_ms = Some(round1(ms_between(s.started, u.endpointed_at)));
                         let r = s.result.await;
                         held = s.held.lock().unwrap_or_else(|e| e.into_inner()).take();
                         r
@@ -352,10 +355,7 @@ impl Turns {
             let answered = match held.take() {
                 Some(h) => {
                     self.set_current_llm_id(&turn, h.llm_id());
-                    inner
-                        .speculator
-                        .adopt(&turn, h, &question, session)
-                        .await
+                    inner.speculator.adopt(&turn, h, &question, session).await
                 }
                 None => {
                     inner
@@ -454,20 +454,42 @@ mod tests {
         use TurnOutcome::*;
         let done = A::Done(StopReason::Eos);
         assert_eq!(outcome(S::Words, done, false), Answered);
-        assert_eq!(outcome(S::Typed, A::Done(StopReason::MaxTokens), false), Answered);
+        assert_eq!(
+            outcome(S::Typed, A::Done(StopReason::MaxTokens), false),
+            Answered
+        );
         // Nothing said: no answer was asked for, and a late cancel does not change that.
         assert_eq!(outcome(S::NoWords, A::Skipped, false), NoSpeech);
         assert_eq!(outcome(S::NoWords, A::Skipped, true), NoSpeech);
         // A transcription that failed because the turn was cancelled is not a failure.
-        assert_eq!(outcome(S::Failed { cancelled: true }, A::Skipped, true), Cancelled);
-        assert_eq!(outcome(S::Failed { cancelled: false }, A::Skipped, true), Failed);
+        assert_eq!(
+            outcome(S::Failed { cancelled: true }, A::Skipped, true),
+            Cancelled
+        );
+        assert_eq!(
+            outcome(S::Failed { cancelled: false }, A::Skipped, true),
+            Failed
+        );
         // The same for the answer.
-        assert_eq!(outcome(S::Words, A::Failed { cancelled: true }, true), Cancelled);
-        assert_eq!(outcome(S::Words, A::Failed { cancelled: false }, true), Failed);
+        assert_eq!(
+            outcome(S::Words, A::Failed { cancelled: true }, true),
+            Cancelled
+        );
+        assert_eq!(
+            outcome(S::Words, A::Failed { cancelled: false }, true),
+            Failed
+        );
         // Stopped by its cancel flag, or cancelled at any point before the end.
-        assert_eq!(outcome(S::Words, A::Done(StopReason::Cancelled), false), Cancelled);
+        assert_eq!(
+            outcome(S::Words, A::Done(StopReason::Cancelled), false),
+            Cancelled
+        );
         assert_eq!(outcome(S::Words, done, true), Cancelled);
-        assert_eq!(outcome(S::Words, A::Skipped, true), Cancelled, "cancelled before the LLM ran");
+        assert_eq!(
+            outcome(S::Words, A::Skipped, true),
+            Cancelled,
+            "cancelled before the LLM ran"
+        );
         assert_eq!(outcome(S::Typed, A::Skipped, true), Cancelled);
     }
 }

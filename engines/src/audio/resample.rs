@@ -80,21 +80,20 @@ pub fn to_mono_16k(interleaved: &[f32], sample_rate: u32, channels: u16) -> Resu
     if sample_rate == SAMPLE_RATE {
         return Ok(mono);
     }
-    let mut resampler =
-        MonoResampler::new(sample_rate, SAMPLE_RATE).map_err(|e| match e {
-            Error::Resample {
-                from_rate,
-                to_rate,
-                reason,
-                ..
-            } => Error::Resample {
-                from_rate,
-                to_rate,
-                channels: usize::from(channels),
-                reason,
-            },
-            other => other,
-        })?;
+    let mut resampler = MonoResampler::new(sample_rate, SAMPLE_RATE).map_err(|e| match e {
+        Error::Resample {
+            from_rate,
+            to_rate,
+            reason,
+            ..
+        } => Error::Resample {
+            from_rate,
+            to_rate,
+            channels: usize::from(channels),
+            reason,
+        },
+        other => other,
+    })?;
     let mut out = Vec::with_capacity(resampler.output_len(mono.len() as u64) as usize);
     resampler.push(&mono, &mut out)?;
     resampler.finish(&mut out)?;
