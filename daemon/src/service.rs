@@ -302,11 +302,7 @@ pub fn transcript(id: String, t: &stt::Transcription) -> Transcript {
         duration_s,
         timings: TranscriptTimings {
             total_ms: t.total_ms,
-            real_time_factor: if duration_s > 0.0 {
-                t.total_ms / 1e3 / duration_s
-            } else {
-                0.0
-            },
+            real_time_factor: payloads::real_time_factor(t.total_ms, duration_s),
         },
     }
 }
@@ -357,14 +353,7 @@ async fn say(r: SayRequest, command: Command, ctx: &Ctx) -> Result<(), RequestEr
         "not played: no speaker is configured (configuration key `audio.playback_device` is empty); the audio went out on MQTT only".to_string()
     });
     let id = r.id.clone();
-    let job = tts::Say {
-        text: r.text,
-        voice: r.voice,
-        speaker: r.speaker,
-        length_scale: r.scales.length,
-        noise_scale: r.scales.noise,
-        noise_w: r.scales.noise_w,
-    };
+    let job = speech(r);
     let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(AUDIO_BUFFER);
     let cancel = Arc::new(AtomicBool::new(false));
     let engine_cancel = cancel.clone();
@@ -390,15 +379,23 @@ async fn say(r: SayRequest, command: Command, ctx: &Ctx) -> Result<(), RequestEr
         timings: SpeechTimings {
             first_audio_ms: spoken.first_audio_ms,
             total_ms: spoken.total_ms,
-            real_time_factor: if spoken.audio_s > 0.0 {
-                spoken.total_ms / 1e3 / spoken.audio_s
-            } else {
-                0.0
-            },
+            real_time_factor: payloads::real_time_factor(spoken.total_ms, spoken.audio_s),
         },
     };
     ctx.publisher.reply(command, &done).await;
     Ok(())
+}
+
+/// The stage's text to say for a `tts/say`.
+pub fn speech(r: SayRequest) -> tts::Say {
+    tts::Say {
+        text: r.text,
+        voice: r.voice,
+        speaker: r.speaker,
+        length_scale: r.scales.length,
+        noise_scale: r.scales.noise,
+        noise_w: r.scales.noise_w,
+    }
 }
 
 /// The error for a retained request, which is never run.

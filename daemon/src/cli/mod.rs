@@ -141,11 +141,7 @@ pub fn say(
         play: false,
     };
     payloads::validate_say(&request).map_err(|e| anyhow!(e.message))?;
-    let job = tts::Say {
-        text: request.text,
-        voice: request.voice,
-        ..Default::default()
-    };
+    let job = service::speech(request);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tts::Chunk>(1024);
     let done = engine
         .say(&job, &tx, &AtomicBool::new(false), || {})
@@ -163,11 +159,7 @@ pub fn say(
         done.audio_s,
         done.sentences,
         done.first_audio_ms,
-        if done.audio_s > 0.0 {
-            done.total_ms / 1e3 / done.audio_s
-        } else {
-            0.0
-        }
+        payloads::real_time_factor(done.total_ms, done.audio_s)
     );
     Ok(())
 }

@@ -518,6 +518,16 @@ pub struct SayDone {
     pub timings: SpeechTimings,
 }
 
+/// Processing time per second of audio (0 for no audio): the `real_time_factor` of
+/// `stt/transcript` and `tts/done`.
+pub fn real_time_factor(total_ms: f64, audio_s: f64) -> f64 {
+    if audio_s > 0.0 {
+        total_ms / 1e3 / audio_s
+    } else {
+        0.0
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SpeechTimings {
     pub first_audio_ms: f64,

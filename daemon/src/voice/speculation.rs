@@ -223,7 +223,8 @@ impl Speculator {
         }
     }
 
-    fn voice_session(&self) -> Option<String> {
+    /// The LLM session of spoken questions.
+    pub fn voice_session(&self) -> Option<String> {
         Some(self.inner.session.clone())
     }
 

@@ -82,7 +82,6 @@ pub struct Turns {
 }
 
 struct Inner {
-    session: String,
     answerer: Answerer,
     speculator: Speculator,
     /// The turn in progress. Locked alone (see the lock order in `speculation.rs`).
@@ -157,14 +156,10 @@ impl Turns {
             first_piece_words: config.first_piece_words,
             first_audio_priority: config.first_audio_priority,
         };
-        let speculator = Speculator::new(
-            answerer.clone(),
-            config.speculate_answers,
-            config.session.clone(),
-        );
+        let speculator =
+            Speculator::new(answerer.clone(), config.speculate_answers, config.session);
         Turns {
             inner: Arc::new(Inner {
-                session: config.session,
                 answerer,
                 speculator,
                 current: Mutex::new(None),
@@ -195,11 +190,6 @@ impl Turns {
             "turn-{}",
             self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1
         )
-    }
-
-    /// The LLM session of spoken questions.
-    fn voice_session(&self) -> Option<String> {
-        Some(self.inner.session.clone())
     }
 
     /// Cancels the turn in progress, if any (barge-in, `listen/stop`, `mute`).
@@ -330,7 +320,7 @@ impl Turns {
                             (None, None, origin)
                         } else {
                             stt_step = SttStep::Words;
-                            (Some(t.text), self.voice_session(), origin)
+                            (Some(t.text), inner.speculator.voice_session(), origin)
                         }
                     }
                     Err(e) => {
