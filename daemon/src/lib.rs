@@ -46,6 +46,31 @@ use crate::stages::Stages;
 use crate::telemetry::{Metrics, Sampler};
 use crate::voice::turn::{Turns, TurnsConfig};
 
+/// The capacity of every fixed-size queue between the daemon's tasks and threads, chosen here
+/// and nowhere else; what happens when each is full is the backpressure table in
+/// ARCHITECTURE.md. The configurable ones come from the config: `service.request_queue`
+/// (connection → service, and each engine worker's job queue), `audio.frame_queue` (capture →
+/// VAD) and `audio.playback_queue` (→ player).
+pub mod capacity {
+    /// rumqttc's request channel (anyone → the event loop). Small: the event loop drains it
+    /// continuously, and telemetry (QoS 0) is dropped rather than queued when it is full.
+    pub const MQTT_REQUESTS: usize = 64;
+    /// Text pieces of a streaming `llm/ask` waiting for `llm/tokens` before the stream starts
+    /// dropping them (the reply still has the whole text).
+    pub const TOKENS: usize = 256;
+    /// Text pieces of a spoken answer waiting for the sentence splitter: larger than
+    /// [`TOKENS`], since a piece waits there while the sentence before it is synthesized.
+    pub const SPOKEN_TOKENS: usize = TOKENS * 4;
+    /// Pieces of synthesized audio waiting to go out (MQTT, player) before the TTS engine
+    /// waits: audio is never dropped.
+    pub const AUDIO: usize = 4;
+    /// Utterances waiting for a turn: the newest question matters, older ones are stale.
+    pub const UTTERANCES: usize = 2;
+    /// The one-off CLI commands' streams (`sotad chat` to the terminal, `sotad say` to its
+    /// WAV file, which collects the audio once synthesis ends): large, so nothing waits.
+    pub const CLI_STREAM: usize = 1024;
+}
+
 /// How long the farewell (`offline`, then DISCONNECT) may take once work is done.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -166,9 +191,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // Engines load on their own threads while MQTT comes up.
     let stages = Stages::spawn(&config);
     let options = mqtt::connection::options(&config, &topics, &host, port)?;
-    // A small request channel: the event loop drains it continuously, and telemetry (QoS 0)
-    // is dropped rather than queued when it is full.
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, capacity::MQTT_REQUESTS);
     let mut network = rumqttc::NetworkOptions::new();
     network.set_connection_timeout(config.mqtt.connect_timeout_secs);
     // Small request/reply messages: without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms.

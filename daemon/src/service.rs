@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::capacity;
 use crate::mqtt::dedup::RecentIds;
 use crate::mqtt::payloads::{
     self, AskRequest, MessageIn, Reply, ReplyTimings, Role, SayDone, SayRequest, Segment,
@@ -24,7 +25,7 @@ use crate::stages::worker::SubmitError;
 use crate::stages::{StageError, StageErrorKind, Stages, llm, stt, tts};
 use crate::telemetry::Metrics;
 use crate::voice::VoiceControl;
-use crate::voice::answer::{AUDIO_BUFFER, send_audio};
+use crate::voice::answer::send_audio;
 use crate::voice::turn::{Input, Turns};
 
 /// How many request ids are remembered to recognize redeliveries.
@@ -354,7 +355,7 @@ async fn say(r: SayRequest, command: Command, ctx: &Ctx) -> Result<(), RequestEr
     });
     let id = r.id.clone();
     let job = speech(r);
-    let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(AUDIO_BUFFER);
+    let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(capacity::AUDIO);
     let cancel = Arc::new(AtomicBool::new(false));
     let engine_cancel = cancel.clone();
     let done = worker
@@ -514,13 +515,7 @@ pub async fn ask(
 ) -> Result<Reply, RequestError> {
     let id = request.id.clone();
     let session = request.session.clone();
-    let submitted = llm.ask_streaming(
-        question(request),
-        llm::TOKEN_STREAM_BUFFER,
-        None,
-        true,
-        false,
-    );
+    let submitted = llm.ask_streaming(question(request), capacity::TOKENS, None, true, false);
     let result = match submitted {
         Ok((mut tokens_rx, done)) => {
             let topic = publisher.topics().llm_tokens();

@@ -8,6 +8,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::located::{Format, Located, LocatedKind};
+
 /// Shorthand for `std::result::Result<T, sotad_engines::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -107,48 +109,30 @@ impl From<GgufError> for Error {
     }
 }
 
-/// A GGUF problem with its location.
+/// A GGUF problem with its location: a [`Located`] error (the one shape of every file error).
 ///
 /// Displays as, for example:
 ///
 /// ```text
 /// GGUF file "/models/x.gguf": tensor "blk.0.attn_q.weight" at byte 1234: has 7 dimensions, at most 4 are supported
 /// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct GgufError {
-    /// The file the data came from; `None` when parsing an in-memory buffer.
-    pub path: Option<PathBuf>,
-    /// Byte offset from the start of the file where the problem was detected, when meaningful.
-    pub offset: Option<u64>,
-    /// The tensor or metadata entry involved, if any.
-    pub subject: Option<GgufSubject>,
-    /// What is wrong.
-    pub kind: GgufErrorKind,
-}
+pub type GgufError = Located<GgufErrorKind>;
 
 impl GgufError {
     pub(crate) fn new(kind: GgufErrorKind) -> Box<Self> {
-        Box::new(Self {
-            path: None,
-            offset: None,
-            subject: None,
-            kind,
-        })
+        Located::in_format(Format::Gguf, kind)
     }
 
-    pub(crate) fn at(mut self: Box<Self>, offset: u64) -> Box<Self> {
-        self.offset = Some(offset);
-        self
+    pub(crate) fn at(self: Box<Self>, offset: u64) -> Box<Self> {
+        self.at_byte(offset)
     }
 
-    pub(crate) fn key(mut self: Box<Self>, key: &str) -> Box<Self> {
-        self.subject = Some(GgufSubject::Key(key.to_owned()));
-        self
+    pub(crate) fn key(self: Box<Self>, key: &str) -> Box<Self> {
+        self.about(GgufSubject::Key(key.to_owned()))
     }
 
-    pub(crate) fn tensor(mut self: Box<Self>, name: &str) -> Box<Self> {
-        self.subject = Some(GgufSubject::Tensor(name.to_owned()));
-        self
+    pub(crate) fn tensor(self: Box<Self>, name: &str) -> Box<Self> {
+        self.about(GgufSubject::Tensor(name.to_owned()))
     }
 
     pub(crate) fn subject_if_none(
@@ -162,26 +146,16 @@ impl GgufError {
     }
 }
 
-impl fmt::Display for GgufError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.path {
-            Some(path) => write!(f, "GGUF file {path:?}")?,
-            None => f.write_str("GGUF data")?,
+impl LocatedKind for GgufErrorKind {
+    type Subject = GgufSubject;
+
+    fn fmt_subject(&self, subject: &GgufSubject, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match subject {
+            GgufSubject::Tensor(name) => write!(f, "tensor {name:?}"),
+            GgufSubject::Key(key) => write!(f, "metadata key {key:?}"),
         }
-        match &self.subject {
-            Some(GgufSubject::Tensor(name)) => write!(f, ": tensor {name:?}")?,
-            Some(GgufSubject::Key(key)) => write!(f, ": metadata key {key:?}")?,
-            None => {}
-        }
-        if let Some(offset) = self.offset {
-            let sep = if self.subject.is_some() { " " } else { ": " };
-            write!(f, "{sep}at byte {offset}")?;
-        }
-        write!(f, ": {}", self.kind)
     }
 }
-
-impl std::error::Error for GgufError {}
 
 /// The tensor or metadata entry a [`GgufError`] is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod gguf;
 pub mod json;
 pub mod llm;
+pub mod located;
 mod mapped;
 mod par;
 pub mod quant;

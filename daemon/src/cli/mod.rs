@@ -96,7 +96,7 @@ pub fn chat(config: &Config, thinking: bool) -> anyhow::Result<()> {
         payloads::validate_ask(&request).map_err(|e| anyhow!(e.message))?;
         let ask = service::question(request);
         // Print pieces as they come, from the engine thread's callback.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(sotad::capacity::CLI_STREAM);
         let printer = std::thread::spawn(move || {
             let mut out = std::io::stdout();
             while let Some(piece) = rx.blocking_recv() {
@@ -142,7 +142,7 @@ pub fn say(
     };
     payloads::validate_say(&request).map_err(|e| anyhow!(e.message))?;
     let job = service::speech(request);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<tts::Chunk>(1024);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<tts::Chunk>(sotad::capacity::CLI_STREAM);
     let done = engine
         .say(&job, &tx, &AtomicBool::new(false), || {})
         .map_err(|e| anyhow!(e.message))?;

@@ -28,9 +28,6 @@ use super::hold::Hold;
 use super::worker::{SubmitError, Worker, threads};
 use crate::config;
 
-/// Text pieces waiting for their consumer before the stream starts dropping them.
-pub const TOKEN_STREAM_BUFFER: usize = 256;
-
 /// The engine thread's state: the model, its one live session, remembered conversations.
 pub struct Llm {
     model: engine::Model,

@@ -11,14 +11,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sentences::SentenceSplitter;
 use super::speaker::{PlayChunk, Speaker};
+use crate::capacity;
 use crate::mqtt::Publisher;
 use crate::stages::hold::Hold;
-use crate::stages::llm::{Ask, TOKEN_STREAM_BUFFER};
+use crate::stages::llm::Ask;
 use crate::stages::{Stages, tts};
 use crate::telemetry::Metrics;
-
-/// Pieces of audio waiting to go out before the TTS engine waits.
-pub const AUDIO_BUFFER: usize = 4;
 
 /// Speaks answers: what a turn and a speculative answer share.
 #[derive(Clone)]
@@ -118,7 +116,7 @@ impl Answerer {
         let (mut tokens_rx, done) = llm
             .ask_streaming(
                 ask,
-                TOKEN_STREAM_BUFFER * 4,
+                capacity::SPOKEN_TOKENS,
                 hold.clone(),
                 gate.is_none(),
                 cancel.load(Ordering::Relaxed),
@@ -126,7 +124,7 @@ impl Answerer {
             .map_err(|e| e.to_string())?;
 
         // Speech for the sentences, in order, as they complete.
-        let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(AUDIO_BUFFER);
+        let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(capacity::AUDIO);
         // When the first audio was synthesized (a held answer's waits behind the gate).
         let audio_ready = Arc::new(OnceLock::new());
         let mut ttft = None;

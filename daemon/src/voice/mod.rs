@@ -30,12 +30,10 @@ use sotad_engines::vad::{SileroVad, VoiceDetector};
 use tokio::sync::mpsc;
 
 use crate::audio::{self, Capture, CaptureHandle};
+use crate::capacity;
 use crate::config::Config;
 pub use control::{VoiceControl, control};
 use turn::{Input, Turns};
-
-/// Utterances waiting for a turn: the newest question matters, old ones are stale.
-pub const UTTERANCE_QUEUE: usize = 2;
 
 /// The running voice side; dropping it stops capture (the VAD and player threads end when
 /// their channels close).
@@ -61,7 +59,7 @@ pub fn start(config: &Config, control: Arc<VoiceControl>, turns: Turns) -> Voice
             None
         }
     };
-    let (utter_tx, mut utter_rx) = mpsc::channel::<Input>(UTTERANCE_QUEUE);
+    let (utter_tx, mut utter_rx) = mpsc::channel::<Input>(capacity::UTTERANCES);
     let vad_path = config.model_path(&config.vad.model);
     let detector_config = config.vad.detector_config();
     let listen = listen::Listen {

@@ -38,9 +38,10 @@
 //! - Chunks after `data` are not read at all.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::located::{Format, Located, LocatedKind, NoSubject};
 
 /// How samples are stored in a WAV file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,47 +123,29 @@ impl Wav {
 
 // ----- errors ----------------------------------------------------------------------------
 
-/// A WAV problem with its location.
+/// A WAV problem with its location: a [`Located`] error (the one shape of every file error).
 ///
 /// Displays as, for example:
 ///
 /// ```text
 /// WAV file "/tmp/x.wav" at byte 20: unsupported format tag 0x0007 (mu-law): only PCM (1), IEEE float (3) and WAVE_FORMAT_EXTENSIBLE (0xFFFE) are supported
 /// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct WavError {
-    /// The file the bytes came from; `None` when parsing a buffer.
-    pub path: Option<PathBuf>,
-    /// Byte offset from the start of the data where the problem was detected.
-    pub offset: Option<u64>,
-    /// What is wrong.
-    pub kind: WavErrorKind,
-}
+pub type WavError = Located<WavErrorKind>;
 
 impl WavError {
     fn new(kind: WavErrorKind, offset: usize) -> Box<Self> {
-        Box::new(Self {
-            path: None,
-            offset: Some(offset as u64),
-            kind,
-        })
+        Located::in_format(Format::Wav, kind).at_byte(offset as u64)
     }
 }
 
-impl fmt::Display for WavError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.path {
-            Some(path) => write!(f, "WAV file {path:?}")?,
-            None => f.write_str("WAV data")?,
-        }
-        if let Some(offset) = self.offset {
-            write!(f, " at byte {offset}")?;
-        }
-        write!(f, ": {}", self.kind)
+impl LocatedKind for WavErrorKind {
+    /// A WAV error is about the file as a whole.
+    type Subject = NoSubject;
+
+    fn fmt_subject(&self, subject: &NoSubject, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *subject {}
     }
 }
-
-impl std::error::Error for WavError {}
 
 impl From<Box<WavError>> for Error {
     fn from(e: Box<WavError>) -> Self {

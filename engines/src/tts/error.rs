@@ -8,28 +8,13 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// Which kind of file a [`TtsError`] is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TtsFile {
-    /// An ONNX model (`*.onnx`).
-    Onnx,
-    /// A Piper voice config (`*.onnx.json`).
-    VoiceConfig,
-    /// A synthesis request: its text, phoneme ids or options, or the inference run on them.
-    Request,
-}
+use crate::located::{Format, Located, LocatedKind};
 
-impl TtsFile {
-    fn describe(self) -> &'static str {
-        match self {
-            TtsFile::Onnx => "ONNX",
-            TtsFile::VoiceConfig => "Piper voice config",
-            TtsFile::Request => "TTS request",
-        }
-    }
-}
+/// Which kind of file a [`TtsError`] is about: ONNX, Piper voice config, or a request.
+pub type TtsFile = Format;
 
-/// A text-to-speech model problem with its location.
+/// A text-to-speech model problem with its location: a [`Located`] error (the one shape of
+/// every file error).
 ///
 /// Displays as, for example:
 ///
@@ -37,66 +22,33 @@ impl TtsFile {
 /// ONNX file "/models/x.onnx": tensor "dec.ups.0.weight" at byte 1234: data is 10 bytes, shape [2, 3] of FLOAT needs 24
 /// Piper voice config "/models/x.onnx.json": key "phoneme_id_map" at byte 311: expected object, found array
 /// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct TtsError {
-    /// The kind of file.
-    pub file: TtsFile,
-    /// The file the data came from; `None` when parsing an in-memory buffer.
-    pub path: Option<PathBuf>,
-    /// Byte offset from the start of the file where the problem was detected, when meaningful.
-    pub offset: Option<u64>,
-    /// The field, tensor, node, parameter or key involved, if any.
-    pub subject: Option<TtsSubject>,
-    /// What is wrong.
-    pub kind: TtsErrorKind,
-}
+pub type TtsError = Located<TtsErrorKind>;
 
 impl TtsError {
     pub(crate) fn new(file: TtsFile, kind: TtsErrorKind) -> Box<Self> {
-        Box::new(Self {
-            file,
-            path: None,
-            offset: None,
-            subject: None,
-            kind,
-        })
+        Located::in_format(file, kind)
     }
 
-    pub(crate) fn at(mut self: Box<Self>, offset: u64) -> Box<Self> {
-        self.offset = Some(offset);
-        self
+    pub(crate) fn at(self: Box<Self>, offset: u64) -> Box<Self> {
+        self.at_byte(offset)
     }
 
-    pub(crate) fn subject(mut self: Box<Self>, subject: TtsSubject) -> Box<Self> {
-        self.subject = Some(subject);
-        self
+    pub(crate) fn subject(self: Box<Self>, subject: TtsSubject) -> Box<Self> {
+        self.about(subject)
     }
 
-    pub(crate) fn path(mut self: Box<Self>, path: Option<PathBuf>) -> Box<Self> {
-        self.path = path;
-        self
+    pub(crate) fn path(self: Box<Self>, path: Option<PathBuf>) -> Box<Self> {
+        self.in_file(path)
     }
 }
 
-impl fmt::Display for TtsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.path {
-            Some(path) => write!(f, "{} file {path:?}", self.file.describe())?,
-            None if self.file == TtsFile::Request => write!(f, "{}", self.file.describe())?,
-            None => write!(f, "{} data", self.file.describe())?,
-        }
-        if let Some(subject) = &self.subject {
-            write!(f, ": {subject}")?;
-        }
-        if let Some(offset) = self.offset {
-            let sep = if self.subject.is_some() { " " } else { ": " };
-            write!(f, "{sep}at byte {offset}")?;
-        }
-        write!(f, ": {}", self.kind)
+impl LocatedKind for TtsErrorKind {
+    type Subject = TtsSubject;
+
+    fn fmt_subject(&self, subject: &TtsSubject, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(subject, f)
     }
 }
-
-impl std::error::Error for TtsError {}
 
 /// What a [`TtsError`] is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -78,6 +78,7 @@ use half::{bf16, f16};
 pub use self::writer::Ct2Writer;
 use crate::error::{Error, Result};
 pub use crate::json::JsonValue;
+use crate::located::{Format, Located, LocatedKind};
 
 /// Binary versions this reader accepts.
 pub const SUPPORTED_BINARY_VERSIONS: std::ops::RangeInclusive<u32> = 4..=6;
@@ -173,85 +174,53 @@ impl fmt::Display for DType {
 
 // ----- errors ----------------------------------------------------------------------------
 
-/// A CTranslate2 problem with its location.
+/// A CTranslate2 (or safetensors, Hugging Face, GGUF Whisper) problem with its location: a
+/// [`Located`] error (the one shape of every file error). Its subject is the variable, alias or
+/// configuration key involved.
 ///
 /// Displays as, for example:
 ///
 /// ```text
 /// CTranslate2 file "/models/whisper-tiny.en-ct2/model.bin": variable "encoder/conv1/weight" at byte 59115536: num_bytes is 184318, but shape [384, 80, 3] of float16 needs 184320
 /// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct Ct2Error {
-    /// The file involved (`model.bin`, `config.json` or the vocabulary); `None` for a buffer.
-    pub path: Option<PathBuf>,
-    /// Byte offset in that file, when meaningful.
-    pub offset: Option<u64>,
-    /// The variable, alias or configuration key involved, if any.
-    pub subject: Option<String>,
-    /// What is wrong.
-    pub kind: Ct2ErrorKind,
-    /// The file format named in the message (`"CTranslate2"`, `"safetensors"`, `"GGUF"`).
-    pub format: &'static str,
-}
+pub type Ct2Error = Located<Ct2ErrorKind>;
 
 impl Ct2Error {
     pub(crate) fn new(kind: Ct2ErrorKind) -> Box<Self> {
-        Box::new(Self {
-            path: None,
-            offset: None,
-            subject: None,
-            kind,
-            format: "CTranslate2",
-        })
+        Located::in_format(Format::Ctranslate2, kind)
     }
 
-    pub(crate) fn format(mut self: Box<Self>, format: &'static str) -> Box<Self> {
-        self.format = format;
+    /// The file format named in the message (CTranslate2 unless said otherwise).
+    pub(crate) fn format(mut self: Box<Self>, format: Format) -> Box<Self> {
+        self.file = format;
         self
     }
 
-    pub(crate) fn at(mut self: Box<Self>, offset: usize) -> Box<Self> {
-        self.offset = Some(offset as u64);
-        self
+    pub(crate) fn at(self: Box<Self>, offset: usize) -> Box<Self> {
+        self.at_byte(offset as u64)
     }
 
-    pub(crate) fn subject(mut self: Box<Self>, subject: &str) -> Box<Self> {
-        self.subject = Some(subject.to_owned());
-        self
+    pub(crate) fn subject(self: Box<Self>, subject: &str) -> Box<Self> {
+        self.about(subject.to_owned())
     }
 
-    pub(crate) fn path(mut self: Box<Self>, path: Option<&Path>) -> Box<Self> {
-        self.path = path.map(Path::to_owned);
-        self
+    pub(crate) fn path(self: Box<Self>, path: Option<&Path>) -> Box<Self> {
+        self.in_file(path.map(Path::to_owned))
     }
 }
 
-impl fmt::Display for Ct2Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.path {
-            Some(path) => write!(f, "{} file {path:?}", self.format)?,
-            None => write!(f, "{} data", self.format)?,
-        }
-        if let Some(subject) = &self.subject {
-            let what = if matches!(
-                self.kind,
-                Ct2ErrorKind::Config { .. } | Ct2ErrorKind::Json { .. }
-            ) {
-                "key"
-            } else {
-                "variable"
-            };
-            write!(f, ": {what} {subject:?}")?;
-        }
-        if let Some(offset) = self.offset {
-            let sep = if self.subject.is_some() { " " } else { ": " };
-            write!(f, "{sep}at byte {offset}")?;
-        }
-        write!(f, ": {}", self.kind)
+impl LocatedKind for Ct2ErrorKind {
+    /// The variable or configuration key, by name.
+    type Subject = String;
+
+    fn fmt_subject(&self, subject: &String, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self {
+            Ct2ErrorKind::Config { .. } | Ct2ErrorKind::Json { .. } => "key",
+            _ => "variable",
+        };
+        write!(f, "{what} {subject:?}")
     }
 }
-
-impl std::error::Error for Ct2Error {}
 
 impl From<Box<Ct2Error>> for Error {
     fn from(e: Box<Ct2Error>) -> Self {
@@ -806,7 +775,7 @@ struct Inner {
     header: Header,
     config: Option<(PathBuf, JsonValue)>,
     vocabulary: Option<(PathBuf, Vec<String>)>,
-    format: &'static str,
+    format: Format,
     /// Integer attributes given outside the tensors (GGUF metadata), by variable name.
     attributes: HashMap<String, i64>,
 }
@@ -856,7 +825,7 @@ impl Ct2Model {
                 header,
                 config,
                 vocabulary,
-                format: "CTranslate2",
+                format: Format::Ctranslate2,
                 attributes: HashMap::new(),
             }),
         };
@@ -884,7 +853,7 @@ impl Ct2Model {
                 header,
                 config: None,
                 vocabulary: None,
-                format: "CTranslate2",
+                format: Format::Ctranslate2,
                 attributes: HashMap::new(),
             }),
         })
@@ -985,7 +954,7 @@ impl Ct2Model {
 
     /// The file format (`"CTranslate2"`, or the container this model was adapted from).
     pub fn format(&self) -> &'static str {
-        self.inner.format
+        self.inner.format.name()
     }
 
     /// A model over the tensors of another container (safetensors, GGUF) held in `backing`.
@@ -993,7 +962,7 @@ impl Ct2Model {
     /// `(alias, target)` pairs.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
-        format: &'static str,
+        format: Format,
         backing: Backing,
         path: &Path,
         spec: (&str, u32),

@@ -33,6 +33,7 @@ use std::path::Path;
 use super::ct2::{Ct2Error, Ct2ErrorKind, Ct2Model, DType, VariableInfo};
 use crate::error::Result;
 use crate::gguf::{GgmlType, GgufFile};
+use crate::located::Format;
 use crate::mapped::Backing;
 use crate::quant::WEIGHT_TYPES;
 
@@ -48,7 +49,7 @@ pub const TOKENIZER_JSON_KEY: &str = "tokenizer.huggingface.json";
 fn err(path: &Path, subject: &str, kind: Ct2ErrorKind) -> crate::Error {
     Ct2Error::new(kind)
         .path(Some(path))
-        .format("GGUF")
+        .format(Format::Gguf)
         .subject(subject)
         .into()
 }
@@ -140,7 +141,7 @@ pub fn open(path: &Path) -> Result<(Ct2Model, Option<String>)> {
         None => Backing::map(path)?,
     };
     let model = Ct2Model::from_parts(
-        "GGUF",
+        Format::Gguf,
         backing,
         path,
         (

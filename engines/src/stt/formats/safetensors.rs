@@ -54,6 +54,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use super::ct2::{self, Ct2Error, Ct2ErrorKind, Ct2Model, DType, VariableInfo};
 use crate::error::{Error, Result};
 use crate::json::JsonValue;
+use crate::located::Format;
 use crate::mapped::Backing;
 
 /// The weights file of a Hugging Face directory.
@@ -65,7 +66,7 @@ const MAX_HEADER: u64 = 64 << 20;
 fn fail(path: &Path, subject: Option<&str>, offset: Option<usize>, reason: String) -> Error {
     let mut e = Ct2Error::new(Ct2ErrorKind::Inconsistent { what: reason })
         .path(Some(path))
-        .format("safetensors");
+        .format(Format::Safetensors);
     if let Some(s) = subject {
         e = e.subject(s);
     }
@@ -204,7 +205,7 @@ pub(crate) fn vocabulary_from_tokenizer_json(
     let bad = |reason: String| -> Error {
         Ct2Error::new(Ct2ErrorKind::Vocabulary { reason })
             .path(Some(path))
-            .format("Hugging Face")
+            .format(Format::HuggingFace)
             .into()
     };
     let json = crate::json::parse(text)
@@ -290,7 +291,7 @@ pub fn open_dir(dir: &Path) -> Result<Ct2Model> {
         }
     };
     Ct2Model::from_parts(
-        "safetensors",
+        Format::Safetensors,
         backing,
         &path,
         ("WhisperForConditionalGeneration", 0),

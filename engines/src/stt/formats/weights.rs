@@ -68,6 +68,7 @@ use std::path::{Path, PathBuf};
 
 use super::ct2::{Ct2Error, Ct2ErrorKind, Ct2Model, DType, JsonValue, TensorSlice, VariableView};
 use crate::error::Result;
+use crate::located::Format;
 
 /// The spec name faster-whisper models have.
 pub const WHISPER_SPEC: &str = "WhisperSpec";
@@ -1041,13 +1042,13 @@ pub(crate) fn from_hf(model: &Ct2Model) -> Result<WhisperWeights> {
             reason: "config.json is missing (Hugging Face model directories have one)".into(),
         })
         .path(path.as_deref())
-        .format("Hugging Face")
+        .format(Format::HuggingFace)
         .into());
     };
     let err = |key: &str, reason: String| -> crate::Error {
         Ct2Error::new(Ct2ErrorKind::Config { reason })
             .path(Some(path))
-            .format("Hugging Face")
+            .format(Format::HuggingFace)
             .subject(key)
             .into()
     };
