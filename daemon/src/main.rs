@@ -42,10 +42,15 @@ enum Cmd {
         #[arg(long, default_value = "sotad-demo")]
         dir: PathBuf,
     },
-    /// Transcribe a WAV file with the configured Whisper model and print the text.
+    /// Transcribe WAV files with the configured Whisper model and print the text.
     Transcribe {
-        /// WAV file (any rate and channel count; PCM 8/16/24/32-bit or float).
-        file: PathBuf,
+        /// WAV files (any rate and channel count; PCM 8/16/24/32-bit or float). With several,
+        /// each line starts with the file's name and `--json` prints an array.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Whisper model: a path, or a name in the models directory (default `stt.model`).
+        #[arg(long, short)]
+        model: Option<String>,
         /// Language code; default `stt.language` (empty: detect).
         #[arg(long)]
         language: Option<String>,
@@ -61,8 +66,24 @@ enum Cmd {
         #[command(subcommand)]
         what: QuantizeCmd,
     },
-    /// A conversation with the configured LLM in the terminal (one line per turn; empty line or EOF ends).
+    /// A conversation with the configured LLM in the terminal (one line per turn; empty line or
+    /// EOF ends), or one answer to `--prompt`.
     Chat {
+        /// Answer this one message and exit instead of reading standard input.
+        #[arg(long, short)]
+        prompt: Option<String>,
+        /// GGUF model: a path, or a name in the models directory (default `llm.model`).
+        #[arg(long, short)]
+        model: Option<String>,
+        /// System prompt ("" for none; default `llm.system_prompt`).
+        #[arg(long)]
+        system: Option<String>,
+        /// Sampling temperature, 0-5 (0: greedy; default `llm.temperature`).
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Most tokens to generate (default `llm.max_tokens`).
+        #[arg(long)]
+        max_tokens: Option<usize>,
         /// Think before answering (models that can, e.g. Qwen3); the thinking is printed dimmed.
         #[arg(long)]
         thinking: bool,
@@ -73,7 +94,10 @@ enum Cmd {
         /// Output WAV file.
         #[arg(long, short, default_value = "sotad-say.wav")]
         output: PathBuf,
-        /// Voice name (default `tts.voice`).
+        /// Piper voice (.onnx): a path, or a name in the models directory (default `tts.voice`).
+        #[arg(long, short)]
+        model: Option<String>,
+        /// Voice name in the models directory (default `tts.voice`).
         #[arg(long)]
         voice: Option<String>,
     },
@@ -148,12 +172,16 @@ fn main() -> ExitCode {
             run_daemon(config)
         }
         Cmd::Transcribe {
-            file: path,
+            files,
+            model,
             language,
             translate,
             json,
-        } => with_config(file, |config| {
-            cli::transcribe(&config, &path, language, translate, json)
+        } => with_config(file, |mut config| {
+            if let Some(model) = model {
+                config.stt.model = cli::model_override(&config, &model)?;
+            }
+            cli::transcribe(&config, &files, language, translate, json)
         }),
         Cmd::Quantize {
             what: QuantizeCmd::Whisper { ty, input, output },
@@ -164,12 +192,37 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Chat { thinking } => with_config(file, |config| cli::chat(&config, thinking)),
+        Cmd::Chat {
+            prompt,
+            model,
+            system,
+            temperature,
+            max_tokens,
+            thinking,
+        } => with_config(file, |mut config| {
+            if let Some(model) = model {
+                config.llm.model = cli::model_override(&config, &model)?;
+            }
+            let options = sotad::mqtt::payloads::Options {
+                thinking: Some(thinking),
+                system_prompt: system,
+                temperature,
+                max_tokens,
+                ..Default::default()
+            };
+            cli::chat(&config, prompt, options)
+        }),
         Cmd::Say {
             text,
             output,
+            model,
             voice,
-        } => with_config(file, |config| cli::say(&config, &text, &output, voice)),
+        } => with_config(file, |mut config| {
+            if let Some(model) = model {
+                config.tts.voice = cli::model_override(&config, &model)?;
+            }
+            cli::say(&config, &text, &output, voice)
+        }),
         Cmd::Demo { clip, dir } => {
             let config = match Config::load(file) {
                 Ok(c) => c,
@@ -200,11 +253,10 @@ fn main() -> ExitCode {
                 );
             }
             // The demo prints its own story; keep the daemon's logs to warnings.
-            // rumqttd reports clients it has already dropped as errors at shutdown; hide them here.
             init_logging(if std::env::var_os("RUST_LOG").is_some() {
                 &config.log.level
             } else {
-                "warn,rumqttd=off"
+                "warn"
             });
             match runtime().and_then(|rt| rt.block_on(cli::demo::run(config, dir, clip))) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -281,8 +333,9 @@ async fn shutdown_signal() {
     tracing::info!(signal = name, "shutdown requested");
 }
 
-/// Logs as `key=value` text on stderr; under systemd (journald) without timestamps or colour,
-/// since the journal adds its own.
+/// Logs as `key=value` text on stderr; colour only when stderr is a terminal (a file, a pipe or
+/// the journal gets plain text); under systemd (journald) without timestamps, since the journal
+/// adds its own.
 fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
@@ -290,14 +343,68 @@ fn init_logging(level: &str) {
         // rumqttd logs every connection at info; its warnings are what matter here.
         _ => EnvFilter::new(format!("rumqttd=warn,{level}")),
     };
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let format = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(DoubleDisconnect);
     if journald {
-        builder.without_time().with_ansi(false).init();
+        registry.with(format.without_time()).init();
     } else {
-        builder.init();
+        registry.with(format).init();
+    }
+}
+
+/// Drops the embedded broker's reports of ordinary disconnections, which rumqttd 0.20 logs as
+/// ERRORs: a client's clean DISCONNECT followed by its closed socket counts as two
+/// disconnections ("no-connection id N is already gone"; rumqttd's own comment calls it a
+/// double disconnect), and the link the router closed after a DISCONNECT ends with "router-drop"
+/// `Recv(Disconnected)`. Every client that said goodbye properly, sotad's own at shutdown
+/// included, left one or both in the log. rumqttd's other messages pass.
+struct DoubleDisconnect;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DoubleDisconnect {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        /// The event's message and `error` field, as text.
+        #[derive(Default)]
+        struct Fields {
+            message: String,
+            error: String,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                match field.name() {
+                    "message" => self.message = format!("{value:?}"),
+                    "error" => self.error = format!("{value:?}"),
+                    _ => {}
+                }
+            }
+        }
+        let target = event.metadata().target();
+        if !target.starts_with("rumqttd::") {
+            return true;
+        }
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let ordinary = match target {
+            "rumqttd::router::routing" => {
+                f.message.starts_with("no-connection id") && f.message.ends_with("already gone")
+            }
+            "rumqttd::server::broker" => {
+                f.message == "router-drop" && f.error == "Recv(Disconnected)"
+            }
+            _ => false,
+        };
+        !ordinary
     }
 }

@@ -467,8 +467,37 @@ async fn the_embedded_broker_serves_clients() {
         .await
         .unwrap();
     assert_eq!(pong["device_id"], "embedded");
+    // A client that says goodbye properly (DISCONNECT, then the socket closes), as
+    // mosquitto_pub does; rumqttd used to log each one as an ERROR, twice.
+    let status = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "elsewhere",
+            "-m",
+            "x",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
     sotad.sigterm();
     assert!(sotad.wait_exit(Duration::from_secs(10)).unwrap().success());
+    // The log goes to a file: plain text, and a clean run has no ERROR line.
+    let log = sotad.log();
+    assert!(
+        !log.contains('\x1b'),
+        "colour escapes in a log file:\n{log}"
+    );
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines in a clean run:\n{}",
+        errors.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

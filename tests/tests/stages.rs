@@ -419,3 +419,76 @@ async fn a_missing_model_is_reported_and_other_stages_keep_serving() {
         .unwrap();
     c.expect_id(&sotad.topic("pong"), "p", WAIT).await.unwrap();
 }
+
+/// The one-off commands as a user runs them: `--model` as a path or a name in the models
+/// directory, several files for `transcribe` (an array with `--json`), one answer with
+/// `chat --prompt`, and a clear error for a model that is nowhere.
+#[test]
+fn one_off_commands_take_a_model_and_several_files() {
+    let models = models_dir();
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("sotad.toml");
+    std::fs::write(&conf, format!("[models]\ndir = \"{}\"\n", models.display())).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(sotad_tests::sotad_bin())
+            .arg("--config")
+            .arg(&conf)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+
+    let clips = librivox_clips();
+    let (a, b) = (&clips[0], &clips[1]);
+    // A path as given (absolute here), and two files: one JSON array, in order.
+    let tiny = models.join("whisper-tiny.en-ct2");
+    let (ok, out, err) = run(&[
+        "transcribe",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--json",
+        a.0.to_str().unwrap(),
+        b.0.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let all: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(all.len(), 2, "{out}");
+    for (t, (path, reference)) in all.iter().zip([a, b]) {
+        assert_eq!(t["id"], path.display().to_string());
+        let wer = word_error_rate(reference, t["text"].as_str().unwrap());
+        assert!(wer <= 0.25, "WER {wer:.2}: {t}");
+    }
+
+    // A name in the models directory; one answer and exit.
+    let (ok, out, err) = run(&[
+        "chat",
+        "-m",
+        "smollm2-135m-instruct-q4_1.gguf",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "24",
+        "--system",
+        "",
+        "--prompt",
+        "Say hello.",
+    ]);
+    assert!(ok, "{err}");
+    assert!(!out.trim().is_empty(), "no answer: {err}");
+    assert!(err.contains("tokens, first after"), "{err}");
+
+    // Nowhere: the error names the flag, the value and the models directory.
+    let (ok, _, err) = run(&["chat", "--model", "no-such-model.gguf", "--prompt", "hi"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--model \"no-such-model.gguf\"")
+            && err.contains(&models.display().to_string()),
+        "{err}"
+    );
+    // Out of range: the request's own check, naming the option.
+    let (ok, _, err) = run(&["chat", "--temperature", "9", "--prompt", "hi"]);
+    assert!(!ok);
+    assert!(err.contains("temperature"), "{err}");
+}

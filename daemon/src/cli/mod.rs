@@ -4,7 +4,7 @@
 pub mod demo;
 
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -14,35 +14,85 @@ use sotad::mqtt::payloads::{self, AskRequest, Options, SayRequest, Scales};
 use sotad::service;
 use sotad::stages::{llm, stt, tts};
 
+/// A request check's error, naming the command-line flag of its field (`options.max_tokens`
+/// is `--max-tokens`).
+fn flag_error(e: sotad::mqtt::request::RequestError) -> anyhow::Error {
+    match e.field.as_deref() {
+        Some(field) => {
+            let flag = match field.strip_prefix("options.").unwrap_or(field) {
+                "system_prompt" => "system".to_string(),
+                "text" => "TEXT".to_string(),
+                other => other.replace('_', "-"),
+            };
+            let dashes = if flag == "TEXT" { "" } else { "--" };
+            anyhow!("{dashes}{flag}: {}", e.message)
+        }
+        None => anyhow!(e.message),
+    }
+}
+
+/// `--model VALUE` of the one-off commands: a path as given when it exists (relative to the
+/// working directory, as `whisper-cli -m`, `llama-cli -m` and `piper --model` take it), else a
+/// name in the models directory.
+pub fn model_override(config: &Config, value: &str) -> anyhow::Result<String> {
+    let given = Path::new(value);
+    let path = if given.exists() {
+        std::path::absolute(given)?
+    } else {
+        let in_dir = config.models_dir().join(given);
+        if !in_dir.exists() {
+            anyhow::bail!(
+                "--model {value:?}: no such file or directory, neither here nor in the models \
+                 directory {} (models.dir)",
+                config.models_dir().display()
+            );
+        }
+        in_dir
+    };
+    path.into_os_string()
+        .into_string()
+        .map_err(|p| anyhow!("--model {p:?}: the path is not valid UTF-8"))
+}
+
+/// `sotad transcribe FILE...`: the model is loaded once for all files. With several files
+/// each line of text starts with its file's name, and `--json` prints an array.
 pub fn transcribe(
     config: &Config,
-    path: &Path,
+    paths: &[PathBuf],
     language: Option<String>,
     translate: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    let wav = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut engine =
         stt::load(config.model_path(&config.stt.model), &config.stt).map_err(|e| anyhow!(e))?;
-    let job = stt::WavJob {
-        wav,
-        language,
-        task: if translate {
-            stt::Task::Translate
-        } else {
-            stt::Task::Transcribe
-        },
-        beam_size: None,
-        initial_prompt: None,
-    };
-    let done = engine
-        .run(&job)
-        .map_err(|e| anyhow!("{}: {}", path.display(), e.message))?;
-    let t = service::transcript(path.display().to_string(), &done);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&t)?);
-    } else {
-        println!("{}", t.text);
+    let mut transcripts = Vec::with_capacity(paths.len());
+    for path in paths {
+        let wav = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let job = stt::WavJob {
+            wav,
+            language: language.clone(),
+            task: if translate {
+                stt::Task::Translate
+            } else {
+                stt::Task::Transcribe
+            },
+            beam_size: None,
+            initial_prompt: None,
+        };
+        let done = engine
+            .run(&job)
+            .map_err(|e| anyhow!("{}: {}", path.display(), e.message))?;
+        let t = service::transcript(path.display().to_string(), &done);
+        match (json, paths.len()) {
+            (true, _) => transcripts.push(t),
+            (false, 1) => println!("{}", t.text),
+            (false, _) => println!("{}: {}", path.display(), t.text),
+        }
+    }
+    match transcripts.as_slice() {
+        [] => {}
+        [one] => println!("{}", serde_json::to_string_pretty(one)?),
+        all => println!("{}", serde_json::to_string_pretty(all)?),
     }
     Ok(())
 }
@@ -69,31 +119,40 @@ pub fn quantize_whisper(ty: &str, input: &Path, output: &Path) -> anyhow::Result
     Ok(())
 }
 
-pub fn chat(config: &Config, thinking: bool) -> anyhow::Result<()> {
+/// `sotad chat`: one answer to `--prompt`, or a conversation read from standard input.
+pub fn chat(config: &Config, prompt: Option<String>, options: Options) -> anyhow::Result<()> {
     let mut engine =
         llm::load(config.model_path(&config.llm.model), &config.llm).map_err(|e| anyhow!(e))?;
     let stdin = std::io::stdin();
     let mut turn = 0u64;
-    eprintln!("sotad chat: type a message and press Enter; an empty line ends.");
+    let once = prompt.is_some();
+    let mut prompt = prompt;
+    if !once {
+        eprintln!("sotad chat: type a message and press Enter; an empty line ends.");
+    }
     loop {
-        eprint!("> ");
-        std::io::stderr().flush()?;
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
-            return Ok(());
-        }
+        let line = match prompt.take() {
+            Some(p) => p,
+            None if once => return Ok(()),
+            None => {
+                eprint!("> ");
+                std::io::stderr().flush()?;
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+                    return Ok(());
+                }
+                line
+            }
+        };
         turn += 1;
         let request = AskRequest {
             id: format!("chat-{turn}"),
             prompt: Some(line.trim().to_string()),
             messages: None,
             session: Some("terminal".into()),
-            options: Options {
-                thinking: Some(thinking),
-                ..Default::default()
-            },
+            options: options.clone(),
         };
-        payloads::validate_ask(&request).map_err(|e| anyhow!(e.message))?;
+        payloads::validate_ask(&request).map_err(flag_error)?;
         let ask = service::question(request);
         // Print pieces as they come, from the engine thread's callback.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(sotad::capacity::CLI_STREAM);
@@ -140,17 +199,23 @@ pub fn say(
         scales: Scales::default(),
         play: false,
     };
-    payloads::validate_say(&request).map_err(|e| anyhow!(e.message))?;
+    payloads::validate_say(&request).map_err(flag_error)?;
     let job = service::speech(request);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tts::Chunk>(sotad::capacity::CLI_STREAM);
-    let done = engine
-        .say(&job, &tx, &AtomicBool::new(false), || {})
-        .map_err(|e| anyhow!(e.message))?;
+    // Collected as it comes, so a text longer than the channel never makes synthesis wait.
+    let collector = std::thread::spawn(move || {
+        let mut samples = Vec::new();
+        while let Some(chunk) = rx.blocking_recv() {
+            samples.extend_from_slice(&chunk.samples);
+        }
+        samples
+    });
+    let done = engine.say(&job, &tx, &AtomicBool::new(false), || {});
     drop(tx);
-    let mut samples = Vec::new();
-    while let Ok(chunk) = rx.try_recv() {
-        samples.extend_from_slice(&chunk.samples);
-    }
+    let samples = collector
+        .join()
+        .map_err(|_| anyhow!("the audio collector thread panicked"))?;
+    let done = done.map_err(|e| anyhow!(e.message))?;
     let wav = sotad_engines::audio::encode_wav_i16(&samples, done.sample_rate, 1);
     std::fs::write(output, wav).with_context(|| format!("cannot write {}", output.display()))?;
     println!(
