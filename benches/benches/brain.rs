@@ -8,7 +8,7 @@
 //! ```
 //! Environment: `SOTAD_BENCH_MODELS` (comma-separated file names in the models directory;
 //! default SmolLM2-135M-Instruct Q4_1 and Qwen2.5-Coder-0.5B-Instruct Q4_K_M),
-//! `SOTAD_BENCH_THREADS` (default 2), `SOTAD_BENCH_VERBOSE=1` (every answer, not only the
+//! `SOTAD_BENCH_THREADS` (default 2), `SOTAD_BENCH_RUNS` (see [`runs`]), `SOTAD_BENCH_VERBOSE=1` (every answer, not only the
 //! wrong ones). Gemma-3-270m is not measured: it is a base model without a chat template.
 //!
 //! Per run: the fraction of questions answered correctly (a keyword, and not in another
@@ -132,6 +132,45 @@ fn run(
     out
 }
 
+/// The runs: `SOTAD_BENCH_RUNS` (comma-separated `prompt:temperature:mode`, e.g.
+/// `english:0.2:guarded`), else every prompt alone at 0.7 and 0.2, the `english` prompt alone
+/// at 0, and the old defaults (`friendly`, 0.7) and the new ones (`english`, 0.2) as
+/// conversations, with and without the guard.
+fn runs() -> Vec<(&'static str, f32, Mode)> {
+    if let Ok(list) = std::env::var("SOTAD_BENCH_RUNS") {
+        return list
+            .split(',')
+            .map(|r| {
+                let parts: Vec<&str> = r.trim().split(':').collect();
+                let bad = || panic!("SOTAD_BENCH_RUNS: {r:?} is not prompt:temperature:mode");
+                let [name, t, mode] = parts[..] else { bad() };
+                let name = PROMPTS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .find(|n| *n == name)
+                    .unwrap_or_else(|| bad());
+                let mode = [Mode::Alone, Mode::Conversation, Mode::Guarded]
+                    .into_iter()
+                    .find(|m| m.name() == mode)
+                    .unwrap_or_else(|| bad());
+                (name, t.parse().unwrap_or_else(|_| bad()), mode)
+            })
+            .collect();
+    }
+    let mut runs = Vec::new();
+    for (name, _) in PROMPTS {
+        for t in [0.7, 0.2] {
+            runs.push((name, t, Mode::Alone));
+        }
+    }
+    runs.push(("english", 0.0, Mode::Alone));
+    for mode in [Mode::Conversation, Mode::Guarded] {
+        runs.push(("friendly", 0.7, mode));
+        runs.push(("english", 0.2, mode));
+    }
+    runs
+}
+
 fn main() {
     let models: Vec<String> = std::env::var("SOTAD_BENCH_MODELS")
         .map(|m| m.split(',').map(|s| s.trim().to_string()).collect())
@@ -163,20 +202,12 @@ fn main() {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut session = model.session();
         println!("{file}");
-        // Alone, every prompt at a warm and a cool temperature; then the conversations.
-        let mut runs: Vec<(&str, &str, f32, Mode)> = Vec::new();
-        for (name, prompt) in PROMPTS {
-            for t in [0.7, 0.2] {
-                runs.push((name, prompt, t, Mode::Alone));
-            }
-        }
-        runs.push((PROMPTS[1].0, PROMPTS[1].1, 0.0, Mode::Alone));
-        // The old defaults and the new ones, as conversations, with and without the guard.
-        for mode in [Mode::Conversation, Mode::Guarded] {
-            runs.push((PROMPTS[0].0, PROMPTS[0].1, 0.7, mode));
-            runs.push((PROMPTS[1].0, PROMPTS[1].1, 0.2, mode));
-        }
-        for (name, prompt, t, mode) in runs {
+        let runs = runs();
+        for (name, t, mode) in runs {
+            let prompt = PROMPTS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or("", |(_, p)| *p);
             let answered = run(&mut session, &set, prompt, t, mode);
             println!(
                 "  {:8} t={t:.1} {:12} {}",
