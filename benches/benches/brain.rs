@@ -20,7 +20,8 @@
 //! `conversation` asks the whole set in one conversation, its history bounded as the daemon's
 //! (`llm.session_turns` = 8: beyond 8 turns, the oldest are forgotten down to 4); `guarded`
 //! leaves an answer in another language (and its question) out of the history, as the daemon
-//! does.
+//! does; `poisoned` starts the conversation with the French exchange the voice bench saw at
+//! the old defaults in its history (what the guard now keeps out), to measure its effect.
 
 use std::ops::ControlFlow;
 
@@ -51,7 +52,17 @@ enum Mode {
     Conversation,
     /// One conversation, answers in another language left out of the history.
     Guarded,
+    /// One conversation that starts with the French exchange the voice bench saw at the old
+    /// defaults (`POISON`) left in its history, as it was before the guard.
+    Poisoned,
 }
+
+/// The drifted exchange of the voice bench at the old defaults (SmolLM2, temperature 0.7),
+/// after which every answer of the conversation was French.
+const POISON: [&str; 2] = [
+    "What time is it?",
+    "La femme de France est une femme du Canada, et elle est très belle.",
+];
 
 impl Mode {
     fn name(self) -> &'static str {
@@ -59,6 +70,7 @@ impl Mode {
             Mode::Alone => "alone",
             Mode::Conversation => "conversation",
             Mode::Guarded => "guarded",
+            Mode::Poisoned => "poisoned",
         }
     }
 }
@@ -75,6 +87,10 @@ fn run(
 ) -> Vec<Answered> {
     let verbose = std::env::var_os("SOTAD_BENCH_VERBOSE").is_some();
     let mut history: Vec<Message> = Vec::new();
+    if mode == Mode::Poisoned {
+        history.push(Message::user(POISON[0]));
+        history.push(Message::assistant(POISON[1]));
+    }
     let mut out = Vec::new();
     for (i, q) in set.iter().enumerate() {
         let mut messages = Vec::new();
@@ -114,6 +130,7 @@ fn run(
             );
         }
         let keep = mode == Mode::Conversation
+            || mode == Mode::Poisoned
             || (mode == Mode::Guarded
                 && (language::guess(&answer).is_not_other()
                     || language::asks_for_other_language(&q.text)));
@@ -135,7 +152,7 @@ fn run(
 /// The runs: `SOTAD_BENCH_RUNS` (comma-separated `prompt:temperature:mode`, e.g.
 /// `english:0.2:guarded`), else every prompt alone at 0.7 and 0.2, the `english` prompt alone
 /// at 0, and the old defaults (`friendly`, 0.7) and the new ones (`english`, 0.2) as
-/// conversations, with and without the guard.
+/// conversations: plain, guarded, and poisoned.
 fn runs() -> Vec<(&'static str, f32, Mode)> {
     if let Ok(list) = std::env::var("SOTAD_BENCH_RUNS") {
         return list
@@ -149,10 +166,15 @@ fn runs() -> Vec<(&'static str, f32, Mode)> {
                     .map(|(n, _)| *n)
                     .find(|n| *n == name)
                     .unwrap_or_else(|| bad());
-                let mode = [Mode::Alone, Mode::Conversation, Mode::Guarded]
-                    .into_iter()
-                    .find(|m| m.name() == mode)
-                    .unwrap_or_else(|| bad());
+                let mode = [
+                    Mode::Alone,
+                    Mode::Conversation,
+                    Mode::Guarded,
+                    Mode::Poisoned,
+                ]
+                .into_iter()
+                .find(|m| m.name() == mode)
+                .unwrap_or_else(|| bad());
                 (name, t.parse().unwrap_or_else(|_| bad()), mode)
             })
             .collect();
@@ -164,7 +186,7 @@ fn runs() -> Vec<(&'static str, f32, Mode)> {
         }
     }
     runs.push(("english", 0.0, Mode::Alone));
-    for mode in [Mode::Conversation, Mode::Guarded] {
+    for mode in [Mode::Conversation, Mode::Guarded, Mode::Poisoned] {
         runs.push(("friendly", 0.7, mode));
         runs.push(("english", 0.2, mode));
     }
