@@ -10,6 +10,7 @@
 //! cargo bench -p sotad-benches --bench voice -- split        # early endpoint's false splits
 //! SOTAD__VAD__SPECULATE_MS=0 cargo bench -p sotad-benches --bench voice   # no speculative STT
 //! SOTAD_BENCH_CONFIG=configs/low-latency.toml cargo bench -p sotad-benches --bench voice
+//! SOTAD__LLM__MODEL=smollm2-135m-instruct-q4_1.gguf cargo bench -p sotad-benches --bench voice  # another LLM
 //! ```
 //! The daemon inherits the environment, so any `SOTAD__SECTION__KEY` override applies;
 //! `SOTAD_BENCH_CONFIG` names a profile whose keys are passed that way.
