@@ -35,7 +35,9 @@ CACHE=${SOTAD_MODELS_DIR:-${HOME:?HOME is not set; set SOTAD_MODELS_DIR}/.cache/
 # ---------------------------------------------------------------------------
 
 ITEMS=(whisper-tiny-en smollm2 piper-joe silero-vad speech whisper-base gemma3 qwen-coder)
-# The LLM tests check Gemma 3 and Qwen2.5 against llama.cpp too, so the test set has them.
+# The LLM tests check Gemma 3 and Qwen2.5 against llama.cpp too, so the test set has them;
+# Qwen2.5-Coder-0.5B-Instruct (qwen-coder) is also the default LLM (configs/default.toml), so
+# the set the quick start installs (scripts/setup.sh --models) must keep it.
 SET_TEST=(whisper-tiny-en whisper-base smollm2 piper-joe silero-vad speech gemma3 qwen-coder)
 SET_ALL=("${ITEMS[@]}")
 

@@ -1,21 +1,24 @@
 //! The voice loop end to end, on the real `sotad` binary: latency from the end of a spoken
-//! question to the first audio sample of the answer, per stage (median of 10), and the idle
-//! cost of an open microphone (CPU % and RSS over time).
+//! question to the first audio sample of the answer, per stage (median over the spoken
+//! question set), each answer scored (keywords and English, `benches/data/questions.tsv`),
+//! and the idle cost of an open microphone (CPU % and RSS over time).
 //!
 //! ```text
 //! cargo build --release -p sotad
-//! cargo bench -p sotad-benches --bench voice                 # latency, 10 questions
+//! cargo bench -p sotad-benches --bench voice                 # latency and answers, 35 questions
 //! cargo bench -p sotad-benches --bench voice -- idle 600     # idle, 600 s
 //! cargo bench -p sotad-benches --bench voice -- split        # early endpoint's false splits
 //! SOTAD__VAD__SPECULATE_MS=0 cargo bench -p sotad-benches --bench voice   # no speculative STT
 //! SOTAD_BENCH_CONFIG=configs/low-latency.toml cargo bench -p sotad-benches --bench voice
+//! SOTAD__LLM__MODEL=smollm2-135m-instruct-q4_1.gguf cargo bench -p sotad-benches --bench voice  # another LLM
 //! ```
 //! The daemon inherits the environment, so any `SOTAD__SECTION__KEY` override applies;
 //! `SOTAD_BENCH_CONFIG` names a profile whose keys are passed that way.
-//! The daemon runs on its embedded broker with Whisper tiny.en, SmolLM2-135M-Instruct and the
+//! The daemon runs on its embedded broker with Whisper tiny.en, the default LLM and the
 //! joe-medium Piper voice (the default configuration, answers capped at 48 tokens). Its
-//! microphone is alsa-lib's `file` plugin reading a recording this bench writes: ten short
-//! questions spoken by the Piper voice (resampled to 16 kHz), each followed by 9 s of silence;
+//! microphone is alsa-lib's `file` plugin reading a recording this bench writes: the question
+//! set spoken by the Piper voice (resampled to 16 kHz), each followed by 9 s of silence;
+//! a turn is scored against the question its transcript shares most words with;
 //! for `idle`, faint noise (about -60 dBFS) and nobody speaking; for `split`, pairs of
 //! sentences with a pause between them (300, 400, 500 and 700 ms), to count how often the
 //! early endpoint (`vad.complete_silence_ms`) ends the utterance after the first sentence.
@@ -29,22 +32,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sotad_benches::questions::{self, Answered, Question};
 use sotad_benches::{median, models_dir};
 use sotad_engines::audio;
 use sotad_engines::tts::{LoadOptions, SynthOptions, Voice};
 
-const QUESTIONS: [&str; 10] = [
-    "What time is it?",
-    "What is the capital of France?",
-    "How are you today?",
-    "Can you tell me a joke?",
-    "What is two plus two?",
-    "Will it rain tomorrow?",
-    "What is your name?",
-    "Turn on the kitchen light.",
-    "How far away is the moon?",
-    "What should I cook for dinner?",
-];
+/// The spoken question set (`benches/data/questions.tsv`): each answer is scored.
+fn question_set() -> Vec<Question> {
+    questions::load()
+}
+
+/// The question a transcript is of: the one sharing the most words with it (at least half of
+/// the question's words), since Whisper may drop or change a word.
+fn question_of<'a>(set: &'a [Question], transcript: &str) -> Option<&'a Question> {
+    let heard: std::collections::HashSet<String> = questions::normalize(transcript)
+        .split(' ')
+        .map(str::to_string)
+        .collect();
+    set.iter()
+        .map(|q| {
+            let words: Vec<String> = questions::normalize(&q.text)
+                .split(' ')
+                .map(str::to_string)
+                .collect();
+            let shared = words.iter().filter(|w| heard.contains(*w)).count();
+            (q, shared as f64 / words.len().max(1) as f64)
+        })
+        .filter(|(_, f)| *f >= 0.5)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(q, _)| q)
+}
 /// Silence after each question: room for its turn to finish (the microphone is ignored
 /// while sotad speaks).
 const GAP_S: f64 = 9.0;
@@ -135,20 +152,20 @@ fn true_end(mono: &[f32]) -> usize {
 /// The questions, spoken by the Piper voice, at 16 kHz, each followed by silence; the mean
 /// question length in seconds, and where each question's speech truly ends (seconds from
 /// the start of the recording).
-fn question_recording(models: &Path) -> (Vec<u8>, f64, Vec<f64>) {
+fn question_recording(models: &Path, set: &[Question]) -> (Vec<u8>, f64, Vec<f64>) {
     let voice = piper_voice(models);
     let mut raw = Vec::new();
     push_silence(&mut raw, 1.0);
     let mut speech_s = 0.0;
     let mut ends = Vec::new();
-    for q in QUESTIONS {
-        let mono = speak(&voice, q);
+    for q in set {
+        let mono = speak(&voice, &q.text);
         speech_s += mono.len() as f64 / 16_000.0;
         ends.push((raw.len() / 2 + true_end(&mono)) as f64 / 16_000.0);
         push_samples(&mut raw, &mono);
         push_silence(&mut raw, GAP_S);
     }
-    (raw, speech_s / QUESTIONS.len() as f64, ends)
+    (raw, speech_s / set.len() as f64, ends)
 }
 
 /// How much later than the true end of speech the VAD placed it, in ms: the turn's
@@ -370,17 +387,20 @@ fn clock_ticks_per_second() -> f64 {
 
 fn latency() {
     let models = models_dir();
-    let (raw, mean_question_s, true_ends) = question_recording(&models);
+    let set = question_set();
+    let (raw, mean_question_s, true_ends) = question_recording(&models, &set);
     println!(
-        "voice loop latency: {} spoken questions (mean {:.2} s), Whisper tiny.en, SmolLM2-135M-Instruct Q4_1, Piper joe-medium, defaults",
-        QUESTIONS.len(),
-        mean_question_s
+        "voice loop latency: {} spoken questions (mean {:.2} s, {}), Whisper tiny.en, the default LLM, Piper joe-medium, defaults",
+        set.len(),
+        mean_question_s,
+        questions::FILE
     );
     let daemon = start(&raw, 5);
     let total = Duration::from_secs_f64(raw.len() as f64 / 32_000.0 + 120.0);
     let deadline = Instant::now() + total;
     let mut turns = Vec::new();
-    while turns.len() < QUESTIONS.len() && Instant::now() < deadline {
+    let mut scored = Vec::new();
+    while turns.len() < set.len() && Instant::now() < deadline {
         let Ok(line) = daemon.lines.recv_timeout(Duration::from_secs(1)) else {
             continue;
         };
@@ -413,6 +433,19 @@ fn latency() {
                 .take(60)
                 .collect::<String>()
         );
+        let reply = v["reply"].as_str().unwrap_or("");
+        match question_of(&set, v["transcript"].as_str().unwrap_or("")) {
+            Some(q) => {
+                let a = Answered::new(q, reply, f("ttft_ms"), f64::NAN);
+                println!(
+                    "           {} {:?} -> {reply:?}",
+                    if a.correct { "ok " } else { "BAD" },
+                    q.text
+                );
+                scored.push(a);
+            }
+            None => println!("           (not one of the questions: not scored)"),
+        }
         turns.push(v);
     }
     let (_, rss, anon) = proc_figures(daemon.child.id());
@@ -470,11 +503,17 @@ fn latency() {
         turns.iter().filter(|v| v["endpoint"] == "complete").count(),
         turns.len()
     );
-    if turns.len() < QUESTIONS.len() {
+    println!(
+        "answers: {} turns scored of {} questions: {} (first token from the endpoint)",
+        scored.len(),
+        set.len(),
+        questions::summary(&scored)
+    );
+    if turns.len() < set.len() {
         println!(
             "only {} of {} questions became turns within {total:?}",
             turns.len(),
-            QUESTIONS.len()
+            set.len()
         );
     }
 }

@@ -35,9 +35,13 @@ enum Cmd {
     /// The voice loop on embedded defaults: embedded broker, a speech clip as the microphone
     /// (alsa-lib file plugin); prints the transcript, the reply, its WAV and the latencies.
     Demo {
-        /// The clip to play into the microphone (WAV; default: a LibriVox clip from the models).
+        /// The clip to play into the microphone (WAV; default: `--question` said by the
+        /// configured Piper voice).
         #[arg(long)]
         clip: Option<PathBuf>,
+        /// The question the microphone says when no clip is given.
+        #[arg(long, default_value = cli::demo::DEFAULT_QUESTION)]
+        question: String,
         /// Where to put the microphone file, the ALSA configuration and reply.wav.
         #[arg(long, default_value = "sotad-demo")]
         dir: PathBuf,
@@ -223,7 +227,11 @@ fn main() -> ExitCode {
             }
             cli::say(&config, &text, &output, voice)
         }),
-        Cmd::Demo { clip, dir } => {
+        Cmd::Demo {
+            clip,
+            question,
+            dir,
+        } => {
             let config = match Config::load(file) {
                 Ok(c) => c,
                 Err(e) => {
@@ -231,12 +239,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let clip = clip.unwrap_or_else(|| config.models_dir().join(cli::demo::DEFAULT_CLIP));
-            let conf = match std::fs::create_dir_all(&dir)
+            let prepared = std::fs::create_dir_all(&dir)
                 .map_err(anyhow::Error::from)
-                .and_then(|()| cli::demo::prepare_devices(&dir, &clip))
-            {
-                Ok(conf) => conf,
+                .and_then(|()| match clip {
+                    Some(clip) => Ok(clip),
+                    None => cli::demo::speak_question(&config, &dir, &question),
+                })
+                .and_then(|clip| Ok((cli::demo::prepare_devices(&dir, &clip)?, clip)));
+            let (conf, clip) = match prepared {
+                Ok(prepared) => prepared,
                 Err(e) => {
                     eprintln!(
                         "sotad demo: {e:#} (scripts/install-models.sh installs the models and the clip)"

@@ -133,7 +133,7 @@ async fn llm_streams_tokens_remembers_sessions_and_cancels() {
         &config(
             broker.port,
             "llm",
-            "[stt]\nmodel = \"\"\n[tts]\nvoice = \"\"\n[llm]\nsession_turns = 2",
+            "[stt]\nmodel = \"\"\n[tts]\nvoice = \"\"\n[llm]\nmodel = \"smollm2-135m-instruct-q4_1.gguf\"\nsession_turns = 2",
         ),
         "llm",
     )

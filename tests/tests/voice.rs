@@ -70,10 +70,15 @@ fn config(port: u16, device: &str, capture: &str) -> String {
 /// The `[llm]` lines of most voice tests: short, deterministic answers.
 const SHORT_ANSWERS: &str = "max_tokens = 24\ntemperature = 0.0";
 
+/// The voice tests' LLM: these tests check the loop's timing and plumbing, not what is
+/// answered, with the smallest model of the set (a third of the default Qwen2.5-Coder-0.5B's
+/// time per token). The default brain's answers are checked by `tests/brain.rs`.
+const VOICE_TEST_LLM: &str = "smollm2-135m-instruct-q4_1.gguf";
+
 /// The voice test configuration with the given `[llm]` and `[voice]` lines.
 fn config_with(port: u16, device: &str, capture: &str, llm: &str, voice: &str) -> String {
     format!(
-        "{}\n[models]\ndir = \"{}\"\n[audio]\ncapture_device = \"{capture}\"\nplayback_device = \"testspeaker\"\nretry_min_ms = 100\nretry_max_ms = 300\n[llm]\n{llm}\n[voice]\n{voice}\n",
+        "{}\n[models]\ndir = \"{}\"\n[audio]\ncapture_device = \"{capture}\"\nplayback_device = \"testspeaker\"\nretry_min_ms = 100\nretry_max_ms = 300\n[llm]\nmodel = \"{VOICE_TEST_LLM}\"\n{llm}\n[voice]\n{voice}\n",
         Sotad::link_config(port, device, ""),
         models_dir().display()
     )

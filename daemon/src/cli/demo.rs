@@ -1,7 +1,8 @@
 //! `sotad demo`: the whole voice loop on embedded defaults, with nothing but the models.
 //!
-//! The daemon runs on its embedded broker, with a microphone made from a real speech clip
-//! through alsa-lib's `file` plugin and a speaker that is a `file` device too. A client in the
+//! The daemon runs on its embedded broker, with a microphone made from a clip (by default a
+//! question said by the configured Piper voice, [`DEFAULT_QUESTION`]) through alsa-lib's
+//! `file` plugin and a speaker that is a `file` device too. A client in the
 //! same process watches MQTT and prints what happened: the transcript, the reply, where the
 //! reply's audio was written, and the latency breakdown of the turn.
 
@@ -15,11 +16,38 @@ use sotad::config::Config;
 use sotad_engines::audio;
 use tokio::sync::oneshot;
 
-/// The default clip: a LibriVox recording from Debian's pocketsphinx-testdata.
-pub const DEFAULT_CLIP: &str = "speech/librivox/sense_and_sensibility_01_austen_64kb-0880.wav";
+/// The question the demo's microphone says unless given a clip: one of the spoken question
+/// set (benches/data/questions.tsv), said by the configured Piper voice.
+pub const DEFAULT_QUESTION: &str = "What is the capital of France?";
 /// ALSA device names the demo defines.
 const MIC: &str = "sotad_demo_mic";
 const SPEAKER: &str = "sotad_demo_speaker";
+
+/// Writes `question` spoken by the configured voice (`tts.voice`) to `dir/question.wav` and
+/// returns that path: the demo's default clip.
+pub fn speak_question(config: &Config, dir: &Path, question: &str) -> anyhow::Result<PathBuf> {
+    use sotad_engines::tts::{LoadOptions, SynthOptions, Voice};
+    let Some(path) = config.model_path(&config.tts.voice) else {
+        bail!("configuration key `tts.voice` is empty: give the demo a recording with --clip");
+    };
+    let voice = Voice::load(&path, &LoadOptions::default()).with_context(|| {
+        format!(
+            "configuration key `tts.voice` = {:?}: cannot load the voice that says the demo's question",
+            config.tts.voice
+        )
+    })?;
+    let mut samples = Vec::new();
+    let mut rate = 22_050;
+    voice.synthesize(question, &SynthOptions::default(), |chunk| {
+        rate = chunk.sample_rate;
+        samples.extend_from_slice(chunk.samples);
+        std::ops::ControlFlow::Continue(())
+    })?;
+    let wav = dir.join("question.wav");
+    std::fs::write(&wav, audio::encode_wav_i16(&samples, rate, 1))
+        .with_context(|| format!("cannot write {}", wav.display()))?;
+    Ok(wav)
+}
 
 /// Writes the microphone's raw file (16 kHz mono s16le: silence, the clip, silence) and the
 /// asoundrc that defines the demo's devices; returns the asoundrc's path.

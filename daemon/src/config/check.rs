@@ -287,7 +287,8 @@ impl Config {
         c.float("llm.min_p", l.min_p, 0.0, 1.0)?;
         c.float("llm.repeat_penalty", l.repeat_penalty, 0.5, 3.0)?;
         c.range("llm.sessions", l.sessions as u64, 0, 1024)?;
-        c.range("llm.session_turns", l.session_turns as u64, 1, 256)
+        c.range("llm.session_turns", l.session_turns as u64, 1, 256)?;
+        c.range("llm.conversation_idle_s", l.conversation_idle_s, 0, 604_800)
     }
 
     fn tts(&self, c: &Checker) -> Result<(), ConfigError> {

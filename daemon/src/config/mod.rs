@@ -98,6 +98,8 @@ pub struct Llm {
     pub repeat_penalty: f32,
     pub sessions: usize,
     pub session_turns: usize,
+    /// A conversation not continued for this many seconds is forgotten (0: never).
+    pub conversation_idle_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -529,6 +531,11 @@ mod tests {
                 "5000",
             ),
             ("[device]\nid = \"a/b\"\n", "device.id", "A-Z"),
+            (
+                "[llm]\nconversation_idle_s = 604801\n",
+                "llm.conversation_idle_s",
+                "0 to 604800",
+            ),
             (
                 "[voice]\nfirst_piece_words = 101\n",
                 "voice.first_piece_words",

@@ -2,7 +2,9 @@
 //!
 //! Conversations: an [`Ask`] with a `session` continues that conversation; its turns are
 //! remembered (at most `llm.session_turns` per session, `llm.sessions` sessions, least
-//! recently used forgotten first). The engine keeps one KV cache and reuses whatever token
+//! recently used forgotten first, a session idle for `llm.conversation_idle_s` forgotten;
+//! a reply in another language than its question is not remembered, see
+//! [`super::conversations::keeps_reply`]). The engine keeps one KV cache and reuses whatever token
 //! prefix the new prompt shares with the previous one, so a follow-up in the same session
 //! only computes the new turn, and switching sessions recomputes from the end of the shared
 //! system prompt.
@@ -17,7 +19,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sotad_engines::llm as engine;
 use tokio::sync::mpsc;
@@ -145,7 +147,7 @@ pub fn load(path: Option<PathBuf>, c: &config::Llm) -> Result<Llm, String> {
     let mut llm = Llm {
         model,
         session,
-        conversations: Conversations::new(c.sessions, c.session_turns),
+        conversations: Conversations::new(c.sessions, c.session_turns, c.conversation_idle_s),
         defaults: Defaults {
             system_prompt: c.system_prompt.clone(),
             max_tokens: c.max_tokens,
@@ -363,15 +365,23 @@ impl Llm {
         let Some(session) = &ask.session else {
             return;
         };
-        self.conversations
-            .remember(session, given, engine::Message::assistant(reply));
+        let now = Instant::now();
+        if !self
+            .conversations
+            .remember(session, given, engine::Message::assistant(reply), now)
+        {
+            tracing::info!(
+                session = %session,
+                "reply not remembered: it is in another language than the question"
+            );
+        }
         let mut next: Vec<engine::Message> = messages
             .first()
             .filter(|m| m.role == engine::Role::System)
             .cloned()
             .into_iter()
             .collect();
-        next.extend(self.conversations.history(session).iter().cloned());
+        next.extend(self.conversations.history(session, now).iter().cloned());
         self.warm = Some((next, ask.options.thinking.unwrap_or(false)));
     }
 
@@ -387,7 +397,12 @@ impl Llm {
             messages.push(system);
         }
         if let Some(session) = &ask.session {
-            messages.extend(self.conversations.history(session).iter().cloned());
+            messages.extend(
+                self.conversations
+                    .history(session, Instant::now())
+                    .iter()
+                    .cloned(),
+            );
         }
         messages.extend(given.iter().cloned());
         (messages, given)

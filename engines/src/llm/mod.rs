@@ -64,6 +64,7 @@ mod forward;
 mod generate;
 mod ggml_math;
 mod kv_cache;
+pub mod language;
 mod pool;
 mod sample;
 mod tokenizer;
