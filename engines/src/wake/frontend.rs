@@ -103,8 +103,8 @@ fn c_sub(a: Cpx, b: Cpx) -> Cpx {
 
 fn kiss_twiddle(phase: f64) -> Cpx {
     Cpx {
-        r: (0.5 + 32767.0 * phase.cos()).floor() as i16,
-        i: (0.5 + 32767.0 * phase.sin()).floor() as i16,
+        r: (0.5 + 32767.0 * black_box(phase).cos()).floor() as i16,
+        i: (0.5 + 32767.0 * black_box(phase).sin()).floor() as i16,
     }
 }
 
@@ -229,8 +229,14 @@ impl Fft {
     }
 }
 
+// The tables must come from the C library's functions at run time, as in the reference:
+// `black_box` keeps the compiler from constant-folding `log1pf`, `cosf` or `powf` with its own
+// correctly rounded arithmetic, which differs from glibc's in the last bit for some inputs
+// (log1pf(7500 / 700) does, and moves a mel band edge).
+use std::hint::black_box;
+
 fn freq_to_mel(freq: f32) -> f32 {
-    1127.0f32 * (freq / 700.0f32).ln_1p()
+    1127.0f32 * black_box(freq / 700.0f32).ln_1p()
 }
 
 /// The mel filterbank in the C layout: per channel (plus one), a 4-aligned start into the
@@ -411,7 +417,7 @@ fn sqrt64(mut num: u64) -> u32 {
 
 fn pcan_gain(input_bits: i32, x: u32) -> i16 {
     let x = x as f32 / (1u32 << input_bits) as f32;
-    let gain = (1u32 << PCAN_GAIN_BITS) as f32 * (x + 80.0f32).powf(-0.95f32);
+    let gain = (1u32 << PCAN_GAIN_BITS) as f32 * black_box(x + 80.0f32).powf(black_box(-0.95f32));
     if gain > 32767.0 {
         32767
     } else {
@@ -492,7 +498,7 @@ impl Frontend {
         let arg = std::f32::consts::PI * 2.0 / WINDOW as f32;
         let coefficients = (0..WINDOW)
             .map(|i| {
-                let v = 0.5f32 - 0.5f32 * (arg * (i as f32 + 0.5)).cos();
+                let v = 0.5f32 - 0.5f32 * black_box(arg * (i as f32 + 0.5)).cos();
                 (v * (1 << WINDOW_BITS) as f32 + 0.5).floor() as i16
             })
             .collect();
