@@ -309,7 +309,11 @@ impl Filterbank {
         for chan in 0..channels1 {
             let mut frequency = actual_starts[chan];
             let offset = frequency - frequency_starts[chan];
-            let denom = if chan == 0 { mel_low } else { centers[chan - 1] };
+            let denom = if chan == 0 {
+                mel_low
+            } else {
+                centers[chan - 1]
+            };
             for j in 0..actual_widths[chan] {
                 let w = (centers[chan] - freq_to_mel(frequency as f32 * hz_per_sbin))
                     / (centers[chan] - denom);
@@ -608,8 +612,8 @@ impl Frontend {
                 >> NOISE_REDUCTION_BITS) as u32;
             self.estimate[i] = estimate;
             estimate = estimate.min(scaled);
-            let floor = ((*s as u64 * self.min_signal_remaining as u64) >> NOISE_REDUCTION_BITS)
-                as u32;
+            let floor =
+                ((*s as u64 * self.min_signal_remaining as u64) >> NOISE_REDUCTION_BITS) as u32;
             let subtracted = (scaled - estimate) >> SMOOTHING_BITS;
             *s = subtracted.max(floor);
         }
@@ -621,7 +625,8 @@ impl Frontend {
             *s = if snr < (2 << PCAN_SNR_BITS) {
                 snr.wrapping_mul(snr) >> (2 + 2 * PCAN_SNR_BITS as u32 - PCAN_OUTPUT_BITS)
             } else {
-                (snr >> (PCAN_SNR_BITS as u32 - PCAN_OUTPUT_BITS)).wrapping_sub(1 << PCAN_OUTPUT_BITS)
+                (snr >> (PCAN_SNR_BITS as u32 - PCAN_OUTPUT_BITS))
+                    .wrapping_sub(1 << PCAN_OUTPUT_BITS)
             };
         }
 

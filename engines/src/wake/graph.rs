@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use super::error::WakeError;
-use super::tflite::{dtype, op_name, Fb, Model, Operator, Table, Tensor};
+use super::tflite::{Fb, Model, Operator, Table, Tensor, dtype, op_name};
 
 type Result<T> = std::result::Result<T, Box<WakeError>>;
 
@@ -85,7 +85,11 @@ fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
         return i32::MAX;
     }
     let ab = a as i64 * b as i64;
-    let nudge = if ab >= 0 { 1i64 << 30 } else { 1 - (1i64 << 30) };
+    let nudge = if ab >= 0 {
+        1i64 << 30
+    } else {
+        1 - (1i64 << 30)
+    };
     // Division truncates toward zero, as in C++.
     ((ab + nudge) / (1i64 << 31)) as i32
 }
@@ -280,18 +284,22 @@ impl Ctx<'_, '_> {
     }
 
     fn input(&self, op: &Operator, i: usize) -> Result<(usize, &Tensor)> {
-        let idx = *op
-            .inputs
-            .get(i)
-            .ok_or_else(|| self.err(op, format!("has {} inputs, needs at least {}", op.inputs.len(), i + 1)))?;
+        let idx = *op.inputs.get(i).ok_or_else(|| {
+            self.err(
+                op,
+                format!("has {} inputs, needs at least {}", op.inputs.len(), i + 1),
+            )
+        })?;
         self.tensor(op, idx)
     }
 
     fn output(&self, op: &Operator, i: usize) -> Result<(usize, &Tensor)> {
-        let idx = *op
-            .outputs
-            .get(i)
-            .ok_or_else(|| self.err(op, format!("has {} outputs, needs at least {}", op.outputs.len(), i + 1)))?;
+        let idx = *op.outputs.get(i).ok_or_else(|| {
+            self.err(
+                op,
+                format!("has {} outputs, needs at least {}", op.outputs.len(), i + 1),
+            )
+        })?;
         self.tensor(op, idx)
     }
 
@@ -318,7 +326,14 @@ impl Ctx<'_, '_> {
 
     fn const_i32s(&self, op: &Operator, t: &Tensor) -> Result<Vec<i32>> {
         if t.dtype != dtype::INT32 {
-            return Err(self.err(op, format!("tensor {:?} must be INT32, is {}", t.name, dtype::name(t.dtype))));
+            return Err(self.err(
+                op,
+                format!(
+                    "tensor {:?} must be INT32, is {}",
+                    t.name,
+                    dtype::name(t.dtype)
+                ),
+            ));
         }
         let r = self.constant(op, t)?;
         Ok(self.fb.data[r]
@@ -330,7 +345,10 @@ impl Ctx<'_, '_> {
     fn scale(&self, op: &Operator, t: &Tensor) -> Result<(f32, i32)> {
         match (t.quant.scale.first(), t.quant.zero_point.first()) {
             (Some(&s), zp) if s > 0.0 && s.is_finite() => Ok((s, zp.copied().unwrap_or(0) as i32)),
-            _ => Err(self.err(op, format!("tensor {:?} has no usable quantization scale", t.name))),
+            _ => Err(self.err(
+                op,
+                format!("tensor {:?} has no usable quantization scale", t.name),
+            )),
         }
     }
 
@@ -338,14 +356,19 @@ impl Ctx<'_, '_> {
         if t.dtype != dtype::INT8 {
             return Err(self.err(
                 op,
-                format!("tensor {:?} is {}, only INT8 is supported here", t.name, dtype::name(t.dtype)),
+                format!(
+                    "tensor {:?} is {}, only INT8 is supported here",
+                    t.name,
+                    dtype::name(t.dtype)
+                ),
             ));
         }
         Ok(())
     }
 
     fn options(&self, op: &Operator) -> Result<Table> {
-        op.options.ok_or_else(|| self.err(op, "has no options table"))
+        op.options
+            .ok_or_else(|| self.err(op, "has no options table"))
     }
 
     fn activation(&self, op: &Operator, code: u8, out: &Tensor) -> Result<(i32, i32)> {
@@ -397,9 +420,15 @@ impl Graph {
 
         let mut vars: HashMap<String, usize> = HashMap::new();
         let mut var_init: Vec<Option<Range<usize>>> = Vec::new();
-        let var_of = |fb: &Fb<'_>, op: &Operator, vars: &mut HashMap<String, usize>, init: &mut Vec<Option<Range<usize>>>| -> Result<usize> {
+        let var_of = |fb: &Fb<'_>,
+                      op: &Operator,
+                      vars: &mut HashMap<String, usize>,
+                      init: &mut Vec<Option<Range<usize>>>|
+         -> Result<usize> {
             let t = op.options.ok_or_else(|| {
-                WakeError::new("VAR_HANDLE has no options").table(op.table.label()).at(op.table.pos)
+                WakeError::new("VAR_HANDLE has no options")
+                    .table(op.table.label())
+                    .at(op.table.pos)
             })?;
             let key = format!(
                 "{}/{}",
@@ -468,7 +497,7 @@ impl Graph {
                 }
             })
             .collect();
-        let mut arena = |storage: &mut Vec<Storage>, op: &Operator, idx: usize| -> Result<()> {
+        let arena = |storage: &mut Vec<Storage>, op: &Operator, idx: usize| -> Result<()> {
             let t = &main.tensors[idx];
             if matches!(storage[idx], Storage::Const(_)) {
                 return Err(cx.err(op, format!("writes to constant tensor {:?}", t.name)));
@@ -476,7 +505,11 @@ impl Graph {
             if t.dtype != dtype::INT8 && t.dtype != dtype::UINT8 {
                 return Err(cx.err(
                     op,
-                    format!("tensor {:?} is {}, only INT8 and UINT8 activations are supported", t.name, dtype::name(t.dtype)),
+                    format!(
+                        "tensor {:?} is {}, only INT8 and UINT8 activations are supported",
+                        t.name,
+                        dtype::name(t.dtype)
+                    ),
                 ));
             }
             storage[idx] = Storage::Arena(t.shape.iter().product());
@@ -495,9 +528,13 @@ impl Graph {
         {
             let t = &main.tensors[input];
             if t.dtype != dtype::INT8 {
-                return Err(WakeError::new(format!("the input tensor {:?} is {}, expected INT8", t.name, dtype::name(t.dtype)))
-                    .table(format!("Tensor #{input}"))
-                    .at(t.table.pos));
+                return Err(WakeError::new(format!(
+                    "the input tensor {:?} is {}, expected INT8",
+                    t.name,
+                    dtype::name(t.dtype)
+                ))
+                .table(format!("Tensor #{input}"))
+                .at(t.table.pos));
             }
             storage[input] = Storage::Arena(t.shape.iter().product());
         }
@@ -542,7 +579,10 @@ impl Graph {
                         return Err(cx.err(op, "only the default weights format is supported"));
                     }
                     if wt.shape.len() != 2 {
-                        return Err(cx.err(op, format!("weights of shape {:?}, expected 2 dimensions", wt.shape)));
+                        return Err(cx.err(
+                            op,
+                            format!("weights of shape {:?}, expected 2 dimensions", wt.shape),
+                        ));
                     }
                     let (rows, depth) = (wt.shape[0], wt.shape[1]);
                     let in_len: usize = it.shape.iter().product();
@@ -558,7 +598,10 @@ impl Graph {
                             let bt = &main.tensors[b as usize];
                             let v = cx.const_i32s(op, bt)?;
                             if v.len() != rows {
-                                return Err(cx.err(op, format!("bias has {} values for {rows} outputs", v.len())));
+                                return Err(cx.err(
+                                    op,
+                                    format!("bias has {} values for {rows} outputs", v.len()),
+                                ));
                             }
                             Some(cx.constant(op, bt)?)
                         }
@@ -568,7 +611,10 @@ impl Graph {
                     let (ws, wzp) = cx.scale(op, wt)?;
                     let (os, ozp) = cx.scale(op, ot)?;
                     if wt.quant.scale.len() != 1 {
-                        return Err(cx.err(op, "per-channel weights are not supported in FULLY_CONNECTED"));
+                        return Err(cx.err(
+                            op,
+                            "per-channel weights are not supported in FULLY_CONNECTED",
+                        ));
                     }
                     let act = cx.activation(op, fb.u8_field(&opts, 0, 0)?, ot)?;
                     arena(&mut storage, op, o)?;
@@ -602,7 +648,11 @@ impl Graph {
                         table[v as i8 as u8 as usize] = q.clamp(-128, 127) as i8 as u8;
                     }
                     arena(&mut storage, op, o)?;
-                    ops.push(Op::Logistic { input: i, output: o, table });
+                    ops.push(Op::Logistic {
+                        input: i,
+                        output: o,
+                        table,
+                    });
                 }
                 114 => {
                     let (i, it) = cx.input(op, 0)?;
@@ -611,7 +661,12 @@ impl Graph {
                     let range = match ot.dtype {
                         dtype::INT8 => (-128, 127),
                         dtype::UINT8 => (0, 255),
-                        t => return Err(cx.err(op, format!("output type {} is not supported", dtype::name(t)))),
+                        t => {
+                            return Err(cx.err(
+                                op,
+                                format!("output type {} is not supported", dtype::name(t)),
+                            ));
+                        }
                     };
                     let (is, izp) = cx.scale(op, it)?;
                     let (os, ozp) = cx.scale(op, ot)?;
@@ -628,11 +683,19 @@ impl Graph {
                 22 => {
                     let (i, it) = cx.input(op, 0)?;
                     let (o, ot) = cx.output(op, 0)?;
-                    if it.shape.iter().product::<usize>() != ot.shape.iter().product::<usize>() || it.dtype != ot.dtype {
-                        return Err(cx.err(op, format!("cannot reshape {:?} to {:?}", it.shape, ot.shape)));
+                    if it.shape.iter().product::<usize>() != ot.shape.iter().product::<usize>()
+                        || it.dtype != ot.dtype
+                    {
+                        return Err(cx.err(
+                            op,
+                            format!("cannot reshape {:?} to {:?}", it.shape, ot.shape),
+                        ));
                     }
                     arena(&mut storage, op, o)?;
-                    ops.push(Op::Copy { input: i, output: o });
+                    ops.push(Op::Copy {
+                        input: i,
+                        output: o,
+                    });
                 }
                 2 => {
                     let (o, ot) = cx.output(op, 0)?;
@@ -662,7 +725,13 @@ impl Graph {
                         if it.shape.len() != ot.shape.len()
                             || (0..it.shape.len()).any(|d| d != axis && it.shape[d] != ot.shape[d])
                         {
-                            return Err(cx.err(op, format!("input shape {:?} does not fit output {:?}", it.shape, ot.shape)));
+                            return Err(cx.err(
+                                op,
+                                format!(
+                                    "input shape {:?} does not fit output {:?}",
+                                    it.shape, ot.shape
+                                ),
+                            ));
                         }
                         along += it.shape[axis];
                         inputs.push(i);
@@ -710,7 +779,13 @@ impl Graph {
                             || (0..it.shape.len()).any(|d| d != axis && it.shape[d] != ot.shape[d])
                             || ot.shape[axis] as i64 != sizes[k] as i64
                         {
-                            return Err(cx.err(op, format!("output {:?} {:?} does not fit input {:?}", ot.name, ot.shape, it.shape)));
+                            return Err(cx.err(
+                                op,
+                                format!(
+                                    "output {:?} {:?} does not fit input {:?}",
+                                    ot.name, ot.shape, it.shape
+                                ),
+                            ));
                         }
                         along += ot.shape[axis];
                         arena(&mut storage, op, o)?;
@@ -741,7 +816,11 @@ impl Graph {
                     let opts = cx.options(op)?;
                     let begin_mask = fb.i32_field(&opts, 0, 0)?;
                     let end_mask = fb.i32_field(&opts, 1, 0)?;
-                    for (f, what) in [(2, "ellipsis_mask"), (3, "new_axis_mask"), (4, "shrink_axis_mask")] {
+                    for (f, what) in [
+                        (2, "ellipsis_mask"),
+                        (3, "new_axis_mask"),
+                        (4, "shrink_axis_mask"),
+                    ] {
                         if fb.i32_field(&opts, f, 0)? != 0 {
                             return Err(cx.err(op, format!("{what} is not supported")));
                         }
@@ -751,9 +830,13 @@ impl Graph {
                     }
                     let n = it.shape.len();
                     if n > 4 || begin.len() != n || end.len() != n || strides.len() != n {
-                        return Err(cx.err(op, format!("begin/end/strides do not match the input's {n} dimensions")));
+                        return Err(cx.err(
+                            op,
+                            format!("begin/end/strides do not match the input's {n} dimensions"),
+                        ));
                     }
-                    let (mut start4, mut stride4, mut out4) = ([0isize; 4], [1isize; 4], [1usize; 4]);
+                    let (mut start4, mut stride4, mut out4) =
+                        ([0isize; 4], [1isize; 4], [1usize; 4]);
                     let in4 = dims4(&it.shape).unwrap();
                     for d in 0..n {
                         let dim = it.shape[d] as isize;
@@ -761,7 +844,13 @@ impl Graph {
                         if s == 0 {
                             return Err(cx.err(op, "a stride of 0"));
                         }
-                        let clamp = |v: isize| if s > 0 { v.clamp(0, dim) } else { v.clamp(-1, dim - 1) };
+                        let clamp = |v: isize| {
+                            if s > 0 {
+                                v.clamp(0, dim)
+                            } else {
+                                v.clamp(-1, dim - 1)
+                            }
+                        };
                         let start = if begin_mask & (1 << d) != 0 {
                             if s > 0 { 0 } else { dim - 1 }
                         } else {
@@ -785,7 +874,10 @@ impl Graph {
                         out4[k] = count as usize;
                     }
                     if dims4(&ot.shape) != Some(out4) {
-                        return Err(cx.err(op, format!("the slice is {out4:?}, the output tensor {:?}", ot.shape)));
+                        return Err(cx.err(
+                            op,
+                            format!("the slice is {out4:?}, the output tensor {:?}", ot.shape),
+                        ));
                     }
                     arena(&mut storage, op, o)?;
                     ops.push(Op::Slice {
@@ -810,7 +902,7 @@ impl Graph {
                     return Err(WakeError::new(format!(
                         "variable #{k} is never initialized (no CALL_ONCE assignment)"
                     ))
-                    .table("SubGraph #0"))
+                    .table("SubGraph #0"));
                 }
             }
         }
@@ -870,22 +962,31 @@ impl Graph {
         let (input_frames, input_features) = match it.shape.as_slice() {
             [1, frames, features] => (*frames, *features),
             s => {
-                return Err(WakeError::new(format!("input shape {s:?}, expected [1, frames, features]"))
-                    .table(format!("Tensor #{input}"))
-                    .at(it.table.pos))
+                return Err(WakeError::new(format!(
+                    "input shape {s:?}, expected [1, frames, features]"
+                ))
+                .table(format!("Tensor #{input}"))
+                .at(it.table.pos));
             }
         };
         if ot.shape.iter().product::<usize>() != 1 {
-            return Err(WakeError::new(format!("output shape {:?}, expected one probability", ot.shape))
-                .table(format!("Tensor #{output}"))
-                .at(ot.table.pos));
+            return Err(WakeError::new(format!(
+                "output shape {:?}, expected one probability",
+                ot.shape
+            ))
+            .table(format!("Tensor #{output}"))
+            .at(ot.table.pos));
         }
         let q = |t: &Tensor, idx: usize| -> Result<(f32, i32)> {
             match t.quant.scale.first() {
-                Some(&s) if s > 0.0 => Ok((s, t.quant.zero_point.first().copied().unwrap_or(0) as i32)),
-                _ => Err(WakeError::new(format!("tensor {:?} is not quantized", t.name))
-                    .table(format!("Tensor #{idx}"))
-                    .at(t.table.pos)),
+                Some(&s) if s > 0.0 => {
+                    Ok((s, t.quant.zero_point.first().copied().unwrap_or(0) as i32))
+                }
+                _ => Err(
+                    WakeError::new(format!("tensor {:?} is not quantized", t.name))
+                        .table(format!("Tensor #{idx}"))
+                        .at(t.table.pos),
+                ),
             }
         };
         let (input_scale, input_zero_point) = q(it, input)?;
@@ -922,9 +1023,17 @@ impl Graph {
         let sw = fb.i32_field(&opts, 1, 0)?;
         let sh = fb.i32_field(&opts, 2, 0)?;
         let (act_code, dw, dh) = if depthwise {
-            (fb.u8_field(&opts, 4, 0)?, fb.i32_field(&opts, 5, 1)?, fb.i32_field(&opts, 6, 1)?)
+            (
+                fb.u8_field(&opts, 4, 0)?,
+                fb.i32_field(&opts, 5, 1)?,
+                fb.i32_field(&opts, 6, 1)?,
+            )
         } else {
-            (fb.u8_field(&opts, 3, 0)?, fb.i32_field(&opts, 4, 1)?, fb.i32_field(&opts, 5, 1)?)
+            (
+                fb.u8_field(&opts, 3, 0)?,
+                fb.i32_field(&opts, 4, 1)?,
+                fb.i32_field(&opts, 5, 1)?,
+            )
         };
         if sw < 1 || sh < 1 || dw < 1 || dh < 1 || padding > 1 {
             return Err(cx.err(op, format!("strides ({sh}, {sw}), dilations ({dh}, {dw}) or padding {padding} not supported")));
@@ -938,12 +1047,20 @@ impl Graph {
         let (kh, kw) = (fsh[1], fsh[2]);
         let kind = if depthwise {
             if fsh[0] != 1 || fsh[3] != oc || ic == 0 || oc % ic != 0 {
-                return Err(cx.err(op, format!("filter {fsh:?} does not fit input {ish:?} and output {osh:?}")));
+                return Err(cx.err(
+                    op,
+                    format!("filter {fsh:?} does not fit input {ish:?} and output {osh:?}"),
+                ));
             }
-            Kind::Depthwise { multiplier: oc / ic }
+            Kind::Depthwise {
+                multiplier: oc / ic,
+            }
         } else {
             if fsh[0] != oc || fsh[3] != ic {
-                return Err(cx.err(op, format!("filter {fsh:?} does not fit input {ish:?} and output {osh:?}")));
+                return Err(cx.err(
+                    op,
+                    format!("filter {fsh:?} does not fit input {ish:?} and output {osh:?}"),
+                ));
             }
             Kind::Conv
         };
@@ -960,7 +1077,11 @@ impl Graph {
             let eff = ((k - 1) * d + 1) as isize;
             (((out as isize - 1) * s as isize + eff - input as isize).max(0)) / 2
         };
-        if kh == 0 || kw == 0 || out_size(ih, kh, sh, dh) != Some(oh) || out_size(iw, kw, sw, dw) != Some(ow) {
+        if kh == 0
+            || kw == 0
+            || out_size(ih, kh, sh, dh) != Some(oh)
+            || out_size(iw, kw, sw, dw) != Some(ow)
+        {
             return Err(cx.err(op, format!("output {osh:?} is not what input {ish:?}, filter {fsh:?}, strides ({sh}, {sw}) and padding give")));
         }
         let filter = cx.constant(op, ft)?;
@@ -969,7 +1090,9 @@ impl Graph {
                 let bt = &cx.tensors[b as usize];
                 let v = cx.const_i32s(op, bt)?;
                 if v.len() != oc {
-                    return Err(cx.err(op, format!("bias has {} values for {oc} channels", v.len())));
+                    return Err(
+                        cx.err(op, format!("bias has {} values for {oc} channels", v.len()))
+                    );
                 }
                 Some(cx.constant(op, bt)?)
             }
@@ -979,8 +1102,22 @@ impl Graph {
         let (os, ozp) = cx.scale(op, ot)?;
         let fscales = &ft.quant.scale;
         let per_channel = fscales.len() == oc && oc > 1;
-        if !(fscales.len() == 1 || per_channel) || fscales.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
-            return Err(cx.err(op, format!("filter has {} scales for {oc} channels", fscales.len())));
+        if !(fscales.len() == 1 || per_channel)
+            || fscales.iter().any(|&s| !(s > 0.0 && s.is_finite()))
+        {
+            return Err(cx.err(
+                op,
+                format!("filter has {} scales for {oc} channels", fscales.len()),
+            ));
+        }
+        if per_channel && ft.quant.dim != if depthwise { 3 } else { 0 } {
+            return Err(cx.err(
+                op,
+                format!(
+                    "filter quantized along dimension {}, not the output channels",
+                    ft.quant.dim
+                ),
+            ));
         }
         if ft.quant.zero_point.iter().any(|&z| z != 0) {
             return Err(cx.err(op, "filter zero points must be 0"));
@@ -1025,7 +1162,11 @@ impl Graph {
                 _ => Vec::new(),
             })
             .collect();
-        let vars = self.var_init.iter().map(|r| data[r.clone()].to_vec()).collect();
+        let vars = self
+            .var_init
+            .iter()
+            .map(|r| data[r.clone()].to_vec())
+            .collect();
         State { arena, vars }
     }
 }
@@ -1112,7 +1253,11 @@ impl State {
                 }
                 self.arena[*output] = out;
             }
-            Op::Logistic { input, output, table } => {
+            Op::Logistic {
+                input,
+                output,
+                table,
+            } => {
                 let mut out = std::mem::take(&mut self.arena[*output]);
                 for (o, &x) in out.iter_mut().zip(self.src(graph, data, *input)) {
                     *o = table[x as usize];
@@ -1192,7 +1337,8 @@ impl State {
                             let ic = (start[2] + c as isize * stride[2]) as usize;
                             for d in 0..out_dims[3] {
                                 let id = (start[3] + d as isize * stride[3]) as usize;
-                                let at = ((ia * in_dims[1] + ib) * in_dims[2] + ic) * in_dims[3] + id;
+                                let at =
+                                    ((ia * in_dims[1] + ib) * in_dims[2] + ic) * in_dims[3] + id;
                                 out[k] = src[at];
                                 k += 1;
                             }
@@ -1280,7 +1426,10 @@ mod tests {
         assert_eq!(multiply_by_quantized_multiplier(2, 1 << 30, -2), 1); // 0.5 → 1
         assert_eq!(multiply_by_quantized_multiplier(-2, 1 << 30, -2), -1); // -0.5 → -1
         assert_eq!(multiply_by_quantized_multiplier(100, 1 << 30, 1), 100);
-        assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
+            i32::MAX
+        );
         let (m, e) = frexp(3.0);
         assert_eq!((m, e), (0.75, 2));
     }

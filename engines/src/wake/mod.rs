@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use self::error::WakeError;
-use self::frontend::{Frontend, CHANNELS, FEATURE_SCALE, STEP, WINDOW};
+use self::frontend::{CHANNELS, FEATURE_SCALE, Frontend, STEP, WINDOW};
 use self::graph::{Graph, State};
 use crate::audio::SAMPLE_RATE;
 use crate::error::Result;
@@ -80,7 +80,7 @@ impl WakeSettings {
                 return Err(err(
                     "micro.probability_cutoff",
                     "missing, or not a number from 0 to 1".into(),
-                ))
+                ));
             }
         };
         let window = micro
@@ -243,7 +243,10 @@ impl WakeWord {
     /// A detector with fresh state.
     pub fn new(model: WakeModel) -> WakeWord {
         let state = model.graph.state(model.backing.bytes());
-        let (scale, zp) = (model.graph.input_scale as f64, model.graph.input_zero_point as f64);
+        let (scale, zp) = (
+            model.graph.input_scale as f64,
+            model.graph.input_zero_point as f64,
+        );
         let quantized = (0..=u16::MAX)
             .map(|v| {
                 let q = (v as f64 * FEATURE_SCALE / scale + zp).round_ties_even();
@@ -276,7 +279,8 @@ impl WakeWord {
     /// Forgets all audio: front end, streaming variables, window, time.
     pub fn reset(&mut self) {
         self.frontend.reset();
-        self.state.reset(&self.model.graph, self.model.backing.bytes());
+        self.state
+            .reset(&self.model.graph, self.model.backing.bytes());
         self.frames.clear();
         self.frame_count = 0;
         self.window.clear();
@@ -347,7 +351,11 @@ impl WakeWord {
                 .window
                 .iter()
                 .map(|&r| {
-                    let v = if graph.output_unsigned { r as i32 } else { r as i8 as i32 };
+                    let v = if graph.output_unsigned {
+                        r as i32
+                    } else {
+                        r as i8 as i32
+                    };
                     ((v - graph.output_zero_point) as f32 * graph.output_scale) as f64
                 })
                 .sum();

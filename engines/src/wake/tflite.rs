@@ -80,7 +80,12 @@ impl<'a> Fb<'a> {
         self.table(root, "Model", None)
     }
 
-    pub(crate) fn table(&self, pos: usize, name: &'static str, index: Option<usize>) -> Result<Table> {
+    pub(crate) fn table(
+        &self,
+        pos: usize,
+        name: &'static str,
+        index: Option<usize>,
+    ) -> Result<Table> {
         let label = Table {
             pos,
             vtable: 0,
@@ -94,7 +99,9 @@ impl<'a> Fb<'a> {
         let soffset = i32::from_le_bytes(self.bytes(pos, "table")?) as i64;
         let vtable = pos as i64 - soffset;
         if vtable < 0 || vtable as usize >= self.data.len() {
-            return Err(err(format!("vtable offset {soffset} points outside the data")));
+            return Err(err(format!(
+                "vtable offset {soffset} points outside the data"
+            )));
         }
         let vtable = vtable as usize;
         let vtable_len = self.u16_at(vtable, "vtable size")? as usize;
@@ -137,7 +144,10 @@ impl<'a> Fb<'a> {
             return Err(self.err(
                 t,
                 t.pos,
-                format!("field {idx} at table offset {off} lies outside the table ({} bytes)", t.table_len),
+                format!(
+                    "field {idx} at table offset {off} lies outside the table ({} bytes)",
+                    t.table_len
+                ),
             ));
         }
         Ok(Some(t.pos + off))
@@ -172,7 +182,11 @@ impl<'a> Fb<'a> {
         let rel = self.u32_at(p, "offset")? as usize;
         let target = p + rel;
         if rel == 0 || target >= self.data.len() {
-            return Err(self.err(t, p, format!("field {idx}'s offset {rel} points outside the data")));
+            return Err(self.err(
+                t,
+                p,
+                format!("field {idx}'s offset {rel} points outside the data"),
+            ));
         }
         Ok(Some(target))
     }
@@ -207,20 +221,28 @@ impl<'a> Fb<'a> {
     pub(crate) fn i32_vec(&self, t: &Table, idx: usize) -> Result<Vec<i32>> {
         Ok(match self.vector(t, idx, 4)? {
             Some((p, n)) => (0..n)
-                .map(|i| i32::from_le_bytes(self.data[p + 4 * i..p + 4 * i + 4].try_into().unwrap()))
+                .map(|i| {
+                    i32::from_le_bytes(self.data[p + 4 * i..p + 4 * i + 4].try_into().unwrap())
+                })
                 .collect(),
             None => Vec::new(),
         })
     }
 
     pub(crate) fn f32_vec(&self, t: &Table, idx: usize) -> Result<Vec<f32>> {
-        Ok(self.i32_vec(t, idx)?.into_iter().map(|b| f32::from_bits(b as u32)).collect())
+        Ok(self
+            .i32_vec(t, idx)?
+            .into_iter()
+            .map(|b| f32::from_bits(b as u32))
+            .collect())
     }
 
     pub(crate) fn i64_vec(&self, t: &Table, idx: usize) -> Result<Vec<i64>> {
         Ok(match self.vector(t, idx, 8)? {
             Some((p, n)) => (0..n)
-                .map(|i| i64::from_le_bytes(self.data[p + 8 * i..p + 8 * i + 8].try_into().unwrap()))
+                .map(|i| {
+                    i64::from_le_bytes(self.data[p + 8 * i..p + 8 * i + 8].try_into().unwrap())
+                })
                 .collect(),
             None => Vec::new(),
         })
@@ -232,7 +254,12 @@ impl<'a> Fb<'a> {
             .map(|r| String::from_utf8_lossy(&self.data[r]).into_owned()))
     }
 
-    pub(crate) fn table_field(&self, t: &Table, idx: usize, name: &'static str) -> Result<Option<Table>> {
+    pub(crate) fn table_field(
+        &self,
+        t: &Table,
+        idx: usize,
+        name: &'static str,
+    ) -> Result<Option<Table>> {
         match self.target(t, idx)? {
             Some(p) => Ok(Some(self.table(p, name, None)?)),
             None => Ok(None),
@@ -248,7 +275,11 @@ impl<'a> Fb<'a> {
                 let at = p + 4 * i;
                 let rel = self.u32_at(at, "table offset")? as usize;
                 if rel == 0 || at + rel >= self.data.len() {
-                    return Err(self.err(t, at, format!("{name} #{i}'s offset {rel} points outside the data")));
+                    return Err(self.err(
+                        t,
+                        at,
+                        format!("{name} #{i}'s offset {rel} points outside the data"),
+                    ));
                 }
                 self.table(at + rel, name, Some(i))
             })
@@ -330,7 +361,6 @@ pub(crate) struct SubGraph {
 #[derive(Clone, Debug)]
 pub(crate) struct OpCode {
     pub builtin: i32,
-    pub table: Table,
 }
 
 /// The parts of a TFLite `Model` the engine reads.
@@ -360,7 +390,6 @@ impl Model {
                 let builtin = fb.i32_field(&t, 3, 0)?;
                 Ok(OpCode {
                     builtin: builtin.max(deprecated),
-                    table: t,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -391,7 +420,11 @@ impl Model {
             for t in fb.tables(&sg, 0, "Tensor")? {
                 let shape = fb.i32_vec(&t, 0)?;
                 if shape.iter().any(|&d| d < 0) {
-                    return Err(fb.err(&t, t.pos, format!("negative dimension in shape {shape:?}")));
+                    return Err(fb.err(
+                        &t,
+                        t.pos,
+                        format!("negative dimension in shape {shape:?}"),
+                    ));
                 }
                 let quant = match fb.table_field(&t, 4, "QuantizationParameters")? {
                     Some(q) => Quant {
@@ -403,7 +436,14 @@ impl Model {
                 };
                 let buffer = fb.i32_field(&t, 2, 0)? as u32 as usize;
                 if buffer >= buffers.len() {
-                    return Err(fb.err(&t, t.pos, format!("buffer index {buffer} out of range ({} buffers)", buffers.len())));
+                    return Err(fb.err(
+                        &t,
+                        t.pos,
+                        format!(
+                            "buffer index {buffer} out of range ({} buffers)",
+                            buffers.len()
+                        ),
+                    ));
                 }
                 tensors.push(Tensor {
                     name: fb.string(&t, 3)?.unwrap_or_default(),
@@ -418,13 +458,24 @@ impl Model {
             for op in fb.tables(&sg, 3, "Operator")? {
                 let opcode = fb.i32_field(&op, 0, 0)? as u32 as usize;
                 if opcode >= opcodes.len() {
-                    return Err(fb.err(&op, op.pos, format!("opcode index {opcode} out of range ({} operator codes)", opcodes.len())));
+                    return Err(fb.err(
+                        &op,
+                        op.pos,
+                        format!(
+                            "opcode index {opcode} out of range ({} operator codes)",
+                            opcodes.len()
+                        ),
+                    ));
                 }
                 let inputs = fb.i32_vec(&op, 1)?;
                 let outputs = fb.i32_vec(&op, 2)?;
                 for &i in inputs.iter().chain(&outputs) {
                     if i < -1 || i >= tensors.len() as i32 {
-                        return Err(fb.err(&op, op.pos, format!("tensor index {i} out of range ({} tensors)", tensors.len())));
+                        return Err(fb.err(
+                            &op,
+                            op.pos,
+                            format!("tensor index {i} out of range ({} tensors)", tensors.len()),
+                        ));
                     }
                 }
                 let options = fb.table_field(&op, 4, "BuiltinOptions")?;
@@ -440,7 +491,11 @@ impl Model {
             let outputs = fb.i32_vec(&sg, 2)?;
             for &i in inputs.iter().chain(&outputs) {
                 if i < 0 || i >= tensors.len() as i32 {
-                    return Err(fb.err(&sg, sg.pos, format!("input/output tensor index {i} out of range")));
+                    return Err(fb.err(
+                        &sg,
+                        sg.pos,
+                        format!("input/output tensor index {i} out of range"),
+                    ));
                 }
             }
             subgraphs.push(SubGraph {
@@ -451,7 +506,9 @@ impl Model {
             });
         }
         if subgraphs.is_empty() {
-            return Err(WakeError::new("the model has no subgraph").table("Model").at(root.pos));
+            return Err(WakeError::new("the model has no subgraph")
+                .table("Model")
+                .at(root.pos));
         }
         Ok(Model {
             opcodes,
