@@ -1423,8 +1423,8 @@ mod tests {
         // Rounding half away from zero in the right shift.
         assert_eq!(multiply_by_quantized_multiplier(3, 1 << 30, -1), 1); // 0.75 → 1
         assert_eq!(multiply_by_quantized_multiplier(-3, 1 << 30, -1), -1); // -0.75 → -1
-        assert_eq!(multiply_by_quantized_multiplier(2, 1 << 30, -2), 1); // 0.5 → 1
-        assert_eq!(multiply_by_quantized_multiplier(-2, 1 << 30, -2), -1); // -0.5 → -1
+        assert_eq!(multiply_by_quantized_multiplier(4, 1 << 30, -2), 1); // 0.5 → 1
+        assert_eq!(multiply_by_quantized_multiplier(-4, 1 << 30, -2), -1); // -0.5 → -1
         assert_eq!(multiply_by_quantized_multiplier(100, 1 << 30, 1), 100);
         assert_eq!(
             saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
