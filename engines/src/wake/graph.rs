@@ -119,6 +119,7 @@ struct Requant {
 
 impl Requant {
     fn new(real: f64) -> Requant {
+        let real = if real.is_finite() { real } else { 0.0 };
         let (multiplier, shift) = quantize_multiplier(real);
         Requant { multiplier, shift }
     }
@@ -127,6 +128,20 @@ impl Requant {
     fn apply(&self, acc: i32) -> i32 {
         multiply_by_quantized_multiplier(acc, self.multiplier, self.shift)
     }
+}
+
+/// Largest tensor the engine accepts, in elements (microWakeWord's are a few thousand).
+const MAX_ELEMENTS: usize = 1 << 22;
+/// Largest number of multiply-accumulates per step (the shipped models need about 50 000).
+const MAX_MACS: usize = 1 << 26;
+
+/// Elements of `shape`, when every partial product stays within [`MAX_ELEMENTS`].
+fn elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| {
+        let n = acc.checked_mul(d.max(1))?;
+        (n <= MAX_ELEMENTS).then_some(n)
+    })?;
+    Some(shape.iter().product())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,10 +359,19 @@ impl Ctx<'_, '_> {
 
     fn scale(&self, op: &Operator, t: &Tensor) -> Result<(f32, i32)> {
         match (t.quant.scale.first(), t.quant.zero_point.first()) {
-            (Some(&s), zp) if s > 0.0 && s.is_finite() => Ok((s, zp.copied().unwrap_or(0) as i32)),
+            (Some(&s), zp)
+                if s > 0.0
+                    && s.is_finite()
+                    && (-128..=255).contains(&zp.copied().unwrap_or(0)) =>
+            {
+                Ok((s, zp.copied().unwrap_or(0) as i32))
+            }
             _ => Err(self.err(
                 op,
-                format!("tensor {:?} has no usable quantization scale", t.name),
+                format!(
+                    "tensor {:?} has no usable quantization (a positive scale, a zero point from -128 to 255)",
+                    t.name
+                ),
             )),
         }
     }
@@ -396,6 +420,18 @@ fn dims4(shape: &[usize]) -> Option<[usize; 4]> {
 impl Graph {
     pub(crate) fn build(fb: &Fb<'_>, model: &Model) -> Result<Graph> {
         let main = &model.subgraphs[0];
+        for (k, sg) in model.subgraphs.iter().enumerate() {
+            for (i, t) in sg.tensors.iter().enumerate() {
+                if elements(&t.shape).is_none() {
+                    return Err(WakeError::new(format!(
+                        "tensor {:?} of shape {:?} is larger than the {MAX_ELEMENTS} elements the engine accepts",
+                        t.name, t.shape
+                    ))
+                    .table(format!("Tensor #{i} of SubGraph #{k}"))
+                    .at(t.table.pos));
+                }
+            }
+        }
         let cx = Ctx {
             fb,
             model,
@@ -951,6 +987,18 @@ impl Graph {
                     .table(format!("Tensor #{t}"))
                     .at(main.tensors[*t].table.pos));
                 }
+                let want = elements(&main.tensors[*t].shape);
+                if size_of(&storage[*t]) != want {
+                    return Err(WakeError::new(format!(
+                        "tensor {:?} holds {:?} bytes, its shape {:?} needs {:?}",
+                        main.tensors[*t].name,
+                        size_of(&storage[*t]),
+                        main.tensors[*t].shape,
+                        want
+                    ))
+                    .table(format!("Tensor #{t}"))
+                    .at(main.tensors[*t].table.pos));
+                }
             }
         }
         if !matches!(storage[output], Storage::Arena(_)) {
@@ -960,10 +1008,10 @@ impl Graph {
         let it = &main.tensors[input];
         let ot = &main.tensors[output];
         let (input_frames, input_features) = match it.shape.as_slice() {
-            [1, frames, features] => (*frames, *features),
+            [1, frames, features] if (1..=100).contains(frames) => (*frames, *features),
             s => {
                 return Err(WakeError::new(format!(
-                    "input shape {s:?}, expected [1, frames, features]"
+                    "input shape {s:?}, expected [1, frames, features] with 1 to 100 frames"
                 ))
                 .table(format!("Tensor #{input}"))
                 .at(it.table.pos));
@@ -1122,6 +1170,15 @@ impl Graph {
         if ft.quant.zero_point.iter().any(|&z| z != 0) {
             return Err(cx.err(op, "filter zero points must be 0"));
         }
+        let macs = [oh, ow, oc, kh, kw, if depthwise { 1 } else { ic }]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d));
+        if macs.is_none_or(|m| m > MAX_MACS) {
+            return Err(cx.err(
+                op,
+                format!("needs more than the {MAX_MACS} multiply-accumulates per step the engine accepts"),
+            ));
+        }
         let requant = (0..oc)
             .map(|c| {
                 let fs = if per_channel { fscales[c] } else { fscales[0] };
@@ -1245,10 +1302,12 @@ impl State {
                     let row = &w[r * depth..(r + 1) * depth];
                     let mut acc: i32 = 0;
                     for (&wv, &xv) in row.iter().zip(x) {
-                        acc += (wv as i8 as i32 + filter_offset) * (xv as i8 as i32 + input_offset);
+                        acc = acc.wrapping_add(
+                            (wv as i8 as i32 + filter_offset) * (xv as i8 as i32 + input_offset),
+                        );
                     }
                     acc = acc.wrapping_add(i32_at(data, bias, r));
-                    let v = requant.apply(acc) + output_offset;
+                    let v = requant.apply(acc).saturating_add(*output_offset);
                     *o = v.clamp(act.0, act.1) as i8 as u8;
                 }
                 self.arena[*output] = out;
@@ -1274,7 +1333,9 @@ impl State {
             } => {
                 let mut out = std::mem::take(&mut self.arena[*output]);
                 for (o, &x) in out.iter_mut().zip(self.src(graph, data, *input)) {
-                    let v = requant.apply(x as i8 as i32 - input_zp) + output_zp;
+                    let v = requant
+                        .apply(x as i8 as i32 - input_zp)
+                        .saturating_add(*output_zp);
                     *o = v.clamp(range.0, range.1) as u8;
                 }
                 self.arena[*output] = out;
@@ -1390,19 +1451,23 @@ fn conv(c: &ConvOp, x: &[u8], data: &[u8], out: &mut [u8]) {
                                 let wrow = &w[wbase..wbase + c.ic];
                                 let xrow = &x[xbase..xbase + c.ic];
                                 for (&wv, &xv) in wrow.iter().zip(xrow) {
-                                    acc += wv as i8 as i32 * (xv as i8 as i32 + c.input_offset);
+                                    acc = acc.wrapping_add(
+                                        wv as i8 as i32 * (xv as i8 as i32 + c.input_offset),
+                                    );
                                 }
                             }
                             Kind::Depthwise { multiplier } => {
                                 let ic = o / multiplier;
                                 let wv = w[(ky * c.kw + kx) * c.oc + o] as i8 as i32;
-                                acc += wv * (x[xbase + ic] as i8 as i32 + c.input_offset);
+                                acc = acc.wrapping_add(
+                                    wv * (x[xbase + ic] as i8 as i32 + c.input_offset),
+                                );
                             }
                         }
                     }
                 }
                 acc = acc.wrapping_add(i32_at(data, &c.bias, o));
-                let v = c.requant[o].apply(acc) + c.output_offset;
+                let v = c.requant[o].apply(acc).saturating_add(c.output_offset);
                 out[k] = v.clamp(c.act.0, c.act.1) as i8 as u8;
                 k += 1;
             }
