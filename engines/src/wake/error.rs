@@ -9,7 +9,7 @@ use std::path::PathBuf;
 /// Displays as, for example:
 ///
 /// ```text
-/// TFLite model "/models/hey_jarvis.tflite": Operator #17 at byte 5312: operator SQUARED_DIFFERENCE (code 99) is not supported (supported: CONV_2D, ...)
+/// TFLite model "/models/hey_jarvis.tflite": Operator #43 at byte 2560: operator SQUARED_DIFFERENCE (code 99) is not supported (supported: CONCATENATION, CONV_2D, ...)
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct WakeError {

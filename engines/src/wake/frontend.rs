@@ -345,9 +345,10 @@ impl Filterbank {
         for (e, c) in self.energy.iter_mut().zip(fft) {
             *e = (c.r as u16 as u32 | (c.i as u16 as u32) << 16) as i32;
         }
-        for i in self.start_index..self.end_index {
-            let (r, im) = (fft[i].r as i32, fft[i].i as i32);
-            self.energy[i] = (r * r).wrapping_add(im * im);
+        let range = self.start_index..self.end_index;
+        for (e, c) in self.energy[range.clone()].iter_mut().zip(&fft[range]) {
+            let (r, im) = (c.r as i32, c.i as i32);
+            *e = (r * r).wrapping_add(im * im);
         }
         let mut weight_acc: u64 = 0;
         let mut unweight_acc: u64 = 0;

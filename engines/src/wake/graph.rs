@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use super::error::WakeError;
-use super::tflite::{Fb, Model, Operator, Table, Tensor, dtype, op_name};
+use super::tflite::{Fb, Model, Operator, Table, Tensor, dtype, op_label, op_name};
 
 type Result<T> = std::result::Result<T, Box<WakeError>>;
 
@@ -444,8 +444,8 @@ impl Graph {
                 if !SUPPORTED.iter().any(|&(c, _)| c == code) {
                     let names: Vec<&str> = SUPPORTED.iter().map(|&(_, n)| n).collect();
                     return Err(WakeError::new(format!(
-                        "operator {} (code {code}) is not supported (supported: {})",
-                        op_name(code),
+                        "operator {} is not supported (supported: {})",
+                        op_label(code),
                         names.join(", ")
                     ))
                     .table(op.table.label())
@@ -807,13 +807,13 @@ impl Graph {
                     let mut outputs = Vec::new();
                     let mut chunks = Vec::new();
                     let mut along = 0;
-                    for k in 0..op.outputs.len() {
+                    for (k, &size) in sizes.iter().enumerate() {
                         let (o, ot) = cx.output(op, k)?;
                         cx.int8(op, ot)?;
                         if cx.scale(op, ot)? != iq
                             || ot.shape.len() != it.shape.len()
                             || (0..it.shape.len()).any(|d| d != axis && it.shape[d] != ot.shape[d])
-                            || ot.shape[axis] as i64 != sizes[k] as i64
+                            || ot.shape[axis] as i64 != size as i64
                         {
                             return Err(cx.err(
                                 op,

@@ -93,13 +93,14 @@ impl WakeSettings {
                     "missing, or not an integer from 1 to 1000".into(),
                 )
             })?;
-        if let Some(step) = micro.get("feature_step_size") {
-            if step.as_u32() != Some(10) {
-                return Err(err(
-                    "micro.feature_step_size",
-                    format!("is {step:?}; only 10 (ms) is supported"),
-                ));
-            }
+        if let Some(step) = micro
+            .get("feature_step_size")
+            .filter(|s| s.as_u32() != Some(10))
+        {
+            return Err(err(
+                "micro.feature_step_size",
+                format!("is {step:?}; only 10 (ms) is supported"),
+            ));
         }
         Ok(WakeSettings {
             wake_word: string("wake_word")?,

@@ -106,7 +106,8 @@ impl<'a> Fb<'a> {
         let vtable = vtable as usize;
         let vtable_len = self.u16_at(vtable, "vtable size")? as usize;
         let table_len = self.u16_at(vtable + 2, "vtable size")? as usize;
-        if vtable_len < 4 || vtable_len % 2 != 0 || vtable + vtable_len > self.data.len() {
+        if vtable_len < 4 || !vtable_len.is_multiple_of(2) || vtable + vtable_len > self.data.len()
+        {
             return Err(err(format!(
                 "vtable at byte {vtable} has an invalid size {vtable_len}"
             )));
@@ -540,6 +541,7 @@ pub(crate) fn op_name(code: i32) -> &'static str {
         41 => "SUB",
         45 => "STRIDED_SLICE",
         49 => "SPLIT",
+        99 => "SQUARED_DIFFERENCE",
         102 => "SPLIT_V",
         114 => "QUANTIZE",
         129 => "CALL_ONCE",
@@ -547,5 +549,13 @@ pub(crate) fn op_name(code: i32) -> &'static str {
         143 => "READ_VARIABLE",
         144 => "ASSIGN_VARIABLE",
         _ => "an unnamed builtin",
+    }
+}
+
+/// An operator for messages: `LOGISTIC (code 14)`, or `code 200` when it has no name here.
+pub(crate) fn op_label(code: i32) -> String {
+    match op_name(code) {
+        "an unnamed builtin" => format!("code {code}"),
+        name => format!("{name} (code {code})"),
     }
 }
