@@ -8,8 +8,10 @@
 //! reference hands it to the model as `value * 0.0390625`.
 //!
 //! Everything after the tables is integer arithmetic. The tables (window, twiddles, mel
-//! weights, PCAN gains) are computed at construction the way the C code does, in `f32`/`f64`
-//! with the C library's `cosf`, `log1pf` and `powf`; the feature test compares every value.
+//! weights, PCAN gains) are the ones the reference computes on x86-64 with glibc's `cosf`,
+//! `log1pf`, `powf`, `cos` and `sin`, embedded (`frontend_tables.rs`) because another C library
+//! may round those functions differently in the last bit, which moves a mel band edge. A test
+//! on x86-64 recomputes them the C code's way and compares.
 
 /// Mel channels per frame.
 pub const CHANNELS: usize = 40;
@@ -20,6 +22,7 @@ pub const STEP: usize = 160;
 /// The reference's float scale of a feature (`pymicro-features`' `FLOAT32_SCALE`).
 pub const FEATURE_SCALE: f64 = 0.0390625;
 
+#[cfg(test)]
 const SAMPLE_RATE: usize = 16_000;
 const FFT_SIZE: usize = 512;
 const NCFFT: usize = FFT_SIZE / 2;
@@ -30,6 +33,7 @@ const SMOOTHING_BITS: u32 = 10;
 const PCAN_SNR_BITS: i32 = 12;
 const PCAN_OUTPUT_BITS: u32 = 6;
 const PCAN_GAIN_BITS: i32 = 21;
+#[cfg(test)]
 const WIDE_DYNAMIC_BITS: usize = 32;
 const LOG_SCALE_LOG2: u32 = 16;
 const LOG_SEGMENTS_LOG2: u32 = 7;
@@ -101,6 +105,7 @@ fn c_sub(a: Cpx, b: Cpx) -> Cpx {
     }
 }
 
+#[cfg(test)]
 fn kiss_twiddle(phase: f64) -> Cpx {
     Cpx {
         r: (0.5 + 32767.0 * black_box(phase).cos()).floor() as i16,
@@ -120,6 +125,7 @@ struct Fft {
 }
 
 impl Fft {
+    #[cfg(test)]
     fn new() -> Fft {
         let pi = std::f64::consts::PI;
         let twiddles = (0..NCFFT)
@@ -233,8 +239,10 @@ impl Fft {
 // `black_box` keeps the compiler from constant-folding `log1pf`, `cosf` or `powf` with its own
 // correctly rounded arithmetic, which differs from glibc's in the last bit for some inputs
 // (log1pf(7500 / 700) does, and moves a mel band edge).
+#[cfg(test)]
 use std::hint::black_box;
 
+#[cfg(test)]
 fn freq_to_mel(freq: f32) -> f32 {
     1127.0f32 * black_box(freq / 700.0f32).ln_1p()
 }
@@ -254,6 +262,7 @@ struct Filterbank {
 }
 
 impl Filterbank {
+    #[cfg(test)]
     fn new() -> Filterbank {
         let channels1 = CHANNELS + 1;
         let spectrum_size = FFT_SIZE / 2 + 1;
@@ -420,6 +429,7 @@ fn sqrt64(mut num: u64) -> u32 {
     res as u32
 }
 
+#[cfg(test)]
 fn pcan_gain(input_bits: i32, x: u32) -> i16 {
     let x = x as f32 / (1u32 << input_bits) as f32;
     let gain = (1u32 << PCAN_GAIN_BITS) as f32 * black_box(x + 80.0f32).powf(black_box(-0.95f32));
@@ -500,6 +510,51 @@ impl Default for Frontend {
 impl Frontend {
     /// A front end with microWakeWord's settings, its state reset.
     pub fn new() -> Frontend {
+        use super::frontend_tables as t;
+        let cpx = |v: &[i16]| -> Vec<Cpx> {
+            v.chunks_exact(2)
+                .map(|c| Cpx { r: c[0], i: c[1] })
+                .collect()
+        };
+        let usizes = |v: &[u16]| -> Vec<usize> { v.iter().map(|&x| x as usize).collect() };
+        let input_correction_bits = msb32(FFT_SIZE as u32) as i32 - 1 - FILTERBANK_BITS / 2;
+        let fixed = |v: f32| (v * (1u32 << NOISE_REDUCTION_BITS) as f32) as u16 as u32;
+        Frontend {
+            coefficients: t::COEFFICIENTS.to_vec(),
+            input: vec![0; WINDOW],
+            input_used: 0,
+            window_out: vec![0; WINDOW],
+            fft: Fft {
+                twiddles: cpx(&t::TWIDDLES),
+                super_twiddles: cpx(&t::SUPER_TWIDDLES),
+                factors: [4, 64, 4, 16, 4, 4, 4, 1],
+                tmp: vec![Cpx::default(); NCFFT],
+                input: vec![0; FFT_SIZE],
+                output: vec![Cpx::default(); NCFFT + 1],
+            },
+            filterbank: Filterbank {
+                start_index: t::START_INDEX,
+                end_index: t::END_INDEX,
+                frequency_starts: usizes(&t::FREQUENCY_STARTS),
+                weight_starts: usizes(&t::WEIGHT_STARTS),
+                widths: usizes(&t::WIDTHS),
+                weights: t::WEIGHTS.to_vec(),
+                unweights: t::UNWEIGHTS.to_vec(),
+                work: vec![0; CHANNELS + 1],
+                energy: vec![0; FFT_SIZE / 2 + 1 + 8],
+            },
+            even_smoothing: fixed(0.025),
+            odd_smoothing: fixed(0.06),
+            min_signal_remaining: fixed(0.05),
+            estimate: [0; CHANNELS],
+            gain_lut: t::GAIN_LUT.to_vec(),
+            snr_shift: PCAN_GAIN_BITS - input_correction_bits - PCAN_SNR_BITS,
+        }
+    }
+
+    /// The front end with its tables computed the reference's way (C library calls).
+    #[cfg(test)]
+    fn computed() -> Frontend {
         let arg = std::f32::consts::PI * 2.0 / WINDOW as f32;
         let coefficients = (0..WINDOW)
             .map(|i| {
@@ -673,5 +728,82 @@ mod tests {
         assert_eq!(f.push(&[0i16; WINDOW - 1], |x| frames.push(*x)), 0);
         assert_eq!(f.push(&[0i16; 1 + 2 * STEP], |x| frames.push(*x)), 3);
         assert!(frames.iter().all(|fr| fr.iter().all(|&v| v == 0)));
+    }
+}
+
+#[cfg(test)]
+mod tables_check {
+    use super::*;
+    use std::fmt::Write;
+
+    fn list<T: std::fmt::Display>(
+        out: &mut String,
+        name: &str,
+        ty: &str,
+        v: impl Iterator<Item = T>,
+    ) {
+        let items: Vec<String> = v.map(|x| x.to_string()).collect();
+        let n = items.len();
+        writeln!(out, "pub(super) const {name}: [{ty}; {n}] = [").unwrap();
+        for chunk in items.chunks(16) {
+            writeln!(out, "    {},", chunk.join(", ")).unwrap();
+        }
+        writeln!(out, "];").unwrap();
+    }
+
+    /// The source of `frontend_tables.rs` for the tables of `f`.
+    fn source(f: &Frontend) -> String {
+        let mut out = String::from(
+            "//! The front end's tables as `pymicro-features` 2.0.2 computes them on x86-64 with glibc\n\
+             //! (`cosf`, `log1pf`, `powf`, `cos`, `sin`), so that every platform gets the reference's\n\
+             //! features. Generated by `SOTAD_WAKE_TABLES_OUT=engines/src/wake/frontend_tables.rs cargo\n\
+             //! test --release -p sotad-engines --lib embedded_tables` on x86-64; that test checks them.\n\n",
+        );
+        let fb = &f.filterbank;
+        writeln!(
+            out,
+            "pub(super) const START_INDEX: usize = {};",
+            fb.start_index
+        )
+        .unwrap();
+        writeln!(out, "pub(super) const END_INDEX: usize = {};", fb.end_index).unwrap();
+        list(&mut out, "COEFFICIENTS", "i16", f.coefficients.iter());
+        list(
+            &mut out,
+            "TWIDDLES",
+            "i16",
+            f.fft.twiddles.iter().flat_map(|c| [c.r, c.i]),
+        );
+        list(
+            &mut out,
+            "SUPER_TWIDDLES",
+            "i16",
+            f.fft.super_twiddles.iter().flat_map(|c| [c.r, c.i]),
+        );
+        list(
+            &mut out,
+            "FREQUENCY_STARTS",
+            "u16",
+            fb.frequency_starts.iter(),
+        );
+        list(&mut out, "WEIGHT_STARTS", "u16", fb.weight_starts.iter());
+        list(&mut out, "WIDTHS", "u16", fb.widths.iter());
+        list(&mut out, "WEIGHTS", "i16", fb.weights.iter());
+        list(&mut out, "UNWEIGHTS", "i16", fb.unweights.iter());
+        list(&mut out, "GAIN_LUT", "i16", f.gain_lut.iter());
+        out
+    }
+
+    /// On x86-64 (the reference's platform) the tables computed with the C library equal the
+    /// embedded ones; elsewhere the C library may round differently, which is why they are
+    /// embedded.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn embedded_tables_are_the_computed_ones() {
+        let computed = source(&Frontend::computed());
+        if let Some(path) = std::env::var_os("SOTAD_WAKE_TABLES_OUT") {
+            std::fs::write(path, &computed).unwrap();
+        }
+        assert_eq!(source(&Frontend::new()), computed);
     }
 }

@@ -22,6 +22,7 @@
 
 mod error;
 pub mod frontend;
+mod frontend_tables;
 mod graph;
 mod tflite;
 
