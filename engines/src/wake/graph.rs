@@ -133,7 +133,9 @@ impl Requant {
 /// Largest tensor the engine accepts, in elements (microWakeWord's are a few thousand).
 const MAX_ELEMENTS: usize = 1 << 22;
 /// Largest number of multiply-accumulates per step (the shipped models need about 50 000).
-const MAX_MACS: usize = 1 << 26;
+const MAX_MACS: usize = 1 << 24;
+/// Largest total of activation bytes (the shipped models need about 5 000).
+const MAX_ARENA: usize = 1 << 24;
 
 /// Elements of `shape`, when every partial product stays within [`MAX_ELEMENTS`].
 fn elements(shape: &[usize]) -> Option<usize> {
@@ -1003,6 +1005,35 @@ impl Graph {
         }
         if !matches!(storage[output], Storage::Arena(_)) {
             return Err(WakeError::new("no operator writes the output tensor").table("SubGraph #0"));
+        }
+
+        // The whole model's cost, not just each operator's.
+        let macs: usize = ops
+            .iter()
+            .map(|op| match op {
+                Op::Conv(c) => {
+                    let ic = if c.kind == Kind::Conv { c.ic } else { 1 };
+                    [c.oh, c.ow, c.oc, c.kh, c.kw, ic]
+                        .iter()
+                        .try_fold(1usize, |a, &d| a.checked_mul(d))
+                        .unwrap_or(usize::MAX)
+                }
+                Op::FullyConnected { rows, depth, .. } => rows.saturating_mul(*depth),
+                _ => 0,
+            })
+            .fold(0usize, usize::saturating_add);
+        let arena_bytes: usize = storage
+            .iter()
+            .map(|s| match s {
+                Storage::Arena(n) => *n,
+                _ => 0,
+            })
+            .fold(0usize, usize::saturating_add);
+        if macs > MAX_MACS || arena_bytes > MAX_ARENA {
+            return Err(WakeError::new(format!(
+                "the model needs {macs} multiply-accumulates and {arena_bytes} bytes of activations per step; the engine accepts at most {MAX_MACS} and {MAX_ARENA}"
+            ))
+            .table("SubGraph #0"));
         }
 
         let it = &main.tensors[input];
