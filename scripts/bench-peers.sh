@@ -8,7 +8,7 @@
 #   scripts/bench-peers.sh            all of them
 #   scripts/bench-peers.sh stt llm    some: stt (faster-whisper), llm (llama-cpp-python,
 #                                     built from source for this CPU), tts (piper-tts),
-#                                     vad (onnxruntime)
+#                                     vad (onnxruntime), wake (pymicro-wakeword)
 #
 # Idempotent: a venv whose package imports is left alone. The venvs live in /tmp (override
 # with BENCH_VENVS=DIR and point the benches at them: STT_REF_PYTHON, SOTAD_BENCH_PYTHON,
@@ -18,7 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 DIR="${BENCH_VENVS:-/tmp}"
 PEERS=("$@")
-if ((${#PEERS[@]} == 0)); then PEERS=(stt llm tts vad); fi
+if ((${#PEERS[@]} == 0)); then PEERS=(stt llm tts vad wake); fi
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   SUDO=
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
@@ -59,6 +59,9 @@ for p in "${PEERS[@]}"; do
     tts) venv "$DIR/venv-tts" piper piper-tts==1.8.0 ;;
     # benches/benches/vad.rs: Silero VAD on onnxruntime
     vad) venv "$DIR/venv-vad" onnxruntime onnxruntime numpy ;;
-    *) echo "bench-peers: unknown peer $p (stt, llm, tts, vad)" >&2; exit 2 ;;
+    # benches/benches/wake.rs and scripts/reference/wake_reference.py: microWakeWord's
+    # reference driver (TensorFlow Lite's C library) and front end
+    wake) venv "$DIR/venv-wake" pymicro_wakeword pymicro-wakeword==2.5.0 pymicro-features==2.0.2 ;;
+    *) echo "bench-peers: unknown peer $p (stt, llm, tts, vad, wake)" >&2; exit 2 ;;
   esac
 done

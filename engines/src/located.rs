@@ -34,6 +34,10 @@ pub enum Format {
     Onnx,
     /// A Piper voice config (`*.onnx.json`).
     VoiceConfig,
+    /// A TensorFlow Lite flatbuffer (a microWakeWord model).
+    TfLite,
+    /// A microWakeWord model's JSON settings.
+    WakeSettings,
     /// A synthesis request: its text, phoneme ids or options, or the inference run on them.
     /// Not a file: its messages name no path and no "data".
     Request,
@@ -50,6 +54,8 @@ impl Format {
             Format::HuggingFace => "Hugging Face",
             Format::Onnx => "ONNX",
             Format::VoiceConfig => "Piper voice config",
+            Format::TfLite => "TFLite",
+            Format::WakeSettings => "microWakeWord settings",
             Format::Request => "TTS request",
         }
     }
