@@ -46,6 +46,11 @@ use crate::stages::Stages;
 use crate::telemetry::{Metrics, Sampler};
 use crate::voice::turn::{Turns, TurnsConfig};
 
+/// How long a daemon that stood down for a newer one with its device id waits before it looks
+/// again (doubling up to the maximum): each look costs the other daemon one reconnect.
+const STAND_DOWN_MIN: Duration = Duration::from_secs(60);
+const STAND_DOWN_MAX: Duration = Duration::from_secs(15 * 60);
+
 /// How long the farewell (`offline`, then DISCONNECT) may take once work is done.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -151,6 +156,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let device_id = config.device_id();
     let topics = Topics::new(&config.mqtt.prefix, &device_id);
 
+    for warning in broker::warnings(&config) {
+        tracing::warn!("{warning}");
+    }
     let (host, port) = if config.uses_embedded_broker() {
         let listen: SocketAddr = config
             .broker
@@ -213,7 +221,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         ),
         intake: intake.clone(),
         stop: stop_connection.clone(),
-        persistent_session: config.mqtt.persistent_session,
+        max_packet_bytes: config.mqtt.max_packet_bytes,
+        instance: mqtt::payloads::Instance::this_process(config::hostname()),
+        stand_down: Backoff::new(STAND_DOWN_MIN, STAND_DOWN_MAX),
+        link: Default::default(),
     };
     let connection_task = tokio::spawn(connection.run());
 

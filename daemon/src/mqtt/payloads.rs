@@ -21,6 +21,42 @@ pub const MAX_TEXT_BYTES: usize = 100 * 1024;
 
 // ---- device ----
 
+/// The retained `instance` document: which process serves this device id. Each process
+/// publishes its own before it serves; one that later sees a newer process's document stands
+/// down (see `mqtt::connection`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Instance {
+    /// Random, new for every process.
+    pub instance: String,
+    /// The host name of the machine it runs on.
+    pub host: String,
+    pub pid: u32,
+    /// When the process started, in milliseconds since the Unix epoch (by its own clock).
+    pub started_ms: u64,
+}
+
+impl Instance {
+    /// The document of this process.
+    pub fn this_process(host: String) -> Instance {
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Instance {
+            instance: format!("{:016x}", fastrand::u64(..)),
+            host,
+            pid: std::process::id(),
+            started_ms,
+        }
+    }
+
+    /// Whether `self` started after `other`: of two live processes, the later one keeps the
+    /// device id (ties broken by the instance string, so both agree).
+    pub fn is_newer_than(&self, other: &Instance) -> bool {
+        (self.started_ms, &self.instance) > (other.started_ms, &other.instance)
+    }
+}
+
 /// The retained `capabilities` document.
 #[derive(Debug, Serialize)]
 pub struct Capabilities {
