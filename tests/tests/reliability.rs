@@ -243,8 +243,14 @@ async fn two_daemons_with_one_device_id_stop_fighting() {
         first.log()
     );
 
-    // Settled: for 3 s, no status flapping, and every ping answered exactly once.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The newer one comes back (the older one's look cost it one reconnect); then, for 3.5 s,
+    // no status flapping, and every ping answered exactly once.
+    let _ = client
+        .expect(&first.topic("status"), Duration::from_secs(3), |p| {
+            p == b"online"
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     client.drain();
     let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     let mut status = 0;
