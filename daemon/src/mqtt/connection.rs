@@ -166,6 +166,8 @@ pub struct Link {
     published: bool,
     /// Requests that arrived while checking (a persistent session delivers queued ones at once).
     held: Vec<Publish>,
+    /// The queue of the replier task (`Connection::owe`), started on first use.
+    owed: Option<mpsc::Sender<Owed>>,
 }
 
 #[derive(Debug, Default)]
@@ -305,8 +307,10 @@ impl Connection {
                 topic = publish.topic,
                 "message on an unexpected topic ignored"
             );
-            let publisher = self.publisher.clone();
-            tokio::spawn(async move { publisher.ack(&publish).await });
+            self.owe(Owed {
+                error: None,
+                header: header_of(publish),
+            });
             return;
         };
         if self.intake.is_cancelled() {
@@ -327,15 +331,19 @@ impl Connection {
             Err(mpsc::error::TrySendError::Full(Inbound { command, publish })) => {
                 self.metrics.request_busy(command.name());
                 self.metrics.queue_dropped("requests");
-                let publisher = self.publisher.clone();
-                tokio::spawn(async move {
-                    let error = RequestError::new(
-                        peek_id(&publish.payload),
-                        ErrorCode::Busy,
-                        "the request queue is full (service.request_queue); try again later",
-                    );
-                    publisher.error(&error, Some(&publish.topic)).await;
-                    publisher.ack(&publish).await;
+                // The id is looked for in a payload of JSON request size only: this task must
+                // not spend long on a message it turns away.
+                let id = (publish.payload.len() <= PEEK_ID_BYTES)
+                    .then(|| peek_id(&publish.payload))
+                    .flatten();
+                let error = RequestError::new(
+                    id,
+                    ErrorCode::Busy,
+                    "the request queue is full (service.request_queue); try again later",
+                );
+                self.owe(Owed {
+                    error: Some(error),
+                    header: header_of(publish),
                 });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -433,7 +441,7 @@ impl Connection {
     /// A request larger than `mqtt.max_packet_bytes`: acknowledged (so that neither a persistent
     /// session nor a redelivery brings it back) and answered with `payload_too_large` naming the
     /// topic and the size, without being parsed. The connection stays up.
-    fn refuse_oversized(&self, publish: Publish) {
+    fn refuse_oversized(&mut self, publish: Publish) {
         let size = publish.payload.len();
         self.metrics
             .mqtt
@@ -457,16 +465,65 @@ impl Connection {
             ));
         }
         let error = RequestError::new(None, ErrorCode::PayloadTooLarge, message);
-        // Keep the header for the acknowledgement and let the payload go now.
-        let header = Publish {
-            payload: Default::default(),
-            ..publish
-        };
-        let publisher = self.publisher.clone();
-        tokio::spawn(async move {
-            publisher.error(&error, Some(&header.topic)).await;
-            publisher.ack(&header).await;
+        self.owe(Owed {
+            error: Some(error),
+            header: header_of(publish),
         });
+    }
+
+    /// Hands a reply this task cannot await to the one replier task, in order; only when
+    /// `OWED_QUEUE` replies are already waiting does it spawn one (so that a flood of messages
+    /// turned away does not become a flood of tasks).
+    fn owe(&mut self, owed: Owed) {
+        let publisher = &self.publisher;
+        let sender = self.link.owed.get_or_insert_with(|| {
+            let (tx, mut rx) = mpsc::channel::<Owed>(OWED_QUEUE);
+            let publisher = publisher.clone();
+            tokio::spawn(async move {
+                while let Some(owed) = rx.recv().await {
+                    owed.pay(&publisher).await;
+                }
+            });
+            tx
+        });
+        if let Err(
+            mpsc::error::TrySendError::Full(owed) | mpsc::error::TrySendError::Closed(owed),
+        ) = sender.try_send(owed)
+        {
+            let publisher = self.publisher.clone();
+            tokio::spawn(async move { owed.pay(&publisher).await });
+        }
+    }
+}
+
+/// Payloads up to this size are searched for an id when a request is turned away as `busy`.
+const PEEK_ID_BYTES: usize = 256 * 1024;
+
+/// Replies waiting for the replier task (about 300 bytes each).
+const OWED_QUEUE: usize = 1024;
+
+/// A reply owed by the connection task: an optional error, then the acknowledgement.
+#[derive(Debug)]
+struct Owed {
+    error: Option<RequestError>,
+    /// The received message without its payload (enough to acknowledge it).
+    header: Publish,
+}
+
+impl Owed {
+    async fn pay(self, publisher: &Publisher) {
+        if let Some(error) = &self.error {
+            publisher.error(error, Some(&self.header.topic)).await;
+        }
+        publisher.ack(&self.header).await;
+    }
+}
+
+/// A received message without its payload, which is let go at once.
+fn header_of(publish: Publish) -> Publish {
+    Publish {
+        payload: Default::default(),
+        ..publish
     }
 }
 
