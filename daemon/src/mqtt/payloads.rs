@@ -703,6 +703,23 @@ impl Serialize for Endpoint {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_later_instance_is_newer_and_both_sides_agree() {
+        let mut a = Instance::this_process("pi".to_string());
+        let mut b = Instance::this_process("pi".to_string());
+        assert_ne!(a.instance, b.instance, "a new id for every process");
+        b.started_ms = a.started_ms + 1;
+        assert!(b.is_newer_than(&a) && !a.is_newer_than(&b));
+        // Same millisecond: the id decides, the same way on both sides.
+        b.started_ms = a.started_ms;
+        a.instance = "1".into();
+        b.instance = "2".into();
+        assert!(b.is_newer_than(&a) && !a.is_newer_than(&b));
+        assert!(!a.is_newer_than(&a));
+        let back: Instance = serde_json::from_slice(&serde_json::to_vec(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+    }
+
     fn parse(payload: &[u8], max: usize) -> Result<Transcribe, RequestError> {
         parse_transcribe(payload, max)
     }
