@@ -3,7 +3,13 @@
 //! It never awaits a publish (that could deadlock on rumqttc's bounded request channel): on
 //! every ConnAck it spawns the re-subscription and the `online`/capabilities publications, and
 //! it hands received requests to the service with `try_send`, answering `busy` when the
-//! service queue is full. Failures are retried with exponential back-off and jitter.
+//! service queue is full. Failures are retried with exponential back-off and jitter, reset
+//! only by a connection that lasted (`STABLE_CONNECTION`).
+//!
+//! Before serving on each connection it checks the retained `instance` document: a newer
+//! daemon with the same device id makes this one stand down (`Link`). Messages over
+//! `mqtt.max_packet_bytes` are read, refused and acknowledged on the same connection
+//! (`MQTT_MAX_PACKET`). Replies it cannot await go through one replier task (`Connection::owe`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
