@@ -25,10 +25,10 @@
 
 use std::ops::ControlFlow;
 
-use sotad_benches::questions::{self, Answered, Question};
 use sotad_benches::{models_dir, self_status_kib};
 use sotad_engines::llm::language;
 use sotad_engines::llm::{GenerateOptions, LoadOptions, Message, Model, Role, Session};
+use sotad_tests::questions::{self, Answered, Question};
 
 /// The system prompts compared.
 const PROMPTS: [(&str, &str); 3] = [

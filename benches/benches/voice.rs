@@ -32,10 +32,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sotad_benches::questions::{self, Answered, Question};
 use sotad_benches::{median, models_dir};
 use sotad_engines::audio;
 use sotad_engines::tts::{LoadOptions, SynthOptions, Voice};
+use sotad_tests::questions::{self, Answered, Question};
 
 /// The spoken question set (`benches/data/questions.tsv`): each answer is scored.
 fn question_set() -> Vec<Question> {

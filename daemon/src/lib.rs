@@ -52,6 +52,10 @@ use crate::voice::turn::{Turns, TurnsConfig};
 /// (connection → service, and each engine worker's job queue), `audio.frame_queue` (capture →
 /// VAD) and `audio.playback_queue` (→ player).
 pub mod capacity {
+    /// Replies owed by the connection task (`busy`, oversized and ignored messages: an error,
+    /// then the acknowledgement) waiting for its replier task, about 300 bytes each; past it, a
+    /// reply gets a task of its own (a flood of turned-away messages is not a flood of tasks).
+    pub const REPLIES: usize = 1024;
     /// rumqttc's request channel (anyone → the event loop). Small: the event loop drains it
     /// continuously, and telemetry (QoS 0) is dropped rather than queued when it is full.
     pub const MQTT_REQUESTS: usize = 64;
@@ -70,6 +74,11 @@ pub mod capacity {
     /// WAV file, which collects the audio once synthesis ends): large, so nothing waits.
     pub const CLI_STREAM: usize = 1024;
 }
+
+/// How long a daemon that stood down for a newer one with its device id waits before it looks
+/// again (doubling up to the maximum): each look costs the other daemon one reconnect.
+const STAND_DOWN_MIN: Duration = Duration::from_secs(60);
+const STAND_DOWN_MAX: Duration = Duration::from_secs(15 * 60);
 
 /// How long the farewell (`offline`, then DISCONNECT) may take once work is done.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -176,6 +185,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let device_id = config.device_id();
     let topics = Topics::new(&config.mqtt.prefix, &device_id);
 
+    for warning in broker::warnings(&config) {
+        tracing::warn!("{warning}");
+    }
     let (host, port) = if config.uses_embedded_broker() {
         let listen: SocketAddr = config
             .broker
@@ -236,7 +248,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         ),
         intake: intake.clone(),
         stop: stop_connection.clone(),
-        persistent_session: config.mqtt.persistent_session,
+        max_packet_bytes: config.mqtt.max_packet_bytes,
+        instance: mqtt::payloads::Instance::this_process(config::hostname()),
+        stand_down: Backoff::new(STAND_DOWN_MIN, STAND_DOWN_MAX),
+        link: Default::default(),
     };
     let connection_task = tokio::spawn(connection.run());
 

@@ -13,6 +13,11 @@ pub fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
+/// A status line for `systemctl status` while running.
+pub fn status(text: &str) {
+    notify(&[NotifyState::Status(text)]);
+}
+
 /// Half the watchdog period systemd asked for (`WatchdogSec=`), if it asked.
 pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)

@@ -41,8 +41,12 @@ pub struct MqttMetrics {
     pub duplicates: AtomicU64,
     /// QoS-0 messages (telemetry) dropped because the outgoing queue was full.
     pub publish_dropped: AtomicU64,
-    /// Messages larger than mqtt.max_packet_bytes that cost a reconnect.
+    /// Messages larger than mqtt.max_packet_bytes, refused without being parsed.
     pub oversized_dropped: AtomicU64,
+    /// Times this daemon stood down for a newer one with the same device id.
+    pub stood_down: AtomicU64,
+    /// Set while it stands down: nothing is published for the device id then.
+    pub standing_down: AtomicBool,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -331,6 +335,7 @@ pub struct MqttSample {
     pub duplicates: u64,
     pub publish_dropped: u64,
     pub oversized_dropped: u64,
+    pub stood_down: u64,
     pub last_error: Option<String>,
 }
 
@@ -387,6 +392,7 @@ impl Sampler {
                 duplicates: m.duplicates.load(Ordering::Relaxed),
                 publish_dropped: m.publish_dropped.load(Ordering::Relaxed),
                 oversized_dropped: m.oversized_dropped.load(Ordering::Relaxed),
+                stood_down: m.stood_down.load(Ordering::Relaxed),
                 last_error: m
                     .last_error
                     .lock()

@@ -5,6 +5,8 @@
 //! ships. The binary is found next to the test executable (`target/<profile>/sotad`), or at
 //! `$SOTAD_BIN`; build it first (`cargo build --release -p sotad`, as scripts/test.sh does).
 
+pub mod questions;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -540,4 +542,206 @@ pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
         prev = cur;
     }
     prev[h.len()] as f64 / r.len().max(1) as f64
+}
+
+/// What [`flood`] measured.
+#[derive(Debug, Clone)]
+pub struct FloodReport {
+    /// Malformed and oversized messages published (retained and not).
+    pub bad_sent: usize,
+    /// From the first of them to sotad's answer to a ping published after the last, in seconds.
+    pub flood_secs: f64,
+    /// Good pings sent during the flood, and how many of them got exactly one answer (a pong
+    /// or an error with their id), none, or more than one.
+    pub good_sent: usize,
+    pub good_answered_once: usize,
+    pub good_unanswered: Vec<String>,
+    pub good_answered_twice: Vec<String>,
+    /// Of those answers, how many were pongs (the others were `busy`).
+    pub good_pongs: usize,
+    /// A ping sent after the flood: time to its pong, in milliseconds.
+    pub ping_after_ms: f64,
+    /// sotad's anonymous RSS before and after the flood, in KiB.
+    pub rss_anon_before_kib: u64,
+    pub rss_anon_after_kib: u64,
+}
+
+/// Floods the broker with `bad` malformed and oversized messages (every kind: not JSON,
+/// truncated JSON, invalid ids, wrong fields, binary on `llm/ask`, unknown topics, and
+/// payloads of `oversized_bytes` on `ping` and `stt/transcribe`; some retained, some QoS 0)
+/// aimed at `sotad`, with a good ping every `good_every` of them from another client, then
+/// checks that sotad still answers. sotad must be online with a persistent session.
+pub async fn flood(
+    port: u16,
+    sotad: &Sotad,
+    bad: usize,
+    oversized_bytes: usize,
+    good_every: usize,
+) -> anyhow::Result<FloodReport> {
+    use std::collections::BTreeMap;
+
+    let mut watcher =
+        TestClient::connect(port, &format!("flood-watch-{}", sotad.pid()), false).await?;
+    watcher.subscribe(&sotad.topic("pong")).await?;
+    watcher.subscribe(&sotad.topic("error")).await?;
+    let good = TestClient::connect(port, &format!("flood-good-{}", sotad.pid()), false).await?;
+    // The flooder: its own event loop with a deep request queue, so publishing is bounded by
+    // the broker's acknowledgements, not by this test.
+    let mut options = MqttOptions::new(format!("flood-{}", sotad.pid()), "127.0.0.1", port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(16 << 20, 16 << 20)
+        .set_inflight(200);
+    let (flooder, mut eventloop) = AsyncClient::new(options, 1000);
+    let flood_task = tokio::spawn(async move {
+        loop {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+
+    // Warm up (buffers, the error path), then take the baseline.
+    let ping = sotad.topic("ping");
+    for i in 0..50 {
+        flooder
+            .publish(&ping, QoS::AtLeastOnce, false, format!("warm-{i}"))
+            .await?;
+    }
+    good.publish(&ping, r#"{"id":"flood-warm"}"#).await?;
+    watcher
+        .expect_id(&sotad.topic("pong"), "flood-warm", Duration::from_secs(15))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, rss_anon_before_kib) = sotad.rss_kib()?;
+
+    let big = vec![b'{'; oversized_bytes];
+    let topics = [
+        sotad.topic("ping"),
+        sotad.topic("tts/say"),
+        sotad.topic("stt/transcribe"),
+        sotad.topic("llm/ask"),
+        sotad.topic("no/such/command"),
+    ];
+    let mut good_ids = Vec::new();
+    let started = Instant::now();
+    for i in 0..bad {
+        let (topic, qos, retain, payload): (&str, QoS, bool, Vec<u8>) = match i % 8 {
+            0 => (&topics[0], QoS::AtLeastOnce, false, b"not json".to_vec()),
+            1 => (
+                &topics[1],
+                QoS::AtLeastOnce,
+                false,
+                br#"{"id":"trunc"#.to_vec(),
+            ),
+            2 => (&topics[0], QoS::AtMostOnce, false, big.clone()),
+            3 => (&topics[2], QoS::AtLeastOnce, true, big.clone()),
+            4 => (
+                &topics[0],
+                QoS::AtLeastOnce,
+                false,
+                br#"{"id":"a+b#c"}"#.to_vec(),
+            ),
+            5 => (
+                &topics[1],
+                QoS::AtLeastOnce,
+                true,
+                format!(r#"{{"id":"r{i}","text":5}}"#).into_bytes(),
+            ),
+            6 => (
+                &topics[3],
+                QoS::AtMostOnce,
+                false,
+                vec![0xff, 0x00, 0xfe, 0x80],
+            ),
+            _ => (&topics[4], QoS::AtLeastOnce, false, b"junk".to_vec()),
+        };
+        flooder.publish(topic, qos, retain, payload).await?;
+        if good_every > 0 && i % good_every == good_every / 2 {
+            let id = format!("good-{i}");
+            good.publish(&ping, format!(r#"{{"id":"{id}"}}"#)).await?;
+            good_ids.push(id);
+        }
+    }
+    // Wait for the flood to leave the flooder (its queue drained and acknowledged).
+    let marker = "flood-end";
+    flooder
+        .publish(
+            &ping,
+            QoS::AtLeastOnce,
+            false,
+            format!(r#"{{"id":"{marker}"}}"#),
+        )
+        .await?;
+    let mut flood_secs = f64::NAN;
+
+    // Every good id: answered once? Collect until the marker's pong and all good ids are in,
+    // or 60 s.
+    let mut answers: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut marker_seen = false;
+    while Instant::now() < deadline {
+        let done = marker_seen && good_ids.iter().all(|id| answers.contains_key(id));
+        if done {
+            break;
+        }
+        for p in watcher.collect_for(Duration::from_millis(200)).await {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+            let Some(id) = v["id"].as_str() else { continue };
+            if id == marker && !marker_seen {
+                marker_seen = true;
+                flood_secs = started.elapsed().as_secs_f64();
+            }
+            let e = answers.entry(id.to_string()).or_default();
+            e.0 += 1;
+            if p.topic.ends_with("/pong") {
+                e.1 += 1;
+            }
+        }
+    }
+    // Late doubles would show here.
+    for p in watcher.collect_for(Duration::from_millis(500)).await {
+        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+        if let Some(id) = v["id"].as_str() {
+            answers.entry(id.to_string()).or_default().0 += 1;
+        }
+    }
+    let count = |id: &String| answers.get(id).map(|a| a.0).unwrap_or(0);
+    let good_unanswered: Vec<String> = good_ids
+        .iter()
+        .filter(|id| count(id) == 0)
+        .cloned()
+        .collect();
+    let good_answered_twice: Vec<String> = good_ids
+        .iter()
+        .filter(|id| count(id) > 1)
+        .cloned()
+        .collect();
+    let good_answered_once = good_ids.iter().filter(|id| count(id) == 1).count();
+    let good_pongs = good_ids
+        .iter()
+        .filter(|id| answers.get(*id).is_some_and(|a| a.1 > 0))
+        .count();
+
+    let sent = Instant::now();
+    good.publish(&ping, r#"{"id":"after-flood"}"#).await?;
+    watcher
+        .expect_id(&sotad.topic("pong"), "after-flood", Duration::from_secs(15))
+        .await?;
+    let ping_after_ms = sent.elapsed().as_secs_f64() * 1000.0;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, rss_anon_after_kib) = sotad.rss_kib()?;
+    flood_task.abort();
+    Ok(FloodReport {
+        bad_sent: bad,
+        flood_secs,
+        good_sent: good_ids.len(),
+        good_answered_once,
+        good_unanswered,
+        good_answered_twice,
+        good_pongs,
+        ping_after_ms,
+        rss_anon_before_kib,
+        rss_anon_after_kib,
+    })
 }

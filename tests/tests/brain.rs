@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sotad_benches::questions;
 use sotad_engines::llm::language::{self, Language};
+use sotad_tests::questions;
 use sotad_tests::{Mosquitto, Sotad, TestClient, models_dir};
 
 /// Model loading plus a first inference on a busy 2-core machine.

@@ -366,7 +366,7 @@ async fn a_retained_request_is_refused_not_run_at_start() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_message_over_the_packet_limit_is_dropped_and_sotad_recovers() {
+async fn a_message_over_the_packet_limit_is_refused_and_sotad_keeps_serving() {
     let broker = Mosquitto::start().unwrap();
     let config = Sotad::config_for(
         broker.port,
@@ -381,8 +381,8 @@ async fn a_message_over_the_packet_limit_is_dropped_and_sotad_recovers() {
     client.subscribe(&sotad.topic("error")).await.unwrap();
     client.subscribe(&sotad.topic("pong")).await.unwrap();
 
-    // Bigger than the connection's limit: rumqttc drops the connection on it, and a persistent
-    // session would hand it back forever. sotad clears it with one clean session.
+    // Bigger than mqtt.max_packet_bytes: read, acknowledged and refused on the same
+    // connection (tests/reliability.rs covers retained ones, the session and reconnects).
     client
         .publish(&sotad.topic("ping"), vec![b'x'; 200 * 1024])
         .await
@@ -392,7 +392,12 @@ async fn a_message_over_the_packet_limit_is_dropped_and_sotad_recovers() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
     let error = json(&error.payload);
-    assert_eq!(error["code"], "connection", "{error}");
+    assert_eq!(error["code"], "payload_too_large", "{error}");
+    assert_eq!(
+        error["request_topic"],
+        sotad.topic("ping").as_str(),
+        "{error}"
+    );
     assert!(
         error["message"]
             .as_str()

@@ -105,6 +105,17 @@ impl Publisher {
         }
     }
 
+    /// Retained `instance` document (QoS 1): which process serves this device id.
+    pub async fn instance(&self, payload: Vec<u8>) {
+        if let Err(e) = self
+            .client
+            .publish(self.topics.instance(), QoS::AtLeastOnce, true, payload)
+            .await
+        {
+            tracing::warn!(error = %e, "publishing the instance document failed");
+        }
+    }
+
     /// Retained capabilities document (QoS 1).
     pub async fn capabilities(&self, payload: Vec<u8>) {
         if let Err(e) = self
@@ -147,6 +158,9 @@ impl Publisher {
 
     /// A telemetry sample (QoS 0); dropped and counted when the outgoing queue is full.
     pub fn telemetry<T: Serialize>(&self, sample: &T) {
+        if self.metrics.mqtt.standing_down.load(Ordering::Relaxed) {
+            return;
+        }
         let Ok(payload) = serde_json::to_vec(sample) else {
             return;
         };

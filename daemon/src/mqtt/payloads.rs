@@ -21,6 +21,42 @@ pub const MAX_TEXT_BYTES: usize = 100 * 1024;
 
 // ---- device ----
 
+/// The retained `instance` document: which process serves this device id. Each process
+/// publishes its own before it serves; one that later sees a newer process's document stands
+/// down (see `mqtt::connection`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Instance {
+    /// Random, new for every process.
+    pub instance: String,
+    /// The host name of the machine it runs on.
+    pub host: String,
+    pub pid: u32,
+    /// When the process started, in milliseconds since the Unix epoch (by its own clock).
+    pub started_ms: u64,
+}
+
+impl Instance {
+    /// The document of this process.
+    pub fn this_process(host: String) -> Instance {
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Instance {
+            instance: format!("{:016x}", fastrand::u64(..)),
+            host,
+            pid: std::process::id(),
+            started_ms,
+        }
+    }
+
+    /// Whether `self` started after `other`: of two live processes, the later one keeps the
+    /// device id (ties broken by the instance string, so both agree).
+    pub fn is_newer_than(&self, other: &Instance) -> bool {
+        (self.started_ms, &self.instance) > (other.started_ms, &other.instance)
+    }
+}
+
 /// The retained `capabilities` document.
 #[derive(Debug, Serialize)]
 pub struct Capabilities {
@@ -666,6 +702,23 @@ impl Serialize for Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_later_instance_is_newer_and_both_sides_agree() {
+        let mut a = Instance::this_process("pi".to_string());
+        let mut b = Instance::this_process("pi".to_string());
+        assert_ne!(a.instance, b.instance, "a new id for every process");
+        b.started_ms = a.started_ms + 1;
+        assert!(b.is_newer_than(&a) && !a.is_newer_than(&b));
+        // Same millisecond: the id decides, the same way on both sides.
+        b.started_ms = a.started_ms;
+        a.instance = "1".into();
+        b.instance = "2".into();
+        assert!(b.is_newer_than(&a) && !a.is_newer_than(&b));
+        assert!(!a.is_newer_than(&a));
+        let back: Instance = serde_json::from_slice(&serde_json::to_vec(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+    }
 
     fn parse(payload: &[u8], max: usize) -> Result<Transcribe, RequestError> {
         parse_transcribe(payload, max)

@@ -119,6 +119,12 @@ impl Topics {
         self.join("capabilities")
     }
 
+    /// Retained JSON naming the process that serves this device id (see `payloads::Instance`):
+    /// how two daemons with the same device id find each other.
+    pub fn instance(&self) -> String {
+        self.join("instance")
+    }
+
     /// Periodic JSON samples.
     pub fn telemetry(&self) -> String {
         self.join("telemetry")
