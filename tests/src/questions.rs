@@ -119,9 +119,20 @@ pub fn summary(all: &[Answered]) -> String {
         100.0 * frac(|a| a.correct),
         100.0 * frac(|a| a.english),
         words,
-        super::median(&ttft),
-        super::median(&tok_s)
+        median(&ttft),
+        median(&tok_s)
     )
+}
+
+/// The median (the mean of the two middle values for an even count; NaN for none).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 #[cfg(test)]
