@@ -66,6 +66,10 @@ enum Cmd {
         /// Think before answering (models that can, e.g. Qwen3); the thinking is printed dimmed.
         #[arg(long)]
         thinking: bool,
+        /// An intents file (default `intents.file`): a line that matches one of its sentences
+        /// prints the intent as sotad would publish it, instead of the LLM's answer.
+        #[arg(long)]
+        intents: Option<PathBuf>,
     },
     /// Speak TEXT with the configured Piper voice into a WAV file.
     Say {
@@ -164,7 +168,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Chat { thinking } => with_config(file, |config| cli::chat(&config, thinking)),
+        Cmd::Chat { thinking, intents } => with_config(file, |config| {
+            cli::chat(&config, thinking, intents.as_deref())
+        }),
         Cmd::Say {
             text,
             output,

@@ -320,3 +320,30 @@ fn matching_is_deterministic() {
         assert_eq!(set.recognize("turn right 45 degrees"), a);
     }
 }
+
+/// The README's example intents file parses and does what the README says.
+#[test]
+fn the_readme_example_is_valid() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("# /etc/sotad/robot.toml")
+        .expect("the README's intents example");
+    let end = start + readme[start..].find("```").unwrap();
+    let set = IntentSet::parse(&readme[start..end], "README.md").unwrap();
+    let names: Vec<&str> = set.intents.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["move", "turn", "stop", "lights", "battery"]);
+    is(
+        &set,
+        "Move forward two meters.",
+        "move",
+        &[("direction", "forward"), ("distance", "2")],
+    );
+    is(
+        &set,
+        "move ahead 2 meters",
+        "move",
+        &[("direction", "forward"), ("distance", "2")],
+    );
+    is(&set, "What's your battery level?", "battery", &[]);
+    assert_eq!(rec(&set, "Tell me a joke."), None);
+}
