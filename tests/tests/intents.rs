@@ -324,7 +324,7 @@ async fn a_bad_intents_file_stops_start_up_naming_the_file_and_line() {
     let log = sotad.log();
     assert!(
         log.contains("intents.file")
-            && log.contains(&format!("{}:4:6", bad.display()))
+            && log.contains(&format!("{}:4:7", bad.display()))
             && log.contains("slot `where` is referenced but not declared"),
         "{log}"
     );
@@ -340,7 +340,7 @@ async fn a_bad_intents_file_stops_start_up_naming_the_file_and_line() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("{}:4:6", bad.display())),
+        stderr.contains(&format!("{}:4:7", bad.display())),
         "{stderr}"
     );
 }

@@ -147,6 +147,17 @@ fn tens(word: &str) -> Option<u64> {
     })
 }
 
+/// Words a transcriber writes for a spoken "one", "two", "four" or "eight".
+fn homophone(word: &str) -> Option<f64> {
+    Some(match word {
+        "won" => 1.0,
+        "to" | "too" => 2.0,
+        "for" => 4.0,
+        "ate" => 8.0,
+        _ => return None,
+    })
+}
+
 /// The numbers that the tokens from `pos` on can be read as, each with how many tokens it
 /// takes, longest first: "20" → 20; "twenty five" → 25 (2 tokens) and 20 (1 token);
 /// "one hundred and five", "a hundred", "two point five", "minus 3", "3.5".
@@ -159,6 +170,14 @@ pub fn numbers_at(tokens: &[Token], pos: usize) -> Vec<(f64, usize)> {
     let Some(first) = tokens.get(start) else {
         return out;
     };
+    // Whisper writes a lone small number as its homophone ("move forward to meters"): read
+    // as a number only here, where a template has a number slot, and never combined.
+    if sign > 0.0
+        && let Some(v) = homophone(&first.text)
+    {
+        out.push((v, 1));
+        return out;
+    }
     if first.text.starts_with(|c: char| c.is_ascii_digit()) {
         if let Ok(v) = first.text.parse::<f64>() {
             out.push((sign * v, start + 1 - pos));
@@ -321,6 +340,10 @@ mod tests {
         ] {
             assert_eq!(number(text), None, "{text}");
         }
+        // Homophones of small numbers, alone only.
+        assert_eq!(number("to"), Some(2.0));
+        assert_eq!(number("for"), Some(4.0));
+        assert_eq!(number("to hundred"), None);
         // Every prefix that is a number is a reading, longest first.
         let t = tokenize("twenty five meters");
         assert_eq!(numbers_at(&t, 0), vec![(25.0, 2), (20.0, 1)]);
