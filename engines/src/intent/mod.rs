@@ -425,7 +425,7 @@ fn slot_kind(
                     phrases.push(words);
                 }
                 // Longest first, so "light blue" wins over "light".
-                phrases.sort_by(|a, b| b.len().cmp(&a.len()));
+                phrases.sort_by_key(|p| std::cmp::Reverse(p.len()));
                 out.push(EnumValue { canonical, phrases });
             }
             Ok(SlotKind::Enum { values: out })
@@ -549,7 +549,7 @@ impl Matcher<'_> {
                         }
                     }
                 }
-                out.sort_by(|a, b| b.1.cmp(&a.1));
+                out.sort_by_key(|&(_, len)| std::cmp::Reverse(len));
                 out
             }
             SlotKind::Number {

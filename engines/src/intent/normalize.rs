@@ -43,21 +43,18 @@ pub fn tokenize(text: &str) -> Vec<Token> {
         } else {
             None
         };
-        match class {
-            Some(class) => {
-                match &mut current {
-                    Some((t, _, e, k)) if *k == class => {
-                        t.extend(c.to_lowercase());
-                        *e = end;
-                    }
-                    _ => {
-                        flush(&mut current, &mut tokens);
-                        current = Some((c.to_lowercase().collect(), at, end, class));
-                    }
+        if let Some(class) = class {
+            match &mut current {
+                Some((t, _, e, k)) if *k == class => {
+                    t.extend(c.to_lowercase());
+                    *e = end;
                 }
-                continue;
+                _ => {
+                    flush(&mut current, &mut tokens);
+                    current = Some((c.to_lowercase().collect(), at, end, class));
+                }
             }
-            None => {}
+            continue;
         }
         let in_number = matches!(&current, Some((_, _, _, Class::Digit))) && digit_at(i + 1);
         let in_word = matches!(&current, Some((_, _, _, Class::Letter)))
@@ -272,7 +269,7 @@ pub fn numbers_at(tokens: &[Token], pos: usize) -> Vec<(f64, usize)> {
             out.push((sign * (total + current) as f64, i - pos));
         }
     }
-    out.sort_by(|a, b| b.1.cmp(&a.1));
+    out.sort_by_key(|&(_, len)| std::cmp::Reverse(len));
     out
 }
 
