@@ -1,11 +1,16 @@
 //! Intents: the template matcher's cost, and spoken commands through the real voice loop.
 //!
 //! ```text
-//! cargo bench -p sotad-benches --bench intents -- match        # matcher cost only
+//! cargo bench -p sotad-benches --bench intents                      # match, then transcribed (4 voices)
+//! cargo bench -p sotad-benches --bench intents -- match             # matcher cost only
+//! cargo bench -p sotad-benches --bench intents -- transcribed piper # one voice (piper, piper-slow, espeak, espeak-slow)
 //! cargo build --release -p sotad
-//! cargo bench -p sotad-benches --bench intents                  # both; the voice loop: 4 voices
-//! cargo bench -p sotad-benches --bench intents -- spoken piper  # one voice (piper, piper-slow, espeak, espeak-slow)
+//! cargo bench -p sotad-benches --bench intents -- spoken            # through the real voice loop (4 voices)
 //! ```
+//!
+//! `transcribed`: the 64 commands synthesized as below, transcribed by the Whisper engine the
+//! daemon runs (tiny.en, default options, 2 threads) and matched; what counts as right is
+//! as for `spoken`. Not paced by a microphone, so a loaded machine only makes it slower.
 //!
 //! `match`: configs/intents/robot.toml (10 intents, 30 templates) and the same file ten times
 //! over (100 intents, 300 templates: nine renamed copies first, whose templates start with a
@@ -32,10 +37,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sotad_benches::{median, models_dir};
 use sotad_engines::audio;
-use sotad_engines::intent::IntentSet;
+use sotad_engines::intent::{IntentMatch, IntentSet, SlotValue};
+use sotad_engines::stt::{LoadOptions as SttLoad, TranscribeOptions, Whisper};
 use sotad_engines::tts::{LoadOptions, SynthOptions, Voice};
 
 const GAP_S: f64 = 2.5;
+const VOICES: [&str; 4] = ["piper", "piper-slow", "espeak", "espeak-slow"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -457,6 +464,129 @@ fn spoken(voices: &[&str]) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Whether `m` is exactly the command's intent with its slot values.
+fn exactly(c: &Cmd, m: Option<&IntentMatch>) -> bool {
+    let (Some(name), Some(m)) = (&c.intent, m) else {
+        return c.intent.is_none() && m.is_none();
+    };
+    m.name == *name
+        && m.slots.len() == c.slots.len()
+        && c.slots.iter().all(|(k, want)| {
+            m.slots.iter().any(|s| {
+                s.name == *k
+                    && match &s.value {
+                        SlotValue::Text(t) => t == want,
+                        SlotValue::Number(n) => want.parse() == Ok(*n),
+                    }
+            })
+        })
+}
+
+/// The same synthesized commands, transcribed by Whisper tiny.en (the engine the daemon
+/// runs, its default options, 2 threads) and matched: no real-time microphone, so a loaded
+/// machine slows it without changing what is heard.
+fn transcribed(voices: &[&str]) {
+    let cmds = commands();
+    let models = models_dir();
+    let dir = std::env::temp_dir().join(format!("sotad-bench-intents-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let noise_path = dir.join("noise.wav");
+    let status = Command::new("sox")
+        .args(["-n", "-r", "16000", "-c", "1", "-b", "16"])
+        .arg(&noise_path)
+        .args(["synth", "30", "pinknoise"])
+        .status()
+        .expect("sox");
+    assert!(status.success());
+    let noise = sox_raw(&dir, &[noise_path.to_str().unwrap()]);
+    let set = IntentSet::parse(
+        &std::fs::read_to_string(robot_file()).unwrap(),
+        "robot.toml",
+    )
+    .unwrap();
+    let piper_voice = Voice::load(
+        models.join("piper/en_US-joe-medium.onnx"),
+        &LoadOptions::default(),
+    )
+    .expect("the Piper voice (scripts/install-models.sh)");
+    let whisper = Whisper::load(
+        models.join("whisper-tiny.en-ct2"),
+        &SttLoad {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .expect("Whisper tiny.en (scripts/install-models.sh)");
+    let opts = TranscribeOptions::default();
+    let (mut right, mut in_domain, mut ood_clean, mut ood) = (0, 0, 0, 0);
+    let mut misses = Vec::new();
+    let mut stt_ms = Vec::new();
+    let mut match_us = Vec::new();
+    for &v in voices {
+        let (mut r, mut n, mut oc, mut o) = (0, 0, 0, 0);
+        for (i, c) in cmds.iter().enumerate() {
+            let mut speech = match v {
+                "piper" => piper(&piper_voice, &c.text, 1.0),
+                "piper-slow" => piper(&piper_voice, &c.text, 1.3),
+                "espeak" => espeak(&dir, &c.text, 175),
+                "espeak-slow" => espeak(&dir, &c.text, 130),
+                other => panic!("unknown voice {other}"),
+            };
+            let noisy = i % 3 == 2;
+            if noisy {
+                speech = with_noise(&speech, &noise, i * 7919);
+            }
+            let t = Instant::now();
+            let heard = whisper.transcribe(&speech, &opts).unwrap().text;
+            stt_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let m = set.recognize(&heard);
+            match_us.push(t.elapsed().as_secs_f64() * 1e6);
+            let ok = exactly(c, m.as_ref());
+            if c.intent.is_some() {
+                n += 1;
+                r += usize::from(ok);
+            } else {
+                o += 1;
+                oc += usize::from(ok);
+            }
+            if !ok {
+                misses.push(format!(
+                    "{v}{}: {:?} heard {heard:?} -> {}",
+                    if noisy { " +noise" } else { "" },
+                    c.text,
+                    m.map_or("no intent".into(), |m| format!(
+                        "{} {:?}",
+                        m.name,
+                        m.slots
+                            .iter()
+                            .map(|s| (&s.name, &s.value))
+                            .collect::<Vec<_>>()
+                    ))
+                ));
+            }
+        }
+        println!(
+            "transcribed {v}: {r}/{n} in-domain exactly right ({:.1} %), {oc}/{o} out-of-domain without intent",
+            100.0 * r as f64 / n as f64
+        );
+        right += r;
+        in_domain += n;
+        ood_clean += oc;
+        ood += o;
+    }
+    for m in &misses {
+        println!("  miss: {m}");
+    }
+    println!(
+        "transcribed, all voices: {right}/{in_domain} in-domain exactly right ({:.1} %), {ood_clean}/{ood} out-of-domain without intent; per command: transcription median {:.0} ms, match median {:.1} µs",
+        100.0 * right as f64 / in_domain.max(1) as f64,
+        median(&stt_ms),
+        median(&match_us)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -467,9 +597,13 @@ fn main() {
         Some("spoken") if args.len() > 1 => {
             spoken(&args[1..].iter().map(String::as_str).collect::<Vec<_>>())
         }
+        Some("spoken") => spoken(&VOICES),
+        Some("transcribed") if args.len() > 1 => {
+            transcribed(&args[1..].iter().map(String::as_str).collect::<Vec<_>>())
+        }
         _ => {
             bench_match();
-            spoken(&["piper", "piper-slow", "espeak", "espeak-slow"]);
+            transcribed(&VOICES);
         }
     }
 }
