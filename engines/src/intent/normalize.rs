@@ -178,6 +178,19 @@ pub fn numbers_at(tokens: &[Token], pos: usize) -> Vec<(f64, usize)> {
     if first.text.starts_with(|c: char| c.is_ascii_digit()) {
         if let Ok(v) = first.text.parse::<f64>() {
             out.push((sign * v, start + 1 - pos));
+            // Whisper writes "one hundred and eighty" as "100 and 80".
+            if v >= 100.0
+                && v % 100.0 == 0.0
+                && tokens.get(start + 1).is_some_and(|t| t.text == "and")
+                && let Some(w) = tokens
+                    .get(start + 2)
+                    .and_then(|t| t.text.parse::<f64>().ok())
+                && w > 0.0
+                && w < 100.0
+                && w.fract() == 0.0
+            {
+                out.insert(0, (sign * (v + w), start + 3 - pos));
+            }
         }
         return out;
     }
@@ -337,6 +350,9 @@ mod tests {
         ] {
             assert_eq!(number(text), None, "{text}");
         }
+        // Whisper's "100 and 80".
+        assert_eq!(number("100 and 80"), Some(180.0));
+        assert_eq!(number("180 and 5"), None);
         // Homophones of small numbers, alone only.
         assert_eq!(number("to"), Some(2.0));
         assert_eq!(number("for"), Some(4.0));
