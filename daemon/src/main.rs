@@ -91,6 +91,10 @@ enum Cmd {
         /// Think before answering (models that can, e.g. Qwen3); the thinking is printed dimmed.
         #[arg(long)]
         thinking: bool,
+        /// An intents file (default `intents.file`): a line that matches one of its sentences
+        /// prints the intent as sotad would publish it, instead of the LLM's answer.
+        #[arg(long)]
+        intents: Option<PathBuf>,
     },
     /// Speak TEXT with the configured Piper voice into a WAV file.
     Say {
@@ -203,6 +207,7 @@ fn main() -> ExitCode {
             temperature,
             max_tokens,
             thinking,
+            intents,
         } => with_config(file, |mut config| {
             if let Some(model) = model {
                 config.llm.model = cli::model_override(&config, &model)?;
@@ -214,7 +219,7 @@ fn main() -> ExitCode {
                 max_tokens,
                 ..Default::default()
             };
-            cli::chat(&config, prompt, options)
+            cli::chat(&config, prompt, options, intents.as_deref())
         }),
         Cmd::Say {
             text,

@@ -18,6 +18,7 @@ use crate::mqtt::dedup::RecentIds;
 use crate::mqtt::payloads::{
     self, AskRequest, MessageIn, Reply, ReplyTimings, Role, SayDone, SayRequest, Segment,
     SpeechTimings, TextTurnRequest, TokenChunk, Transcribe, Transcript, TranscriptTimings,
+    TurnAnswerRequest,
 };
 use crate::mqtt::request::{self, ErrorCode, PingRequest, Pong, RequestError};
 use crate::mqtt::{Command, Inbound, Publisher};
@@ -183,6 +184,11 @@ impl Service {
                 payloads::validate_say(&r)?;
                 Job::Say(r)
             }
+            Command::TurnAnswer => {
+                let r: TurnAnswerRequest = request::parse(payload, max)?;
+                payloads::validate_turn_answer(&r)?;
+                Job::Answer(r)
+            }
         })
     }
 }
@@ -205,6 +211,8 @@ enum Job {
     Cancel(payloads::CancelRequest),
     Say(SayRequest),
     Turn(TextTurnRequest),
+    /// An integration's answer to a turn's intent.
+    Answer(TurnAnswerRequest),
     /// A microphone switch; only an id.
     Switch(PingRequest),
 }
@@ -218,6 +226,7 @@ impl Job {
             Job::Cancel(r) => &r.id,
             Job::Say(r) => &r.id,
             Job::Turn(r) => &r.id,
+            Job::Answer(r) => &r.id,
             Job::Switch(r) => &r.id,
         }
     }
@@ -243,6 +252,21 @@ impl Job {
                 Ok(())
             }
             Job::Say(r) => say(r, command, &ctx).await,
+            Job::Answer(r) => {
+                if ctx.turns.answer_intent(&r.id, r.text) {
+                    Ok(())
+                } else {
+                    Err(RequestError::new(
+                        Some(r.id.clone()),
+                        ErrorCode::NotFound,
+                        format!(
+                            "no turn {:?} is waiting for an answer to an intent (it ended, its wait of intents.reply_timeout_ms ran out, or it matched no intent); `id` must be the `turn` of the intent",
+                            r.id
+                        ),
+                    )
+                    .with_field("id"))
+                }
+            }
         }
     }
 }

@@ -193,12 +193,20 @@ impl Metrics {
             ("turn.ttft", latency.ttft_ms),
             ("turn.first_audio", latency.first_audio_ms),
             ("turn.response", latency.response_ms),
+            ("turn.intent", latency.intent_ms),
         ] {
             if let Some(v) = value {
                 self.request_received(name);
                 self.request_done(name, true, ms(v));
             }
         }
+    }
+
+    /// Records a turn that matched an intent: `intent` counts them (ok: the integration
+    /// answered in time; error: the fallback was spoken) with the wait for the answer.
+    pub fn intent_done(&self, answered: bool, wait: Duration) {
+        self.request_received("intent");
+        self.request_done("intent", answered, wait);
     }
 
     /// Records an engine's state for the next sample.
@@ -280,6 +288,10 @@ pub struct VoiceSample {
 /// Where the time of a turn went, in milliseconds; absent stages did not run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
+    /// End of speech (or the text's arrival) → the intent published, for a turn that
+    /// matched an intent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent_ms: Option<f64>,
     /// End of speech as the VAD saw it → endpoint (the silence the endpointer waited for).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint_ms: Option<f64>,

@@ -8,6 +8,7 @@ pub mod audio;
 mod bpe;
 pub mod error;
 pub mod gguf;
+pub mod intent;
 pub mod json;
 pub mod llm;
 pub mod located;

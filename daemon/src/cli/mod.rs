@@ -13,6 +13,7 @@ use sotad::config::Config;
 use sotad::mqtt::payloads::{self, AskRequest, Options, SayRequest, Scales};
 use sotad::service;
 use sotad::stages::{llm, stt, tts};
+use sotad_engines::intent::IntentSet;
 
 /// A request check's error, naming the command-line flag of its field (`options.max_tokens`
 /// is `--max-tokens`).
@@ -119,16 +120,38 @@ pub fn quantize_whisper(ty: &str, input: &Path, output: &Path) -> anyhow::Result
     Ok(())
 }
 
-/// `sotad chat`: one answer to `--prompt`, or a conversation read from standard input.
-pub fn chat(config: &Config, prompt: Option<String>, options: Options) -> anyhow::Result<()> {
-    let mut engine =
-        llm::load(config.model_path(&config.llm.model), &config.llm).map_err(|e| anyhow!(e))?;
+/// `sotad chat`: one answer to `--prompt`, or a conversation read from standard input. With
+/// an intents file (`--intents`, default `intents.file`), a line that matches one of its
+/// sentences prints its intent instead; the LLM loads at the first line that matches none.
+pub fn chat(
+    config: &Config,
+    prompt: Option<String>,
+    options: Options,
+    intents: Option<&Path>,
+) -> anyhow::Result<()> {
+    let intents = match intents {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the intents file {}", path.display()))?;
+            let set = IntentSet::parse(&text, &path.display().to_string())?;
+            Some(Arc::new(set))
+        }
+        None => config.intents.set.clone(),
+    };
+    let mut engine = None;
     let stdin = std::io::stdin();
     let mut turn = 0u64;
     let once = prompt.is_some();
     let mut prompt = prompt;
     if !once {
         eprintln!("sotad chat: type a message and press Enter; an empty line ends.");
+        if let Some(set) = &intents {
+            eprintln!(
+                "  ({} intents, {} sentence templates: a line that matches one prints its intent)",
+                set.intents.len(),
+                set.templates()
+            );
+        }
     }
     loop {
         let line = match prompt.take() {
@@ -145,6 +168,28 @@ pub fn chat(config: &Config, prompt: Option<String>, options: Options) -> anyhow
             }
         };
         turn += 1;
+        let started = std::time::Instant::now();
+        let matched = intents.as_ref().and_then(|set| set.recognize(line.trim()));
+        let took = started.elapsed();
+        if let Some(m) = matched {
+            // What sotad would publish on intent/<name>.
+            let doc = serde_json::json!({
+                "intent": m.name,
+                "slots": payloads::intent_slots(&m.slots),
+                "recognizer": m.recognizer.name(),
+                "confidence": m.confidence,
+            });
+            println!("intent/{}: {doc}", m.name);
+            eprintln!("  [matched in {:.0} µs]", took.as_secs_f64() * 1e6);
+            continue;
+        }
+        let engine = match &mut engine {
+            Some(e) => e,
+            None => engine.insert(
+                llm::load(config.model_path(&config.llm.model), &config.llm)
+                    .map_err(|e| anyhow!(e))?,
+            ),
+        };
         let request = AskRequest {
             id: format!("chat-{turn}"),
             prompt: Some(line.trim().to_string()),

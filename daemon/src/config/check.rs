@@ -76,7 +76,17 @@ impl Config {
         self.vad(c)?;
         self.voice(c)?;
         self.vad_rest(c)?;
-        self.log(c)
+        self.log(c)?;
+        self.intents(c)
+    }
+
+    fn intents(&self, c: &Checker) -> Result<(), ConfigError> {
+        c.range(
+            "intents.reply_timeout_ms",
+            self.intents.reply_timeout_ms,
+            100,
+            600_000,
+        )
     }
 
     fn device(&self, c: &Checker) -> Result<(), ConfigError> {
@@ -416,6 +426,51 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Reads and checks the intents file `intents.file` names, if any: a relative path is taken
+/// from `dir` (the directory of the configuration file that set it). Every intent name must
+/// be usable as a topic level (the rule of request ids).
+pub(super) fn load_intents(
+    config: &mut Config,
+    dir: Option<&Path>,
+    origin: String,
+) -> Result<(), ConfigError> {
+    let value = &config.intents.file;
+    if value.is_empty() {
+        return Ok(());
+    }
+    let fail = |message: String| ConfigError {
+        key: "intents.file".into(),
+        origin: origin.clone(),
+        message,
+    };
+    let path = Path::new(value);
+    let path = match dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        fail(format!(
+            "cannot read the intents file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let name = path.display().to_string();
+    let set = sotad_engines::intent::IntentSet::parse(&text, &name)
+        .map_err(|e| fail(format!("the intents file is invalid: {e}")))?;
+    for intent in &set.intents {
+        if !crate::mqtt::request::valid_id(&intent.name) {
+            return Err(fail(format!(
+                "the intents file is invalid: {name}:{}: intent name {:?} cannot be a topic level: 1 to {} bytes without control characters, '+', '#' or '/'",
+                intent.line,
+                intent.name,
+                crate::mqtt::request::MAX_ID_BYTES
+            )));
+        }
+    }
+    config.intents.set = Some(std::sync::Arc::new(set));
+    Ok(())
 }
 
 pub(super) fn check_readable(path: &Path) -> Result<(), ConfigError> {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use config::{Config as Layers, Environment, File, FileFormat, Map, Source, Value, ValueKind};
 
-use super::check::check_readable;
+use super::check::{self, check_readable};
 use super::{Config, ConfigError, DEFAULT_TOML, ENV_PREFIX, FileLayer, SYSTEM_CONFIG_PATH};
 
 const DEFAULTS_ORIGIN: &str = "the built-in defaults";
@@ -52,7 +52,7 @@ impl Config {
         let merged = layers.collect().map_err(|e| from_config_error(&file, e))?;
         reject_unknown_keys(&merged, &file)?;
 
-        let config: Config = layers.try_deserialize().map_err(|e| {
+        let mut config: Config = layers.try_deserialize().map_err(|e| {
             let mut error = from_config_error(&file, e);
             // Conversion errors (e.g. 99999 for a u16) come without an origin; look it up.
             if !error.key.is_empty() && error.origin == DEFAULTS_ORIGIN {
@@ -61,6 +61,18 @@ impl Config {
             error
         })?;
         config.validate(&|key| origin_of(&merged, key, &file))?;
+        // A relative intents file is found beside the configuration file that names it.
+        let origin = origin_of(&merged, "intents.file", &file);
+        let dir = match &file {
+            FileLayer::Explicit(path) if origin == path.display().to_string() => {
+                Some(path.parent().unwrap_or(Path::new(".")).to_path_buf())
+            }
+            FileLayer::System if origin == SYSTEM_CONFIG_PATH => Path::new(SYSTEM_CONFIG_PATH)
+                .parent()
+                .map(Path::to_path_buf),
+            _ => None,
+        };
+        check::load_intents(&mut config, dir.as_deref(), origin)?;
         Ok(config)
     }
 }

@@ -41,6 +41,22 @@ pub struct Config {
     pub audio: Audio,
     pub voice: Voice,
     pub vad: Vad,
+    pub intents: Intents,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intents {
+    /// The intents file (TOML); relative to the configuration file that names it; empty:
+    /// no intents (every turn is answered by the LLM).
+    pub file: String,
+    /// How long a turn waits for an integration's answer to a published intent.
+    pub reply_timeout_ms: u64,
+    /// Spoken when no answer came in time; empty: nothing.
+    pub fallback: String,
+    /// The parsed file, loaded and checked with the configuration.
+    #[serde(skip)]
+    pub set: Option<std::sync::Arc<sotad_engines::intent::IntentSet>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -623,6 +639,49 @@ mod tests {
         let e = r.unwrap_err();
         assert_eq!(e.key, "mqtt.tls.ca_file");
         assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn the_intents_file_is_found_beside_the_config_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("sotad.toml");
+        std::fs::write(&config, "[intents]\nfile = \"robot.toml\"\n").unwrap();
+        let load = || Config::load_with_env(FileLayer::Explicit(config.clone()), env(&[]));
+        let intents = dir.path().join("robot.toml");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/intents/robot.toml"),
+            &intents,
+        )
+        .unwrap();
+        let c = load().unwrap();
+        assert!(c.intents.set.as_ref().unwrap().intents.len() >= 8);
+        for (text, says) in [
+            (
+                "[[intent]]\nname = \"go\"\nsentences = [\"go {where}\"]\n",
+                ":3:18: in template \"go {where}\": slot `where` is referenced but not declared",
+            ),
+            (
+                "[[intent]]\nname = \"go/left\"\nsentences = [\"go\"]\n",
+                ":2: intent name \"go/left\" cannot be a topic level",
+            ),
+        ] {
+            std::fs::write(&intents, text).unwrap();
+            let e = load().unwrap_err();
+            assert_eq!(e.key, "intents.file");
+            assert_eq!(e.origin, config.display().to_string());
+            let want = format!("{}{says}", intents.display());
+            assert!(e.message.contains(&want), "{e}\nwanted {want}");
+        }
+        std::fs::remove_file(&intents).unwrap();
+        assert!(
+            load()
+                .unwrap_err()
+                .message
+                .contains("cannot read the intents file")
+        );
+        // Off by default.
+        let d = Config::load_with_env(FileLayer::None, env(&[])).unwrap();
+        assert!(d.intents.set.is_none());
     }
 
     #[test]

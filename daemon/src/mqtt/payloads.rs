@@ -622,10 +622,104 @@ pub struct ReplyEvent<'a> {
     pub stop_reason: StopReason,
 }
 
+/// `turn/answer`: an integration's answer to the intent of turn `id`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TurnAnswerRequest {
+    /// The turn id of the intent it answers.
+    pub id: String,
+    /// What to say; absent or empty: nothing.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl Request for TurnAnswerRequest {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+pub fn validate_turn_answer(r: &TurnAnswerRequest) -> Result<(), RequestError> {
+    if r.text.as_ref().is_some_and(|t| t.len() > MAX_PROMPT_BYTES) {
+        return Err(RequestError::new(
+            Some(r.id.clone()),
+            ErrorCode::InvalidRequest,
+            format!("`text` must be at most {MAX_PROMPT_BYTES} bytes"),
+        )
+        .with_field("text"));
+    }
+    Ok(())
+}
+
+/// A recognized intent, on `intent/<name>`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntentEvent<'a> {
+    pub turn: &'a str,
+    pub intent: &'a str,
+    pub transcript: &'a str,
+    /// Slot name → its value and the words it came from.
+    pub slots: serde_json::Map<String, serde_json::Value>,
+    /// `template` (the sentence matcher); `llm` is reserved for the LLM's tool calls.
+    pub recognizer: &'static str,
+    pub confidence: f32,
+    /// The topic the answer goes to, with `{"id": <turn>, "text": ...}`.
+    pub answer_topic: &'a str,
+    /// How long sotad waits for it before it speaks the fallback.
+    pub answer_timeout_ms: u64,
+}
+
+/// The `slots` of an intent event: `{"name": {"value": v, "raw": "words"}}`, numbers as
+/// JSON numbers (integers without a fraction).
+pub fn intent_slots(
+    slots: &[sotad_engines::intent::SlotMatch],
+) -> serde_json::Map<String, serde_json::Value> {
+    use sotad_engines::intent::SlotValue;
+    slots
+        .iter()
+        .map(|s| {
+            let value = match &s.value {
+                SlotValue::Text(t) => serde_json::Value::from(t.as_str()),
+                SlotValue::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+                    serde_json::Value::from(*n as i64)
+                }
+                SlotValue::Number(n) => serde_json::Value::from(*n),
+            };
+            (
+                s.name.clone(),
+                serde_json::json!({ "value": value, "raw": s.raw }),
+            )
+        })
+        .collect()
+}
+
+/// Which path answered a turn (`turn/done`'s `path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnPath {
+    /// The transcript matched an intent: published, and the integration's answer spoken.
+    Intent,
+    /// The LLM answered.
+    Llm,
+}
+
+/// What became of a turn's intent (`turn/done`'s `intent`).
+#[derive(Debug, Clone, Serialize)]
+pub struct IntentDone<'a> {
+    pub name: &'a str,
+    /// `integration` (its answer was spoken), `timeout` (the fallback was), or `cancelled`.
+    pub answer: &'static str,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DoneEvent<'a> {
     pub turn: &'a str,
     pub outcome: TurnOutcome,
+    /// Which path answered the question; absent when there was none (no speech, a failed
+    /// transcription).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<TurnPath>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<IntentDone<'a>>,
     pub transcript: &'a str,
     pub reply: &'a str,
     pub audio_s: f64,

@@ -27,11 +27,14 @@ pub enum Command {
     /// utterance (no VAD); the release makes it a turn. Works with `listen` off; `mute` wins.
     PttStart,
     PttStop,
+    /// `turn/answer`: an integration's answer to a published intent (the turn's id and the
+    /// text to speak); no reply, `error` when no turn waits for it.
+    TurnAnswer,
 }
 
 impl Command {
     /// Every command, in subscription order.
-    pub const ALL: [Command; 12] = [
+    pub const ALL: [Command; 13] = [
         Command::Ping,
         Command::SttTranscribe,
         Command::LlmAsk,
@@ -44,6 +47,7 @@ impl Command {
         Command::Unmute,
         Command::PttStart,
         Command::PttStop,
+        Command::TurnAnswer,
     ];
 
     /// The topic suffix the request arrives on.
@@ -61,6 +65,7 @@ impl Command {
             Command::Unmute => "unmute",
             Command::PttStart => "ptt/start",
             Command::PttStop => "ptt/stop",
+            Command::TurnAnswer => "turn/answer",
         }
     }
 
@@ -71,7 +76,7 @@ impl Command {
             Command::SttTranscribe => "stt/transcript",
             Command::LlmAsk | Command::LlmCancel => "llm/reply",
             Command::TtsSay => "tts/done",
-            Command::TurnText => "turn/done",
+            Command::TurnText | Command::TurnAnswer => "turn/done",
             Command::ListenStart
             | Command::ListenStop
             | Command::Mute
@@ -145,6 +150,12 @@ impl Topics {
         })
     }
 
+    /// A recognized intent (QoS 1, not retained). `name` is a valid topic level (checked
+    /// when the intents file is loaded).
+    pub fn intent(&self, name: &str) -> String {
+        self.join(&format!("intent/{name}"))
+    }
+
     /// The token stream of `llm/ask` (QoS 0).
     pub fn llm_tokens(&self) -> String {
         self.join("llm/tokens")
@@ -191,6 +202,8 @@ mod tests {
         assert_eq!(t.status(), "sotad/kitchen/status");
         assert_eq!(t.request(Command::Ping), "sotad/kitchen/ping");
         assert_eq!(t.reply(Command::Ping), "sotad/kitchen/pong");
+        assert_eq!(t.intent("move"), "sotad/kitchen/intent/move");
+        assert_eq!(t.request(Command::TurnAnswer), "sotad/kitchen/turn/answer");
     }
 
     #[test]

@@ -92,6 +92,39 @@ pub async fn send_audio(
 }
 
 impl Answerer {
+    /// Speaks `text` (an integration's answer to an intent): synthesized sentence by
+    /// sentence, played, and published on `turn`'s `tts/audio` topic. Nothing without TTS.
+    pub async fn speak(
+        &self,
+        turn: &str,
+        text: String,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<AudioSent, String> {
+        let Some(tts) = &self.stages.tts else {
+            return Ok(AudioSent::default());
+        };
+        let say = tts::Say {
+            text,
+            ..Default::default()
+        };
+        let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(capacity::AUDIO);
+        let engine_cancel = cancel.clone();
+        let done = tts
+            .submit(move |engine| engine.say(&say, &audio_tx, &engine_cancel, || {}))
+            .map_err(|e| e.to_string())?;
+        let topic = self.publisher.topics().tts_audio(turn);
+        let forward = send_audio(
+            &mut audio_rx,
+            &topic,
+            &self.publisher,
+            self.speaker.as_ref(),
+            cancel,
+        );
+        let (result, sent) = tokio::join!(done, forward);
+        result.map_err(|e| e.to_string())?.map_err(|e| e.message)?;
+        Ok(sent)
+    }
+
     /// Answers `question`: the LLM's tokens cut into sentences, each synthesized as soon as
     /// it is complete, the audio played and published on `turn`'s topic. With a `gate` (a
     /// speculative answer), no audio goes out and nothing is remembered until the gate gives

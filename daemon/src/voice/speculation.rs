@@ -14,8 +14,8 @@
 //! this file carries them out on the stages.
 //!
 //! Lock order: none. The speculation slot here, a speculation's `held` slot, the turn in
-//! progress (`turn.rs`) and the LLM stage's table of cancel flags are each locked alone,
-//! never one inside another.
+//! progress and the turns waiting for an intent's answer (`turn.rs`) and the LLM stage's
+//! table of cancel flags are each locked alone, never one inside another.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use sotad_engines::intent::IntentSet;
 use sotad_engines::llm::StopReason;
 use tokio::sync::oneshot;
 
@@ -207,12 +208,20 @@ struct Inner {
     seq: AtomicU64,
     /// The runtime, for the tasks that follow a speculation from the VAD thread.
     runtime: Option<tokio::runtime::Handle>,
+    /// A transcript that matches one of these is a command: the LLM does not start on it.
+    intents: Option<Arc<IntentSet>>,
 }
 
 impl Speculator {
-    pub fn new(answerer: Answerer, speculate_answers: bool, session: String) -> Speculator {
+    pub fn new(
+        answerer: Answerer,
+        speculate_answers: bool,
+        session: String,
+        intents: Option<Arc<IntentSet>>,
+    ) -> Speculator {
         Speculator {
             inner: Arc::new(Inner {
+                intents,
                 answerer,
                 speculate_answers,
                 session,
@@ -370,7 +379,13 @@ impl Speculator {
         let task = runtime.spawn(async move {
             let result = pending.await;
             if let Ok(Transcript { text, .. }) = &result {
-                let llm = this.inner.answerer.stages.llm.as_ref();
+                // A command goes to its intent, never to the LLM: nothing to start early.
+                let command = this
+                    .inner
+                    .intents
+                    .as_ref()
+                    .is_some_and(|set| set.recognize(text).is_some());
+                let llm = this.inner.answerer.stages.llm.as_ref().filter(|_| !command);
                 match on_transcript(
                     text,
                     cancel.load(Ordering::Relaxed),

@@ -4,21 +4,29 @@
 //! Speech is transcribed first (or the speculative transcription made at the last pause is
 //! taken over, [`super::speculation`]); then the answer is spoken ([`super::answer`]), or a
 //! held speculative answer adopted. [`outcome`] decides how the turn ended.
+//!
+//! A question that matches an intent (`intents.file`) is not given to the LLM: the intent
+//! is published on `intent/<name>`, and the integration's answer (`turn/answer`, matched by
+//! the turn id) is spoken, or after `intents.reply_timeout_ms` the fallback.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sotad_engines::intent::{IntentMatch, IntentSet};
 use sotad_engines::llm::StopReason;
+use tokio::sync::oneshot;
 
 use super::answer::Answerer;
 use super::speaker::Speaker;
 use super::speculation::{Speculation, Speculator, transcribe};
 use crate::config::Config;
 use crate::mqtt::payloads::{
-    DoneEvent, Endpoint, ReplyEvent, Started, TranscriptEvent, TurnOutcome,
+    self, DoneEvent, Endpoint, IntentDone, IntentEvent, ReplyEvent, Started, TranscriptEvent,
+    TurnOutcome, TurnPath,
 };
-use crate::mqtt::{Publisher, TurnEvent};
+use crate::mqtt::{Command, Publisher, TurnEvent};
 use crate::stages::Stages;
 use crate::telemetry::{Latency, Metrics};
 
@@ -62,6 +70,12 @@ pub struct TurnsConfig {
     pub first_audio_priority: bool,
     /// The LLM session of spoken questions.
     pub session: String,
+    /// `intents.file`, parsed: questions that match one become intents.
+    pub intents: Option<Arc<IntentSet>>,
+    /// `intents.reply_timeout_ms`.
+    pub answer_timeout: Duration,
+    /// `intents.fallback`.
+    pub fallback: String,
 }
 
 impl TurnsConfig {
@@ -71,6 +85,9 @@ impl TurnsConfig {
             first_piece_words: config.voice.first_piece_words,
             first_audio_priority: config.voice.first_audio_priority,
             session: "voice".to_string(),
+            intents: config.intents.set.clone(),
+            answer_timeout: Duration::from_millis(config.intents.reply_timeout_ms),
+            fallback: config.intents.fallback.clone(),
         }
     }
 }
@@ -90,6 +107,22 @@ struct Inner {
     /// Set while a turn is producing or playing speech (the microphone is ignored meanwhile
     /// unless barge-in is on).
     speaking: AtomicBool,
+    intents: Option<Arc<IntentSet>>,
+    answer_timeout: Duration,
+    fallback: String,
+    /// Turns waiting for an integration's answer to their intent, by turn id. Locked alone.
+    waiting: Mutex<HashMap<String, oneshot::Sender<Option<String>>>>,
+}
+
+/// What became of a turn's intent.
+struct IntentRun {
+    name: String,
+    answer: &'static str,
+    spoken: String,
+    audio_s: f64,
+    sentences: usize,
+    first_audio: Option<Instant>,
+    error: Option<String>,
 }
 
 /// One turn in progress, so a new one (barge-in) or `listen/stop` can cancel it.
@@ -118,6 +151,8 @@ pub enum AnswerStep {
     /// Not run: no question, or cancelled before.
     Skipped,
     Done(StopReason),
+    /// The question was an intent: published, and its answer spoken (or the fallback).
+    Intent,
     /// Failed; `cancelled`: the turn's cancel flag was set then.
     Failed {
         cancelled: bool,
@@ -156,8 +191,12 @@ impl Turns {
             first_piece_words: config.first_piece_words,
             first_audio_priority: config.first_audio_priority,
         };
-        let speculator =
-            Speculator::new(answerer.clone(), config.speculate_answers, config.session);
+        let speculator = Speculator::new(
+            answerer.clone(),
+            config.speculate_answers,
+            config.session,
+            config.intents.clone(),
+        );
         Turns {
             inner: Arc::new(Inner {
                 answerer,
@@ -165,6 +204,10 @@ impl Turns {
                 current: Mutex::new(None),
                 seq: AtomicU64::new(0),
                 speaking: AtomicBool::new(false),
+                intents: config.intents,
+                answer_timeout: config.answer_timeout,
+                fallback: config.fallback,
+                waiting: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -205,6 +248,114 @@ impl Turns {
             llm.cancel(&current.llm_id);
         }
         Some(current.turn)
+    }
+
+    /// Hands an integration's answer (`turn/answer`) to the turn `turn`, which waits for it
+    /// to speak `text`. False when no turn by that id waits (it ended, timed out, or its
+    /// question was no intent).
+    pub fn answer_intent(&self, turn: &str, text: Option<String>) -> bool {
+        let waiting = self
+            .inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(turn);
+        waiting.is_some_and(|tx| tx.send(text).is_ok())
+    }
+
+    /// Publishes the intent `m` of turn `turn`, waits for the integration's answer (or the
+    /// timeout, or a cancel) and speaks it. Also gives when the intent was published.
+    async fn intent(
+        &self,
+        turn: &str,
+        transcript: &str,
+        m: IntentMatch,
+        cancel: &Arc<AtomicBool>,
+    ) -> (IntentRun, Instant) {
+        let inner = &self.inner;
+        let publisher = &inner.answerer.publisher;
+        let (tx, mut rx) = oneshot::channel();
+        // Registered before the intent goes out, so that a quick answer finds the turn.
+        inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(turn.to_string(), tx);
+        let answer_topic = publisher.topics().request(Command::TurnAnswer);
+        let timeout_ms = inner.answer_timeout.as_millis() as u64;
+        publisher
+            .event(
+                &publisher.topics().intent(&m.name),
+                &IntentEvent {
+                    turn,
+                    intent: &m.name,
+                    transcript,
+                    slots: payloads::intent_slots(&m.slots),
+                    recognizer: m.recognizer.name(),
+                    confidence: m.confidence,
+                    answer_topic: &answer_topic,
+                    answer_timeout_ms: timeout_ms,
+                },
+            )
+            .await;
+        let published = Instant::now();
+        tracing::info!(turn, intent = m.name, "intent published");
+        // Wait for the answer; the cancel flag is looked at every 50 ms.
+        let deadline = published + inner.answer_timeout;
+        let answered = loop {
+            if cancel.load(Ordering::Relaxed) {
+                break None;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Some(None);
+            }
+            match tokio::time::timeout(left.min(Duration::from_millis(50)), &mut rx).await {
+                Ok(Ok(text)) => break Some(Some(text)),
+                Ok(Err(_)) => break Some(None),
+                Err(_) => {}
+            }
+        };
+        inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(turn);
+        let (answer, text) = match answered {
+            None => ("cancelled", String::new()),
+            Some(None) => ("timeout", inner.fallback.clone()),
+            Some(Some(text)) => ("integration", text.unwrap_or_default()),
+        };
+        if answer != "cancelled" {
+            inner
+                .answerer
+                .metrics
+                .intent_done(answer == "integration", published.elapsed());
+        }
+        if answer == "timeout" {
+            tracing::info!(turn, intent = m.name, "no answer to the intent in time");
+        }
+        let mut run = IntentRun {
+            name: m.name,
+            answer,
+            spoken: String::new(),
+            audio_s: 0.0,
+            sentences: 0,
+            first_audio: None,
+            error: None,
+        };
+        if !text.trim().is_empty() && !cancel.load(Ordering::Relaxed) {
+            match inner.answerer.speak(turn, text.clone(), cancel).await {
+                Ok(sent) => {
+                    run.audio_s = sent.seconds();
+                    run.sentences = sent.sentences;
+                    run.first_audio = sent.first;
+                }
+                Err(e) => run.error = Some(e),
+            }
+            run.spoken = text;
+        }
+        (run, published)
     }
 
     /// The turn in progress now cancels `llm_id` (an adopted answer's generation).
@@ -272,6 +423,8 @@ impl Turns {
         let mut endpointed = None;
         let mut stt_step = SttStep::Typed;
         let mut answer_step = AnswerStep::Skipped;
+        let mut path = None;
+        let mut intent_done = None;
 
         // 1. Speech to text.
         let (question, session, origin) = match input {
@@ -338,10 +491,41 @@ impl Turns {
             }
         };
 
-        // 2. LLM, streamed into sentences; 3. each sentence to TTS as soon as it is complete.
-        if let Some(question) = question
+        // 2. A command: its intent is published and the integration's answer spoken.
+        let matched = question
+            .as_deref()
+            .filter(|_| !cancel.load(Ordering::Relaxed))
+            .and_then(|q| inner.intents.as_ref()?.recognize(q));
+        if let Some(m) = matched {
+            // A speculative answer to it is never spoken.
+            if let Some(h) = held.take() {
+                inner.speculator.abandon_held(h);
+            }
+            path = Some(TurnPath::Intent);
+            let question = question.as_deref().unwrap_or_default();
+            let (run, published) = self.intent(&turn, question, m, &cancel).await;
+            latency.intent_ms = Some(round1(ms_between(origin, published)));
+            latency.first_audio_ms = run.first_audio.map(|t| round1(ms_between(started, t)));
+            latency.response_ms = run.first_audio.map(|t| round1(ms_between(origin, t)));
+            reply = run.spoken;
+            audio_s = run.audio_s;
+            sentences = run.sentences;
+            answer_step = match run.error {
+                Some(e) => {
+                    error = Some(e);
+                    AnswerStep::Failed {
+                        cancelled: cancel.load(Ordering::Relaxed),
+                    }
+                }
+                None => AnswerStep::Intent,
+            };
+            intent_done = Some((run.name, run.answer));
+        }
+        // 3. Otherwise the LLM, streamed into sentences, each to TTS as soon as it is complete.
+        else if let Some(question) = question
             && !cancel.load(Ordering::Relaxed)
         {
+            path = Some(TurnPath::Llm);
             let answered = match held.take() {
                 Some(h) => {
                     self.set_current_llm_id(&turn, h.llm_id());
@@ -411,6 +595,10 @@ impl Turns {
                 &DoneEvent {
                     turn: &turn,
                     outcome,
+                    path,
+                    intent: intent_done
+                        .as_ref()
+                        .map(|(name, answer)| IntentDone { name, answer }),
                     transcript: &transcript,
                     reply: &reply,
                     audio_s,
@@ -481,5 +669,8 @@ mod tests {
             "cancelled before the LLM ran"
         );
         assert_eq!(outcome(S::Typed, A::Skipped, true), Cancelled);
+        // An intent published and answered (or not) is an answered turn, unless cancelled.
+        assert_eq!(outcome(S::Words, A::Intent, false), Answered);
+        assert_eq!(outcome(S::Typed, A::Intent, true), Cancelled);
     }
 }

@@ -1,0 +1,609 @@
+//! Intents: the template matcher's cost, and spoken commands through the real voice loop.
+//!
+//! ```text
+//! cargo bench -p sotad-benches --bench intents                      # match, then transcribed (4 voices)
+//! cargo bench -p sotad-benches --bench intents -- match             # matcher cost only
+//! cargo bench -p sotad-benches --bench intents -- transcribed piper # one voice (piper, piper-slow, espeak, espeak-slow)
+//! cargo build --release -p sotad
+//! cargo bench -p sotad-benches --bench intents -- spoken            # through the real voice loop (4 voices)
+//! ```
+//!
+//! `transcribed`: the 64 commands synthesized as below, transcribed by the Whisper engine the
+//! daemon runs (tiny.en, default options, 2 threads) and matched; what counts as right is
+//! as for `spoken`. Not paced by a microphone, so a loaded machine only makes it slower.
+//!
+//! `match`: configs/intents/robot.toml (10 intents, 30 templates) and the same file ten times
+//! over (100 intents, 300 templates: nine renamed copies first, whose templates start with a
+//! word of their own, so every sentence is tried against 270 failing templates before its own), on the 64 sentences of benches/data/robot_commands.tsv;
+//! median and 99th percentile of the time of one `recognize` (tokenizing included).
+//!
+//! `spoken`: the real `sotad` (embedded broker, Whisper tiny.en, the robot's intents, the LLM
+//! off so that an out-of-domain question ends its turn at once) hears the 64 commands of
+//! benches/data/robot_commands.tsv from its file-plugin microphone, each followed by 2.5 s of
+//! silence. Voices: Piper joe-medium at length scale 1.0 (`piper`) and 1.3 (`piper-slow`),
+//! espeak-ng en-us at 175 and 130 words a minute (`espeak`, `espeak-slow`); every third
+//! command is mixed with pink noise (sox) at 10 dB SNR. A command counts as right when the
+//! `intent/<name>` of its turn has exactly the expected name and slot values; an
+//! out-of-domain one when its turn published no intent. Also the median end of speech (as
+//! the VAD saw it) → intent published (`turn/done`'s `latency.intent_ms`). Needs the
+//! models (scripts/install-models.sh), espeak-ng, sox and mosquitto_sub.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sotad_benches::{median, models_dir};
+use sotad_engines::audio;
+use sotad_engines::intent::{IntentMatch, IntentSet, SlotValue};
+use sotad_engines::stt::{LoadOptions as SttLoad, TranscribeOptions, Whisper};
+use sotad_engines::tts::{LoadOptions, SynthOptions, Voice};
+
+const GAP_S: f64 = 2.5;
+const VOICES: [&str; 4] = ["piper", "piper-slow", "espeak", "espeak-slow"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Cmd {
+    text: String,
+    intent: Option<String>,
+    slots: Vec<(String, String)>,
+}
+
+fn commands() -> Vec<Cmd> {
+    let data = std::fs::read_to_string(root().join("benches/data/robot_commands.tsv")).unwrap();
+    data.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split('\t');
+            let text = f.next().unwrap().to_string();
+            let intent = f.next().unwrap();
+            let slots = f
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    let (k, v) = s.split_once('=').unwrap();
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            Cmd {
+                text,
+                intent: (intent != "-").then(|| intent.to_string()),
+                slots,
+            }
+        })
+        .collect()
+}
+
+fn robot_file() -> PathBuf {
+    root().join("configs/intents/robot.toml")
+}
+
+fn bench_match() {
+    let text = std::fs::read_to_string(robot_file()).unwrap();
+    let small = IntentSet::parse(&text, "robot.toml").unwrap();
+    // Nine copies first, renamed and with every template starting with a word of its own,
+    // so each sentence is tried against 270 templates that fail before its own.
+    let mut big_text = String::new();
+    for i in 0..9 {
+        let copy = text
+            .replace("name = \"", &format!("name = \"copy{i}_"))
+            .replace("\n  \"", &format!("\n  \"robot{i} "));
+        big_text.push_str(&copy);
+        big_text.push('\n');
+    }
+    big_text.push_str(&text);
+    let big = IntentSet::parse(&big_text, "robot-x10.toml").unwrap();
+    let sentences: Vec<String> = commands().into_iter().map(|c| c.text).collect();
+    for (label, set) in [("robot.toml", &small), ("robot.toml x10", &big)] {
+        let mut times = Vec::new();
+        let mut matched = 0;
+        for _round in 0..50 {
+            for s in &sentences {
+                let t = Instant::now();
+                let m = set.recognize(s);
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+                matched += usize::from(m.is_some());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let p99 = times[times.len() * 99 / 100];
+        println!(
+            "match {label}: {} intents, {} templates; {} sentences x 50: median {:.1} µs, p99 {:.1} µs per recognize ({} matched per round)",
+            set.intents.len(),
+            set.templates(),
+            sentences.len(),
+            median(&times),
+            p99,
+            matched / 50
+        );
+    }
+}
+
+fn push_silence(raw: &mut Vec<u8>, secs: f64) {
+    raw.extend(std::iter::repeat_n(0u8, (secs * 16_000.0) as usize * 2));
+}
+
+fn push_samples(raw: &mut Vec<u8>, samples: &[f32]) {
+    for &x in samples {
+        raw.extend_from_slice(&((x.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
+    }
+}
+
+fn piper(voice: &Voice, text: &str, length_scale: f32) -> Vec<f32> {
+    let mut spoken = Vec::new();
+    let mut rate = 22_050;
+    let opts = SynthOptions {
+        length_scale: Some(length_scale),
+        ..SynthOptions::default()
+    };
+    voice
+        .synthesize(text, &opts, |chunk| {
+            rate = chunk.sample_rate;
+            spoken.extend_from_slice(chunk.samples);
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("synthesize");
+    audio::to_mono_16k(&spoken, rate, 1).unwrap().into_owned()
+}
+
+/// 16 kHz mono s16le from sox reading `args`.
+fn sox_raw(dir: &Path, input: &[&str]) -> Vec<f32> {
+    let out = dir.join("sox.raw");
+    let status = Command::new("sox")
+        .args(input)
+        .args([
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+            "-t",
+            "raw",
+        ])
+        .arg(&out)
+        .status()
+        .expect("sox (scripts/setup.sh installs it)");
+    assert!(status.success());
+    std::fs::read(&out)
+        .unwrap()
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect()
+}
+
+fn espeak(dir: &Path, text: &str, wpm: u32) -> Vec<f32> {
+    let wav = dir.join("espeak.wav");
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", &wpm.to_string(), "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .expect("espeak-ng (scripts/setup.sh installs it)");
+    assert!(status.success());
+    sox_raw(dir, &[wav.to_str().unwrap()])
+}
+
+fn rms(x: &[f32]) -> f32 {
+    (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
+}
+
+/// Mixes pink noise (sox) into `speech` at 10 dB SNR (noise RMS = speech RMS / √10).
+fn with_noise(speech: &[f32], noise: &[f32], offset: usize) -> Vec<f32> {
+    let loud: Vec<f32> = speech.iter().copied().filter(|x| x.abs() > 0.01).collect();
+    let gain = rms(&loud) / 10f32.sqrt() / rms(noise).max(1e-6);
+    speech
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x + gain * noise[(offset + i) % noise.len()])
+        .collect()
+}
+
+fn sotad_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SOTAD_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    target.join("release/sotad")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+struct Outcome {
+    right: usize,
+    in_domain: usize,
+    ood_clean: usize,
+    ood: usize,
+    intent_ms: Vec<f64>,
+    misses: Vec<String>,
+}
+
+/// Runs the daemon on `mic` (raw 16 kHz s16le) until `turns` turns are done (or the
+/// recording is over) and returns (turn/done documents, intent documents by turn).
+fn run_daemon(dir: &Path, mic: &[u8], turns: usize) -> (Vec<Value>, HashMap<String, Value>) {
+    let mic_path = dir.join("mic.raw");
+    std::fs::write(&mic_path, mic).unwrap();
+    let conf = dir.join("asound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pcm.bench_mic {{\n type file\n slave.pcm \"null\"\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n}}\n\
+             pcm.bench_speaker {{\n type file\n slave.pcm \"null\"\n file \"/dev/null\"\n format \"raw\"\n}}\n",
+            mic_path.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let toml = dir.join("sotad.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[device]\nid = \"bench\"\n[mqtt]\nhost = \"\"\nport = {port}\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\
+             [models]\ndir = \"{}\"\n[audio]\ncapture_device = \"bench_mic\"\nplayback_device = \"bench_speaker\"\n\
+             [llm]\nmodel = \"\"\n[log]\nlevel = \"warn\"\n[intents]\nfile = \"{}\"\nreply_timeout_ms = 100\n",
+            models_dir().display(),
+            robot_file().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(sotad_bin())
+        .args(["--config", toml.to_str().unwrap(), "run"])
+        .env(
+            "ALSA_CONFIG_PATH",
+            format!("/usr/share/alsa/alsa.conf:{}", conf.display()),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start sotad (cargo build --release -p sotad)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sub = loop {
+        let mut sub = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v"])
+            .args(["-t", "sotad/bench/turn/done", "-t", "sotad/bench/intent/#"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (mosquitto-clients)");
+        std::thread::sleep(Duration::from_millis(300));
+        match sub.try_wait() {
+            Ok(None) => break sub,
+            _ => assert!(Instant::now() < deadline, "the broker did not come up"),
+        }
+    };
+    let out = sub.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut done = Vec::new();
+    let mut intents = HashMap::new();
+    let end = Instant::now() + Duration::from_secs_f64(mic.len() as f64 / 32_000.0 + 20.0);
+    while done.len() < turns && Instant::now() < end {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        let Some((topic, body)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(body) else {
+            continue;
+        };
+        if topic.ends_with("/turn/done") {
+            done.push(v);
+        } else if let Some(turn) = v["turn"].as_str() {
+            intents.insert(turn.to_string(), v);
+        }
+    }
+    let _ = sub.kill();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = sub.wait();
+    (done, intents)
+}
+
+fn spoken(voices: &[&str]) {
+    let cmds = commands();
+    let models = models_dir();
+    let dir = std::env::temp_dir().join(format!("sotad-bench-intents-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Pink noise, 30 s, from sox.
+    let noise_path = dir.join("noise.wav");
+    let status = Command::new("sox")
+        .args(["-n", "-r", "16000", "-c", "1", "-b", "16"])
+        .arg(&noise_path)
+        .args(["synth", "30", "pinknoise"])
+        .status()
+        .expect("sox");
+    assert!(status.success());
+    let noise = sox_raw(&dir, &[noise_path.to_str().unwrap()]);
+    let piper_voice = Voice::load(
+        models.join("piper/en_US-joe-medium.onnx"),
+        &LoadOptions::default(),
+    )
+    .expect("the Piper voice (scripts/install-models.sh)");
+    let mut total = Outcome {
+        right: 0,
+        in_domain: 0,
+        ood_clean: 0,
+        ood: 0,
+        intent_ms: Vec::new(),
+        misses: Vec::new(),
+    };
+    for &v in voices {
+        let mut raw = Vec::new();
+        push_silence(&mut raw, 1.0);
+        let mut ends = Vec::new();
+        for (i, c) in cmds.iter().enumerate() {
+            let mut speech = match v {
+                "piper" => piper(&piper_voice, &c.text, 1.0),
+                "piper-slow" => piper(&piper_voice, &c.text, 1.3),
+                "espeak" => espeak(&dir, &c.text, 175),
+                "espeak-slow" => espeak(&dir, &c.text, 130),
+                other => panic!("unknown voice {other}"),
+            };
+            if i % 3 == 2 {
+                speech = with_noise(&speech, &noise, i * 7919);
+            }
+            push_samples(&mut raw, &speech);
+            ends.push(raw.len() as f64 / 32_000.0);
+            push_silence(&mut raw, GAP_S);
+        }
+        let started = Instant::now();
+        let (done, intents) = run_daemon(&dir, &raw, cmds.len());
+        let mut o = Outcome {
+            right: 0,
+            in_domain: 0,
+            ood_clean: 0,
+            ood: 0,
+            intent_ms: Vec::new(),
+            misses: Vec::new(),
+        };
+        // Each command's turn: the turn whose end of speech is nearest its own end.
+        for (i, c) in cmds.iter().enumerate() {
+            let turn = done.iter().find(|d| {
+                d["speech_end_s"]
+                    .as_f64()
+                    .is_some_and(|s| (s - ends[i]).abs() < 1.5)
+            });
+            let intent = turn
+                .and_then(|d| d["turn"].as_str())
+                .and_then(|t| intents.get(t));
+            if let Some(ms) = turn.and_then(|d| d["latency"]["intent_ms"].as_f64()) {
+                o.intent_ms.push(ms);
+            }
+            let heard = turn.map_or("(no turn)", |d| d["transcript"].as_str().unwrap_or(""));
+            match &c.intent {
+                None => {
+                    o.ood += 1;
+                    if intent.is_none() {
+                        o.ood_clean += 1;
+                    } else {
+                        o.misses
+                            .push(format!("{v}: {:?} heard {heard:?}: an intent", c.text));
+                    }
+                }
+                Some(name) => {
+                    o.in_domain += 1;
+                    let ok = intent.is_some_and(|m| {
+                        m["intent"] == name.as_str()
+                            && m["slots"]
+                                .as_object()
+                                .is_some_and(|s| s.len() == c.slots.len())
+                            && c.slots.iter().all(|(k, want)| {
+                                let got = &m["slots"][k]["value"];
+                                got.as_str() == Some(want.as_str())
+                                    || got.as_f64().is_some_and(|n| want.parse() == Ok(n))
+                            })
+                    });
+                    if ok {
+                        o.right += 1;
+                    } else {
+                        o.misses.push(format!(
+                            "{v}: {:?} heard {heard:?} -> {}",
+                            c.text,
+                            intent.map_or("no intent".to_string(), |m| format!(
+                                "{} {}",
+                                m["intent"], m["slots"]
+                            ))
+                        ));
+                    }
+                }
+            }
+        }
+        println!(
+            "spoken {v}: {}/{} in-domain exactly right ({:.1} %), {}/{} out-of-domain without intent; end of speech -> intent published: median {:.0} ms over {} ({:.0} s)",
+            o.right,
+            o.in_domain,
+            100.0 * o.right as f64 / o.in_domain as f64,
+            o.ood_clean,
+            o.ood,
+            median(&o.intent_ms),
+            o.intent_ms.len(),
+            started.elapsed().as_secs_f64()
+        );
+        total.right += o.right;
+        total.in_domain += o.in_domain;
+        total.ood_clean += o.ood_clean;
+        total.ood += o.ood;
+        total.intent_ms.extend(o.intent_ms);
+        total.misses.extend(o.misses);
+    }
+    for m in &total.misses {
+        println!("  miss: {m}");
+    }
+    println!(
+        "spoken, all voices: {}/{} in-domain exactly right ({:.1} %), {}/{} out-of-domain without intent; end of speech -> intent published: median {:.0} ms over {}",
+        total.right,
+        total.in_domain,
+        100.0 * total.right as f64 / total.in_domain.max(1) as f64,
+        total.ood_clean,
+        total.ood,
+        median(&total.intent_ms),
+        total.intent_ms.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether `m` is exactly the command's intent with its slot values.
+fn exactly(c: &Cmd, m: Option<&IntentMatch>) -> bool {
+    let (Some(name), Some(m)) = (&c.intent, m) else {
+        return c.intent.is_none() && m.is_none();
+    };
+    m.name == *name
+        && m.slots.len() == c.slots.len()
+        && c.slots.iter().all(|(k, want)| {
+            m.slots.iter().any(|s| {
+                s.name == *k
+                    && match &s.value {
+                        SlotValue::Text(t) => t == want,
+                        SlotValue::Number(n) => want.parse() == Ok(*n),
+                    }
+            })
+        })
+}
+
+/// The same synthesized commands, transcribed by Whisper tiny.en (the engine the daemon
+/// runs, its default options, 2 threads) and matched: no real-time microphone, so a loaded
+/// machine slows it without changing what is heard.
+fn transcribed(voices: &[&str]) {
+    let cmds = commands();
+    let models = models_dir();
+    let dir = std::env::temp_dir().join(format!("sotad-bench-intents-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let noise_path = dir.join("noise.wav");
+    let status = Command::new("sox")
+        .args(["-n", "-r", "16000", "-c", "1", "-b", "16"])
+        .arg(&noise_path)
+        .args(["synth", "30", "pinknoise"])
+        .status()
+        .expect("sox");
+    assert!(status.success());
+    let noise = sox_raw(&dir, &[noise_path.to_str().unwrap()]);
+    let set = IntentSet::parse(
+        &std::fs::read_to_string(robot_file()).unwrap(),
+        "robot.toml",
+    )
+    .unwrap();
+    let piper_voice = Voice::load(
+        models.join("piper/en_US-joe-medium.onnx"),
+        &LoadOptions::default(),
+    )
+    .expect("the Piper voice (scripts/install-models.sh)");
+    let whisper = Whisper::load(
+        models.join("whisper-tiny.en-ct2"),
+        &SttLoad {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .expect("Whisper tiny.en (scripts/install-models.sh)");
+    let opts = TranscribeOptions::default();
+    let (mut right, mut in_domain, mut ood_clean, mut ood) = (0, 0, 0, 0);
+    let mut misses = Vec::new();
+    let mut stt_ms = Vec::new();
+    let mut match_us = Vec::new();
+    for &v in voices {
+        let (mut r, mut n, mut oc, mut o) = (0, 0, 0, 0);
+        for (i, c) in cmds.iter().enumerate() {
+            let mut speech = match v {
+                "piper" => piper(&piper_voice, &c.text, 1.0),
+                "piper-slow" => piper(&piper_voice, &c.text, 1.3),
+                "espeak" => espeak(&dir, &c.text, 175),
+                "espeak-slow" => espeak(&dir, &c.text, 130),
+                other => panic!("unknown voice {other}"),
+            };
+            let noisy = i % 3 == 2;
+            if noisy {
+                speech = with_noise(&speech, &noise, i * 7919);
+            }
+            let t = Instant::now();
+            let heard = whisper.transcribe(&speech, &opts).unwrap().text;
+            stt_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let m = set.recognize(&heard);
+            match_us.push(t.elapsed().as_secs_f64() * 1e6);
+            let ok = exactly(c, m.as_ref());
+            if c.intent.is_some() {
+                n += 1;
+                r += usize::from(ok);
+            } else {
+                o += 1;
+                oc += usize::from(ok);
+            }
+            if !ok {
+                misses.push(format!(
+                    "{v}{}: {:?} heard {heard:?} -> {}",
+                    if noisy { " +noise" } else { "" },
+                    c.text,
+                    m.map_or("no intent".into(), |m| format!(
+                        "{} {:?}",
+                        m.name,
+                        m.slots
+                            .iter()
+                            .map(|s| (&s.name, &s.value))
+                            .collect::<Vec<_>>()
+                    ))
+                ));
+            }
+        }
+        println!(
+            "transcribed {v}: {r}/{n} in-domain exactly right ({:.1} %), {oc}/{o} out-of-domain without intent",
+            100.0 * r as f64 / n as f64
+        );
+        right += r;
+        in_domain += n;
+        ood_clean += oc;
+        ood += o;
+    }
+    for m in &misses {
+        println!("  miss: {m}");
+    }
+    println!(
+        "transcribed, all voices: {right}/{in_domain} in-domain exactly right ({:.1} %), {ood_clean}/{ood} out-of-domain without intent; per command: transcription median {:.0} ms, match median {:.1} µs",
+        100.0 * right as f64 / in_domain.max(1) as f64,
+        median(&stt_ms),
+        median(&match_us)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("match") => bench_match(),
+        Some("spoken") if args.len() > 1 => {
+            spoken(&args[1..].iter().map(String::as_str).collect::<Vec<_>>())
+        }
+        Some("spoken") => spoken(&VOICES),
+        Some("transcribed") if args.len() > 1 => {
+            transcribed(&args[1..].iter().map(String::as_str).collect::<Vec<_>>())
+        }
+        _ => {
+            bench_match();
+            transcribed(&VOICES);
+        }
+    }
+}
