@@ -109,6 +109,21 @@ impl Stt {
         initial_prompt: Option<&str>,
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<engine::Transcript, String> {
+        self.transcribe_checked(samples, language, task, beam_size, initial_prompt, cancel)
+            .map_err(|e| e.message)
+    }
+
+    /// [`Stt::transcribe_samples`] with the caller's mistakes (no samples, non-finite ones, a
+    /// language or task the model does not have) told apart from the engine's failures.
+    fn transcribe_checked(
+        &mut self,
+        samples: &[f32],
+        language: Option<&str>,
+        task: Task,
+        beam_size: Option<usize>,
+        initial_prompt: Option<&str>,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<engine::Transcript, StageError> {
         let language = match language {
             Some("") => None,
             Some(l) => Some(l.to_string()),
@@ -125,7 +140,17 @@ impl Stt {
         };
         self.model
             .transcribe(samples, &options)
-            .map_err(|e| e.to_string())
+            .map_err(|e| match e {
+                // The samples come from the request's WAV.
+                sotad_engines::Error::InvalidInput {
+                    field: "audio",
+                    reason,
+                } => StageError::audio("wav", reason),
+                sotad_engines::Error::InvalidInput { field, reason } => {
+                    StageError::invalid(field, reason)
+                }
+                e => StageError::internal(e.to_string()),
+            })
     }
 
     /// Runs one job: decode the WAV, bring it to 16 kHz mono, transcribe.
@@ -139,16 +164,14 @@ impl Stt {
         let duration_s = wav.duration_secs();
         let mono = audio::to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)
             .map_err(|e| StageError::audio("wav", e.to_string()))?;
-        let transcript = self
-            .transcribe_samples(
-                &mono,
-                job.language.as_deref(),
-                job.task,
-                job.beam_size,
-                job.initial_prompt.as_deref(),
-                None,
-            )
-            .map_err(StageError::internal)?;
+        let transcript = self.transcribe_checked(
+            &mono,
+            job.language.as_deref(),
+            job.task,
+            job.beam_size,
+            job.initial_prompt.as_deref(),
+            None,
+        )?;
         Ok(Transcription {
             transcript,
             duration_s,

@@ -264,19 +264,7 @@ impl Tts {
                     ControlFlow::Continue(())
                 }
             })
-            .map_err(|e| match &e {
-                sotad_engines::Error::Tts(t)
-                    if matches!(t.kind, engine::TtsErrorKind::UnknownSpeaker { .. }) =>
-                {
-                    StageError::invalid("speaker", e.to_string())
-                }
-                sotad_engines::Error::Tts(t)
-                    if matches!(t.kind, engine::TtsErrorKind::BadInput { .. }) =>
-                {
-                    StageError::invalid("text", e.to_string())
-                }
-                _ => StageError::internal(e.to_string()),
-            })?;
+            .map_err(|e| say_error(&e))?;
         let total_ms = started.elapsed().as_secs_f64() * 1e3;
         let audio_s = samples_out as f64 / f64::from(sample_rate);
         Ok(Spoken {
@@ -290,6 +278,30 @@ impl Tts {
             first_audio_ms,
             total_ms,
         })
+    }
+}
+
+/// A synthesis error as the stage's: the request's mistakes (an unknown speaker, a scale out
+/// of range, text with nothing to speak) name the `tts/say` field; the rest is internal.
+fn say_error(e: &sotad_engines::Error) -> StageError {
+    let sotad_engines::Error::Tts(t) = e else {
+        return StageError::internal(e.to_string());
+    };
+    match &t.kind {
+        engine::TtsErrorKind::UnknownSpeaker { .. } => {
+            StageError::invalid("speaker", e.to_string())
+        }
+        engine::TtsErrorKind::EmptyText { .. } => StageError::invalid("text", e.to_string()),
+        engine::TtsErrorKind::BadInput { name, .. } => {
+            let field = match *name {
+                "noise_scale" => "scales.noise",
+                "length_scale" => "scales.length",
+                "noise_w" => "scales.noise_w",
+                _ => "text",
+            };
+            StageError::invalid(field, e.to_string())
+        }
+        _ => StageError::internal(e.to_string()),
     }
 }
 
