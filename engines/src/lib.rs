@@ -10,7 +10,7 @@ pub mod error;
 pub mod gguf;
 pub mod json;
 pub mod llm;
-mod mapped;
+pub mod mapped;
 mod par;
 pub mod quant;
 pub mod stt;

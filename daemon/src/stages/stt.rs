@@ -13,6 +13,7 @@ use sotad_engines::audio;
 use sotad_engines::stt as engine;
 
 use super::error::StageError;
+use super::files::ModelFiles;
 use super::worker::{Worker, threads};
 use crate::config;
 
@@ -24,6 +25,7 @@ pub struct Stt {
     language: Option<String>,
     beam_size: usize,
     encoder_window: engine::EncoderWindow,
+    files: ModelFiles,
 }
 
 pub type SttWorker = Worker<Stt>;
@@ -62,6 +64,7 @@ pub fn load(path: Option<PathBuf>, config: &config::Stt) -> Result<Stt, String> 
         language: (!config.language.is_empty()).then(|| config.language.clone()),
         beam_size: config.beam_size,
         encoder_window: encoder_window(&config.encoder_window),
+        files: ModelFiles::new("stt", "stt.model", path),
     })
 }
 
@@ -124,6 +127,7 @@ impl Stt {
         initial_prompt: Option<&str>,
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<engine::Transcript, StageError> {
+        self.files.check()?;
         let language = match language {
             Some("") => None,
             Some(l) => Some(l.to_string()),

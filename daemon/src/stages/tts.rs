@@ -17,6 +17,7 @@ use sotad_engines::tts as engine;
 use tokio::sync::mpsc;
 
 use super::error::StageError;
+use super::files::ModelFiles;
 use super::worker::{Worker, threads};
 use crate::config;
 
@@ -32,6 +33,8 @@ pub struct Tts {
     threads: usize,
     /// Audio of the first piece of a request's first sentence, ms (0: whole sentences).
     first_chunk_ms: u32,
+    /// The voices' files, checked before each job.
+    files: ModelFiles,
 }
 
 pub type TtsWorker = Worker<Tts>;
@@ -84,6 +87,7 @@ pub fn load(
         speaker: config.speaker,
         threads,
         first_chunk_ms: config.first_chunk_ms,
+        files: ModelFiles::new("tts", "tts.voice", path),
     })
 }
 
@@ -190,6 +194,7 @@ impl Tts {
                 },
             )
             .map_err(|e| format!("voice {name:?}: {e}"))?;
+            self.files.add(path.clone());
             if self.voices.len() > EXTRA_VOICES {
                 self.voices.remove(1);
             }
@@ -214,8 +219,26 @@ impl Tts {
         cancel: &AtomicBool,
         first_audio: impl FnOnce(),
     ) -> Result<Spoken, StageError> {
-        let mut first_audio = Some(first_audio);
+        self.files.check()?;
         let started = Instant::now();
+        if cancel.load(Ordering::Relaxed) {
+            // Cancelled while queued: nothing is synthesized.
+            return Ok(Spoken {
+                voice: say
+                    .voice
+                    .clone()
+                    .unwrap_or_else(|| self.default_voice.clone()),
+                sample_rate: self.voices.front().map_or(0, |(_, v)| v.sample_rate()),
+                chunks: 0,
+                sentences: 0,
+                audio_s: 0.0,
+                skipped_chars: 0,
+                cancelled: true,
+                first_audio_ms: 0.0,
+                total_ms: started.elapsed().as_secs_f64() * 1e3,
+            });
+        }
+        let mut first_audio = Some(first_audio);
         let speaker = say.speaker.unwrap_or(self.speaker);
         let first_chunk_ms = self.first_chunk_ms;
         let (name, voice) = self
@@ -242,6 +265,11 @@ impl Tts {
         let mut cancelled = false;
         let stats = voice
             .synthesize(&say.text, &options, |chunk: &engine::AudioChunk| {
+                // Cancelled while this piece was synthesized: it is not sent.
+                if cancel.load(Ordering::Relaxed) {
+                    cancelled = true;
+                    return ControlFlow::Break(());
+                }
                 if chunks == 0 {
                     first_audio_ms = started.elapsed().as_secs_f64() * 1e3;
                 }
