@@ -73,7 +73,7 @@ fn float_wav_with(bad: f32) -> Vec<u8> {
 /// One second of quiet 16-bit noise: valid audio.
 fn noise_wav() -> Vec<u8> {
     let data: Vec<u8> = (0..16_000u32)
-        .flat_map(|i| (((i.wrapping_mul(2_654_435_761) >> 20) as i16 % 300) as i16).to_le_bytes())
+        .flat_map(|i| (((i.wrapping_mul(2_654_435_761) >> 20) as i16) % 300).to_le_bytes())
         .collect();
     wav(1, 16, &data)
 }
