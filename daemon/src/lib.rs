@@ -17,6 +17,7 @@
 pub mod audio;
 pub mod broker;
 pub mod config;
+pub mod fatal;
 pub mod mqtt;
 pub mod service;
 pub mod stages;

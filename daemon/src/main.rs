@@ -134,6 +134,8 @@ enum ConfigCmd {
 }
 
 fn main() -> ExitCode {
+    // A model file truncated under a running job is named in the log before sotad exits.
+    sotad::fatal::install_sigbus_handler();
     let cli = Cli::parse();
     let file = match &cli.config {
         Some(path) => FileLayer::Explicit(path.clone()),
@@ -150,6 +152,18 @@ fn main() -> ExitCode {
             action: ConfigCmd::Check,
         } => match Config::load(file) {
             Ok(config) => {
+                // Every configured model file, opened as far as checking it takes.
+                let problems = sotad::stages::files::check_configured(&config);
+                if !problems.is_empty() {
+                    for p in &problems {
+                        eprintln!("sotad: {p}");
+                    }
+                    eprintln!(
+                        "sotad: {} model file problem(s); the stages they belong to would be off",
+                        problems.len()
+                    );
+                    return ExitCode::from(2);
+                }
                 println!(
                     "configuration ok: device {}, broker {}, topics under {}/{}",
                     config.device_id(),

@@ -18,7 +18,7 @@ use crate::mqtt::dedup::RecentIds;
 use crate::mqtt::payloads::{
     self, AskRequest, MessageIn, Reply, ReplyTimings, Role, SayDone, SayRequest, Segment,
     SpeechTimings, TextTurnRequest, TokenChunk, Transcribe, Transcript, TranscriptTimings,
-    TurnAnswerRequest,
+    Truncated, TurnAnswerRequest,
 };
 use crate::mqtt::request::{self, ErrorCode, PingRequest, Pong, RequestError};
 use crate::mqtt::{Command, Inbound, Publisher};
@@ -113,8 +113,9 @@ impl Service {
                 return;
             }
         };
-        // `llm/cancel` names the request to cancel by its id, and is idempotent: never skipped.
-        if command != Command::LlmCancel && !self.recent.first_time(command, job.id()) {
+        // A cancel names the request to cancel by its id, and is idempotent: never skipped.
+        let is_cancel = matches!(command, Command::LlmCancel | Command::TtsCancel);
+        if !is_cancel && !self.recent.first_time(command, job.id()) {
             self.metrics.mqtt.duplicates.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 command = name,
@@ -167,7 +168,7 @@ impl Service {
                 payloads::validate_ask(&r)?;
                 Job::Ask(r)
             }
-            Command::LlmCancel => Job::Cancel(request::parse(payload, max)?),
+            Command::LlmCancel | Command::TtsCancel => Job::Cancel(request::parse(payload, max)?),
             Command::ListenStart
             | Command::ListenStop
             | Command::Mute
@@ -241,6 +242,7 @@ impl Job {
                 ctx.publisher.reply(command, &reply).await;
                 Ok(())
             }
+            Job::Cancel(r) if command == Command::TtsCancel => cancel_say(r, &ctx),
             Job::Cancel(r) => cancel(r, &ctx),
             Job::Switch(_) => switch(command, &ctx).await,
             Job::Turn(r) => {
@@ -346,6 +348,28 @@ fn cancel(r: payloads::CancelRequest, ctx: &Ctx) -> Result<(), RequestError> {
     }
 }
 
+/// `tts/cancel`: no reply of its own (the `tts/say` answers with `cancelled`); `not_found`
+/// when no `tts/say` by that id is queued or running.
+fn cancel_say(r: payloads::CancelRequest, ctx: &Ctx) -> Result<(), RequestError> {
+    let flag = ctx
+        .stages
+        .says
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&r.id).cloned());
+    match flag {
+        Some(flag) => {
+            flag.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        None => Err(RequestError::new(
+            Some(r.id.clone()),
+            ErrorCode::NotFound,
+            format!("no tts/say with id {:?} is queued or running", r.id),
+        )),
+    }
+}
+
 /// `listen/*`, `mute`, `unmute`, `ptt/*` → the retained `voice/state`.
 async fn switch(command: Command, ctx: &Ctx) -> Result<(), RequestError> {
     let voice = &ctx.voice;
@@ -382,12 +406,28 @@ async fn say(r: SayRequest, command: Command, ctx: &Ctx) -> Result<(), RequestEr
     let (audio_tx, mut audio_rx) = mpsc::channel::<tts::Chunk>(capacity::AUDIO);
     let cancel = Arc::new(AtomicBool::new(false));
     let engine_cancel = cancel.clone();
-    let done = worker
-        .submit(move |engine| engine.say(&job, &audio_tx, &engine_cancel, || {}))
-        .map_err(|e| submit_error(&id, e))?;
+    // `tts/cancel` finds the flag by id while the request is queued or running.
+    let says = ctx.stages.says.clone();
+    if let Ok(mut m) = says.lock() {
+        m.insert(id.clone(), cancel.clone());
+    }
+    let forget = || {
+        if let Ok(mut m) = says.lock() {
+            m.remove(&id);
+        }
+    };
+    let done = match worker.submit(move |engine| engine.say(&job, &audio_tx, &engine_cancel, || {}))
+    {
+        Ok(done) => done,
+        Err(e) => {
+            forget();
+            return Err(submit_error(&id, e));
+        }
+    };
     let topic = ctx.publisher.topics().tts_audio(&id);
     let forward = send_audio(&mut audio_rx, &topic, &ctx.publisher, speaker, &cancel);
     let (result, _) = tokio::join!(done, forward);
+    forget();
     let spoken = result
         .map_err(|e| submit_error(&id, e))?
         .map_err(|e| stage_error(&id, e))?;
@@ -464,6 +504,8 @@ fn stage_error(id: &str, e: StageError) -> RequestError {
     let code = match e.kind {
         StageErrorKind::InvalidInput => ErrorCode::InvalidRequest,
         StageErrorKind::InvalidAudio => ErrorCode::InvalidAudio,
+        StageErrorKind::ContextFull => ErrorCode::ContextFull,
+        StageErrorKind::Unavailable => ErrorCode::Unavailable,
         StageErrorKind::Internal => ErrorCode::Internal,
     };
     let error = RequestError::new(Some(id.to_string()), code, e.message);
@@ -496,6 +538,7 @@ pub fn question(r: AskRequest) -> llm::Ask {
             stop: o.stop,
             thinking: o.thinking,
             system_prompt: o.system_prompt,
+            truncate: o.truncate,
         },
     }
 }
@@ -528,6 +571,10 @@ pub fn reply(id: String, session: Option<String>, a: llm::Answer) -> Reply {
             total_ms: t.total_ms,
         },
         tokens_dropped: a.tokens_dropped,
+        truncated: (t.dropped_messages > 0 || t.cut_tokens > 0).then_some(Truncated {
+            messages: t.dropped_messages,
+            tokens: t.cut_tokens,
+        }),
     }
 }
 

@@ -67,6 +67,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// The caller's input cannot be used as given (audio with no samples or non-finite ones,
+    /// a language the model does not know, a task it cannot do): the caller's mistake, not
+    /// the engine's. `field` names the input (`audio`, `language`, `task`, ...).
+    #[error("{reason}")]
+    InvalidInput {
+        /// Which input is at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The caller's cancel flag was raised; the work stopped at the next check.
     #[error("cancelled")]
     Cancelled,

@@ -12,7 +12,7 @@ pub mod intent;
 pub mod json;
 pub mod llm;
 pub mod located;
-mod mapped;
+pub mod mapped;
 mod par;
 pub mod quant;
 pub mod stt;

@@ -5,17 +5,205 @@
 //! viewed in place and never copied, so that the one `unsafe` memory map lives here, and so
 //! that every model file that cannot be mapped gets the same error: the path, the step and
 //! the cause.
+//!
+//! A mapped file must not change while it is mapped: a file truncated under the mapping
+//! (what an in-place `cp` does first) makes the next read of a page past its new end raise
+//! SIGBUS, and a file rewritten in place changes the weights under the model (`MAP_PRIVATE`
+//! copies only pages the process writes). Replacing a file by renaming a new one into place
+//! is safe: the mapping keeps the old inode. So every mapping is registered here, with the
+//! file's identity when it was mapped, for two uses:
+//! - [`check_under`]: before a job, the caller (the daemon) compares each file under a path
+//!   with what was mapped (a `stat`, no I/O policy) and refuses the job when one changed in
+//!   place, naming the file;
+//! - [`file_at`]: a SIGBUS handler (the daemon's) finds which file a faulting address belongs
+//!   to, to say so before the process exits. It is async-signal-safe: atomics only.
 
 use std::fs::File;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 
 pub(crate) enum Backing {
-    Mmap(Mmap),
+    Mmap(Mapped),
     Owned(Vec<u8>),
+}
+
+/// A mapped file, registered while it lives.
+pub(crate) struct Mapped {
+    mmap: Mmap,
+    /// The slot in [`SLOTS`] holding this mapping's range, if one was free.
+    slot: Option<usize>,
+    /// The path as bytes, which the slot points into (kept alive as long as the slot).
+    _name: Box<[u8]>,
+    /// The entry's key in [`FILES`].
+    key: usize,
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            // The range first, so that the handler never reads a freed name.
+            SLOTS[i].start.store(0, Ordering::SeqCst);
+            SLOTS[i].len.store(0, Ordering::SeqCst);
+            SLOTS[i].name.store(std::ptr::null_mut(), Ordering::SeqCst);
+            SLOTS[i].name_len.store(0, Ordering::SeqCst);
+            SLOTS[i].busy.store(0, Ordering::SeqCst);
+        }
+        if let Ok(mut files) = FILES.lock() {
+            files.retain(|f| f.key != self.key);
+        }
+    }
+}
+
+/// One mapped range for the signal handler: start address, length, path bytes.
+struct Slot {
+    /// 0: free; 1: taken (set before the fields, cleared after them).
+    busy: AtomicUsize,
+    start: AtomicUsize,
+    len: AtomicUsize,
+    name: AtomicPtr<u8>,
+    name_len: AtomicUsize,
+}
+
+/// Mapped files a process keeps at once (each model is one to three files); a mapping beyond
+/// them works, but a SIGBUS in it is not attributed.
+const SLOT_COUNT: usize = 64;
+
+#[allow(clippy::declare_interior_mutable_const)]
+const FREE: Slot = Slot {
+    busy: AtomicUsize::new(0),
+    start: AtomicUsize::new(0),
+    len: AtomicUsize::new(0),
+    name: AtomicPtr::new(std::ptr::null_mut()),
+    name_len: AtomicUsize::new(0),
+};
+
+static SLOTS: [Slot; SLOT_COUNT] = [FREE; SLOT_COUNT];
+
+/// A mapped file as it was when mapped.
+#[derive(Debug, Clone)]
+struct Registered {
+    key: usize,
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+static FILES: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
+static NEXT_KEY: AtomicUsize = AtomicUsize::new(1);
+
+/// A mapped file that is no longer what was mapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChange {
+    /// The file as it was opened.
+    pub path: PathBuf,
+    /// What happened to it.
+    pub kind: ChangeKind,
+}
+
+/// How a mapped file changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Truncated or rewritten in place (same inode, another size or modification time):
+    /// reading the mapping may raise SIGBUS or see other weights. The model must not be used.
+    InPlace {
+        /// Size when mapped.
+        was: u64,
+        /// Size now.
+        now: u64,
+    },
+    /// Another file was renamed into place, or the file was deleted: the mapping still holds
+    /// the old file, which stays intact; only a reload would see the new one.
+    Replaced,
+}
+
+impl ChangeKind {
+    /// Whether the mapped model can no longer be trusted.
+    pub fn is_unsafe(&self) -> bool {
+        matches!(self, ChangeKind::InPlace { .. })
+    }
+}
+
+impl std::fmt::Display for FileChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            ChangeKind::InPlace { was, now } => write!(
+                f,
+                "model file {:?} was changed in place while mapped ({was} bytes when loaded, {now} now): truncated or overwritten, not replaced by renaming a new file into place",
+                self.path
+            ),
+            ChangeKind::Replaced => write!(
+                f,
+                "model file {:?} was replaced or deleted since it was loaded; the loaded copy stays in use until a restart",
+                self.path
+            ),
+        }
+    }
+}
+
+/// Compares every mapped file whose path is `path` or lies under it (a model directory) with
+/// what was mapped; one `stat` per file.
+pub fn check_under(path: &Path) -> Vec<FileChange> {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let files: Vec<Registered> = match FILES.lock() {
+        Ok(f) => f
+            .iter()
+            .filter(|r| r.path.starts_with(&path))
+            .cloned()
+            .collect(),
+        Err(_) => return Vec::new(),
+    };
+    let mut changes = Vec::new();
+    for r in files {
+        let kind = match std::fs::metadata(&r.path) {
+            Ok(m) if m.dev() == r.dev && m.ino() == r.ino => {
+                if m.len() == r.len && (m.mtime(), m.mtime_nsec()) == r.mtime {
+                    continue;
+                }
+                ChangeKind::InPlace {
+                    was: r.len,
+                    now: m.len(),
+                }
+            }
+            _ => ChangeKind::Replaced,
+        };
+        changes.push(FileChange { path: r.path, kind });
+    }
+    changes
+}
+
+/// The mapped model file holding `addr`, and the offset of `addr` in it: the path's bytes
+/// (valid while the mapping lives). Async-signal-safe: only atomic loads, no allocation, no
+/// lock, so a SIGBUS handler may call it.
+pub fn file_at(addr: usize) -> Option<(&'static [u8], usize)> {
+    for slot in &SLOTS {
+        if slot.busy.load(Ordering::SeqCst) == 0 {
+            continue;
+        }
+        let start = slot.start.load(Ordering::SeqCst);
+        let len = slot.len.load(Ordering::SeqCst);
+        if start == 0 || addr < start || addr - start >= len {
+            continue;
+        }
+        let name = slot.name.load(Ordering::SeqCst);
+        let name_len = slot.name_len.load(Ordering::SeqCst);
+        if name.is_null() {
+            return None;
+        }
+        // SAFETY: the pointer and length were stored from the `Mapped`'s boxed path, which
+        // lives as long as the mapping; the slot is cleared before either is freed, and a
+        // fault in the mapping means the mapping is alive.
+        let name = unsafe { std::slice::from_raw_parts(name, name_len) };
+        return Some((name, addr - start));
+    }
+    None
 }
 
 impl Backing {
@@ -41,17 +229,57 @@ impl Backing {
         }
         // SAFETY: the mapping is read-only and only ever viewed as `&[u8]`. Undefined
         // behaviour would require another process to truncate or rewrite the file while it
-        // is mapped, which the daemon's model directory does not do (models are replaced by
-        // renaming a new file into place, which leaves existing mappings intact).
+        // is mapped. Models are replaced by renaming a new file into place (README), which
+        // leaves existing mappings intact; a file changed in place anyway is caught by
+        // `check_under` before a job, or by the daemon's SIGBUS handler (`file_at`), which
+        // names the file before the process exits.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| io_err("memory-map", e))?;
-        Ok(Backing::Mmap(mmap))
+        Ok(Backing::Mmap(register(mmap, path, &meta)))
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
-            Backing::Mmap(m) => m,
+            Backing::Mmap(m) => &m.mmap,
             Backing::Owned(v) => v,
         }
+    }
+}
+
+fn register(mmap: Mmap, path: &Path, meta: &std::fs::Metadata) -> Mapped {
+    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut name: Box<[u8]> = abs.as_os_str().as_encoded_bytes().into();
+    if let Ok(mut files) = FILES.lock() {
+        files.push(Registered {
+            key,
+            path: abs,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        });
+    }
+    let mut slot = None;
+    if !mmap.is_empty() {
+        for (i, s) in SLOTS.iter().enumerate() {
+            if s.busy
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                s.name.store(name.as_mut_ptr(), Ordering::SeqCst);
+                s.name_len.store(name.len(), Ordering::SeqCst);
+                s.len.store(mmap.len(), Ordering::SeqCst);
+                s.start.store(mmap.as_ptr() as usize, Ordering::SeqCst);
+                slot = Some(i);
+                break;
+            }
+        }
+    }
+    Mapped {
+        mmap,
+        slot,
+        _name: name,
+        key,
     }
 }
 
@@ -73,5 +301,61 @@ mod tests {
             e.starts_with("cannot open") && e.contains("sotad-no-such-model.gguf"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_mapping_is_found_by_address_and_a_change_in_place_is_seen() {
+        let dir = tempfile_dir("sotad-mapped-test");
+        let path = dir.join("model.bin");
+        std::fs::write(&path, vec![7u8; 8192]).unwrap();
+        let backing = Backing::map(&path).unwrap();
+        let start = backing.bytes().as_ptr() as usize;
+        let (name, offset) = file_at(start + 100).expect("registered");
+        assert_eq!(
+            name,
+            std::path::absolute(&path)
+                .unwrap()
+                .as_os_str()
+                .as_encoded_bytes()
+        );
+        assert_eq!(offset, 100);
+        assert!(file_at(start + 8192).is_none());
+        assert!(check_under(&dir).is_empty());
+
+        // Truncated in place (what `cp` over it does first).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let changes = check_under(&path);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].kind, ChangeKind::InPlace { was: 8192, now: 0 });
+        assert!(changes[0].kind.is_unsafe());
+        assert!(
+            changes[0].to_string().contains("model.bin"),
+            "{}",
+            changes[0]
+        );
+
+        // Another file renamed into place: the mapping keeps the old one, which is safe.
+        let fresh = dir.join("model.bin.new");
+        std::fs::write(&fresh, vec![1u8; 10]).unwrap();
+        std::fs::rename(&fresh, &path).unwrap();
+        let changes = check_under(&dir);
+        assert_eq!(changes[0].kind, ChangeKind::Replaced);
+        assert!(!changes[0].kind.is_unsafe());
+
+        drop(backing);
+        assert!(file_at(start + 100).is_none());
+        assert!(check_under(&dir).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

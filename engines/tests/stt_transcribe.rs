@@ -312,6 +312,24 @@ fn bad_input_is_an_error_not_a_panic() {
         ..Default::default()
     };
     assert!(msg(m.transcribe(&[0.0; 16_000], &tr)).contains("English-only"));
+    // The caller's mistakes are told apart from the engine's failures, with the input at
+    // fault (the daemon answers them as invalid_request / invalid_audio, not internal).
+    let field = |r: sotad_engines::Result<_>| match r {
+        Err(sotad_engines::Error::InvalidInput { field, .. }) => field,
+        Err(e) => panic!("expected InvalidInput, got {e}"),
+        Ok(_) => panic!("expected an error"),
+    };
+    assert_eq!(field(m.transcribe(&[0.0; 16_000], &tr)), "task");
+    assert_eq!(field(m.transcribe(&[], &o)), "audio");
+    assert_eq!(field(m.transcribe(&nan, &o)), "audio");
+    assert_eq!(field(m.transcribe(&[f32::INFINITY; 10], &o)), "audio");
+    assert_eq!(field(m.transcribe_wav(&empty, &o)), "audio");
+    assert_eq!(field(m.transcribe(&[0.0; 16_000], &beam)), "beam_size");
+    let xx = TranscribeOptions {
+        language: Some("xx".into()),
+        ..Default::default()
+    };
+    assert_eq!(field(m.transcribe(&[0.0; 16_000], &xx)), "language");
     let de = TranscribeOptions {
         language: Some("de".into()),
         ..Default::default()

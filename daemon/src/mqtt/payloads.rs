@@ -283,6 +283,10 @@ pub struct Options {
     pub thinking: Option<bool>,
     /// Replace the configured system prompt for this request ("" for none).
     pub system_prompt: Option<String>,
+    /// A prompt longer than the context: `true` leaves out the oldest turns after the system
+    /// prompt (then the start of the last message) until it fits; otherwise (the default)
+    /// the request is refused with `context_full`.
+    pub truncate: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -404,6 +408,18 @@ pub struct Reply {
     /// Tokens left out of the `llm/tokens` stream because MQTT fell behind.
     #[serde(skip_serializing_if = "is_zero")]
     pub tokens_dropped: u64,
+    /// What `options.truncate` left out of the prompt, when it left anything out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncated>,
+}
+
+/// What was left out of a prompt so that it fits in the context.
+#[derive(Debug, Clone, Serialize)]
+pub struct Truncated {
+    /// Oldest messages left out (after the system prompt).
+    pub messages: usize,
+    /// Tokens cut from the start of the last message.
+    pub tokens: usize,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {

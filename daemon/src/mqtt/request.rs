@@ -33,6 +33,9 @@ pub enum ErrorCode {
     Busy,
     /// sotad is stopping and did not take the request.
     ShuttingDown,
+    /// A chat prompt longer than the LLM's context (`llm.context`), and the request did not
+    /// ask for truncation (`options.truncate`).
+    ContextFull,
     /// A failure inside sotad while handling a valid request.
     Internal,
     /// A problem that belongs to no request (e.g. a message too large for the connection).

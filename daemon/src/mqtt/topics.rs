@@ -15,6 +15,9 @@ pub enum Command {
     LlmCancel,
     /// `tts/say`: text; audio on `tts/audio/<id>` (one WAV per sentence), then `tts/done`.
     TtsSay,
+    /// `tts/cancel`: stops a queued or running `tts/say`, whose `tts/done` then says
+    /// `cancelled`.
+    TtsCancel,
     /// `turn/text`: a typed question through the voice loop's LLM → TTS path; events on `turn/*`.
     TurnText,
     /// `listen/start`, `listen/stop`, `mute`, `unmute`: the microphone switches; the retained
@@ -34,12 +37,13 @@ pub enum Command {
 
 impl Command {
     /// Every command, in subscription order.
-    pub const ALL: [Command; 13] = [
+    pub const ALL: [Command; 14] = [
         Command::Ping,
         Command::SttTranscribe,
         Command::LlmAsk,
         Command::LlmCancel,
         Command::TtsSay,
+        Command::TtsCancel,
         Command::TurnText,
         Command::ListenStart,
         Command::ListenStop,
@@ -58,6 +62,7 @@ impl Command {
             Command::LlmAsk => "llm/ask",
             Command::LlmCancel => "llm/cancel",
             Command::TtsSay => "tts/say",
+            Command::TtsCancel => "tts/cancel",
             Command::TurnText => "turn/text",
             Command::ListenStart => "listen/start",
             Command::ListenStop => "listen/stop",
@@ -75,7 +80,7 @@ impl Command {
             Command::Ping => "pong",
             Command::SttTranscribe => "stt/transcript",
             Command::LlmAsk | Command::LlmCancel => "llm/reply",
-            Command::TtsSay => "tts/done",
+            Command::TtsSay | Command::TtsCancel => "tts/done",
             Command::TurnText | Command::TurnAnswer => "turn/done",
             Command::ListenStart
             | Command::ListenStop

@@ -16,6 +16,10 @@ pub enum StageErrorKind {
     InvalidInput,
     /// The audio given cannot be decoded.
     InvalidAudio,
+    /// The stage cannot run jobs any more (its model file changed under it).
+    Unavailable,
+    /// The prompt does not fit in the LLM's context.
+    ContextFull,
     /// The engine failed on valid input.
     Internal,
 }

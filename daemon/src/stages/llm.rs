@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 
 use super::conversations::Conversations;
 use super::error::StageError;
+use super::files::ModelFiles;
 use super::hold::Hold;
 use super::worker::{SubmitError, Worker, threads};
 use crate::config;
@@ -39,6 +40,8 @@ pub struct Llm {
     /// The conversation the last `ask` of a session left, for [`Llm::warm`]: its messages
     /// (system prompt first) and whether thinking was on.
     warm: Option<(Vec<engine::Message>, bool)>,
+    /// The GGUF file, checked before each job.
+    files: ModelFiles,
 }
 
 #[derive(Debug, Clone)]
@@ -70,7 +73,12 @@ impl Ask {
             id,
             messages: vec![engine::Message::user(&text)],
             session,
-            options: Overrides::default(),
+            // A spoken conversation goes on when it outgrows the context: its oldest turns
+            // are left out, never the system prompt.
+            options: Overrides {
+                truncate: Some(true),
+                ..Overrides::default()
+            },
         }
     }
 }
@@ -89,6 +97,10 @@ pub struct Overrides {
     pub thinking: Option<bool>,
     /// Replaces `llm.system_prompt` ("" for none).
     pub system_prompt: Option<String>,
+    /// A prompt beyond the context: leave out the oldest turns (`Some(true)`) or refuse it
+    /// with [`StageErrorKind::ContextFull`](super::error::StageErrorKind::ContextFull).
+    /// `None`: refuse.
+    pub truncate: Option<bool>,
 }
 
 /// A finished generation.
@@ -158,6 +170,7 @@ pub fn load(path: Option<PathBuf>, c: &config::Llm) -> Result<Llm, String> {
             repeat_penalty: c.repeat_penalty,
         },
         warm: None,
+        files: ModelFiles::new("llm", "llm.model", path),
     };
     // The first question finds the default system prompt computed.
     let system = llm.system_prompt(&Overrides::default());
@@ -289,6 +302,7 @@ impl Stream {
 impl Llm {
     /// Answers `ask` on the engine thread, streaming text pieces into `stream`.
     pub fn ask(&mut self, ask: &Ask, stream: &mut Stream) -> Result<Answer, StageError> {
+        self.files.check()?;
         let (messages, given) = self.conversation(ask);
         let o = &ask.options;
         let d = &self.defaults;
@@ -303,6 +317,7 @@ impl Llm {
             seed: o.seed.unwrap_or_else(|| fastrand::u64(..)),
             stop: o.stop.clone().unwrap_or_default(),
             thinking: o.thinking.unwrap_or(false),
+            truncate_prompt: o.truncate.unwrap_or(false),
             ..Default::default()
         };
         let cancel = stream.cancel.clone();
@@ -326,7 +341,7 @@ impl Llm {
             }
         });
         stream.dropped = dropped;
-        let reply = result.map_err(|e| StageError::internal(e.to_string()))?;
+        let reply = result.map_err(|e| chat_error(&e))?;
         if stream.remember {
             self.remember_exchange(ask, &messages, &given, &reply.text);
         }
@@ -423,6 +438,9 @@ impl Llm {
     /// before the endpoint, so that the answer, if that transcript is the question, starts
     /// from a computed prompt.
     pub fn prepare(&mut self, ask: &Ask) {
+        if self.files.check().is_err() {
+            return;
+        }
         let (messages, _) = self.conversation(ask);
         let thinking = ask.options.thinking.unwrap_or(false);
         if let Err(e) = self.session.prefill_chat(&messages, true, thinking) {
@@ -439,6 +457,9 @@ impl Llm {
         let Some((messages, thinking)) = self.warm.take() else {
             return;
         };
+        if self.files.check().is_err() {
+            return;
+        }
         let started = std::time::Instant::now();
         match self.session.prefill_before_user(&messages, thinking) {
             Ok(0) => {}
@@ -449,6 +470,26 @@ impl Llm {
             ),
             Err(e) => tracing::debug!(error = %e, "conversation not evaluated ahead"),
         }
+    }
+}
+
+/// A chat's error as the stage's: a prompt beyond the context is `ContextFull`, a
+/// conversation the model's chat template refuses (roles out of order) the request's
+/// `messages`; the rest is internal.
+fn chat_error(e: &sotad_engines::Error) -> StageError {
+    let sotad_engines::Error::Llm(l) = e else {
+        return StageError::internal(e.to_string());
+    };
+    match &l.kind {
+        engine::LlmErrorKind::ContextFull { .. } => StageError {
+            kind: super::error::StageErrorKind::ContextFull,
+            field: None,
+            message: format!(
+                "{e} (the context is configuration key `llm.context`; `options.truncate: true` leaves out the oldest turns)"
+            ),
+        },
+        engine::LlmErrorKind::Template(_) => StageError::invalid("messages", e.to_string()),
+        _ => StageError::internal(e.to_string()),
     }
 }
 

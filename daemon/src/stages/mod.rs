@@ -9,14 +9,21 @@
 //! - `llm`: the LLM with its conversations (`conversations`), the cancel flags of running
 //!   generations, and the hold another stage may put on a generation (`hold`).
 //! - `tts`: Piper voices, loaded on demand; `Tts::say` streams audio chunks.
+//! - `files`: each stage's model files, checked before every job (a file changed in place
+//!   turns the stage off with an error naming it).
 
 pub mod conversations;
 pub mod error;
+pub mod files;
 pub mod hold;
 pub mod llm;
 pub mod stt;
 pub mod tts;
 pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
 use crate::telemetry::Metrics;
@@ -31,6 +38,8 @@ pub struct Stages {
     pub tts: Option<tts::TtsWorker>,
     /// `service.request_queue`: each stage's queue capacity.
     pub queue_capacity: usize,
+    /// The cancel flags of queued and running `tts/say` requests, by id (`tts/cancel`).
+    pub says: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
 }
 
 impl Stages {
@@ -56,6 +65,7 @@ impl Stages {
                 queue,
             ),
             queue_capacity: queue,
+            says: Arc::default(),
         }
     }
 

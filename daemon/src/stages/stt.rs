@@ -13,6 +13,7 @@ use sotad_engines::audio;
 use sotad_engines::stt as engine;
 
 use super::error::StageError;
+use super::files::ModelFiles;
 use super::worker::{Worker, threads};
 use crate::config;
 
@@ -24,6 +25,7 @@ pub struct Stt {
     language: Option<String>,
     beam_size: usize,
     encoder_window: engine::EncoderWindow,
+    files: ModelFiles,
 }
 
 pub type SttWorker = Worker<Stt>;
@@ -62,6 +64,7 @@ pub fn load(path: Option<PathBuf>, config: &config::Stt) -> Result<Stt, String> 
         language: (!config.language.is_empty()).then(|| config.language.clone()),
         beam_size: config.beam_size,
         encoder_window: encoder_window(&config.encoder_window),
+        files: ModelFiles::new("stt", "stt.model", path),
     })
 }
 
@@ -109,6 +112,22 @@ impl Stt {
         initial_prompt: Option<&str>,
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<engine::Transcript, String> {
+        self.transcribe_checked(samples, language, task, beam_size, initial_prompt, cancel)
+            .map_err(|e| e.message)
+    }
+
+    /// [`Stt::transcribe_samples`] with the caller's mistakes (no samples, non-finite ones, a
+    /// language or task the model does not have) told apart from the engine's failures.
+    fn transcribe_checked(
+        &mut self,
+        samples: &[f32],
+        language: Option<&str>,
+        task: Task,
+        beam_size: Option<usize>,
+        initial_prompt: Option<&str>,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<engine::Transcript, StageError> {
+        self.files.check()?;
         let language = match language {
             Some("") => None,
             Some(l) => Some(l.to_string()),
@@ -125,7 +144,17 @@ impl Stt {
         };
         self.model
             .transcribe(samples, &options)
-            .map_err(|e| e.to_string())
+            .map_err(|e| match e {
+                // The samples come from the request's WAV.
+                sotad_engines::Error::InvalidInput {
+                    field: "audio",
+                    reason,
+                } => StageError::audio("wav", reason),
+                sotad_engines::Error::InvalidInput { field, reason } => {
+                    StageError::invalid(field, reason)
+                }
+                e => StageError::internal(e.to_string()),
+            })
     }
 
     /// Runs one job: decode the WAV, bring it to 16 kHz mono, transcribe.
@@ -139,16 +168,14 @@ impl Stt {
         let duration_s = wav.duration_secs();
         let mono = audio::to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)
             .map_err(|e| StageError::audio("wav", e.to_string()))?;
-        let transcript = self
-            .transcribe_samples(
-                &mono,
-                job.language.as_deref(),
-                job.task,
-                job.beam_size,
-                job.initial_prompt.as_deref(),
-                None,
-            )
-            .map_err(StageError::internal)?;
+        let transcript = self.transcribe_checked(
+            &mono,
+            job.language.as_deref(),
+            job.task,
+            job.beam_size,
+            job.initial_prompt.as_deref(),
+            None,
+        )?;
         Ok(Transcription {
             transcript,
             duration_s,

@@ -17,6 +17,7 @@ use sotad_engines::tts as engine;
 use tokio::sync::mpsc;
 
 use super::error::StageError;
+use super::files::ModelFiles;
 use super::worker::{Worker, threads};
 use crate::config;
 
@@ -32,6 +33,8 @@ pub struct Tts {
     threads: usize,
     /// Audio of the first piece of a request's first sentence, ms (0: whole sentences).
     first_chunk_ms: u32,
+    /// The voices' files, checked before each job.
+    files: ModelFiles,
 }
 
 pub type TtsWorker = Worker<Tts>;
@@ -84,6 +87,7 @@ pub fn load(
         speaker: config.speaker,
         threads,
         first_chunk_ms: config.first_chunk_ms,
+        files: ModelFiles::new("tts", "tts.voice", path),
     })
 }
 
@@ -190,6 +194,7 @@ impl Tts {
                 },
             )
             .map_err(|e| format!("voice {name:?}: {e}"))?;
+            self.files.add(path.clone());
             if self.voices.len() > EXTRA_VOICES {
                 self.voices.remove(1);
             }
@@ -214,8 +219,26 @@ impl Tts {
         cancel: &AtomicBool,
         first_audio: impl FnOnce(),
     ) -> Result<Spoken, StageError> {
-        let mut first_audio = Some(first_audio);
+        self.files.check()?;
         let started = Instant::now();
+        if cancel.load(Ordering::Relaxed) {
+            // Cancelled while queued: nothing is synthesized.
+            return Ok(Spoken {
+                voice: say
+                    .voice
+                    .clone()
+                    .unwrap_or_else(|| self.default_voice.clone()),
+                sample_rate: self.voices.front().map_or(0, |(_, v)| v.sample_rate()),
+                chunks: 0,
+                sentences: 0,
+                audio_s: 0.0,
+                skipped_chars: 0,
+                cancelled: true,
+                first_audio_ms: 0.0,
+                total_ms: started.elapsed().as_secs_f64() * 1e3,
+            });
+        }
+        let mut first_audio = Some(first_audio);
         let speaker = say.speaker.unwrap_or(self.speaker);
         let first_chunk_ms = self.first_chunk_ms;
         let (name, voice) = self
@@ -242,6 +265,11 @@ impl Tts {
         let mut cancelled = false;
         let stats = voice
             .synthesize(&say.text, &options, |chunk: &engine::AudioChunk| {
+                // Cancelled while this piece was synthesized: it is not sent.
+                if cancel.load(Ordering::Relaxed) {
+                    cancelled = true;
+                    return ControlFlow::Break(());
+                }
                 if chunks == 0 {
                     first_audio_ms = started.elapsed().as_secs_f64() * 1e3;
                 }
@@ -264,19 +292,7 @@ impl Tts {
                     ControlFlow::Continue(())
                 }
             })
-            .map_err(|e| match &e {
-                sotad_engines::Error::Tts(t)
-                    if matches!(t.kind, engine::TtsErrorKind::UnknownSpeaker { .. }) =>
-                {
-                    StageError::invalid("speaker", e.to_string())
-                }
-                sotad_engines::Error::Tts(t)
-                    if matches!(t.kind, engine::TtsErrorKind::BadInput { .. }) =>
-                {
-                    StageError::invalid("text", e.to_string())
-                }
-                _ => StageError::internal(e.to_string()),
-            })?;
+            .map_err(|e| say_error(&e))?;
         let total_ms = started.elapsed().as_secs_f64() * 1e3;
         let audio_s = samples_out as f64 / f64::from(sample_rate);
         Ok(Spoken {
@@ -290,6 +306,30 @@ impl Tts {
             first_audio_ms,
             total_ms,
         })
+    }
+}
+
+/// A synthesis error as the stage's: the request's mistakes (an unknown speaker, a scale out
+/// of range, text with nothing to speak) name the `tts/say` field; the rest is internal.
+fn say_error(e: &sotad_engines::Error) -> StageError {
+    let sotad_engines::Error::Tts(t) = e else {
+        return StageError::internal(e.to_string());
+    };
+    match &t.kind {
+        engine::TtsErrorKind::UnknownSpeaker { .. } => {
+            StageError::invalid("speaker", e.to_string())
+        }
+        engine::TtsErrorKind::EmptyText { .. } => StageError::invalid("text", e.to_string()),
+        engine::TtsErrorKind::BadInput { name, .. } => {
+            let field = match *name {
+                "noise_scale" => "scales.noise",
+                "length_scale" => "scales.length",
+                "noise_w" => "scales.noise_w",
+                _ => "text",
+            };
+            StageError::invalid(field, e.to_string())
+        }
+        _ => StageError::internal(e.to_string()),
     }
 }
 

@@ -1,10 +1,12 @@
 //! Chat prompts: the file's `tokenizer.chat_template` (Jinja, rendered with minijinja and
 //! Python-compatible string methods), or a per-architecture fallback when it has none.
 
+use std::borrow::Cow;
+
 use minijinja::{Environment, Error as JinjaError, ErrorKind, context};
 
 use super::config::{Arch, Config};
-use super::tokenizer::Tokenizer;
+use super::tokenizer::{ESCAPE, Tokenizer};
 use super::{LlmError, LlmErrorKind};
 use crate::error::Result;
 use crate::gguf::GgufFile;
@@ -86,6 +88,23 @@ pub struct ChatTemplate {
     from_file: bool,
     bos: String,
     eos: String,
+    /// Control tokens' texts, escaped in messages ([`escape_controls`]).
+    controls: Vec<String>,
+}
+
+/// `text` with every control token's text broken up by [`ESCAPE`] after its first character,
+/// so that encoding spells it as text (see the tokenizer's module docs).
+pub(crate) fn escape_controls<'a>(text: &'a str, controls: &[String]) -> Cow<'a, str> {
+    let mut out = Cow::Borrowed(text);
+    for c in controls {
+        if !out.contains(c.as_str()) {
+            continue;
+        }
+        let first = c.chars().next().map_or(0, char::len_utf8);
+        let escaped = format!("{}{ESCAPE}{}", &c[..first], &c[first..]);
+        out = Cow::Owned(out.replace(c.as_str(), &escaped));
+    }
+    out
 }
 
 impl ChatTemplate {
@@ -103,13 +122,16 @@ impl ChatTemplate {
             (fallback.to_owned(), false)
         };
         let name = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_owned();
-        Self::new(source, from_file, name(tok.bos()), name(tok.eos())).map_err(|e| {
-            LlmError::error(
-                file.path(),
-                Some("key \"tokenizer.chat_template\"".into()),
-                e,
-            )
-        })
+        let mut template =
+            Self::new(source, from_file, name(tok.bos()), name(tok.eos())).map_err(|e| {
+                LlmError::error(
+                    file.path(),
+                    Some("key \"tokenizer.chat_template\"".into()),
+                    e,
+                )
+            })?;
+        template.controls = tok.control_texts();
+        Ok(template)
     }
 
     fn new(
@@ -137,6 +159,7 @@ impl ChatTemplate {
             from_file,
             bos,
             eos,
+            controls: Vec::new(),
         })
     }
 
@@ -160,7 +183,10 @@ impl ChatTemplate {
     ) -> Result<String> {
         let msgs: Vec<_> = messages
             .iter()
-            .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
+            .map(|m| {
+                let content = escape_controls(&m.content, &self.controls);
+                context! { role => m.role.as_str(), content => content.as_ref() }
+            })
             .collect();
         let tmpl = self
             .env

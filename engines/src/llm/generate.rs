@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::chat::Message;
 use super::sample::Sampler;
-use super::{LlmError, SINK_TOKENS, Session};
+use super::{LlmError, LlmErrorKind, SINK_TOKENS, Session};
 use crate::error::Result;
 
 /// Settings of one generation.
@@ -40,6 +40,12 @@ pub struct GenerateOptions {
     /// When the context is full, drop the middle and go on (see the module docs); when
     /// false, stop with [`StopReason::ContextFull`].
     pub slide_context: bool,
+    /// A chat prompt ([`Session::chat`]) longer than the context: when true, the oldest
+    /// messages after the system prompt are dropped (then the start of the last message is
+    /// cut) until it fits, and the reply says so in [`Timings::dropped_messages`] and
+    /// [`Timings::cut_tokens`]; when false, the chat is refused with
+    /// [`super::LlmErrorKind::ContextFull`]. The system prompt is never dropped.
+    pub truncate_prompt: bool,
 }
 
 impl Default for GenerateOptions {
@@ -57,6 +63,7 @@ impl Default for GenerateOptions {
             thinking: false,
             cancel: None,
             slide_context: true,
+            truncate_prompt: false,
         }
     }
 }
@@ -108,6 +115,10 @@ pub struct Timings {
     pub total_ms: f64,
     /// Times the context was full and its middle dropped.
     pub context_slides: usize,
+    /// Messages of a chat left out so that its prompt fits ([`GenerateOptions::truncate_prompt`]).
+    pub dropped_messages: usize,
+    /// Tokens cut from the start of a chat's last message so that its prompt fits.
+    pub cut_tokens: usize,
 }
 
 /// The result of a generation.
@@ -283,12 +294,82 @@ impl Session {
         opts: &GenerateOptions,
         on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Reply> {
-        let prompt = self
-            .model
-            .inner
-            .template
-            .render(messages, true, opts.thinking)?;
-        self.generate(Prompt::Text(&prompt), opts, on_text)
+        let (ids, dropped_messages, cut_tokens) = self.chat_prompt(messages, opts)?;
+        let mut reply = self.generate(Prompt::Tokens(&ids), opts, on_text)?;
+        reply.timings.dropped_messages = dropped_messages;
+        reply.timings.cut_tokens = cut_tokens;
+        Ok(reply)
+    }
+
+    /// The token ids of a chat's prompt, fitted into the context as
+    /// [`GenerateOptions::truncate_prompt`] says: (ids, messages dropped, tokens cut).
+    fn chat_prompt(
+        &self,
+        messages: &[Message],
+        opts: &GenerateOptions,
+    ) -> Result<(Vec<u32>, usize, usize)> {
+        let model = &self.model.inner;
+        let ctx = model.config.context_len;
+        let full = |prompt_tokens: usize, hint: &'static str| {
+            LlmError::error(
+                None,
+                None,
+                LlmErrorKind::ContextFull {
+                    prompt_tokens,
+                    context: ctx,
+                    hint,
+                },
+            )
+        };
+        let mut messages = messages.to_vec();
+        let (mut dropped, mut cut) = (0usize, 0usize);
+        // Each round drops a message or cuts the last one, so the loop ends; the bound
+        // is for the cut, whose re-rendered length can miss by a token or two.
+        for _ in 0..messages.len() + 16 {
+            let text = model.template.render(&messages, true, opts.thinking)?;
+            let ids = model.tokenizer.encode(&text, true, true);
+            if ids.len() < ctx {
+                return Ok((ids, dropped, cut));
+            }
+            if !opts.truncate_prompt {
+                return Err(full(
+                    ids.len(),
+                    "; shorten it, or ask for truncation (the oldest messages after the system prompt are left out)",
+                ));
+            }
+            let first = messages
+                .iter()
+                .position(|m| m.role != super::Role::System)
+                .unwrap_or(messages.len());
+            if first + 1 < messages.len() {
+                // The oldest exchange: a user message and the assistant's answer to it.
+                messages.remove(first);
+                dropped += 1;
+                if first + 1 < messages.len() && messages[first].role == super::Role::Assistant {
+                    messages.remove(first);
+                    dropped += 1;
+                }
+                continue;
+            }
+            // The system prompt and the last message: keep the end of the last message.
+            let n = messages.len();
+            let Some(last) = messages.last_mut().filter(|_| first < n) else {
+                return Err(full(ids.len(), "; the system prompt alone does not fit"));
+            };
+            let own = model.tokenizer.encode(&last.content, false, false);
+            let excess = ids.len() + 1 - ctx;
+            let keep = own.len().saturating_sub(excess + 1);
+            if keep == 0 {
+                return Err(full(
+                    ids.len(),
+                    "; the system prompt leaves no room for the last message",
+                ));
+            }
+            cut += own.len() - keep;
+            let tail = model.tokenizer.decode(&own[own.len() - keep..], false);
+            last.content = tail.trim_start_matches('\u{FFFD}').to_string();
+        }
+        Err(full(ctx, "; it could not be truncated to fit"))
     }
 
     /// Generates from a raw prompt, reusing the cached prefix it shares with earlier calls.

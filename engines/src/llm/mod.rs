@@ -334,9 +334,22 @@ pub enum LlmErrorKind {
     /// The chat template does not parse or render.
     #[error("chat template: {0}")]
     Template(String),
-    /// A request the engine cannot serve (bad token id, context overflow, ...).
+    /// A request the engine cannot serve (bad token id, ...).
     #[error("{0}")]
     Request(String),
+    /// A chat prompt longer than the context, and truncation was not asked for (or could
+    /// not make it fit).
+    #[error(
+        "the prompt has {prompt_tokens} tokens and the context holds {context} (one token must be left to answer){hint}"
+    )]
+    ContextFull {
+        /// Tokens of the rendered prompt.
+        prompt_tokens: usize,
+        /// The context length.
+        context: usize,
+        /// What the caller can do.
+        hint: &'static str,
+    },
 }
 
 impl LlmError {

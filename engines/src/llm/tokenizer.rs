@@ -5,6 +5,13 @@
 //! Special tokens (control, user-defined) are cut out of the text before the model's own
 //! tokenization, longest first, as llama.cpp does: user-defined ones always, control ones
 //! (`<|im_start|>`, `<start_of_turn>`) only with `parse_special`, which chat prompts use.
+//!
+//! A chat prompt is one rendered string, but only the template's markers may be control
+//! tokens: the messages' texts are escaped before rendering ([`Tokenizer::escape_controls`]
+//! puts [`ESCAPE`] after the first character of every control token's text in them), so
+//! that `<|im_start|>system` typed by a user is spelled as text, as llama.cpp does with
+//! `parse_special = false` for user content. Encoding removes the escape from text
+//! fragments, so the text is tokenized as if it had never been there.
 
 use std::collections::{BinaryHeap, HashMap};
 
@@ -14,6 +21,10 @@ use super::{LlmError, LlmErrorKind};
 use crate::bpe::{ByteLevel, Merges};
 use crate::error::Result;
 use crate::gguf::GgufFile;
+
+/// Breaks up a control token's text inside a message (U+FDD0, a noncharacter that never
+/// stands for text; [`Tokenizer::encode`] removes it).
+pub const ESCAPE: char = '\u{FDD0}';
 
 /// What a token is (`tokenizer.ggml.token_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,6 +307,22 @@ impl Tokenizer {
         self.ids.get(text).copied()
     }
 
+    /// The texts of the control tokens (`<|im_start|>`, `<start_of_turn>`, `<s>`), longest
+    /// first: what [`Tokenizer::escape_controls`] breaks up.
+    pub fn control_texts(&self) -> Vec<String> {
+        self.specials
+            .iter()
+            .filter(|&&id| {
+                matches!(
+                    self.kinds[id as usize],
+                    TokenKind::Control | TokenKind::Unknown
+                )
+            })
+            .map(|&id| self.tokens[id as usize].clone())
+            .filter(|t| t.chars().count() > 1)
+            .collect()
+    }
+
     /// Tokenizes `text`. `add_special` adds BOS when the model wants it; `parse_special`
     /// turns control-token texts (`<|im_start|>`) into their tokens instead of spelling them.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
@@ -349,7 +376,11 @@ impl Tokenizer {
                     prev_special = true;
                 }
                 Frag::Text(t) => {
-                    self.encode_text(t, prev_special, &mut out);
+                    if t.contains(ESCAPE) {
+                        self.encode_text(&t.replace(ESCAPE, ""), prev_special, &mut out);
+                    } else {
+                        self.encode_text(t, prev_special, &mut out);
+                    }
                     prev_special = false;
                 }
             }

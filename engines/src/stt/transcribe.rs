@@ -429,7 +429,8 @@ impl Whisper {
     pub fn transcribe_wav(&self, bytes: &[u8], opts: &TranscribeOptions) -> Result<Transcript> {
         let wav = parse_wav(bytes)?;
         if wav.frames() == 0 {
-            return Err(Error::Stt {
+            return Err(Error::InvalidInput {
+                field: "audio",
                 reason: "the WAV data holds no samples (empty audio)".into(),
             });
         }
@@ -440,21 +441,28 @@ impl Whisper {
     /// Transcribes 16 kHz mono samples (nominally in `[-1, 1]`).
     pub fn transcribe(&self, samples: &[f32], opts: &TranscribeOptions) -> Result<Transcript> {
         let bad = |reason: String| Error::Stt { reason };
+        let audio = |reason: String| Error::InvalidInput {
+            field: "audio",
+            reason,
+        };
         if samples.is_empty() {
-            return Err(bad("no audio samples (empty audio)".into()));
+            return Err(audio("no audio samples (empty audio)".into()));
         }
         if let Some(i) = samples.iter().position(|x| !x.is_finite()) {
-            return Err(bad(format!(
+            return Err(audio(format!(
                 "sample {i} of {} is not a finite number ({})",
                 samples.len(),
                 samples[i]
             )));
         }
         if opts.beam_size == 0 || opts.beam_size > 16 {
-            return Err(bad(format!(
-                "beam_size {} is out of range: 1 (greedy) to 16",
-                opts.beam_size
-            )));
+            return Err(Error::InvalidInput {
+                field: "beam_size",
+                reason: format!(
+                    "beam_size {} is out of range: 1 (greedy) to 16",
+                    opts.beam_size
+                ),
+            });
         }
         if opts.temperatures.is_empty()
             || opts.temperatures.iter().any(|t| !t.is_finite() || *t < 0.0)
@@ -483,19 +491,15 @@ impl Whisper {
         let mut language_token = None;
         if let Some(code) = &opts.language {
             if multilingual {
-                language_token =
-                    Some(
-                        self.tokenizer
-                            .language_token(code)
-                            .ok_or_else(|| Error::Stt {
-                                reason: format!(
-                                    "unknown language code {code:?} for model {}",
-                                    self.name
-                                ),
-                            })?,
-                    );
+                language_token = Some(self.tokenizer.language_token(code).ok_or_else(|| {
+                    Error::InvalidInput {
+                        field: "language",
+                        reason: format!("unknown language code {code:?} for model {}", self.name),
+                    }
+                })?);
             } else if code != "en" {
-                return Err(Error::Stt {
+                return Err(Error::InvalidInput {
+                    field: "language",
                     reason: format!(
                         "model {} is English-only; language {code:?} is not available",
                         self.name
@@ -504,7 +508,8 @@ impl Whisper {
             }
         }
         if !multilingual && opts.task == Task::Translate {
-            return Err(Error::Stt {
+            return Err(Error::InvalidInput {
+                field: "task",
                 reason: format!("model {} is English-only and cannot translate", self.name),
             });
         }

@@ -187,6 +187,26 @@ pub trait Synthesizer: Send + Sync {
 /// (decoder memory grows with the audio length).
 pub const MAX_PHONEMES: usize = 400;
 
+/// Most latent frames decoded at once (about 6 s of audio at Piper's 22050 Hz and hop of
+/// 256): a longer sentence (up to [`MAX_PHONEMES`], tens of seconds without punctuation) is
+/// decoded and delivered in pieces of this size, so the decoder's memory stays bounded by it
+/// instead of growing with the sentence. Shorter sentences are one piece, as before.
+pub const MAX_DECODE_FRAMES: usize = 512;
+
+/// `chunks` with no piece longer than [`MAX_DECODE_FRAMES`].
+fn bounded(chunks: DecodeChunks) -> DecodeChunks {
+    if chunks.first_frames == 0 {
+        return DecodeChunks {
+            first_frames: MAX_DECODE_FRAMES,
+            max_frames: MAX_DECODE_FRAMES,
+        };
+    }
+    DecodeChunks {
+        first_frames: chunks.first_frames.min(MAX_DECODE_FRAMES),
+        max_frames: chunks.max_frames.min(MAX_DECODE_FRAMES),
+    }
+}
+
 /// A loaded Piper voice, ready to synthesize. `Send + Sync`: share it behind an `Arc`.
 pub struct Voice {
     voice: PiperVoice,
@@ -459,11 +479,11 @@ impl Voice {
                 let mut times = StageTimes::default();
                 let mut peak = 0f32;
                 let mut stopped = false;
-                let chunks = if sentence == 0 {
+                let chunks = bounded(if sentence == 0 {
                     opts.chunks
                 } else {
                     DecodeChunks::WHOLE
-                };
+                });
                 // Each step runs on the voice's pool; the callback runs on the caller's thread.
                 let latent = self.pool.install(|| {
                     self.vits
