@@ -499,6 +499,48 @@ pub fn models_dir() -> PathBuf {
     dir
 }
 
+/// A payload as JSON (`Value::Null` when it is not JSON).
+pub fn json(payload: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(payload).unwrap_or(serde_json::Value::Null)
+}
+
+/// A configuration for `port` with the installed models, no microphone or speaker, and
+/// `extra` sections.
+pub fn models_config(port: u16, device_id: &str, extra: &str) -> String {
+    format!(
+        "{}\n[models]\ndir = \"{}\"\n[audio]\ncapture_device = \"\"\nplayback_device = \"\"\n{extra}\n",
+        Sotad::link_config(port, device_id, ""),
+        models_dir().display()
+    )
+}
+
+/// Subscribes `client` to `sotad`'s status and waits (up to `wait`) until it says online.
+pub async fn wait_online(client: &mut TestClient, sotad: &Sotad, wait: Duration) {
+    client
+        .subscribe(&sotad.topic("status"))
+        .await
+        .expect("subscribe status");
+    client
+        .expect(&sotad.topic("status"), wait, |p| p == b"online")
+        .await
+        .unwrap_or_else(|e| panic!("sotad never said online: {e}\n{}", sotad.log()));
+}
+
+/// A client on the broker at `port`, subscribed to everything under `sotad`'s device prefix,
+/// once sotad says online (up to `wait`: model loading on a busy machine).
+pub async fn online(port: u16, sotad: &Sotad, name: &str, wait: Duration) -> TestClient {
+    let mut client = TestClient::connect(port, name, false).await.unwrap();
+    client
+        .subscribe(&format!("{}/#", sotad.topic("").trim_end_matches('/')))
+        .await
+        .unwrap();
+    client
+        .expect(&sotad.topic("status"), wait, |p| p == b"online")
+        .await
+        .unwrap_or_else(|e| panic!("sotad never said online: {e}\n{}", sotad.log()));
+    client
+}
+
 /// The LibriVox clips of Debian's pocketsphinx-testdata with their transcripts.
 pub fn librivox_clips() -> Vec<(PathBuf, String)> {
     let dir = models_dir().join("speech/librivox");

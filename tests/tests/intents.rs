@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sotad_tests::{ENGINES_OFF, Mosquitto, Sotad, TestClient, models_dir};
+use sotad_tests::{ENGINES_OFF, Mosquitto, Sotad, TestClient, models_dir, online};
 
 /// Model loading plus a first inference on a busy 2-core machine.
 const WAIT: Duration = Duration::from_secs(120);
@@ -32,19 +32,6 @@ fn config(port: u16, device: &str, audio: &str, stt: &str) -> String {
 
 fn json_of(p: &rumqttc::Publish) -> Value {
     serde_json::from_slice(&p.payload).unwrap_or(Value::Null)
-}
-
-async fn online(broker: &Mosquitto, sotad: &Sotad, name: &str) -> TestClient {
-    let mut client = TestClient::connect(broker.port, name, false).await.unwrap();
-    client
-        .subscribe(&format!("sotad/{}/#", sotad.device_id))
-        .await
-        .unwrap();
-    client
-        .expect(&sotad.topic("status"), WAIT, |p| p == b"online")
-        .await
-        .unwrap_or_else(|e| panic!("sotad never said online: {e}\n{}", sotad.log()));
-    client
 }
 
 /// Waits for the `turn/done` of `turn`, returning it and everything seen before.
@@ -71,7 +58,7 @@ async fn typed_commands_become_intents_answered_by_the_integration_or_the_fallba
         "robot",
     )
     .unwrap();
-    let mut c = online(&broker, &sotad, "t-intents").await;
+    let mut c = online(broker.port, &sotad, "t-intents", WAIT).await;
     let turn_text = sotad.topic("turn/text");
     let answer = sotad.topic("turn/answer");
 

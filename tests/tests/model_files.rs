@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sotad_tests::{Mosquitto, Sotad, TestClient, models_dir, sotad_bin};
+use sotad_tests::{Mosquitto, Sotad, models_dir, online, sotad_bin};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -40,26 +40,13 @@ fn truncate(path: &Path, len: u64) {
         .unwrap();
 }
 
-async fn online(broker: &Mosquitto, sotad: &Sotad, name: &str) -> TestClient {
-    let mut client = TestClient::connect(broker.port, name, false).await.unwrap();
-    client
-        .subscribe(&format!("{}/#", sotad.topic("").trim_end_matches('/')))
-        .await
-        .unwrap();
-    client
-        .expect(&sotad.topic("status"), WAIT, |p| p == b"online")
-        .await
-        .unwrap_or_else(|e| panic!("sotad never said online: {e}\n{}", sotad.log()));
-    client
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_model_truncated_between_jobs_turns_its_stage_off_with_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let model = llm_copy(dir.path());
     let broker = Mosquitto::start().unwrap();
     let mut sotad = Sotad::start(&llm_config(broker.port, "trunc", &model), "trunc").unwrap();
-    let mut c = online(&broker, &sotad, "t-trunc").await;
+    let mut c = online(broker.port, &sotad, "t-trunc", WAIT).await;
     let ask = |id: &str| json!({"id": id, "prompt": "Say hi.", "options": {"max_tokens": 4}});
     c.publish(&sotad.topic("llm/ask"), ask("before").to_string())
         .await
@@ -103,7 +90,7 @@ async fn a_model_truncated_during_a_job_ends_sotad_with_a_line_naming_the_file()
     let model = llm_copy(dir.path());
     let broker = Mosquitto::start().unwrap();
     let mut sotad = Sotad::start(&llm_config(broker.port, "bus", &model), "bus").unwrap();
-    let mut c = online(&broker, &sotad, "t-bus").await;
+    let mut c = online(broker.port, &sotad, "t-bus", WAIT).await;
     // A long answer; the file is truncated once its first tokens have streamed, while the
     // engine reads the weights for the next ones. Asked again should the model end first.
     let mut truncated = false;

@@ -7,24 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sotad_tests::{ENGINES_OFF, Mosquitto, Sotad, TestClient, free_port};
+use sotad_tests::{ENGINES_OFF, Mosquitto, Sotad, TestClient, free_port, json, wait_online};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn json(payload: &[u8]) -> Value {
-    serde_json::from_slice(payload).unwrap_or(Value::Null)
-}
-
-async fn wait_online(client: &mut TestClient, sotad: &Sotad) {
-    client
-        .subscribe(&sotad.topic("status"))
-        .await
-        .expect("subscribe status");
-    client
-        .expect(&sotad.topic("status"), WAIT, |p| p == b"online")
-        .await
-        .unwrap_or_else(|e| panic!("sotad never said online: {e}\n{}", sotad.log()));
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_and_capabilities_are_retained_after_start() {
@@ -33,7 +18,7 @@ async fn status_and_capabilities_are_retained_after_start() {
     let mut first = TestClient::connect(broker.port, "t-retained-1", false)
         .await
         .unwrap();
-    wait_online(&mut first, &sotad).await;
+    wait_online(&mut first, &sotad, WAIT).await;
 
     // A client that connects later gets both from the broker's retained store.
     let mut late = TestClient::connect(broker.port, "t-retained-2", false)
@@ -77,7 +62,7 @@ async fn telemetry_is_published_periodically() {
     let mut client = TestClient::connect(broker.port, "t-tele", false)
         .await
         .unwrap();
-    wait_online(&mut client, &sotad).await;
+    wait_online(&mut client, &sotad, WAIT).await;
     client.subscribe(&sotad.topic("telemetry")).await.unwrap();
     client.subscribe(&sotad.topic("pong")).await.unwrap();
     client
@@ -114,7 +99,7 @@ async fn kill_9_makes_the_broker_publish_offline() {
     let mut client = TestClient::connect(broker.port, "t-crash", false)
         .await
         .unwrap();
-    wait_online(&mut client, &sotad).await;
+    wait_online(&mut client, &sotad, WAIT).await;
     sotad.kill9().unwrap();
     let offline = client
         .expect(&sotad.topic("status"), WAIT, |p| p == b"offline")
@@ -145,7 +130,7 @@ async fn broker_restart_reconnects_and_serves_requests_queued_while_away() {
     let mut client = TestClient::connect(broker.port, "t-restart", true)
         .await
         .unwrap();
-    wait_online(&mut client, &sotad).await;
+    wait_online(&mut client, &sotad, WAIT).await;
     client.subscribe(&sotad.topic("pong")).await.unwrap();
     client
         .publish(&sotad.topic("ping"), r#"{"id":"before"}"#)
@@ -214,7 +199,7 @@ async fn malformed_requests_get_errors_and_sotad_keeps_serving() {
     let mut client = TestClient::connect(broker.port, "t-bad", false)
         .await
         .unwrap();
-    wait_online(&mut client, &sotad).await;
+    wait_online(&mut client, &sotad, WAIT).await;
     client.subscribe(&sotad.topic("error")).await.unwrap();
     client.subscribe(&sotad.topic("pong")).await.unwrap();
     let ping = sotad.topic("ping");
@@ -377,7 +362,7 @@ async fn a_message_over_the_packet_limit_is_refused_and_sotad_keeps_serving() {
     let mut client = TestClient::connect(broker.port, "t-huge", false)
         .await
         .unwrap();
-    wait_online(&mut client, &sotad).await;
+    wait_online(&mut client, &sotad, WAIT).await;
     client.subscribe(&sotad.topic("error")).await.unwrap();
     client.subscribe(&sotad.topic("pong")).await.unwrap();
 
@@ -421,7 +406,7 @@ async fn sigterm_publishes_offline_and_exits_zero_within_the_bound() {
     let mut client = TestClient::connect(broker.port, "t-term", false)
         .await
         .unwrap();
-    wait_online(&mut client, &sotad).await;
+    wait_online(&mut client, &sotad, WAIT).await;
     let sent = Instant::now();
     sotad.sigterm();
     // The bound: service.shutdown_timeout_secs (5 by default) plus the 2 s farewell.
@@ -531,7 +516,7 @@ async fn soak_broker_restarts_every_request_answered_once() {
     let mut client = TestClient::connect(broker.port, "t-soak", true)
         .await
         .unwrap();
-    wait_online(&mut client, &sotad).await;
+    wait_online(&mut client, &sotad, WAIT).await;
     client.subscribe(&sotad.topic("pong")).await.unwrap();
     client.subscribe(&sotad.topic("telemetry")).await.unwrap();
 

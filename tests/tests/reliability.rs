@@ -5,24 +5,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sotad_tests::{ENGINES_OFF, Mosquitto, Sotad, TestClient, flood, free_port};
+use sotad_tests::{ENGINES_OFF, Mosquitto, Sotad, TestClient, flood, free_port, json, wait_online};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn json(payload: &[u8]) -> Value {
-    serde_json::from_slice(payload).unwrap_or(Value::Null)
-}
-
-async fn wait_online(client: &mut TestClient, sotad: &Sotad) {
-    client
-        .subscribe(&sotad.topic("status"))
-        .await
-        .expect("subscribe status");
-    client
-        .expect(&sotad.topic("status"), WAIT, |p| p == b"online")
-        .await
-        .unwrap_or_else(|e| panic!("sotad never said online: {e}\n{}", sotad.log()));
-}
 
 /// The log without its colour codes.
 fn plain(log: &str) -> String {
@@ -152,7 +137,7 @@ async fn the_persistent_session_survives_an_oversized_message_and_restarts() {
     let mut client = TestClient::connect(broker.port, "t-keep", true)
         .await
         .unwrap();
-    wait_online(&mut client, &sotad).await;
+    wait_online(&mut client, &sotad, WAIT).await;
     client.subscribe(&sotad.topic("pong")).await.unwrap();
     client.subscribe(&sotad.topic("error")).await.unwrap();
     // The reproduction: 4,200,000 bytes, over the default 4 MiB limit.
@@ -218,7 +203,7 @@ async fn two_daemons_with_one_device_id_stop_fighting() {
     let mut client = TestClient::connect(broker.port, "t-twin", false)
         .await
         .unwrap();
-    wait_online(&mut client, &first).await;
+    wait_online(&mut client, &first, WAIT).await;
     client.subscribe(&first.topic("error")).await.unwrap();
     client.subscribe(&first.topic("pong")).await.unwrap();
     let second = Sotad::start(&config, "twin").unwrap();
@@ -308,7 +293,7 @@ async fn a_restarted_daemon_is_not_taken_for_a_duplicate() {
         .await
         .unwrap();
     let mut first = Sotad::start(&config, "again").unwrap();
-    wait_online(&mut client, &first).await;
+    wait_online(&mut client, &first, WAIT).await;
     client.subscribe(&first.topic("instance")).await.unwrap();
     let instance = client
         .expect(&first.topic("instance"), WAIT, |_| true)
@@ -390,7 +375,7 @@ async fn a_flood_of_bad_messages_leaves_sotad_serving() {
     let mut client = TestClient::connect(broker.port, "t-flood", false)
         .await
         .unwrap();
-    wait_online(&mut client, &sotad).await;
+    wait_online(&mut client, &sotad, WAIT).await;
     let report = flood(broker.port, &sotad, 400, 70 * 1024, 20)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));

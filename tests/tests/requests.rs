@@ -8,32 +8,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use sotad_tests::{Mosquitto, Sotad, TestClient, models_dir};
+use sotad_tests::{Mosquitto, Sotad, TestClient, models_config, online};
 
 /// Model loading plus a first inference on a busy 2-core machine.
 const WAIT: Duration = Duration::from_secs(120);
-
-/// The models of the cache, no microphone or speaker, and `extra` sections.
-fn config(port: u16, device: &str, extra: &str) -> String {
-    format!(
-        "{}\n[models]\ndir = \"{}\"\n[audio]\ncapture_device = \"\"\nplayback_device = \"\"\n{extra}\n",
-        Sotad::link_config(port, device, ""),
-        models_dir().display()
-    )
-}
-
-async fn online(broker: &Mosquitto, sotad: &Sotad, name: &str) -> TestClient {
-    let mut client = TestClient::connect(broker.port, name, false).await.unwrap();
-    client
-        .subscribe(&format!("{}/#", sotad.topic("").trim_end_matches('/')))
-        .await
-        .unwrap();
-    client
-        .expect(&sotad.topic("status"), WAIT, |p| p == b"online")
-        .await
-        .unwrap_or_else(|e| panic!("sotad never said online: {e}\n{}", sotad.log()));
-    client
-}
 
 /// A WAV file: `format` 1 (PCM) or 3 (float), `bits` per sample, mono 16 kHz, `data` as is.
 fn wav(format: u16, bits: u16, data: &[u8]) -> Vec<u8> {
@@ -97,11 +75,11 @@ async fn error_for(c: &mut TestClient, sotad: &Sotad, command: &str, request: Va
 async fn client_mistakes_are_invalid_request_or_invalid_audio_naming_the_field() {
     let broker = Mosquitto::start().unwrap();
     let sotad = Sotad::start(
-        &config(broker.port, "mistakes", "[llm]\nmodel = \"\""),
+        &models_config(broker.port, "mistakes", "[llm]\nmodel = \"\""),
         "mistakes",
     )
     .unwrap();
-    let mut c = online(&broker, &sotad, "t-mistakes").await;
+    let mut c = online(broker.port, &sotad, "t-mistakes", WAIT).await;
     let cases = [
         (
             "stt/transcribe",
@@ -167,8 +145,8 @@ async fn client_mistakes_are_invalid_request_or_invalid_audio_naming_the_field()
 async fn a_prompt_beyond_the_context_is_refused_unless_truncation_is_asked() {
     let broker = Mosquitto::start().unwrap();
     let extra = "[stt]\nmodel = \"\"\n[tts]\nvoice = \"\"\n[llm]\ncontext = 256\nsystem_prompt = \"You are a robot.\"";
-    let sotad = Sotad::start(&config(broker.port, "ctx", extra), "ctx").unwrap();
-    let mut c = online(&broker, &sotad, "t-ctx").await;
+    let sotad = Sotad::start(&models_config(broker.port, "ctx", extra), "ctx").unwrap();
+    let mut c = online(broker.port, &sotad, "t-ctx", WAIT).await;
     let long = "tell me about the weather ".repeat(120);
     let e = error_for(
         &mut c,
@@ -260,8 +238,8 @@ fn peak_rss_mib(pid: u32) -> f64 {
 async fn tts_say_can_be_cancelled_and_long_unpunctuated_text_stays_bounded() {
     let broker = Mosquitto::start().unwrap();
     let extra = "[stt]\nmodel = \"\"\n[llm]\nmodel = \"\"";
-    let sotad = Sotad::start(&config(broker.port, "say", extra), "say").unwrap();
-    let mut c = online(&broker, &sotad, "t-say").await;
+    let sotad = Sotad::start(&models_config(broker.port, "say", extra), "say").unwrap();
+    let mut c = online(broker.port, &sotad, "t-say", WAIT).await;
 
     // A sentence without punctuation: decoded in bounded pieces. 600 characters are as many
     // as one piece for espeak-ng holds, and the peak does not grow with more of them (the

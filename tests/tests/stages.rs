@@ -6,38 +6,18 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use sotad_tests::{Mosquitto, Sotad, TestClient, librivox_clips, models_dir, word_error_rate};
+use sotad_tests::{
+    Mosquitto, Sotad, librivox_clips, models_config, models_dir, online, word_error_rate,
+};
 
 /// Model loading plus a first inference on a busy 2-core machine.
 const WAIT: Duration = Duration::from_secs(120);
-
-/// The models of the cache, no microphone or speaker, and `extra` sections.
-fn config(port: u16, device: &str, extra: &str) -> String {
-    format!(
-        "{}\n[models]\ndir = \"{}\"\n[audio]\ncapture_device = \"\"\nplayback_device = \"\"\n{extra}\n",
-        Sotad::link_config(port, device, ""),
-        models_dir().display()
-    )
-}
-
-async fn online(broker: &Mosquitto, sotad: &Sotad, name: &str) -> TestClient {
-    let mut client = TestClient::connect(broker.port, name, false).await.unwrap();
-    client
-        .subscribe(&format!("{}/#", sotad.topic("").trim_end_matches('/')))
-        .await
-        .unwrap();
-    client
-        .expect(&sotad.topic("status"), WAIT, |p| p == b"online")
-        .await
-        .unwrap_or_else(|e| panic!("sotad never said online: {e}\n{}", sotad.log()));
-    client
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn transcribes_raw_and_base64_wavs_and_rejects_broken_ones() {
     let broker = Mosquitto::start().unwrap();
     let sotad = Sotad::start(
-        &config(
+        &models_config(
             broker.port,
             "stt",
             "[llm]\nmodel = \"\"\n[tts]\nvoice = \"\"",
@@ -45,7 +25,7 @@ async fn transcribes_raw_and_base64_wavs_and_rejects_broken_ones() {
         "stt",
     )
     .unwrap();
-    let mut c = online(&broker, &sotad, "t-stt").await;
+    let mut c = online(broker.port, &sotad, "t-stt", WAIT).await;
     let clips = librivox_clips();
     assert_eq!(clips.len(), 5, "five LibriVox clips with transcripts");
 
@@ -130,7 +110,7 @@ async fn transcribes_raw_and_base64_wavs_and_rejects_broken_ones() {
 async fn llm_streams_tokens_remembers_sessions_and_cancels() {
     let broker = Mosquitto::start().unwrap();
     let sotad = Sotad::start(
-        &config(
+        &models_config(
             broker.port,
             "llm",
             "[stt]\nmodel = \"\"\n[tts]\nvoice = \"\"\n[llm]\nmodel = \"smollm2-135m-instruct-q4_1.gguf\"\nsession_turns = 2",
@@ -138,7 +118,7 @@ async fn llm_streams_tokens_remembers_sessions_and_cancels() {
         "llm",
     )
     .unwrap();
-    let mut c = online(&broker, &sotad, "t-llm").await;
+    let mut c = online(broker.port, &sotad, "t-llm", WAIT).await;
 
     let ask = json!({"id": "q1", "prompt": "What is the capital of France?", "session": "s",
                      "options": {"temperature": 0.0, "max_tokens": 40}});
@@ -283,7 +263,7 @@ async fn llm_streams_tokens_remembers_sessions_and_cancels() {
 async fn tts_publishes_wavs_of_sentences_in_pieces_then_done() {
     let broker = Mosquitto::start().unwrap();
     let sotad = Sotad::start(
-        &config(
+        &models_config(
             broker.port,
             "tts",
             "[stt]\nmodel = \"\"\n[llm]\nmodel = \"\"",
@@ -291,7 +271,7 @@ async fn tts_publishes_wavs_of_sentences_in_pieces_then_done() {
         "tts",
     )
     .unwrap();
-    let mut c = online(&broker, &sotad, "t-tts").await;
+    let mut c = online(broker.port, &sotad, "t-tts", WAIT).await;
     let say = json!({"id": "s1", "text": "Hello there. I am a small robot!"});
     c.publish(&sotad.topic("tts/say"), say.to_string())
         .await
@@ -388,8 +368,8 @@ async fn tts_publishes_wavs_of_sentences_in_pieces_then_done() {
 async fn a_missing_model_is_reported_and_other_stages_keep_serving() {
     let broker = Mosquitto::start().unwrap();
     let extra = "[stt]\nmodel = \"no-such-whisper\"\n[llm]\nmodel = \"\"\n[tts]\nvoice = \"\"";
-    let sotad = Sotad::start(&config(broker.port, "missing", extra), "missing").unwrap();
-    let mut c = online(&broker, &sotad, "t-missing").await;
+    let sotad = Sotad::start(&models_config(broker.port, "missing", extra), "missing").unwrap();
+    let mut c = online(broker.port, &sotad, "t-missing", WAIT).await;
     c.publish(
         &sotad.topic("stt/transcribe"),
         json!({"id": "m1", "wav": "UklGRg=="}).to_string(),
