@@ -61,6 +61,10 @@ enum Cmd {
         /// Translate to English instead of transcribing.
         #[arg(long)]
         translate: bool,
+        /// Text that conditions the decoder (names, spellings), as `initial_prompt` over MQTT;
+        /// only its last 223 tokens are used, as Whisper's prompt window holds.
+        #[arg(long)]
+        prompt: Option<String>,
         /// Print segments with timestamps and the timings as JSON.
         #[arg(long)]
         json: bool,
@@ -198,12 +202,13 @@ fn main() -> ExitCode {
             model,
             language,
             translate,
+            prompt,
             json,
         } => with_config(file, |mut config| {
             if let Some(model) = model {
                 config.stt.model = cli::model_override(&config, &model)?;
             }
-            cli::transcribe(&config, &files, language, translate, json)
+            cli::transcribe(&config, &files, language, translate, prompt, json)
         }),
         Cmd::Quantize {
             what: QuantizeCmd::Whisper { ty, input, output },

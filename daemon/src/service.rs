@@ -330,6 +330,7 @@ pub fn transcript(id: String, t: &stt::Transcription) -> Transcript {
         timings: TranscriptTimings {
             total_ms: t.total_ms,
             real_time_factor: payloads::real_time_factor(t.total_ms, duration_s),
+            tokens_decoded: t.transcript.timings.tokens,
         },
     }
 }

@@ -129,6 +129,26 @@ async fn client_mistakes_are_invalid_request_or_invalid_audio_naming_the_field()
         assert_eq!(e["code"], code, "{request}: {e}");
         assert_eq!(e["field"], field, "{request}: {e}");
     }
+    // An initial_prompt that primes the decoder into a loop ("hello world" 1,500 times) costs
+    // a bounded number of decoded tokens: each of the 26 decodes (6 temperatures, 5 samples
+    // above 0) stops at the 3-s clip's budget of 24 + 12 × 3 tokens, not at 224.
+    let clip = sotad_tests::models_dir()
+        .join("speech/librivox/sense_and_sensibility_01_austen_64kb-0880.wav");
+    let wav = std::fs::read(&clip).unwrap();
+    c.publish(
+        &sotad.topic("stt/transcribe"),
+        json!({"id": "looping-prompt", "wav": b64(&wav), "initial_prompt": "hello world ".repeat(1500)})
+            .to_string(),
+    )
+    .await
+    .unwrap();
+    let t = c
+        .expect_id(&sotad.topic("stt/transcript"), "looping-prompt", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("no transcript: {e}\n{}", sotad.log()));
+    let decoded = t["timings"]["tokens_decoded"].as_u64().unwrap();
+    assert!(decoded <= 26 * 60, "{decoded} tokens decoded: {t}");
+    assert!(!t["text"].as_str().unwrap().is_empty(), "{t}");
     // The same stages still serve good requests.
     c.publish(
         &sotad.topic("tts/say"),

@@ -62,6 +62,7 @@ pub fn transcribe(
     paths: &[PathBuf],
     language: Option<String>,
     translate: bool,
+    prompt: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
     let mut engine =
@@ -78,7 +79,7 @@ pub fn transcribe(
                 stt::Task::Transcribe
             },
             beam_size: None,
-            initial_prompt: None,
+            initial_prompt: prompt.clone(),
         };
         let done = engine
             .run(&job)

@@ -225,6 +225,8 @@ pub struct Segment {
 pub struct TranscriptTimings {
     pub total_ms: f64,
     pub real_time_factor: f64,
+    /// Tokens the decoder generated, every window and fallback temperature included.
+    pub tokens_decoded: usize,
 }
 
 // ---- llm ----

@@ -25,6 +25,15 @@
 //!   `log_prob_threshold` is decoded again at the next temperature, sampling `best_of`
 //!   candidates. If every temperature fails, the best result by average log-probability
 //!   among those under the compression threshold is kept (faster-whisper's rule).
+//! - **Token budget.** A window decodes at most `24 + 12 × its seconds of audio` tokens (and
+//!   never past half the text context, as OpenAI's decoder): about three times the densest
+//!   speech, so a transcript is never cut, while a decoder stuck in a loop (an
+//!   `initial_prompt` of one phrase repeated primes one) stops early at every fallback
+//!   temperature instead of running to 224 tokens 26 times; a sampled or greedy candidate
+//!   whose text already fails the compression check (below) stops at once. faster-whisper
+//!   has neither rule; they are sotad's own (issue 24), and touch only candidates that fail
+//!   the check when they stop (which, on speech, are loops). The prompt and start tokens are
+//!   fed once per window (`prime`), not once per candidate.
 //! - **Context.** Text of earlier windows is given as a prompt (`<|startofprev|>`, at most
 //!   223 tokens) unless `condition_on_previous_text` is off or the window needed a
 //!   temperature above 0.5; an `initial_prompt` starts that context.
@@ -589,10 +598,14 @@ impl Whisper {
             let sot_index = initial.len();
             initial.extend_from_slice(&sot_seq);
 
+            let budget = token_budget(segment_duration)
+                .min(dims.n_text_ctx / 2)
+                .min(dims.n_text_ctx.saturating_sub(initial.len()));
             let d = self.decode_with_fallback(
                 &cross,
                 &initial,
                 sot_index,
+                budget,
                 opts,
                 &mut rng,
                 &mut timings,
@@ -736,21 +749,22 @@ impl Whisper {
         cross: &CrossKv,
         initial: &[u32],
         sot_index: usize,
+        max_new: usize,
         opts: &TranscribeOptions,
         rng: &mut Rng,
         timings: &mut Timings,
     ) -> Result<Decoded> {
+        let primed = self.prime(cross, initial, sot_index)?;
         let mut all = Vec::new();
         for &temp in &opts.temperatures {
             let d = if temp == 0.0 && opts.beam_size > 1 {
-                self.decode_beam(cross, initial, sot_index, opts, timings)?
+                self.decode_beam(cross, &primed, max_new, opts, timings)?
             } else if temp == 0.0 {
-                self.decode_once(cross, initial, sot_index, 0.0, opts, rng, timings)?
+                self.decode_once(cross, &primed, max_new, 0.0, opts, rng, timings)?
             } else {
                 let mut best: Option<Decoded> = None;
                 for _ in 0..opts.best_of.max(1) {
-                    let c =
-                        self.decode_once(cross, initial, sot_index, temp, opts, rng, timings)?;
+                    let c = self.decode_once(cross, &primed, max_new, temp, opts, rng, timings)?;
                     let score = |d: &Decoded| d.sum_logprob / d.tokens.len().max(1) as f32;
                     if best.as_ref().is_none_or(|b| score(&c) > score(b)) {
                         best = Some(c);
@@ -803,34 +817,17 @@ impl Whisper {
     fn decode_once(
         &self,
         cross: &CrossKv,
-        initial: &[u32],
-        sot_index: usize,
+        primed: &Primed,
+        max_new: usize,
         temperature: f32,
         opts: &TranscribeOptions,
         rng: &mut Rng,
         timings: &mut Timings,
     ) -> Result<Decoded> {
         let sp = self.tokenizer.specials();
-        let dims = self.net.dims();
-        let mut cache = DecoderCache::default();
-        let max_new = (dims.n_text_ctx / 2).min(dims.n_text_ctx.saturating_sub(initial.len()));
-        let out = self.net.decode(
-            initial,
-            &mut cache,
-            cross,
-            &[sot_index, initial.len() - 1],
-            self.decoder_threads,
-        )?;
-        let (Some(first), Some(mut logits)) = (out.first(), out.last().cloned()) else {
-            return Err(Error::Stt {
-                reason: "the decoder returned no logits".into(),
-            });
-        };
-        let no_speech_prob = {
-            let mut lp = first.clone();
-            log_softmax(&mut lp);
-            lp.get(sp.no_speech as usize).map_or(0.0, |v| v.exp())
-        };
+        let mut cache = primed.cache.clone();
+        let mut logits = primed.logits.clone();
+        let no_speech_prob = primed.no_speech_prob;
         let mut tokens: Vec<u32> = Vec::new();
         let mut sum_logprob = 0.0f32;
         for step in 0..max_new {
@@ -857,6 +854,9 @@ impl Whisper {
                 break;
             }
             tokens.push(next);
+            if self.fails_compression(&tokens, opts) {
+                break;
+            }
             let out = self
                 .net
                 .decode(&[next], &mut cache, cross, &[0], self.decoder_threads)?;
@@ -874,29 +874,11 @@ impl Whisper {
         })
     }
 
-    /// Beam search at temperature 0: `opts.beam_size` hypotheses, each extended by its
-    /// `beam_size + 1` likeliest tokens; a hypothesis ending in end-of-text is finished, and
-    /// the search stops when `beam_size` are. The result is the finished hypothesis with the
-    /// best sum of log-probabilities divided by its length (OpenAI's ranking without a length
-    /// penalty).
-    fn decode_beam(
-        &self,
-        cross: &CrossKv,
-        initial: &[u32],
-        sot_index: usize,
-        opts: &TranscribeOptions,
-        timings: &mut Timings,
-    ) -> Result<Decoded> {
-        struct Beam {
-            tokens: Vec<u32>,
-            sum: f32,
-            cache: DecoderCache,
-            logits: Vec<f32>,
-        }
+    /// Feeds a window's prompt and start tokens through the decoder once; every candidate of
+    /// every fallback temperature then starts from a copy of this cache instead of feeding
+    /// the (up to 227) tokens again.
+    fn prime(&self, cross: &CrossKv, initial: &[u32], sot_index: usize) -> Result<Primed> {
         let sp = self.tokenizer.specials();
-        let dims = self.net.dims();
-        let width = opts.beam_size.max(1);
-        let max_new = (dims.n_text_ctx / 2).min(dims.n_text_ctx.saturating_sub(initial.len()));
         let mut cache = DecoderCache::default();
         let out = self.net.decode(
             initial,
@@ -915,11 +897,56 @@ impl Whisper {
             log_softmax(&mut lp);
             lp.get(sp.no_speech as usize).map_or(0.0, |v| v.exp())
         };
+        Ok(Primed {
+            cache,
+            logits,
+            no_speech_prob,
+        })
+    }
+
+    /// Whether a candidate already fails the compression check it will be judged by (the
+    /// module doc's token budget): checked every 16 tokens from 32 on, so a decoder stuck in a
+    /// loop stops there rather than at its budget. The check costs one zlib pass over a few
+    /// hundred bytes per 16 tokens.
+    fn fails_compression(&self, tokens: &[u32], opts: &TranscribeOptions) -> bool {
+        let Some(crt) = opts.compression_ratio_threshold else {
+            return false;
+        };
+        if tokens.len() < 32 || tokens.len() % 16 != 0 {
+            return false;
+        }
+        let eot = self.tokenizer.specials().eot;
+        let text: Vec<u32> = tokens.iter().copied().filter(|&t| t < eot).collect();
+        compression_ratio(&self.tokenizer.decode(&text)) > crt
+    }
+
+    /// Beam search at temperature 0: `opts.beam_size` hypotheses, each extended by its
+    /// `beam_size + 1` likeliest tokens; a hypothesis ending in end-of-text is finished, and
+    /// the search stops when `beam_size` are. The result is the finished hypothesis with the
+    /// best sum of log-probabilities divided by its length (OpenAI's ranking without a length
+    /// penalty).
+    fn decode_beam(
+        &self,
+        cross: &CrossKv,
+        primed: &Primed,
+        max_new: usize,
+        opts: &TranscribeOptions,
+        timings: &mut Timings,
+    ) -> Result<Decoded> {
+        struct Beam {
+            tokens: Vec<u32>,
+            sum: f32,
+            cache: DecoderCache,
+            logits: Vec<f32>,
+        }
+        let sp = self.tokenizer.specials();
+        let width = opts.beam_size.max(1);
+        let no_speech_prob = primed.no_speech_prob;
         let mut beams = vec![Beam {
             tokens: Vec::new(),
             sum: 0.0,
-            cache,
-            logits,
+            cache: primed.cache.clone(),
+            logits: primed.logits.clone(),
         }];
         let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
         for _ in 0..max_new {
@@ -1079,6 +1106,20 @@ fn argmax(x: &[f32]) -> Option<u32> {
         }
     }
     best.map(|(i, _)| i as u32)
+}
+
+/// A window's decoder state after its prompt and start tokens (`Whisper::prime`).
+struct Primed {
+    cache: DecoderCache,
+    /// The logits after the last start token: the first step's.
+    logits: Vec<f32>,
+    /// The probability of `<|nospeech|>` at the start-of-transcript position.
+    no_speech_prob: f32,
+}
+
+/// The most tokens a window of `seconds` of audio may decode (the module doc's token budget).
+fn token_budget(seconds: f32) -> usize {
+    24 + (12.0 * seconds.max(0.0)).ceil() as usize
 }
 
 fn sample(logits: &[f32], temperature: f32, rng: &mut Rng) -> Option<u32> {
