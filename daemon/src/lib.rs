@@ -237,10 +237,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let tracker = TaskTracker::new();
     let (inbound_tx, inbound_rx) = mpsc::channel(config.service.request_queue);
 
+    let intent_names: Vec<String> = config
+        .intents
+        .set
+        .iter()
+        .flat_map(|set| set.intents.iter().map(|i| i.name.clone()))
+        .collect();
+    let discovery = Arc::new(mqtt::discovery::Discovery::new(
+        config.homeassistant.discovery,
+        &config.homeassistant.prefix,
+        &topics,
+        &device_id,
+        &intent_names,
+    ));
     let connection = Connection {
         eventloop,
         publisher: publisher.clone(),
         capabilities,
+        discovery,
         inbound: inbound_tx,
         metrics: metrics.clone(),
         backoff: Backoff::new(

@@ -20,7 +20,7 @@ use crate::mqtt::payloads::{
     SpeechTimings, TextTurnRequest, TokenChunk, Transcribe, Transcript, TranscriptTimings,
     Truncated, TurnAnswerRequest,
 };
-use crate::mqtt::request::{self, ErrorCode, PingRequest, Pong, RequestError};
+use crate::mqtt::request::{self, ErrorCode, PingRequest, Pong, RequestError, SetRequest};
 use crate::mqtt::{Command, Inbound, Publisher};
 use crate::stages::worker::SubmitError;
 use crate::stages::{StageError, StageErrorKind, Stages, llm, stt, tts};
@@ -174,7 +174,11 @@ impl Service {
             | Command::Mute
             | Command::Unmute
             | Command::PttStart
-            | Command::PttStop => Job::Switch(request::parse::<PingRequest>(payload, max)?),
+            | Command::PttStop
+            | Command::Stop => Job::Switch(request::parse::<PingRequest>(payload, max)?),
+            Command::ListenSet | Command::MuteSet => {
+                Job::Set(request::parse::<SetRequest>(payload, max)?)
+            }
             Command::TurnText => {
                 let r: TextTurnRequest = request::parse(payload, max)?;
                 payloads::validate_text_turn(&r)?;
@@ -214,8 +218,10 @@ enum Job {
     Turn(TextTurnRequest),
     /// An integration's answer to a turn's intent.
     Answer(TurnAnswerRequest),
-    /// A microphone switch; only an id.
+    /// A microphone switch, or `stop`; only an id.
     Switch(PingRequest),
+    /// A microphone switch set to a state.
+    Set(SetRequest),
 }
 
 impl Job {
@@ -229,6 +235,7 @@ impl Job {
             Job::Turn(r) => &r.id,
             Job::Answer(r) => &r.id,
             Job::Switch(r) => &r.id,
+            Job::Set(r) => &r.id,
         }
     }
 
@@ -244,7 +251,8 @@ impl Job {
             }
             Job::Cancel(r) if command == Command::TtsCancel => cancel_say(r, &ctx),
             Job::Cancel(r) => cancel(r, &ctx),
-            Job::Switch(_) => switch(command, &ctx).await,
+            Job::Switch(_) => switch(command, None, &ctx).await,
+            Job::Set(r) => switch(command, Some(r.on), &ctx).await,
             Job::Turn(r) => {
                 let input = Input::Text {
                     text: r.text,
@@ -371,13 +379,27 @@ fn cancel_say(r: payloads::CancelRequest, ctx: &Ctx) -> Result<(), RequestError>
     }
 }
 
-/// `listen/*`, `mute`, `unmute`, `ptt/*` → the retained `voice/state`.
-async fn switch(command: Command, ctx: &Ctx) -> Result<(), RequestError> {
+/// `listen/*`, `mute`, `unmute`, `mute/set`, `ptt/*`, `stop` → the retained `voice/state`.
+/// `on` is the state `listen/set` and `mute/set` ask for.
+async fn switch(command: Command, on: Option<bool>, ctx: &Ctx) -> Result<(), RequestError> {
     let voice = &ctx.voice;
     match command {
         Command::ListenStart => voice.listening.store(true, Ordering::Relaxed),
         Command::ListenStop => voice.listening.store(false, Ordering::Relaxed),
+        Command::ListenSet => voice.listening.store(on.unwrap_or(true), Ordering::Relaxed),
         Command::Mute => voice.muted.store(true, Ordering::Relaxed),
+        Command::MuteSet => voice.muted.store(on.unwrap_or(true), Ordering::Relaxed),
+        Command::Stop => {
+            // Whatever sotad is saying stops: the turn's answer and every `tts/say`.
+            if let Some(turn) = ctx.turns.cancel_current() {
+                tracing::info!(turn, "stop: turn cancelled");
+            }
+            if let Ok(says) = ctx.stages.says.lock() {
+                for flag in says.values() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            }
+        }
         Command::PttStart => {
             // Pressing the button is an explicit interruption: whatever sotad is saying
             // stops now, even with barge-in off.

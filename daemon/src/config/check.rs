@@ -77,7 +77,21 @@ impl Config {
         self.voice(c)?;
         self.vad_rest(c)?;
         self.log(c)?;
-        self.intents(c)
+        self.intents(c)?;
+        self.homeassistant(c)
+    }
+
+    fn homeassistant(&self, c: &Checker) -> Result<(), ConfigError> {
+        if !is_valid_topic_level(&self.homeassistant.prefix) {
+            return Err(c.fail(
+                "homeassistant.prefix",
+                format!(
+                    "{:?} is not allowed; allowed: 1-64 characters without '+', '#', '/', NUL or spaces (Home Assistant's default is \"homeassistant\")",
+                    self.homeassistant.prefix
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn intents(&self, c: &Checker) -> Result<(), ConfigError> {

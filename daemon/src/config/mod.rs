@@ -42,6 +42,17 @@ pub struct Config {
     pub voice: Voice,
     pub vad: Vad,
     pub intents: Intents,
+    pub homeassistant: HomeAssistant,
+}
+
+/// Home Assistant's MQTT device discovery (`mqtt/discovery.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistant {
+    /// Publish the retained device discovery document; off: clear it.
+    pub discovery: bool,
+    /// Home Assistant's discovery prefix (its MQTT integration's setting).
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

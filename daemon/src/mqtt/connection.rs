@@ -22,6 +22,7 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::discovery::Discovery;
 use super::outbound::{OFFLINE, ONLINE, Publisher};
 use super::payloads::Instance;
 use super::request::{ErrorCode, RequestError, peek_id};
@@ -143,6 +144,8 @@ pub struct Connection {
     pub publisher: Publisher,
     /// Retained capabilities, republished on every ConnAck.
     pub capabilities: Arc<Vec<u8>>,
+    /// Home Assistant's discovery document (or its removal), republished on every ConnAck.
+    pub discovery: Arc<Discovery>,
     /// Requests go here; when full, the request is answered with `busy`.
     pub inbound: mpsc::Sender<Inbound>,
     pub metrics: Arc<Metrics>,
@@ -296,6 +299,19 @@ impl Connection {
             self.on_instance(publish);
             return;
         }
+        if self.discovery.enabled() && publish.topic == self.discovery.status_topic {
+            // Home Assistant (re)started: it wants the discovery documents again.
+            let (publisher, discovery) = (self.publisher.clone(), self.discovery.clone());
+            let again = publish.payload.as_ref() == b"online";
+            let header = header_of(publish);
+            tokio::spawn(async move {
+                publisher.ack(&header).await;
+                if again {
+                    publisher.discovery(&discovery).await;
+                }
+            });
+            return;
+        }
         match self.link.phase {
             Phase::Serving => {}
             Phase::Checking { .. } => {
@@ -404,6 +420,7 @@ impl Connection {
         tokio::spawn(announce(
             self.publisher.clone(),
             self.capabilities.clone(),
+            self.discovery.clone(),
             self.instance.clone(),
         ));
         for publish in std::mem::take(&mut self.link.held) {
@@ -549,20 +566,32 @@ async fn check_instance(publisher: Publisher) {
 /// Once the check passed: claim the device id with this process's retained `instance`
 /// document, subscribe again (even a resumed session may have lost them) and publish the
 /// retained state.
-async fn announce(publisher: Publisher, capabilities: Arc<Vec<u8>>, instance: Instance) {
+async fn announce(
+    publisher: Publisher,
+    capabilities: Arc<Vec<u8>>,
+    discovery: Arc<Discovery>,
+    instance: Instance,
+) {
     match serde_json::to_vec(&instance) {
         Ok(payload) => publisher.instance(payload).await,
         Err(e) => tracing::error!(error = %e, "could not serialize the instance document"),
     }
-    let filters: Vec<_> = Command::ALL
+    let mut filters: Vec<_> = Command::ALL
         .into_iter()
         .map(|c| rumqttc::SubscribeFilter::new(publisher.topics().request(c), QoS::AtLeastOnce))
         .collect();
+    if discovery.enabled() {
+        filters.push(rumqttc::SubscribeFilter::new(
+            discovery.status_topic.clone(),
+            QoS::AtLeastOnce,
+        ));
+    }
     if let Err(e) = publisher.client().subscribe_many(filters).await {
         tracing::warn!(error = %e, "subscribe failed");
     }
     publisher.status(ONLINE).await;
     publisher.capabilities(capabilities.as_ref().clone()).await;
+    publisher.discovery(&discovery).await;
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@
 //! - `dedup`: recognizing QoS-1 redeliveries by request id.
 //! - `connection`: the task that owns the event loop (connect, back-off, re-subscribe, route).
 //! - `outbound`: every publication, with its QoS and retain flag.
+//! - `discovery`: Home Assistant's device discovery document.
 
 pub mod connection;
 pub mod dedup;
+pub mod discovery;
 pub mod outbound;
 pub mod payloads;
 pub mod request;

@@ -127,6 +127,17 @@ impl Publisher {
         }
     }
 
+    /// Home Assistant's retained discovery document (QoS 1); an empty one clears it.
+    pub async fn discovery(&self, d: &super::discovery::Discovery) {
+        if let Err(e) = self
+            .client
+            .publish(d.topic.clone(), QoS::AtLeastOnce, true, d.payload.clone())
+            .await
+        {
+            tracing::warn!(error = %e, "publishing the discovery document failed");
+        }
+    }
+
     /// One message of a stream (QoS 0), e.g. `llm/tokens`; dropped and counted when the
     /// outgoing queue is full: the final reply carries the whole result.
     pub fn stream<T: Serialize>(&self, topic: &str, body: &T) {

@@ -88,6 +88,20 @@ impl Request for PingRequest {
     }
 }
 
+/// `listen/set`, `mute/set`: a switch set to a state (what Home Assistant's switches send).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SetRequest {
+    pub id: String,
+    pub on: bool,
+}
+
+impl Request for SetRequest {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// `pong`: the answer to `ping`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Pong {

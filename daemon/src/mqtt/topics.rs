@@ -33,11 +33,16 @@ pub enum Command {
     /// `turn/answer`: an integration's answer to a published intent (the turn's id and the
     /// text to speak); no reply, `error` when no turn waits for it.
     TurnAnswer,
+    /// `listen/set`, `mute/set`: a switch set to `on` (what Home Assistant's switches send).
+    ListenSet,
+    MuteSet,
+    /// `stop`: whatever sotad is saying stops (the turn's answer, every `tts/say`).
+    Stop,
 }
 
 impl Command {
     /// Every command, in subscription order.
-    pub const ALL: [Command; 14] = [
+    pub const ALL: [Command; 17] = [
         Command::Ping,
         Command::SttTranscribe,
         Command::LlmAsk,
@@ -52,6 +57,9 @@ impl Command {
         Command::PttStart,
         Command::PttStop,
         Command::TurnAnswer,
+        Command::ListenSet,
+        Command::MuteSet,
+        Command::Stop,
     ];
 
     /// The topic suffix the request arrives on.
@@ -71,6 +79,9 @@ impl Command {
             Command::PttStart => "ptt/start",
             Command::PttStop => "ptt/stop",
             Command::TurnAnswer => "turn/answer",
+            Command::ListenSet => "listen/set",
+            Command::MuteSet => "mute/set",
+            Command::Stop => "stop",
         }
     }
 
@@ -87,7 +98,10 @@ impl Command {
             | Command::Mute
             | Command::Unmute
             | Command::PttStart
-            | Command::PttStop => "voice/state",
+            | Command::PttStop
+            | Command::ListenSet
+            | Command::MuteSet
+            | Command::Stop => "voice/state",
         }
     }
 
@@ -195,6 +209,16 @@ pub enum TurnEvent {
     Transcript,
     Reply,
     Done,
+}
+
+/// Home Assistant's device discovery topic for this device (`mqtt/discovery.rs`).
+pub fn ha_discovery(ha_prefix: &str, device_id: &str) -> String {
+    format!("{ha_prefix}/device/{device_id}/config")
+}
+
+/// Home Assistant's birth and will topic.
+pub fn ha_status(ha_prefix: &str) -> String {
+    format!("{ha_prefix}/status")
 }
 
 #[cfg(test)]
