@@ -429,51 +429,51 @@ async fn bad_input_is_answered_with_errors_and_the_server_keeps_serving() {
     .await
     .unwrap();
 
+    // The STT model loads in the background: a transcription of 1 s of silence waits for
+    // it, so that the RSS below is the flood's, not the model's. Then a first, smaller flood
+    // lets the allocator reach its steady state.
+    let events = tokio::task::spawn_blocking(move || {
+        let mut bytes = b"{\"type\":\"transcribe\"}\n{\"type\":\"audio-start\",\"data\":{\"rate\":16000,\"width\":2,\"channels\":1}}\n".to_vec();
+        bytes.extend_from_slice(b"{\"type\":\"audio-chunk\",\"data\":{\"rate\":16000,\"width\":2,\"channels\":1},\"payload_length\":32000}\n");
+        bytes.extend_from_slice(&[0u8; 32_000]);
+        bytes.extend_from_slice(b"{\"type\":\"audio-stop\"}\n");
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        send(&mut s, &bytes);
+        let mut r = BufReader::new(s);
+        let mut seen = Vec::new();
+        while let Some((k, _, _)) = read_event(&mut r) {
+            let stop = k == "transcript-stop" || k == "error";
+            seen.push(k);
+            if stop {
+                break;
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            events.first().map(String::as_str),
+            events.last().map(String::as_str)
+        ),
+        (Some("transcript-start"), Some("transcript-stop")),
+        "{events:?}\n{}",
+        sotad.log()
+    );
+    let warm = tokio::task::spawn_blocking(move || flood(port, 1))
+        .await
+        .unwrap();
+    assert_eq!(warm, 2_500);
+
     // A bounded flood: 10,000 bad requests (8,000 event mistakes on 16 connections, 2,000
     // connections with a framing error), every one answered; RSS before and after.
     let (rss_before, anon_before) = sotad.rss_kib().unwrap();
     let started = Instant::now();
-    let answered = tokio::task::spawn_blocking(move || {
-        let mut answered = 0usize;
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                std::thread::spawn(move || {
-                    let mut answered = 0usize;
-                    for c in 0..4 {
-                        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                        let mut r = BufReader::new(s.try_clone().unwrap());
-                        for i in 0..500 {
-                            let bytes: &[u8] = match i % 3 {
-                                0 => b"{\"type\":\"flood\"}\n",
-                                1 => b"{\"type\":\"audio-stop\"}\n",
-                                _ => b"{\"type\":\"synthesize-stop\"}\n",
-                            };
-                            s.write_all(bytes).unwrap();
-                            let (k, _, _) = read_event(&mut r).expect("answered");
-                            answered += usize::from(k == "error");
-                        }
-                        let _ = (t, c);
-                    }
-                    for i in 0..500 {
-                        let bytes: &[u8] = match i % 2 {
-                            0 => b"not json at all\n",
-                            _ => b"{\"type\":\"x\",\"payload_length\":99999999999}\n",
-                        };
-                        let events = exchange(port, bytes, false, 2);
-                        answered += usize::from(events.len() == 1 && events[0].0 == "error");
-                    }
-                    answered
-                })
-            })
-            .collect();
-        for t in threads {
-            answered += t.join().unwrap();
-        }
-        answered
-    })
-    .await
-    .unwrap();
+    let answered = tokio::task::spawn_blocking(move || flood(port, 4))
+        .await
+        .unwrap();
     let elapsed = started.elapsed();
     // Let the closed connections' tasks end.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -494,4 +494,41 @@ async fn bad_input_is_answered_with_errors_and_the_server_keeps_serving() {
     sotad
         .assert_still_running_after(Duration::from_millis(10))
         .await;
+}
+
+/// `threads` × (4 connections × 500 event mistakes + 500 connections with a framing error):
+/// 2,500 bad requests a thread; how many were answered with an `error`.
+fn flood(port: u16, threads: usize) -> usize {
+    let threads: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut answered = 0usize;
+                for _ in 0..4 {
+                    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    for i in 0..500 {
+                        let bytes: &[u8] = match i % 3 {
+                            0 => b"{\"type\":\"flood\"}\n",
+                            1 => b"{\"type\":\"audio-stop\"}\n",
+                            _ => b"{\"type\":\"synthesize-stop\"}\n",
+                        };
+                        s.write_all(bytes).unwrap();
+                        let (k, _, _) = read_event(&mut r).expect("answered");
+                        answered += usize::from(k == "error");
+                    }
+                }
+                for i in 0..500 {
+                    let bytes: &[u8] = match i % 2 {
+                        0 => b"not json at all\n",
+                        _ => b"{\"type\":\"x\",\"payload_length\":99999999999}\n",
+                    };
+                    let events = exchange(port, bytes, false, 2);
+                    answered += usize::from(events.len() == 1 && events[0].0 == "error");
+                }
+                answered
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
 }

@@ -223,6 +223,7 @@ impl Connection {
                     Ok(None) => break,
                     Err(e) => {
                         let _ = self.error(e.code(), e.to_string()).await;
+                        self.close().await;
                         return;
                     }
                 }
@@ -262,11 +263,30 @@ impl Connection {
                             ),
                         )
                         .await;
+                    self.close().await;
                     return;
                 }
                 Err(_) => return,
             }
         }
+    }
+
+    /// Ends the connection after a framing error: our side first, then what the client still
+    /// sends is read and dropped (briefly, boundedly), so that the close is a FIN after the
+    /// `error` rather than a reset that could destroy it.
+    async fn close(&mut self) {
+        let _ = self.writer.shutdown().await;
+        let mut sink = [0u8; 16 * 1024];
+        let drain = async {
+            let mut left = 1024 * 1024usize;
+            while left > 0 {
+                match self.reader.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     }
 
     async fn handle(&mut self, event: Event) -> io::Result<()> {
