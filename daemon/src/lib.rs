@@ -24,6 +24,7 @@ pub mod stages;
 pub mod systemd;
 pub mod telemetry;
 pub mod voice;
+pub mod wyoming;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -233,6 +234,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let capabilities = Arc::new(serde_json::to_vec(&capabilities(&config, &device_id))?);
 
     let intake = CancellationToken::new();
+    // The Wyoming server (off by default): the same stages, its own listener.
+    let wyoming = wyoming::start(&config, stages.clone(), intake.clone()).await?;
     let stop_connection = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (inbound_tx, inbound_rx) = mpsc::channel(config.service.request_queue);
@@ -335,6 +338,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     let _ = telemetry_task.await;
     drop(voice);
+    // Withdraws the zeroconf announcement; the listener stopped with `intake`.
+    drop(wyoming);
 
     // Farewell: the retained `offline` first, then DISCONNECT (which keeps the broker from
     // publishing the will; the status already says offline).

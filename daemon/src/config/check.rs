@@ -78,7 +78,8 @@ impl Config {
         self.vad_rest(c)?;
         self.log(c)?;
         self.intents(c)?;
-        self.homeassistant(c)
+        self.homeassistant(c)?;
+        self.wyoming(c)
     }
 
     fn homeassistant(&self, c: &Checker) -> Result<(), ConfigError> {
@@ -92,6 +93,30 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn wyoming(&self, c: &Checker) -> Result<(), ConfigError> {
+        let w = &self.wyoming;
+        if w.listen.parse::<SocketAddr>().is_err() {
+            return Err(c.fail(
+                "wyoming.listen",
+                format!(
+                    "{:?} is not an address:port; allowed e.g. \"0.0.0.0:10700\" or \"127.0.0.1:10700\"",
+                    w.listen
+                ),
+            ));
+        }
+        if w.name.len() > 63 || w.name.contains('.') {
+            return Err(c.fail(
+                "wyoming.name",
+                format!(
+                    "{:?} is not a zeroconf instance name; allowed: up to 63 bytes without '.' (empty: sotad-<device id>)",
+                    w.name
+                ),
+            ));
+        }
+        c.range("wyoming.max_connections", w.max_connections as u64, 1, 1024)?;
+        c.range("wyoming.max_audio_s", u64::from(w.max_audio_s), 1, 600)
     }
 
     fn intents(&self, c: &Checker) -> Result<(), ConfigError> {

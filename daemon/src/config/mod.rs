@@ -43,6 +43,7 @@ pub struct Config {
     pub vad: Vad,
     pub intents: Intents,
     pub homeassistant: HomeAssistant,
+    pub wyoming: Wyoming,
 }
 
 /// Home Assistant's MQTT device discovery (`mqtt/discovery.rs`).
@@ -53,6 +54,34 @@ pub struct HomeAssistant {
     pub discovery: bool,
     /// Home Assistant's discovery prefix (its MQTT integration's setting).
     pub prefix: String,
+}
+
+/// `[wyoming]`: the Wyoming protocol server for Home Assistant (`wyoming/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wyoming {
+    pub enabled: bool,
+    /// Address and port to listen on.
+    pub listen: String,
+    /// Announce `_wyoming._tcp.local.` by mDNS.
+    pub zeroconf: bool,
+    /// The zeroconf instance name; empty: `sotad-<device id>`.
+    pub name: String,
+    /// Connections served at once; more are answered `busy` and closed.
+    pub max_connections: usize,
+    /// Audio one transcription may buffer, in seconds.
+    pub max_audio_s: u32,
+}
+
+impl Wyoming {
+    /// The zeroconf instance name.
+    pub fn instance_name(&self, device_id: &str) -> String {
+        if self.name.is_empty() {
+            format!("sotad-{device_id}")
+        } else {
+            self.name.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -101,6 +101,20 @@ pub struct Transcription {
 }
 
 impl Stt {
+    /// The languages the model transcribes (ISO codes): `en` only for English-only models.
+    pub fn languages(&self) -> Vec<String> {
+        if !self.model.is_multilingual() {
+            return vec!["en".to_string()];
+        }
+        let tokenizer = self.model.tokenizer();
+        tokenizer
+            .specials()
+            .languages
+            .iter()
+            .map(|(_, code)| code.clone())
+            .collect()
+    }
+
     /// Transcribes 16 kHz mono samples with the configured defaults overridden by the
     /// arguments; stops early when `cancel` is set.
     pub fn transcribe_samples(
@@ -118,7 +132,7 @@ impl Stt {
 
     /// [`Stt::transcribe_samples`] with the caller's mistakes (no samples, non-finite ones, a
     /// language or task the model does not have) told apart from the engine's failures.
-    fn transcribe_checked(
+    pub fn transcribe_checked(
         &mut self,
         samples: &[f32],
         language: Option<&str>,
