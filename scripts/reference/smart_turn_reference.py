@@ -16,7 +16,8 @@ The audio goes through Pipecat's own code: `LocalSmartTurnAnalyzerV3._predict_en
 steps (the last 8 s, zero-padded at the start), `compute_whisper_log_mel_features` from the
 wheel's `_whisper_features.py`, and an onnxruntime session with the options Pipecat sets
 (sequential, one thread, ORT_ENABLE_ALL). Each line: clip, samples used (a prefix of the
-clip: whole, or cut mid-utterance), probability; then the time per decision.
+clip: whole, or cut mid-utterance, at the fractions in SMART_TURN_CUTS, default 1.0,0.6),
+probability; then the median time per decision (features + network) and of the network alone.
 """
 import importlib.util
 import os
@@ -31,7 +32,7 @@ MODELS = os.environ.get("SOTAD_MODELS_DIR", os.path.expanduser("~/.cache/sotad/m
 MODEL = os.path.join(MODELS, "smart-turn", "smart-turn-v3.2-cpu.onnx")
 # The test table: two short utterances, each whole and cut at 60 % (mid-sentence).
 CLIPS = ["speech/cards/001.wav", "speech/goforward.raw"]
-CUTS = [1.0, 0.6]
+CUTS = [float(c) for c in os.environ.get("SMART_TURN_CUTS", "1.0,0.6").split(",")]
 
 
 def features_module():
@@ -68,7 +69,9 @@ def predict(sess, feats_mod, audio):
     n = 8 * 16000
     audio = audio[-n:] if len(audio) > n else np.pad(audio, (n - len(audio), 0))
     log_mel = feats_mod.compute_whisper_log_mel_features(audio, do_normalize=True)
-    return float(sess.run(None, {"input_features": log_mel[None]})[0][0].item())
+    t0 = time.perf_counter()
+    p = float(sess.run(None, {"input_features": log_mel[None]})[0][0].item())
+    return p, time.perf_counter() - t0
 
 
 def main():
@@ -77,18 +80,20 @@ def main():
     bench = len(sys.argv) > 1 and sys.argv[1] == "--bench"
     clips = sys.argv[2:] if bench else [os.path.join(MODELS, c) for c in CLIPS]
     print(f"# smart-turn-v3.2-cpu.onnx, onnxruntime {ort.__version__}: clip samples probability")
-    times = []
+    times, runs = [], []
     for path in clips:
         audio = load(path)
         for cut in CUTS:
             k = int(len(audio) * cut)
             t0 = time.perf_counter()
-            p = predict(sess, feats_mod, audio[:k])
+            p, run_s = predict(sess, feats_mod, audio[:k])
             times.append(time.perf_counter() - t0)
+            runs.append(run_s)
             name = path if bench else os.path.relpath(path, MODELS)
             print(f"{name} {k} {p:.9g}")
     times.sort()
-    print(f"# median_ms {1000 * times[len(times) // 2]:.3f}")
+    runs.sort()
+    print(f"# median_ms {1000 * times[len(times) // 2]:.3f} network_ms {1000 * runs[len(runs) // 2]:.3f}")
 
 
 if __name__ == "__main__":
