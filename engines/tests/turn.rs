@@ -68,8 +68,14 @@ fn probabilities_match_onnxruntime() {
     let model = SmartTurn::load(model_path()).unwrap();
     let table = reference();
     assert!(table.len() >= 4);
+    // Under qemu (aarch64) a decision takes seconds: the two whole clips only there.
+    let run: Vec<&(String, usize, f32)> = if cfg!(target_arch = "x86_64") {
+        table.iter().collect()
+    } else {
+        table.iter().step_by(2).collect()
+    };
     let mut close = 0;
-    for (name, samples, want) in &table {
+    for (name, samples, want) in run.iter().copied() {
         let audio = clip(&common::models_dir().join(name));
         let got = model.probability(&audio[..*samples]);
         let d = (got - want).abs();

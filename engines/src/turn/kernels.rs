@@ -79,7 +79,7 @@ pub fn dot_i16(a: &[i16], b: &[i16]) -> i32 {
 fn tile_4x2(x: [&[i16]; 4], w: [&[i16]; 2]) -> [[i32; 2]; 4] {
     #[cfg(target_arch = "x86_64")]
     {
-        if x[0].len() % 16 == 0 && std::arch::is_x86_feature_detected!("avx2") {
+        if x[0].len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 is present (checked above); all slices have the same length, a
             // multiple of 16 (checked by the caller and above).
             return unsafe { avx2::tile_4x2(x, w) };

@@ -58,6 +58,9 @@ const POOL: usize = 256;
 /// Width of the classifier's second layer.
 const CLS: usize = 64;
 
+/// A layer norm's weight and bias.
+type Norm = (Vec<f32>, Vec<f32>);
+
 /// The decision threshold Pipecat uses: `probability > 0.5` is "complete".
 pub const THRESHOLD: f32 = 0.5;
 
@@ -275,7 +278,7 @@ impl<'m> Graph<'m> {
         };
         let scale = self.floats(s, 1)?[0];
         let zp = self.ints(z, DataType::UINT8, 1)?[0];
-        if !(scale > 0.0) {
+        if scale.is_nan() || scale <= 0.0 {
             return Err(self.not_expected(s, format!("scale {scale} is not positive")));
         }
         Ok(QParam {
@@ -321,10 +324,10 @@ impl<'m> Graph<'m> {
                 }
                 if n.op_type == "Mul" {
                     for i in &n.input {
-                        if let Some(c) = self.model.initializer(i) {
-                            if c.element_count() == 1 {
-                                mul = c.to_f32_vec().ok().map(|v| v[0]);
-                            }
+                        if let Some(c) = self.model.initializer(i)
+                            && c.element_count() == 1
+                        {
+                            mul = c.to_f32_vec().ok().map(|v| v[0]);
                         }
                     }
                 }
@@ -423,7 +426,7 @@ impl<'m> Graph<'m> {
         })
     }
 
-    fn layer_norm(&self, prefix: &str, n: usize) -> Result<((Vec<f32>, Vec<f32>), &'m NodeProto)> {
+    fn layer_norm(&self, prefix: &str, n: usize) -> Result<(Norm, &'m NodeProto)> {
         let w = format!("{prefix}.weight");
         let b = format!("{prefix}.bias");
         let node = self.node("LayerNormalization", |x| x.input.get(1) == Some(&w), &w)?;
@@ -543,14 +546,11 @@ impl SmartTurn {
         }
         let input_q = g.next_qparam("input_features")?;
         let (conv1, c1node) = g.conv("inner.encoder.conv1", N_MELS, 1)?;
-        let gelu1 = g.next_qparam(&c1node.output[0]).and_then(|_| {
-            // conv1 -> Q -> DQ -> GELU -> Q(gelu)
-            let (q, _) = g.next_q(&c1node.output[0])?;
-            g.next_qparam(&q.output[0])
-        })?;
-        let (conv2, c2node) = g.conv("inner.encoder.conv2", D, 2)?;
+        // conv1 -> Q -> DQ -> GELU -> Q(gelu)
+        let (c1q, _) = g.next_q(&c1node.output[0])?;
+        let gelu1 = g.next_qparam(&c1q.output[0])?;
+        let (conv2, _) = g.conv("inner.encoder.conv2", D, 2)?;
         let pos = g.floats("inner.encoder.embed_positions.weight", T * D)?;
-        let _ = c2node;
         let mut layers = Vec::with_capacity(LAYERS);
         for l in 0..LAYERS {
             let p = format!("inner.encoder.layers.{l}");
@@ -581,8 +581,6 @@ impl SmartTurn {
                     ),
                 ));
             }
-            let q_mm_w = &q.w;
-            let _ = q_mm_w;
             let q_bias_add = format!("{p}.self_attn.q_proj.bias");
             let v_bias_add = format!("{p}.self_attn.v_proj.bias");
             // k: the projection whose output is not followed by a bias Add.
@@ -611,16 +609,8 @@ impl SmartTurn {
                     g.not_expected(&lndq.output[0], format!("layer {l}: no key projection"))
                 );
             };
-            let q_add = g.node(
-                "Add",
-                |a| a.input.iter().any(|i| *i == q_bias_add),
-                &q_bias_add,
-            )?;
-            let v_add = g.node(
-                "Add",
-                |a| a.input.iter().any(|i| *i == v_bias_add),
-                &v_bias_add,
-            )?;
+            let q_add = g.node("Add", |a| a.input.contains(&q_bias_add), &q_bias_add)?;
+            let v_add = g.node("Add", |a| a.input.contains(&v_bias_add), &v_bias_add)?;
             let (qs_node, q_mul) = g.next_q(&q_add.output[0])?;
             let (ks_node, k_mul) = g.next_q(&kdq.output[0])?;
             let q_scaled = g.qparam(qs_node)?;
@@ -672,6 +662,10 @@ impl SmartTurn {
             if let Some(l) = layers.last_mut() {
                 l.build_tables();
             }
+        }
+        let extra = format!("inner.encoder.layers.{LAYERS}.self_attn_layer_norm.weight");
+        if g.model.initializer(&extra).is_some() {
+            return Err(g.not_expected(&extra, format!("more than {LAYERS} encoder layers")));
         }
         let (ln_final, lnf_node) = g.layer_norm("inner.encoder.layer_norm", D)?;
         let ln_final_q = g.next_qparam(&lnf_node.output[0])?;
