@@ -8,6 +8,20 @@
 
 use rayon::prelude::*;
 
+/// Round half to even, as `f32::round_ties_even` but without a library call on x86-64
+/// without SSE4.1: adding and subtracting 1.5 · 2^23 leaves the nearest integer (ties to
+/// even, the default rounding mode) for |v| < 2^22; larger values are returned as they are
+/// (every caller clamps them to 0..=255 or its zero-point-shifted range).
+#[inline]
+pub fn round_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    if v.abs() < 4_194_304.0 {
+        (v + MAGIC) - MAGIC
+    } else {
+        v
+    }
+}
+
 /// Scale and zero point of a u8 activation (`QuantizeLinear`'s parameters).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QParam {
@@ -21,7 +35,7 @@ impl QParam {
     /// `QuantizeLinear`: `clamp(round_half_even(x / scale) + zp, 0, 255)`.
     #[inline]
     pub fn quantize(self, x: f32) -> u8 {
-        let v = (x / self.scale).round_ties_even() + self.zp as f32;
+        let v = round_even(x / self.scale) + self.zp as f32;
         v.clamp(0.0, 255.0) as u8
     }
 
@@ -35,7 +49,7 @@ impl QParam {
     #[inline]
     pub fn requantize(self, acc: i32, scale: f32) -> u8 {
         let v = (acc as f32 * scale).clamp(-self.zp as f32, (255 - self.zp) as f32);
-        (v.round_ties_even() as i32 + self.zp) as u8
+        (round_even(v) as i32 + self.zp) as u8
     }
 
     /// The table `q -> out.quantize(f(self.dequantize(q)))` of a unary float step between two
@@ -255,7 +269,7 @@ impl QSoftmax {
             return;
         }
         for (o, &v) in y.iter_mut().zip(x) {
-            let q = ((look(v) * self.y_mul) / sum).round_ties_even() as u32 + self.y_zp;
+            let q = round_even((look(v) * self.y_mul) / sum) as u32 + self.y_zp;
             *o = q.min(255) as u8;
         }
     }
