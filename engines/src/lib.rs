@@ -17,6 +17,7 @@ mod par;
 pub mod quant;
 pub mod stt;
 pub mod tts;
+pub mod turn;
 pub mod vad;
 pub mod wake;
 

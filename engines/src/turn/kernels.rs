@@ -1,0 +1,304 @@
+//! The integer kernels of Smart Turn's QDQ graph, with onnxruntime's arithmetic (the fused
+//! `QLinearMatMul`, `QLinearConv`, `QGemm` and `QLinearSoftmax` it runs on the CPU).
+//!
+//! Activations are u8 with a zero point, weights int8 with per-output-channel scales and zero
+//! point 0. A product accumulates `(a - za) * w` exactly in i32 and is requantized as MLAS
+//! does: `float(acc) * scale` with `scale = (a_scale * w_scale) / y_scale` in f32, clamped to
+//! the u8 range minus the zero point, rounded half to even, plus the zero point.
+
+use rayon::prelude::*;
+
+/// Round half to even, as `f32::round_ties_even` but without a library call on x86-64
+/// without SSE4.1: adding and subtracting 1.5 · 2^23 leaves the nearest integer (ties to
+/// even, the default rounding mode) for |v| < 2^22; larger values are returned as they are
+/// (every caller clamps them to 0..=255 or its zero-point-shifted range).
+#[inline]
+pub fn round_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    if v.abs() < 4_194_304.0 {
+        (v + MAGIC) - MAGIC
+    } else {
+        v
+    }
+}
+
+/// Scale and zero point of a u8 activation (`QuantizeLinear`'s parameters).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QParam {
+    /// Scale.
+    pub scale: f32,
+    /// Zero point (0..=255).
+    pub zp: i32,
+}
+
+impl QParam {
+    /// `QuantizeLinear`: `clamp(round_half_even(x / scale) + zp, 0, 255)`.
+    #[inline]
+    pub fn quantize(self, x: f32) -> u8 {
+        let v = round_even(x / self.scale) + self.zp as f32;
+        v.clamp(0.0, 255.0) as u8
+    }
+
+    /// `DequantizeLinear`: `(q - zp) * scale`.
+    #[inline]
+    pub fn dequantize(self, q: u8) -> f32 {
+        (i32::from(q) - self.zp) as f32 * self.scale
+    }
+
+    /// MLAS's requantization of an i32 accumulator with the combined `scale`.
+    #[inline]
+    pub fn requantize(self, acc: i32, scale: f32) -> u8 {
+        let v = (acc as f32 * scale).clamp(-self.zp as f32, (255 - self.zp) as f32);
+        (round_even(v) as i32 + self.zp) as u8
+    }
+
+    /// The table `q -> out.quantize(f(self.dequantize(q)))` of a unary float step between two
+    /// quantized tensors: exact, and the step costs one lookup.
+    pub fn table(self, out: QParam, f: impl Fn(f32) -> f32) -> [u8; 256] {
+        std::array::from_fn(|q| out.quantize(f(self.dequantize(q as u8))))
+    }
+
+    /// The values minus the zero point, as i16 (the integer kernels' input).
+    pub fn centered(self, q: &[u8], out: &mut Vec<i16>) {
+        out.clear();
+        out.extend(q.iter().map(|&v| i16::from(v) - self.zp as i16));
+    }
+}
+
+/// A weight matrix `[n][k]` (one row per output channel), int8 values widened to i16 at load
+/// (the kernels multiply i16 by i16), per-row scales.
+#[derive(Debug, Clone)]
+pub struct QWeight {
+    /// Output channels.
+    pub n: usize,
+    /// Input channels (the dot product's length).
+    pub k: usize,
+    /// `[n][k]`, row-major.
+    pub w: Vec<i16>,
+    /// `[n]`.
+    pub scale: Vec<f32>,
+}
+
+/// `Σ a[i] * b[i]` over i16 values, exact in i32 (|a|, |b| ≤ 255, length ≤ 32 768).
+#[inline]
+pub fn dot_i16(a: &[i16], b: &[i16]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+        .sum()
+}
+
+/// Dot products of four rows of `x` with two rows of `w` (all of length `k`): `out[r][c]`.
+#[inline]
+fn tile_4x2(x: [&[i16]; 4], w: [&[i16]; 2]) -> [[i32; 2]; 4] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if x[0].len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present (checked above); all slices have the same length, a
+            // multiple of 16 (checked by the caller and above).
+            return unsafe { avx2::tile_4x2(x, w) };
+        }
+    }
+    let mut out = [[0i32; 2]; 4];
+    for (o, xr) in out.iter_mut().zip(x) {
+        for (v, wr) in o.iter_mut().zip(w) {
+            *v = dot_i16(xr, wr);
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Horizontal sum of eight i32 lanes.
+    #[target_feature(enable = "avx2")]
+    unsafe fn hsum(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// Safety: AVX2; every slice has the length of `x[0]`, a multiple of 16.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn tile_4x2(x: [&[i16]; 4], w: [&[i16]; 2]) -> [[i32; 2]; 4] {
+        let k = x[0].len();
+        debug_assert!(x.iter().all(|r| r.len() == k) && w.iter().all(|r| r.len() == k));
+        let mut acc = [_mm256_setzero_si256(); 8];
+        let mut i = 0;
+        while i < k {
+            // SAFETY: i + 16 <= k for every slice (lengths checked by the caller).
+            unsafe {
+                let w0 = _mm256_loadu_si256(w[0].as_ptr().add(i).cast());
+                let w1 = _mm256_loadu_si256(w[1].as_ptr().add(i).cast());
+                for r in 0..4 {
+                    let xr = _mm256_loadu_si256(x[r].as_ptr().add(i).cast());
+                    acc[2 * r] = _mm256_add_epi32(acc[2 * r], _mm256_madd_epi16(xr, w0));
+                    acc[2 * r + 1] = _mm256_add_epi32(acc[2 * r + 1], _mm256_madd_epi16(xr, w1));
+                }
+            }
+            i += 16;
+        }
+        let mut out = [[0i32; 2]; 4];
+        for r in 0..4 {
+            // SAFETY: AVX2 (this function's feature).
+            unsafe {
+                out[r] = [hsum(acc[2 * r]), hsum(acc[2 * r + 1])];
+            }
+        }
+        out
+    }
+}
+
+/// `out[i][j] = Σ_k x[i][k] * w[j][k]` for `x` `[m][k]` and `w` `[n][k]` (i16, exact in i32),
+/// then `finish(j, acc)`. Blocks of 32 rows of `w` in parallel (rayon), each kept in cache
+/// while every row of `x` passes, in 4 × 2 tiles.
+pub fn matmul_i16<T: Send + Sync + Copy + Default>(
+    x: &[i16],
+    w: &[i16],
+    k: usize,
+    out: &mut Vec<T>,
+    finish: impl Fn(usize, i32) -> T + Sync,
+) {
+    const JB: usize = 32;
+    let m = x.len() / k;
+    let n = w.len() / k;
+    let blocks: Vec<Vec<T>> = (0..n.div_ceil(JB))
+        .into_par_iter()
+        .map(|b| {
+            let j0 = b * JB;
+            let nb = JB.min(n - j0);
+            let mut o = vec![T::default(); m * nb];
+            let wr = |j: usize| {
+                let j = j0 + j.min(nb - 1);
+                &w[j * k..(j + 1) * k]
+            };
+            for i0 in (0..m).step_by(4) {
+                let rows = 4.min(m - i0);
+                let xr = |r: usize| {
+                    let i = i0 + r.min(rows - 1);
+                    &x[i * k..(i + 1) * k]
+                };
+                let xs = [xr(0), xr(1), xr(2), xr(3)];
+                for j in (0..nb).step_by(2) {
+                    let t = tile_4x2(xs, [wr(j), wr(j + 1)]);
+                    for (r, tr) in t.iter().enumerate().take(rows) {
+                        o[(i0 + r) * nb + j] = finish(j0 + j, tr[0]);
+                        if j + 1 < nb {
+                            o[(i0 + r) * nb + j + 1] = finish(j0 + j + 1, tr[1]);
+                        }
+                    }
+                }
+            }
+            o
+        })
+        .collect();
+    out.clear();
+    out.resize(m * n, T::default());
+    for (b, o) in blocks.iter().enumerate() {
+        let j0 = b * JB;
+        let nb = JB.min(n - j0);
+        for i in 0..m {
+            out[i * n + j0..i * n + j0 + nb].copy_from_slice(&o[i * nb..(i + 1) * nb]);
+        }
+    }
+}
+
+/// `QLinearMatMul` (or `QGemm` with `bias`): `x` is `[m][w.k]` centred activations of scale
+/// `x_scale`; the output `[m][w.n]` is quantized with `y`.
+pub fn qmatmul(
+    x: &[i16],
+    x_scale: f32,
+    w: &QWeight,
+    bias: Option<&[i32]>,
+    y: QParam,
+    out: &mut Vec<u8>,
+) {
+    let scales: Vec<f32> = w.scale.iter().map(|&s| x_scale * s / y.scale).collect();
+    matmul_i16(x, &w.w, w.k, out, |j, acc| {
+        let acc = acc + bias.map_or(0, |b| b[j]);
+        y.requantize(acc, scales[j])
+    });
+}
+
+/// onnxruntime's `QLinearSoftmax` (u8, opset 13) over one row, in place: a table of
+/// `exp((i - 255 + shift) * x_scale)` in f32, shifted so the row's maximum reads entry 255,
+/// summed in f32, each entry `round(v * floor(1 / y_scale) / sum) + y_zp`, at most 255.
+pub struct QSoftmax {
+    table: [f32; 256],
+    y_mul: f32,
+    y_zp: u32,
+}
+
+impl QSoftmax {
+    /// The table for rows of `len` entries.
+    pub fn new(x_scale: f32, y: QParam, len: usize) -> Self {
+        let bit_shift = f64::from(f32::MAX / len as f32).ln();
+        let bit_shift = (bit_shift - 5.0).max(0.0) / f64::from(x_scale);
+        let mut table = [0.0f32; 256];
+        for (i, t) in table.iter_mut().enumerate() {
+            *t = ((i as f64 - 255.0 + bit_shift) * f64::from(x_scale)).exp() as f32;
+        }
+        Self {
+            table,
+            y_mul: (1.0f32 / y.scale).floor(),
+            y_zp: y.zp as u32,
+        }
+    }
+
+    /// Softmax of the u8 row `x` into `y`.
+    pub fn row(&self, x: &[u8], y: &mut [u8]) {
+        let max = x.iter().copied().max().unwrap_or(255);
+        let shift = 255 - usize::from(max);
+        let look = |v: u8| self.table[usize::from(v) + shift];
+        // onnxruntime's build sums this loop in four lanes (measured against its outputs).
+        let mut lanes = [0.0f32; 4];
+        let mut chunks = x.chunks_exact(4);
+        for c in &mut chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += look(v);
+            }
+        }
+        for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+            *l += look(v);
+        }
+        let sum = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
+        if sum == 0.0 {
+            return;
+        }
+        for (o, &v) in y.iter_mut().zip(x) {
+            let q = round_even((look(v) * self.y_mul) / sum) as u32 + self.y_zp;
+            *o = q.min(255) as u8;
+        }
+    }
+}
+
+/// Layer normalisation of each `n`-wide row of `x` into `out` (statistics in f64).
+pub fn layer_norm(x: &[f32], n: usize, gamma: &[f32], beta: &[f32], out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(x.len(), 0.0);
+    for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let mut s = 0.0f64;
+        let mut s2 = 0.0f64;
+        for &v in row {
+            s += f64::from(v);
+            s2 += f64::from(v) * f64::from(v);
+        }
+        let mean = s / n as f64;
+        let var = s2 / n as f64 - mean * mean;
+        let mean = mean as f32;
+        let inv = 1.0f32 / ((var as f32) + 1e-5f32).sqrt();
+        for ((d, &v), (&g, &b)) in o.iter_mut().zip(row).zip(gamma.iter().zip(beta)) {
+            *d = ((v - mean) * inv).mul_add(g, b);
+        }
+    }
+}
+
+/// Exact GELU as the graph spells it: `x * (0.5 * (erf(x / 1.4142135) + 1))`.
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    let e = libm::erf(f64::from(x / std::f32::consts::SQRT_2)) as f32;
+    x * (0.5 * (e + 1.0))
+}
