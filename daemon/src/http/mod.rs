@@ -354,8 +354,11 @@ pub fn stage_error(e: StageError, field: impl Fn(&str) -> String) -> ApiError {
     }
 }
 
-/// The body, whole, after the token check: `413` past `limit` (told by `Content-Length` at
-/// once, or found while reading), `415` unless its type is one of `types`.
+/// The most of a body without the right token that is read anyway.
+const UNAUTHORIZED_DRAIN: u64 = 64 * 1024;
+
+/// The body, whole: `413` past `limit` (told by `Content-Length` at once, or found while
+/// reading), `401` without the token, `415` (once it is read) unless its type is one of `types`.
 pub async fn read_body(
     api: &Api,
     request: Request,
@@ -363,7 +366,6 @@ pub async fn read_body(
     types: &[&str],
 ) -> Result<(HeaderMap, Bytes), ApiError> {
     let (parts, body) = request.into_parts();
-    api.authorize(&parts.headers)?;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -371,6 +373,32 @@ pub async fn read_body(
         )
         .code("request_too_large")
     };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    // Without the token, a small body is read (so that the connection stays usable) and a
+    // large one is not read at all (the connection closes).
+    if let Err(e) = api.authorize(&parts.headers) {
+        if declared.is_some_and(|n| n <= UNAUTHORIZED_DRAIN) {
+            let _ = axum::body::to_bytes(body, UNAUTHORIZED_DRAIN as usize).await;
+        }
+        return Err(e);
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = source {
+            if s.to_string().contains("length limit") {
+                return too_large();
+            }
+            source = s.source();
+        }
+        ApiError::invalid("body", format!("could not read the request body: {e}"))
+    })?;
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -393,24 +421,6 @@ pub async fn read_body(
         )
         .code("unsupported_media_type"));
     }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source: Option<&dyn std::error::Error> = Some(&e);
-        while let Some(s) = source {
-            if s.to_string().contains("length limit") {
-                return too_large();
-            }
-            source = s.source();
-        }
-        ApiError::invalid("body", format!("could not read the request body: {e}"))
-    })?;
     Ok((parts.headers, bytes))
 }
 
