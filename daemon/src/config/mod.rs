@@ -397,7 +397,7 @@ pub fn device_id_from_hostname(host: &str) -> String {
     }
 }
 
-/// `[http]`: the OpenAI-compatible HTTP API (`crate::http`).
+/// `[http]`: the OpenAI-compatible HTTP API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
