@@ -351,7 +351,7 @@ fn openai_client_curl_and_bad_input() {
     let bytes = pcm["bytes"].as_u64().unwrap();
     assert_eq!(pcm["sample_rate"], "22050", "{r}");
     // Two sentences, about 5 s of 16-bit audio.
-    assert!(bytes % 2 == 0 && bytes > 22_050 * 2 * 2, "{r}");
+    assert!(bytes.is_multiple_of(2) && bytes > 22_050 * 2 * 2, "{r}");
 
     // Errors through the client: an unknown model, a wrong key.
     assert_eq!(r["unknown_model"]["status"], 404, "{r}");
