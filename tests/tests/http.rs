@@ -204,7 +204,7 @@ fn openai_client_curl_and_bad_input() {
         &format!(
             "[llm]\nmodel = \"smollm2-135m-instruct-q4_1.gguf\"\nmax_tokens = 32\n\
              [http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\napi_key = \"{KEY}\"\n\
-             max_request_bytes = {MAX_REQUEST}\n"
+             max_request_bytes = {MAX_REQUEST}\n[service]\nrequest_queue = 2\n"
         ),
     );
     let mut sotad = Sotad::start(&config, "http-test").unwrap();
@@ -459,6 +459,37 @@ fn openai_client_curl_and_bad_input() {
         .error(413);
     assert_eq!(e["code"], "request_too_large");
     assert_eq!(c.send("GET", "/health", &[], b"").status, 200);
+
+    // A full queue (`service.request_queue` = 2: one running, two waiting) is a 429 at once.
+    let ask =
+        br#"{"messages":[{"role":"user","content":"Count from one to fifty."}],"max_tokens":16}"#;
+    let mut many: Vec<Conn> = (0..6).map(|_| Conn::open(port)).collect();
+    for m in &mut many {
+        let head = format!(
+            "POST {chat_path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Authorization: {bearer}\r\nContent-Length: {}\r\n\r\n",
+            ask.len()
+        );
+        let stream = m.reader.get_mut();
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(ask).unwrap();
+    }
+    let statuses: Vec<u16> = many
+        .iter_mut()
+        .map(|m| {
+            let a = m.read();
+            if a.status == 429 {
+                assert_eq!(a.error(429)["code"], "rate_limit_exceeded");
+            }
+            a.status
+        })
+        .collect();
+    let busy = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        busy >= 3 && statuses.iter().all(|&s| s == 200 || s == 429),
+        "{statuses:?}"
+    );
+    drop(many);
 
     // A bounded flood: 10,000 bad requests on kept-alive connections; RSS before and after.
     let warm_up = |c: &mut Conn, n: usize| {
