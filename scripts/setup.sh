@@ -64,6 +64,19 @@ if ! python3 -c 'import wyoming, zeroconf' 2>/dev/null; then
     $SUDO python3 -m pip install -q --disable-pip-version-check --break-system-packages "${WYOMING_PY[@]}"
 fi
 
+# Python clients the integration tests drive (tests/requirements.txt, pinned) in a venv of
+# their own; tests/tests/http.rs finds it there (or at $SOTAD_TEST_PYTHON).
+venv="$HOME/.cache/sotad/venv-tests"
+installed=$("$venv/bin/python" -m pip freeze 2>/dev/null || true)
+if grep -v -e '^#' -e '^$' tests/requirements.txt | grep -qvxF -f <(echo "$installed"); then
+  echo "setup: installing tests/requirements.txt into $venv"
+  if ! python3 -c 'import ensurepip' 2>/dev/null; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r tests/requirements.txt
+fi
+
 if [ "${1:-}" = "--models" ]; then
   scripts/install-models.sh --set test
 fi

@@ -10,6 +10,7 @@
 //! - `audio`: ALSA capture and playback.
 //! - `telemetry`: counters and the periodic telemetry sample.
 //! - `systemd`: readiness, watchdog and status notifications.
+//! - `http`: the OpenAI-compatible HTTP API (`[http]`, off by default).
 //!
 //! [`run`] wires them together; `main.rs` only parses the command line and passes a shutdown
 //! future (SIGTERM/SIGINT), so tests can run the daemon in-process with their own.
@@ -18,6 +19,7 @@ pub mod audio;
 pub mod broker;
 pub mod config;
 pub mod fatal;
+pub mod http;
 pub mod mqtt;
 pub mod service;
 pub mod stages;
@@ -290,6 +292,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let service_task = tokio::spawn(service.run());
 
+    // The HTTP API beside MQTT, on the same stages; it stops accepting with the intake.
+    let mut http_task = None;
+    if config.http.enabled {
+        let (addr, task) =
+            http::start(&config, stages.clone(), metrics.clone(), intake.clone()).await?;
+        tracing::info!(listen = %addr, auth = !config.http.api_key.is_empty(), "HTTP API listening");
+        http_task = Some(task);
+    }
+
     let telemetry_task = tokio::spawn(telemetry_loop(
         publisher.clone(),
         metrics.clone(),
@@ -330,7 +341,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     intake.cancel();
     let _ = service_task.await;
     tracker.close();
-    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+    // In-flight MQTT and HTTP requests share the one bound.
+    let in_flight = async {
+        tracker.wait().await;
+        if let Some(task) = http_task.as_mut() {
+            let _ = task.await;
+        }
+    };
+    if tokio::time::timeout(timeout, in_flight).await.is_err() {
+        if let Some(task) = &http_task {
+            task.abort();
+        }
         tracing::warn!(
             timeout_s = timeout.as_secs(),
             "in-flight requests did not finish in time; cancelled"

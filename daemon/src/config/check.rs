@@ -79,7 +79,8 @@ impl Config {
         self.log(c)?;
         self.intents(c)?;
         self.homeassistant(c)?;
-        self.wyoming(c)
+        self.wyoming(c)?;
+        self.http(c)
     }
 
     fn homeassistant(&self, c: &Checker) -> Result<(), ConfigError> {
@@ -117,6 +118,36 @@ impl Config {
         }
         c.range("wyoming.max_connections", w.max_connections as u64, 1, 1024)?;
         c.range("wyoming.max_audio_s", u64::from(w.max_audio_s), 1, 600)
+    }
+
+    fn http(&self, c: &Checker) -> Result<(), ConfigError> {
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            return Err(c.fail(
+                "http.listen",
+                format!(
+                    "{:?} is not an address:port; allowed e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                    self.http.listen
+                ),
+            ));
+        }
+        if self.http.api_key.chars().any(|ch| !ch.is_ascii_graphic()) {
+            return Err(c.fail(
+                "http.api_key",
+                "has a character that cannot go in an HTTP header; allowed: printable ASCII without spaces".into(),
+            ));
+        }
+        c.range(
+            "http.max_request_bytes",
+            self.http.max_request_bytes as u64,
+            1024,
+            64 << 20,
+        )?;
+        c.range(
+            "http.max_upload_bytes",
+            self.http.max_upload_bytes as u64,
+            1024,
+            256 << 20,
+        )
     }
 
     fn intents(&self, c: &Checker) -> Result<(), ConfigError> {

@@ -44,6 +44,7 @@ pub struct Config {
     pub intents: Intents,
     pub homeassistant: HomeAssistant,
     pub wyoming: Wyoming,
+    pub http: Http,
 }
 
 /// Home Assistant's MQTT device discovery (`mqtt/discovery.rs`).
@@ -434,6 +435,21 @@ pub fn device_id_from_hostname(host: &str) -> String {
     } else {
         id
     }
+}
+
+/// `[http]`: the OpenAI-compatible HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    pub enabled: bool,
+    /// Address and port to listen on.
+    pub listen: String,
+    /// Bearer token required on every request but `/health`; empty: none.
+    pub api_key: String,
+    /// Largest JSON body, bytes.
+    pub max_request_bytes: usize,
+    /// Largest multipart upload, bytes.
+    pub max_upload_bytes: usize,
 }
 
 #[cfg(test)]
