@@ -765,10 +765,89 @@ impl LiveMic {
             assert_eq!(&wav[..4], b"RIFF");
             raw.extend_from_slice(&wav[44..]);
         }
+        self.say_raw(raw)
+    }
+
+    /// Says 16 kHz mono s16le samples. Returns their length in seconds.
+    fn say_raw(&self, raw: Vec<u8>) -> f32 {
         let seconds = raw.len() as f32 / 32_000.0;
         self.tx.send(raw).unwrap();
         seconds
     }
+}
+
+/// `text` said by espeak-ng, as 16 kHz mono s16le samples (sox converts).
+fn espeak(dir: &Path, text: &str) -> Vec<u8> {
+    use std::process::Command;
+    let wav = dir.join("espeak.wav");
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .expect("espeak-ng (scripts/setup.sh installs it)");
+    assert!(status.success());
+    let raw = dir.join("espeak.raw");
+    let status = Command::new("sox")
+        .arg(&wav)
+        .args([
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+            "-t",
+            "raw",
+        ])
+        .arg(&raw)
+        .status()
+        .expect("sox (scripts/setup.sh installs it)");
+    assert!(status.success());
+    std::fs::read(raw).unwrap()
+}
+
+/// The `[llm]` lines of the stop tests: an answer that plays for a minute.
+const LONG_ANSWERS: &str = "temperature = 0.0\nmax_tokens = 200\nsystem_prompt = \"You are a storyteller. Answer every question with a long story of at least ten sentences.\"";
+
+/// Says the wake word and a question to a daemon whose answers are long, and waits for the
+/// answer's first audio.
+async fn a_long_answer_plays(
+    mic: &LiveMic,
+    sotad: &Sotad,
+    c: &mut TestClient,
+) -> Vec<rumqttc::Publish> {
+    let clips = librivox_clips();
+    mic.say(&[&wake_clip("hey_jarvis"), &clips[1].0]);
+    c.expect_collecting(&sotad.topic("tts/audio/turn-1"), WAIT, |_| true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()))
+        .1
+}
+
+/// After a stop: the turn was cancelled, the speaker has stopped, the stop is counted.
+async fn stopped(sotad: &Sotad, c: &mut TestClient, dir: &Path) -> Vec<rumqttc::Publish> {
+    let (done, seen) = c
+        .expect_collecting(&sotad.topic("turn/done"), WAIT, |_| true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+    let done = payload_json(&done);
+    assert_eq!(done["turn"], "turn-1", "{done}");
+    assert_eq!(done["outcome"], "cancelled", "{done}");
+    // Nothing more is played of a story that had most of its 200 tokens to go.
+    let settled = speaker_settled(dir).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = std::fs::metadata(dir.join("speaker.raw")).map_or(0, |m| m.len());
+    assert_eq!(settled, later, "audio after the stop");
+    c.expect(&sotad.topic("telemetry"), WAIT, |p| {
+        serde_json::from_slice::<Value>(p)
+            .is_ok_and(|v| v["voice"]["stops"] == 1 && v["voice"]["wake_detections"] == 1)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("stop not counted: {e}"));
+    seen
 }
 
 /// The synthesized (Piper) wake word clips of the engine's tests.
@@ -905,26 +984,14 @@ async fn only_speech_after_the_wake_word_or_in_the_follow_up_window_becomes_a_tu
 async fn a_stop_word_during_a_long_answer_cancels_it_and_the_audio_stops() {
     let (mic, sotad, mut c, _broker, dir) = wake_daemon(
         "stop",
-        "temperature = 0.0\nmax_tokens = 200\nsystem_prompt = \"You are a storyteller. Answer every question with a long story of at least ten sentences.\"",
+        LONG_ANSWERS,
         "wake_words = [\"hey_jarvis\"]\nstop_words = [\"okay_nabu\"]",
     )
     .await;
-    let clips = librivox_clips();
-    mic.say(&[&wake_clip("hey_jarvis"), &clips[1].0]);
-    // The answer plays (its first audio is out); then "Okay Nabu", the stop word here.
-    let (_, mut seen) = c
-        .expect_collecting(&sotad.topic("tts/audio/turn-1"), WAIT, |_| true)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+    let mut seen = a_long_answer_plays(&mic, &sotad, &mut c).await;
+    // "Okay Nabu" is the stop word here.
     mic.say(&[&wake_clip("okay_nabu")]);
-    let (done, after) = c
-        .expect_collecting(&sotad.topic("turn/done"), WAIT, |_| true)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
-    seen.extend(after);
-    let done = payload_json(&done);
-    assert_eq!(done["turn"], "turn-1", "{done}");
-    assert_eq!(done["outcome"], "cancelled", "{done}");
+    seen.extend(stopped(&sotad, &mut c, dir.path()).await);
     let words: Vec<Value> = seen
         .iter()
         .filter(|p| p.topic == sotad.topic("wake/detected"))
@@ -940,18 +1007,16 @@ async fn a_stop_word_during_a_long_answer_cancels_it_and_the_audio_stops() {
         (&json!("okay_nabu"), &json!(true)),
         "{words:?}"
     );
-    // The speaker stops: nothing more is played of a story that had most of its 200 tokens
-    // to go.
-    let stopped = speaker_settled(dir.path()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let later = std::fs::metadata(dir.path().join("speaker.raw")).map_or(0, |m| m.len());
-    assert_eq!(stopped, later, "audio after the stop");
-    c.expect(&sotad.topic("telemetry"), WAIT, |p| {
-        serde_json::from_slice::<Value>(p)
-            .is_ok_and(|v| v["voice"]["stops"] == 1 && v["voice"]["wake_detections"] == 1)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("stop not counted: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spoken_stop_during_a_long_answer_cancels_it_without_a_stop_model() {
+    let (mic, sotad, mut c, _broker, dir) =
+        wake_daemon("stopsaid", LONG_ANSWERS, "wake_words = [\"hey_jarvis\"]").await;
+    let stop = espeak(dir.path(), "Stop.");
+    a_long_answer_plays(&mic, &sotad, &mut c).await;
+    mic.say_raw(stop);
+    stopped(&sotad, &mut c, dir.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
