@@ -239,7 +239,9 @@ pub fn run(
                 wake.gate.woken(now);
             }
             Some(VadEvent::SpeechEnd { utterance, .. }) if stop_check => {
-                if wake.events.try_send(WakeEvent::Check(utterance)).is_err() {
+                // One check at a time: speech while the last is transcribed is not checked.
+                let sent = wake.events.try_send(WakeEvent::Check(utterance));
+                if sent.is_err() {
                     tracing::debug!("a stop check was dropped: the last is still running");
                 }
             }
