@@ -200,11 +200,17 @@ async fn wake_events(
                     Err(e) => Err(e),
                 };
                 match text {
-                    Ok(text) if wake::is_stop_phrase(&text) => {
-                        control.stops.fetch_add(1, Ordering::Relaxed);
-                        let turn = turns.cancel_current();
-                        tracing::info!(text, turn, "stop phrase: playback stopped, turn cancelled");
-                    }
+                    Ok(text) if wake::is_stop_phrase(&text) => match turns.cancel_current() {
+                        Some(turn) => {
+                            control.stops.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(
+                                text,
+                                turn,
+                                "stop phrase: playback stopped, turn cancelled"
+                            );
+                        }
+                        None => tracing::debug!(text, "stop phrase after the answer ended"),
+                    },
                     Ok(text) => tracing::debug!(text, "speech while speaking: not a stop phrase"),
                     Err(e) => tracing::debug!(error = e, "speech while speaking not transcribed"),
                 }
