@@ -31,7 +31,7 @@ pub struct VoiceControl {
     pub complete_endpoints: AtomicU64,
     pub vad_windows: AtomicU64,
     pub vad_model_runs: AtomicU64,
-    /// Wake words heard (`wake/detected`), and answers stopped by a stop word or phrase.
+    /// Wake words heard (`wake/detected`), and turns cancelled by a stop word or phrase.
     pub wake_detections: AtomicU64,
     pub stops: AtomicU64,
     /// Set when the VAD model could not be loaded.

@@ -147,8 +147,11 @@ pub fn run(
             && !wake.stops.is_empty()
             && let Some(heard) = feed(&mut wake.stops, &mut stops_fed, &frame)
         {
-            control.stops.fetch_add(1, Ordering::Relaxed);
+            // Counted when it cancels a turn (not, e.g., during a `tts/say`).
             let turn = turns.cancel_current();
+            if turn.is_some() {
+                control.stops.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::info!(
                 word = heard.model,
                 turn,
