@@ -242,7 +242,7 @@ pub fn run(
                 wake.gate.woken(now);
             }
             Some(VadEvent::SpeechEnd { utterance, .. }) if stop_check => {
-                // One check at a time: speech while the last is transcribed is not checked.
+                // A full queue (earlier checks still being transcribed) drops it.
                 let sent = wake.events.try_send(WakeEvent::Check(utterance));
                 if sent.is_err() {
                     tracing::debug!("a stop check was dropped: the last is still running");
