@@ -7,6 +7,7 @@
 //! cargo build --release -p sotad
 //! cargo bench -p sotad-benches --bench voice                 # latency and answers, 35 questions
 //! cargo bench -p sotad-benches --bench voice -- idle 600     # idle, 600 s
+//! SOTAD__VOICE__WAKE_WORDS=hey_jarvis cargo bench -p sotad-benches --bench voice -- idle 600  # idle, waiting for a wake word
 //! cargo bench -p sotad-benches --bench voice -- split        # early endpoint's false splits
 //! SOTAD__VAD__SPECULATE_MS=0 cargo bench -p sotad-benches --bench voice   # no speculative STT
 //! SOTAD_BENCH_CONFIG=configs/low-latency.toml cargo bench -p sotad-benches --bench voice
@@ -555,7 +556,7 @@ fn idle(secs: u64) {
     }
     let voice = telemetry.map(|t| t["voice"].clone()).unwrap_or_default();
     println!(
-        "idle over {:.0} s: CPU {:.2} % of one core on average (median of intervals {:.2} %); RSS {:.1} -> {:.1} MiB (max {:.1}), anonymous {:.1} -> {:.1} MiB; VAD model ran on {} of {} windows, utterances {}",
+        "idle over {:.0} s: CPU {:.2} % of one core on average (median of intervals {:.2} %); RSS {:.1} -> {:.1} MiB (max {:.1}), anonymous {:.1} -> {:.1} MiB; VAD model ran on {} of {} windows, utterances {}, wake words heard {}",
         start.elapsed().as_secs_f64(),
         100.0 * (cpu1 - cpu0) / start.elapsed().as_secs_f64(),
         median(&samples),
@@ -567,6 +568,7 @@ fn idle(secs: u64) {
         voice["vad_model_runs"],
         voice["vad_windows"],
         voice["utterances"],
+        voice["wake_detections"],
     );
 }
 

@@ -283,6 +283,9 @@ pub struct VoiceSample {
     pub complete_endpoints: u64,
     pub vad_windows: u64,
     pub vad_model_runs: u64,
+    /// Wake words heard; answers stopped by a stop word or phrase (`voice.wake_words`).
+    pub wake_detections: u64,
+    pub stops: u64,
 }
 
 /// Where the time of a turn went, in milliseconds; absent stages did not run.

@@ -719,3 +719,371 @@ async fn a_stalled_speaker_costs_counted_drops_not_memory_and_mqtt_keeps_serving
         .await
         .unwrap();
 }
+
+/// A live microphone for the wake word tests: the device reads a FIFO that a thread keeps
+/// filled with silence, and the test says a clip when it chooses (`say`). The daemon reads
+/// in real time, so the FIFO's buffer (64 KiB, 2 s) is the most a clip waits.
+struct LiveMic {
+    tx: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl LiveMic {
+    /// Creates the FIFO `dir/mic.fifo` and the thread that writes it.
+    fn new(dir: &Path) -> (LiveMic, std::path::PathBuf) {
+        use std::io::Write;
+        let fifo = dir.join("mic.fifo");
+        let path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let at = fifo.clone();
+        std::thread::spawn(move || {
+            // Blocks until the daemon opens its microphone; ends when the daemon or test does.
+            let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&at) else {
+                return;
+            };
+            let silence = vec![0u8; 1024];
+            loop {
+                let written = match rx.try_recv() {
+                    Ok(bytes) => f.write_all(&bytes),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => f.write_all(&silence),
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                };
+                if written.is_err() {
+                    return;
+                }
+            }
+        });
+        (LiveMic { tx }, fifo)
+    }
+
+    /// Says the clips (16 kHz mono 16-bit WAVs with 44-byte headers) one after the other,
+    /// without a pause. Returns their length in seconds.
+    fn say(&self, clips: &[&Path]) -> f32 {
+        let mut raw = Vec::new();
+        for clip in clips {
+            let wav = std::fs::read(clip).unwrap();
+            assert_eq!(&wav[..4], b"RIFF");
+            raw.extend_from_slice(&wav[44..]);
+        }
+        self.say_raw(raw)
+    }
+
+    /// Says 16 kHz mono s16le samples. Returns their length in seconds.
+    fn say_raw(&self, raw: Vec<u8>) -> f32 {
+        let seconds = raw.len() as f32 / 32_000.0;
+        self.tx.send(raw).unwrap();
+        seconds
+    }
+}
+
+/// `text` said by espeak-ng, as 16 kHz mono s16le samples (sox converts).
+fn espeak(dir: &Path, text: &str) -> Vec<u8> {
+    use std::process::Command;
+    let wav = dir.join("espeak.wav");
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .expect("espeak-ng (scripts/setup.sh installs it)");
+    assert!(status.success());
+    let raw = dir.join("espeak.raw");
+    let status = Command::new("sox")
+        .arg(&wav)
+        .args([
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+            "-t",
+            "raw",
+        ])
+        .arg(&raw)
+        .status()
+        .expect("sox (scripts/setup.sh installs it)");
+    assert!(status.success());
+    std::fs::read(raw).unwrap()
+}
+
+/// The `[llm]` lines of the stop tests: an answer that plays for a minute.
+const LONG_ANSWERS: &str = "temperature = 0.0\nmax_tokens = 200\nsystem_prompt = \"You are a storyteller. Answer every question with a long story of at least ten sentences.\"";
+
+/// Says the wake word and a question to a daemon whose answers are long, and waits for the
+/// answer's first audio.
+async fn a_long_answer_plays(
+    mic: &LiveMic,
+    sotad: &Sotad,
+    c: &mut TestClient,
+) -> Vec<rumqttc::Publish> {
+    let clips = librivox_clips();
+    mic.say(&[&wake_clip("hey_jarvis"), &clips[1].0]);
+    c.expect_collecting(&sotad.topic("tts/audio/turn-1"), WAIT, |_| true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()))
+        .1
+}
+
+/// After a stop: the turn was cancelled, the speaker has stopped, the stop is counted.
+async fn stopped(sotad: &Sotad, c: &mut TestClient, dir: &Path) -> Vec<rumqttc::Publish> {
+    let (done, seen) = c
+        .expect_collecting(&sotad.topic("turn/done"), WAIT, |_| true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+    let done = payload_json(&done);
+    assert_eq!(done["turn"], "turn-1", "{done}");
+    assert_eq!(done["outcome"], "cancelled", "{done}");
+    // Nothing more is played of a story that had most of its 200 tokens to go.
+    let settled = speaker_settled(dir).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = std::fs::metadata(dir.join("speaker.raw")).map_or(0, |m| m.len());
+    assert_eq!(settled, later, "audio after the stop");
+    c.expect(&sotad.topic("telemetry"), WAIT, |p| {
+        serde_json::from_slice::<Value>(p)
+            .is_ok_and(|v| v["voice"]["stops"] == 1 && v["voice"]["wake_detections"] == 1)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("stop not counted: {e}"));
+    seen
+}
+
+/// The synthesized (Piper) wake word clips of the engine's tests.
+fn wake_clip(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../engines/tests/data/wake/{name}.wav"))
+}
+
+/// A daemon with wake words, its microphone a [`LiveMic`], once its capture is open.
+async fn wake_daemon(
+    name: &str,
+    llm: &str,
+    voice: &str,
+) -> (LiveMic, Sotad, TestClient, Mosquitto, tempfile::TempDir) {
+    let broker = Mosquitto::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mic, fifo) = LiveMic::new(dir.path());
+    let conf = asound(dir.path(), &fifo.display().to_string());
+    let alsa = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
+    let sotad = Sotad::start_with_env(
+        &config_with(broker.port, name, "testmic", llm, voice),
+        name,
+        &[("ALSA_CONFIG_PATH", &alsa)],
+    )
+    .unwrap();
+    let mut c = TestClient::connect(broker.port, &format!("t-{name}"), false)
+        .await
+        .unwrap();
+    c.subscribe(&format!("sotad/{name}/#")).await.unwrap();
+    c.expect(&sotad.topic("telemetry"), WAIT, |p| {
+        serde_json::from_slice::<Value>(p).is_ok_and(|v| v["voice"]["capture"] == "open")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+    (mic, sotad, c, broker, dir)
+}
+
+/// The size of what the speaker played, once it has not grown for 1 s.
+async fn speaker_settled(dir: &Path) -> u64 {
+    let size = || std::fs::metadata(dir.join("speaker.raw")).map_or(0, |m| m.len());
+    let mut last = size();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = size();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_speech_after_the_wake_word_or_in_the_follow_up_window_becomes_a_turn() {
+    let (mic, sotad, mut c, _broker, dir) = wake_daemon(
+        "wake",
+        SHORT_ANSWERS,
+        "wake_words = [\"hey_jarvis\"]\nfollow_up_s = 10",
+    )
+    .await;
+    let clips = librivox_clips();
+    let (q0, q1, q2) = (&clips[0], &clips[1], &clips[4]);
+    // A question without the wake word: no turn. (2 s of FIFO, the endpoint, a margin.)
+    let s = mic.say(&[&q0.0]);
+    let quiet = c.collect_for(Duration::from_secs_f32(s + 4.0)).await;
+    assert!(
+        !quiet
+            .iter()
+            .any(|p| p.topic.contains("/turn/") || p.topic == sotad.topic("wake/detected")),
+        "speech without the wake word: {:?}\n{}",
+        quiet.iter().map(|p| &p.topic).collect::<Vec<_>>(),
+        sotad.log()
+    );
+    // The engine tests' Piper clip "Hey Jarvis, what time?" and the question at once: the
+    // word is published, and what follows it ("what time" and the question) is the turn.
+    mic.say(&[&wake_clip("hey_jarvis"), &q1.0]);
+    let (done, seen) = c
+        .expect_collecting(&sotad.topic("turn/done"), WAIT, |_| true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+    let done = payload_json(&done);
+    let wake: Vec<Value> = seen
+        .iter()
+        .filter(|p| p.topic == sotad.topic("wake/detected"))
+        .map(payload_json)
+        .collect();
+    assert_eq!(wake.len(), 1, "{wake:?}");
+    let w = &wake[0];
+    assert_eq!(
+        (&w["word"], &w["model"], &w["stop"]),
+        (&json!("Hey Jarvis"), &json!("hey_jarvis"), &json!(false)),
+        "{w}"
+    );
+    assert!(
+        w["probability"].as_f64() > Some(0.97),
+        "above the cutoff: {w}"
+    );
+    assert!(
+        w["time_s"].as_f64() < done["speech_end_s"].as_f64(),
+        "{w} {done}"
+    );
+    assert_eq!(done["outcome"], "answered", "{done}");
+    let transcript = done["transcript"].as_str().unwrap();
+    let wer = word_error_rate(&format!("what time {}", q1.1), transcript);
+    eprintln!("after the wake word: {transcript:?} (WER {wer:.2})");
+    assert!(wer <= 0.3, "WER {wer:.2}: {done}");
+    assert!(
+        !transcript.to_lowercase().contains("jarvis"),
+        "the wake word is not part of the question: {done}"
+    );
+    // Once the answer has played, a question without the wake word is a follow-up.
+    speaker_settled(dir.path()).await;
+    mic.say(&[&q2.0]);
+    let (follow, seen) = c
+        .expect_collecting(&sotad.topic("turn/done"), WAIT, |_| true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
+    let follow = payload_json(&follow);
+    assert!(
+        !seen.iter().any(|p| p.topic == sotad.topic("wake/detected")),
+        "{follow}"
+    );
+    assert_eq!(follow["turn"], "turn-2", "{follow}");
+    assert_eq!(follow["outcome"], "answered", "{follow}");
+    let wer = word_error_rate(&q2.1, follow["transcript"].as_str().unwrap());
+    assert!(wer <= 0.3, "WER {wer:.2}: {follow}");
+    c.expect(&sotad.topic("telemetry"), WAIT, |p| {
+        serde_json::from_slice::<Value>(p)
+            .is_ok_and(|v| v["voice"]["wake_detections"] == 1 && v["voice"]["utterances"] == 2)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("wake word not counted: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_word_during_a_long_answer_cancels_it_and_the_audio_stops() {
+    let (mic, sotad, mut c, _broker, dir) = wake_daemon(
+        "stop",
+        LONG_ANSWERS,
+        "wake_words = [\"hey_jarvis\"]\nstop_words = [\"okay_nabu\"]",
+    )
+    .await;
+    let mut seen = a_long_answer_plays(&mic, &sotad, &mut c).await;
+    // "Okay Nabu" is the stop word here.
+    mic.say(&[&wake_clip("okay_nabu")]);
+    seen.extend(stopped(&sotad, &mut c, dir.path()).await);
+    let words: Vec<Value> = seen
+        .iter()
+        .filter(|p| p.topic == sotad.topic("wake/detected"))
+        .map(payload_json)
+        .collect();
+    assert_eq!(
+        words.len(),
+        2,
+        "the wake word, then the stop word: {words:?}"
+    );
+    assert_eq!(
+        (&words[1]["model"], &words[1]["stop"]),
+        (&json!("okay_nabu"), &json!(true)),
+        "{words:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spoken_stop_during_a_long_answer_cancels_it_without_a_stop_model() {
+    let (mic, sotad, mut c, _broker, dir) =
+        wake_daemon("stopsaid", LONG_ANSWERS, "wake_words = [\"hey_jarvis\"]").await;
+    let stop = espeak(dir.path(), "Stop.");
+    a_long_answer_plays(&mic, &sotad, &mut c).await;
+    mic.say_raw(stop);
+    stopped(&sotad, &mut c, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wake_word_not_installed_or_a_broken_model_stops_start_up_naming_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let installed = models_dir().join("microwakeword");
+    let settings = std::fs::read_to_string(installed.join("hey_jarvis.json")).unwrap();
+    let model = std::fs::read(installed.join("hey_jarvis.tflite")).unwrap();
+    // A random file and a truncated model, each with its settings beside it.
+    let mut random = vec![0u8; 4096];
+    let mut x = 0x2545_f491_u32;
+    for b in &mut random {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    for (name, bytes) in [
+        ("random", random),
+        ("truncated", model[..model.len() / 2].to_vec()),
+    ] {
+        std::fs::write(dir.path().join(format!("{name}.tflite")), bytes).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{name}.json")),
+            settings.replace("hey_jarvis.tflite", &format!("{name}.tflite")),
+        )
+        .unwrap();
+    }
+    let config = |voice: &str| {
+        format!(
+            "[device]\nid = \"badwake\"\n[models]\ndir = \"{}\"\n[voice]\n{voice}\n",
+            models_dir().display()
+        )
+    };
+    let check = |voice: &str| {
+        let conf = dir.path().join("sotad.toml");
+        std::fs::write(&conf, config(voice)).unwrap();
+        let out = std::process::Command::new(sotad_tests::sotad_bin())
+            .arg("--config")
+            .arg(&conf)
+            .args(["config", "check"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{voice}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A name that is not installed: the key, the name, and what is installed.
+    let e = check("wake_words = [\"hey_marvin\"]");
+    assert!(
+        e.contains("voice.wake_words")
+            && e.contains("hey_marvin")
+            && e.contains(&installed.display().to_string())
+            && e.contains("hey_jarvis, hey_mycroft"),
+        "{e}"
+    );
+    // A random and a truncated model: the key and the file.
+    for name in ["random", "truncated"] {
+        let file = dir.path().join(format!("{name}.tflite"));
+        let e = check(&format!("stop_words = [\"{}\"]", file.display()));
+        assert!(
+            e.contains("voice.stop_words") && e.contains(&file.display().to_string()),
+            "{e}"
+        );
+    }
+    // The daemon refuses to start the same way (a configuration error).
+    let mut sotad = Sotad::start(&config("wake_words = [\"hey_marvin\"]"), "badwake").unwrap();
+    let status = sotad.wait_exit(WAIT).unwrap();
+    assert_eq!(status.code(), Some(2), "{}", sotad.log());
+    assert!(sotad.log().contains("voice.wake_words"), "{}", sotad.log());
+}

@@ -80,7 +80,8 @@ impl Config {
         self.intents(c)?;
         self.homeassistant(c)?;
         self.wyoming(c)?;
-        self.http(c)
+        self.http(c)?;
+        self.wake(c)
     }
 
     fn homeassistant(&self, c: &Checker) -> Result<(), ConfigError> {
@@ -567,4 +568,30 @@ fn is_valid_topic_level(level: &str) -> bool {
         && !level
             .chars()
             .any(|c| matches!(c, '+' | '#' | '/' | '\0') || c.is_whitespace())
+}
+
+/// `voice.wake_words`, `voice.follow_up_s` and `voice.stop_words`: every model named is found
+/// and loads (see [`super::wake_model`]).
+impl Config {
+    fn wake(&self, c: &Checker) -> Result<(), ConfigError> {
+        c.frange("voice.follow_up_s", self.voice.follow_up_s, 0.0, 600.0)?;
+        for (key, values) in [
+            ("voice.wake_words", &self.voice.wake_words),
+            ("voice.stop_words", &self.voice.stop_words),
+        ] {
+            if values.len() > 8 {
+                return Err(c.fail(key, format!("{} models; allowed: up to 8", values.len())));
+            }
+            for value in values {
+                self.wake_model(value)
+                    .and_then(|path| {
+                        sotad_engines::wake::WakeModel::load(&path)
+                            .map(|_| ())
+                            .map_err(|e| format!("the model does not load: {e}"))
+                    })
+                    .map_err(|message| c.fail(key, format!("{value:?}: {message}")))?;
+            }
+        }
+        Ok(())
+    }
 }

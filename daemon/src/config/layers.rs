@@ -44,6 +44,8 @@ impl Config {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("telemetry.thermal_zones")
+                .with_list_parse_key("voice.wake_words")
+                .with_list_parse_key("voice.stop_words")
                 .try_parsing(true)
                 .source(Some(env)),
         );

@@ -112,6 +112,13 @@ pub struct Voice {
     pub first_piece_words: usize,
     /// The answer's generation waits while its first spoken piece is synthesized.
     pub first_audio_priority: bool,
+    /// Wake words: names of installed microWakeWord models (`<models.dir>/microwakeword/
+    /// <name>.json`) or paths to a model's `.json` or `.tflite`; empty: always listening.
+    pub wake_words: Vec<String>,
+    /// After an answer has played, speech within this many seconds needs no wake word.
+    pub follow_up_s: f64,
+    /// Stop words, as `wake_words`: heard while sotad speaks, they cancel the answer.
+    pub stop_words: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -406,6 +413,78 @@ impl Config {
     /// True when sotad must start its own broker.
     pub fn uses_embedded_broker(&self) -> bool {
         self.mqtt.host.is_empty()
+    }
+}
+
+/// Where installed microWakeWord models are, under `models.dir` (scripts/install-models.sh).
+pub const WAKE_MODELS_DIR: &str = "microwakeword";
+
+impl Config {
+    /// The settings file (`.json`) of a wake or stop word as `voice.wake_words` gives it: a
+    /// name of an installed model, or a path to a model's `.json` or `.tflite` (absolute, or
+    /// under `models.dir`; a `.tflite` needs its `.json` beside it). The error says what is
+    /// missing and which models are installed.
+    pub fn wake_model(&self, value: &str) -> Result<PathBuf, String> {
+        let installed_dir = self.models_dir().join(WAKE_MODELS_DIR);
+        let installed = || {
+            let mut names: Vec<String> = std::fs::read_dir(&installed_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".json").map(str::to_owned)
+                })
+                .collect();
+            names.sort();
+            if names.is_empty() {
+                format!(
+                    "no models are installed in {} (scripts/install-models.sh microwakeword)",
+                    installed_dir.display()
+                )
+            } else {
+                format!(
+                    "installed in {}: {}",
+                    installed_dir.display(),
+                    names.join(", ")
+                )
+            }
+        };
+        if value.trim().is_empty() {
+            return Err(format!("an empty name; {}", installed()));
+        }
+        let json = if value.ends_with(".json") || value.ends_with(".tflite") {
+            let path = self.model_path(value).unwrap_or_default();
+            let json = path.with_extension("json");
+            if !path.is_file() {
+                return Err(format!(
+                    "{} does not exist; {}",
+                    path.display(),
+                    installed()
+                ));
+            }
+            if !json.is_file() {
+                return Err(format!(
+                    "{} needs its settings file {} beside it (microWakeWord's JSON: wake_word, model, micro.probability_cutoff, micro.sliding_window_size)",
+                    path.display(),
+                    json.display()
+                ));
+            }
+            json
+        } else {
+            if value.contains('/') {
+                return Err(format!(
+                    "neither a model name nor a path to a .json or .tflite file; {}",
+                    installed()
+                ));
+            }
+            let json = installed_dir.join(format!("{value}.json"));
+            if !json.is_file() {
+                return Err(format!("no such wake word model; {}", installed()));
+            }
+            json
+        };
+        Ok(json)
     }
 }
 

@@ -619,6 +619,24 @@ pub fn validate_text_turn(r: &TextTurnRequest) -> Result<(), RequestError> {
     Ok(())
 }
 
+/// `wake/detected`: a wake word (or, with `stop`, a stop word) heard by the microphone.
+#[derive(Debug, Clone, Serialize)]
+pub struct WakeDetected<'a> {
+    /// The phrase from the model's settings, e.g. "Hey Jarvis".
+    pub word: &'a str,
+    /// The configuration value that named the model (`voice.wake_words`/`voice.stop_words`).
+    pub model: &'a str,
+    /// The mean probability over the model's sliding window.
+    pub probability: f32,
+    /// Where it was heard: seconds of audio captured since capture started (the end of the
+    /// 32 ms frame that completed the detection), the clock of `turn/done`'s `speech_end_s`.
+    pub time_s: f64,
+    /// Unix time in milliseconds when sotad heard it.
+    pub at_ms: u64,
+    /// True for a stop word (the answer was cancelled), false for a wake word.
+    pub stop: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Started<'a> {
     pub turn: &'a str,

@@ -175,6 +175,11 @@ impl Topics {
         self.join(&format!("intent/{name}"))
     }
 
+    /// A wake or stop word heard by the microphone (QoS 1, not retained).
+    pub fn wake_detected(&self) -> String {
+        self.join("wake/detected")
+    }
+
     /// The token stream of `llm/ask` (QoS 0).
     pub fn llm_tokens(&self) -> String {
         self.join("llm/tokens")

@@ -31,6 +31,9 @@ pub struct VoiceControl {
     pub complete_endpoints: AtomicU64,
     pub vad_windows: AtomicU64,
     pub vad_model_runs: AtomicU64,
+    /// Wake words heard (`wake/detected`), and turns cancelled by a stop word or phrase.
+    pub wake_detections: AtomicU64,
+    pub stops: AtomicU64,
     /// Set when the VAD model could not be loaded.
     pub vad_error: std::sync::Mutex<Option<String>>,
 }
@@ -74,6 +77,8 @@ impl VoiceControl {
             complete_endpoints: self.complete_endpoints.load(Ordering::Relaxed),
             vad_windows: self.vad_windows.load(Ordering::Relaxed),
             vad_model_runs: self.vad_model_runs.load(Ordering::Relaxed),
+            wake_detections: self.wake_detections.load(Ordering::Relaxed),
+            stops: self.stops.load(Ordering::Relaxed),
         }
     }
 }
@@ -96,6 +101,8 @@ pub fn control(config: &Config) -> Arc<VoiceControl> {
         complete_endpoints: AtomicU64::new(0),
         vad_windows: AtomicU64::new(0),
         vad_model_runs: AtomicU64::new(0),
+        wake_detections: AtomicU64::new(0),
+        stops: AtomicU64::new(0),
         vad_error: std::sync::Mutex::new(None),
     })
 }

@@ -1,5 +1,6 @@
 //! The `sotad-vad` thread: frames from the microphone through the energy gate, Silero and
-//! the endpointer into utterances; push-to-talk; barge-in; speculation at pauses.
+//! the endpointer into utterances; push-to-talk; barge-in; speculation at pauses; wake and
+//! stop words ([`super::wake`]).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 use super::control::VoiceControl;
 use super::speculation::{AtEndpoint, PauseTracker};
 use super::turn::{Input, Turns, Utterance};
+use super::wake::{Detectors, Heard, WakeGate};
 use crate::audio;
 use crate::mqtt::payloads::Endpoint;
 
@@ -25,6 +27,46 @@ pub struct Listen {
     pub max_ptt_samples: usize,
     /// `vad.complete_silence_ms` in samples (0: no early endpoint).
     pub complete_silence: u64,
+}
+
+/// What the VAD thread tells the voice task besides utterances.
+pub enum WakeEvent {
+    /// A wake word (`stop`: false) or a stop word heard; `time_s` in the capture stream.
+    Detected {
+        heard: Heard,
+        time_s: f64,
+        stop: bool,
+    },
+    /// Speech while sotad spoke (wake words, no stop word model, no barge-in): a stop phrase?
+    Check(Vec<f32>),
+}
+
+/// The wake side of the VAD thread: detectors, the gate and the way out.
+pub struct Wake {
+    /// `voice.wake_words` (none: every utterance is a turn).
+    pub words: Detectors,
+    /// `voice.stop_words`.
+    pub stops: Detectors,
+    pub gate: WakeGate,
+    pub events: mpsc::Sender<WakeEvent>,
+}
+
+/// The next frame of a stream fed to some detectors: resets them after a gap.
+fn feed(
+    detectors: &mut Detectors,
+    last: &mut Option<u64>,
+    frame: &audio::AudioFrame,
+) -> Option<Heard> {
+    if last.is_none_or(|s| s + 1 != frame.seq) {
+        detectors.reset();
+    }
+    *last = Some(frame.seq);
+    detectors.feed(&frame.samples[..])
+}
+
+/// Seconds of audio captured up to the end of `frame`.
+fn frame_end_s(frame: &audio::AudioFrame) -> f64 {
+    ((frame.seq + 1) * audio::FRAME_SAMPLES as u64) as f64 / f64::from(SAMPLE_RATE)
 }
 
 /// Hands a finished utterance to the turn task; a full queue drops it and counts.
@@ -44,8 +86,11 @@ pub fn run(
     utterances: &mpsc::Sender<Input>,
     control: &VoiceControl,
     turns: &Turns,
+    wake: &mut Wake,
 ) {
     let mut active = false;
+    // The last frame given to the wake and stop word detectors (a gap resets them).
+    let (mut words_fed, mut stops_fed) = (None, None);
     let mut last_windows = 0;
     // Push-to-talk: the audio while the button is held, bounded.
     let mut held: Vec<f32> = Vec::new();
@@ -93,7 +138,35 @@ pub fn run(
         }
         let listening = control.listening.load(Ordering::Relaxed) && !muted;
         let speaking = turns.speaking() || control.playing.load(Ordering::Relaxed);
-        if !listening || (speaking && !control.barge_in) {
+        let now = Instant::now();
+        let waking = !wake.words.is_empty();
+        wake.gate.speaking(speaking, turns.last_answered(), now);
+        // A stop word while sotad speaks cancels the answer.
+        if speaking
+            && listening
+            && !wake.stops.is_empty()
+            && let Some(heard) = feed(&mut wake.stops, &mut stops_fed, &frame)
+        {
+            // Counted when it cancels a turn (not, e.g., during a `tts/say`).
+            let turn = turns.cancel_current();
+            if turn.is_some() {
+                control.stops.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::info!(
+                word = heard.model,
+                turn,
+                "stop word: playback stopped, turn cancelled"
+            );
+            let _ = wake.events.try_send(WakeEvent::Detected {
+                heard,
+                time_s: frame_end_s(&frame),
+                stop: true,
+            });
+        }
+        // With wake words (and no stop word model, no barge-in), speech while sotad speaks is
+        // transcribed for a stop phrase instead of being ignored.
+        let stop_check = speaking && waking && wake.stops.is_empty() && !control.barge_in;
+        if !listening || (speaking && !control.barge_in && !stop_check) {
             if speaking && listening {
                 control
                     .ignored_while_speaking
@@ -105,6 +178,37 @@ pub fn run(
                 abandon(&mut pauses);
             }
             continue;
+        }
+        // Waiting for the wake word: the frames go to its detectors, not to the VAD.
+        if waking && !speaking {
+            let (open, closed) = wake.gate.open(now, detector.endpointer().active());
+            if closed {
+                tracing::debug!("no speech after the wake word (or the follow-up): waiting for it");
+            }
+            if !open {
+                if active {
+                    detector.reset();
+                    active = false;
+                    abandon(&mut pauses);
+                }
+                if let Some(heard) = feed(&mut wake.words, &mut words_fed, &frame) {
+                    control.wake_detections.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        word = heard.model,
+                        probability = heard.detection.probability,
+                        "wake word"
+                    );
+                    // The VAD starts afresh on the next frame: the utterance is what follows
+                    // the word.
+                    wake.gate.woken(now);
+                    let _ = wake.events.try_send(WakeEvent::Detected {
+                        heard,
+                        time_s: frame_end_s(&frame),
+                        stop: false,
+                    });
+                }
+                continue;
+            }
         }
         active = true;
         let mut event = detector.push_window(&frame.samples);
@@ -128,13 +232,23 @@ pub fn run(
             .vad_model_runs
             .store(stats.model_runs, Ordering::Relaxed);
         match event {
-            Some(VadEvent::SpeechStart { .. }) if speaking => {
+            Some(VadEvent::SpeechStart { .. }) if speaking && control.barge_in => {
                 // Barge-in: the person talks over sotad.
                 control.barge_ins.fetch_add(1, Ordering::Relaxed);
                 if let Some(turn) = turns.cancel_current() {
                     tracing::info!(turn, "barge-in: playback stopped, turn cancelled");
                 }
+                // With wake words, the utterance that barged in is the next turn's question.
+                wake.gate.woken(now);
             }
+            Some(VadEvent::SpeechEnd { utterance, .. }) if stop_check => {
+                // A full queue (earlier checks still being transcribed) drops it.
+                let sent = wake.events.try_send(WakeEvent::Check(utterance));
+                if sent.is_err() {
+                    tracing::debug!("a stop check was dropped: the last is still running");
+                }
+            }
+            Some(VadEvent::Pause { .. }) if stop_check => {}
             Some(VadEvent::Pause {
                 utterance,
                 start,
@@ -188,6 +302,8 @@ pub fn run(
                         speech_end_s: Some(speech_end_s),
                     },
                 );
+                // The next turn needs the wake word again (or the follow-up after its answer).
+                wake.gate.close();
             }
             _ => {}
         }

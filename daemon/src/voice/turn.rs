@@ -110,6 +110,8 @@ struct Inner {
     intents: Option<Arc<IntentSet>>,
     answer_timeout: Duration,
     fallback: String,
+    /// Whether the last turn that ended was answered (the wake word's follow-up window).
+    last_answered: AtomicBool,
     /// Turns waiting for an integration's answer to their intent, by turn id. Locked alone.
     waiting: Mutex<HashMap<String, oneshot::Sender<Option<String>>>>,
 }
@@ -207,6 +209,7 @@ impl Turns {
                 intents: config.intents,
                 answer_timeout: config.answer_timeout,
                 fallback: config.fallback,
+                last_answered: AtomicBool::new(false),
                 waiting: Mutex::new(HashMap::new()),
             }),
         }
@@ -220,6 +223,21 @@ impl Turns {
     /// The speculation of the utterance under way (driven by the VAD thread).
     pub fn speculator(&self) -> &Speculator {
         &self.inner.speculator
+    }
+
+    /// Whether the last turn that ended was answered (not cancelled, failed or empty).
+    pub fn last_answered(&self) -> bool {
+        self.inner.last_answered.load(Ordering::Relaxed)
+    }
+
+    /// The publisher of the turn events.
+    pub fn publisher(&self) -> &Publisher {
+        &self.inner.answerer.publisher
+    }
+
+    /// The speech-to-text stage, when on.
+    pub fn stt(&self) -> Option<&crate::stages::stt::SttWorker> {
+        self.inner.answerer.stages.stt.as_ref()
     }
 
     /// Whether a turn is in progress (speech being produced or played).
@@ -582,6 +600,9 @@ impl Turns {
             let mut current = inner.current.lock().unwrap_or_else(|e| e.into_inner());
             if current.as_ref().is_none_or(|c| c.turn == turn) {
                 *current = None;
+                inner
+                    .last_answered
+                    .store(outcome == TurnOutcome::Answered, Ordering::Relaxed);
                 inner.speaking.store(false, Ordering::Relaxed);
             }
         }
