@@ -18,6 +18,7 @@ pub mod audio;
 pub mod broker;
 pub mod config;
 pub mod fatal;
+pub mod heap;
 pub mod mqtt;
 pub mod service;
 pub mod stages;

@@ -86,6 +86,9 @@ impl<E: 'static> Worker<E> {
                     .unwrap_or_else(|_| Err(format!("loading the {name} engine panicked")));
                 match loaded {
                     Ok(mut engine) => {
+                        // Loading freed its temporaries (weights decoded before re-laying
+                        // them out): their pages go back to the kernel.
+                        crate::heap::trim();
                         let load_ms = started.elapsed().as_millis() as u64;
                         tracing::info!(engine = name, load_ms, "engine ready");
                         let _ = thread_shared.state.set(Ok(load_ms));
