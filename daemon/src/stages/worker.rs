@@ -97,6 +97,11 @@ impl<E: 'static> Worker<E> {
                             // A panicking job drops its result sender: the caller gets
                             // `Crashed`, and the thread goes on with the next job.
                             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut engine)));
+                            // Nothing waiting: the pages the job freed (activations) go back to
+                            // the kernel, so that idle memory does not keep the largest job's.
+                            if thread_shared.queued.load(Ordering::Relaxed) == 0 {
+                                crate::heap::trim();
+                            }
                         }
                     }
                     Err(message) => {
