@@ -19,6 +19,7 @@ pub mod audio;
 pub mod broker;
 pub mod config;
 pub mod fatal;
+pub mod heap;
 pub mod http;
 pub mod mqtt;
 pub mod service;

@@ -140,7 +140,17 @@ enum ConfigCmd {
 fn main() -> ExitCode {
     // A model file truncated under a running job is named in the log before sotad exits.
     sotad::fatal::install_sigbus_handler();
+    // Before any thread: glibc's arenas bounded (docs/benchmarks.md, "Memory").
+    sotad::heap::bound_arenas();
     let cli = Cli::parse();
+    // Weights made at load go to a file-backed mapping (docs/benchmarks.md, "Memory").
+    if !matches!(
+        cli.command,
+        Some(Cmd::Config { .. }) | Some(Cmd::Quantize { .. })
+    ) && let Some(warning) = sotad::heap::spill_weights()
+    {
+        eprintln!("sotad: warning: {warning}");
+    }
     let file = match &cli.config {
         Some(path) => FileLayer::Explicit(path.clone()),
         None => FileLayer::System,

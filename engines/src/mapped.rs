@@ -283,6 +283,160 @@ fn register(mmap: Mmap, path: &Path, meta: &std::fs::Metadata) -> Mapped {
     }
 }
 
+// ----- weights made at load, kept file-backed ------------------------------------------------
+
+/// Element types a [`Frozen`] buffer holds: plain numbers, any bit pattern valid.
+pub trait Plain: Copy + Send + Sync + std::fmt::Debug + 'static {}
+impl Plain for f32 {}
+impl Plain for u8 {}
+
+/// Weights an engine computes at load (re-laid out, transposed, quantized, converted from
+/// f16), read-only from then on: on the heap, or, once [`spill_to`] has named a directory, in
+/// a file there that is memory-mapped read-only. Mapped, they count as file-backed memory
+/// the kernel may drop and read back under pressure, not as anonymous memory.
+///
+/// The file is created, unlinked at once (nothing is left behind, even after a crash) and
+/// written at every load; nothing else can reach it, so it cannot change under the mapping.
+#[derive(Clone)]
+pub struct Frozen<T: Plain> {
+    inner: FrozenInner<T>,
+}
+
+#[derive(Clone)]
+enum FrozenInner<T: Plain> {
+    Owned(Vec<T>),
+    Mapped {
+        map: std::sync::Arc<Mmap>,
+        len: usize,
+    },
+}
+
+/// Buffers below this many bytes stay on the heap: a mapping rounds up to a page.
+const SPILL_MIN_BYTES: usize = 64 * 1024;
+
+struct SpillFile {
+    file: File,
+    end: u64,
+}
+
+static SPILL: Mutex<Option<SpillFile>> = Mutex::new(None);
+
+/// From now on, [`Frozen`] buffers of 64 KiB and more are written to one unlinked file in
+/// `dir` (created if missing) and mapped from there. Errors name the directory; on error the
+/// buffers stay on the heap.
+pub fn spill_to(dir: &Path) -> Result<()> {
+    let io_err = |action, source| Error::Io {
+        action,
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io_err("create", e))?;
+    let path = dir.join(format!(
+        "sotad-weights-{}-{}",
+        std::process::id(),
+        NEXT_KEY.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| io_err("create a file in", e))?;
+    std::fs::remove_file(&path).map_err(|e| io_err("unlink a file in", e))?;
+    if let Ok(mut spill) = SPILL.lock() {
+        *spill = Some(SpillFile { file, end: 0 });
+    }
+    Ok(())
+}
+
+/// Bytes written to the spill file so far (0 without one).
+pub fn spilled_bytes() -> u64 {
+    SPILL
+        .lock()
+        .ok()
+        .and_then(|s| s.as_ref().map(|s| s.end))
+        .unwrap_or(0)
+}
+
+fn as_bytes<T: Plain>(v: &[T]) -> &[u8] {
+    // SAFETY: `Plain` types are plain numbers without padding; any `[T]` is readable as bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+fn spill(bytes: &[u8]) -> Option<Mmap> {
+    use std::os::unix::fs::FileExt;
+    let mut guard = SPILL.lock().ok()?;
+    let spill = guard.as_mut()?;
+    let at = spill.end;
+    spill.file.write_all_at(bytes, at).ok()?;
+    // SAFETY: the file is unlinked and only this process holds it; its written ranges are
+    // never written again (`end` only grows), so the read-only mapping never changes.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(at)
+            .len(bytes.len())
+            .map(&spill.file)
+    }
+    .ok()?;
+    spill.end = at + (bytes.len() as u64).next_multiple_of(4096);
+    Some(map)
+}
+
+impl<T: Plain> Frozen<T> {
+    /// Freezes `v`: spilled to the file of [`spill_to`] when there is one and `v` is large
+    /// enough, else kept as it is.
+    pub fn new(v: Vec<T>) -> Self {
+        let n = std::mem::size_of_val(v.as_slice());
+        if n >= SPILL_MIN_BYTES
+            && let Some(map) = spill(as_bytes(&v))
+        {
+            return Frozen {
+                inner: FrozenInner::Mapped {
+                    map: std::sync::Arc::new(map),
+                    len: v.len(),
+                },
+            };
+        }
+        Frozen {
+            inner: FrozenInner::Owned(v),
+        }
+    }
+
+    /// Whether the buffer lives in the spill file's mapping.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.inner, FrozenInner::Mapped { .. })
+    }
+}
+
+impl<T: Plain> From<Vec<T>> for Frozen<T> {
+    fn from(v: Vec<T>) -> Self {
+        Frozen::new(v)
+    }
+}
+
+impl<T: Plain> std::ops::Deref for Frozen<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match &self.inner {
+            FrozenInner::Owned(v) => v,
+            // SAFETY: the mapping is page-aligned (aligned for `T`), `len * size_of::<T>()`
+            // bytes long, read-only and alive as long as `self`; the bytes were a `[T]`.
+            FrozenInner::Mapped { map, len } => unsafe {
+                std::slice::from_raw_parts(map.as_ptr().cast::<T>(), *len)
+            },
+        }
+    }
+}
+
+impl<T: Plain> std::fmt::Debug for Frozen<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frozen")
+            .field("len", &self.len())
+            .field("mapped", &self.is_mapped())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

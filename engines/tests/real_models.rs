@@ -18,8 +18,12 @@ fn rss_kib(field: &str) -> u64 {
         .unwrap()
 }
 
+/// The tests here measure the process's memory: one at a time.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn smollm2_opens_by_memory_map_without_copying_weights() {
+    let _one = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let path = models_dir().join("smollm2-135m-instruct-q4_1.gguf");
     assert!(
         path.exists(),
@@ -74,4 +78,92 @@ fn smollm2_opens_by_memory_map_without_copying_weights() {
         anon_growth < 8 * 1024,
         "heap grew by {anon_growth} KiB while reading 96 MB of weights: something copied them"
     );
+}
+
+unsafe extern "C" {
+    /// glibc: returns the free pages of every arena to the kernel.
+    fn malloc_trim(pad: usize) -> i32;
+}
+
+/// `RssAnon` with freed heap pages returned first, so that the load's freed temporaries
+/// do not count.
+fn trimmed_anon_kib() -> u64 {
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe { malloc_trim(0) };
+    rss_kib("RssAnon:")
+}
+
+/// Kilobytes of this process's mappings of the weights file (`sotad-weights-*`, unlinked):
+/// (size, anonymous).
+fn weights_mappings_kib() -> (u64, u64) {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let (mut size, mut anon, mut ours) = (0, 0, false);
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        match (f.next(), f.next()) {
+            (Some("Size:"), Some(v)) if ours => size += v.parse::<u64>().unwrap(),
+            (Some("Anonymous:"), Some(v)) if ours => anon += v.parse::<u64>().unwrap(),
+            (Some(first), _) if first.contains('-') && !first.ends_with(':') => {
+                ours = line.contains("sotad-weights-");
+            }
+            _ => {}
+        }
+    }
+    (size, anon)
+}
+
+/// Whisper tiny.en (CTranslate2, float16) and Piper joe-medium make weights at load (the
+/// encoder's transposed f32 matrices, the decoder's Q8_0 blocks, Piper's re-laid-out
+/// convolutions; the token embedding is read in place): with a weights directory they go
+/// to a file-backed mapping, not to the heap.
+#[test]
+fn whisper_and_piper_weights_made_at_load_are_file_backed() {
+    let _one = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let whisper = models_dir().join("whisper-tiny.en-ct2");
+    let piper = models_dir().join("piper/en_US-joe-medium.onnx");
+    for p in [&whisper, &piper] {
+        assert!(
+            p.exists(),
+            "{} is missing: run scripts/install-models.sh (scripts/test.sh does)",
+            p.display()
+        );
+    }
+    let dir = common::TempFile::new("weights");
+    sotad_engines::mapped::spill_to(dir.path()).unwrap();
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the weights file is unlinked at once"
+    );
+    let anon_before = trimmed_anon_kib();
+    let stt = sotad_engines::stt::Whisper::load(
+        &whisper,
+        &sotad_engines::stt::LoadOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let tts = sotad_engines::tts::Voice::load(
+        &piper,
+        &sotad_engines::tts::LoadOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let anon_growth = trimmed_anon_kib().saturating_sub(anon_before);
+    let (mapped, mapped_anon) = weights_mappings_kib();
+    // On the heap they were 76 MiB (the token embedding as f32) + 63 MiB (Whisper's
+    // matrices) + 57 MiB (Piper's convolutions).
+    assert!(
+        mapped > 100 * 1024 && mapped_anon == 0,
+        "{mapped} KiB of weights mapped from the weights file ({mapped_anon} KiB anonymous)"
+    );
+    assert!(
+        anon_growth < 24 * 1024,
+        "the heap grew by {anon_growth} KiB loading Whisper tiny.en and Piper: weights were copied onto it"
+    );
+    drop((stt, tts));
+    std::fs::remove_dir(dir.path()).unwrap();
 }

@@ -86,6 +86,9 @@ impl<E: 'static> Worker<E> {
                     .unwrap_or_else(|_| Err(format!("loading the {name} engine panicked")));
                 match loaded {
                     Ok(mut engine) => {
+                        // Loading freed its temporaries (weights decoded before re-laying
+                        // them out): their pages go back to the kernel.
+                        crate::heap::trim();
                         let load_ms = started.elapsed().as_millis() as u64;
                         tracing::info!(engine = name, load_ms, "engine ready");
                         let _ = thread_shared.state.set(Ok(load_ms));
@@ -94,6 +97,11 @@ impl<E: 'static> Worker<E> {
                             // A panicking job drops its result sender: the caller gets
                             // `Crashed`, and the thread goes on with the next job.
                             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut engine)));
+                            // Nothing waiting: the pages the job freed (activations) go back to
+                            // the kernel, so that idle memory does not keep the largest job's.
+                            if thread_shared.queued.load(Ordering::Relaxed) == 0 {
+                                crate::heap::trim();
+                            }
                         }
                     }
                     Err(message) => {

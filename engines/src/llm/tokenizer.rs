@@ -18,7 +18,7 @@ use std::collections::{BinaryHeap, HashMap};
 use fancy_regex::Regex;
 
 use super::{LlmError, LlmErrorKind};
-use crate::bpe::{ByteLevel, Merges};
+use crate::bpe::{ByteLevel, Merges, TokenIds, Vocab};
 use crate::error::Result;
 use crate::gguf::GgufFile;
 
@@ -72,9 +72,9 @@ enum Model {
 /// A tokenizer read from a GGUF file.
 pub struct Tokenizer {
     model: Model,
-    tokens: Vec<String>,
+    /// The texts, and the ids by text.
+    tokens: Vocab,
     kinds: Vec<TokenKind>,
-    ids: HashMap<String, u32>,
     /// Control, user-defined and unknown tokens, longest text first.
     specials: Vec<u32>,
     bos: Option<u32>,
@@ -101,11 +101,7 @@ impl Tokenizer {
             )
         };
         let model_name = file.get_str("tokenizer.ggml.model")?;
-        let tokens: Vec<String> = file
-            .get_str_array("tokenizer.ggml.tokens")?
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let tokens: Vec<&str> = file.get_str_array("tokenizer.ggml.tokens")?;
         if tokens.is_empty() || tokens.len() > u32::MAX as usize / 2 {
             return Err(err(
                 "tokenizer.ggml.tokens",
@@ -124,10 +120,12 @@ impl Tokenizer {
         } else {
             vec![TokenKind::Normal; tokens.len()]
         };
-        let mut ids = HashMap::with_capacity(tokens.len());
-        for (i, t) in tokens.iter().enumerate().rev() {
-            ids.insert(t.clone(), i as u32);
-        }
+        let ids = Vocab::new(tokens.iter().copied()).ok_or_else(|| {
+            err(
+                "tokenizer.ggml.tokens",
+                "the token texts add up to 4 GiB or more".into(),
+            )
+        })?;
         let opt_id = |key: &str| -> Result<Option<u32>> {
             if !file.contains_key(key) {
                 return Ok(None);
@@ -209,7 +207,7 @@ impl Tokenizer {
                 }
                 let mut byte_tokens = Box::new([None; 256]);
                 for (b, slot) in byte_tokens.iter_mut().enumerate() {
-                    *slot = ids.get(&format!("<0x{b:02X}>")).copied();
+                    *slot = ids.id_of(&format!("<0x{b:02X}>"));
                 }
                 Model::Spm {
                     scores,
@@ -247,7 +245,7 @@ impl Tokenizer {
             "<|end_of_text|>",
             "<eos>",
         ] {
-            if let Some(&id) = ids.get(name) {
+            if let Some(id) = ids.id_of(name) {
                 if !eog.contains(&id) {
                     eog.push(id);
                 }
@@ -255,9 +253,8 @@ impl Tokenizer {
         }
         Ok(Tokenizer {
             model,
-            tokens,
+            tokens: ids,
             kinds,
-            ids,
             specials,
             bos,
             eos,
@@ -294,7 +291,7 @@ impl Tokenizer {
 
     /// The token's stored text (byte-level encoded for BPE, `▁` for SentencePiece spaces).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        self.tokens.get(id as usize)
     }
 
     /// The token's kind.
@@ -304,7 +301,7 @@ impl Tokenizer {
 
     /// The id of a token with exactly this stored text.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.ids.get(text).copied()
+        self.tokens.id_of(text)
     }
 
     /// The texts of the control tokens (`<|im_start|>`, `<start_of_turn>`, `<s>`), longest
@@ -318,7 +315,7 @@ impl Tokenizer {
                     TokenKind::Control | TokenKind::Unknown
                 )
             })
-            .map(|&id| self.tokens[id as usize].clone())
+            .map(|&id| self.tokens[id as usize].to_owned())
             .filter(|t| t.chars().count() > 1)
             .collect()
     }
@@ -341,7 +338,7 @@ impl Tokenizer {
             if !parse_special && matches!(kind, TokenKind::Control | TokenKind::Unknown) {
                 continue;
             }
-            let pat = self.tokens[id as usize].as_str();
+            let pat = &self.tokens[id as usize];
             if !frags
                 .iter()
                 .any(|f| matches!(f, Frag::Text(t) if t.contains(pat)))
@@ -421,12 +418,12 @@ impl Tokenizer {
                     word.clear();
                     self.bytes.push_chars(p.as_bytes(), &mut word);
                     if *ignore_merges {
-                        if let Some(&id) = self.ids.get(&word) {
+                        if let Some(id) = self.tokens.id_of(&word) {
                             out.push(id);
                             continue;
                         }
                     }
-                    merges.encode_word(&word, &self.ids, out);
+                    merges.encode_word(&word, &self.tokens, out);
                 }
             }
             Model::Spm {
@@ -500,7 +497,7 @@ impl Tokenizer {
                 let (Some(l), Some(r)) = (l, r) else { return };
                 let (a, b) = (syms[l], syms[r]);
                 let piece = &text[a.start..b.start + b.len];
-                if let Some(&id) = self.ids.get(piece) {
+                if let Some(id) = self.tokens.id_of(piece) {
                     heap.push(Bigram {
                         score: scores[id as usize],
                         left: l,
@@ -536,7 +533,7 @@ impl Tokenizer {
             byte_tokens: &[Option<u32>; 256],
             out: &mut Vec<u32>,
         ) {
-            if let Some(&id) = tk.ids.get(&text[start..start + len]) {
+            if let Some(id) = tk.tokens.id_of(&text[start..start + len]) {
                 out.push(id);
                 return;
             }

@@ -81,7 +81,7 @@ pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// A dense layer: `weight` is `[in, out]` row-major (the transpose of PyTorch's and
 /// CTranslate2's `[out, in]`), which gemm reads in place.
 pub(crate) struct Dense {
-    pub weight: Vec<f32>,
+    pub weight: crate::mapped::Frozen<f32>,
     pub bias: Vec<f32>,
     pub out: usize,
     pub inp: usize,

@@ -19,6 +19,7 @@ use super::ops::{AddAssign, BiasGelu, LayerNorm, Softmax, dot};
 use super::weights::{self, WhisperDims, WhisperWeights};
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
+use crate::mapped::Frozen;
 use crate::quant::{self, QMatrix};
 
 /// Layer-norm epsilon of Whisper (PyTorch's default).
@@ -66,7 +67,7 @@ struct Linear {
     weight: Option<Tensor>,
     /// `[in, out]`: the weight transposed, for layers fed many rows at once (the
     /// cross-attention keys and values), multiplied by [`encoder::linear_raw`].
-    wt: Option<Vec<f32>>,
+    wt: Option<Frozen<f32>>,
     q: Option<(GgmlType, QBytes)>,
     rows: usize,
     cols: usize,
@@ -80,7 +81,7 @@ impl Linear {
     fn transposed(mut self) -> CResult<Self> {
         if let Some(w) = self.weight.take() {
             let v = w.flatten_all()?.to_vec1::<f32>()?;
-            self.wt = Some(encoder::transpose(&v, self.rows, self.cols));
+            self.wt = Some(encoder::transpose(&v, self.rows, self.cols).into());
         }
         Ok(self)
     }
@@ -88,7 +89,7 @@ impl Linear {
 
 /// Quantized weight rows: made at load, or borrowed from a memory-mapped GGUF file.
 enum QBytes {
-    Owned(Vec<u8>),
+    Owned(Frozen<u8>),
     Mapped(TensorSlice),
 }
 
@@ -176,7 +177,10 @@ impl Linear {
             Some(threads) if cols % 32 == 0 && cols > 0 => Ok(Self {
                 weight: None,
                 wt: None,
-                q: Some((GgmlType::Q8_0, QBytes::Owned(quantize_q8_0(&w, cols)))),
+                q: Some((
+                    GgmlType::Q8_0,
+                    QBytes::Owned(quantize_q8_0(&w, cols).into()),
+                )),
                 rows,
                 cols,
                 bias,
@@ -232,7 +236,7 @@ impl Linear {
                 return Ok(y);
             } else {
                 x.matmul(&Tensor::from_slice(
-                    wt,
+                    &wt[..],
                     (self.cols, self.rows),
                     &Device::Cpu,
                 )?)?
@@ -519,7 +523,8 @@ enum Projection {
 pub struct WhisperNet {
     dims: WhisperDims,
     encoder: EncoderImpl,
-    tok_emb: Vec<f32>,
+    /// The token embedding, read in place from the mapped file (one row per token fed).
+    tok_emb: TensorSlice,
     dec_pos: Vec<f32>,
     dec_layers: Vec<DecoderLayer>,
     dec_ln: Norm,
@@ -562,7 +567,7 @@ fn dense(parts: &[&weights::Linear]) -> encoder::Dense {
         bias.clear();
     }
     encoder::Dense {
-        weight: encoder::transpose(&weight, out, inp),
+        weight: encoder::transpose(&weight, out, inp).into(),
         bias,
         out,
         inp,
@@ -779,7 +784,8 @@ impl WhisperNet {
                         out,
                         inp,
                         taps,
-                    ),
+                    )
+                    .into(),
                     bias,
                     out,
                     inp: inp * taps,
@@ -843,7 +849,7 @@ impl WhisperNet {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let tok_emb = d.token_embedding.to_f32_vec();
+        let tok_emb = d.token_embedding.clone();
         let state = dims.n_text_state;
         let projection = if let Some(ty) = d.projection.quant() {
             Projection::Q8(ty, QBytes::Mapped(d.projection.clone()))
@@ -853,7 +859,7 @@ impl WhisperNet {
             for row in rows.chunks_exact(state) {
                 q.extend(quant::quantize_row_q8_0(row));
             }
-            Projection::Q8(GgmlType::Q8_0, QBytes::Owned(q))
+            Projection::Q8(GgmlType::Q8_0, QBytes::Owned(q.into()))
         } else {
             Projection::F32(tensor(&d.projection, None)?)
         };
@@ -1015,7 +1021,7 @@ impl WhisperNet {
         for (i, &t) in tokens.iter().enumerate() {
             let t = t as usize;
             let (Some(emb), Some(pos)) = (
-                self.tok_emb.get(t * state..(t + 1) * state),
+                self.tok_emb.row_f32(t).filter(|r| r.len() == state),
                 self.dec_pos
                     .get((cache.len + i) * state..(cache.len + i + 1) * state),
             ) else {

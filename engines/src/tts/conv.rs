@@ -38,6 +38,7 @@ impl Act {
 /// Columns below which a part is not split further.
 const MIN_COLS: usize = 96;
 
+use crate::mapped::Frozen;
 use crate::par::SendPtr;
 
 /// Runs `f(l0, l1)` over parts of `0..l`, in parallel on the current rayon pool.
@@ -139,7 +140,7 @@ pub(crate) struct Conv1d {
     dilation: usize,
     pad_l: usize,
     /// `[C_out][K][C_in]`: row `o` is the left operand's row for the gathered input.
-    w: Vec<f32>,
+    w: Frozen<f32>,
     bias: Vec<f32>,
 }
 
@@ -168,7 +169,7 @@ impl Conv1d {
             k,
             dilation,
             pad_l: span / 2,
-            w: wt,
+            w: Frozen::new(wt),
             bias: bias.unwrap_or_else(|| vec![0.0; c_out]),
         }
     }
@@ -275,7 +276,7 @@ pub(crate) struct ConvTranspose1d {
     pad: usize,
     /// PyTorch's layout `[C_in, C_out, K]`: row `i` of the `[C_out * K, C_in]` product's
     /// left operand is column `i` here.
-    w: Vec<f32>,
+    w: Frozen<f32>,
     bias: Vec<f32>,
 }
 
@@ -296,7 +297,7 @@ impl ConvTranspose1d {
             k,
             stride,
             pad,
-            w,
+            w: Frozen::new(w),
             bias,
         }
     }

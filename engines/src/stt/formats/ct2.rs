@@ -1329,6 +1329,17 @@ impl TensorSlice {
     pub fn quant(&self) -> Option<crate::gguf::GgmlType> {
         self.view.info().quant()
     }
+
+    /// Row `r` of the slice converted to `f32` as [`TensorSlice::to_f32_vec`] converts it,
+    /// read in place from the mapping (`None` past the last row).
+    pub fn row_f32(&self, r: usize) -> Option<Vec<f32>> {
+        if r >= self.rows.len() {
+            return None;
+        }
+        let row_bytes = self.view.info().row_bytes();
+        let b = self.bytes().get(r * row_bytes..(r + 1) * row_bytes)?;
+        Some(decode_any(b, self.view.info()))
+    }
 }
 
 impl fmt::Debug for TensorSlice {
