@@ -136,9 +136,11 @@ async fn discovery_describes_a_device_home_assistant_can_read_and_command() {
         .await
         .unwrap();
     let config_topic = "homeassistant/device/ha/config";
+    wait_online(&mut c, &sotad, WAIT).await;
+    // Subscribed once sotad is online, so the retained document is not among what
+    // `wait_online` skips.
     c.subscribe(config_topic).await.unwrap();
     c.subscribe(&sotad.topic("#")).await.unwrap();
-    wait_online(&mut c, &sotad, WAIT).await;
 
     let doc = c
         .expect(config_topic, WAIT, |p| !p.is_empty())
