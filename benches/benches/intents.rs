@@ -600,7 +600,7 @@ fn transcribed(voices: &[&str]) {
 /// call); (3) a JSON schema (`response_format`). Median of 5 runs each, decode tok/s.
 fn bench_grammar() {
     use sotad_engines::llm::{
-        GenerateOptions, GrammarSpec, LoadOptions as LlmLoad, Message, Model, text_or_tool_call,
+        GenerateOptions, GrammarSpec, LoadOptions as LlmLoad, Message, Model,
     };
     use std::ops::ControlFlow;
     let model = Model::load(
@@ -630,7 +630,7 @@ fn bench_grammar() {
         .collect();
     let t = Instant::now();
     let lark = model
-        .grammar(&GrammarSpec::Lark(text_or_tool_call(
+        .grammar(&GrammarSpec::Lark(model.text_or_tool_call(
             &list,
             "<tool_call>",
             "</tool_call>",
@@ -642,7 +642,7 @@ fn bench_grammar() {
     );
     let t = Instant::now();
     let _ = model
-        .grammar(&GrammarSpec::Lark(text_or_tool_call(
+        .grammar(&GrammarSpec::Lark(model.text_or_tool_call(
             &list,
             "<tool_call>",
             "</tool_call>",

@@ -1100,6 +1100,37 @@ mod tests {
     }
 
     #[test]
+    fn tools_and_response_format_mistakes_name_the_field() {
+        let f = |json: &str| ask(json).unwrap_err().field;
+        let tool = r#"{"type":"function","function":{"name":"go","parameters":{"type":"object"}}}"#;
+        assert!(ask(&format!(r#"{{"id":"1","prompt":"a","tools":[{tool}]}}"#)).is_ok());
+        assert_eq!(
+            f(&format!(r#"{{"id":"1","prompt":"a","tools":[{tool},{{"type":"web","function":{{"name":"x"}}}}]}}"#)).as_deref(),
+            Some("tools[1].type")
+        );
+        assert_eq!(
+            f(&format!(
+                r#"{{"id":"1","prompt":"a","tools":[{tool},{tool}]}}"#
+            ))
+            .as_deref(),
+            Some("tools[1].function.name")
+        );
+        assert_eq!(
+            f(r#"{"id":"1","prompt":"a","tools":[{"type":"function","function":{"name":"x","parameters":[1]}}]}"#).as_deref(),
+            Some("tools[0].function.parameters")
+        );
+        assert!(ask(r#"{"id":"1","prompt":"a","response_format":{"type":"json_object"}}"#).is_ok());
+        assert_eq!(
+            f(r#"{"id":"1","prompt":"a","response_format":{"type":"xml"}}"#).as_deref(),
+            Some("response_format.type")
+        );
+        assert_eq!(
+            f(r#"{"id":"1","prompt":"a","response_format":{"type":"json_schema","json_schema":{"name":"n"}}}"#).as_deref(),
+            Some("response_format.json_schema.schema")
+        );
+    }
+
+    #[test]
     fn typed_turn_fields_keep_their_wire_names() {
         let names: Vec<String> = [
             TurnOutcome::Answered,

@@ -445,7 +445,7 @@ impl Llm {
         let (spec, field) = match (&o.tools, &o.response_format) {
             (Some(tools), _) => {
                 let list = tool_list(tools);
-                let lark = engine::text_or_tool_call(&list, TOOL_OPEN, TOOL_CLOSE);
+                let lark = self.model.text_or_tool_call(&list, TOOL_OPEN, TOOL_CLOSE);
                 (engine::GrammarSpec::Lark(lark), "tools")
             }
             (None, Some(Format::JsonSchema(s))) => (

@@ -517,7 +517,8 @@ impl Session {
                     .map_err(|e| grammar_error(e.to_string()))?;
                 complete = m.is_stopped();
             }
-            tok.token_bytes(next, false, &mut stream.raw);
+            // Under a grammar, a control token is one the grammar named (a tool call's tag).
+            tok.token_bytes(next, matcher.is_some(), &mut stream.raw);
             let view = stream.view(&opts.stop, false);
             let start = stream.start_in(&view.visible);
             if view.safe > start {

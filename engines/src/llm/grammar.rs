@@ -182,10 +182,33 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or(s).trim().to_string()
 }
 
-/// A Lark grammar that allows either a plain-text answer (any text that does not start with
-/// `open`) or exactly one tool call: `open`, a JSON object `{"name": <one of the tools>,
-/// "arguments": <that tool's parameters>}`, `close`. `tools` are (name, parameters schema).
-pub fn text_or_tool_call(tools: &[(String, serde_json::Value)], open: &str, close: &str) -> String {
+impl Model {
+    /// A Lark grammar that allows either a plain-text answer (any text that does not start
+    /// with `open`) or exactly one tool call: `open`, a JSON object `{"name": <one of the
+    /// tools>, "arguments": <that tool's parameters>}`, `close`. `tools` are (name,
+    /// parameters schema). A tag that is one of this model's control tokens (Qwen2.5's
+    /// `<tool_call>`) is that token, which is then in the reply's text.
+    pub fn text_or_tool_call(
+        &self,
+        tools: &[(String, serde_json::Value)],
+        open: &str,
+        close: &str,
+    ) -> String {
+        let tok = &self.inner.tokenizer;
+        let tag = |t: &str| match tok.token_id(t).and_then(|id| tok.token_kind(id)) {
+            Some(TokenKind::Control) if t.starts_with('<') && t.ends_with('>') => t.to_string(),
+            _ => serde_json::to_string(t).unwrap_or_default(),
+        };
+        text_or_tool_call(tools, &tag(open), &tag(close), open)
+    }
+}
+
+fn text_or_tool_call(
+    tools: &[(String, serde_json::Value)],
+    open_rule: &str,
+    close_rule: &str,
+    open: &str,
+) -> String {
     let calls: Vec<serde_json::Value> = tools
         .iter()
         .map(|(name, params)| {
@@ -198,15 +221,10 @@ pub fn text_or_tool_call(tools: &[(String, serde_json::Value)], open: &str, clos
         })
         .collect();
     let schema = with_layout(serde_json::json!({"anyOf": calls}));
-    let lit = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let first = open.chars().next().unwrap_or('<');
     let not_first = regex_class_escape(first);
     format!(
-        "start: TEXT | call\ncall: {} \"\\n\"? body \"\\n\"? {}\nbody: %json {}\nTEXT: /[^{}](.|\\n)*/\n",
-        lit(open),
-        lit(close),
-        schema,
-        not_first,
+        "start: TEXT | call\ncall: {open_rule} \"\\n\"? body \"\\n\"? {close_rule}\nbody: %json {schema}\nTEXT: /[^{not_first}](.|\\n)*/\n",
     )
 }
 

@@ -78,7 +78,7 @@ use std::sync::{Arc, Mutex};
 pub use self::chat::{ChatTemplate, Message, Role};
 pub use self::config::{Arch, Config};
 pub use self::generate::{GenerateOptions, Prompt, Reply, StopReason, Timings};
-pub use self::grammar::{Grammar, GrammarSpec, text_or_tool_call};
+pub use self::grammar::{Grammar, GrammarSpec};
 pub use self::sample::Sampler;
 pub use self::tokenizer::{TokenKind, Tokenizer};
 
