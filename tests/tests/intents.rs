@@ -19,11 +19,16 @@ fn robot_intents() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/intents/robot.toml")
 }
 
-/// The models of the cache, the robot's intents with a short wait, and `audio` lines.
+/// The models of the cache, the robot's intents with a short wait (templates only), and
+/// `audio` lines.
 fn config(port: u16, device: &str, audio: &str, stt: &str) -> String {
+    config_with(port, device, audio, stt, false)
+}
+
+fn config_with(port: u16, device: &str, audio: &str, stt: &str, llm_fallback: bool) -> String {
     format!(
         "{}\n[models]\ndir = \"{}\"\n[audio]\n{audio}\n[stt]\nmodel = \"{stt}\"\n[llm]\nmax_tokens = 16\ntemperature = 0.0\n\
-         [intents]\nfile = \"{}\"\nreply_timeout_ms = 1500\nfallback = \"{FALLBACK}\"\n",
+         [intents]\nfile = \"{}\"\nreply_timeout_ms = 1500\nfallback = \"{FALLBACK}\"\nllm_fallback = {llm_fallback}\n",
         Sotad::link_config(port, device, ""),
         models_dir().display(),
         robot_intents().display()
@@ -201,25 +206,6 @@ async fn typed_commands_become_intents_answered_by_the_integration_or_the_fallba
         "no intent for a question"
     );
 
-    // 5. A command no template matches: the LLM's constrained tool call becomes the intent.
-    c.publish(
-        &turn_text,
-        json!({"id": "t5", "text": "Could you please put the lights on for me?"}).to_string(),
-    )
-    .await
-    .unwrap();
-    let (d, seen) = done(&mut c, &sotad, "t5").await;
-    let intent = seen
-        .iter()
-        .find(|p| p.topic == sotad.topic("intent/lights"))
-        .map(json_of)
-        .unwrap_or_else(|| panic!("no intent/lights: {d}\n{}", sotad.log()));
-    assert_eq!(intent["recognizer"], "llm", "{intent}");
-    assert_eq!(intent["slots"]["state"]["value"], "on", "{intent}");
-    let confidence = intent["confidence"].as_f64().unwrap();
-    assert!(confidence > 0.0 && confidence <= 1.0, "{intent}");
-    assert_eq!(d["path"], "intent", "{d}");
-
     // 6. `llm/ask` with tools: a tool call in the OpenAI shape, arguments a JSON string.
     let ask = sotad.topic("llm/ask");
     let reply = sotad.topic("llm/reply");
@@ -285,6 +271,42 @@ async fn typed_commands_become_intents_answered_by_the_integration_or_the_fallba
         ),
         "{e}"
     );
+}
+
+/// With `intents.llm_fallback`, a command no template matches is asked with the intents as
+/// tools; the LLM's constrained call becomes the intent, with recognizer `llm`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_no_template_matches_becomes_an_intent_through_the_llm() {
+    let broker = Mosquitto::start().unwrap();
+    let sotad = Sotad::start(
+        &config_with(
+            broker.port,
+            "robot",
+            "capture_device = \"\"\nplayback_device = \"\"",
+            "",
+            true,
+        ),
+        "robot",
+    )
+    .unwrap();
+    let mut c = online(broker.port, &sotad, "t-llm-intents", WAIT).await;
+    c.publish(
+        &sotad.topic("turn/text"),
+        json!({"id": "t5", "text": "Could you please put the lights on for me?"}).to_string(),
+    )
+    .await
+    .unwrap();
+    let (d, seen) = done(&mut c, &sotad, "t5").await;
+    let intent = seen
+        .iter()
+        .find(|p| p.topic == sotad.topic("intent/lights"))
+        .map(json_of)
+        .unwrap_or_else(|| panic!("no intent/lights: {d}\n{}", sotad.log()));
+    assert_eq!(intent["recognizer"], "llm", "{intent}");
+    assert_eq!(intent["slots"]["state"]["value"], "on", "{intent}");
+    let confidence = intent["confidence"].as_f64().unwrap();
+    assert!(confidence > 0.0 && confidence <= 1.0, "{intent}");
+    assert_eq!(d["path"], "intent", "{d}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

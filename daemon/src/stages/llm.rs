@@ -269,6 +269,19 @@ impl LlmStage {
         }
     }
 
+    /// Queues the building of the grammar compiler over the model's vocabulary (seconds for
+    /// a large vocabulary), so that the first question with tools does not wait for it.
+    pub fn prepare_grammars(&self) {
+        let job = |engine: &mut Llm| {
+            if let Err(e) = engine.model.grammar(&engine::GrammarSpec::JsonObject) {
+                tracing::warn!(error = %e, "no grammar compiler for the LLM");
+            }
+        };
+        if let Err(e) = self.worker.submit(job) {
+            tracing::debug!(error = %e, "grammar compiler not prepared ahead");
+        }
+    }
+
     /// Registers a cancel flag for `id`; dropped from the table by [`LlmStage::finish`].
     pub fn register(&self, id: &str) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
@@ -409,7 +422,9 @@ impl Llm {
         let mut text = reply.text.trim().to_string();
         let mut tool_calls = Vec::new();
         if o.tools.is_some()
-            && let Some(call) = text.strip_prefix(TOOL_OPEN)
+            && let Some(call) = text
+                .strip_prefix(TOOL_OPEN)
+                .or_else(|| text.starts_with('{').then_some(text.as_str()))
         {
             tool_calls.push(tool_call(call, reply.stop_reason)?);
             text.clear();

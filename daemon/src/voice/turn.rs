@@ -200,6 +200,9 @@ impl Turns {
         // With the LLM recognizer, a question is asked with the tools once it is complete:
         // an answer started early without them would be thrown away.
         let llm_recognizer = config.llm_fallback && config.intents.is_some();
+        if llm_recognizer && let Some(llm) = &answerer.stages.llm {
+            llm.prepare_grammars();
+        }
         let speculator = Speculator::new(
             answerer.clone(),
             config.speculate_answers && !llm_recognizer,

@@ -184,8 +184,9 @@ fn first_line(s: &str) -> String {
 
 impl Model {
     /// A Lark grammar that allows either a plain-text answer (any text that does not start
-    /// with `open`) or exactly one tool call: `open`, a JSON object `{"name": <one of the
-    /// tools>, "arguments": <that tool's parameters>}`, `close`. `tools` are (name,
+    /// with `open` or `{`) or exactly one tool call: `open`, a JSON object `{"name": <one of
+    /// the tools>, "arguments": <that tool's parameters>}`, `close`; or that object alone
+    /// (small models often leave the tags out). `tools` are (name,
     /// parameters schema). A tag that is one of this model's control tokens (Qwen2.5's
     /// `<tool_call>`) is that token, which is then in the reply's text.
     pub fn text_or_tool_call(
@@ -224,7 +225,7 @@ fn text_or_tool_call(
     let first = open.chars().next().unwrap_or('<');
     let not_first = regex_class_escape(first);
     format!(
-        "start: TEXT | call\ncall: {open_rule} \"\\n\"? body \"\\n\"? {close_rule}\nbody: %json {schema}\nTEXT: /[^{not_first}](.|\\n)*/\n",
+        "start: TEXT | call\ncall: {open_rule} \"\\n\"? body \"\\n\"? {close_rule} | body\nbody: %json {schema}\nTEXT: /[^{not_first}{{](.|\\n)*/\n",
     )
 }
 
