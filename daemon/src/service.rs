@@ -205,6 +205,8 @@ struct Ctx {
 }
 
 /// A parsed request, ready to run.
+// An `llm/ask` with `tools` and `response_format` is the largest; one lives per request.
+#[allow(clippy::large_enum_variant)]
 enum Job {
     Ping(PingRequest),
     Transcribe(Transcribe),
