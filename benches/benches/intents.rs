@@ -6,6 +6,8 @@
 //! cargo bench -p sotad-benches --bench intents -- transcribed piper # one voice (piper, piper-slow, espeak, espeak-slow)
 //! cargo build --release -p sotad
 //! cargo bench -p sotad-benches --bench intents -- spoken            # through the real voice loop (4 voices)
+//! cargo bench -p sotad-benches --bench intents -- grammar           # constrained vs unconstrained decoding
+//! cargo bench -p sotad-benches --bench intents -- typed             # turn/text: templates vs templates + LLM
 //! ```
 //!
 //! `transcribed`: the 64 commands synthesized as below, transcribed by the Whisper engine the
@@ -56,6 +58,10 @@ struct Cmd {
 
 fn commands() -> Vec<Cmd> {
     let data = std::fs::read_to_string(root().join("benches/data/robot_commands.tsv")).unwrap();
+    parse_tsv(&data)
+}
+
+fn parse_tsv(data: &str) -> Vec<Cmd> {
     data.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {
@@ -587,6 +593,360 @@ fn transcribed(voices: &[&str]) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Decode speed with and without a grammar, on the same prompts (Qwen2.5-Coder-0.5B, the
+/// default brain): (1) an out-of-domain question under the intents' `text | tool call`
+/// grammar, which lets the plain answer through, so the tokens are the unconstrained ones
+/// and the difference is the mask alone; (2) a command under the same grammar (a tool
+/// call); (3) a JSON schema (`response_format`). Median of 5 runs each, decode tok/s.
+fn bench_grammar() {
+    use sotad_engines::llm::{
+        GenerateOptions, GrammarSpec, LoadOptions as LlmLoad, Message, Model,
+    };
+    use std::ops::ControlFlow;
+    let model = Model::load(
+        models_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+        &LlmLoad {
+            context_len: 2048,
+            threads: 0,
+        },
+    )
+    .expect("the default brain (scripts/install-models.sh)");
+    let set = IntentSet::parse(
+        &std::fs::read_to_string(robot_file()).unwrap(),
+        "robot.toml",
+    )
+    .unwrap();
+    let tools = set.tools();
+    let list: Vec<(String, Value)> = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["function"]["name"].as_str().unwrap().to_string(),
+                t["function"]["parameters"].clone(),
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    let lark = model
+        .grammar(&GrammarSpec::Lark(model.text_or_tool_call(
+            &list,
+            "<tool_call>",
+            "</tool_call>",
+        )))
+        .unwrap();
+    println!(
+        "grammar: first compile (token environment + the robot's 10 tools) {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let t = Instant::now();
+    let _ = model
+        .grammar(&GrammarSpec::Lark(model.text_or_tool_call(
+            &list,
+            "<tool_call>",
+            "</tool_call>",
+        )))
+        .unwrap();
+    println!(
+        "grammar: compile again (the tools) {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let schema = GrammarSpec::JsonSchema(serde_json::json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "country": {"type": "string"},
+            "population_millions": {"type": "number"},
+            "landmarks": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
+        },
+        "required": ["city", "country", "population_millions", "landmarks"],
+        "additionalProperties": false,
+    }));
+    let json = model.grammar(&schema).unwrap();
+    let cases: [(&str, &str, bool, Option<&sotad_engines::llm::Grammar>); 3] = [
+        (
+            "out-of-domain question, text|call grammar",
+            "Tell me a short story about a cat.",
+            true,
+            Some(&lark),
+        ),
+        (
+            "command, text|call grammar (tool call)",
+            "Could you please drive ahead three meters for me?",
+            true,
+            Some(&lark),
+        ),
+        ("JSON schema", "Describe Paris as JSON.", false, Some(&json)),
+    ];
+    for (label, q, with_tools, grammar) in cases {
+        let messages = [Message::user(q)];
+        let mut free = Vec::new();
+        let mut masked = Vec::new();
+        let mut tokens = (0, 0);
+        for run in 0..5 {
+            for constrained in [false, true] {
+                let mut session = model.session();
+                let opts = GenerateOptions {
+                    max_tokens: 48,
+                    tools: with_tools.then(|| std::sync::Arc::new(tools.clone())),
+                    grammar: grammar.filter(|_| constrained).cloned(),
+                    ..Default::default()
+                };
+                let r = session
+                    .chat(&messages, &opts, |_| ControlFlow::Continue(()))
+                    .unwrap();
+                if run == 0 {
+                    println!(
+                        "    {} {:?}",
+                        if constrained {
+                            "constrained:  "
+                        } else {
+                            "unconstrained:"
+                        },
+                        r.text.chars().take(90).collect::<String>()
+                    );
+                }
+                if constrained {
+                    masked.push(r.timings.decode_tok_s);
+                    tokens.1 = r.timings.generated_tokens;
+                } else {
+                    free.push(r.timings.decode_tok_s);
+                    tokens.0 = r.timings.generated_tokens;
+                }
+            }
+        }
+        let (f, m) = (median(&free), median(&masked));
+        println!(
+            "grammar {label}: decode unconstrained {f:.1} tok/s ({} tokens), constrained {m:.1} tok/s ({} tokens): {:+.1} % decode time per token",
+            tokens.0,
+            tokens.1,
+            (f / m - 1.0) * 100.0
+        );
+    }
+}
+
+/// The commands typed over `turn/text` to the real sotad with the LLM (the default brain):
+/// templates only (`intents.llm_fallback = false`) against templates + the LLM's
+/// constrained tool calls, on benches/data/robot_commands.tsv and the paraphrases of
+/// benches/data/robot_paraphrases.tsv, which the templates do not match.
+fn typed() {
+    let mut cmds = commands();
+    let para = std::fs::read_to_string(root().join("benches/data/robot_paraphrases.tsv")).unwrap();
+    let n_plain = cmds.len();
+    cmds.extend(parse_tsv(&para));
+    let set = IntentSet::parse(
+        &std::fs::read_to_string(robot_file()).unwrap(),
+        "robot.toml",
+    )
+    .unwrap();
+    let tools = set.tools();
+    for fallback in [false, true] {
+        let dir = std::env::temp_dir().join(format!("sotad-bench-typed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let toml = dir.join("sotad.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "[device]\nid = \"bench\"\n[mqtt]\nhost = \"\"\nport = {port}\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\
+                 [models]\ndir = \"{}\"\n[audio]\ncapture_device = \"\"\nplayback_device = \"\"\n[stt]\nmodel = \"\"\n[tts]\nvoice = \"\"\n\
+                 [log]\nlevel = \"warn\"\n[intents]\nfile = \"{}\"\nreply_timeout_ms = 100\nllm_fallback = {fallback}\n",
+                models_dir().display(),
+                robot_file().display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(sotad_bin())
+            .args(["--config", toml.to_str().unwrap(), "run"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start sotad (cargo build --release -p sotad)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut sub = loop {
+            let mut sub = Command::new("mosquitto_sub")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v"])
+                .args(["-t", "sotad/bench/turn/done", "-t", "sotad/bench/intent/#"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto_sub (mosquitto-clients)");
+            std::thread::sleep(Duration::from_millis(300));
+            match sub.try_wait() {
+                Ok(None) => break sub,
+                _ => assert!(Instant::now() < deadline, "the broker did not come up"),
+            }
+        };
+        let out = sub.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // The model loads and warms: a first question not counted.
+        let ask = |id: &str, text: &str| {
+            let body = serde_json::json!({"id": id, "text": text}).to_string();
+            Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+                .args(["-t", "sotad/bench/turn/text", "-m", &body])
+                .status()
+                .expect("mosquitto_pub");
+        };
+        let wait = |id: &str| -> (Option<Value>, Option<Value>) {
+            let mut intent = None;
+            let end = Instant::now() + Duration::from_secs(180);
+            while Instant::now() < end {
+                let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) else {
+                    continue;
+                };
+                let Some((topic, body)) = line.split_once(' ') else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<Value>(body) else {
+                    continue;
+                };
+                if v["turn"] != id {
+                    continue;
+                }
+                if topic.ends_with("/turn/done") {
+                    return (Some(v), intent);
+                }
+                intent = Some(v);
+            }
+            (None, intent)
+        };
+        ask("warm", "Hello.");
+        let _ = wait("warm");
+        let (mut right, mut in_domain, mut ood, mut ood_clean) = ([0usize; 2], [0usize; 2], 0, 0);
+        let (mut calls, mut valid) = (0usize, 0usize);
+        let mut ms_template = Vec::new();
+        let mut ms_llm = Vec::new();
+        let mut ms_plain = Vec::new();
+        for (i, c) in cmds.iter().enumerate() {
+            let id = format!("c{i}");
+            ask(&id, &c.text);
+            let (done, intent) = wait(&id);
+            let part = usize::from(i >= n_plain);
+            let recognizer = intent
+                .as_ref()
+                .and_then(|v| v["recognizer"].as_str().map(String::from));
+            if recognizer.as_deref() == Some("llm") {
+                calls += 1;
+                // Slots valid against the tool's schema: names declared, values in range.
+                let v = intent.as_ref().unwrap();
+                let name = v["intent"].as_str().unwrap_or("");
+                let args: serde_json::Map<String, Value> = v["slots"]
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .map(|(k, s)| (k.clone(), s["value"].clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if set.tool_call(name, &Value::Object(args), 1.0).is_ok() {
+                    valid += 1;
+                }
+            }
+            let ms = done
+                .as_ref()
+                .and_then(|d| d["latency"]["intent_ms"].as_f64());
+            match (&recognizer, ms) {
+                (Some(r), Some(ms)) if r == "template" => ms_template.push(ms),
+                (Some(_), Some(ms)) => ms_llm.push(ms),
+                _ => {
+                    if let Some(ms) = done
+                        .as_ref()
+                        .and_then(|d| d["latency"]["total_ms"].as_f64())
+                    {
+                        ms_plain.push(ms);
+                    }
+                }
+            }
+            let got = intent.as_ref().map(|v| {
+                let slots: Vec<(String, String)> = v["slots"]
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .map(|(k, s)| {
+                                let val = match &s["value"] {
+                                    Value::String(x) => x.clone(),
+                                    other => other.to_string(),
+                                };
+                                (k.clone(), val)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (v["intent"].as_str().unwrap_or("").to_string(), slots)
+            });
+            match &c.intent {
+                None => {
+                    ood += 1;
+                    if got.is_none() {
+                        ood_clean += 1;
+                    } else {
+                        println!("    OOD called: {:?} -> {:?}", c.text, got);
+                    }
+                }
+                Some(want) => {
+                    in_domain[part] += 1;
+                    let ok = got.as_ref().is_some_and(|(name, slots)| {
+                        let mut a = slots.clone();
+                        a.sort();
+                        let mut b = c.slots.clone();
+                        b.sort();
+                        name == want
+                            && a.len() == b.len()
+                            && a.iter().zip(&b).all(|(x, y)| {
+                                x.0 == y.0
+                                    && (x.1 == y.1
+                                        || x.1.parse::<f64>().ok() == y.1.parse::<f64>().ok()
+                                            && y.1.parse::<f64>().is_ok())
+                            })
+                    });
+                    if ok {
+                        right[part] += 1;
+                    } else {
+                        println!("    miss: {:?} -> {:?}", c.text, got);
+                    }
+                }
+            }
+        }
+        let _ = sub.kill();
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = sub.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        println!(
+            "typed, {}: robot_commands {}/{} right, paraphrases {}/{} right, out-of-domain {}/{} without intent; LLM tool calls {calls}, schema-valid {valid}/{calls}",
+            if fallback {
+                "templates + LLM fallback"
+            } else {
+                "templates only"
+            },
+            right[0],
+            in_domain[0],
+            right[1],
+            in_domain[1],
+            ood_clean,
+            ood,
+        );
+        println!(
+            "    text -> intent published: template median {:.1} ms (n={}), LLM median {:.0} ms (n={}); plain answers: turn median {:.0} ms (n={})",
+            median(&ms_template),
+            ms_template.len(),
+            median(&ms_llm),
+            ms_llm.len(),
+            median(&ms_plain),
+            ms_plain.len()
+        );
+        let _ = &tools;
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -594,6 +954,8 @@ fn main() {
         .collect();
     match args.first().map(String::as_str) {
         Some("match") => bench_match(),
+        Some("grammar") => bench_grammar(),
+        Some("typed") => typed(),
         Some("spoken") if args.len() > 1 => {
             spoken(&args[1..].iter().map(String::as_str).collect::<Vec<_>>())
         }

@@ -209,6 +209,8 @@ struct Ctx {
 }
 
 /// A parsed request, ready to run.
+// An `llm/ask` with `tools` and `response_format` is the largest; one lives per request.
+#[allow(clippy::large_enum_variant)]
 enum Job {
     Ping(PingRequest),
     Transcribe(Transcribe),
@@ -546,6 +548,15 @@ pub fn question(r: AskRequest) -> llm::Ask {
         (None, None) => Vec::new(),
     };
     let o = r.options;
+    let tools = r
+        .tools
+        .map(|t| std::sync::Arc::new(serde_json::to_value(t).unwrap_or(serde_json::Value::Null)));
+    let response_format = r.response_format.map(|f| match f.json_schema {
+        Some(s) if f.kind == "json_schema" => {
+            llm::Format::JsonSchema(s.schema.unwrap_or(serde_json::Value::Bool(true)))
+        }
+        _ => llm::Format::JsonObject,
+    });
     llm::Ask {
         id: r.id,
         messages,
@@ -562,6 +573,8 @@ pub fn question(r: AskRequest) -> llm::Ask {
             thinking: o.thinking,
             system_prompt: o.system_prompt,
             truncate: o.truncate,
+            tools,
+            response_format,
         },
     }
 }
@@ -598,6 +611,20 @@ pub fn reply(id: String, session: Option<String>, a: llm::Answer) -> Reply {
             messages: t.dropped_messages,
             tokens: t.cut_tokens,
         }),
+        tool_calls: a
+            .tool_calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| crate::mqtt::payloads::ToolCallOut {
+                id: format!("call_{i}"),
+                kind: "function",
+                function: crate::mqtt::payloads::FunctionCallOut {
+                    name: c.name.clone(),
+                    arguments: c.arguments.to_string(),
+                },
+            })
+            .collect(),
+        probability: a.probability,
     }
 }
 

@@ -286,3 +286,68 @@ fn smollm2_stop_strings_streaming_and_prefix_reuse() {
         .unwrap();
     assert_eq!(r.tokens, fresh.tokens);
 }
+
+/// A JSON schema constrains the real small model: unconstrained, it answers in prose (not
+/// JSON); under the grammar, the same prompt gives JSON that validates against the schema.
+/// A schema llguidance cannot compile is an error that says so.
+#[test]
+fn smollm2_grammar_forces_schema_valid_json() {
+    use sotad_engines::llm::{GenerateOptions, GrammarSpec};
+    use std::ops::ControlFlow;
+    let model = Model::load(
+        model_path("smollm2-135m-instruct-q4_1.gguf"),
+        &LoadOptions {
+            context_len: 256,
+            threads: 0,
+        },
+    )
+    .unwrap();
+    let mut session = model.session();
+    let chat = [Message::user(
+        "What colour is the sky, and how many suns are there?",
+    )];
+    let mut opts = GenerateOptions {
+        max_tokens: 24,
+        ..Default::default()
+    };
+    let free = session
+        .chat(&chat, &opts, |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert!(
+        serde_json::from_str::<Value>(free.text.trim()).is_err(),
+        "unconstrained output is already JSON: {:?}",
+        free.text
+    );
+    assert_eq!(free.probability, None);
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "colour": {"type": "string", "enum": ["red", "green", "blue"]},
+            "suns": {"type": "integer", "minimum": 1, "maximum": 9},
+        },
+        "required": ["colour", "suns"],
+        "additionalProperties": false,
+    });
+    opts.grammar = Some(model.grammar(&GrammarSpec::JsonSchema(schema)).unwrap());
+    let r = session
+        .chat(&chat, &opts, |_| ControlFlow::Continue(()))
+        .unwrap();
+    let v: Value =
+        serde_json::from_str(&r.text).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", r.text));
+    let o = v.as_object().unwrap();
+    assert_eq!(o.len(), 2, "{v}");
+    assert!(
+        ["red", "green", "blue"].contains(&o["colour"].as_str().unwrap()),
+        "{v}"
+    );
+    let suns = o["suns"].as_u64().unwrap();
+    assert!((1..=9).contains(&suns), "{v}");
+    let p = r.probability.unwrap();
+    assert!(p > 0.0 && p <= 1.0, "{p}");
+
+    let bad = model.grammar(&GrammarSpec::JsonSchema(
+        serde_json::json!({"type": "colour"}),
+    ));
+    let e = bad.err().expect("an unknown type compiles").to_string();
+    assert!(e.contains("grammar") && e.contains("colour"), "{e}");
+}

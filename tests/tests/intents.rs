@@ -19,11 +19,16 @@ fn robot_intents() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/intents/robot.toml")
 }
 
-/// The models of the cache, the robot's intents with a short wait, and `audio` lines.
+/// The models of the cache, the robot's intents with a short wait (templates only), and
+/// `audio` lines.
 fn config(port: u16, device: &str, audio: &str, stt: &str) -> String {
+    config_with(port, device, audio, stt, false)
+}
+
+fn config_with(port: u16, device: &str, audio: &str, stt: &str, llm_fallback: bool) -> String {
     format!(
         "{}\n[models]\ndir = \"{}\"\n[audio]\n{audio}\n[stt]\nmodel = \"{stt}\"\n[llm]\nmax_tokens = 16\ntemperature = 0.0\n\
-         [intents]\nfile = \"{}\"\nreply_timeout_ms = 1500\nfallback = \"{FALLBACK}\"\n",
+         [intents]\nfile = \"{}\"\nreply_timeout_ms = 1500\nfallback = \"{FALLBACK}\"\nllm_fallback = {llm_fallback}\n",
         Sotad::link_config(port, device, ""),
         models_dir().display(),
         robot_intents().display()
@@ -200,6 +205,108 @@ async fn typed_commands_become_intents_answered_by_the_integration_or_the_fallba
         !seen.iter().any(|p| p.topic.contains("/intent/")),
         "no intent for a question"
     );
+
+    // 6. `llm/ask` with tools: a tool call in the OpenAI shape, arguments a JSON string.
+    let ask = sotad.topic("llm/ask");
+    let reply = sotad.topic("llm/reply");
+    let weather = json!([{"type": "function", "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"], "additionalProperties": false}}}]);
+    c.publish(
+        &ask,
+        json!({"id": "a1", "prompt": "What is the weather in Paris?", "tools": weather,
+               "options": {"max_tokens": 40}})
+        .to_string(),
+    )
+    .await
+    .unwrap();
+    let r = c.expect_id(&reply, "a1", WAIT).await.unwrap();
+    let call = &r["tool_calls"][0];
+    assert_eq!(call["type"], "function", "{r}");
+    assert_eq!(call["function"]["name"], "get_weather", "{r}");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["city"].as_str().is_some_and(|c| !c.is_empty()), "{r}");
+
+    // 7. `response_format` with a JSON schema: the text is JSON that validates.
+    c.publish(
+        &ask,
+        json!({"id": "a2", "prompt": "Name a primary colour.", "options": {"max_tokens": 24},
+               "response_format": {"type": "json_schema", "json_schema": {"name": "colour",
+                 "schema": {"type": "object", "properties": {"colour": {"enum": ["red", "yellow", "blue"]}},
+                            "required": ["colour"], "additionalProperties": false}}}})
+        .to_string(),
+    )
+    .await
+    .unwrap();
+    let r = c.expect_id(&reply, "a2", WAIT).await.unwrap();
+    let v: Value = serde_json::from_str(r["text"].as_str().unwrap()).unwrap();
+    assert!(
+        ["red", "yellow", "blue"].contains(&v["colour"].as_str().unwrap()),
+        "{r}"
+    );
+    assert_eq!(v.as_object().unwrap().len(), 1, "{r}");
+
+    // 8. A tool schema the grammar engine cannot compile: `invalid_request` naming it.
+    let mut bad = weather.clone();
+    bad.as_array_mut().unwrap().push(json!({"type": "function", "function": {
+        "name": "broken", "parameters": {"type": "object", "properties": {"x": {"type": "colour"}}}}}));
+    c.publish(
+        &ask,
+        json!({"id": "a3", "prompt": "Hi", "tools": bad}).to_string(),
+    )
+    .await
+    .unwrap();
+    let e = c
+        .expect_id(&sotad.topic("error"), "a3", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["field"].as_str()),
+        (
+            Some("invalid_request"),
+            Some("tools[1].function.parameters")
+        ),
+        "{e}"
+    );
+}
+
+/// With `intents.llm_fallback`, a command no template matches is asked with the intents as
+/// tools; the LLM's constrained call becomes the intent, with recognizer `llm`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_no_template_matches_becomes_an_intent_through_the_llm() {
+    let broker = Mosquitto::start().unwrap();
+    let sotad = Sotad::start(
+        &config_with(
+            broker.port,
+            "robot",
+            "capture_device = \"\"\nplayback_device = \"\"",
+            "",
+            true,
+        ),
+        "robot",
+    )
+    .unwrap();
+    let mut c = online(broker.port, &sotad, "t-llm-intents", WAIT).await;
+    c.publish(
+        &sotad.topic("turn/text"),
+        json!({"id": "t5", "text": "Could you please put the lights on for me?"}).to_string(),
+    )
+    .await
+    .unwrap();
+    let (d, seen) = done(&mut c, &sotad, "t5").await;
+    let intent = seen
+        .iter()
+        .find(|p| p.topic == sotad.topic("intent/lights"))
+        .map(json_of)
+        .unwrap_or_else(|| panic!("no intent/lights: {d}\n{}", sotad.log()));
+    assert_eq!(intent["recognizer"], "llm", "{intent}");
+    assert_eq!(intent["slots"]["state"]["value"], "on", "{intent}");
+    let confidence = intent["confidence"].as_f64().unwrap();
+    assert!(confidence > 0.0 && confidence <= 1.0, "{intent}");
+    assert_eq!(d["path"], "intent", "{d}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

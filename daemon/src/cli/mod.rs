@@ -197,6 +197,8 @@ pub fn chat(
             messages: None,
             session: Some("terminal".into()),
             options: options.clone(),
+            tools: None,
+            response_format: None,
         };
         payloads::validate_ask(&request).map_err(flag_error)?;
         let ask = service::question(request);

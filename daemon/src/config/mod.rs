@@ -95,6 +95,8 @@ pub struct Intents {
     pub reply_timeout_ms: u64,
     /// Spoken when no answer came in time; empty: nothing.
     pub fallback: String,
+    /// A question no template matches goes to the LLM with the intents as tools.
+    pub llm_fallback: bool,
     /// The parsed file, loaded and checked with the configuration.
     #[serde(skip)]
     pub set: Option<std::sync::Arc<sotad_engines::intent::IntentSet>>,

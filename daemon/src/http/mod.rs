@@ -334,7 +334,7 @@ pub fn submit_error(e: SubmitError) -> ApiError {
 
 /// A stage's error: the caller's input is a `400` naming the field, the rest `5xx`.
 pub fn stage_error(e: StageError, field: impl Fn(&str) -> String) -> ApiError {
-    let param = e.field.map(field);
+    let param = e.field.as_deref().map(field);
     let error = match e.kind {
         StageErrorKind::InvalidInput => ApiError::new(StatusCode::BAD_REQUEST, e.message),
         StageErrorKind::InvalidAudio => {

@@ -246,6 +246,160 @@ pub struct AskRequest {
     pub session: Option<String>,
     #[serde(default)]
     pub options: Options,
+    /// Functions the model may call instead of answering, as the OpenAI API takes them.
+    #[serde(default)]
+    pub tools: Option<Vec<ToolIn>>,
+    /// `{"type": "json_schema", "json_schema": {"name", "schema"}}` or `{"type":
+    /// "json_object"}`: the answer is JSON of that shape.
+    #[serde(default)]
+    pub response_format: Option<ResponseFormatIn>,
+}
+
+/// One of `llm/ask`'s `tools`: `{"type": "function", "function": {...}}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolIn {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionIn,
+}
+
+/// A tool's function: its name, what it does, its parameters' JSON schema.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionIn {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+    /// Accepted for compatibility; calls are always schema-valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// `llm/ask`'s `response_format`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFormatIn {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub json_schema: Option<JsonSchemaIn>,
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaIn {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    /// Accepted for compatibility; the answer always validates.
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// Most tools an `llm/ask` may give.
+pub const MAX_TOOLS: usize = 64;
+
+/// The checks of `tools` and `response_format` serde cannot make; the schemas themselves
+/// are compiled by the LLM stage, which names the field of one it cannot compile.
+fn validate_tools(r: &AskRequest) -> Result<(), RequestError> {
+    let invalid = |field: String, message: String| {
+        RequestError::new(Some(r.id.clone()), ErrorCode::InvalidRequest, message).with_field(field)
+    };
+    if let Some(tools) = &r.tools {
+        if tools.is_empty() || tools.len() > MAX_TOOLS {
+            return Err(invalid(
+                "tools".into(),
+                format!("give 1 to {MAX_TOOLS} tools (or leave `tools` out)"),
+            ));
+        }
+        for (i, t) in tools.iter().enumerate() {
+            if t.kind != "function" {
+                return Err(invalid(
+                    format!("tools[{i}].type"),
+                    format!("{:?} is not a tool type; allowed: \"function\"", t.kind),
+                ));
+            }
+            let name = &t.function.name;
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(invalid(
+                    format!("tools[{i}].function.name"),
+                    "1 to 64 letters, digits, `_` or `-`".into(),
+                ));
+            }
+            if tools[..i].iter().any(|o| &o.function.name == name) {
+                return Err(invalid(
+                    format!("tools[{i}].function.name"),
+                    format!("`{name}` is given twice"),
+                ));
+            }
+            if let Some(p) = &t.function.parameters
+                && !(p.is_object() || p.is_null())
+            {
+                return Err(invalid(
+                    format!("tools[{i}].function.parameters"),
+                    "must be a JSON schema (an object)".into(),
+                ));
+            }
+        }
+        if r.response_format.is_some() {
+            return Err(invalid(
+                "response_format".into(),
+                "give either `tools` or `response_format`, not both".into(),
+            ));
+        }
+    }
+    if let Some(f) = &r.response_format {
+        match (f.kind.as_str(), &f.json_schema) {
+            ("json_object", None) => {}
+            ("json_schema", Some(s)) => match &s.schema {
+                Some(v) if v.is_object() || v.is_boolean() => {}
+                Some(_) => {
+                    return Err(invalid(
+                        "response_format.json_schema.schema".into(),
+                        "must be a JSON schema (an object)".into(),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        "response_format.json_schema.schema".into(),
+                        "missing: the JSON schema the answer must validate against".into(),
+                    ));
+                }
+            },
+            ("json_schema", None) => {
+                return Err(invalid(
+                    "response_format.json_schema".into(),
+                    "missing: `{\"name\": ..., \"schema\": {...}}`".into(),
+                ));
+            }
+            ("json_object", Some(_)) => {
+                return Err(invalid(
+                    "response_format.json_schema".into(),
+                    "only with `\"type\": \"json_schema\"`".into(),
+                ));
+            }
+            (other, _) => {
+                return Err(invalid(
+                    "response_format.type".into(),
+                    format!(
+                        "{other:?} is not a response format; allowed: \"json_schema\", \"json_object\" (or leave it out for text)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Request for AskRequest {
@@ -390,7 +544,7 @@ pub fn validate_ask(r: &AskRequest) -> Result<(), RequestError> {
             "allowed: at most 8 strings of 1 to 64 bytes".into(),
         ));
     }
-    Ok(())
+    validate_tools(r)
 }
 
 /// The answer on `llm/reply`.
@@ -413,6 +567,29 @@ pub struct Reply {
     /// What `options.truncate` left out of the prompt, when it left anything out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncated: Option<Truncated>,
+    /// The tool the model called instead of answering (with `tools`), in the OpenAI shape.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
+    /// Under a grammar (`tools`, `response_format`): the geometric mean of the generated
+    /// tokens' probabilities in the model's own distribution.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f32>,
+}
+
+/// `{"id", "type": "function", "function": {"name", "arguments"}}`, `arguments` a JSON
+/// string as in the OpenAI API.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallOut {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCallOut {
+    pub name: String,
+    pub arguments: String,
 }
 
 /// What was left out of a prompt so that it fits in the context.
@@ -940,6 +1117,37 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("messages"));
         let e = ask(r#"{"id":"1","messages":[{"role":"robot","content":"a"}]}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("messages[0].role"));
+    }
+
+    #[test]
+    fn tools_and_response_format_mistakes_name_the_field() {
+        let f = |json: &str| ask(json).unwrap_err().field;
+        let tool = r#"{"type":"function","function":{"name":"go","parameters":{"type":"object"}}}"#;
+        assert!(ask(&format!(r#"{{"id":"1","prompt":"a","tools":[{tool}]}}"#)).is_ok());
+        assert_eq!(
+            f(&format!(r#"{{"id":"1","prompt":"a","tools":[{tool},{{"type":"web","function":{{"name":"x"}}}}]}}"#)).as_deref(),
+            Some("tools[1].type")
+        );
+        assert_eq!(
+            f(&format!(
+                r#"{{"id":"1","prompt":"a","tools":[{tool},{tool}]}}"#
+            ))
+            .as_deref(),
+            Some("tools[1].function.name")
+        );
+        assert_eq!(
+            f(r#"{"id":"1","prompt":"a","tools":[{"type":"function","function":{"name":"x","parameters":[1]}}]}"#).as_deref(),
+            Some("tools[0].function.parameters")
+        );
+        assert!(ask(r#"{"id":"1","prompt":"a","response_format":{"type":"json_object"}}"#).is_ok());
+        assert_eq!(
+            f(r#"{"id":"1","prompt":"a","response_format":{"type":"xml"}}"#).as_deref(),
+            Some("response_format.type")
+        );
+        assert_eq!(
+            f(r#"{"id":"1","prompt":"a","response_format":{"type":"json_schema","json_schema":{"name":"n"}}}"#).as_deref(),
+            Some("response_format.json_schema.schema")
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 pub struct StageError {
     pub kind: StageErrorKind,
     /// The input at fault (`wav`, `voice`, `speaker`, `text`), when there is one.
-    pub field: Option<&'static str>,
+    pub field: Option<std::borrow::Cow<'static, str>>,
     pub message: String,
 }
 
@@ -25,10 +25,13 @@ pub enum StageErrorKind {
 }
 
 impl StageError {
-    pub fn invalid(field: &'static str, message: impl Into<String>) -> StageError {
+    pub fn invalid(
+        field: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> StageError {
         StageError {
             kind: StageErrorKind::InvalidInput,
-            field: Some(field),
+            field: Some(field.into()),
             message: message.into(),
         }
     }
@@ -36,7 +39,7 @@ impl StageError {
     pub fn audio(field: &'static str, message: impl Into<String>) -> StageError {
         StageError {
             kind: StageErrorKind::InvalidAudio,
-            field: Some(field),
+            field: Some(field.into()),
             message: message.into(),
         }
     }

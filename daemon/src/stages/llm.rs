@@ -42,6 +42,36 @@ pub struct Llm {
     warm: Option<(Vec<engine::Message>, bool)>,
     /// The GGUF file, checked before each job.
     files: ModelFiles,
+    /// The last grammars compiled (tools or a schema), by their source: the intents' tools
+    /// are the same at every turn.
+    grammars: Vec<(String, engine::Grammar)>,
+}
+
+/// The fewest tokens a question with tools may generate unless the request says otherwise.
+const TOOL_CALL_TOKENS: usize = 96;
+
+/// Grammars kept compiled ([`Llm::grammars`]).
+const GRAMMARS_KEPT: usize = 4;
+
+/// How a tool call is written: Qwen2.5's (and Hermes') tags around one JSON object.
+pub const TOOL_OPEN: &str = "<tool_call>";
+pub const TOOL_CLOSE: &str = "</tool_call>";
+
+/// What the answer must be besides plain text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Format {
+    /// JSON valid against this schema (`response_format.json_schema.schema`).
+    JsonSchema(serde_json::Value),
+    /// Any JSON object.
+    JsonObject,
+}
+
+/// A tool the model called: its name and arguments (a JSON object valid against the tool's
+/// parameters).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: serde_json::Value,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +131,12 @@ pub struct Overrides {
     /// with [`StageErrorKind::ContextFull`](super::error::StageErrorKind::ContextFull).
     /// `None`: refuse.
     pub truncate: Option<bool>,
+    /// Tools the model may call instead of answering (the OpenAI shape: `[{"type":
+    /// "function", "function": {"name", "description", "parameters"}}]`). Decoding is
+    /// constrained to a plain answer or exactly one valid call.
+    pub tools: Option<Arc<serde_json::Value>>,
+    /// The answer must be JSON of this shape (decoding constrained by its schema).
+    pub response_format: Option<Format>,
 }
 
 /// A finished generation.
@@ -116,6 +152,11 @@ pub struct Answer {
     pub timings: engine::Timings,
     /// Pieces left out of the stream because its consumer fell behind.
     pub tokens_dropped: u64,
+    /// The tool the model called (with `tools`); the text is then empty.
+    pub tool_calls: Vec<ToolCall>,
+    /// Under a grammar (tools, a response format): the geometric mean of the generated
+    /// tokens' probabilities in the model's own distribution.
+    pub probability: Option<f32>,
 }
 
 /// The async side: the worker and the cancel flags of running requests.
@@ -171,6 +212,7 @@ pub fn load(path: Option<PathBuf>, c: &config::Llm) -> Result<Llm, String> {
         },
         warm: None,
         files: ModelFiles::new("llm", "llm.model", path),
+        grammars: Vec::new(),
     };
     // The first question finds the default system prompt computed.
     let system = llm.system_prompt(&Overrides::default());
@@ -224,6 +266,19 @@ impl LlmStage {
                 self.finish(&id);
                 Err(e)
             }
+        }
+    }
+
+    /// Queues the building of the grammar compiler over the model's vocabulary (seconds for
+    /// a large vocabulary), so that the first question with tools does not wait for it.
+    pub fn prepare_grammars(&self) {
+        let job = |engine: &mut Llm| {
+            if let Err(e) = engine.model.grammar(&engine::GrammarSpec::JsonObject) {
+                tracing::warn!(error = %e, "no grammar compiler for the LLM");
+            }
+        };
+        if let Err(e) = self.worker.submit(job) {
+            tracing::debug!(error = %e, "grammar compiler not prepared ahead");
         }
     }
 
@@ -303,12 +358,27 @@ impl Llm {
     /// Answers `ask` on the engine thread, streaming text pieces into `stream`.
     pub fn ask(&mut self, ask: &Ask, stream: &mut Stream) -> Result<Answer, StageError> {
         self.files.check()?;
-        let (messages, given) = self.conversation(ask);
+        let (mut messages, given) = self.conversation(ask);
         let o = &ask.options;
+        let grammar = self.constraint(o)?;
+        let mut template_tools = None;
+        if let Some(tools) = &o.tools {
+            if self.model.chat_template().takes_tools() {
+                template_tools = Some(tools.clone());
+            } else {
+                describe_tools(&mut messages, tools);
+            }
+        }
         let d = &self.defaults;
 
         let options = engine::GenerateOptions {
-            max_tokens: o.max_tokens.unwrap_or(d.max_tokens),
+            // A tool call must fit whole, even when `llm.max_tokens` is set for short
+            // spoken answers.
+            max_tokens: o.max_tokens.unwrap_or(if o.tools.is_some() {
+                d.max_tokens.max(TOOL_CALL_TOKENS)
+            } else {
+                d.max_tokens
+            }),
             temperature: o.temperature.unwrap_or(d.temperature),
             top_k: o.top_k.unwrap_or(d.top_k),
             top_p: o.top_p.unwrap_or(d.top_p),
@@ -318,6 +388,8 @@ impl Llm {
             stop: o.stop.clone().unwrap_or_default(),
             thinking: o.thinking.unwrap_or(false),
             truncate_prompt: o.truncate.unwrap_or(false),
+            grammar,
+            tools: template_tools,
             ..Default::default()
         };
         let cancel = stream.cancel.clone();
@@ -347,8 +419,29 @@ impl Llm {
         }
         let mut timings = reply.timings.clone();
         timings.decode_tok_s = decode_rate(&reply.timings, held);
+        let mut text = reply.text.trim().to_string();
+        let mut tool_calls = Vec::new();
+        if o.tools.is_some()
+            && let Some(call) = text
+                .strip_prefix(TOOL_OPEN)
+                .or_else(|| text.starts_with('{').then_some(text.as_str()))
+        {
+            tool_calls.push(tool_call(call, reply.stop_reason)?);
+            text.clear();
+        }
+        if o.response_format.is_some()
+            && reply.stop_reason != engine::StopReason::Cancelled
+            && serde_json::from_str::<serde_json::Value>(&text).is_err()
+        {
+            return Err(StageError::internal(format!(
+                "the JSON answer was cut ({:?}) before it was complete; raise `options.max_tokens`",
+                reply.stop_reason
+            )));
+        }
         Ok(Answer {
-            text: reply.text.trim().to_string(),
+            tool_calls,
+            probability: reply.probability,
+            text,
             thinking: reply.thinking.clone().filter(|t| !t.trim().is_empty()),
             stop_reason: reply.stop_reason,
             timings,
@@ -358,6 +451,53 @@ impl Llm {
 
     pub fn model(&self) -> &engine::Model {
         &self.model
+    }
+
+    /// The grammar `o` asks for (tools, a response format), compiled or taken from the
+    /// last ones; a schema that cannot be compiled is the request's mistake, named by its
+    /// field.
+    fn constraint(&mut self, o: &Overrides) -> Result<Option<engine::Grammar>, StageError> {
+        let (spec, field) = match (&o.tools, &o.response_format) {
+            (Some(tools), _) => {
+                let list = tool_list(tools);
+                let lark = self.model.text_or_tool_call(&list, TOOL_OPEN, TOOL_CLOSE);
+                (engine::GrammarSpec::Lark(lark), "tools")
+            }
+            (None, Some(Format::JsonSchema(s))) => (
+                engine::GrammarSpec::JsonSchema(s.clone()),
+                "response_format.json_schema.schema",
+            ),
+            (None, Some(Format::JsonObject)) => {
+                (engine::GrammarSpec::JsonObject, "response_format")
+            }
+            (None, None) => return Ok(None),
+        };
+        let key = format!("{spec:?}");
+        if let Some(i) = self.grammars.iter().position(|(k, _)| *k == key) {
+            let g = self.grammars.remove(i);
+            let grammar = g.1.clone();
+            self.grammars.push(g);
+            return Ok(Some(grammar));
+        }
+        let grammar = self.model.grammar(&spec).map_err(|e| {
+            // Which tool's parameters: each compiled alone.
+            if let Some(tools) = &o.tools {
+                for (i, (_, params)) in tool_list(tools).into_iter().enumerate() {
+                    if let Err(e) = self.model.grammar(&engine::GrammarSpec::JsonSchema(params)) {
+                        return StageError::invalid(
+                            format!("tools[{i}].function.parameters"),
+                            format!("the schema cannot be compiled: {e}"),
+                        );
+                    }
+                }
+            }
+            StageError::invalid(field, format!("the schema cannot be compiled: {e}"))
+        })?;
+        if self.grammars.len() >= GRAMMARS_KEPT {
+            self.grammars.remove(0);
+        }
+        self.grammars.push((key, grammar.clone()));
+        Ok(Some(grammar))
     }
 
     /// Remembers `reply` as the answer to `ask` in its session, as [`Llm::ask`] does when
@@ -473,6 +613,66 @@ impl Llm {
     }
 }
 
+/// (name, parameters schema) of each tool in the OpenAI shape; a tool without parameters
+/// takes an empty object.
+fn tool_list(tools: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    tools
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    let f = &t["function"];
+                    let name = f["name"].as_str().unwrap_or_default().to_string();
+                    let params = match f.get("parameters") {
+                        Some(p) if !p.is_null() => p.clone(),
+                        _ => serde_json::json!({"type": "object", "properties": {}}),
+                    };
+                    (name, params)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// For a chat template that does not describe tools itself: the tools and how to call one,
+/// added to the system message (one is added when there is none), in the words of Qwen2.5's
+/// template.
+fn describe_tools(messages: &mut Vec<engine::Message>, tools: &serde_json::Value) {
+    let mut text = String::from(
+        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>",
+    );
+    for t in tools.as_array().into_iter().flatten() {
+        text.push('\n');
+        text.push_str(&t.to_string());
+    }
+    text.push_str("\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>");
+    match messages.first_mut() {
+        Some(m) if m.role == engine::Role::System => {
+            m.content = format!("{}\n\n{text}", m.content);
+        }
+        _ => messages.insert(0, engine::Message::system(text)),
+    }
+}
+
+/// The call after [`TOOL_OPEN`] in a reply: `{"name", "arguments"}` up to [`TOOL_CLOSE`].
+fn tool_call(rest: &str, stop: engine::StopReason) -> Result<ToolCall, StageError> {
+    let cut = || {
+        StageError::internal(format!(
+            "the tool call was cut ({stop:?}) before it was complete; raise `options.max_tokens`"
+        ))
+    };
+    let body = rest.split(TOOL_CLOSE).next().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body.trim()).map_err(|_| cut())?;
+    let name = v["name"].as_str().ok_or_else(cut)?.to_string();
+    Ok(ToolCall {
+        name,
+        arguments: v
+            .get("arguments")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null),
+    })
+}
+
 /// A chat's error as the stage's: a prompt beyond the context is `ContextFull`, a
 /// conversation the model's chat template refuses (roles out of order) the request's
 /// `messages`; the rest is internal.
@@ -489,6 +689,7 @@ fn chat_error(e: &sotad_engines::Error) -> StageError {
             ),
         },
         engine::LlmErrorKind::Template(_) => StageError::invalid("messages", e.to_string()),
+        engine::LlmErrorKind::Grammar(_) => StageError::internal(e.to_string()),
         _ => StageError::internal(e.to_string()),
     }
 }

@@ -76,6 +76,9 @@ pub struct TurnsConfig {
     pub answer_timeout: Duration,
     /// `intents.fallback`.
     pub fallback: String,
+    /// `intents.llm_fallback`: a question no template matches is asked with the intents as
+    /// tools.
+    pub llm_fallback: bool,
 }
 
 impl TurnsConfig {
@@ -88,6 +91,7 @@ impl TurnsConfig {
             intents: config.intents.set.clone(),
             answer_timeout: Duration::from_millis(config.intents.reply_timeout_ms),
             fallback: config.intents.fallback.clone(),
+            llm_fallback: config.intents.llm_fallback,
         }
     }
 }
@@ -112,6 +116,8 @@ struct Inner {
     fallback: String,
     /// Whether the last turn that ended was answered (the wake word's follow-up window).
     last_answered: AtomicBool,
+    /// The intents as tools (OpenAI shape), when `intents.llm_fallback` is on.
+    tools: Option<Arc<serde_json::Value>>,
     /// Turns waiting for an integration's answer to their intent, by turn id. Locked alone.
     waiting: Mutex<HashMap<String, oneshot::Sender<Option<String>>>>,
 }
@@ -193,9 +199,15 @@ impl Turns {
             first_piece_words: config.first_piece_words,
             first_audio_priority: config.first_audio_priority,
         };
+        // With the LLM recognizer, a question is asked with the tools once it is complete:
+        // an answer started early without them would be thrown away.
+        let llm_recognizer = config.llm_fallback && config.intents.is_some();
+        if llm_recognizer && let Some(llm) = &answerer.stages.llm {
+            llm.prepare_grammars();
+        }
         let speculator = Speculator::new(
             answerer.clone(),
-            config.speculate_answers,
+            config.speculate_answers && !llm_recognizer,
             config.session,
             config.intents.clone(),
         );
@@ -206,8 +218,13 @@ impl Turns {
                 current: Mutex::new(None),
                 seq: AtomicU64::new(0),
                 speaking: AtomicBool::new(false),
-                intents: config.intents,
+                intents: config.intents.clone(),
                 answer_timeout: config.answer_timeout,
+                tools: config
+                    .intents
+                    .as_ref()
+                    .filter(|_| config.llm_fallback)
+                    .map(|set| Arc::new(set.tools())),
                 fallback: config.fallback,
                 last_answered: AtomicBool::new(false),
                 waiting: Mutex::new(HashMap::new()),
@@ -510,11 +527,74 @@ impl Turns {
         };
 
         // 2. A command: its intent is published and the integration's answer spoken.
-        let matched = question
+        let mut matched = question
             .as_deref()
             .filter(|_| !cancel.load(Ordering::Relaxed))
             .and_then(|q| inner.intents.as_ref()?.recognize(q));
-        if let Some(m) = matched {
+        // 2b. No template matched: the LLM with the intents as tools; a call is the intent,
+        // a plain answer is spoken.
+        let mut plain = None;
+        if matched.is_none()
+            && let Some(q) = question.as_deref()
+            && !cancel.load(Ordering::Relaxed)
+            && let Some(set) = inner.intents.clone()
+            && let Some(tools) = inner.tools.clone()
+            && let Some(llm) = inner.answerer.stages.llm.clone()
+        {
+            // A speculative answer was made without the tools.
+            if let Some(h) = held.take() {
+                inner.speculator.abandon_held(h);
+            }
+            match ask_tools(&llm, &llm_id, q, session.clone(), tools).await {
+                Ok(a) => match a.tool_calls.first() {
+                    Some(call) => {
+                        match set.tool_call(
+                            &call.name,
+                            &call.arguments,
+                            a.probability.unwrap_or(0.0),
+                        ) {
+                            Ok(m) => matched = Some(m),
+                            Err(e) => {
+                                tracing::warn!(turn, error = %e, "the LLM's tool call is no valid intent");
+                            }
+                        }
+                    }
+                    None if !a.text.is_empty() => plain = Some(a),
+                    None => {}
+                },
+                Err(e) => tracing::warn!(turn, error = %e, "the LLM recognizer failed"),
+            }
+        }
+        if let Some(a) = plain {
+            path = Some(TurnPath::Llm);
+            latency.ttft_ms = Some(round1(ms_between(started, Instant::now())));
+            match inner.answerer.speak(&turn, a.text.clone(), &cancel).await {
+                Ok(sent) => {
+                    audio_s = sent.seconds();
+                    sentences = sent.sentences;
+                    latency.first_audio_ms = sent.first.map(|t| round1(ms_between(started, t)));
+                    latency.response_ms = sent.first.map(|t| round1(ms_between(origin, t)));
+                    answer_step = AnswerStep::Done(a.stop_reason);
+                }
+                Err(e) => {
+                    error = Some(e);
+                    answer_step = AnswerStep::Failed {
+                        cancelled: cancel.load(Ordering::Relaxed),
+                    };
+                }
+            }
+            reply = a.text;
+            publisher
+                .event(
+                    &topics.turn(TurnEvent::Reply),
+                    &ReplyEvent {
+                        turn: &turn,
+                        text: &reply,
+                        stop_reason: a.stop_reason,
+                    },
+                )
+                .await;
+        } else if let Some(m) = matched {
             // A speculative answer to it is never spoken.
             if let Some(h) = held.take() {
                 inner.speculator.abandon_held(h);
@@ -632,6 +712,34 @@ impl Turns {
             )
             .await;
     }
+}
+
+/// The question asked with the intents as tools, in its session (not streamed, and not
+/// remembered: a call is no conversation).
+async fn ask_tools(
+    llm: &crate::stages::llm::LlmStage,
+    llm_id: &str,
+    question: &str,
+    session: Option<String>,
+    tools: Arc<serde_json::Value>,
+) -> Result<crate::stages::llm::Answer, String> {
+    use crate::stages::llm::{Ask, Overrides};
+    let ask = Ask {
+        id: llm_id.to_string(),
+        messages: vec![sotad_engines::llm::Message::user(question)],
+        session,
+        options: Overrides {
+            truncate: Some(true),
+            tools: Some(tools),
+            ..Overrides::default()
+        },
+    };
+    let (_rx, done) = llm
+        .ask_streaming(ask, 1, None, false, false)
+        .map_err(|e| e.to_string())?;
+    let result = done.await;
+    llm.finish(llm_id);
+    result.map_err(|e| e.to_string())?.map_err(|e| e.message)
 }
 
 fn ms_between(a: Instant, b: Instant) -> f64 {

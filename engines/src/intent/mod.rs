@@ -86,7 +86,7 @@ pub struct EnumValue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recognizer {
     Template,
-    /// Reserved for the LLM's tool calls.
+    /// The LLM's tool call under a grammar ([`IntentSet::tools`], [`IntentSet::tool_call`]).
     Llm,
 }
 
@@ -359,6 +359,159 @@ impl IntentSet {
     /// How many templates there are.
     pub fn templates(&self) -> usize {
         self.order.len()
+    }
+}
+
+/// Whether every way through `nodes` fills slot `s`.
+fn always_fills(nodes: &[Node], s: usize) -> bool {
+    nodes.iter().any(|n| match n {
+        Node::Slot(x) => *x == s,
+        Node::Alt(alts) => alts.iter().all(|a| always_fills(a, s)),
+        Node::Word(_) => false,
+    })
+}
+
+impl IntentSet {
+    /// The intents as tools, in the OpenAI shape (`[{"type": "function", "function":
+    /// {"name", "description", "parameters"}}]`): each slot a property (an enumeration's
+    /// canonical values, a number's range, free text as a string); a slot every template
+    /// fills is required.
+    pub fn tools(&self) -> serde_json::Value {
+        use serde_json::json;
+        let tools: Vec<serde_json::Value> = self
+            .intents
+            .iter()
+            .map(|intent| {
+                let mut props = serde_json::Map::new();
+                let mut required = Vec::new();
+                for (i, slot) in intent.slots.iter().enumerate() {
+                    let schema = match &slot.kind {
+                        SlotKind::Enum { values } => json!({
+                            "type": "string",
+                            "enum": values.iter().map(|v| v.canonical.clone()).collect::<Vec<_>>(),
+                        }),
+                        SlotKind::Number {
+                            min,
+                            max,
+                            integer,
+                            unit,
+                        } => {
+                            let mut n = serde_json::Map::new();
+                            n.insert(
+                                "type".into(),
+                                json!(if *integer { "integer" } else { "number" }),
+                            );
+                            if let Some(m) = min {
+                                n.insert("minimum".into(), json!(m));
+                            }
+                            if let Some(m) = max {
+                                n.insert("maximum".into(), json!(m));
+                            }
+                            if let Some(u) = unit {
+                                n.insert("description".into(), json!(format!("in {u}")));
+                            }
+                            serde_json::Value::Object(n)
+                        }
+                        SlotKind::Text => json!({"type": "string", "minLength": 1}),
+                    };
+                    props.insert(slot.name.clone(), schema);
+                    if intent.templates.iter().all(|t| always_fills(t, i)) {
+                        required.push(slot.name.clone());
+                    }
+                }
+                let description = if intent.description.is_empty() {
+                    intent.sentences.first().cloned().unwrap_or_default()
+                } else {
+                    intent.description.clone()
+                };
+                json!({
+                    "type": "function",
+                    "function": {
+                        "name": intent.name,
+                        "description": description,
+                        "parameters": {
+                            "type": "object",
+                            "properties": props,
+                            "required": required,
+                            "additionalProperties": false,
+                        },
+                    },
+                })
+            })
+            .collect();
+        serde_json::Value::Array(tools)
+    }
+
+    /// A tool call (`name`, `arguments` as a JSON object) as an intent recognized by the LLM:
+    /// the slots checked against the intent's declaration (an enumeration's synonym becomes
+    /// its canonical value, a number must be in range), or what is wrong.
+    pub fn tool_call(
+        &self,
+        name: &str,
+        arguments: &serde_json::Value,
+        confidence: f32,
+    ) -> Result<IntentMatch, String> {
+        let (index, intent) = self
+            .intents
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.name == name)
+            .ok_or_else(|| format!("no intent is named `{name}`"))?;
+        let args = match arguments {
+            serde_json::Value::Object(o) => o,
+            serde_json::Value::Null => &serde_json::Map::new(),
+            _ => return Err("the arguments are not a JSON object".into()),
+        };
+        let mut slots = Vec::new();
+        for (key, value) in args {
+            let slot = intent
+                .slots
+                .iter()
+                .find(|s| &s.name == key)
+                .ok_or_else(|| format!("intent `{name}` has no slot `{key}`"))?;
+            let bad = || format!("slot `{key}` of intent `{name}`: {value} is not allowed");
+            let (value, raw) = match (&slot.kind, value) {
+                (SlotKind::Enum { values }, serde_json::Value::String(v)) => {
+                    let words: Vec<String> = tokenize(v).into_iter().map(|t| t.text).collect();
+                    let canonical = values
+                        .iter()
+                        .find(|e| e.canonical == *v || e.phrases.contains(&words))
+                        .ok_or_else(bad)?;
+                    (SlotValue::Text(canonical.canonical.clone()), v.clone())
+                }
+                (
+                    SlotKind::Number {
+                        min, max, integer, ..
+                    },
+                    serde_json::Value::Number(n),
+                ) => {
+                    let x = n.as_f64().ok_or_else(bad)?;
+                    if min.is_some_and(|m| x < m)
+                        || max.is_some_and(|m| x > m)
+                        || (*integer && x.fract() != 0.0)
+                    {
+                        return Err(bad());
+                    }
+                    (SlotValue::Number(x), n.to_string())
+                }
+                (SlotKind::Text, serde_json::Value::String(v)) if !v.trim().is_empty() => {
+                    (SlotValue::Text(v.clone()), v.clone())
+                }
+                _ => return Err(bad()),
+            };
+            slots.push(SlotMatch {
+                name: key.clone(),
+                value,
+                raw,
+            });
+        }
+        Ok(IntentMatch {
+            intent: index,
+            name: intent.name.clone(),
+            slots,
+            recognizer: Recognizer::Llm,
+            confidence,
+        })
     }
 }
 

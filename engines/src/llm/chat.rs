@@ -150,6 +150,15 @@ impl ChatTemplate {
             },
         );
         env.add_function("strftime_now", |_fmt: String| -> String { String::new() });
+        // Python's `json.dumps` spacing (", ", ": "), as the templates were written for.
+        env.add_filter(
+            "tojson",
+            |v: minijinja::Value| -> Result<String, JinjaError> {
+                let json = serde_json::to_value(&v)
+                    .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
+                Ok(python_json(&json))
+            },
+        );
         env.set_trim_blocks(false);
         env.add_template_owned("chat", source.clone())
             .map_err(|e| LlmErrorKind::Template(e.to_string()))?;
@@ -181,6 +190,22 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         thinking: bool,
     ) -> Result<String> {
+        self.render_with_tools(messages, add_generation_prompt, thinking, None)
+    }
+
+    /// Whether the template describes tools itself (it reads a `tools` variable).
+    pub fn takes_tools(&self) -> bool {
+        self.from_file && self.source.contains("tools")
+    }
+
+    /// As [`ChatTemplate::render`], with `tools` (a JSON array) in the template's context.
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        thinking: bool,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String> {
         let msgs: Vec<_> = messages
             .iter()
             .map(|m| {
@@ -198,7 +223,7 @@ impl ChatTemplate {
             enable_thinking => thinking,
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
-            tools => minijinja::Value::UNDEFINED,
+            tools => tools.map_or(minijinja::Value::UNDEFINED, minijinja::Value::from_serialize),
         })
         .map_err(|e| {
             let mut msg = e.to_string();
@@ -211,4 +236,59 @@ impl ChatTemplate {
             LlmError::error(None, None, LlmErrorKind::Template(msg))
         })
     }
+}
+
+/// `json.dumps(value)` as Python writes it: ", " and ": " separators, non-ASCII escaped.
+fn python_json(v: &serde_json::Value) -> String {
+    fn string(s: &str, out: &mut String) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 || (c as u32) > 0x7f => {
+                    let mut buf = [0u16; 2];
+                    for u in c.encode_utf16(&mut buf) {
+                        out.push_str(&format!("\\u{u:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    fn go(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::String(s) => string(s, out),
+            serde_json::Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    go(x, out);
+                }
+                out.push(']');
+            }
+            serde_json::Value::Object(o) => {
+                out.push('{');
+                for (i, (k, x)) in o.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    string(k, out);
+                    out.push_str(": ");
+                    go(x, out);
+                }
+                out.push('}');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    go(v, &mut out);
+    out
 }

@@ -46,6 +46,14 @@ pub struct GenerateOptions {
     /// [`Timings::cut_tokens`]; when false, the chat is refused with
     /// [`super::LlmErrorKind::ContextFull`]. The system prompt is never dropped.
     pub truncate_prompt: bool,
+    /// Constrain the output to this grammar ([`super::Model::grammar`]): at each step the
+    /// tokens it does not allow are masked out before sampling (which is otherwise the
+    /// same), and generation ends when the grammar is complete. `None` leaves decoding
+    /// exactly as it is without one.
+    pub grammar: Option<super::Grammar>,
+    /// Tools passed to the chat template as `tools` (a JSON array, the OpenAI shape), for
+    /// templates that describe them in the prompt (Qwen2.5's does). Only [`Session::chat`].
+    pub tools: Option<Arc<serde_json::Value>>,
 }
 
 impl Default for GenerateOptions {
@@ -64,6 +72,8 @@ impl Default for GenerateOptions {
             cancel: None,
             slide_context: true,
             truncate_prompt: false,
+            grammar: None,
+            tools: None,
         }
     }
 }
@@ -134,6 +144,10 @@ pub struct Reply {
     pub stop_reason: StopReason,
     /// Measurements.
     pub timings: Timings,
+    /// Under a grammar, the geometric mean of the chosen tokens' probabilities in the
+    /// model's own (unmasked, temperature 1) distribution: how much the model itself meant
+    /// what the grammar let through. `None` without a grammar.
+    pub probability: Option<f32>,
 }
 
 /// Splits the raw output into thinking and visible text and finds stop strings.
@@ -326,7 +340,12 @@ impl Session {
         // Each round drops a message or cuts the last one, so the loop ends; the bound
         // is for the cut, whose re-rendered length can miss by a token or two.
         for _ in 0..messages.len() + 16 {
-            let text = model.template.render(&messages, true, opts.thinking)?;
+            let text = model.template.render_with_tools(
+                &messages,
+                true,
+                opts.thinking,
+                opts.tools.as_deref(),
+            )?;
             let ids = model.tokenizer.encode(&text, true, true);
             if ids.len() < ctx {
                 return Ok((ids, dropped, cut));
@@ -434,6 +453,11 @@ impl Session {
             opts.repeat_last_n,
             opts.seed,
         );
+        let mut matcher = opts.grammar.as_ref().map(|g| g.matcher());
+        let grammar_error =
+            |e: String| super::LlmError::error(None, None, LlmErrorKind::Grammar(e));
+        let mut masked: Vec<f32> = Vec::new();
+        let mut logprob_sum = 0f64;
         let mut history = ids.clone();
         let mut generated = Vec::new();
         let mut stream = TextStream {
@@ -455,7 +479,28 @@ impl Session {
                 stop_reason = StopReason::MaxTokens;
                 break;
             }
-            let next = sampler.sample(self.logits(), &history);
+            let next = match matcher.as_mut() {
+                None => sampler.sample(self.logits(), &history),
+                Some(m) => {
+                    let mask = m.compute_mask().map_err(|e| grammar_error(e.to_string()))?;
+                    if mask.is_zero() {
+                        return Err(grammar_error("the grammar allows no next token".into()));
+                    }
+                    let logits = self.logits();
+                    let n = mask.len();
+                    masked.clear();
+                    masked.extend(logits.iter().enumerate().map(|(i, &v)| {
+                        if i < n && mask.is_allowed(i as u32) {
+                            v
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    }));
+                    let t = sampler.sample(&masked, &history);
+                    logprob_sum += log_softmax_at(logits, t as usize);
+                    t
+                }
+            };
             if first_at.is_none() {
                 first_at = Some(Instant::now());
                 timings.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -466,7 +511,14 @@ impl Session {
                 stop_reason = StopReason::Eos;
                 break;
             }
-            tok.token_bytes(next, false, &mut stream.raw);
+            let mut complete = false;
+            if let Some(m) = matcher.as_mut() {
+                m.consume_token(next)
+                    .map_err(|e| grammar_error(e.to_string()))?;
+                complete = m.is_stopped();
+            }
+            // Under a grammar, a control token is one the grammar named (a tool call's tag).
+            tok.token_bytes(next, matcher.is_some(), &mut stream.raw);
             let view = stream.view(&opts.stop, false);
             let start = stream.start_in(&view.visible);
             if view.safe > start {
@@ -479,6 +531,10 @@ impl Session {
             }
             if view.stopped {
                 stop_reason = StopReason::StopString;
+                break;
+            }
+            if complete {
+                stop_reason = StopReason::Eos;
                 break;
             }
             if generated.len() >= opts.max_tokens {
@@ -512,6 +568,9 @@ impl Session {
             thinking: view.thinking,
             tokens: generated,
             stop_reason,
+            probability: matcher
+                .is_some()
+                .then(|| (logprob_sum / timings.generated_tokens.max(1) as f64).exp() as f32),
             timings,
         })
     }
@@ -529,6 +588,13 @@ impl Session {
         self.eval(&kept)?;
         Ok(())
     }
+}
+
+/// ln softmax(logits)[i] at temperature 1.
+fn log_softmax_at(logits: &[f32], i: usize) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    (logits.get(i).copied().unwrap_or(f32::NEG_INFINITY) - max) as f64 - sum.ln()
 }
 
 #[cfg(test)]

@@ -63,6 +63,7 @@ mod config;
 mod forward;
 mod generate;
 mod ggml_math;
+mod grammar;
 mod kv_cache;
 pub mod language;
 mod pool;
@@ -77,6 +78,7 @@ use std::sync::{Arc, Mutex};
 pub use self::chat::{ChatTemplate, Message, Role};
 pub use self::config::{Arch, Config};
 pub use self::generate::{GenerateOptions, Prompt, Reply, StopReason, Timings};
+pub use self::grammar::{Grammar, GrammarSpec};
 pub use self::sample::Sampler;
 pub use self::tokenizer::{TokenKind, Tokenizer};
 
@@ -130,6 +132,8 @@ struct ModelInner {
     threads: usize,
     /// Workers of the forward pass; a session holds the lock for one forward call.
     pool: Mutex<pool::Pool>,
+    /// The grammar compiler over this vocabulary, built on the first grammar.
+    grammar: grammar::Factory,
 }
 
 impl Model {
@@ -161,6 +165,7 @@ impl Model {
                 template,
                 threads,
                 pool: Mutex::new(pool::Pool::new(threads)),
+                grammar: Default::default(),
             }),
         })
     }
@@ -337,6 +342,10 @@ pub enum LlmErrorKind {
     /// A request the engine cannot serve (bad token id, ...).
     #[error("{0}")]
     Request(String),
+    /// A JSON schema or grammar that cannot be compiled, or a constrained generation that
+    /// cannot go on (the grammar allows no token).
+    #[error("grammar: {0}")]
+    Grammar(String),
     /// A chat prompt longer than the context, and truncation was not asked for (or could
     /// not make it fit).
     #[error(

@@ -284,6 +284,11 @@ impl Tokenizer {
         self.add_bos
     }
 
+    /// The tokens that end a generation (EOS, end of turn).
+    pub fn eog_tokens(&self) -> &[u32] {
+        &self.eog
+    }
+
     /// Whether `id` ends a generation (EOS, end of turn).
     pub fn is_eog(&self, id: u32) -> bool {
         self.eog.contains(&id)
