@@ -255,6 +255,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         &topics,
         &device_id,
         &intent_names,
+        &[
+            config.voice.wake_words.clone(),
+            config.voice.stop_words.clone(),
+        ]
+        .concat(),
     ));
     let connection = Connection {
         eventloop,

@@ -89,6 +89,37 @@ def chat_stream():
 record("chat", chat)
 record("chat_stream", chat_stream)
 
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+          "required": ["city", "population"], "additionalProperties": False}
+LIGHTS = {"type": "function", "function": {
+    "name": "lights", "description": "Switch the lights on or off.",
+    "parameters": {"type": "object", "properties": {"state": {"type": "string", "enum": ["on", "off"]}},
+                   "required": ["state"]}}}
+
+
+def chat_json_schema():
+    r = client.chat.completions.create(
+        model=models["llm"], messages=[{"role": "user", "content": "Name a big city and its population."}],
+        max_tokens=96, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}},
+    )
+    c = r.choices[0]
+    return {"content": c.message.content, "finish_reason": c.finish_reason}
+
+
+def chat_tools():
+    r = client.chat.completions.create(
+        model=models["llm"], messages=[{"role": "user", "content": "Turn the lights on."}],
+        max_tokens=48, temperature=0, tools=[LIGHTS],
+    )
+    c = r.choices[0]
+    calls = [{"name": t.function.name, "arguments": t.function.arguments} for t in (c.message.tool_calls or [])]
+    return {"content": c.message.content, "tool_calls": calls, "finish_reason": c.finish_reason}
+
+
+record("chat_json_schema", chat_json_schema)
+record("chat_tools", chat_tools)
+
 
 def transcribe(fmt):
     def run():

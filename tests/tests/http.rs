@@ -285,6 +285,29 @@ fn openai_client_curl_and_bad_input() {
         "{r}"
     );
 
+    // `response_format` with a JSON schema: the answer is JSON that validates (the grammar
+    // allows nothing else).
+    let js = &r["chat_json_schema"];
+    let content: Value =
+        serde_json::from_str(js["content"].as_str().unwrap_or_else(|| panic!("{js}")))
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {js}"));
+    assert!(
+        content["city"].is_string() && content["population"].is_i64(),
+        "{js}"
+    );
+    assert_eq!(content.as_object().unwrap().len(), 2, "{js}");
+    // `tools`: a plain answer or a call whose arguments match the tool's schema.
+    let tools = &r["chat_tools"];
+    match tools["finish_reason"].as_str() {
+        Some("tool_calls") => {
+            let call = &tools["tool_calls"][0];
+            assert_eq!(call["name"], "lights", "{tools}");
+            let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+            assert!(args["state"] == "on" || args["state"] == "off", "{tools}");
+        }
+        Some(_) => assert!(tools["content"].is_string(), "{tools}"),
+        None => panic!("chat with tools failed: {tools}"),
+    }
     let stream = &r["chat_stream"];
     assert!(
         stream["text"]

@@ -119,23 +119,27 @@ fn not_yet(param: &str) -> ApiError {
 
 /// OpenAI's request as an `llm/ask`, checked as MQTT's are.
 fn question(r: ChatRequest, id: String) -> Result<Question, ApiError> {
-    if r.tools.as_ref().is_some_and(|t| !t.is_null()) {
-        return Err(not_yet("tools"));
-    }
     if r.functions.as_ref().is_some_and(|t| !t.is_null()) {
         return Err(not_yet("functions"));
     }
-    if let Some(choice) = &r.tool_choice
-        && !choice.is_null()
-        && choice != "none"
-    {
-        return Err(not_yet("tool_choice"));
+    // `auto` (the default with tools) and `none` (no tools); forcing a call is not offered.
+    let mut tools = r.tools.filter(|t| !t.is_null());
+    match r.tool_choice.as_ref().and_then(Value::as_str) {
+        _ if r.tool_choice.as_ref().is_none_or(Value::is_null) => {}
+        Some("auto") => {}
+        Some("none") => tools = None,
+        _ => return Err(not_yet("tool_choice")),
     }
-    if let Some(format) = &r.response_format
-        && !format.is_null()
-        && format.get("type").and_then(Value::as_str) != Some("text")
-    {
-        return Err(not_yet("response_format"));
+    // `text` is the default; `json_object` and `json_schema` go to `llm/ask` as they are.
+    let response_format = r
+        .response_format
+        .filter(|f| !f.is_null() && f.get("type").and_then(Value::as_str) != Some("text"));
+    if r.stream == Some(true) && (tools.is_some() || response_format.is_some()) {
+        return Err(ApiError::unsupported(
+            "stream",
+            "`stream` with `tools` or `response_format` is not supported yet; ask without `stream`"
+                .into(),
+        ));
     }
     if r.n.is_some_and(|n| n != 1) {
         return Err(ApiError::unsupported(
@@ -201,7 +205,7 @@ fn question(r: ChatRequest, id: String) -> Result<Question, ApiError> {
     };
     let max_tokens = r.max_completion_tokens.or(r.max_tokens);
     // Built as JSON so that fields `llm/ask` gains later keep their defaults.
-    let request = json!({
+    let mut request = json!({
         "id": id,
         "messages": messages,
         "options": {
@@ -212,6 +216,21 @@ fn question(r: ChatRequest, id: String) -> Result<Question, ApiError> {
             "stop": stop,
         },
     });
+    // Their shapes are checked here, so that a mistake names the parameter.
+    if let Some(tools) = tools {
+        serde_json::from_value::<Vec<payloads::ToolIn>>(tools.clone())
+            .map_err(|e| ApiError::invalid("tools".into(), format!("invalid tools: {e}")))?;
+        request["tools"] = tools;
+    }
+    if let Some(format) = response_format {
+        serde_json::from_value::<payloads::ResponseFormatIn>(format.clone()).map_err(|e| {
+            ApiError::invalid(
+                "response_format".into(),
+                format!("invalid response_format: {e}"),
+            )
+        })?;
+        request["response_format"] = format;
+    }
     let request: AskRequest = serde_json::from_value(request)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request: {e}")))?;
     payloads::validate_ask(&request).map_err(|e| {
@@ -329,6 +348,30 @@ async fn run(api: &Arc<Api>, request: Request) -> Result<Response, ApiError> {
             tokio::join!(&mut done, async { while pieces.recv().await.is_some() {} });
         let a = answer(result)?;
         drop(generation);
+        // A tool call is the message's `tool_calls`, with no content (OpenAI's shape).
+        let (message, finish) = if a.tool_calls.is_empty() {
+            (
+                json!({ "role": "assistant", "content": a.text }),
+                finish_reason(&a.stop_reason),
+            )
+        } else {
+            let calls: Vec<Value> = a
+                .tool_calls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    json!({
+                        "id": format!("call_{i}"),
+                        "type": "function",
+                        "function": { "name": c.name, "arguments": c.arguments.to_string() },
+                    })
+                })
+                .collect();
+            (
+                json!({ "role": "assistant", "content": null, "tool_calls": calls }),
+                "tool_calls",
+            )
+        };
         let body = json!({
             "id": id,
             "object": "chat.completion",
@@ -336,9 +379,9 @@ async fn run(api: &Arc<Api>, request: Request) -> Result<Response, ApiError> {
             "model": model,
             "choices": [{
                 "index": 0,
-                "message": { "role": "assistant", "content": a.text },
+                "message": message,
                 "logprobs": null,
-                "finish_reason": finish_reason(&a.stop_reason),
+                "finish_reason": finish,
             }],
             "usage": usage(&a),
         });
@@ -499,11 +542,21 @@ mod tests {
             (e.status, e.param.as_deref()),
             (StatusCode::BAD_REQUEST, Some("tools"))
         );
-        assert!(e.message.contains("not supported yet"));
-        let e = parse(r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#)
+        let e = parse(
+            r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"xml"}}"#,
+        )
+        .err()
+        .unwrap();
+        assert!(e.param.as_deref().unwrap().starts_with("response_format"));
+        assert!(parse(r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#).is_ok());
+        let e = parse(r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"},"stream":true}"#)
             .err()
             .unwrap();
-        assert_eq!(e.param.as_deref(), Some("response_format"));
+        assert_eq!(e.param.as_deref(), Some("stream"));
+        let e = parse(r#"{"messages":[{"role":"user","content":"x"}],"tool_choice":"required"}"#)
+            .err()
+            .unwrap();
+        assert_eq!(e.param.as_deref(), Some("tool_choice"));
         let e = parse(r#"{"messages":[{"role":"user","content":"x"}],"temperature":9}"#)
             .err()
             .unwrap();

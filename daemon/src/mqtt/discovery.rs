@@ -36,9 +36,11 @@ impl Discovery {
         topics: &Topics,
         device_id: &str,
         intents: &[String],
+        wake_words: &[String],
     ) -> Discovery {
         let payload = if enabled {
-            serde_json::to_vec(&document(topics, device_id, intents)).unwrap_or_default()
+            serde_json::to_vec(&document(topics, device_id, intents, wake_words))
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -54,7 +56,13 @@ impl Discovery {
 const FRESH_ID: &str = "\"id\": \"ha-{{ now().timestamp() }}\"";
 
 /// The device document (full key names; Home Assistant also takes its abbreviations).
-pub fn document(topics: &Topics, device_id: &str, intents: &[String]) -> Value {
+/// `wake_words` are the configured wake and stop words (the `model` of `wake/detected`).
+pub fn document(
+    topics: &Topics,
+    device_id: &str,
+    intents: &[String],
+    wake_words: &[String],
+) -> Value {
     let uid = |key: &str| format!("sotad_{device_id}_{key}");
     let telemetry = topics.telemetry();
     let voice_state = topics.reply(Command::Mute);
@@ -178,6 +186,17 @@ pub fn document(topics: &Topics, device_id: &str, intents: &[String]) -> Value {
             }),
         );
     }
+    if !wake_words.is_empty() {
+        add(
+            "wake",
+            json!({
+                "platform": "event", "name": "Wake word", "icon": "mdi:account-voice",
+                "state_topic": topics.wake_detected(),
+                "event_types": wake_words,
+                "value_template": "{{ {'event_type': value_json.model, 'word': value_json.word, 'probability': value_json.probability, 'stop': value_json.stop} | tojson }}",
+            }),
+        );
+    }
     let version = env!("CARGO_PKG_VERSION");
     json!({
         "device": {
@@ -205,7 +224,12 @@ mod tests {
     #[test]
     fn every_component_has_a_unique_id_and_its_platforms_topics() {
         let t = Topics::new("sotad", "kitchen");
-        let doc = document(&t, "kitchen", &["move".to_string()]);
+        let doc = document(
+            &t,
+            "kitchen",
+            &["move".to_string()],
+            &["hey_jarvis".to_string()],
+        );
         let comps = doc["components"].as_object().unwrap();
         let mut ids = std::collections::HashSet::new();
         for (key, c) in comps {
@@ -226,6 +250,7 @@ mod tests {
             "{\"id\": \"ha-{{ now().timestamp() }}\", \"on\": {{ 'true' if value == 'ON' else 'false' }}}"
         );
         assert_eq!(comps["intent"]["state_topic"], "sotad/kitchen/intent/+");
+        assert_eq!(comps["wake"]["state_topic"], "sotad/kitchen/wake/detected");
         assert_eq!(doc["availability"][0]["topic"], "sotad/kitchen/status");
     }
 }
