@@ -787,3 +787,20 @@ pub async fn flood(
         rss_anon_after_kib,
     })
 }
+
+/// The Python with the test clients of `tests/requirements.txt` (`openai`, `jinja2`):
+/// `$SOTAD_TEST_PYTHON`, or the venv scripts/setup.sh makes.
+pub fn test_python() -> PathBuf {
+    let python = std::env::var_os("SOTAD_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sotad/venv-tests/bin/python")
+        });
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/setup.sh (it installs tests/requirements.txt into a venv)",
+        python.display()
+    );
+    python
+}

@@ -88,25 +88,10 @@ fn platform_keys(platform: &str) -> (&'static [&'static str], &'static [&'static
 
 const COMMON_KEYS: &[&str] = &["platform", "name", "unique_id", "icon", "entity_category"];
 
-fn python() -> PathBuf {
-    let python = std::env::var_os("SOTAD_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/sotad/venv-tests/bin/python")
-        });
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/setup.sh (it installs tests/requirements.txt into a venv)",
-        python.display()
-    );
-    python
-}
-
 /// Renders every template of `document` with Jinja2 against `messages` (topic → payload).
 fn render(document: &Value, messages: &BTreeMap<String, String>) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("homeassistant/render.py");
-    let mut child = Command::new(python())
+    let mut child = Command::new(sotad_tests::test_python())
         .arg(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -21,23 +21,6 @@ const KEY: &str = "test-key-123";
 /// `http.max_request_bytes` of the test: small, so that a too-large body is cheap to send.
 const MAX_REQUEST: usize = 8192;
 
-/// The Python with the `openai` package: `$SOTAD_TEST_PYTHON`, or the venv scripts/setup.sh
-/// makes.
-fn python() -> PathBuf {
-    let python = std::env::var_os("SOTAD_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/sotad/venv-tests/bin/python")
-        });
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/setup.sh (it installs tests/requirements.txt into a venv)",
-        python.display()
-    );
-    python
-}
-
 /// One HTTP/1.1 exchange on a kept-alive connection.
 struct Conn {
     reader: BufReader<TcpStream>,
@@ -232,7 +215,7 @@ fn openai_client_curl_and_bad_input() {
         .into_iter()
         .next()
         .expect("a LibriVox clip");
-    let out = Command::new(python())
+    let out = Command::new(sotad_tests::test_python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/python/openai_client.py"
