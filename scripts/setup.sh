@@ -49,23 +49,8 @@ if [ "$rust_minor" -lt 89 ]; then
   exit 1
 fi
 
-# The Python clients the Wyoming tests drive sotad with (tests/tests/wyoming.rs): the official
-# `wyoming` package, as Home Assistant uses it, and `zeroconf` as the mDNS browser. Pinned: the
-# versions the tests were written against. Debian's own python3 is "externally managed", hence
-# --break-system-packages there (these two are pure Python, with one small dependency, ifaddr).
-WYOMING_PY=(wyoming==1.10.2 zeroconf==0.154.0)
-if ! python3 -c 'import wyoming, zeroconf' 2>/dev/null; then
-  if ! python3 -m pip --version >/dev/null 2>&1; then
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
-  fi
-  echo "setup: installing ${WYOMING_PY[*]} (Python, for the Wyoming tests)"
-  python3 -m pip install -q --disable-pip-version-check "${WYOMING_PY[@]}" 2>/dev/null ||
-    $SUDO python3 -m pip install -q --disable-pip-version-check --break-system-packages "${WYOMING_PY[@]}"
-fi
-
 # Python clients the integration tests drive (tests/requirements.txt, pinned) in a venv of
-# their own; tests/tests/http.rs finds it there (or at $SOTAD_TEST_PYTHON).
+# their own; the tests find it there (test_python in tests/src/lib.rs), or at $SOTAD_TEST_PYTHON.
 venv="$HOME/.cache/sotad/venv-tests"
 installed=$("$venv/bin/python" -m pip freeze 2>/dev/null || true)
 if grep -v -e '^#' -e '^$' tests/requirements.txt | grep -qvxF -f <(echo "$installed"); then

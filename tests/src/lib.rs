@@ -788,7 +788,8 @@ pub async fn flood(
     })
 }
 
-/// The Python with the test clients of `tests/requirements.txt` (`openai`, `jinja2`):
+/// The Python with the test clients of `tests/requirements.txt` (`openai`, `jinja2`,
+/// `wyoming`, `zeroconf`):
 /// `$SOTAD_TEST_PYTHON`, or the venv scripts/setup.sh makes.
 pub fn test_python() -> PathBuf {
     let python = std::env::var_os("SOTAD_TEST_PYTHON")

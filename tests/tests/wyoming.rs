@@ -23,17 +23,17 @@ fn client_script() -> PathBuf {
 
 /// Runs the Python client; its JSON output.
 fn client(port: u16, args: &[&str]) -> Value {
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(sotad_tests::test_python())
         .arg(client_script())
         .arg("127.0.0.1")
         .arg(port.to_string())
         .args(args)
         .output()
-        .expect("python3 (scripts/setup.sh installs it)");
+        .expect("the test venv's python (scripts/setup.sh makes it)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named"),
-        "the Python packages are missing: scripts/setup.sh installs wyoming==1.10.2 and zeroconf==0.154.0\n{stderr}"
+        "the Python packages are missing: scripts/setup.sh installs tests/requirements.txt (wyoming, zeroconf) into its venv\n{stderr}"
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
