@@ -219,13 +219,13 @@ fn question(r: ChatRequest, id: String) -> Result<Question, ApiError> {
     // Their shapes are checked here, so that a mistake names the parameter.
     if let Some(tools) = tools {
         serde_json::from_value::<Vec<payloads::ToolIn>>(tools.clone())
-            .map_err(|e| ApiError::invalid("tools".into(), format!("invalid tools: {e}")))?;
+            .map_err(|e| ApiError::invalid("tools", format!("invalid tools: {e}")))?;
         request["tools"] = tools;
     }
     if let Some(format) = response_format {
         serde_json::from_value::<payloads::ResponseFormatIn>(format.clone()).map_err(|e| {
             ApiError::invalid(
-                "response_format".into(),
+                "response_format",
                 format!("invalid response_format: {e}"),
             )
         })?;

@@ -307,7 +307,9 @@ impl Connection {
             tokio::spawn(async move {
                 publisher.ack(&header).await;
                 if again {
-                    publisher.discovery(&discovery).await;
+                    publisher
+                        .discovery(discovery.topic.clone(), discovery.payload.clone())
+                        .await;
                 }
             });
             return;
@@ -591,7 +593,9 @@ async fn announce(
     }
     publisher.status(ONLINE).await;
     publisher.capabilities(capabilities.as_ref().clone()).await;
-    publisher.discovery(&discovery).await;
+    publisher
+        .discovery(discovery.topic.clone(), discovery.payload.clone())
+        .await;
 }
 
 #[cfg(test)]

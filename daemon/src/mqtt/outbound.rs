@@ -127,11 +127,12 @@ impl Publisher {
         }
     }
 
-    /// Home Assistant's retained discovery document (QoS 1); an empty one clears it.
-    pub async fn discovery(&self, d: &super::discovery::Discovery) {
+    /// Home Assistant's retained discovery document on `topic` (QoS 1); an empty one clears
+    /// it (`mqtt/discovery.rs`).
+    pub async fn discovery(&self, topic: String, payload: Vec<u8>) {
         if let Err(e) = self
             .client
-            .publish(d.topic.clone(), QoS::AtLeastOnce, true, d.payload.clone())
+            .publish(topic, QoS::AtLeastOnce, true, payload)
             .await
         {
             tracing::warn!(error = %e, "publishing the discovery document failed");
