@@ -378,7 +378,7 @@ fn openai_client_curl_and_bad_input() {
         "{metrics}"
     );
     for line in [
-        "sotad_requests_ok_total{stage=\"http.chat\"} 2",
+        "sotad_requests_ok_total{stage=\"http.chat\"} 4",
         "sotad_requests_ok_total{stage=\"http.speech\"} 2",
         "sotad_requests_ok_total{stage=\"http.transcriptions\"} 4",
         "sotad_mqtt_connected 1",
