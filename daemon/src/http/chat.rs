@@ -224,10 +224,7 @@ fn question(r: ChatRequest, id: String) -> Result<Question, ApiError> {
     }
     if let Some(format) = response_format {
         serde_json::from_value::<payloads::ResponseFormatIn>(format.clone()).map_err(|e| {
-            ApiError::invalid(
-                "response_format",
-                format!("invalid response_format: {e}"),
-            )
+            ApiError::invalid("response_format", format!("invalid response_format: {e}"))
         })?;
         request["response_format"] = format;
     }
