@@ -32,14 +32,14 @@ for f in engines/tests/*.rs daemon/tests/*.rs; do
 done
 
 echo "== aarch64: building tests (release)"
-"$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --lib "${tests[@]}" \
+"$CARGO" test --release --locked --no-fail-fast --target "$TRIPLE" -p sotad-engines -p sotad --lib "${tests[@]}" \
   --test stt_formats --no-run
 first=1
 for cpu in "${cores[@]}"; do
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -cpu $cpu"
   if ((first)); then
     echo "== aarch64: all engine and daemon tests under qemu -cpu $cpu"
-    "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --lib "${tests[@]}"
+    "$CARGO" test --release --locked --no-fail-fast --target "$TRIPLE" -p sotad-engines -p sotad --lib "${tests[@]}"
     echo "== aarch64: the weight quantizers of stt_formats under qemu -cpu $cpu"
     "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --test stt_formats \
       weight_quantizers
@@ -47,12 +47,12 @@ for cpu in "${cores[@]}"; do
   elif [[ $cpu == max ]]; then
     echo "== aarch64: the kernel and LLM tests under qemu -cpu max (i8mm)"
     # The same package set as the first pass, so nothing is rebuilt.
-    "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --lib \
+    "$CARGO" test --release --locked --no-fail-fast --target "$TRIPLE" -p sotad-engines -p sotad --lib \
       --test quant --test llm
   else
     echo "== aarch64: CPU-feature-dependent tests under qemu -cpu $cpu"
     # The same package set as the first pass, so nothing is rebuilt.
-    "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --lib \
+    "$CARGO" test --release --locked --no-fail-fast --target "$TRIPLE" -p sotad-engines -p sotad --lib \
       --test quant --test llm --test llm_real_models --test vad_silero
   fi
 done

@@ -34,7 +34,7 @@ fi
 echo "== build (release)"
 cargo build --release --locked -p sotad
 echo "== tests"
-cargo test --release --locked --workspace
+cargo test --release --locked --workspace --no-fail-fast
 
 echo "== aarch64: cross build, and the engines' and daemon's unit tests under qemu (Pi 4 and Pi 5 cores, and max for i8mm)"
 cross/test-aarch64.sh cortex-a72 cortex-a76 max
