@@ -7,7 +7,7 @@
 //! cargo build --release -p sotad
 //! cargo bench -p sotad-benches --bench intents -- spoken            # through the real voice loop (4 voices)
 //! cargo bench -p sotad-benches --bench intents -- grammar           # constrained vs unconstrained decoding
-//! cargo bench -p sotad-benches --bench intents -- typed             # turn/text: templates vs templates + LLM
+//! cargo bench -p sotad-benches --bench intents -- typed [llm|templates]  # turn/text: templates vs templates + LLM
 //! ```
 //!
 //! `transcribed`: the 64 commands synthesized as below, transcribed by the Whisper engine the
@@ -730,7 +730,8 @@ fn bench_grammar() {
 /// templates only (`intents.llm_fallback = false`) against templates + the LLM's
 /// constrained tool calls, on benches/data/robot_commands.tsv and the paraphrases of
 /// benches/data/robot_paraphrases.tsv, which the templates do not match.
-fn typed() {
+/// `only`: one pass, with the LLM fallback (`Some(true)`) or without.
+fn typed(only: Option<bool>) {
     let mut cmds = commands();
     let para = std::fs::read_to_string(root().join("benches/data/robot_paraphrases.tsv")).unwrap();
     let n_plain = cmds.len();
@@ -741,7 +742,10 @@ fn typed() {
     )
     .unwrap();
     let tools = set.tools();
-    for fallback in [false, true] {
+    for fallback in [false, true]
+        .into_iter()
+        .filter(|f| only.is_none_or(|o| o == *f))
+    {
         let dir = std::env::temp_dir().join(format!("sotad-bench-typed-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
@@ -835,6 +839,15 @@ fn typed() {
                 .and_then(|v| v["recognizer"].as_str().map(String::from));
             if recognizer.as_deref() == Some("llm") {
                 calls += 1;
+                let v = intent.as_ref().unwrap();
+                println!(
+                    "    LLM call, confidence {:.3}: {:?} -> {} {} (expected {:?})",
+                    v["confidence"].as_f64().unwrap_or(f64::NAN),
+                    c.text,
+                    v["intent"],
+                    v["slots"],
+                    c.intent
+                );
                 // Slots valid against the tool's schema: names declared, values in range.
                 let v = intent.as_ref().unwrap();
                 let name = v["intent"].as_str().unwrap_or("");
@@ -955,7 +968,11 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("match") => bench_match(),
         Some("grammar") => bench_grammar(),
-        Some("typed") => typed(),
+        Some("typed") => typed(match args.get(1).map(String::as_str) {
+            Some("llm") => Some(true),
+            Some("templates") => Some(false),
+            _ => None,
+        }),
         Some("spoken") if args.len() > 1 => {
             spoken(&args[1..].iter().map(String::as_str).collect::<Vec<_>>())
         }

@@ -553,7 +553,14 @@ impl Turns {
                             &call.arguments,
                             a.probability.unwrap_or(0.0),
                         ) {
-                            Ok(m) => matched = Some(m),
+                            // Kept only as far as the transcript says it (intent/ground.rs);
+                            // refused, the turn is answered as a question.
+                            Ok(m) => match set.ground(m, q) {
+                                Ok(m) => matched = Some(m),
+                                Err(e) => {
+                                    tracing::info!(turn, reason = %e, "the LLM's tool call is not what was said: answered as a question");
+                                }
+                            },
                             Err(e) => {
                                 tracing::warn!(turn, error = %e, "the LLM's tool call is no valid intent");
                             }

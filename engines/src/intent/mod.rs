@@ -18,6 +18,7 @@
 //! The LLM recognizer (tool calls under a grammar) is meant to produce the same
 //! [`IntentMatch`] with [`Recognizer::Llm`] and its own confidence.
 
+mod ground;
 pub mod normalize;
 pub mod template;
 

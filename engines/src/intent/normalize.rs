@@ -145,7 +145,7 @@ fn tens(word: &str) -> Option<u64> {
 }
 
 /// Words a transcriber writes for a spoken "one", "two", "four" or "eight".
-fn homophone(word: &str) -> Option<f64> {
+pub(crate) fn homophone(word: &str) -> Option<f64> {
     Some(match word {
         "won" => 1.0,
         "to" | "too" => 2.0,
