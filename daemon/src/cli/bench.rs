@@ -515,8 +515,8 @@ fn table(v: &Value) -> String {
     ));
     line(String::new());
     line(format!(
-        "{:<44} {:>14}  {}",
-        "measurement", "median", "model, threads"
+        "{:<44} {:>10} {:<6} {}",
+        "measurement", "median", "", "model, threads"
     ));
     line(format!(
         "{:<44} {:>10} tok/s  {}, {} threads",
