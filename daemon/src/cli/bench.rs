@@ -578,3 +578,27 @@ fn table(v: &Value) -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
+        assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn bundled_clips_are_16k_mono_speech() {
+        for (name, bytes, secs) in [("clip", CLIP, 2.99), ("question", QUESTION, 1.72)] {
+            let wav = audio::parse_wav(bytes).unwrap();
+            assert_eq!((wav.sample_rate, wav.channels), (16_000, 1), "{name}");
+            assert!((wav.duration_secs() - secs).abs() < 0.01, "{name}");
+        }
+        assert_eq!(arm_core("0xd08"), Some("Cortex-A72"));
+        assert!(!cpu_model().is_empty());
+    }
+}
