@@ -143,8 +143,9 @@ fn engines(config: &Config) -> Vec<EngineInfo> {
     found
 }
 
-/// SIMD features the inference kernels care about, detected at run time.
-fn cpu_features() -> Vec<&'static str> {
+/// SIMD features the inference kernels care about, detected at run time (capabilities,
+/// `sotad bench`).
+pub fn cpu_features() -> Vec<&'static str> {
     let mut found = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {

@@ -46,6 +46,26 @@ enum Cmd {
         #[arg(long, default_value = "sotad-demo")]
         dir: PathBuf,
     },
+    /// Measure the configured models on this board: LLM prefill and decode tok/s, Whisper's and
+    /// Piper's real-time factors, Piper's first audio, and the voice loop's end of speech to
+    /// first audio (the demo's path); medians of --runs.
+    Bench {
+        /// Tokens of the LLM's decode measurement (as `llama-bench -n`; the prefill is 128
+        /// tokens, `-p 128`).
+        #[arg(long, default_value_t = 64, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=65536))]
+        tokens: u32,
+        /// Times each measurement runs; the median is reported.
+        #[arg(long, default_value_t = 3, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=100))]
+        runs: u32,
+        /// Whisper's clip (WAV; default: a bundled 3 s LibriVox clip).
+        #[arg(long, value_name = "FILE.wav")]
+        clip: Option<PathBuf>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Transcribe WAV files with the configured Whisper model and print the text.
     Transcribe {
         /// WAV files (any rate and channel count; PCM 8/16/24/32-bit or float). With several,
@@ -261,6 +281,50 @@ fn main() -> ExitCode {
             }
             cli::say(&config, &text, &output, voice)
         }),
+        Cmd::Bench {
+            tokens,
+            runs,
+            clip,
+            json,
+        } => {
+            let config = match Config::load(file) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sotad: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let prepared = match cli::bench::prepare(&config, clip.as_deref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("sotad bench: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // The voice loop's microphone, as `sotad demo`'s (alsa-lib reads the path at the
+            // first open). SAFETY: no other thread exists yet.
+            unsafe {
+                std::env::set_var(
+                    "ALSA_CONFIG_PATH",
+                    format!(
+                        "/usr/share/alsa/alsa.conf:{}",
+                        prepared.alsa_conf().display()
+                    ),
+                );
+            }
+            init_logging(if std::env::var_os("RUST_LOG").is_some() {
+                &config.log.level
+            } else {
+                "warn"
+            });
+            match cli::bench::run(config, prepared, tokens as usize, runs as usize, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sotad bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Demo {
             clip,
             question,

@@ -84,7 +84,24 @@ pub fn prepare_devices(dir: &Path, clip: &Path) -> anyhow::Result<PathBuf> {
     Ok(conf)
 }
 
-pub async fn run(mut config: Config, dir: PathBuf, clip: PathBuf) -> anyhow::Result<()> {
+/// What one turn of the demo's daemon gave.
+pub struct Turn {
+    /// The `turn/done` event (outcome, latencies).
+    pub done: serde_json::Value,
+    pub transcript: String,
+    pub reply: String,
+    /// The reply's audio as it went out on `tts/audio/*`.
+    pub audio: Vec<f32>,
+    pub sample_rate: u32,
+    /// Whether the daemon said `offline` before it stopped.
+    pub offline: bool,
+}
+
+/// Runs the daemon on an embedded broker with the demo's file microphone (the devices of
+/// [`prepare_devices`], named by `ALSA_CONFIG_PATH`) until one voice turn is done, then stops
+/// it. `narrate`: print what happens as it comes (`clip` names the microphone's clip there).
+/// Used by `sotad demo` and `sotad bench`.
+pub async fn one_turn(mut config: Config, clip: &Path, narrate: bool) -> anyhow::Result<Turn> {
     // Always the embedded broker, on a free loopback port so the demo never collides with a
     // broker already running on 1883.
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -98,13 +115,15 @@ pub async fn run(mut config: Config, dir: PathBuf, clip: PathBuf) -> anyhow::Res
     let device = config.device_id();
     let base = format!("{}/{}", config.mqtt.prefix, device);
 
-    println!("sotad {} demo", env!("CARGO_PKG_VERSION"));
-    println!("  embedded broker on 127.0.0.1:{port}, topics under {base}/");
-    println!("  models from {}", config.models_dir().display());
-    println!(
-        "  microphone: ALSA device {MIC}, playing {}",
-        clip.display()
-    );
+    if narrate {
+        println!("sotad {} demo", env!("CARGO_PKG_VERSION"));
+        println!("  embedded broker on 127.0.0.1:{port}, topics under {base}/");
+        println!("  models from {}", config.models_dir().display());
+        println!(
+            "  microphone: ALSA device {MIC}, playing {}",
+            clip.display()
+        );
+    }
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let daemon = tokio::spawn(sotad::run(config, async {
         let _ = stop_rx.await;
@@ -121,9 +140,11 @@ pub async fn run(mut config: Config, dir: PathBuf, clip: PathBuf) -> anyhow::Res
         .await?;
 
     let deadline = Instant::now() + Duration::from_secs(180);
-    let mut audio: Vec<u8> = Vec::new();
+    let mut audio: Vec<f32> = Vec::new();
     let mut rate = 22_050u32;
     let mut done: Option<serde_json::Value> = None;
+    let mut transcript = String::new();
+    let mut reply = String::new();
     let mut stop_tx = Some(stop_tx);
     let mut offline = false;
     while Instant::now() < deadline {
@@ -153,23 +174,39 @@ pub async fn run(mut config: Config, dir: PathBuf, clip: PathBuf) -> anyhow::Res
         match suffix {
             "status" => {
                 let text = String::from_utf8_lossy(&p.payload);
-                println!("  status        {text}");
+                if narrate {
+                    println!("  status        {text}");
+                }
                 if text == "offline" {
                     offline = true;
                     break;
                 }
             }
-            "turn/started" => println!("  turn/started  {} (from {})", v["turn"], v["source"]),
-            "turn/transcript" => println!("  transcript    {}", v["text"]),
-            "turn/reply" => println!("  reply         {}", v["text"]),
+            "turn/started" if narrate => {
+                println!("  turn/started  {} (from {})", v["turn"], v["source"])
+            }
+            "turn/transcript" => {
+                transcript = v["text"].as_str().unwrap_or_default().to_string();
+                if narrate {
+                    println!("  transcript    {}", v["text"]);
+                }
+            }
+            "turn/reply" => {
+                reply = v["text"].as_str().unwrap_or_default().to_string();
+                if narrate {
+                    println!("  reply         {}", v["text"]);
+                }
+            }
             "turn/done" => {
                 done = Some(v);
                 if let Some(tx) = stop_tx.take() {
                     let _ = tx.send(());
                 }
             }
-            "error" => println!("  error         {}", String::from_utf8_lossy(&p.payload)),
-            "telemetry" if done.is_none() => {
+            "error" if narrate => {
+                println!("  error         {}", String::from_utf8_lossy(&p.payload))
+            }
+            "telemetry" if narrate && done.is_none() => {
                 let engines = &v["engines"];
                 println!(
                     "  telemetry     rss {:.0} MiB, cpu {:.0} %, engines {engines}, capture {}",
@@ -181,9 +218,7 @@ pub async fn run(mut config: Config, dir: PathBuf, clip: PathBuf) -> anyhow::Res
             s if s.starts_with("tts/audio/") => {
                 if let Ok(wav) = audio::parse_wav(&p.payload) {
                     rate = wav.sample_rate;
-                    for x in wav.samples {
-                        audio.extend_from_slice(&((x * 32767.0) as i16).to_le_bytes());
-                    }
+                    audio.extend_from_slice(&wav.samples);
                 }
             }
             _ => {}
@@ -193,11 +228,25 @@ pub async fn run(mut config: Config, dir: PathBuf, clip: PathBuf) -> anyhow::Res
     let Some(done) = done else {
         bail!("no turn finished within 3 minutes: was the clip heard? (see the log above)");
     };
+    Ok(Turn {
+        done,
+        transcript,
+        reply,
+        audio,
+        sample_rate: rate,
+        offline,
+    })
+}
+
+pub async fn run(config: Config, dir: PathBuf, clip: PathBuf) -> anyhow::Result<()> {
+    let Turn {
+        done,
+        audio: samples,
+        sample_rate: rate,
+        offline,
+        ..
+    } = one_turn(config, &clip, true).await?;
     let reply_wav = dir.join("reply.wav");
-    let samples: Vec<f32> = audio
-        .chunks_exact(2)
-        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-        .collect();
     std::fs::write(&reply_wav, audio::encode_wav_i16(&samples, rate, 1))?;
     let l = &done["latency"];
     let ms = |k: &str| {

@@ -1,6 +1,8 @@
 //! One-shot commands that use the stages directly, without MQTT: `transcribe`, `chat`,
-//! `say`, `quantize whisper`; and `demo`, the whole daemon on embedded defaults.
+//! `say`, `quantize whisper`; `demo`, the whole daemon on embedded defaults; and `bench`,
+//! what the configured models do on this board.
 
+pub mod bench;
 pub mod demo;
 
 use std::io::{BufRead, Write};

@@ -99,6 +99,19 @@ pub fn bias_gelu(bias: &[f32], x: &mut [f32]) {
     }
 }
 
+/// The row kernels this CPU runs (for reports such as `sotad bench`): `avx512`, `avx2`, or
+/// `portable` (the scalar functions, as the compiler vectorizes them for the target's baseline,
+/// e.g. NEON on aarch64).
+pub fn kernel() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    match x86::level() {
+        x86::Level::Avx512 => return "avx512",
+        x86::Level::Avx2 => return "avx2",
+        x86::Level::None => {}
+    }
+    "portable"
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     // Rust 1.87 made most intrinsics safe inside functions with matching target features;
