@@ -21,8 +21,16 @@ cross/install-deps.sh
 cores=("$@")
 ((${#cores[@]})) || cores=(cortex-a72 cortex-a76 max)
 
-# A 10-minute recording, and Whisper transcriptions in three formats: minutes on x86.
-HEAVY=(stt_long stt_formats)
+# A 10-minute recording, and Whisper transcriptions in three formats: minutes on x86. And
+# stt_transcribe's accuracy runs on base and with beam 5, long-form audio and prompts: the
+# same NEON kernels as its greedy tiny.en run, which does run here, and over 10 CPU-minutes of
+# emulation on their own (x86 runs them all).
+HEAVY=(stt_long stt_formats stt_transcribe)
+# The stt_transcribe tests that run under qemu: a whole model on the NEON kernels, and the
+# cheap edge cases.
+STT_TRANSCRIBE_QEMU=(tiny_en_wer_is_at_most_faster_whispers silence_gives_no_text
+  a_raised_cancel_flag_stops_the_transcription wav_of_any_rate_and_channels
+  bad_input_is_an_error_not_a_panic)
 # Checks on the source tree, the same on every architecture: x86 only.
 SOURCE_ONLY=(tidy)
 tests=()
@@ -33,7 +41,7 @@ done
 
 echo "== aarch64: building tests (release)"
 "$CARGO" test --release --locked --no-fail-fast --target "$TRIPLE" -p sotad-engines -p sotad --lib "${tests[@]}" \
-  --test stt_formats --no-run
+  --test stt_formats --test stt_transcribe --no-run
 first=1
 for cpu in "${cores[@]}"; do
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -cpu $cpu"
@@ -43,6 +51,9 @@ for cpu in "${cores[@]}"; do
     echo "== aarch64: the weight quantizers of stt_formats under qemu -cpu $cpu"
     "$CARGO" test --release --locked --target "$TRIPLE" -p sotad-engines -p sotad --test stt_formats \
       weight_quantizers
+    echo "== aarch64: stt_transcribe's greedy tiny.en run and edge cases under qemu -cpu $cpu"
+    "$CARGO" test --release --locked --no-fail-fast --target "$TRIPLE" -p sotad-engines -p sotad \
+      --test stt_transcribe -- "${STT_TRANSCRIBE_QEMU[@]}"
     first=0
   elif [[ $cpu == max ]]; then
     echo "== aarch64: the kernel and LLM tests under qemu -cpu max (i8mm)"
