@@ -76,6 +76,53 @@ fn main() {
     if std::env::args().skip(1).any(|a| a == "confusion") {
         return confusion::run();
     }
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if args.first().map(String::as_str) == Some("steps") && args.len() >= 3 {
+        // `-- steps SETTINGS.json FILE.wav [TENSOR]`: every step's frame and raw output
+        // (512-sample chunks), or with TENSOR (an index in the model's main subgraph) that
+        // tensor's bytes after every step, one line each.
+        let mut det = WakeWord::load(Path::new(&args[1])).unwrap_or_else(|e| panic!("{e}"));
+        let tensor: Option<usize> = args.get(3).and_then(|t| t.parse().ok());
+        let mut steps = 0;
+        // With TENSOR, 160-sample chunks: at most one step each.
+        let chunk = if tensor.is_some() { 160 } else { CHUNK };
+        for chunk in pcm(Path::new(&args[2])).chunks(chunk) {
+            det.process_steps(chunk, |s| {
+                if tensor.is_none() {
+                    print!("{}:{} ", s.frame, s.raw)
+                }
+                steps += 1;
+            });
+            if let Some(t) = tensor {
+                for _ in 0..std::mem::take(&mut steps) {
+                    let b: Vec<String> = det
+                        .tensor(t)
+                        .iter()
+                        .map(|&x| (x as i8).to_string())
+                        .collect();
+                    println!("{}", b.join(" "));
+                }
+            }
+        }
+        println!();
+        return;
+    }
+    if args.first().map(String::as_str) == Some("features") && args.len() == 2 {
+        // `-- features FILE.wav`: every frame's 40 features (u16), one line each.
+        let mut fe = Frontend::new();
+        for chunk in pcm(Path::new(&args[1])).chunks(CHUNK) {
+            fe.push(chunk, |f| {
+                println!(
+                    "{}",
+                    f.iter().map(u16::to_string).collect::<Vec<_>>().join(" ")
+                )
+            });
+        }
+        return;
+    }
     let models = models_dir();
     let json = models.join("microwakeword/hey_jarvis.json");
     let mut audio = Vec::new();
