@@ -6,7 +6,9 @@
 //! bounds). [`State`] holds the activations and the streaming variables; [`State::invoke`]
 //! runs one inference step. The arithmetic is TensorFlow Lite's integer arithmetic: 32-bit
 //! accumulators, `MultiplyByQuantizedMultiplier` (a rounding doubling high multiply and a
-//! rounding right shift) to requantize, and a 256-entry table for LOGISTIC.
+//! rounding right shift) to requantize, and a 256-entry table for LOGISTIC. DEPTHWISE_CONV_2D
+//! rounds exact halves as TensorFlow Lite's optimized kernel does (upward in whole blocks of 8
+//! channels), so that detections equal the reference's (the wake bench's `confusion` mode).
 //!
 //! Streaming state lives in resource variables: the model's `CALL_ONCE` subgraph assigns
 //! their initial values (constant tensors), `READ_VARIABLE` and `ASSIGN_VARIABLE` read and
@@ -1564,8 +1566,8 @@ mod tests {
         assert_eq!(quantize_multiplier(0.25), (1 << 30, -1));
         assert_eq!(quantize_multiplier(1.0), (1 << 30, 1));
         // Halves: away from zero, or upward (the optimized depthwise kernels).
-        assert_eq!(multiply_by_quantized_multiplier(-1, 1 << 30, -1), -1); // -0.5 → -1
-        assert_eq!(multiply_by_quantized_multiplier_upward(-1, 1 << 30, -1), 0); // -0.5 → 0
+        assert_eq!(multiply_by_quantized_multiplier(-2, 1 << 30, -1), -1); // -0.5 → -1
+        assert_eq!(multiply_by_quantized_multiplier_upward(-2, 1 << 30, -1), 0); // -0.5 → 0
         assert_eq!(multiply_by_quantized_multiplier_upward(3, 1 << 30, -1), 1); // 0.75 → 1
         assert_eq!(multiply_by_quantized_multiplier_upward(5, 1 << 30, 1), 5); // no shift
         // Rounding half away from zero in the right shift.
