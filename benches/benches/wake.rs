@@ -9,6 +9,9 @@
 //!
 //! `-- confusion`: detections of the four models against the reference's on the corpus of
 //! `scripts/wake_corpus.py` (see [`confusion`]).
+//! `-- features FILE.wav` and `-- steps SETTINGS.json FILE.wav [TENSOR]` print sotad's features,
+//! or every step's raw output (or one intermediate tensor), to compare with the reference's
+//! when the two disagree.
 //!
 //! Audio: the five LibriVox clips of the speech set and the synthesized "Hey Jarvis" test clip,
 //! one after the other (26 s), fed in 512-sample (32 ms) chunks as the microphone
