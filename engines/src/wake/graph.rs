@@ -6,7 +6,9 @@
 //! bounds). [`State`] holds the activations and the streaming variables; [`State::invoke`]
 //! runs one inference step. The arithmetic is TensorFlow Lite's integer arithmetic: 32-bit
 //! accumulators, `MultiplyByQuantizedMultiplier` (a rounding doubling high multiply and a
-//! rounding right shift) to requantize, and a 256-entry table for LOGISTIC.
+//! rounding right shift) to requantize, and a 256-entry table for LOGISTIC. DEPTHWISE_CONV_2D
+//! rounds exact halves as TensorFlow Lite's optimized kernel does (upward in whole blocks of 8
+//! channels), so that detections equal the reference's (the wake bench's `confusion` mode).
 //!
 //! Streaming state lives in resource variables: the model's `CALL_ONCE` subgraph assigns
 //! their initial values (constant tensors), `READ_VARIABLE` and `ASSIGN_VARIABLE` read and
@@ -101,6 +103,20 @@ fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
     (x >> exponent) + (remainder > threshold) as i32
 }
 
+/// TensorFlow Lite's optimized kernels' `DepthwiseConvRound<kUpward>`: as
+/// [`multiply_by_quantized_multiplier`], but the right shift rounds halves upward (toward +∞)
+/// rather than away from zero.
+pub(crate) fn multiply_by_quantized_multiplier_upward(x: i32, multiplier: i32, shift: i32) -> i32 {
+    let left = shift.max(0);
+    let right = (-shift).max(0);
+    let high = saturating_rounding_doubling_high_mul(x.wrapping_mul(1 << left), multiplier);
+    if right == 0 {
+        high
+    } else {
+        ((high as i64 + (1i64 << (right - 1))) >> right) as i32
+    }
+}
+
 /// `MultiplyByQuantizedMultiplier`.
 pub(crate) fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
     let left = shift.max(0);
@@ -115,20 +131,35 @@ pub(crate) fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i
 struct Requant {
     multiplier: i32,
     shift: i32,
+    /// Halves round upward in the right shift ([`multiply_by_quantized_multiplier_upward`]),
+    /// not away from zero.
+    upward: bool,
 }
 
 impl Requant {
     fn new(real: f64) -> Requant {
         let real = if real.is_finite() { real } else { 0.0 };
         let (multiplier, shift) = quantize_multiplier(real);
-        Requant { multiplier, shift }
+        Requant {
+            multiplier,
+            shift,
+            upward: false,
+        }
     }
 
     #[inline]
     fn apply(&self, acc: i32) -> i32 {
-        multiply_by_quantized_multiplier(acc, self.multiplier, self.shift)
+        if self.upward {
+            multiply_by_quantized_multiplier_upward(acc, self.multiplier, self.shift)
+        } else {
+            multiply_by_quantized_multiplier(acc, self.multiplier, self.shift)
+        }
     }
 }
+
+/// Channels per SIMD block of TensorFlow Lite's optimized depthwise convolution (see
+/// [`Graph::conv`]'s requantization).
+const DEPTHWISE_BLOCK: usize = 8;
 
 /// Largest tensor the engine accepts, in elements (microWakeWord's are a few thousand).
 const MAX_ELEMENTS: usize = 1 << 22;
@@ -1213,7 +1244,15 @@ impl Graph {
         let requant = (0..oc)
             .map(|c| {
                 let fs = if per_channel { fscales[c] } else { fscales[0] };
-                Requant::new(is as f64 * fs as f64 / os as f64)
+                let mut r = Requant::new(is as f64 * fs as f64 / os as f64);
+                // TensorFlow Lite's optimized DEPTHWISE_CONV_2D (the reference's x86 library)
+                // requantizes whole blocks of 8 channels in SIMD with upward rounding
+                // (`DepthwiseConvRound<kUpward>`) and the channels left over one by one with
+                // `MultiplyByQuantizedMultiplier` (halves away from zero). The two differ only
+                // on exact halves, and matching them keeps sotad's outputs equal to the
+                // reference's (the wake bench's `confusion` mode).
+                r.upward = depthwise && c < oc - oc % DEPTHWISE_BLOCK;
+                r
             })
             .collect();
         Ok(ConvOp {
@@ -1297,6 +1336,16 @@ impl State {
             self.run(graph, op, data);
         }
         self.arena[graph.output][0]
+    }
+
+    /// A tensor's bytes after the last step (constants from the model), for comparing
+    /// intermediate activations with TensorFlow Lite's; empty for an index beyond the graph.
+    pub(crate) fn tensor<'s>(&'s self, graph: &Graph, data: &'s [u8], t: usize) -> &'s [u8] {
+        if t < graph.storage.len() {
+            self.src(graph, data, t)
+        } else {
+            &[]
+        }
     }
 
     fn src<'s>(&'s self, graph: &Graph, data: &'s [u8], t: usize) -> &'s [u8] {
@@ -1516,6 +1565,11 @@ mod tests {
         assert_eq!(quantize_multiplier(0.5), (1 << 30, 0));
         assert_eq!(quantize_multiplier(0.25), (1 << 30, -1));
         assert_eq!(quantize_multiplier(1.0), (1 << 30, 1));
+        // Halves: away from zero, or upward (the optimized depthwise kernels).
+        assert_eq!(multiply_by_quantized_multiplier(-2, 1 << 30, -1), -1); // -0.5 → -1
+        assert_eq!(multiply_by_quantized_multiplier_upward(-2, 1 << 30, -1), 0); // -0.5 → 0
+        assert_eq!(multiply_by_quantized_multiplier_upward(3, 1 << 30, -1), 1); // 0.75 → 1
+        assert_eq!(multiply_by_quantized_multiplier_upward(5, 1 << 30, 1), 5); // no shift
         // Rounding half away from zero in the right shift.
         assert_eq!(multiply_by_quantized_multiplier(3, 1 << 30, -1), 1); // 0.75 → 1
         assert_eq!(multiply_by_quantized_multiplier(-3, 1 << 30, -1), -1); // -0.75 → -1

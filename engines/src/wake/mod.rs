@@ -280,6 +280,14 @@ impl WakeWord {
         &self.model
     }
 
+    /// The bytes of tensor `index` of the model's main subgraph after the last step (its
+    /// activations; empty when there is no such tensor): for comparing a model's intermediate
+    /// values with TensorFlow Lite's (the wake bench's `steps` mode).
+    pub fn tensor(&self, index: usize) -> &[u8] {
+        self.state
+            .tensor(&self.model.graph, self.model.backing.bytes(), index)
+    }
+
     /// Forgets all audio: front end, streaming variables, window, time.
     pub fn reset(&mut self) {
         self.frontend.reset();
