@@ -134,7 +134,7 @@ impl EndTurn {
             })?;
         Ok(EndTurn {
             asker: Asker::default(),
-            pause: super::listen::samples_in(u64::from(pause_ms)),
+            pause: u64::from(pause_ms) * u64::from(SAMPLE_RATE) / 1000,
             threshold,
             questions,
             verdicts,
