@@ -447,7 +447,7 @@ fn latency() {
         let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
         let lag = vad_lag_ms(&v, &true_ends).unwrap_or(f64::NAN);
         println!(
-            "  {:8} {:10} VAD lag {:4.0} ms  endpoint {:5.0} ms ({:8})  stt {:5.0} ms (started {:4.0} ms early)  first token {:5.0} ms  first audio {:5.0} ms (ready {:4.0} ms before the endpoint)  end of speech -> audio {:5.0} ms (VAD's end {:5.0} ms)  | {:?} -> {:?}",
+            "  {:8} {:10} VAD lag {:4.0} ms  endpoint {:5.0} ms ({:10})  stt {:5.0} ms (started {:4.0} ms early)  first token {:5.0} ms  first audio {:5.0} ms (ready {:4.0} ms before the endpoint)  end of speech -> audio {:5.0} ms (VAD's end {:5.0} ms)  | {:?} -> {:?}",
             v["turn"].as_str().unwrap_or("?"),
             v["outcome"].as_str().unwrap_or("?"),
             lag,
@@ -538,6 +538,7 @@ fn latency() {
         turns.iter().filter(|v| v["endpoint"] == "complete").count(),
         turns.len()
     );
+    smart_turn_summary(&turns);
     println!(
         "answers: {} turns scored of {} questions: {} (first token from the endpoint)",
         scored.len(),
@@ -603,6 +604,32 @@ fn idle(secs: u64) {
         voice["vad_windows"],
         voice["utterances"],
         voice["wake_detections"],
+    );
+}
+
+/// Smart Turn's part (`[turn]`): turns it ended, and its decisions' probability and time.
+fn smart_turn_summary(turns: &[serde_json::Value]) {
+    let asked: Vec<&serde_json::Value> = turns
+        .iter()
+        .filter(|v| v["smart_turn"].is_object())
+        .collect();
+    let col = |k: &str| -> Vec<f64> {
+        asked
+            .iter()
+            .filter_map(|v| v["smart_turn"][k].as_f64())
+            .collect()
+    };
+    println!(
+        "smart turn: {} of {} turns ended by it, asked on {}; decision (audio handed over -> verdict) median {:.0} ms, max {:.0} ms; probability median {:.3}",
+        turns
+            .iter()
+            .filter(|v| v["endpoint"] == "smart_turn")
+            .count(),
+        turns.len(),
+        asked.len(),
+        median(&col("ms")),
+        col("ms").iter().copied().fold(f64::NAN, f64::max),
+        median(&col("probability")),
     );
 }
 
@@ -697,10 +724,12 @@ fn split() {
             let whole = found.is_some_and(|(_, both)| both);
             splits += usize::from(!whole);
             println!(
-                "  pause {pause_ms:4} ms  {:5}  endpoint {:8} {:5.0} ms  | {:?}",
+                "  pause {pause_ms:4} ms  {:5}  endpoint {:10} {:5.0} ms  smart turn {:5.3}  | {:?}",
                 if whole { "whole" } else { "SPLIT" },
                 turn.and_then(|v| v["endpoint"].as_str()).unwrap_or("-"),
                 turn.and_then(|v| v["latency"]["endpoint_ms"].as_f64())
+                    .unwrap_or(f64::NAN),
+                turn.and_then(|v| v["smart_turn"]["probability"].as_f64())
                     .unwrap_or(f64::NAN),
                 turn.and_then(|v| v["transcript"].as_str())
                     .unwrap_or("(no turn)")
@@ -711,6 +740,7 @@ fn split() {
             PAIRS.len(),
             turns.len()
         );
+        smart_turn_summary(&turns);
     }
 }
 

@@ -215,6 +215,12 @@ async fn a_spoken_question_is_transcribed_answered_and_spoken() {
                 && early + 1.0 >= latency["stt_ms"].as_f64().unwrap(),
             "an early endpoint before the transcript: {done}"
         ),
+        // Smart Turn (`[turn]`, on when its model is installed) judged it finished.
+        Some("smart_turn") => assert!(
+            (200.0..600.0).contains(&endpoint)
+                && done["smart_turn"]["probability"].as_f64() > Some(0.5),
+            "{done}"
+        ),
         other => panic!("endpoint {other:?}: {done}"),
     }
     // The events of this turn, in order, with one id.
@@ -334,7 +340,8 @@ async fn a_question_that_reads_complete_ends_without_waiting_for_the_trailing_si
     } = &mut hear(
         "early",
         &[Part::Silence(1.0), Part::Clip(&clip), Part::Silence(5.0)],
-        "[vad]\ntrailing_silence_ms = 3000\ncomplete_silence_ms = 320",
+        // Smart Turn off: this is the transcript's rule.
+        "[vad]\ntrailing_silence_ms = 3000\ncomplete_silence_ms = 320\n[turn]\nmodel = \"\"",
     )
     .await;
     assert_eq!(done["outcome"], "answered", "{done}");
@@ -1086,4 +1093,91 @@ async fn a_wake_word_not_installed_or_a_broken_model_stops_start_up_naming_key_a
     let status = sotad.wait_exit(WAIT).unwrap();
     assert_eq!(status.code(), Some(2), "{}", sotad.log());
     assert!(sotad.log().contains("voice.wake_words"), "{}", sotad.log());
+}
+
+/// A LibriVox clip written as two WAV files, cut at `at_s` (between two words).
+fn cut_clip(dir: &Path, clip: &Path, at_s: f32) -> [std::path::PathBuf; 2] {
+    let wav = std::fs::read(clip).unwrap();
+    let (header, pcm) = wav.split_at(44);
+    let cut = (at_s * 16_000.0) as usize * 2;
+    let halves = [&pcm[..cut], &pcm[cut..]];
+    ["head.wav", "rest.wav"].map(|name| {
+        let path = dir.join(name);
+        let half = halves[usize::from(name == "rest.wav")];
+        std::fs::write(&path, [header, half].concat()).unwrap();
+        path
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smart_turn_waits_through_a_pause_mid_sentence_and_ends_the_finished_sentence_early() {
+    // "had he married a more amiable woman he might have been made | still more respectable
+    // than he was": a 500 ms pause where the sentence is cut (Smart Turn: 0.07 there, 0.98 at
+    // its end, by onnxruntime). The trailing silence is 3 s and the transcript's early
+    // endpoint is off, so only Smart Turn can end the utterance before 3 s of silence: not
+    // at the pause (one turn, both halves in its transcript), and at the end of the sentence
+    // well before the trailing silence.
+    let [(clip, reference)] = clips(["0920"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let [head, rest] = cut_clip(tmp.path(), &clip, 3.84);
+    let Heard {
+        done, seen, sotad, ..
+    } = &mut hear(
+        "smartturn",
+        &[
+            Part::Silence(1.0),
+            Part::Clip(&head),
+            Part::Silence(0.5),
+            Part::Clip(&rest),
+            Part::Silence(5.0),
+        ],
+        "[vad]\ntrailing_silence_ms = 3000\ncomplete_silence_ms = 0\n[turn]\npause_ms = 200",
+    )
+    .await;
+    assert_eq!(done["outcome"], "answered", "{done}");
+    assert_eq!(done["endpoint"], "smart_turn", "{done}");
+    let started = seen
+        .iter()
+        .filter(|p| p.topic == sotad.topic("turn/started"))
+        .count();
+    assert_eq!(started, 1, "the pause mid-sentence ended a turn: {done}");
+    let wer = word_error_rate(&reference, done["transcript"].as_str().unwrap());
+    assert!(wer <= 0.3, "WER {wer:.2}: {done}");
+    let probability = done["smart_turn"]["probability"].as_f64().unwrap();
+    assert!(probability > 0.5, "{done}");
+    // Asked after 200 ms of silence; the decision's own time on a loaded machine besides.
+    let endpoint = done["latency"]["endpoint_ms"].as_f64().unwrap();
+    assert!((200.0..2000.0).contains(&endpoint), "{done}");
+}
+
+#[test]
+fn a_smart_turn_file_missing_or_not_the_model_stops_start_up_naming_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A real ONNX file of another model (Silero VAD), and a file that does not exist.
+    let other = models_dir().join("silero-vad/silero_vad_16k_op15.onnx");
+    let missing = dir.path().join("smart-turn.onnx");
+    for file in [&other, &missing] {
+        let conf = dir.path().join("sotad.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "[device]\nid = \"badturn\"\n[models]\ndir = \"{}\"\n[turn]\nmodel = \"{}\"\n",
+                models_dir().display(),
+                file.display()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(sotad_tests::sotad_bin())
+            .arg("--config")
+            .arg(&conf)
+            .args(["config", "check"])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{e}");
+        assert!(
+            e.contains("turn.model") && e.contains(&file.display().to_string()),
+            "{e}"
+        );
+    }
 }

@@ -76,6 +76,7 @@ impl Config {
         self.vad(c)?;
         self.voice(c)?;
         self.vad_rest(c)?;
+        self.turn(c)?;
         self.log(c)?;
         self.intents(c)?;
         self.homeassistant(c)?;
@@ -458,6 +459,22 @@ impl Config {
         )
     }
 
+    /// `[turn]` (the model itself is loaded by `load_turn`).
+    fn turn(&self, c: &Checker) -> Result<(), ConfigError> {
+        let t = &self.turn;
+        if !t.model.is_empty() && !t.model.ends_with(".onnx") {
+            return Err(c.fail(
+                "turn.model",
+                format!(
+                    "{:?} is not an ONNX file name; allowed: a path ending in .onnx (relative: under the models directory), e.g. \"smart-turn/smart-turn-v3.2-cpu.onnx\", or \"\" (off)",
+                    t.model
+                ),
+            ));
+        }
+        c.range("turn.pause_ms", u64::from(t.pause_ms), 0, 10_000)?;
+        c.frange("turn.threshold", t.threshold, 0.01, 0.99)
+    }
+
     /// `[vad]` from `complete_silence_ms` on.
     fn vad_rest(&self, c: &Checker) -> Result<(), ConfigError> {
         let v = &self.vad;
@@ -541,6 +558,32 @@ pub(super) fn load_intents(
         }
     }
     config.intents.set = Some(std::sync::Arc::new(set));
+    Ok(())
+}
+
+/// Loads the Smart Turn model `turn.model` names, if any. The default file, when it is not
+/// installed, leaves Smart Turn off; a file the user named that is missing or is not the
+/// model is an error naming the key and the file.
+pub(super) fn load_turn(
+    config: &mut Config,
+    default: bool,
+    origin: String,
+) -> Result<(), ConfigError> {
+    let Some(path) = config.model_path(&config.turn.model) else {
+        return Ok(());
+    };
+    if default && !path.exists() {
+        return Ok(());
+    }
+    let model = sotad_engines::turn::SmartTurn::load(&path).map_err(|e| ConfigError {
+        key: "turn.model".into(),
+        origin,
+        message: format!(
+            "{} is not a Smart Turn v3 model ({e}); allowed: Pipecat's smart-turn-v3.2-cpu.onnx (scripts/install-models.sh smart-turn), or \"\" for no learned end of turn",
+            path.display()
+        ),
+    })?;
+    config.turn.engine = Some(std::sync::Arc::new(model));
     Ok(())
 }
 

@@ -75,6 +75,8 @@ impl Config {
             _ => None,
         };
         check::load_intents(&mut config, dir.as_deref(), origin)?;
+        let origin = origin_of(&merged, "turn.model", &file);
+        check::load_turn(&mut config, origin == DEFAULTS_ORIGIN, origin)?;
         Ok(config)
     }
 }

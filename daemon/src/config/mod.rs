@@ -41,6 +41,7 @@ pub struct Config {
     pub audio: Audio,
     pub voice: Voice,
     pub vad: Vad,
+    pub turn: Turn,
     pub intents: Intents,
     pub homeassistant: HomeAssistant,
     pub wyoming: Wyoming,
@@ -326,6 +327,21 @@ impl Vad {
             },
         }
     }
+}
+
+/// `[turn]`: Smart Turn, the learned end of turn (`voice/endturn.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Turn {
+    /// The Smart Turn ONNX file; relative paths are under the models directory; empty: off.
+    pub model: String,
+    /// Silence after speech before the model is asked, ms.
+    pub pause_ms: u32,
+    /// A probability above this ends the utterance.
+    pub threshold: f64,
+    /// The model, loaded and checked with the configuration (`None`: off).
+    #[serde(skip)]
+    pub engine: Option<std::sync::Arc<sotad_engines::turn::SmartTurn>>,
 }
 
 /// A configuration mistake: which key, which source, and what is wrong or allowed.

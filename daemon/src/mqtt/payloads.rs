@@ -944,9 +944,20 @@ pub struct DoneEvent<'a> {
     /// capture started), as the VAD saw it: lines a turn up with a recording.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speech_end_s: Option<f64>,
+    /// Smart Turn's latest verdict on the question's last pause, when it was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smart_turn: Option<SmartTurnVerdict>,
     pub latency: Latency,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `turn/done`'s `smart_turn`: the probability that the turn was finished, and how long the
+/// decision took (question handed over → answer).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SmartTurnVerdict {
+    pub probability: f64,
+    pub ms: f64,
 }
 
 // ---- voice ----
@@ -989,6 +1000,8 @@ pub enum Endpoint {
     Vad(EndReason),
     /// The push-to-talk button was released.
     PushToTalk,
+    /// Smart Turn (`[turn]`) judged the utterance finished at a pause.
+    SmartTurn,
 }
 
 impl Endpoint {
@@ -996,6 +1009,7 @@ impl Endpoint {
         match self {
             Endpoint::Vad(reason) => reason.as_str(),
             Endpoint::PushToTalk => "push_to_talk",
+            Endpoint::SmartTurn => "smart_turn",
         }
     }
 }
@@ -1175,6 +1189,7 @@ mod tests {
             Endpoint::Vad(EndReason::Complete),
             Endpoint::Vad(EndReason::MaxLength),
             Endpoint::PushToTalk,
+            Endpoint::SmartTurn,
         ]
         .iter()
         .map(|e| serde_json::to_string(e).unwrap())
@@ -1185,7 +1200,8 @@ mod tests {
                 r#""silence""#,
                 r#""complete""#,
                 r#""max_length""#,
-                r#""push_to_talk""#
+                r#""push_to_talk""#,
+                r#""smart_turn""#
             ]
         );
         let stops: Vec<&str> = [

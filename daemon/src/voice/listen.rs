@@ -10,11 +10,12 @@ use sotad_engines::vad::{EndReason, VadEvent, VoiceDetector};
 use tokio::sync::mpsc;
 
 use super::control::VoiceControl;
+use super::endturn::{EndTurn, WINDOW_SAMPLES};
 use super::speculation::{AtEndpoint, PauseTracker};
 use super::turn::{Input, Turns, Utterance};
 use super::wake::{Detectors, Heard, WakeGate};
 use crate::audio;
-use crate::mqtt::payloads::Endpoint;
+use crate::mqtt::payloads::{Endpoint, SmartTurnVerdict};
 
 /// Samples in `ms` milliseconds of 16 kHz audio.
 pub fn samples_in(ms: u64) -> u64 {
@@ -87,6 +88,7 @@ pub fn run(
     control: &VoiceControl,
     turns: &Turns,
     wake: &mut Wake,
+    mut end_turn: Option<&mut EndTurn>,
 ) {
     let mut active = false;
     // The last frame given to the wake and stop word detectors (a gap resets them).
@@ -96,7 +98,10 @@ pub fn run(
     let mut held: Vec<f32> = Vec::new();
     let mut holding = false;
     let mut pauses = PauseTracker::default();
-    let abandon = |pauses: &mut PauseTracker| {
+    let abandon = |pauses: &mut PauseTracker, end_turn: &mut Option<&mut EndTurn>| {
+        if let Some(e) = end_turn.as_deref_mut() {
+            e.asker.finish(None);
+        }
         if pauses.abandon() && turns.speculator().abandon() {
             control
                 .speculations_abandoned
@@ -110,7 +115,7 @@ pub fn run(
             if active {
                 detector.reset();
                 active = false;
-                abandon(&mut pauses);
+                abandon(&mut pauses, &mut end_turn);
             }
             holding = true;
             let room = listen.max_ptt_samples.saturating_sub(held.len());
@@ -132,6 +137,7 @@ pub fn run(
                         speculation: None,
                         endpoint: Endpoint::PushToTalk,
                         speech_end_s: None,
+                        smart_turn: None,
                     },
                 );
             }
@@ -175,7 +181,7 @@ pub fn run(
             if active {
                 detector.reset();
                 active = false;
-                abandon(&mut pauses);
+                abandon(&mut pauses, &mut end_turn);
             }
             continue;
         }
@@ -189,7 +195,7 @@ pub fn run(
                 if active {
                     detector.reset();
                     active = false;
-                    abandon(&mut pauses);
+                    abandon(&mut pauses, &mut end_turn);
                 }
                 if let Some(heard) = feed(&mut wake.words, &mut words_fed, &frame) {
                     control.wake_detections.fetch_add(1, Ordering::Relaxed);
@@ -221,6 +227,19 @@ pub fn run(
             )
         {
             event = detector.end_paused();
+        }
+        // The learned end of turn: Smart Turn, asked at a short pause, says it is finished.
+        let mut smart_ended = false;
+        if event.is_none()
+            && !stop_check
+            && let Some(e) = end_turn.as_deref_mut()
+        {
+            let endpointer = detector.endpointer();
+            let verdict = e.poll(endpointer.silence(), || endpointer.tail(WINDOW_SAMPLES));
+            if verdict.is_some() {
+                event = detector.end_silent();
+                smart_ended = event.is_some();
+            }
         }
         let stats = detector.stats();
         control.vad_windows.fetch_add(
@@ -258,7 +277,7 @@ pub fn run(
                 pauses.pause((start, speech_end), utterance.len());
                 turns.speculator().speculate((start, speech_end), utterance);
             }
-            Some(VadEvent::Resume { .. }) => abandon(&mut pauses),
+            Some(VadEvent::Resume { .. }) => abandon(&mut pauses, &mut end_turn),
             Some(VadEvent::SpeechEnd {
                 mut utterance,
                 start,
@@ -287,9 +306,17 @@ pub fn run(
                     }
                     AtEndpoint::Nothing => None,
                 };
-                if reason == EndReason::Complete {
-                    control.complete_endpoints.fetch_add(1, Ordering::Relaxed);
-                }
+                let verdict = end_turn
+                    .as_deref_mut()
+                    .and_then(|e| e.asker.finish(Some((start, speech_end))));
+                let endpoint = if smart_ended {
+                    Endpoint::SmartTurn
+                } else {
+                    if reason == EndReason::Complete {
+                        control.complete_endpoints.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Endpoint::Vad(reason)
+                };
                 send_utterance(
                     utterances,
                     control,
@@ -298,8 +325,12 @@ pub fn run(
                         endpoint_delay: waited + queued,
                         endpointed_at: Instant::now(),
                         speculation,
-                        endpoint: Endpoint::Vad(reason),
+                        endpoint,
                         speech_end_s: Some(speech_end_s),
+                        smart_turn: verdict.map(|v| SmartTurnVerdict {
+                            probability: (f64::from(v.probability) * 1e4).round() / 1e4,
+                            ms: (v.ms * 10.0).round() / 10.0,
+                        }),
                     },
                 );
                 // The next turn needs the wake word again (or the follow-up after its answer).

@@ -22,6 +22,7 @@
 
 pub mod answer;
 pub mod control;
+pub mod endturn;
 pub mod listen;
 pub mod sentences;
 pub mod speaker;
@@ -89,6 +90,11 @@ pub fn start(config: &Config, control: Arc<VoiceControl>, turns: Turns) -> Voice
     let wake_models = resolve("voice.wake_words", &config.voice.wake_words)
         .and_then(|w| Ok((w, resolve("voice.stop_words", &config.voice.stop_words)?)));
     let follow_up = std::time::Duration::from_secs_f64(config.voice.follow_up_s);
+    let smart_turn = config
+        .turn
+        .engine
+        .clone()
+        .map(|model| (model, config.turn.pause_ms, config.turn.threshold as f32));
     let (wake_tx, wake_rx) = mpsc::channel::<WakeEvent>(capacity::UTTERANCES);
     let vad_control = control.clone();
     let vad_turns = turns.clone();
@@ -130,6 +136,14 @@ pub fn start(config: &Config, control: Arc<VoiceControl>, turns: Turns) -> Voice
                 }
             };
             let mut detector = VoiceDetector::new(model, detector_config);
+            // Smart Turn on its own thread; without it, the endpoint is today's.
+            let mut end_turn = smart_turn.and_then(|(model, pause_ms, threshold)| {
+                endturn::EndTurn::start(model, pause_ms, threshold)
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "could not start the Smart Turn thread: no learned end of turn");
+                    })
+                    .ok()
+            });
             listen::run(
                 &listen,
                 &mut detector,
@@ -138,6 +152,7 @@ pub fn start(config: &Config, control: Arc<VoiceControl>, turns: Turns) -> Voice
                 &vad_control,
                 &vad_turns,
                 &mut wake,
+                end_turn.as_mut(),
             );
         });
     if let Err(e) = spawned {

@@ -23,8 +23,8 @@ use super::speaker::Speaker;
 use super::speculation::{Speculation, Speculator, transcribe};
 use crate::config::Config;
 use crate::mqtt::payloads::{
-    self, DoneEvent, Endpoint, IntentDone, IntentEvent, ReplyEvent, Started, TranscriptEvent,
-    TurnOutcome, TurnPath,
+    self, DoneEvent, Endpoint, IntentDone, IntentEvent, ReplyEvent, SmartTurnVerdict, Started,
+    TranscriptEvent, TurnOutcome, TurnPath,
 };
 use crate::mqtt::{Command, Publisher, TurnEvent};
 use crate::stages::Stages;
@@ -54,6 +54,8 @@ pub struct Utterance {
     /// Where the speech ended as the VAD saw it, in seconds of audio captured since
     /// capture started (dropped frames included); `None` for push-to-talk.
     pub speech_end_s: Option<f64>,
+    /// Smart Turn's latest verdict on its last pause, when it was asked (`[turn]`).
+    pub smart_turn: Option<SmartTurnVerdict>,
 }
 
 /// How the voice loop answers; fixed at construction.
@@ -455,6 +457,7 @@ impl Turns {
         let mut held = None;
         let mut endpoint = None;
         let mut speech_end = None;
+        let mut smart_turn = None;
         let mut endpointed = None;
         let mut stt_step = SttStep::Typed;
         let mut answer_step = AnswerStep::Skipped;
@@ -468,6 +471,7 @@ impl Turns {
                 endpoint = Some(u.endpoint);
                 endpointed = Some(u.endpointed_at);
                 speech_end = u.speech_end_s.map(|s| (s * 1e3).round() / 1e3);
+                smart_turn = u.smart_turn;
                 latency.endpoint_ms = Some(round1(u.endpoint_delay.as_secs_f64() * 1e3));
                 let origin = u
                     .endpointed_at
@@ -713,6 +717,7 @@ impl Turns {
                     sentences,
                     endpoint,
                     speech_end_s: speech_end,
+                    smart_turn,
                     latency,
                     error,
                 },

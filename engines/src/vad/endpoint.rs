@@ -311,6 +311,29 @@ impl Endpointer {
         Some(self.end(EndReason::Complete))
     }
 
+    /// During an utterance's silence (any length, `Pause` emitted or not): the utterance's
+    /// (start, end of speech), as its events give them, and how long the silence has lasted
+    /// so far, in samples.
+    pub fn silence(&self) -> Option<((u64, u64), u64)> {
+        let silence = self.pos - self.speech_last_end;
+        (self.phase == Phase::Speech && silence > 0)
+            .then_some(((self.buf_start, self.speech_last_end), silence))
+    }
+
+    /// The last `max` samples of the utterance under way (fewer when it is shorter).
+    pub fn tail(&self, max: usize) -> Vec<f32> {
+        let skip = self.buf.len().saturating_sub(max);
+        self.buf.iter().skip(skip).copied().collect()
+    }
+
+    /// Ends the utterance now, during any silence after speech ([`Endpointer::silence`]),
+    /// because the caller knows it is complete (a learned end of turn): `SpeechEnd` with
+    /// [`EndReason::Complete`]. `None` (and nothing changes) otherwise.
+    pub fn end_silent(&mut self) -> Option<VadEvent> {
+        self.silence()?;
+        Some(self.end(EndReason::Complete))
+    }
+
     fn maybe_start(&mut self) -> Option<VadEvent> {
         if self.pos - self.speech_first < self.min_speech.max(1) {
             return None;

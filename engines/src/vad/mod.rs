@@ -127,6 +127,11 @@ impl VoiceDetector {
         self.endpointer.end_paused()
     }
 
+    /// Ends the utterance under way during any silence ([`Endpointer::end_silent`]).
+    pub fn end_silent(&mut self) -> Option<VadEvent> {
+        self.endpointer.end_silent()
+    }
+
     /// Starts a new, unrelated stream: model state and endpointer are reset; the gate keeps
     /// the noise floor it has learnt (same room, same microphone).
     pub fn reset(&mut self) {
