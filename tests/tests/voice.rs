@@ -215,7 +215,7 @@ async fn a_spoken_question_is_transcribed_answered_and_spoken() {
                 && early + 1.0 >= latency["stt_ms"].as_f64().unwrap(),
             "an early endpoint before the transcript: {done}"
         ),
-        // Smart Turn (`[turn]`, on when its model is installed) judged it finished.
+        // Smart Turn (`[turn]`, when a test turns it on) judged it finished.
         Some("smart_turn") => assert!(
             (200.0..600.0).contains(&endpoint)
                 && done["smart_turn"]["probability"].as_f64() > Some(0.5),
@@ -1131,7 +1131,7 @@ async fn smart_turn_waits_through_a_pause_mid_sentence_and_ends_the_finished_sen
             Part::Clip(&rest),
             Part::Silence(5.0),
         ],
-        "[vad]\ntrailing_silence_ms = 3000\ncomplete_silence_ms = 0\n[turn]\npause_ms = 200",
+        "[vad]\ntrailing_silence_ms = 3000\ncomplete_silence_ms = 0\n[turn]\nmodel = \"smart-turn/smart-turn-v3.2-cpu.onnx\"\npause_ms = 200",
     )
     .await;
     assert_eq!(done["outcome"], "answered", "{done}");
