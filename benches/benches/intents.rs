@@ -52,7 +52,7 @@ use sotad_engines::tts::{LoadOptions, SynthOptions, Voice};
 
 const GAP_S: f64 = 2.5;
 /// The daemon's defaults: `intents.stt_prompt_words` and `intents.fuzzy_min_confidence`.
-const PROMPT_WORDS: usize = 80;
+const PROMPT_WORDS: usize = 120;
 const FUZZY_MIN: f32 = 0.8;
 const VOICES: [&str; 4] = ["piper", "piper-slow", "espeak", "espeak-slow"];
 
@@ -1058,6 +1058,10 @@ fn fuzzy_text() {
         "robot.toml",
     )
     .unwrap();
+    println!(
+        "stt_prompt({PROMPT_WORDS}): {:?}",
+        set.stt_prompt(PROMPT_WORDS)
+    );
     let mut lines: Vec<(String, Cmd)> = ordinary_sentences()
         .into_iter()
         .map(|(s, text)| {

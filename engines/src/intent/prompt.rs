@@ -4,7 +4,8 @@
 //!
 //! Sentences are generated from every template a few times over, each time taking other
 //! alternatives, optional parts, enumeration phrases and numbers; then chosen greedily, the
-//! sentence that brings the most words not yet in the prompt (per word it costs) first, until
+//! sentence that brings the most words not yet in the prompt (per word it costs; the words of
+//! enumeration values count three times) first, until
 //! every word is in or the word budget is spent. Deterministic: the same file gives the same
 //! prompt.
 
@@ -12,14 +13,14 @@ use super::template::Node;
 use super::{IntentSet, SlotKind};
 
 /// How many sentences are generated from one template before choosing.
-const VARIANTS: usize = 6;
+const VARIANTS: usize = 12;
 
 /// Numbers used to fill number slots (those in the slot's range, in this order).
 const SAMPLE_NUMBERS: [f64; 10] = [2.0, 5.0, 10.0, 90.0, 3.0, 50.0, 45.0, 20.0, 180.0, 1.0];
 
 impl IntentSet {
     /// Example commands for Whisper's `initial_prompt`, at most `max_words` words (Whisper
-    /// keeps only the last 223 tokens of a prompt; 80 words stay well inside).
+    /// keeps only the last 223 tokens of a prompt; 120 words of these sentences stay inside).
     pub fn stt_prompt(&self, max_words: usize) -> String {
         let mut candidates: Vec<Vec<String>> = Vec::new();
         for intent in &self.intents {
@@ -34,6 +35,19 @@ impl IntentSet {
                 }
             }
         }
+        // The words of enumeration values' canonical forms count most: they carry what a
+        // command means ("forward", "kitchen"), where template words and synonyms vary.
+        let mut key_words: Vec<&str> = Vec::new();
+        for intent in &self.intents {
+            for slot in &intent.slots {
+                if let SlotKind::Enum { values } = &slot.kind {
+                    for v in values {
+                        key_words.extend(v.canonical.split_whitespace());
+                    }
+                }
+            }
+        }
+        let weight = |w: &str| if key_words.contains(&w) { 3.0 } else { 1.0 };
         let mut seen: Vec<&str> = Vec::new();
         let mut chosen: Vec<usize> = Vec::new();
         let mut used = 0;
@@ -53,7 +67,7 @@ impl IntentSet {
                 if new.is_empty() {
                     continue;
                 }
-                let score = new.len() as f64 / words.len() as f64;
+                let score = new.iter().map(|w| weight(w)).sum::<f64>() / words.len() as f64;
                 if best.is_none_or(|(_, s)| score > s) {
                     best = Some((i, score));
                 }
@@ -105,9 +119,18 @@ impl IntentSet {
                 }
                 Node::Slot(s) => match &intent.slots[*s].kind {
                     SlotKind::Enum { values } => {
-                        let phrases: Vec<&Vec<String>> =
-                            values.iter().flat_map(|v| v.phrases.iter()).collect();
-                        out.extend(phrases[(k + *s) % phrases.len()].iter().cloned());
+                        // Every canonical value first, then the synonyms.
+                        let canonical: Vec<String> =
+                            values.iter().map(|v| v.canonical.to_lowercase()).collect();
+                        let synonyms = values.iter().flat_map(|v| {
+                            v.phrases
+                                .iter()
+                                .map(|p| p.join(" "))
+                                .filter(|p| *p != v.canonical.to_lowercase())
+                        });
+                        let phrases: Vec<String> =
+                            canonical.iter().cloned().chain(synonyms).collect();
+                        out.push(phrases[(k + *s) % phrases.len()].clone());
                     }
                     SlotKind::Number {
                         min, max, integer, ..
