@@ -1174,7 +1174,7 @@ fn wer(reference: &str, hyp: &str) -> (usize, usize) {
 }
 
 /// Ordinary speech with and without the intents' `initial_prompt`: the LibriVox and cards
-/// clips and the question set spoken by Piper and espeak-ng; word error rate, median
+/// clips and the question set spoken by Piper; word error rate, median
 /// transcription time, and how many transcripts became an intent (templates, then fuzzy).
 fn prompt_wer() {
     let models = models_dir();
@@ -1216,7 +1216,6 @@ fn prompt_wer() {
                 q.clone(),
                 piper(&piper_voice, &q, 1.0),
             ));
-            clips.push(("questions espeak".into(), q.clone(), espeak(&dir, &q, 175)));
         }
     }
     let whisper = Whisper::load(
