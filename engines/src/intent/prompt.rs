@@ -19,7 +19,8 @@ const VARIANTS: usize = 12;
 const SAMPLE_NUMBERS: [f64; 10] = [2.0, 5.0, 10.0, 90.0, 3.0, 50.0, 45.0, 20.0, 180.0, 1.0];
 
 impl IntentSet {
-    /// Example commands for Whisper's `initial_prompt`, at most `max_words` words (Whisper
+    /// Example commands for Whisper's `initial_prompt`, at most `max_words` words, an
+    /// enumeration value of several words counting as one (Whisper
     /// keeps only the last 223 tokens of a prompt; 120 words of these sentences stay inside).
     pub fn stt_prompt(&self, max_words: usize) -> String {
         let mut candidates: Vec<Vec<String>> = Vec::new();
