@@ -8,7 +8,14 @@
 //! cargo bench -p sotad-benches --bench intents -- spoken            # through the real voice loop (4 voices)
 //! cargo bench -p sotad-benches --bench intents -- grammar           # constrained vs unconstrained decoding
 //! cargo bench -p sotad-benches --bench intents -- typed [llm|templates]  # turn/text: templates vs templates + LLM
+//! cargo bench -p sotad-benches --bench intents -- transcribed --no-prompt  # without the intents' initial_prompt
+//! cargo bench -p sotad-benches --bench intents -- fuzzy             # fuzzy false accepts on text (no models)
+//! cargo bench -p sotad-benches --bench intents -- prompt-wer        # ordinary speech with and without the prompt
 //! ```
+//!
+//! `transcribed` gives Whisper the `initial_prompt` made from the intents file
+//! (`IntentSet::stt_prompt`, as the daemon does by default) unless `--no-prompt`, and counts
+//! both the templates alone and the templates then the tolerant matcher (`recognize_fuzzy`).
 //!
 //! `transcribed`: the 64 commands synthesized as below, transcribed by the Whisper engine the
 //! daemon runs (tiny.en, default options, 2 threads) and matched; what counts as right is
@@ -44,6 +51,9 @@ use sotad_engines::stt::{LoadOptions as SttLoad, TranscribeOptions, Whisper};
 use sotad_engines::tts::{LoadOptions, SynthOptions, Voice};
 
 const GAP_S: f64 = 2.5;
+/// The daemon's defaults: `intents.stt_prompt_words` and `intents.fuzzy_min_confidence`.
+const PROMPT_WORDS: usize = 120;
+const FUZZY_MIN: f32 = 0.8;
 const VOICES: [&str; 4] = ["piper", "piper-slow", "espeak", "espeak-slow"];
 
 fn root() -> PathBuf {
@@ -491,7 +501,7 @@ fn exactly(c: &Cmd, m: Option<&IntentMatch>) -> bool {
 /// The same synthesized commands, transcribed by Whisper tiny.en (the engine the daemon
 /// runs, its default options, 2 threads) and matched: no real-time microphone, so a loaded
 /// machine slows it without changing what is heard.
-fn transcribed(voices: &[&str]) {
+fn transcribed(voices: &[&str], prompt: bool) {
     let cmds = commands();
     let models = models_dir();
     let dir = std::env::temp_dir().join(format!("sotad-bench-intents-{}", std::process::id()));
@@ -523,13 +533,20 @@ fn transcribed(voices: &[&str]) {
         },
     )
     .expect("Whisper tiny.en (scripts/install-models.sh)");
-    let opts = TranscribeOptions::default();
+    // As the daemon does with `intents.stt_prompt = "auto"` (its default).
+    let opts = TranscribeOptions {
+        initial_prompt: prompt.then(|| set.stt_prompt(PROMPT_WORDS)),
+        ..TranscribeOptions::default()
+    };
+    println!("transcribed: initial_prompt {:?}", opts.initial_prompt);
     let (mut right, mut in_domain, mut ood_clean, mut ood) = (0, 0, 0, 0);
+    let (mut right_f, mut ood_clean_f) = (0, 0);
     let mut misses = Vec::new();
     let mut stt_ms = Vec::new();
     let mut match_us = Vec::new();
     for &v in voices {
         let (mut r, mut n, mut oc, mut o) = (0, 0, 0, 0);
+        let (mut rf, mut ocf) = (0, 0);
         for (i, c) in cmds.iter().enumerate() {
             let mut speech = match v {
                 "piper" => piper(&piper_voice, &c.text, 1.0),
@@ -549,12 +566,32 @@ fn transcribed(voices: &[&str]) {
             let m = set.recognize(&heard);
             match_us.push(t.elapsed().as_secs_f64() * 1e6);
             let ok = exactly(c, m.as_ref());
+            // The tolerant second look, as the daemon does with `intents.fuzzy` on.
+            let mf = m.clone().or_else(|| set.recognize_fuzzy(&heard, FUZZY_MIN));
+            let ok_f = exactly(c, mf.as_ref());
             if c.intent.is_some() {
                 n += 1;
                 r += usize::from(ok);
+                rf += usize::from(ok_f);
             } else {
                 o += 1;
                 oc += usize::from(ok);
+                ocf += usize::from(ok_f);
+            }
+            if m.is_none()
+                && let Some(f) = &mf
+            {
+                misses.push(format!(
+                    "{v}: {:?} heard {heard:?} -> fuzzy {} {:?} confidence {} ({})",
+                    c.text,
+                    f.name,
+                    f.slots
+                        .iter()
+                        .map(|s| (&s.name, &s.value))
+                        .collect::<Vec<_>>(),
+                    f.confidence,
+                    if ok_f { "right" } else { "WRONG" }
+                ));
             }
             if !ok {
                 misses.push(format!(
@@ -573,9 +610,12 @@ fn transcribed(voices: &[&str]) {
             }
         }
         println!(
-            "transcribed {v}: {r}/{n} in-domain exactly right ({:.1} %), {oc}/{o} out-of-domain without intent",
-            100.0 * r as f64 / n as f64
+            "transcribed {v}: {r}/{n} in-domain exactly right ({:.1} %), {oc}/{o} out-of-domain without intent; with fuzzy: {rf}/{n} ({:.1} %), {ocf}/{o}",
+            100.0 * r as f64 / n as f64,
+            100.0 * rf as f64 / n as f64
         );
+        right_f += rf;
+        ood_clean_f += ocf;
         right += r;
         in_domain += n;
         ood_clean += oc;
@@ -589,6 +629,10 @@ fn transcribed(voices: &[&str]) {
         100.0 * right as f64 / in_domain.max(1) as f64,
         median(&stt_ms),
         median(&match_us)
+    );
+    println!(
+        "transcribed, all voices, templates then fuzzy (min confidence {FUZZY_MIN}): {right_f}/{in_domain} in-domain exactly right ({:.1} %), {ood_clean_f}/{ood} out-of-domain without intent",
+        100.0 * right_f as f64 / in_domain.max(1) as f64,
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -961,6 +1005,7 @@ fn typed(only: Option<bool>) {
 }
 
 fn main() {
+    let prompt = !std::env::args().any(|a| a == "--no-prompt");
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -977,12 +1022,269 @@ fn main() {
             spoken(&args[1..].iter().map(String::as_str).collect::<Vec<_>>())
         }
         Some("spoken") => spoken(&VOICES),
-        Some("transcribed") if args.len() > 1 => {
-            transcribed(&args[1..].iter().map(String::as_str).collect::<Vec<_>>())
-        }
+        Some("transcribed") if args.len() > 1 => transcribed(
+            &args[1..].iter().map(String::as_str).collect::<Vec<_>>(),
+            prompt,
+        ),
+        Some("fuzzy") => fuzzy_text(),
+        Some("prompt-wer") => prompt_wer(),
         _ => {
             bench_match();
-            transcribed(&VOICES);
+            transcribed(&VOICES, prompt);
         }
     }
+}
+
+/// Lines of text that are not commands: the question set's questions, the reference
+/// transcripts of the LibriVox and cards clips.
+fn ordinary_sentences() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let q = std::fs::read_to_string(root().join("benches/data/questions.tsv")).unwrap();
+    for l in q
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        out.push((
+            "questions.tsv".into(),
+            l.split('\t').next().unwrap().to_string(),
+        ));
+    }
+    for (set, file) in [
+        ("librivox", "speech/librivox/transcription"),
+        ("cards", "speech/cards/cards.transcription"),
+    ] {
+        let t = std::fs::read_to_string(models_dir().join(file)).unwrap_or_default();
+        for l in t.lines() {
+            let text = l.split(" (").next().unwrap_or("");
+            let text = text.replace("<s>", "").replace("</s>", "");
+            if !text.trim().is_empty() {
+                out.push((set.into(), text.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The tolerant matcher on text: every accept on sentences that are not commands (the
+/// question set, the speech sets' transcripts, the out-of-domain lines of both command
+/// sets) is a false accept; on the paraphrases no template matches, right or wrong; and,
+/// given `INTENTS_MISSES=<output of a transcribed run>`, on that run's unmatched transcripts.
+fn fuzzy_text() {
+    let set = IntentSet::parse(
+        &std::fs::read_to_string(robot_file()).unwrap(),
+        "robot.toml",
+    )
+    .unwrap();
+    println!(
+        "stt_prompt({PROMPT_WORDS}): {:?}",
+        set.stt_prompt(PROMPT_WORDS)
+    );
+    let mut lines: Vec<(String, Cmd)> = ordinary_sentences()
+        .into_iter()
+        .map(|(s, text)| {
+            (
+                s,
+                Cmd {
+                    text,
+                    intent: None,
+                    slots: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for (name, file) in [
+        ("robot_commands.tsv", "benches/data/robot_commands.tsv"),
+        (
+            "robot_paraphrases.tsv",
+            "benches/data/robot_paraphrases.tsv",
+        ),
+    ] {
+        let data = std::fs::read_to_string(root().join(file)).unwrap();
+        lines.extend(parse_tsv(&data).into_iter().map(|c| (name.to_string(), c)));
+    }
+    // `miss: <voice>: "<command>" heard "<transcript>" -> no intent`
+    if let Some(path) = std::env::var_os("INTENTS_MISSES") {
+        let cmds = commands();
+        let out = std::fs::read_to_string(path).unwrap();
+        for l in out.lines().filter(|l| l.trim_start().starts_with("miss:")) {
+            let Some((said, heard)) = l.split_once("\" heard \"") else {
+                continue;
+            };
+            let said = said.rsplit_once(": \"").map_or("", |x| x.1);
+            let heard = heard.rsplit_once("\" -> ").map_or("", |x| x.0);
+            if let Some(c) = cmds.iter().find(|c| c.text == said) {
+                lines.push((
+                    "misses".into(),
+                    Cmd {
+                        text: heard.to_string(),
+                        intent: c.intent.clone(),
+                        slots: c.slots.clone(),
+                    },
+                ));
+            }
+        }
+    }
+    let mut sets: Vec<String> = lines.iter().map(|(s, _)| s.clone()).collect();
+    sets.dedup();
+    let mut times = Vec::new();
+    for name in sets {
+        let (mut n, mut accepted, mut right) = (0, 0, 0);
+        for (_, c) in lines.iter().filter(|(s, _)| *s == name) {
+            if set.recognize(&c.text).is_some() {
+                continue;
+            }
+            n += 1;
+            let t = Instant::now();
+            let m = set.recognize_fuzzy(&c.text, 0.0);
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+            // Every candidate with its confidence, so the bound can be read off.
+            if let Some(m) = m.filter(|m| m.confidence >= 0.6) {
+                let ok = exactly(c, Some(&m));
+                let kept = m.confidence >= FUZZY_MIN;
+                accepted += usize::from(kept);
+                right += usize::from(kept && ok);
+                println!(
+                    "  {name}: {:?} -> {} {:?} confidence {:.3} ({}{})",
+                    c.text,
+                    m.name,
+                    m.slots
+                        .iter()
+                        .map(|s| (&s.name, &s.value))
+                        .collect::<Vec<_>>(),
+                    m.confidence,
+                    if ok { "right" } else { "WRONG" },
+                    if kept { ", kept" } else { ", below the bound" }
+                );
+            }
+        }
+        println!(
+            "fuzzy {name}: {n} sentences no template matches, {accepted} accepted at {FUZZY_MIN}, {right} of them right"
+        );
+    }
+    println!(
+        "fuzzy: median {:.1} µs per recognize_fuzzy (robot.toml)",
+        median(&times)
+    );
+}
+
+/// Word error rate of `hyp` against `reference`, both normalized as the matcher does.
+fn wer(reference: &str, hyp: &str) -> (usize, usize) {
+    let r: Vec<String> = sotad_engines::intent::normalize::tokenize(reference)
+        .into_iter()
+        .map(|t| t.text)
+        .collect();
+    let h: Vec<String> = sotad_engines::intent::normalize::tokenize(hyp)
+        .into_iter()
+        .map(|t| t.text)
+        .collect();
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, a) in r.iter().enumerate() {
+        let mut row = vec![i + 1; h.len() + 1];
+        for (j, b) in h.iter().enumerate() {
+            row[j + 1] = (prev[j] + usize::from(a != b))
+                .min(prev[j + 1] + 1)
+                .min(row[j] + 1);
+        }
+        prev = row;
+    }
+    (prev[h.len()], r.len())
+}
+
+/// Ordinary speech with and without the intents' `initial_prompt`: the LibriVox and cards
+/// clips and the question set spoken by Piper; word error rate, median
+/// transcription time, and how many transcripts became an intent (templates, then fuzzy).
+fn prompt_wer() {
+    let models = models_dir();
+    let set = IntentSet::parse(
+        &std::fs::read_to_string(robot_file()).unwrap(),
+        "robot.toml",
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("sotad-bench-wer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut clips: Vec<(String, String, Vec<f32>)> = Vec::new();
+    for (set_name, sub, file) in [
+        ("librivox", "speech/librivox", "transcription"),
+        ("cards", "speech/cards", "cards.transcription"),
+    ] {
+        let t = std::fs::read_to_string(models.join(sub).join(file)).unwrap();
+        for l in t.lines() {
+            let Some((text, id)) = l.rsplit_once(" (") else {
+                continue;
+            };
+            let id = id.trim_end_matches(')');
+            let text = text.replace("<s>", "").replace("</s>", "");
+            let wav = audio::read_wav(models.join(sub).join(format!("{id}.wav"))).unwrap();
+            let pcm = audio::to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)
+                .unwrap()
+                .into_owned();
+            clips.push((set_name.into(), text.trim().to_string(), pcm));
+        }
+    }
+    let piper_voice = Voice::load(
+        models.join("piper/en_US-joe-medium.onnx"),
+        &LoadOptions::default(),
+    )
+    .expect("the Piper voice");
+    for (s, q) in ordinary_sentences() {
+        if s == "questions.tsv" {
+            clips.push((
+                "questions piper".into(),
+                q.clone(),
+                piper(&piper_voice, &q, 1.0),
+            ));
+        }
+    }
+    let whisper = Whisper::load(
+        models.join("whisper-tiny.en-ct2"),
+        &SttLoad {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .expect("Whisper tiny.en");
+    let prompt = set.stt_prompt(PROMPT_WORDS);
+    for (label, p) in [("no prompt", None), ("intents prompt", Some(prompt))] {
+        let opts = TranscribeOptions {
+            initial_prompt: p,
+            ..TranscribeOptions::default()
+        };
+        let mut by_set: Vec<(String, usize, usize, usize, usize)> = Vec::new();
+        let mut ms = Vec::new();
+        for (name, text, pcm) in &clips {
+            let t = Instant::now();
+            let heard = whisper.transcribe(pcm, &opts).unwrap().text;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            let (e, n) = wer(text, &heard);
+            let tmpl = set.recognize(&heard).is_some();
+            let fz = !tmpl && set.recognize_fuzzy(&heard, FUZZY_MIN).is_some();
+            if tmpl || fz {
+                println!(
+                    "  {label}: {name} {text:?} heard {heard:?} became an intent ({})",
+                    if tmpl { "template" } else { "fuzzy" }
+                );
+            }
+            match by_set.iter_mut().find(|b| b.0 == *name) {
+                Some(b) => {
+                    b.1 += e;
+                    b.2 += n;
+                    b.3 += usize::from(tmpl);
+                    b.4 += usize::from(fz);
+                }
+                None => by_set.push((name.clone(), e, n, usize::from(tmpl), usize::from(fz))),
+            }
+        }
+        for (name, e, n, tm, fz) in &by_set {
+            println!(
+                "prompt-wer {label}: {name}: WER {:.1} % ({e}/{n} words), {tm} template and {fz} fuzzy intents",
+                100.0 * *e as f64 / *n as f64
+            );
+        }
+        println!(
+            "prompt-wer {label}: transcription median {:.0} ms over {} clips",
+            median(&ms),
+            ms.len()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

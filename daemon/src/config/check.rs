@@ -158,7 +158,15 @@ impl Config {
             self.intents.reply_timeout_ms,
             100,
             600_000,
-        )
+        )?;
+        let m = self.intents.fuzzy_min_confidence;
+        if !(0.5..=1.0).contains(&m) {
+            return Err(c.fail(
+                "intents.fuzzy_min_confidence",
+                format!("{m} is not allowed; allowed: 0.5 to 1.0 (below 0.8 ordinary sentences may become commands: docs/benchmarks.md)"),
+            ));
+        }
+        Ok(())
     }
 
     fn device(&self, c: &Checker) -> Result<(), ConfigError> {

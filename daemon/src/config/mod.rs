@@ -98,6 +98,13 @@ pub struct Intents {
     pub fallback: String,
     /// A question no template matches goes to the LLM with the intents as tools.
     pub llm_fallback: bool,
+    /// Whisper's `initial_prompt` for spoken turns: "auto" (example commands made from the
+    /// intents file), "" (none) or the text itself.
+    pub stt_prompt: String,
+    /// A transcript no template matches gets the tolerant match (recognizer "fuzzy").
+    pub fuzzy: bool,
+    /// The lowest confidence a tolerant match is published with (0-1).
+    pub fuzzy_min_confidence: f64,
     /// The parsed file, loaded and checked with the configuration.
     #[serde(skip)]
     pub set: Option<std::sync::Arc<sotad_engines::intent::IntentSet>>,

@@ -208,8 +208,12 @@ async fn wake_events(
                     .await;
             }
             WakeEvent::Check(samples) => {
-                let pending =
-                    speculation::transcribe(turns.stt(), samples, Arc::new(AtomicBool::new(false)));
+                let pending = speculation::transcribe(
+                    turns.stt(),
+                    samples,
+                    None,
+                    Arc::new(AtomicBool::new(false)),
+                );
                 let text = match pending {
                     Ok(p) => p.await.map(|t| t.text),
                     Err(e) => Err(e),

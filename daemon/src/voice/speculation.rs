@@ -43,11 +43,12 @@ pub struct Transcript {
 
 pub type TranscriptResult = Result<Transcript, String>;
 
-/// Queues a transcription of 16 kHz `samples` on the STT worker, stopped by `cancel`; the
-/// future gives its result.
+/// Queues a transcription of 16 kHz `samples` on the STT worker, stopped by `cancel`, with
+/// Whisper's `initial_prompt` (`intents.stt_prompt`); the future gives its result.
 pub fn transcribe(
     stt: Option<&SttWorker>,
     samples: Vec<f32>,
+    prompt: Option<Arc<str>>,
     cancel: Arc<AtomicBool>,
 ) -> Result<impl Future<Output = TranscriptResult> + Send + use<>, String> {
     let Some(stt) = stt else {
@@ -56,7 +57,14 @@ pub fn transcribe(
     let started = Instant::now();
     let pending = stt
         .submit(move |engine| {
-            engine.transcribe_samples(&samples, None, Task::Transcribe, None, None, Some(cancel))
+            engine.transcribe_samples(
+                &samples,
+                None,
+                Task::Transcribe,
+                None,
+                prompt.as_deref(),
+                Some(cancel),
+            )
         })
         .map_err(|e| e.to_string())?;
     Ok(async move {
@@ -210,6 +218,8 @@ struct Inner {
     runtime: Option<tokio::runtime::Handle>,
     /// A transcript that matches one of these is a command: the LLM does not start on it.
     intents: Option<Arc<IntentSet>>,
+    /// Whisper's `initial_prompt` for spoken turns (`intents.stt_prompt`).
+    stt_prompt: Option<Arc<str>>,
 }
 
 impl Speculator {
@@ -218,10 +228,12 @@ impl Speculator {
         speculate_answers: bool,
         session: String,
         intents: Option<Arc<IntentSet>>,
+        stt_prompt: Option<Arc<str>>,
     ) -> Speculator {
         Speculator {
             inner: Arc::new(Inner {
                 intents,
+                stt_prompt,
                 answerer,
                 speculate_answers,
                 session,
@@ -230,6 +242,11 @@ impl Speculator {
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }),
         }
+    }
+
+    /// Whisper's `initial_prompt` for spoken turns.
+    pub fn stt_prompt(&self) -> Option<Arc<str>> {
+        self.inner.stt_prompt.clone()
     }
 
     /// The LLM session of spoken questions.
@@ -244,7 +261,8 @@ impl Speculator {
         let held = Arc::new(Mutex::new(None));
         let complete = Arc::new(AtomicBool::new(false));
         let stt = self.inner.answerer.stages.stt.as_ref();
-        let speculation = match transcribe(stt, samples, cancel.clone()) {
+        let prompt = self.inner.stt_prompt.clone();
+        let speculation = match transcribe(stt, samples, prompt, cancel.clone()) {
             Ok(pending) => Some(Speculation {
                 key,
                 cancel: cancel.clone(),

@@ -58,6 +58,10 @@ pub struct Utterance {
     pub smart_turn: Option<SmartTurnVerdict>,
 }
 
+/// The length of the `initial_prompt` made from an intents file (`intents.stt_prompt =
+/// "auto"`): Whisper keeps the last 223 tokens of a prompt.
+pub const STT_PROMPT_WORDS: usize = 120;
+
 /// How the voice loop answers; fixed at construction.
 #[derive(Debug, Clone)]
 pub struct TurnsConfig {
@@ -81,6 +85,10 @@ pub struct TurnsConfig {
     /// `intents.llm_fallback`: a question no template matches is asked with the intents as
     /// tools.
     pub llm_fallback: bool,
+    /// `intents.stt_prompt`, resolved: Whisper's `initial_prompt` for spoken turns.
+    pub stt_prompt: Option<Arc<str>>,
+    /// `intents.fuzzy` and `intents.fuzzy_min_confidence`: the tolerant match's bound, when on.
+    pub fuzzy: Option<f32>,
 }
 
 impl TurnsConfig {
@@ -94,6 +102,15 @@ impl TurnsConfig {
             answer_timeout: Duration::from_millis(config.intents.reply_timeout_ms),
             fallback: config.intents.fallback.clone(),
             llm_fallback: config.intents.llm_fallback,
+            stt_prompt: match (config.intents.stt_prompt.as_str(), &config.intents.set) {
+                ("", _) | ("auto", None) => None,
+                ("auto", Some(set)) => Some(set.stt_prompt(STT_PROMPT_WORDS).into()),
+                (text, _) => Some(text.into()),
+            },
+            fuzzy: config
+                .intents
+                .fuzzy
+                .then_some(config.intents.fuzzy_min_confidence as f32),
         }
     }
 }
@@ -116,6 +133,8 @@ struct Inner {
     intents: Option<Arc<IntentSet>>,
     answer_timeout: Duration,
     fallback: String,
+    /// `intents.fuzzy_min_confidence` when `intents.fuzzy` is on.
+    fuzzy: Option<f32>,
     /// Whether the last turn that ended was answered (the wake word's follow-up window).
     last_answered: AtomicBool,
     /// The intents as tools (OpenAI shape), when `intents.llm_fallback` is on.
@@ -212,6 +231,7 @@ impl Turns {
             config.speculate_answers && !llm_recognizer,
             config.session,
             config.intents.clone(),
+            config.stt_prompt.clone(),
         );
         Turns {
             inner: Arc::new(Inner {
@@ -228,6 +248,7 @@ impl Turns {
                     .filter(|_| config.llm_fallback)
                     .map(|set| Arc::new(set.tools())),
                 fallback: config.fallback,
+                fuzzy: config.fuzzy,
                 last_answered: AtomicBool::new(false),
                 waiting: Mutex::new(HashMap::new()),
             }),
@@ -487,6 +508,7 @@ impl Turns {
                     None => match transcribe(
                         inner.answerer.stages.stt.as_ref(),
                         u.samples,
+                        inner.speculator.stt_prompt(),
                         cancel.clone(),
                     ) {
                         Ok(pending) => pending.await,
@@ -535,6 +557,17 @@ impl Turns {
             .as_deref()
             .filter(|_| !cancel.load(Ordering::Relaxed))
             .and_then(|q| inner.intents.as_ref()?.recognize(q));
+        // 2a. No template matched: the tolerant match (`intents.fuzzy`).
+        if matched.is_none()
+            && let Some(min) = inner.fuzzy
+            && let Some(q) = question.as_deref()
+            && !cancel.load(Ordering::Relaxed)
+        {
+            matched = inner
+                .intents
+                .as_ref()
+                .and_then(|set| set.recognize_fuzzy(q, min));
+        }
         // 2b. No template matched: the LLM with the intents as tools; a call is the intent,
         // a plain answer is spoken.
         let mut plain = None;

@@ -18,8 +18,10 @@
 //! The LLM recognizer (tool calls under a grammar) is meant to produce the same
 //! [`IntentMatch`] with [`Recognizer::Llm`] and its own confidence.
 
+pub mod fuzzy;
 mod ground;
 pub mod normalize;
+pub mod prompt;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -89,6 +91,8 @@ pub enum Recognizer {
     Template,
     /// The LLM's tool call under a grammar ([`IntentSet::tools`], [`IntentSet::tool_call`]).
     Llm,
+    /// The tolerant second look ([`IntentSet::recognize_fuzzy`]).
+    Fuzzy,
 }
 
 impl Recognizer {
@@ -96,6 +100,7 @@ impl Recognizer {
         match self {
             Recognizer::Template => "template",
             Recognizer::Llm => "llm",
+            Recognizer::Fuzzy => "fuzzy",
         }
     }
 }

@@ -384,3 +384,86 @@ fn the_bench_commands_match_as_written() {
     }
     assert!(n >= 60, "{n} commands");
 }
+
+#[test]
+fn the_stt_prompt_is_example_commands_with_the_slot_values() {
+    let set = robot();
+    let prompt = set.stt_prompt(120);
+    // The budget counts a slot value of several words ("in reverse") as one.
+    let words = prompt.split_whitespace().count();
+    assert!((60..=140).contains(&words), "{words} words: {prompt}");
+    for word in ["forward", "backward", "left", "kitchen", "battery", "red"] {
+        assert!(
+            prompt.to_lowercase().contains(word),
+            "{word:?} not in {prompt}"
+        );
+    }
+    // Sentences, each one the templates match.
+    for sentence in prompt.split(". ") {
+        assert!(
+            set.recognize(sentence).is_some(),
+            "{sentence:?} in {prompt}"
+        );
+    }
+    assert_eq!(prompt, set.stt_prompt(120));
+    // A small file: every word fits.
+    let small = IntentSet::parse(
+        "[[intent]]\nname = \"fan\"\nsentences = [\"(turn|switch) the fan {state}\"]\n\
+         [intent.slots.state]\ntype = \"enum\"\nvalues = [\"on\", \"off\"]\n",
+        "fan.toml",
+    )
+    .unwrap();
+    let p = small.stt_prompt(120);
+    for word in ["turn", "switch", "fan", "on", "off"] {
+        assert!(p.to_lowercase().contains(word), "{word:?} not in {p}");
+    }
+}
+
+#[test]
+fn the_fuzzy_match_takes_close_words_and_never_guesses() {
+    let set = robot();
+    let fuzzy = |text: &str| {
+        assert!(set.recognize(text).is_none(), "{text:?} matches a template");
+        set.recognize_fuzzy(text, 0.8).map(|m| {
+            assert_eq!(m.recognizer, Recognizer::Fuzzy);
+            assert!((0.8..1.0).contains(&m.confidence), "{m:?}");
+            let slots: Vec<(String, SlotValue)> =
+                m.slots.into_iter().map(|s| (s.name, s.value)).collect();
+            (m.name, slots)
+        })
+    };
+    let text = |s: &str| SlotValue::Text(s.into());
+    assert_eq!(
+        fuzzy("which the lamp on."),
+        Some(("lights".into(), vec![("state".into(), text("on"))]))
+    );
+    assert_eq!(
+        fuzzy("How much matter do you have left?"),
+        Some(("battery".into(), vec![]))
+    );
+    assert_eq!(
+        fuzzy("Ride back one meter."),
+        Some((
+            "move".into(),
+            vec![
+                ("direction".into(), text("backward")),
+                ("distance".into(), SlotValue::Number(1.0))
+            ]
+        ))
+    );
+    for not_a_command in [
+        "What is the capital of France?",
+        "How much money do you have left?",
+        // Extra words next to a number: "for the five" is not 5.
+        "Turn right for the five degrees.",
+        // "light" is as near "left" as "right".
+        "rotate to the light",
+        // One word differs in a two-word command.
+        "start moving",
+        "he might even have been made amiable himself",
+    ] {
+        assert_eq!(fuzzy(not_a_command), None, "{not_a_command:?}");
+    }
+    assert!(fuzzy::distance("lamb", "lamp") <= fuzzy::MAX_SUBSTITUTION);
+    assert!(fuzzy::distance("money", "battery") > fuzzy::MAX_SUBSTITUTION);
+}
