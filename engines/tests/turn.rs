@@ -88,9 +88,9 @@ fn probabilities_match_onnxruntime() {
         close += usize::from(d <= 1e-3);
     }
     assert!(
-        close * 4 >= table.len() * 3,
+        close * 4 >= run.len() * 3,
         "only {close} of {} within 1e-3",
-        table.len()
+        run.len()
     );
     // The table must test something: the probabilities differ between whole and cut clips.
     let spread = table.iter().map(|t| t.2).fold(f32::NEG_INFINITY, f32::max)
