@@ -21,7 +21,7 @@
 
 use super::normalize::{Token, homophone, numbers_at, tokenize};
 use super::template::Node;
-use super::{Intent, IntentMatch, IntentSet, SlotKind, SlotMatch, SlotValue, always_fills};
+use super::{Intent, IntentMatch, IntentSet, SlotKind, SlotMatch, SlotValue};
 
 /// English words that say nothing about which command is meant.
 const FUNCTION_WORDS: &[&str] = &[
@@ -160,7 +160,7 @@ impl IntentSet {
                     value: value.clone(),
                     raw: raw.clone(),
                 });
-            } else if intent.templates.iter().all(|t| always_fills(t, i)) {
+            } else if intent.requires(i) {
                 let what = given.map_or_else(
                     || "no value".to_string(),
                     |g| format!("{:?}", m.slots[g].value),

@@ -368,6 +368,14 @@ impl IntentSet {
     }
 }
 
+impl Intent {
+    /// Whether slot `s` is required: every template fills it (a tool schema's `required`,
+    /// and what grounding may not drop).
+    fn requires(&self, s: usize) -> bool {
+        self.templates.iter().all(|t| always_fills(t, s))
+    }
+}
+
 /// Whether every way through `nodes` fills slot `s`.
 fn always_fills(nodes: &[Node], s: usize) -> bool {
     nodes.iter().any(|n| match n {
@@ -421,7 +429,7 @@ impl IntentSet {
                         SlotKind::Text => json!({"type": "string", "minLength": 1}),
                     };
                     props.insert(slot.name.clone(), schema);
-                    if intent.templates.iter().all(|t| always_fills(t, i)) {
+                    if intent.requires(i) {
                         required.push(slot.name.clone());
                     }
                 }
