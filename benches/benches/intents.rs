@@ -9,6 +9,7 @@
 //! cargo bench -p sotad-benches --bench intents -- grammar           # constrained vs unconstrained decoding
 //! cargo bench -p sotad-benches --bench intents -- typed [llm|templates]  # turn/text: templates vs templates + LLM
 //! cargo bench -p sotad-benches --bench intents -- transcribed --no-prompt  # without the intents' initial_prompt
+//! INTENTS_STT_MODEL=whisper-base-ct2 cargo bench -p sotad-benches --bench intents -- transcribed  # another Whisper
 //! cargo bench -p sotad-benches --bench intents -- fuzzy             # fuzzy false accepts on text (no models)
 //! cargo bench -p sotad-benches --bench intents -- prompt-wer        # ordinary speech with and without the prompt
 //! ```
@@ -525,17 +526,23 @@ fn transcribed(voices: &[&str], prompt: bool) {
         &LoadOptions::default(),
     )
     .expect("the Piper voice (scripts/install-models.sh)");
+    // `INTENTS_STT_MODEL` (a directory or file in the models dir) to compare Whisper models.
+    let stt_model =
+        std::env::var("INTENTS_STT_MODEL").unwrap_or_else(|_| "whisper-tiny.en-ct2".into());
+    println!("transcribed with {stt_model}");
     let whisper = Whisper::load(
-        models.join("whisper-tiny.en-ct2"),
+        models.join(&stt_model),
         &SttLoad {
             threads: 2,
             ..Default::default()
         },
     )
-    .expect("Whisper tiny.en (scripts/install-models.sh)");
+    .expect("the Whisper model (scripts/install-models.sh)");
     // As the daemon does with `intents.stt_prompt = "auto"` (its default).
     let opts = TranscribeOptions {
         initial_prompt: prompt.then(|| set.stt_prompt(PROMPT_WORDS)),
+        // A multilingual model is told the language, as `stt.language = "en"` does.
+        language: Some("en".into()),
         ..TranscribeOptions::default()
     };
     println!("transcribed: initial_prompt {:?}", opts.initial_prompt);

@@ -9,6 +9,7 @@
 //! cargo bench -p sotad-benches --bench voice -- idle 600     # idle, 600 s
 //! SOTAD__VOICE__WAKE_WORDS=hey_jarvis cargo bench -p sotad-benches --bench voice -- idle 600  # idle, waiting for a wake word
 //! cargo bench -p sotad-benches --bench voice -- split        # early endpoint's false splits
+//! cargo bench -p sotad-benches --bench voice -- soak 1800    # memory over 30 min, a turn a minute
 //! SOTAD__VAD__SPECULATE_MS=0 cargo bench -p sotad-benches --bench voice   # no speculative STT
 //! SOTAD_BENCH_CONFIG=configs/low-latency.toml cargo bench -p sotad-benches --bench voice
 //! SOTAD__LLM__MODEL=smollm2-135m-instruct-q4_1.gguf cargo bench -p sotad-benches --bench voice  # another LLM
@@ -607,6 +608,72 @@ fn idle(secs: u64) {
     );
 }
 
+/// Issue 25's soak: no growth of anonymous memory while the loop keeps serving.
+/// The microphone hears faint noise with one spoken question at the start of every minute
+/// (the question set, cycled); just before each question the daemon's RSS and CPU are read.
+/// The first ten minutes (half of a shorter soak) are the warm-up: pools, caches and the
+/// allocator's arenas fill, and the conversation reaches `llm.session_turns` (8), so the KV
+/// cache's pages for its longest length are touched; growth is the anonymous RSS at the end
+/// against its highest value in the warm-up.
+fn soak(secs: u64) {
+    let minutes = (secs / 60).max(6) as usize;
+    let models = models_dir();
+    let set = question_set();
+    let voice = piper_voice(&models);
+    let mut raw = Vec::new();
+    for m in 0..minutes {
+        let mono = speak(&voice, &set[m % set.len()].text);
+        push_samples(&mut raw, &mono);
+        // The rest of the minute: room tone (bytes: 2 per sample).
+        let rest = 60.0 - mono.len() as f64 / 16_000.0;
+        raw.extend(room_tone(rest.max(5.0)));
+    }
+    raw.extend(room_tone(60.0));
+    drop(voice);
+    println!(
+        "voice soak: {minutes} minutes, one spoken question a minute on faint noise, the defaults"
+    );
+    let daemon = start(&raw, 30);
+    let pid = daemon.child.id();
+    let t0 = Instant::now();
+    let mut turns = Vec::new();
+    let mut anon = Vec::new();
+    let mut last_cpu = (proc_figures(pid).0, t0);
+    for m in 1..=minutes {
+        // Read the figures a little before the next question starts (the turn is over).
+        let at = Duration::from_secs(60 * m as u64 - 2);
+        while t0.elapsed() < at {
+            if let Ok(line) = daemon.lines.recv_timeout(Duration::from_millis(500))
+                && let Some(p) = line.strip_prefix("sotad/bench/turn/done ")
+            {
+                turns.push(serde_json::from_str::<serde_json::Value>(p).unwrap_or_default());
+            }
+        }
+        let (cpu, rss, a) = proc_figures(pid);
+        let now = Instant::now();
+        let pct = 100.0 * (cpu - last_cpu.0) / now.duration_since(last_cpu.1).as_secs_f64();
+        last_cpu = (cpu, now);
+        anon.push(a as f64 / 1024.0);
+        println!(
+            "  minute {m:3}  turns {:3}  cpu {pct:5.2} %  rss {:6.1} MiB  anon {:6.1} MiB",
+            turns.len(),
+            rss as f64 / 1024.0,
+            a as f64 / 1024.0
+        );
+    }
+    let answered = turns.iter().filter(|t| t["outcome"] == "answered").count();
+    let warmup = 10.min(minutes / 2);
+    let warm = anon[..warmup].iter().copied().fold(f64::MIN, f64::max);
+    let end = *anon.last().unwrap_or(&0.0);
+    let peak = anon.iter().copied().fold(f64::MIN, f64::max);
+    println!(
+        "soak over {:.0} s: {} turns ({answered} answered) for {minutes} questions; anonymous RSS highest in the first {warmup} minutes {warm:.1} MiB, at the end {end:.1} MiB (growth {:+.1} MiB; target: none), peak {peak:.1} MiB (target {ANON_AFTER_TURNS_TARGET_MIB:.0} MiB)",
+        t0.elapsed().as_secs_f64(),
+        turns.len(),
+        end - warm,
+    );
+}
+
 /// Smart Turn's part (`[turn]`): turns it ended, and its decisions' probability and time.
 fn smart_turn_summary(turns: &[serde_json::Value]) {
     let asked: Vec<&serde_json::Value> = turns
@@ -753,6 +820,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("idle") => idle(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(600)),
         Some("split") => split(),
+        Some("soak") => soak(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1800)),
         _ => latency(),
     }
 }
