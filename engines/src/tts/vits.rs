@@ -464,7 +464,7 @@ struct Dp {
 #[derive(Debug, Clone)]
 enum DurationPredictor {
     Stochastic(Box<Sdp>),
-    Deterministic(Dp),
+    Deterministic(Box<Dp>),
 }
 
 const TAIL_BOUND: f32 = 5.0;
@@ -1082,7 +1082,7 @@ impl Vits {
                 DurationPredictor::Stochastic(Box::new(Sdp::load(voice, &c)?))
             }
             DurationPredictorConfig::Deterministic { .. } => {
-                DurationPredictor::Deterministic(Dp::load(voice, &c)?)
+                DurationPredictor::Deterministic(Box::new(Dp::load(voice, &c)?))
             }
         };
         let flows = (0..c.flow.n_flows)
