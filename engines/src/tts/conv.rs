@@ -6,9 +6,10 @@
 //! spinning between small element-wise ops. Here a convolution is `K` accumulating matrix
 //! products, one per tap, each reading a shifted window of the zero-padded input in place
 //! (no im2col). The bias, an optional leaky ReLU on the input and an optional residual are
-//! fused into the copies that happen anyway. A transposed convolution is one product
-//! (`[C_out * K, C_in] x [C_in, L]`) and a scatter-add of its columns (col2im). Work is split by
-//! output columns over the current rayon pool; each part runs `gemm` single-threaded.
+//! fused into the copies that happen anyway. A transposed convolution is computed by output
+//! phases (one product per block of input columns, see [`ConvTranspose1d`]). Work is split by
+//! output columns over the current rayon pool, or by output channels when the input is too
+//! short to split (a sentence's phonemes); each part runs `gemm` single-threaded.
 
 /// The activation applied to the input before convolving.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,24 +20,18 @@ pub(crate) enum Act {
     Leaky(f32),
 }
 
-impl Act {
-    #[inline]
-    fn apply(self, v: f32) -> f32 {
-        match self {
-            Act::Identity => v,
-            Act::Leaky(s) => {
-                if v >= 0.0 {
-                    v
-                } else {
-                    v * s
-                }
-            }
-        }
-    }
-}
-
 /// Columns below which a part is not split further.
 const MIN_COLS: usize = 96;
+
+/// Output channels below which a convolution too short to split by columns is not split by
+/// rows either.
+const MIN_ROWS: usize = 32;
+
+/// Multiply-adds below which a short convolution runs on one thread (a fork-join costs a few
+/// microseconds).
+const MIN_ROW_SPLIT_MACS: usize = 1 << 20;
+
+use std::mem::MaybeUninit;
 
 use crate::mapped::Frozen;
 use crate::par::SendPtr;
@@ -190,8 +185,23 @@ impl Conv1d {
     /// is what makes the narrow, long layers at the end of the decoder fast.
     pub fn forward(&self, x: &[f32], l: usize, act: Act, residual: Option<&[f32]>) -> Vec<f32> {
         debug_assert_eq!(x.len(), self.c_in * l);
-        let mut y = vec![0f32; self.c_out * l];
+        // Not zeroed: every element is written by `init_rows` before the product adds to it
+        // (zeroing and first-touch page faults of the fresh buffer cost about 8% of the
+        // decoder's time).
+        let n = self.c_out * l;
+        let mut y = Vec::<f32>::with_capacity(n);
         let depth = self.k * self.c_in;
+        let threads = rayon::current_num_threads().max(1);
+        if threads > 1
+            && l <= MIN_COLS
+            && self.c_out >= 2 * MIN_ROWS
+            && self.c_out * depth * l >= MIN_ROW_SPLIT_MACS
+        {
+            self.forward_rows(x, l, act, residual, SendPtr(y.as_mut_ptr()), threads);
+            // SAFETY: forward_rows wrote all c_out * l elements.
+            unsafe { y.set_len(n) };
+            return y;
+        }
         // About 256 KiB of gathered input per block, a multiple of 16 columns.
         let block = ((65_536 / depth.max(1)) / 16 * 16).clamp(16, 1024);
         let dst = SendPtr(y.as_mut_ptr());
@@ -200,49 +210,9 @@ impl Conv1d {
             let mut b0 = l0;
             while b0 < l1 {
                 let bw = block.min(l1 - b0);
-                // Gather: col[(t * c_in + i) * bw + j] = act(x[i, b0 + j + t * d - pad_l]).
-                for t in 0..self.k {
-                    let shift = t * self.dilation;
-                    for i in 0..self.c_in {
-                        let row = &mut col[(t * self.c_in + i) * bw..(t * self.c_in + i + 1) * bw];
-                        let src = &x[i * l..(i + 1) * l];
-                        // Valid j: 0 <= b0 + j + shift - pad_l < l.
-                        let start = b0 + shift; // position + pad_l
-                        let j_lo = self.pad_l.saturating_sub(start).min(bw);
-                        let j_hi = (l + self.pad_l).saturating_sub(start).min(bw).max(j_lo);
-                        row[..j_lo].fill(0.0);
-                        row[j_hi..].fill(0.0);
-                        if j_lo == j_hi {
-                            continue;
-                        }
-                        let from = start + j_lo - self.pad_l;
-                        let seg = &mut row[j_lo..j_hi];
-                        let src = &src[from..from + seg.len()];
-                        match act {
-                            Act::Identity => seg.copy_from_slice(src),
-                            Act::Leaky(slope) => {
-                                for (r, &v) in seg.iter_mut().zip(src) {
-                                    *r = if v >= 0.0 { v } else { v * slope };
-                                }
-                            }
-                        }
-                    }
-                }
-                // Bias and residual.
-                for o in 0..self.c_out {
-                    // SAFETY: columns b0..b0 + bw of row o belong to this part alone.
-                    let row =
-                        unsafe { std::slice::from_raw_parts_mut(dst.get().add(o * l + b0), bw) };
-                    match residual {
-                        Some(r) => {
-                            let bias = self.bias[o];
-                            for (d, &rv) in row.iter_mut().zip(&r[o * l + b0..o * l + b0 + bw]) {
-                                *d = rv + bias;
-                            }
-                        }
-                        None => row.fill(self.bias[o]),
-                    }
-                }
+                self.gather(x, l, act, b0, bw, &mut col[..depth * bw]);
+                // SAFETY: columns b0..b0 + bw of every row belong to this part alone.
+                unsafe { self.init_rows(dst, l, b0, bw, 0, self.c_out, residual) };
                 // SAFETY: dst rows have stride l and this block's columns are this part's; the
                 // weights are [c_out, depth] and col is [depth, bw], both contiguous.
                 unsafe {
@@ -262,11 +232,141 @@ impl Conv1d {
                 b0 += bw;
             }
         });
+        // SAFETY: the parts cover columns 0..l, and init_rows wrote every row of each block.
+        unsafe { y.set_len(n) };
         y
+    }
+
+    /// [`Conv1d::forward`] for short inputs (a sentence's phonemes, a streamed window's
+    /// first layers), too narrow to split by columns: the input is gathered once, and the
+    /// threads split the output channels.
+    fn forward_rows(
+        &self,
+        x: &[f32],
+        l: usize,
+        act: Act,
+        residual: Option<&[f32]>,
+        dst: SendPtr,
+        threads: usize,
+    ) {
+        let depth = self.k * self.c_in;
+        let mut col = vec![0f32; depth * l];
+        self.gather(x, l, act, 0, l, &mut col);
+        let parts = threads.min(self.c_out / MIN_ROWS).max(1);
+        // Parts of whole 16-row tiles.
+        let per = self.c_out.div_ceil(parts).div_ceil(16) * 16;
+        let col = &col;
+        let work = |o0: usize, o1: usize| {
+            // SAFETY: rows o0..o1 of dst belong to this part alone; the weights' rows o0..o1
+            // are [o1 - o0, depth] at o0 * depth, col is [depth, l].
+            unsafe {
+                self.init_rows(dst, l, 0, l, o0, o1, residual);
+                gemm_acc(
+                    o1 - o0,
+                    l,
+                    depth,
+                    dst.get().add(o0 * l),
+                    l,
+                    self.w.as_ptr().add(o0 * depth),
+                    depth,
+                    1,
+                    col.as_ptr(),
+                    l,
+                );
+            }
+        };
+        let work = &work;
+        rayon::scope(|s| {
+            for p in 1..parts {
+                let (o0, o1) = ((p * per).min(self.c_out), ((p + 1) * per).min(self.c_out));
+                if o0 < o1 {
+                    s.spawn(move |_| work(o0, o1));
+                }
+            }
+            work(0, per.min(self.c_out));
+        });
+    }
+
+    /// Gathers `col[(t * c_in + i) * bw + j] = act(x[i, b0 + j + t * d - pad_l])` (zero
+    /// outside the input) for the `bw` columns from `b0`.
+    fn gather(&self, x: &[f32], l: usize, act: Act, b0: usize, bw: usize, col: &mut [f32]) {
+        for t in 0..self.k {
+            let shift = t * self.dilation;
+            for i in 0..self.c_in {
+                let row = &mut col[(t * self.c_in + i) * bw..(t * self.c_in + i + 1) * bw];
+                let src = &x[i * l..(i + 1) * l];
+                // Valid j: 0 <= b0 + j + shift - pad_l < l.
+                let start = b0 + shift; // position + pad_l
+                let j_lo = self.pad_l.saturating_sub(start).min(bw);
+                let j_hi = (l + self.pad_l).saturating_sub(start).min(bw).max(j_lo);
+                row[..j_lo].fill(0.0);
+                row[j_hi..].fill(0.0);
+                if j_lo == j_hi {
+                    continue;
+                }
+                let from = start + j_lo - self.pad_l;
+                let seg = &mut row[j_lo..j_hi];
+                let src = &src[from..from + seg.len()];
+                match act {
+                    Act::Identity => seg.copy_from_slice(src),
+                    Act::Leaky(slope) => {
+                        for (r, &v) in seg.iter_mut().zip(src) {
+                            *r = if v >= 0.0 { v } else { v * slope };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets columns `b0..b0 + bw` of output rows `o0..o1` to the bias plus the residual
+    /// (the buffer may be uninitialized before).
+    ///
+    /// # Safety
+    /// `dst` is `[c_out, l]` (allocated, maybe uninitialized), and those columns of those
+    /// rows are the caller's alone.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn init_rows(
+        &self,
+        dst: SendPtr,
+        l: usize,
+        b0: usize,
+        bw: usize,
+        o0: usize,
+        o1: usize,
+        residual: Option<&[f32]>,
+    ) {
+        for o in o0..o1 {
+            // SAFETY: as the caller promises.
+            let row = unsafe {
+                std::slice::from_raw_parts_mut(
+                    dst.get().add(o * l + b0).cast::<MaybeUninit<f32>>(),
+                    bw,
+                )
+            };
+            let bias = self.bias[o];
+            match residual {
+                Some(r) => {
+                    for (d, &rv) in row.iter_mut().zip(&r[o * l + b0..o * l + b0 + bw]) {
+                        d.write(rv + bias);
+                    }
+                }
+                None => row.iter_mut().for_each(|d| {
+                    d.write(bias);
+                }),
+            }
+        }
     }
 }
 
 /// A 1-D transposed convolution (`ConvTranspose1d`, dilation 1).
+///
+/// Computed by phases: output `n` with `n + pad = q * stride + r` (`0 <= r < stride`) is
+/// `sum_m sum_i w[i, o, r + m * stride] * x[i, q - m]`, an ordinary convolution of the input
+/// with `ceil(K / stride)` taps for each phase `r`. All phases share one gathered input, so
+/// a block of input columns is one product `[stride * C_out, taps * C_in] x [taps * C_in, B]`
+/// whose rows are then interleaved into the output: no `[C_out * K, L]` intermediate and no
+/// scatter-add.
 #[derive(Debug, Clone)]
 pub(crate) struct ConvTranspose1d {
     pub c_in: usize,
@@ -274,8 +374,10 @@ pub(crate) struct ConvTranspose1d {
     k: usize,
     stride: usize,
     pad: usize,
-    /// PyTorch's layout `[C_in, C_out, K]`: row `i` of the `[C_out * K, C_in]` product's
-    /// left operand is column `i` here.
+    /// Taps per phase, `ceil(K / stride)`.
+    taps: usize,
+    /// `[stride][C_out][taps][C_in]`: row `r * C_out + o`, column `m * C_in + i` is
+    /// `w[i, o, r + m * stride]` (0 past the kernel).
     w: Frozen<f32>,
     bias: Vec<f32>,
 }
@@ -291,13 +393,31 @@ impl ConvTranspose1d {
         stride: usize,
         pad: usize,
     ) -> Self {
+        let stride = stride.max(1);
+        let taps = k.div_ceil(stride);
+        let depth = taps * c_in;
+        let mut wp = vec![0f32; stride * c_out * depth];
+        for r in 0..stride {
+            for o in 0..c_out {
+                for m in 0..taps {
+                    let t = r + m * stride;
+                    if t >= k {
+                        continue;
+                    }
+                    for i in 0..c_in {
+                        wp[(r * c_out + o) * depth + m * c_in + i] = w[(i * c_out + o) * k + t];
+                    }
+                }
+            }
+        }
         Self {
             c_in,
             c_out,
             k,
             stride,
             pad,
-            w: Frozen::new(w),
+            taps,
+            w: Frozen::new(wp),
             bias,
         }
     }
@@ -314,69 +434,100 @@ impl ConvTranspose1d {
 
     /// `bias + convtranspose(act(x))` for `x` `[C_in, l]`; returns `[C_out, out_len(l)]`.
     pub fn forward(&self, x: &[f32], l: usize, act: Act) -> Vec<f32> {
-        let xa: Vec<f32> = x.iter().map(|&v| act.apply(v)).collect();
-        let rows = self.c_out * self.k;
-        let mut col = vec![0f32; rows * l];
-        let dst = SendPtr(col.as_mut_ptr());
-        let rhs = SendPtr(xa.as_ptr().cast_mut());
-        par_columns(l, |l0, l1| {
-            // SAFETY: col is [rows, l], this part writes columns l0..l1; w is [c_in, rows],
-            // read transposed (row stride 1, column stride rows); xa is [c_in, l].
-            unsafe {
-                gemm_acc(
-                    rows,
-                    l1 - l0,
-                    self.c_in,
-                    dst.get().add(l0),
-                    l,
-                    self.w.as_ptr(),
-                    1,
-                    rows,
-                    rhs.get().add(l0),
-                    l,
-                );
-            }
-        });
+        debug_assert_eq!(x.len(), self.c_in * l);
         let lo = self.out_len(l);
-        let mut y = vec![0f32; self.c_out * lo];
-        let (k, s, p) = (self.k, self.stride, self.pad);
-        let out = SendPtr(y.as_mut_ptr());
-        let col = &col;
-        let c_out = self.c_out;
-        let bias = &self.bias;
-        // Scatter-add, split by output channel.
-        let threads = rayon::current_num_threads().max(1);
-        let per = c_out.div_ceil(threads);
-        let work = |o0: usize, o1: usize| {
-            for o in o0..o1 {
-                // SAFETY: channel rows o0..o1 are this task's alone.
-                let row = unsafe { std::slice::from_raw_parts_mut(out.get().add(o * lo), lo) };
-                row.fill(bias[o]);
-                for t in 0..k {
-                    let c = &col[(o * k + t) * l..(o * k + t + 1) * l];
-                    for (j, &v) in c.iter().enumerate() {
-                        let pos = j * s + t;
-                        if pos >= p && pos - p < lo {
-                            row[pos - p] += v;
+        // Not zeroed: the blocks write every output once (see the interleave).
+        let n = self.c_out * lo;
+        let mut y = Vec::<f32>::with_capacity(n);
+        if lo == 0 {
+            return y;
+        }
+        let (s, p, c_in, c_out) = (self.stride, self.pad, self.c_in, self.c_out);
+        let depth = self.taps * c_in;
+        let rows = s * c_out;
+        // Phase columns q: n = q * s + r - p for 0 <= n < lo.
+        let nq = (lo - 1 + p) / s + 1;
+        // About 256 KiB of gathered input and of product per block, 16-column multiples.
+        let block = ((65_536 / depth.max(rows).max(1)) / 16 * 16).clamp(16, 1024);
+        let dst = SendPtr(y.as_mut_ptr());
+        par_columns(nq, |q0, q1| {
+            let cap = block.min(q1 - q0);
+            let mut col = vec![0f32; depth * cap];
+            let mut tmp = vec![0f32; rows * cap];
+            let mut b0 = q0;
+            while b0 < q1 {
+                let bw = block.min(q1 - b0);
+                let col = &mut col[..depth * bw];
+                // col[(m * c_in + i) * bw + j] = act(x[i, b0 + j - m]), 0 outside.
+                for m in 0..self.taps {
+                    for i in 0..c_in {
+                        let row = &mut col[(m * c_in + i) * bw..(m * c_in + i + 1) * bw];
+                        let src = &x[i * l..(i + 1) * l];
+                        // Valid j: 0 <= b0 + j - m < l.
+                        let j_lo = m.saturating_sub(b0).min(bw);
+                        let j_hi = (l + m).saturating_sub(b0).min(bw).max(j_lo);
+                        row[..j_lo].fill(0.0);
+                        row[j_hi..].fill(0.0);
+                        if j_lo == j_hi {
+                            continue;
+                        }
+                        let from = b0 + j_lo - m;
+                        let seg = &mut row[j_lo..j_hi];
+                        let src = &src[from..from + seg.len()];
+                        match act {
+                            Act::Identity => seg.copy_from_slice(src),
+                            Act::Leaky(slope) => {
+                                for (r, &v) in seg.iter_mut().zip(src) {
+                                    *r = if v >= 0.0 { v } else { v * slope };
+                                }
+                            }
                         }
                     }
                 }
-            }
-        };
-        if threads == 1 || c_out < 2 {
-            work(0, c_out);
-        } else {
-            let work = &work;
-            rayon::scope(|sc| {
-                for q in 1..threads {
-                    let (o0, o1) = ((q * per).min(c_out), ((q + 1) * per).min(c_out));
-                    if o0 < o1 {
-                        sc.spawn(move |_| work(o0, o1));
+                let tmp = &mut tmp[..rows * bw];
+                for (rr, row) in tmp.chunks_exact_mut(bw).enumerate() {
+                    row.fill(self.bias[rr % c_out]);
+                }
+                // SAFETY: tmp is [rows, bw], the weights [rows, depth], col [depth, bw], all
+                // contiguous and distinct.
+                unsafe {
+                    gemm_acc(
+                        rows,
+                        bw,
+                        depth,
+                        tmp.as_mut_ptr(),
+                        bw,
+                        self.w.as_ptr(),
+                        depth,
+                        1,
+                        col.as_ptr(),
+                        bw,
+                    );
+                }
+                // Interleave the phases: y[o, q * s + r - p] = tmp[r * c_out + o, q - b0].
+                // Outputs n with (n + p) / s in b0..b0 + bw are this block's alone.
+                let n_lo = (b0 * s).saturating_sub(p);
+                let n_hi = ((b0 + bw) * s).saturating_sub(p).min(lo);
+                for o in 0..c_out {
+                    // SAFETY: row o's outputs n_lo..n_hi belong to this block alone.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            dst.get().add(o * lo + n_lo).cast::<MaybeUninit<f32>>(),
+                            n_hi - n_lo,
+                        )
+                    };
+                    for (d, n) in out.iter_mut().zip(n_lo..n_hi) {
+                        let (q, r) = ((n + p) / s, (n + p) % s);
+                        d.write(tmp[(r * c_out + o) * bw + q - b0]);
                     }
                 }
-                work(0, per.min(c_out));
-            });
-        }
+                b0 += bw;
+            }
+        });
+        // SAFETY: the blocks' output ranges [max(0, b0 * s - p), min(lo, (b0 + bw) * s - p))
+        // follow each other from 0, and the last block (q up to nq - 1) reaches lo, since
+        // nq * s - p >= lo.
+        unsafe { y.set_len(n) };
         y
     }
 }
@@ -433,6 +584,8 @@ mod tests {
             (8, 16, 5, 2, 700),
             (2, 3, 4, 1, 9),
             (5, 3, 1, 1, 33),
+            // Short and wide: split by output channels on 2 threads.
+            (80, 64, 3, 1, 70),
         ] {
             let w: Vec<f32> = (0..c_out * c_in * k).map(|_| r()).collect();
             let b: Vec<f32> = (0..c_out).map(|_| r()).collect();
@@ -457,36 +610,51 @@ mod tests {
 
     #[test]
     fn conv_transpose_matches_the_definition() {
-        let (c_in, c_out, k, s, p, l) = (3, 2, 16, 8, 4, 7);
-        let w: Vec<f32> = (0..c_in * c_out * k)
-            .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
-            .collect();
-        let b = vec![0.5, -0.25];
-        let x: Vec<f32> = (0..c_in * l)
-            .map(|i| ((i * 5) % 11) as f32 * 0.2 - 1.0)
-            .collect();
-        let ct = ConvTranspose1d::new(w.clone(), c_in, c_out, k, b.clone(), s, p);
-        let lo = ct.out_len(l);
-        assert_eq!(lo, l * s);
-        let y = ct.forward(&x, l, Act::Identity);
-        let mut want = vec![0f32; c_out * lo];
-        for o in 0..c_out {
-            for v in &mut want[o * lo..(o + 1) * lo] {
-                *v = b[o];
-            }
-            for i in 0..c_in {
-                for j in 0..l {
-                    for t in 0..k {
-                        let pos = j * s + t;
-                        if pos >= p && pos - p < lo {
-                            want[o * lo + pos - p] += x[i * l + j] * w[(i * c_out + o) * k + t];
+        // Piper's geometries (k = s + 2p), an uneven one, and a long input that crosses
+        // blocks and parts.
+        for (c_in, c_out, k, s, p, l) in [
+            (3, 2, 16, 8, 4, 7),
+            (3, 2, 8, 4, 2, 1),
+            (2, 3, 5, 2, 1, 9),
+            (3, 2, 16, 8, 4, 2500),
+        ] {
+            let w: Vec<f32> = (0..c_in * c_out * k)
+                .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
+                .collect();
+            let b: Vec<f32> = (0..c_out).map(|o| 0.5 - 0.75 * o as f32).collect();
+            let x: Vec<f32> = (0..c_in * l)
+                .map(|i| ((i * 5) % 11) as f32 * 0.2 - 1.0)
+                .collect();
+            let ct = ConvTranspose1d::new(w.clone(), c_in, c_out, k, b.clone(), s, p);
+            let lo = ct.out_len(l);
+            assert_eq!(lo, ((l - 1) * s + k) - 2 * p);
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            let y = pool.install(|| ct.forward(&x, l, Act::Leaky(0.1)));
+            let mut want = vec![0f32; c_out * lo];
+            for o in 0..c_out {
+                for v in &mut want[o * lo..(o + 1) * lo] {
+                    *v = b[o];
+                }
+                for i in 0..c_in {
+                    for j in 0..l {
+                        let xv = x[i * l + j];
+                        let xv = if xv >= 0.0 { xv } else { 0.1 * xv };
+                        for t in 0..k {
+                            let pos = j * s + t;
+                            if pos >= p && pos - p < lo {
+                                want[o * lo + pos - p] += xv * w[(i * c_out + o) * k + t];
+                            }
                         }
                     }
                 }
             }
-        }
-        for (a, b) in y.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            assert_eq!(y.len(), want.len());
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-4, "{k} {s} {p} {l}: {a} vs {b}");
+            }
         }
     }
 }

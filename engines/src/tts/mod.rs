@@ -7,8 +7,8 @@
 //! - [`phonemize`] turns espeak-ng's IPA output into the voice's phoneme ids, the way Piper
 //!   does; [`espeak`] runs espeak-ng as a separate program (GPL-3.0: never linked) and
 //!   splits long text into sentences for it.
-//! - [`vits`] is the VITS generator on candle (f32, CPU), with the decoder's and flow's
-//!   convolutions on the tap-wise gemm kernels of `conv.rs`.
+//! - [`vits`] is the VITS generator (f32, CPU) on plain buffers, its convolutions on the
+//!   gemm kernels of `conv.rs`.
 //! - [`Voice`] (`synth.rs`) is the API the daemon calls: text in, one audio chunk per
 //!   sentence out through a callback, as soon as each is ready. [`Synthesizer`] is the
 //!   engine-neutral trait a second engine would implement.

@@ -1,4 +1,4 @@
-//! VITS inference (Piper's generator) on candle, CPU, f32, batch 1.
+//! VITS inference (Piper's generator) on plain `[channels, length]` f32 buffers, CPU, batch 1.
 //!
 //! The stages follow the PyTorch model Piper exports (`SynthesizerTrn.infer`):
 //!
@@ -23,28 +23,11 @@
 
 use std::ops::ControlFlow;
 
-use candle_core::{Device, Tensor};
-
 use super::conv::{Act, Conv1d, ConvTranspose1d, gemm_strided};
 use super::error::{TtsError, TtsErrorKind, TtsFile};
 use super::piper_voice::{DurationPredictorConfig, PiperVoice, ResBlockKind, VitsConfig};
 use crate::error::Result;
-
-/// Converts a candle error into a located [`TtsError`].
-fn ce(stage: &'static str) -> impl Fn(candle_core::Error) -> crate::Error {
-    move |e| {
-        TtsError::new(
-            TtsFile::Request,
-            TtsErrorKind::Inference {
-                stage,
-                reason: e.to_string(),
-            },
-        )
-        .into()
-    }
-}
-
-type CResult<T> = std::result::Result<T, candle_core::Error>;
+use crate::par::SendPtr;
 
 /// Inference scales of one utterance.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,97 +92,8 @@ impl Noise {
 
 // ----- building blocks -------------------------------------------------------------------
 
-fn load(voice: &PiperVoice, name: &str) -> Result<Tensor> {
-    let t = voice.param(name)?;
-    let dims: Vec<usize> = t
-        .dims()
-        .iter()
-        .map(|&d| usize::try_from(d).unwrap_or(0))
-        .collect();
-    let data = t.to_f32_vec()?;
-    Tensor::from_vec(data, dims, &Device::Cpu).map_err(ce("loading weights"))
-}
-
 fn load_vec(voice: &PiperVoice, name: &str) -> Result<Vec<f32>> {
     voice.param(name)?.to_f32_vec()
-}
-
-/// A 1-D convolution with "same" padding (`(k - 1) * d / 2` each side, the extra one on the
-/// right for even kernels, as VITS pads).
-#[derive(Debug, Clone)]
-struct Conv {
-    w: Tensor,
-    /// `[1, out, 1]`.
-    b: Option<Tensor>,
-    pad_l: usize,
-    pad_r: usize,
-    dilation: usize,
-}
-
-impl Conv {
-    fn load(voice: &PiperVoice, name: &str, dilation: usize, bias: bool) -> Result<Self> {
-        let w = load(voice, &format!("{name}.weight"))?;
-        let (out, _, k) = w.dims3().map_err(ce("loading weights"))?;
-        let b = if bias {
-            Some(
-                load(voice, &format!("{name}.bias"))?
-                    .reshape((1, out, 1))
-                    .map_err(ce("loading weights"))?,
-            )
-        } else {
-            None
-        };
-        let span = (k - 1) * dilation;
-        Ok(Self {
-            w,
-            b,
-            pad_l: span / 2,
-            pad_r: span - span / 2,
-            dilation,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let y = if self.pad_l == self.pad_r {
-            x.conv1d(&self.w, self.pad_l, 1, self.dilation, 1)?
-        } else {
-            x.pad_with_zeros(2, self.pad_l, self.pad_r)?
-                .conv1d(&self.w, 0, 1, self.dilation, 1)?
-        };
-        match &self.b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
-    }
-}
-
-/// Layer norm over the channel axis of `[1, C, T]` (VITS `LayerNorm`, eps 1e-5).
-#[derive(Debug, Clone)]
-struct Norm {
-    gamma: Tensor,
-    beta: Tensor,
-}
-
-impl Norm {
-    fn load(voice: &PiperVoice, name: &str) -> Result<Self> {
-        let g = load(voice, &format!("{name}.gamma"))?;
-        let c = g.dims1().map_err(ce("loading weights"))?;
-        Ok(Self {
-            gamma: g.reshape((1, c, 1)).map_err(ce("loading weights"))?,
-            beta: load(voice, &format!("{name}.beta"))?
-                .reshape((1, c, 1))
-                .map_err(ce("loading weights"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let mean = x.mean_keepdim(1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(1)?;
-        xc.broadcast_div(&(var + 1e-5)?.sqrt()?)?
-            .broadcast_mul(&self.gamma)?
-            .broadcast_add(&self.beta)
-    }
 }
 
 // ----- text encoder ------------------------------------------------------------------------
@@ -343,19 +237,19 @@ impl TextEncoder {
         let k = l.k.forward(x, t, Act::Identity, None);
         let v = l.v.forward(x, t, Act::Identity, None);
         let mut out = vec![0f32; h * t];
-        let mut scores = vec![0f32; t * t];
-        let mut rel = vec![0f32; t * nr];
-        let mut rel_w = vec![0f32; t * nr];
-        for hd in 0..nh {
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let (q, k, v) = (&q, &k, &v);
+        // One head per task: each writes its own rows of `out`.
+        let head = move |hd: usize| {
+            let mut scores = vec![0f32; t * t];
+            let mut rel = vec![0f32; t * nr];
+            let mut rel_w = vec![0f32; t * nr];
             let rh = if l.rel_heads == 1 { 0 } else { hd };
             let rk = &l.rel_k[rh * nr * kc..(rh + 1) * nr * kc];
             let rv = &l.rel_v[rh * nr * kc..(rh + 1) * nr * kc];
             let qh = &q[hd * kc * t..(hd + 1) * kc * t]; // [kc, T]
             let kh = &k[hd * kc * t..(hd + 1) * kc * t];
             let vh = &v[hd * kc * t..(hd + 1) * kc * t];
-            scores.fill(0.0);
-            rel.fill(0.0);
-            rel_w.fill(0.0);
             // SAFETY: every matrix below lies inside its buffer: qh, kh, vh are [kc, T],
             // scores [T, T], rel and rel_w [T, nr], rk and rv [nr, kc], out's head rows [kc, T].
             unsafe {
@@ -409,8 +303,9 @@ impl TextEncoder {
                     rel_w[i * nr + j + w - i] = row[j];
                 }
             }
-            let oh = out[hd * kc * t..(hd + 1) * kc * t].as_mut_ptr();
-            // SAFETY: as above; out's head block is [kc, T], written as dst[i, c] at c * T + i.
+            let oh = out_ptr.at(hd * kc * t);
+            // SAFETY: as above; out's head block is [kc, T], written as dst[i, c] at c * T + i,
+            // and no other task writes it.
             unsafe {
                 // out[c, i] = sum_j p[i, j] v[c, j]
                 gemm_strided(t, kc, t, oh, 1, t, scores.as_ptr(), t, 1, vh.as_ptr(), 1, t);
@@ -430,6 +325,17 @@ impl TextEncoder {
                     1,
                 );
             }
+        };
+        if t * t * kc < 4096 || rayon::current_num_threads() < 2 {
+            (0..nh).for_each(head);
+        } else {
+            let head = &head;
+            rayon::scope(|s| {
+                for hd in 1..nh {
+                    s.spawn(move |_| head(hd));
+                }
+                head(0);
+            });
         }
         out
     }
@@ -450,9 +356,9 @@ struct DdsLayer {
     sep_b: Vec<f32>,
     k: usize,
     dilation: usize,
-    pw: Conv,
-    norm1: Norm,
-    norm2: Norm,
+    pw: Conv1d,
+    norm1: (Vec<f32>, Vec<f32>),
+    norm2: (Vec<f32>, Vec<f32>),
 }
 
 impl Dds {
@@ -465,36 +371,44 @@ impl Dds {
                 sep_b: load_vec(voice, &format!("{prefix}.convs_sep.{l}.bias"))?,
                 k,
                 dilation,
-                pw: Conv::load(voice, &format!("{prefix}.convs_1x1.{l}"), 1, true)?,
-                norm1: Norm::load(voice, &format!("{prefix}.norms_1.{l}"))?,
-                norm2: Norm::load(voice, &format!("{prefix}.norms_2.{l}"))?,
+                pw: fast_conv(voice, &format!("{prefix}.convs_1x1.{l}"), 1, true)?,
+                norm1: load_norm(voice, &format!("{prefix}.norms_1.{l}"))?,
+                norm2: load_norm(voice, &format!("{prefix}.norms_2.{l}"))?,
             });
             dilation = dilation.saturating_mul(k);
         }
         Ok(Self { layers })
     }
 
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let mut x = x.clone();
+    /// In place on `x` `[C, T]`.
+    fn forward(&self, x: &mut [f32], t: usize) {
         for l in &self.layers {
-            let y = l.depthwise(&x)?;
-            let y = l.norm1.forward(&y)?.gelu_erf()?;
-            let y = l.pw.forward(&y)?;
-            let y = l.norm2.forward(&y)?.gelu_erf()?;
-            x = (x + y)?;
+            let mut y = l.depthwise(x, t);
+            layer_norm(&mut y, t, &l.norm1);
+            y.iter_mut().for_each(|v| *v = gelu(*v));
+            let mut y = l.pw.forward(&y, t, Act::Identity, None);
+            layer_norm(&mut y, t, &l.norm2);
+            for (xv, &yv) in x.iter_mut().zip(&y) {
+                *xv += gelu(yv);
+            }
         }
-        Ok(x)
     }
 }
 
+/// GELU with the exact error function (PyTorch's default; `libm::erff`, as candle's
+/// `gelu_erf`).
+#[inline]
+fn gelu(v: f32) -> f32 {
+    (libm::erff(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v
+}
+
 impl DdsLayer {
-    fn depthwise(&self, x: &Tensor) -> CResult<Tensor> {
-        let (_, c, t) = x.dims3()?;
-        let data = x.flatten_all()?.to_vec1::<f32>()?;
+    fn depthwise(&self, x: &[f32], t: usize) -> Vec<f32> {
+        let c = x.len() / t.max(1);
         let pad = (self.k * self.dilation - self.dilation) / 2;
         let mut out = vec![0f32; c * t];
         for ch in 0..c {
-            let xin = &data[ch * t..(ch + 1) * t];
+            let xin = &x[ch * t..(ch + 1) * t];
             let w = &self.sep_w[ch * self.k..(ch + 1) * self.k];
             let o = &mut out[ch * t..(ch + 1) * t];
             o.fill(self.sep_b[ch]);
@@ -509,7 +423,7 @@ impl DdsLayer {
                 }
             }
         }
-        Tensor::from_vec(out, (1, c, t), &Device::Cpu)
+        out
     }
 }
 
@@ -519,15 +433,15 @@ struct ConvFlow {
     pre_w: Vec<f32>,
     pre_b: Vec<f32>,
     convs: Dds,
-    proj: Conv,
+    proj: Conv1d,
 }
 
 #[derive(Debug, Clone)]
 struct Sdp {
-    pre: Conv,
-    cond: Option<Conv>,
+    pre: Conv1d,
+    cond: Option<Conv1d>,
     convs: Dds,
-    proj: Conv,
+    proj: Conv1d,
     /// Elementwise affine flow: `m` and `exp(-logs)`, 2 each.
     m: Vec<f32>,
     exp_neg_logs: Vec<f32>,
@@ -539,18 +453,18 @@ struct Sdp {
 
 #[derive(Debug, Clone)]
 struct Dp {
-    conv1: Conv,
-    norm1: Norm,
-    conv2: Conv,
-    norm2: Norm,
-    proj: Conv,
-    cond: Option<Conv>,
+    conv1: Conv1d,
+    norm1: (Vec<f32>, Vec<f32>),
+    conv2: Conv1d,
+    norm2: (Vec<f32>, Vec<f32>),
+    proj: Conv1d,
+    cond: Option<Conv1d>,
 }
 
 #[derive(Debug, Clone)]
 enum DurationPredictor {
     Stochastic(Box<Sdp>),
-    Deterministic(Dp),
+    Deterministic(Box<Dp>),
 }
 
 const TAIL_BOUND: f32 = 5.0;
@@ -583,18 +497,18 @@ impl Sdp {
                 pre_w: load_vec(voice, &format!("{f}.pre.weight"))?,
                 pre_b: load_vec(voice, &format!("{f}.pre.bias"))?,
                 convs: Dds::load(voice, &format!("{f}.convs"), n_dds_layers, kernel_size)?,
-                proj: Conv::load(voice, &format!("{f}.proj"), 1, true)?,
+                proj: fast_conv(voice, &format!("{f}.proj"), 1, true)?,
             });
         }
         Ok(Self {
-            pre: Conv::load(voice, "dp.pre", 1, true)?,
+            pre: fast_conv(voice, "dp.pre", 1, true)?,
             cond: if c.gin_channels > 0 {
-                Some(Conv::load(voice, "dp.cond", 1, true)?)
+                Some(fast_conv(voice, "dp.cond", 1, true)?)
             } else {
                 None
             },
             convs: Dds::load(voice, "dp.convs", n_dds_layers, kernel_size)?,
-            proj: Conv::load(voice, "dp.proj", 1, true)?,
+            proj: fast_conv(voice, "dp.proj", 1, true)?,
             m: load_vec(voice, "dp.flows.0.m")?,
             exp_neg_logs,
             flows,
@@ -603,20 +517,21 @@ impl Sdp {
         })
     }
 
-    /// `logw` `[T]` of the encoder output `x` `[1, hidden, T]`.
+    /// `logw` `[T]` of the encoder output `x` `[hidden, T]`; `g` is the speaker embedding.
     fn forward(
         &self,
-        x: &Tensor,
-        g: Option<&Tensor>,
+        x: &[f32],
+        t: usize,
+        g: Option<&[f32]>,
         noise: &mut Noise,
         noise_w: f32,
-    ) -> CResult<Vec<f32>> {
-        let (_, _, t) = x.dims3()?;
-        let mut h = self.pre.forward(x)?;
+    ) -> Vec<f32> {
+        let mut h = self.pre.forward(x, t, Act::Identity, None);
         if let (Some(cond), Some(g)) = (&self.cond, g) {
-            h = h.broadcast_add(&cond.forward(g)?)?;
+            add_per_channel(&mut h, t, &cond.forward(g, 1, Act::Identity, None));
         }
-        let h = self.proj.forward(&self.convs.forward(&h)?)?;
+        self.convs.forward(&mut h, t);
+        let h = self.proj.forward(&h, t, Act::Identity, None);
         let (mut z0, mut z1) = if noise_w > 0.0 {
             (noise.fill(t, noise_w), noise.fill(t, noise_w))
         } else {
@@ -627,17 +542,16 @@ impl Sdp {
         let nb = self.num_bins;
         for flow in &self.flows {
             std::mem::swap(&mut z0, &mut z1); // Flip
-            // pre: one input channel.
+            // pre: one input channel, then + h.
             let fc = flow.pre_w.len();
             let mut pre = vec![0f32; fc * t];
             for ch in 0..fc {
                 for i in 0..t {
-                    pre[ch * t + i] = flow.pre_w[ch] * z0[i] + flow.pre_b[ch];
+                    pre[ch * t + i] = flow.pre_w[ch] * z0[i] + flow.pre_b[ch] + h[ch * t + i];
                 }
             }
-            let pre = Tensor::from_vec(pre, (1, fc, t), &Device::Cpu)?;
-            let p = flow.proj.forward(&flow.convs.forward(&(pre + &h)?)?)?;
-            let p = p.flatten_all()?.to_vec1::<f32>()?; // [3nb - 1, T]
+            flow.convs.forward(&mut pre, t);
+            let p = flow.proj.forward(&pre, t, Act::Identity, None); // [3nb - 1, T]
             let mut uw = vec![0f32; nb];
             let mut uh = vec![0f32; nb];
             let mut ud = vec![0f32; nb - 1];
@@ -654,10 +568,16 @@ impl Sdp {
         }
         std::mem::swap(&mut z0, &mut z1); // the Flip before the affine flow
         // Elementwise affine, reverse: (z - m) * exp(-logs); channel 0 is logw.
-        Ok(z0
-            .iter()
+        z0.iter()
             .map(|&z| (z - self.m[0]) * self.exp_neg_logs[0])
-            .collect())
+            .collect()
+    }
+}
+
+/// `x[c, :] += v[c]` for `x` `[C, T]`.
+fn add_per_channel(x: &mut [f32], t: usize, v: &[f32]) {
+    for (row, &a) in x.chunks_exact_mut(t).zip(v) {
+        row.iter_mut().for_each(|x| *x += a);
     }
 }
 
@@ -732,27 +652,31 @@ fn rq_spline_inverse(y: f32, uw: &[f32], uh: &[f32], ud: &[f32]) -> f32 {
 impl Dp {
     fn load(voice: &PiperVoice, c: &VitsConfig) -> Result<Self> {
         Ok(Self {
-            conv1: Conv::load(voice, "dp.conv_1", 1, true)?,
-            norm1: Norm::load(voice, "dp.norm_1")?,
-            conv2: Conv::load(voice, "dp.conv_2", 1, true)?,
-            norm2: Norm::load(voice, "dp.norm_2")?,
-            proj: Conv::load(voice, "dp.proj", 1, true)?,
+            conv1: fast_conv(voice, "dp.conv_1", 1, true)?,
+            norm1: load_norm(voice, "dp.norm_1")?,
+            conv2: fast_conv(voice, "dp.conv_2", 1, true)?,
+            norm2: load_norm(voice, "dp.norm_2")?,
+            proj: fast_conv(voice, "dp.proj", 1, true)?,
             cond: if c.gin_channels > 0 {
-                Some(Conv::load(voice, "dp.cond", 1, true)?)
+                Some(fast_conv(voice, "dp.cond", 1, true)?)
             } else {
                 None
             },
         })
     }
 
-    fn forward(&self, x: &Tensor, g: Option<&Tensor>) -> CResult<Vec<f32>> {
-        let mut x = x.clone();
+    fn forward(&self, x: &[f32], t: usize, g: Option<&[f32]>) -> Vec<f32> {
+        let mut x = x.to_vec();
         if let (Some(cond), Some(g)) = (&self.cond, g) {
-            x = x.broadcast_add(&cond.forward(g)?)?;
+            add_per_channel(&mut x, t, &cond.forward(g, 1, Act::Identity, None));
         }
-        let x = self.norm1.forward(&self.conv1.forward(&x)?.relu()?)?;
-        let x = self.norm2.forward(&self.conv2.forward(&x)?.relu()?)?;
-        self.proj.forward(&x)?.flatten_all()?.to_vec1::<f32>()
+        let mut y = self.conv1.forward(&x, t, Act::Identity, None);
+        y.iter_mut().for_each(|v| *v = v.max(0.0));
+        layer_norm(&mut y, t, &self.norm1);
+        let mut y = self.conv2.forward(&y, t, Act::Identity, None);
+        y.iter_mut().for_each(|v| *v = v.max(0.0));
+        layer_norm(&mut y, t, &self.norm2);
+        self.proj.forward(&y, t, Act::Identity, None)
     }
 }
 
@@ -841,36 +765,41 @@ impl Coupling {
         };
         let hd = self.hidden;
         let n = self.in_layers.len();
-        let mut out = vec![0f32; hd * f];
+        // h and the skip sum `out`, one buffer `[2 * hd, F]`, so that each res/skip layer
+        // adds onto both as its residual.
+        h.resize(2 * hd * f, 0.0);
         let mut acts = vec![0f32; hd * f];
         for (l, (inl, rs)) in self.in_layers.iter().zip(&self.res_skip).enumerate() {
-            let x_in = inl.forward(&h, f, Act::Identity, None);
-            for ch in 0..hd {
-                let (gt, gs) = match &gc {
-                    Some(gc) => (gc[l * 2 * hd + ch], gc[l * 2 * hd + hd + ch]),
-                    None => (0.0, 0.0),
-                };
-                let a = &x_in[ch * f..(ch + 1) * f];
-                let b = &x_in[(hd + ch) * f..(hd + ch + 1) * f];
-                for ((o, &av), &bv) in acts[ch * f..(ch + 1) * f].iter_mut().zip(a).zip(b) {
-                    *o = (av + gt).tanh() * sigmoid(bv + gs);
+            let x_in = inl.forward(&h[..hd * f], f, Act::Identity, None);
+            let gate = |ch0: usize, acts: &mut [f32]| {
+                for (k, o_row) in acts.chunks_exact_mut(f).enumerate() {
+                    let ch = ch0 + k;
+                    let (gt, gs) = match &gc {
+                        Some(gc) => (gc[l * 2 * hd + ch], gc[l * 2 * hd + hd + ch]),
+                        None => (0.0, 0.0),
+                    };
+                    let a = &x_in[ch * f..(ch + 1) * f];
+                    let b = &x_in[(hd + ch) * f..(hd + ch + 1) * f];
+                    for ((o, &av), &bv) in o_row.iter_mut().zip(a).zip(b) {
+                        *o = (av + gt).tanh() * sigmoid(bv + gs);
+                    }
                 }
-            }
-            let rsa = rs.forward(&acts, f, Act::Identity, None);
-            if l + 1 < n {
-                for (hv, &r) in h.iter_mut().zip(&rsa[..hd * f]) {
-                    *hv += r;
-                }
-                for (o, &r) in out.iter_mut().zip(&rsa[hd * f..]) {
-                    *o += r;
-                }
+            };
+            // tanh and exp per element: split the channels over the threads.
+            if hd * f >= 16_384 && hd >= 2 && rayon::current_num_threads() > 1 {
+                let (lo, hi) = acts.split_at_mut(hd / 2 * f);
+                rayon::join(|| gate(0, lo), || gate(hd / 2, hi));
             } else {
-                for (o, &r) in out.iter_mut().zip(&rsa) {
-                    *o += r;
-                }
+                gate(0, &mut acts);
+            }
+            if l + 1 < n {
+                h = rs.forward(&acts, f, Act::Identity, Some(&h));
+            } else {
+                let out = rs.forward(&acts, f, Act::Identity, Some(&h[hd * f..]));
+                h[hd * f..].copy_from_slice(&out);
             }
         }
-        let m = self.post.forward(&out, f, Act::Identity, None);
+        let m = self.post.forward(&h[hd * f..], f, Act::Identity, None);
         for (v, &mv) in x1.iter_mut().zip(&m) {
             *v -= mv;
         }
@@ -1052,21 +981,24 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &[f32], l: usize) -> Vec<f32> {
-        let mut x = x.to_vec();
+        // The first layer reads the input in place; each layer returns a new buffer.
+        let mut cur: Option<Vec<f32>> = None;
         match self {
             ResBlock::One(convs) => {
                 for (c1, c2) in convs {
-                    let xt = c1.forward(&x, l, Act::Leaky(0.1), None);
-                    x = c2.forward(&xt, l, Act::Leaky(0.1), Some(&x));
+                    let x = cur.as_deref().unwrap_or(x);
+                    let xt = c1.forward(x, l, Act::Leaky(0.1), None);
+                    cur = Some(c2.forward(&xt, l, Act::Leaky(0.1), Some(x)));
                 }
             }
             ResBlock::Two(convs) => {
                 for c in convs {
-                    x = c.forward(&x, l, Act::Leaky(0.1), Some(&x));
+                    let x = cur.as_deref().unwrap_or(x);
+                    cur = Some(c.forward(x, l, Act::Leaky(0.1), Some(x)));
                 }
             }
         }
-        x
+        cur.unwrap_or_else(|| x.to_vec())
     }
 }
 
@@ -1129,7 +1061,7 @@ pub struct StageTimes {
     pub decoder_ms: f64,
 }
 
-/// The VITS generator of a Piper voice, weights loaded into candle tensors.
+/// The VITS generator of a Piper voice, its weights loaded (re-laid out for the convolutions).
 #[derive(Debug, Clone)]
 pub struct Vits {
     config: VitsConfig,
@@ -1137,7 +1069,8 @@ pub struct Vits {
     dp: DurationPredictor,
     flows: Vec<Coupling>,
     dec: Decoder,
-    emb_g: Option<Tensor>,
+    /// `[n_speakers][gin_channels]`.
+    emb_g: Option<Vec<f32>>,
 }
 
 impl Vits {
@@ -1149,7 +1082,7 @@ impl Vits {
                 DurationPredictor::Stochastic(Box::new(Sdp::load(voice, &c)?))
             }
             DurationPredictorConfig::Deterministic { .. } => {
-                DurationPredictor::Deterministic(Dp::load(voice, &c)?)
+                DurationPredictor::Deterministic(Box::new(Dp::load(voice, &c)?))
             }
         };
         let flows = (0..c.flow.n_flows)
@@ -1161,7 +1094,23 @@ impl Vits {
             flows,
             dec: Decoder::load(voice, &c)?,
             emb_g: if c.gin_channels > 0 {
-                Some(load(voice, "emb_g.weight")?)
+                let e = load_vec(voice, "emb_g.weight")?;
+                if e.len() != c.n_speakers * c.gin_channels {
+                    return Err(TtsError::new(
+                        TtsFile::Request,
+                        TtsErrorKind::Inference {
+                            stage: "loading weights",
+                            reason: format!(
+                                "emb_g.weight has {} values, expected {} speakers x {} channels",
+                                e.len(),
+                                c.n_speakers,
+                                c.gin_channels
+                            ),
+                        },
+                    )
+                    .into());
+                }
+                Some(e)
             } else {
                 None
             },
@@ -1336,31 +1285,21 @@ impl Vits {
         };
         let mut since = clock;
 
-        let g = match (&self.emb_g, speaker) {
-            (Some(emb), s) => {
-                let s = Tensor::from_slice(&[s.unwrap_or(0)], 1, &Device::Cpu)
-                    .map_err(ce("speaker embedding"))?;
-                Some(
-                    emb.index_select(&s, 0)
-                        .and_then(|e| e.unsqueeze(2))
-                        .map_err(ce("speaker embedding"))?,
-                )
-            }
-            (None, _) => None,
-        };
-        let (x_vec, m_p, logs_p) = self.enc.forward(&ids);
+        // The speaker's embedding row of a multi-speaker voice.
+        let g_vec: Option<Vec<f32>> = self.emb_g.as_ref().map(|emb| {
+            let gin = self.config.gin_channels;
+            let s = speaker.unwrap_or(0) as usize;
+            emb[s * gin..(s + 1) * gin].to_vec()
+        });
+        let g = g_vec.as_deref();
+        let (x, m_p, logs_p) = self.enc.forward(&ids);
         let t_len = ids.len();
-        let x = Tensor::from_vec(x_vec, (1, self.config.hidden_channels, t_len), &Device::Cpu)
-            .map_err(ce("text encoder"))?;
         st.encoder_ms = lap(&mut since);
 
         let logw = match &self.dp {
-            DurationPredictor::Stochastic(sdp) => {
-                sdp.forward(&x, g.as_ref(), noise, scales.noise_w)
-            }
-            DurationPredictor::Deterministic(dp) => dp.forward(&x, g.as_ref()),
-        }
-        .map_err(ce("duration predictor"))?;
+            DurationPredictor::Stochastic(sdp) => sdp.forward(&x, t_len, g, noise, scales.noise_w),
+            DurationPredictor::Deterministic(dp) => dp.forward(&x, t_len, g),
+        };
         // Frames of each phoneme, and the frame -> phoneme index.
         let mut frame_src: Vec<u32> = Vec::new();
         for (i, &lw) in logw.iter().enumerate() {
@@ -1403,21 +1342,13 @@ impl Vits {
         }
         st.durations_ms = lap(&mut since);
 
-        let g_vec = match &g {
-            Some(g) => Some(
-                g.flatten_all()
-                    .and_then(|t| t.to_vec1::<f32>())
-                    .map_err(ce("flow"))?,
-            ),
-            None => None,
-        };
         for coupling in self.flows.iter().rev() {
             // Flip: reverse the channel order.
             for ch in 0..c / 2 {
                 let (a, b) = z.split_at_mut((c - 1 - ch) * f);
                 a[ch * f..(ch + 1) * f].swap_with_slice(&mut b[..f]);
             }
-            coupling.reverse(&mut z, f, g_vec.as_deref());
+            coupling.reverse(&mut z, f, g);
         }
         st.flow_ms = lap(&mut since);
 
