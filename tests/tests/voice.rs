@@ -568,8 +568,13 @@ async fn push_to_talk_makes_the_held_audio_a_turn_with_listening_off() {
         .await
         .unwrap();
     c.subscribe("sotad/ptt/#").await.unwrap();
+    // `online` comes after sotad subscribed to its request topics (telemetry may come
+    // before), so a press published after it is not lost.
+    c.expect(&sotad.topic("status"), WAIT, |p| p == b"online")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sotad.log()));
     // Capture runs in real time from the moment the device opened, which is before telemetry
-    // says so: pressing now is within the leading silence.
+    // says so (every second): pressing now is within the 5 s of leading silence.
     c.expect(&sotad.topic("telemetry"), WAIT, |p| {
         serde_json::from_slice::<Value>(p).is_ok_and(|v| v["voice"]["capture"] == "open")
     })
