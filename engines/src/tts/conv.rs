@@ -20,6 +20,21 @@ pub(crate) enum Act {
     Leaky(f32),
 }
 
+impl Act {
+    /// `dst[i] = act(src[i])`.
+    #[inline]
+    fn copy(self, src: &[f32], dst: &mut [f32]) {
+        match self {
+            Act::Identity => dst.copy_from_slice(src),
+            Act::Leaky(slope) => {
+                for (r, &v) in dst.iter_mut().zip(src) {
+                    *r = if v >= 0.0 { v } else { v * slope };
+                }
+            }
+        }
+    }
+}
+
 /// Columns below which a part is not split further.
 const MIN_COLS: usize = 96;
 
@@ -307,14 +322,7 @@ impl Conv1d {
                 let from = start + j_lo - self.pad_l;
                 let seg = &mut row[j_lo..j_hi];
                 let src = &src[from..from + seg.len()];
-                match act {
-                    Act::Identity => seg.copy_from_slice(src),
-                    Act::Leaky(slope) => {
-                        for (r, &v) in seg.iter_mut().zip(src) {
-                            *r = if v >= 0.0 { v } else { v * slope };
-                        }
-                    }
-                }
+                act.copy(src, seg);
             }
         }
     }
@@ -474,14 +482,7 @@ impl ConvTranspose1d {
                         let from = b0 + j_lo - m;
                         let seg = &mut row[j_lo..j_hi];
                         let src = &src[from..from + seg.len()];
-                        match act {
-                            Act::Identity => seg.copy_from_slice(src),
-                            Act::Leaky(slope) => {
-                                for (r, &v) in seg.iter_mut().zip(src) {
-                                    *r = if v >= 0.0 { v } else { v * slope };
-                                }
-                            }
-                        }
+                        act.copy(src, seg);
                     }
                 }
                 let tmp = &mut tmp[..rows * bw];
