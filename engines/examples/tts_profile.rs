@@ -6,26 +6,15 @@
 //! ```
 //!
 //! Voice: `~/.cache/sotad/models/piper/en_US-joe-medium.onnx` (scripts/install-models.sh).
-//! Prints the median wall time, the CPU time of the process and the stage times of each
-//! run (whole sentences, the voice's default scales).
+//! Prints the median wall time and the stage times of each run (whole sentences, the voice's
+//! default scales). For the CPU time, run it under `/usr/bin/time`; `cargo bench -p
+//! sotad-benches --bench tts` measures CPU per second of audio beside piper-tts.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use sotad_engines::tts::{LoadOptions, SynthOptions, Voice};
-
-/// User + system CPU time of this process, in ms.
-fn cpu_ms() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // Field n (1-based, from the pid) is f[n - 4]: utime 14, stime 15.
-    (14..=15).filter_map(|n| f.get(n - 4)).sum::<f64>() * 10.0
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -45,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let opts = SynthOptions::default();
     let mut walls = Vec::with_capacity(runs);
-    let (c0, t0) = (cpu_ms(), Instant::now());
+    let t0 = Instant::now();
     for run in 0..=runs {
         let s = voice.synthesize(&text, &opts, |_| ControlFlow::Continue(()))?;
         if run > 0 {
@@ -66,9 +55,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[allow(clippy::cast_precision_loss)]
     let n = (runs + 1) as f64;
     println!(
-        "median wall {:.1} ms over {runs} runs; CPU {:.1} ms per run, wall {:.1} ms per run (warm-up included)",
+        "median wall {:.1} ms over {runs} runs; wall {:.1} ms per run (warm-up included)",
         walls.get(walls.len() / 2).copied().unwrap_or(0.0),
-        (cpu_ms() - c0) / n,
         t0.elapsed().as_secs_f64() * 1e3 / n
     );
     Ok(())
