@@ -9,6 +9,8 @@
 //! - `q8_0`: a GGUF file made from it by `quantize_whisper` (`sotad quantize whisper --type
 //!   q8_0`), loaded with the defaults (decoder file-backed Q8_0, encoder dequantized to f32);
 //! - `q8_0-enc`: the same file with `quantized_encoder` (the encoder's matrices file-backed Q8_0);
+//! - `int8`: the f32 defaults with the encoder's linear layers as int8 products
+//!   (`LoadOptions::encoder_int8`, `stt.encoder_precision = "int8"`);
 //! - `fit`: the f32 defaults with the encoder window fitted to the audio (opt-in; it changes
 //!   transcripts, docs/benchmarks.md);
 //!
@@ -19,6 +21,17 @@
 //! faster), and whether each transcript equals faster-whisper float32's.
 //!
 //! `cargo bench -p sotad-benches --bench stt` (`STT_BENCH_MODELS=tiny` for one model)
+//!
+//! **AVX2 on an AVX-512 CPU.** `SOTAD_MAX_ISA=avx2 cargo bench -p sotad-benches --bench stt`
+//! caps both sides at AVX2 in one run, as an AVX2-only CPU (AMD Zen 3) would run them:
+//! sotad's kernels and gemm's products through `sotad_engines::cpu`, and faster-whisper
+//! through the environment of its subprocess: `CT2_FORCE_CPU_ISA=AVX2` (CTranslate2's own
+//! kernels), `CT2_USE_MKL=0` (oneDNN for the GEMMs, CTranslate2's backend on a non-Intel CPU),
+//! `ONEDNN_MAX_CPU_ISA=AVX2` and `MKL_ENABLE_INSTRUCTIONS=AVX2` (each unless already set).
+//! The bench prints which instruction set sotad's kernels ran and the ISA and GEMM backends
+//! CTranslate2 reported (`CT2_VERBOSE=1`, its stderr). What the cap does not change: the
+//! code the compiler generated for `-C target-cpu=native` (`.cargo/config.toml`; LLVM keeps to
+//! 256-bit vectors on this Xeon by default, but may use AVX-512VL's extra registers).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,11 +57,15 @@ fn faster_whisper(model: &Path, compute: &str, runs: usize, wavs: &[PathBuf]) ->
         std::env::var("STT_REF_PYTHON").unwrap_or_else(|_| "/tmp/venv-stt/bin/python".into());
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/stt_reference.py");
-    let out = Command::new(&python)
-        .arg(&script)
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
         .args(["bench", model.to_str()?, compute, &runs.to_string()])
         .args(wavs)
-        .output();
+        .env("CT2_VERBOSE", "1");
+    for (k, v) in peer_isa_env() {
+        cmd.env(k, v);
+    }
+    let out = cmd.output();
     let out = match out {
         Ok(o) if o.status.success() => o,
         Ok(o) => {
@@ -65,6 +82,18 @@ fn faster_whisper(model: &Path, compute: &str, runs: usize, wavs: &[PathBuf]) ->
             return None;
         }
     };
+    // CTranslate2's start-up report (CT2_VERBOSE=1): the ISA and the GEMM backends.
+    let log = String::from_utf8_lossy(&out.stderr);
+    let mut seen = Vec::new();
+    for line in log.lines() {
+        let what = line.rsplit("] ").next().unwrap_or(line).trim();
+        if (what.contains("ISA") || what.contains("backend") || what.contains("MKL"))
+            && !seen.contains(&what)
+        {
+            seen.push(what);
+        }
+    }
+    println!("faster-whisper {compute}: {}", seen.join("; "));
     let text = String::from_utf8_lossy(&out.stdout);
     let v = json::parse(text.trim()).ok()?;
     v.as_array()?
@@ -77,6 +106,23 @@ fn faster_whisper(model: &Path, compute: &str, runs: usize, wavs: &[PathBuf]) ->
             _ => None,
         })
         .collect()
+}
+
+/// The environment that caps faster-whisper as `SOTAD_MAX_ISA` caps sotad (none when
+/// uncapped); a variable already set is left as it is.
+fn peer_isa_env() -> Vec<(&'static str, &'static str)> {
+    if sotad_engines::cpu::max_isa() >= sotad_engines::cpu::Isa::Avx512 {
+        return Vec::new();
+    }
+    [
+        ("CT2_FORCE_CPU_ISA", "AVX2"),
+        ("CT2_USE_MKL", "0"),
+        ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+        ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
+    ]
+    .into_iter()
+    .filter(|(k, _)| std::env::var_os(k).is_none())
+    .collect()
 }
 
 /// One way of running sotad in the bench.
@@ -119,6 +165,18 @@ fn main() {
         "STT benchmark: {runs} runs per clip after a warm-up, medians, 2 threads, greedy (beam 1); sotad variants: {}",
         wanted.join(", ")
     );
+    println!(
+        "ISA: sotad {}; faster-whisper environment: {}",
+        sotad_engines::cpu::isa_name(),
+        match peer_isa_env() {
+            e if e.is_empty() => "as is".to_string(),
+            e => e
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    );
     let scratch = std::env::temp_dir().join(format!("sotad-stt-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
     let only = std::env::var("STT_BENCH_MODELS").unwrap_or_default();
@@ -139,6 +197,15 @@ fn main() {
                     "sotad f32 (defaults: CTranslate2 dir, f32 encoder, Q8_0 decoder)",
                     mdir.clone(),
                     load.clone(),
+                    TranscribeOptions::default(),
+                ),
+                "int8" => (
+                    "sotad int8 encoder (defaults, the encoder's linear layers in int8: stt.encoder_precision = \"int8\")",
+                    mdir.clone(),
+                    LoadOptions {
+                        encoder_int8: true,
+                        ..load.clone()
+                    },
                     TranscribeOptions::default(),
                 ),
                 "fit" => (
@@ -173,7 +240,7 @@ fn main() {
                     )
                 }
                 other => panic!(
-                    "STT_BENCH_VARIANTS: unknown variant {other:?} (f32, fit, q8_0, q8_0-enc)"
+                    "STT_BENCH_VARIANTS: unknown variant {other:?} (f32, int8, fit, q8_0, q8_0-enc)"
                 ),
             };
             variants.push(Variant {

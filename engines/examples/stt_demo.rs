@@ -1,5 +1,5 @@
 //! Transcribes WAV files: `cargo run --release -p sotad-engines --example stt_demo -- MODEL_DIR FILE.wav...`
-//! (2 threads, or `STT_THREADS`; decoder 1, or `STT_DECODER_THREADS`; `STT_F32_DECODER`, `STT_QUANT_ENCODER` as in `LoadOptions`).
+//! (2 threads, or `STT_THREADS`; decoder 1, or `STT_DECODER_THREADS`; `STT_F32_DECODER`, `STT_QUANT_ENCODER`, `STT_INT8_ENCODER` as in `LoadOptions`).
 use sotad_engines::stt::{LoadOptions, TranscribeOptions, Whisper};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(1),
+            encoder_int8: std::env::var_os("STT_INT8_ENCODER").is_some(),
         },
     )?;
     eprintln!("loaded {} in {:?}", model.name(), t.elapsed());

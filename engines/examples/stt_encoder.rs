@@ -3,6 +3,7 @@
 //! Prints each run's time and the median. `STT_ENC_DUMP=FILE` writes the encoder output
 //! (little-endian `f32`) of the last run; `STT_ENC_CMP=FILE` compares it with such a dump
 //! (largest absolute difference), so that two builds can be checked against each other.
+//! `STT_INT8_ENCODER=1`: the encoder's linear layers in int8 (`LoadOptions::encoder_int8`).
 use sotad_engines::audio::{read_wav, resample::to_mono_16k};
 use sotad_engines::stt::mel::MelFrontEnd;
 use sotad_engines::stt::model::WhisperNet;
@@ -15,7 +16,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let runs: usize = rest.first().map_or(Ok(5), |r| r.parse())?;
     let (weights, _, _) = WhisperWeights::open_any(dir)?;
-    let net = WhisperNet::load(&weights, true, 2)?;
+    let opts = sotad_engines::stt::LoadOptions {
+        threads: 2,
+        encoder_int8: std::env::var_os("STT_INT8_ENCODER").is_some(),
+        ..Default::default()
+    };
+    let net = WhisperNet::load_opts(&weights, &opts, 2)?;
     let dims = *net.dims();
     let wav = read_wav(clip)?;
     let mono = to_mono_16k(&wav.samples, wav.sample_rate, wav.channels)?;

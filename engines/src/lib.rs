@@ -6,6 +6,7 @@
 
 pub mod audio;
 mod bpe;
+pub mod cpu;
 pub mod error;
 pub mod gguf;
 pub mod intent;

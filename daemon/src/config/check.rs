@@ -356,6 +356,15 @@ impl Config {
                 ),
             ));
         }
+        if !matches!(self.stt.encoder_precision.as_str(), "f32" | "int8") {
+            return Err(c.fail(
+                "stt.encoder_precision",
+                format!(
+                    "{:?} is not an encoder precision; allowed: \"f32\" (transcripts as faster-whisper float32's) or \"int8\" (the linear layers in int8: faster, transcripts may change)",
+                    self.stt.encoder_precision
+                ),
+            ));
+        }
         c.range("stt.beam_size", self.stt.beam_size as u64, 1, 8)?;
         c.range("stt.threads", self.stt.threads as u64, 0, 256)?;
         c.range(

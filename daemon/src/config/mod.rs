@@ -154,6 +154,9 @@ pub struct Stt {
     /// `full` (the 30 s window the model was trained on) or `fit` (the audio plus 2 s,
     /// at least 5 s: faster for short commands, but transcripts change).
     pub encoder_window: String,
+    /// `f32` or `int8`: the encoder's linear layers as int8 products (faster, transcripts
+    /// may change).
+    pub encoder_precision: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -721,6 +724,11 @@ mod tests {
                 "[stt]\nencoder_window = \"short\"\n",
                 "stt.encoder_window",
                 "\"fit\"",
+            ),
+            (
+                "[stt]\nencoder_precision = \"int4\"\n",
+                "stt.encoder_precision",
+                "\"int8\"",
             ),
             ("[mqtt]\nprefix = \"a/#\"\n", "mqtt.prefix", "'+'"),
             (

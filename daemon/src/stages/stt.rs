@@ -49,6 +49,7 @@ pub fn load(path: Option<PathBuf>, config: &config::Stt) -> Result<Stt, String> 
         &engine::LoadOptions {
             threads: threads(config.threads),
             quantized_encoder: config.quantized_encoder,
+            encoder_int8: config.encoder_precision == "int8",
             decoder_threads: threads(config.decoder_threads),
             ..Default::default()
         },

@@ -32,6 +32,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::int8::{self, I8Matrix};
 use super::ops::{LayerNorm, Softmax};
 
 /// Rows of the output per task of a matrix product. gemm computes a row-major product as
@@ -85,6 +86,8 @@ pub(crate) struct Dense {
     pub bias: Vec<f32>,
     pub out: usize,
     pub inp: usize,
+    /// The weights in int8 ([`Encoder::into_int8`]); `weight` is then empty.
+    pub int8: Option<I8Matrix>,
 }
 
 pub(crate) struct Norm {
@@ -176,7 +179,7 @@ unsafe fn gemm1(
     let s = |v: usize| v as isize;
     // SAFETY: forwarded from the caller.
     unsafe {
-        gemm::gemm(
+        crate::cpu::sgemm(
             m,
             n,
             k,
@@ -192,9 +195,6 @@ unsafe fn gemm1(
             s(rhs_rs),
             if accumulate { 1.0f32 } else { 0.0 },
             1.0f32,
-            false,
-            false,
-            false,
             gemm::Parallelism::None,
         );
     }
@@ -212,9 +212,59 @@ fn linear(
     accumulate: bool,
     epi: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
+    if let Some(q) = &w.int8 {
+        return linear_i8(m, lhs, lhs_rs, q, out, accumulate, epi);
+    }
     linear_raw(
         m, lhs, lhs_rs, &w.weight, w.out, w.inp, out, accumulate, epi,
     );
+}
+
+thread_local! {
+    /// One task's quantized activation rows and their scales, per pool thread.
+    static QROWS: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// [`linear`] on int8 weights: each task quantizes its rows (one scale per row), then
+/// [`int8::product`].
+fn linear_i8(
+    m: usize,
+    lhs: &[f32],
+    lhs_rs: usize,
+    w: &I8Matrix,
+    out: &mut [f32],
+    accumulate: bool,
+    epi: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    let (n, k) = (w.n, w.k);
+    assert!(
+        m == 0 || lhs.len() >= (m - 1) * lhs_rs + k,
+        "linear: input too short"
+    );
+    assert!(out.len() >= m * n, "linear: shapes");
+    let kernel = int8::Kernel::best();
+    let chunk = rows_per_task();
+    out[..m * n]
+        .par_chunks_mut(chunk * n)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let r0 = i * chunk;
+            let rows = o.len() / n;
+            QROWS.with(|b| {
+                let mut b = b.borrow_mut();
+                let (q, s) = &mut *b;
+                let need = rows * w.row_bytes();
+                if q.len() < need {
+                    q.resize(need, 0);
+                }
+                if s.len() < rows {
+                    s.resize(rows, 0.0);
+                }
+                int8::quantize_rows(kernel, &lhs[r0 * lhs_rs..], lhs_rs, rows, w, q, s);
+                int8::product(kernel, q, s, rows, w, o, accumulate);
+            });
+            epi(r0, o);
+        });
 }
 
 /// [`linear`] with the weight as a slice, `k × n` row-major (inputs × outputs).
@@ -300,8 +350,21 @@ impl Norm {
 }
 
 thread_local! {
-    /// One attention block's scores, per pool thread.
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One attention block's scores and the reciprocals of its rows' sums, per pool thread.
+    static SCORES: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Whether the softmax's division by the row sum is applied to the attention's output rows
+/// (`dh` values) instead of the scores (`frames` values): `STT_ENC_FOLD=0` divides the
+/// scores, as before.
+fn fold_softmax() -> bool {
+    static CELL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CELL.get_or_init(|| {
+        std::env::var("STT_ENC_FOLD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+    }) != 0
 }
 
 /// Self-attention over `t` positions: `qkv` is `(t, 3 · state)` (queries, keys, values),
@@ -350,7 +413,9 @@ fn self_attention(
         };
         SCORES.with(|s| {
             let mut s = s.borrow_mut();
-            let scores = sized(&mut s, q_len * t_pad);
+            let (s, inv) = &mut *s;
+            let scores = sized(s, q_len * t_pad);
+            let inv = sized(inv, q_len);
             // SAFETY: query rows r0 .. r0 + q_len of head h are inside `qkv` (t rows of
             // 3·state, asserted); the keys of head h are kt[h·dh·t_pad ..], (dh, t_pad)
             // row-major. `scores` is this thread's own buffer.
@@ -370,8 +435,22 @@ fn self_attention(
                     1,
                 );
             }
+            let fold = fold_softmax();
             for (i, row) in scores.chunks_exact_mut(t_pad).enumerate() {
-                softmax.row(i, &mut row[..t]);
+                if !fold {
+                    softmax.row(i, &mut row[..t]);
+                    continue;
+                }
+                // Softmax::row without its last pass: e^(s - max) in place, 1 / Σ kept.
+                let live = &mut row[..t];
+                let max = super::vmath::max(live);
+                if !max.is_finite() {
+                    live.fill(0.0);
+                    inv[i] = 0.0;
+                    continue;
+                }
+                let sum = super::vmath::exp_scaled_sum(live, scale, -max * scale);
+                inv[i] = if sum > 0.0 { 1.0 / sum } else { 0.0 };
             }
             // SAFETY: the output block (rows r0 .. r0 + q_len, columns h·dh .. (h+1)·dh)
             // belongs to this task alone; `out` holds t × state values (asserted) and
@@ -392,6 +471,19 @@ fn self_attention(
                     w3,
                     1,
                 );
+            }
+            if fold {
+                for (i, &f) in inv.iter().enumerate() {
+                    // SAFETY: row r0 + i, columns h·dh .. (h+1)·dh of `out`: this task's
+                    // block (see above), written by the product just before.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out_ptr.get().add((r0 + i) * state + h * dh),
+                            dh,
+                        )
+                    };
+                    o.iter_mut().for_each(|v| *v *= f);
+                }
             }
         });
     });
@@ -473,6 +565,18 @@ impl Encoder {
             eps,
             scratch: Mutex::new(None),
         })
+    }
+
+    /// The four linear layers of every block (query/key/value, attention output, fc1, fc2)
+    /// in int8 ([`super::int8`]); the convolutions and the attention stay `f32`.
+    pub(crate) fn into_int8(mut self) -> Self {
+        for l in &mut self.layers {
+            for d in [&mut l.qkv, &mut l.out, &mut l.fc1, &mut l.fc2] {
+                d.int8 = Some(I8Matrix::from_kn(&d.weight, d.inp, d.out));
+                d.weight = Vec::new().into();
+            }
+        }
+        self
     }
 
     /// Encodes `n_mels × frames` log-mel values (row-major; the caller checked that

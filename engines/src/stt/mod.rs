@@ -23,6 +23,7 @@
 
 pub(crate) mod encoder;
 pub mod formats;
+pub(crate) mod int8;
 pub mod mel;
 pub mod model;
 pub mod ops;

@@ -571,6 +571,7 @@ fn dense(parts: &[&weights::Linear]) -> encoder::Dense {
         bias,
         out,
         inp,
+        int8: None,
     }
 }
 
@@ -700,7 +701,7 @@ impl WhisperNet {
     /// (when the width is a multiple of 32) and multiplied with `threads` threads (as the
     /// encoder; [`WhisperNet::load_opts`] sets them apart).
     pub fn load(w: &WhisperWeights, quantized_decoder: bool, threads: usize) -> Result<Self> {
-        Self::load_inner(w, quantized_decoder, false, threads, threads)
+        Self::load_inner(w, quantized_decoder, false, false, threads, threads)
     }
 
     /// [`WhisperNet::load`] with the options of [`super::LoadOptions`]: quantized (GGUF)
@@ -715,6 +716,7 @@ impl WhisperNet {
             w,
             opts.quantized_decoder,
             opts.quantized_encoder,
+            opts.encoder_int8,
             threads,
             opts.decoder_threads.max(1),
         )
@@ -724,6 +726,7 @@ impl WhisperNet {
         w: &WhisperWeights,
         quantized_decoder: bool,
         quantized_encoder: bool,
+        encoder_int8: bool,
         threads: usize,
         decoder_threads: usize,
     ) -> Result<Self> {
@@ -789,6 +792,7 @@ impl WhisperNet {
                     bias,
                     out,
                     inp: inp * taps,
+                    int8: None,
                 })
             };
             let layers = e
@@ -818,7 +822,8 @@ impl WhisperNet {
                 )
                 .map_err(|reason| Error::Stt {
                     reason: format!("encoder weights: {reason}"),
-                })?,
+                })
+                .map(|e| if encoder_int8 { e.into_int8() } else { e })?,
             )
         };
         let d = &w.decoder;

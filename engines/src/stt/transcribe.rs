@@ -80,6 +80,11 @@ pub struct LoadOptions {
     /// another thread, about 25 times per token, cost more than it saved, 5-10x more when
     /// the cores are busy (docs/benchmarks.md). The encoder always uses `threads`.
     pub decoder_threads: usize,
+    /// The encoder's linear layers (query/key/value, attention output, fc1, fc2) as int8
+    /// products with one scale per weight row and per activation row, as CTranslate2's int8
+    /// (`stt::int8`); convolutions and attention stay `f32`. Off by default: it can change
+    /// transcripts (docs/benchmarks.md). Ignored with `quantized_encoder`.
+    pub encoder_int8: bool,
 }
 
 impl Default for LoadOptions {
@@ -89,6 +94,7 @@ impl Default for LoadOptions {
             quantized_decoder: true,
             quantized_encoder: false,
             decoder_threads: 1,
+            encoder_int8: false,
         }
     }
 }

@@ -61,9 +61,13 @@ pub fn sum_exp(x: &[f32], offset: f32) -> f32 {
 /// The largest value of `x` (−∞ for an empty slice; NaNs are skipped).
 pub fn max(x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if x86::level() == x86::Level::Avx512 {
+    match x86::level() {
         // SAFETY: AVX-512F was detected.
-        return unsafe { x86::max_512(x) };
+        x86::Level::Avx512 => return unsafe { x86::max_512(x) },
+        // SAFETY: AVX2 was detected.
+        x86::Level::Avx2 if x86::avx2_rows() => return unsafe { x86::max_256(x) },
+        x86::Level::Avx2 => {}
+        x86::Level::None => {}
     }
     let mut lanes = [f32::NEG_INFINITY; 8];
     let mut chunks = x.chunks_exact(8);
@@ -83,10 +87,13 @@ pub fn max(x: &[f32]) -> f32 {
 /// no bias when it is empty.
 pub fn bias_gelu(bias: &[f32], x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if x86::level() == x86::Level::Avx512 {
+    match x86::level() {
         // SAFETY: AVX-512F was detected.
-        unsafe { x86::bias_gelu_512(bias, x) };
-        return;
+        x86::Level::Avx512 => return unsafe { x86::bias_gelu_512(bias, x) },
+        // SAFETY: AVX2 and FMA were detected.
+        x86::Level::Avx2 if x86::avx2_rows() => return unsafe { x86::bias_gelu_256(bias, x) },
+        x86::Level::Avx2 => {}
+        x86::Level::None => {}
     }
     if bias.is_empty() {
         x.iter_mut().for_each(|v| *v = gelu(*v));
@@ -132,17 +139,15 @@ mod x86 {
 
     static LEVEL: AtomicU8 = AtomicU8::new(0);
 
-    /// The widest instruction set this CPU offers (detected once). `SOTAD_NO_AVX512=1`
-    /// keeps to AVX2, for comparisons.
+    /// The widest instruction set this CPU offers (detected once), AVX-512 only if
+    /// `SOTAD_MAX_ISA` allows it ([`crate::cpu`]).
     pub(super) fn level() -> Level {
         match LEVEL.load(Ordering::Relaxed) {
             1 => Level::None,
             2 => Level::Avx2,
             3 => Level::Avx512,
             _ => {
-                let l = if is_x86_feature_detected!("avx512f")
-                    && std::env::var_os("SOTAD_NO_AVX512").is_none()
-                {
+                let l = if crate::cpu::avx512_allowed() {
                     Level::Avx512
                 } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                     Level::Avx2
@@ -328,6 +333,106 @@ mod x86 {
         }
     }
 
+    /// Whether the AVX2 level also runs [`bias_gelu_256`] and [`max_256`] (else the scalar
+    /// loops as the compiler vectorises them): `STT_VMATH_AVX2=0` turns them off, for
+    /// before/after measurements.
+    pub(super) fn avx2_rows() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var("STT_VMATH_AVX2").map_or(true, |v| v.trim() != "0"))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn max_256(x: &[f32]) -> f32 {
+        unsafe {
+            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+            let mut chunks = x.chunks_exact(8);
+            for c in &mut chunks {
+                // max_ps returns the second operand when either is NaN: NaNs are skipped.
+                m = _mm256_max_ps(_mm256_loadu_ps(c.as_ptr()), m);
+            }
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+            chunks
+                .remainder()
+                .iter()
+                .chain(&lanes)
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+        }
+    }
+
+    /// Coefficients of `ops::erf`, innermost first.
+    const ERF_P: [f32; 10] = [
+        0.170_872_77,
+        -0.822_152_23,
+        1.488_515_9,
+        -1.135_204,
+        0.278_868_07,
+        -0.186_288_06,
+        0.096_784_18,
+        0.374_091_96,
+        1.000_023_7,
+        -1.265_512_2,
+    ];
+
+    /// [`gelu_512`] on 8 lanes; the reciprocal from the 12-bit `rcp` estimate and one Newton
+    /// step (about 23 bits).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn gelu_256(x: __m256) -> __m256 {
+        unsafe {
+            let u = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+            let sign_bit = _mm256_set1_ps(-0.0);
+            let z = _mm256_andnot_ps(sign_bit, u);
+            let one = _mm256_set1_ps(1.0);
+            let den = _mm256_fmadd_ps(_mm256_set1_ps(0.5), z, one);
+            let r = _mm256_rcp_ps(den);
+            let t = _mm256_mul_ps(r, _mm256_fnmadd_ps(den, r, _mm256_set1_ps(2.0)));
+            let mut p = _mm256_set1_ps(ERF_P[0]);
+            for &c in &ERF_P[1..] {
+                p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c));
+            }
+            let arg = _mm256_fnmadd_ps(z, z, p);
+            let erfc = _mm256_mul_ps(t, exp_neg_256(arg));
+            let e = _mm256_sub_ps(one, erfc);
+            let erf = _mm256_or_ps(e, _mm256_and_ps(u, sign_bit));
+            _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_set1_ps(0.5), x),
+                _mm256_add_ps(one, erf),
+            )
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn bias_gelu_256(bias: &[f32], x: &mut [f32]) {
+        let row = |row: &mut [f32], bias: Option<&[f32]>| unsafe {
+            let mut i = 0;
+            while i + 8 <= row.len() {
+                let p = row.as_mut_ptr().add(i);
+                let mut v = _mm256_loadu_ps(p);
+                if let Some(b) = bias {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(b.as_ptr().add(i)));
+                }
+                _mm256_storeu_ps(p, gelu_256(v));
+                i += 8;
+            }
+            for (j, v) in row.iter_mut().enumerate().skip(i) {
+                let b = bias.map_or(0.0, |b| b[j]);
+                *v = gelu(*v + b);
+            }
+        };
+        if bias.is_empty() {
+            row(x, None);
+        } else {
+            for r in x.chunks_exact_mut(bias.len()) {
+                row(r, Some(bias));
+            }
+        }
+    }
+
     /// `gelu` on 16 lanes: `ops::erf`'s Chebyshev fit of `erfc` with [`exp_neg_512`].
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -447,6 +552,32 @@ mod tests {
             assert_eq!(max(&x), want, "len {len}");
         }
         assert_eq!(max(&[]), f32::NEG_INFINITY);
+    }
+
+    /// The AVX2 kernels (what an AVX2-only CPU, or `SOTAD_MAX_ISA=avx2`, runs) against the
+    /// scalar formulas, whatever level this CPU picks.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_kernels_match_the_scalar_ones() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let bias: Vec<f32> = (0..21).map(|i| i as f32 * 0.13 - 1.3).collect();
+        let src: Vec<f32> = (0..63).map(|i| (i as f32 - 31.0) * 0.19).collect();
+        for b in [&bias[..], &[]] {
+            let mut x = src.clone();
+            // SAFETY: AVX2 and FMA checked above.
+            unsafe { x86::bias_gelu_256(b, &mut x) };
+            for (i, (&s, &y)) in src.iter().zip(&x).enumerate() {
+                let want = gelu(s + b.get(i % 21).copied().unwrap_or(0.0));
+                assert!(
+                    (y - want).abs() <= 2e-6 * want.abs().max(1.0),
+                    "gelu: {y} against {want}"
+                );
+            }
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { x86::max_256(&src[..37]) }, src[36]);
     }
 
     #[test]

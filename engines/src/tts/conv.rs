@@ -116,7 +116,7 @@ pub(crate) unsafe fn gemm_strided(
     let s = |v: usize| isize::try_from(v).unwrap_or(isize::MAX);
     // SAFETY: forwarded from the caller.
     unsafe {
-        gemm::gemm(
+        crate::cpu::sgemm(
             m,
             n,
             k,
@@ -132,9 +132,6 @@ pub(crate) unsafe fn gemm_strided(
             s(rhs_rs),
             1.0f32,
             1.0f32,
-            false,
-            false,
-            false,
             gemm::Parallelism::None,
         );
     }

@@ -38,6 +38,7 @@ use crate::quant::layout::*;
 /// run time).
 pub(in crate::quant) fn available() -> bool {
     super::avx2::available()
+        && crate::cpu::avx512_allowed()
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
