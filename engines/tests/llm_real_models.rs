@@ -136,9 +136,14 @@ fn check_model(name: &str) {
                 first_miss, None,
                 "{name}: teacher-forced greedy ids differ from llama.cpp after {text:?}"
             );
-            // Free-running: our own argmax fed back, the whole sequence as llama.cpp's.
+            // Free-running: our own argmax fed back, the whole sequence as llama.cpp's. The
+            // prompt's batch scratch is released first (as the daemon does when idle): the
+            // KV cache and the logits stay, so no token may change.
             let mut session = model.session();
             session.eval(&prompt).unwrap();
+            assert!(session.scratch_bytes() > 0, "{name}: no batch scratch after a prompt");
+            session.release_scratch();
+            assert_eq!(session.scratch_bytes(), 0, "{name}: scratch left after release");
             let mut got = Vec::with_capacity(n);
             for k in 0..n {
                 let t = Sampler::argmax(session.logits());

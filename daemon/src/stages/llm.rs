@@ -47,6 +47,14 @@ pub struct Llm {
     grammars: Vec<(String, engine::Grammar)>,
 }
 
+impl super::worker::Rest for Llm {
+    /// The batch scratch goes (a long prompt's is tens of MiB); the KV cache stays, so the
+    /// next turn still reuses the conversation's prefix.
+    fn rest(&mut self) {
+        self.session.release_scratch();
+    }
+}
+
 /// The fewest tokens a question with tools may generate unless the request says otherwise.
 const TOOL_CALL_TOKENS: usize = 96;
 

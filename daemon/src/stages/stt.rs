@@ -30,6 +30,9 @@ pub struct Stt {
 
 pub type SttWorker = Worker<Stt>;
 
+/// Its buffers are sized by the model, not by the job: nothing to free when idle.
+impl super::worker::Rest for Stt {}
+
 /// Starts the STT worker if `stt.model` is set (`path`); the model loads on the worker
 /// thread.
 pub fn spawn(path: Option<PathBuf>, config: config::Stt, queue: usize) -> Option<SttWorker> {

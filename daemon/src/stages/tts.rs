@@ -39,6 +39,9 @@ pub struct Tts {
 
 pub type TtsWorker = Worker<Tts>;
 
+/// Its buffers are sized by the model, not by the job: nothing to free when idle.
+impl super::worker::Rest for Tts {}
+
 /// Starts the TTS worker if `tts.voice` is set (`path`); the voice loads on the worker
 /// thread. Other voices are looked up in `models_dir`.
 pub fn spawn(

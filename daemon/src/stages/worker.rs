@@ -22,6 +22,15 @@ use tokio::sync::oneshot;
 
 type Job<E> = Box<dyn FnOnce(&mut E) + Send>;
 
+/// What an engine does when its worker finds nothing queued after a job: give back the
+/// buffers sized by that job (the LLM's batch scratch after a long prompt), so that a daemon
+/// at rest holds what a turn needs, not the largest job's high-water mark. The allocator's
+/// free pages go back to the kernel right after ([`crate::heap::trim`]).
+pub trait Rest {
+    /// Frees job-sized buffers; the default keeps everything (buffers of a fixed size).
+    fn rest(&mut self) {}
+}
+
 /// Whether a worker's engine is loaded, still loading, or failed to load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineState {
@@ -70,7 +79,10 @@ impl<E: 'static> Worker<E> {
         name: &'static str,
         queue: usize,
         load: impl FnOnce() -> Result<E, String> + Send + 'static,
-    ) -> Worker<E> {
+    ) -> Worker<E>
+    where
+        E: Rest,
+    {
         let (tx, rx) = mpsc::sync_channel::<Job<E>>(queue.max(1));
         let shared = Arc::new(Shared {
             name,
@@ -97,9 +109,13 @@ impl<E: 'static> Worker<E> {
                             // A panicking job drops its result sender: the caller gets
                             // `Crashed`, and the thread goes on with the next job.
                             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut engine)));
-                            // Nothing waiting: the pages the job freed (activations) go back to
-                            // the kernel, so that idle memory does not keep the largest job's.
+                            // Nothing waiting: the job-sized buffers and the pages the job
+                            // freed (activations) go back to the kernel, so that idle memory
+                            // does not keep the largest job's.
                             if thread_shared.queued.load(Ordering::Relaxed) == 0 {
+                                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                    engine.rest()
+                                }));
                                 crate::heap::trim();
                             }
                         }
@@ -193,6 +209,36 @@ pub fn threads(configured: usize) -> usize {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    impl Rest for Vec<u32> {}
+    impl Rest for () {}
+    impl Rest for std::sync::mpsc::Receiver<()> {}
+
+    /// A plumbing engine that counts how often its worker let it rest.
+    #[derive(Default)]
+    struct PlumbingRests(usize);
+
+    impl Rest for PlumbingRests {
+        fn rest(&mut self) {
+            self.0 += 1;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_worker_lets_its_engine_rest_after_a_job() {
+        let worker = Worker::spawn("plumbing", 4, || Ok(PlumbingRests::default()));
+        assert_eq!(worker.submit(|e| e.0).unwrap().await.unwrap(), 0);
+        // The rest follows the job's answer; a later job sees it.
+        let mut seen = 0;
+        for _ in 0..200 {
+            seen = worker.submit(|e| e.0).unwrap().await.unwrap();
+            if seen > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(seen >= 1, "the engine never rested");
+    }
 
     #[tokio::test]
     async fn jobs_run_in_order_on_the_worker_thread() {

@@ -134,6 +134,37 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 }
 
 impl Scratch {
+    /// Frees the buffers sized by the largest batch so far (activations, queries, keys and
+    /// values, the per-head scores); the next evaluation grows them again to its own batch.
+    /// The rope tables (sized by the context, built once), the logits and the probe stay.
+    pub(crate) fn release(&mut self) {
+        *self = Scratch {
+            rope_global: std::mem::take(&mut self.rope_global),
+            rope_local: std::mem::take(&mut self.rope_local),
+            logits: std::mem::take(&mut self.logits),
+            probe: self.probe.take(),
+            ..Default::default()
+        };
+    }
+
+    /// Bytes held by the buffers [`Scratch::release`] frees (capacity, not length).
+    pub(crate) fn batch_bytes(&self) -> usize {
+        let f = |v: &Vec<f32>| v.capacity() * 4;
+        [
+            &self.x, &self.xn, &self.q, &self.k, &self.v, &self.att, &self.proj, &self.gate,
+            &self.up,
+        ]
+        .into_iter()
+        .map(f)
+        .sum::<usize>()
+            + self
+                .heads
+                .iter()
+                .map(|(a, b, c)| f(a) + f(b) + f(c))
+                .sum::<usize>()
+            + self.acts.bufs.iter().map(|b| b.0.capacity()).sum::<usize>()
+    }
+
     /// Builds the rope tables on first use and grows the buffers for `n` tokens at positions
     /// `pos0..`.
     fn prepare(&mut self, c: &Config, rope_freqs: Option<&[f32]>, n: usize, pos0: usize) {

@@ -287,6 +287,19 @@ impl Session {
         self.scratch.probe = probe;
     }
 
+    /// Frees the scratch buffers sized by the largest batch evaluated so far (a long prompt
+    /// leaves tens of MiB); the KV cache, the tokens and the logits stay. The next
+    /// evaluation allocates what its own batch needs. Call it when the session goes idle,
+    /// so that resting memory does not keep the largest prompt's high-water mark.
+    pub fn release_scratch(&mut self) {
+        self.scratch.release();
+    }
+
+    /// Bytes of the scratch buffers [`Session::release_scratch`] frees.
+    pub fn scratch_bytes(&self) -> usize {
+        self.scratch.batch_bytes()
+    }
+
     /// The logits after the last evaluated token (empty before any evaluation).
     pub fn logits(&self) -> &[f32] {
         &self.scratch.logits
