@@ -413,6 +413,30 @@ impl Conv1d {
         }
     }
 
+    /// [`Conv1d::forward`] into `out` (cleared; its allocation reused when large enough:
+    /// fresh multi-megabyte buffers cost a page fault per 4 KiB).
+    pub fn forward_to(
+        &self,
+        x: &[f32],
+        l: usize,
+        act: Act,
+        residual: Option<&[f32]>,
+        out: &mut Vec<f32>,
+    ) {
+        if !self.direct {
+            *out = self.forward(x, l, act, residual);
+            return;
+        }
+        let n = self.c_out * l;
+        out.clear();
+        if out.capacity() < n {
+            *out = Vec::with_capacity(n);
+        }
+        self.forward_direct(x, l, act, residual, SendPtr(out.as_mut_ptr()), false);
+        // SAFETY: forward_direct wrote every element.
+        unsafe { out.set_len(n) };
+    }
+
     /// `acc += residual + bias + conv(act(x))` for `x` `[C_in, l]` and `acc` `[C_out, l]`.
     pub fn forward_acc(
         &self,

@@ -1019,19 +1019,27 @@ impl Decoder {
             }
         }
         let mut l = f;
+        // Intermediate buffers of the blocks, reused by every block and level.
+        let mut scratch = Scratch::default();
         for (up, level) in self.ups.iter().zip(&self.blocks) {
             let y = up.forward(&x, l, Act::Leaky(0.1));
             l = up.out_len(l);
             // The blocks' sum; the mean's 1 / n_kernels is folded into the next layer's
             // weights at load (the leaky ReLU before it commutes with a positive scale).
-            let mut sum: Option<Vec<f32>> = None;
-            for block in level {
-                match &mut sum {
-                    Some(s) => block.forward_acc(&y, l, s),
-                    None => sum = Some(block.forward(&y, l)),
-                }
+            if level.is_empty() {
+                x = y;
+                continue;
             }
-            x = sum.unwrap_or(y);
+            let mut sum = Vec::new();
+            for (b, block) in level.iter().enumerate() {
+                let out = if b == 0 {
+                    Out::Write(&mut sum)
+                } else {
+                    Out::Acc(&mut sum)
+                };
+                block.run(&y, l, out, &mut scratch);
+            }
+            x = sum;
         }
         let mut out = self.post.forward(&x, l, Act::Leaky(0.01), None);
         out.iter_mut().for_each(|v| *v = tanh_fast(*v));
@@ -1052,59 +1060,81 @@ impl ResBlock {
         }
     }
 
-    /// `acc += forward(x)`, the last layer adding onto `acc` as it stores.
-    fn forward_acc(&self, x: &[f32], l: usize, acc: &mut [f32]) {
-        let mut cur: Option<Vec<f32>> = None;
-        match self {
-            ResBlock::One(convs) => {
-                let Some(((l1, l2), rest)) = convs.split_last() else {
-                    acc.iter_mut().zip(x).for_each(|(a, &v)| *a += v);
-                    return;
-                };
-                for (c1, c2) in rest {
-                    let x = cur.as_deref().unwrap_or(x);
-                    let xt = c1.forward(x, l, Act::Leaky(0.1), None);
-                    cur = Some(c2.forward(&xt, l, Act::Leaky(0.1), Some(x)));
+    /// The block on `x` `[C, l]`: its output written to (or added onto) `out`; the
+    /// intermediate layers' outputs go to `s`'s buffers.
+    fn run(&self, x: &[f32], l: usize, out: Out<'_>, s: &mut Scratch) {
+        let act = Act::Leaky(0.1);
+        // Which buffer holds the current input: 0 = x, 1 = s.a, 2 = s.b.
+        let mut cur = 0u8;
+        // The layer on the current input with the current input as residual; the last one
+        // into `out`, the others into the other scratch buffer.
+        let mut step = |conv: &Conv1d,
+                        pre: Option<&Conv1d>,
+                        last: bool,
+                        cur: &mut u8,
+                        out: &mut Option<Out<'_>>| {
+            let Scratch { a, b, t } = &mut *s;
+            let (input, dst): (&[f32], &mut Vec<f32>) = match *cur {
+                0 => (x, a),
+                1 => (a.as_slice(), b),
+                _ => (b.as_slice(), a),
+            };
+            // ResBlock1's first convolution of a pair, into t.
+            let src: &[f32] = match pre {
+                Some(c1) => {
+                    c1.forward_to(input, l, act, None, t);
+                    t
                 }
-                let x = cur.as_deref().unwrap_or(x);
-                let xt = l1.forward(x, l, Act::Leaky(0.1), None);
-                l2.forward_acc(&xt, l, Act::Leaky(0.1), Some(x), acc);
+                None => input,
+            };
+            if last {
+                match out.take() {
+                    Some(Out::Write(o)) => conv.forward_to(src, l, act, Some(input), o),
+                    Some(Out::Acc(o)) => conv.forward_acc(src, l, act, Some(input), o),
+                    None => unreachable!("one last layer"),
+                }
+            } else {
+                conv.forward_to(src, l, act, Some(input), dst);
+                *cur = if *cur == 1 { 2 } else { 1 };
             }
-            ResBlock::Two(convs) => {
-                let Some((last, rest)) = convs.split_last() else {
-                    acc.iter_mut().zip(x).for_each(|(a, &v)| *a += v);
-                    return;
-                };
-                for c in rest {
-                    let x = cur.as_deref().unwrap_or(x);
-                    cur = Some(c.forward(x, l, Act::Leaky(0.1), Some(x)));
+        };
+        let mut out = Some(out);
+        let n = match self {
+            ResBlock::One(convs) => convs.len(),
+            ResBlock::Two(convs) => convs.len(),
+        };
+        for k in 0..n {
+            let last = k + 1 == n;
+            match self {
+                ResBlock::One(convs) => {
+                    step(&convs[k].1, Some(&convs[k].0), last, &mut cur, &mut out)
                 }
-                let x = cur.as_deref().unwrap_or(x);
-                last.forward_acc(x, l, Act::Leaky(0.1), Some(x), acc);
+                ResBlock::Two(convs) => step(&convs[k], None, last, &mut cur, &mut out),
             }
         }
+        // No layers: the block is the identity.
+        match out {
+            Some(Out::Write(o)) => *o = x.to_vec(),
+            Some(Out::Acc(o)) => o.iter_mut().zip(x).for_each(|(a, &v)| *a += v),
+            None => {}
+        }
     }
+}
 
-    fn forward(&self, x: &[f32], l: usize) -> Vec<f32> {
-        // The first layer reads the input in place; each layer returns a new buffer.
-        let mut cur: Option<Vec<f32>> = None;
-        match self {
-            ResBlock::One(convs) => {
-                for (c1, c2) in convs {
-                    let x = cur.as_deref().unwrap_or(x);
-                    let xt = c1.forward(x, l, Act::Leaky(0.1), None);
-                    cur = Some(c2.forward(&xt, l, Act::Leaky(0.1), Some(x)));
-                }
-            }
-            ResBlock::Two(convs) => {
-                for c in convs {
-                    let x = cur.as_deref().unwrap_or(x);
-                    cur = Some(c.forward(x, l, Act::Leaky(0.1), Some(x)));
-                }
-            }
-        }
-        cur.unwrap_or_else(|| x.to_vec())
-    }
+/// Where a residual block's output goes.
+enum Out<'a> {
+    /// Into this buffer (cleared first).
+    Write(&'a mut Vec<f32>),
+    /// Added onto this one.
+    Acc(&'a mut [f32]),
+}
+
+/// A decoder call's intermediate buffers, reused across its blocks and levels.
+#[derive(Default)]
+struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    t: Vec<f32>,
 }
 
 // ----- the model ---------------------------------------------------------------------------
