@@ -46,6 +46,10 @@ const MIN_ROWS: usize = 32;
 /// microseconds).
 const MIN_ROW_SPLIT_MACS: usize = 1 << 20;
 
+/// Floats of padded input (256 KiB) up to which the direct path splits a convolution by
+/// output channels rather than by columns: one slab shared by the threads, even parts.
+const DIRECT_ROW_SPLIT_SLAB: usize = 65_536;
+
 use std::mem::MaybeUninit;
 
 use crate::mapped::Frozen;
@@ -53,13 +57,18 @@ use crate::par::SendPtr;
 
 /// Runs `f(l0, l1)` over parts of `0..l`, in parallel on the current rayon pool.
 fn par_columns(l: usize, f: impl Fn(usize, usize) + Sync) {
+    par_columns_by(l, 1, f);
+}
+
+/// [`par_columns`] with parts starting at multiples of `align` columns.
+fn par_columns_by(l: usize, align: usize, f: impl Fn(usize, usize) + Sync) {
     let threads = rayon::current_num_threads().max(1);
     let parts = threads.min(l.div_ceil(MIN_COLS)).max(1);
     if parts == 1 {
         f(0, l);
         return;
     }
-    let per = l.div_ceil(parts);
+    let per = l.div_ceil(parts).div_ceil(align.max(1)) * align.max(1);
     let f = &f;
     rayon::scope(|s| {
         for p in 1..parts {
@@ -146,9 +155,15 @@ pub(crate) struct Conv1d {
     k: usize,
     dilation: usize,
     pad_l: usize,
-    /// `[C_out][K][C_in]`: row `o` is the left operand's row for the gathered input.
+    /// Gathered path: `[C_out][K][C_in]`, row `o` the left operand's row for the gathered
+    /// input. Direct path ([`direct`]): `[ceil(C_out / MR)][K][C_in][MR]`, zero rows past
+    /// `C_out`.
     w: Frozen<f32>,
     bias: Vec<f32>,
+    /// Whether the direct kernel runs this convolution (see [`direct::available`]).
+    direct: bool,
+    /// Tap `t` reads the padded input `t * dilation` columns further (the direct path).
+    offs: Vec<usize>,
 }
 
 impl Conv1d {
@@ -161,14 +176,44 @@ impl Conv1d {
         bias: Option<Vec<f32>>,
         dilation: usize,
     ) -> Self {
-        let mut wt = vec![0f32; k * c_out * c_in];
-        for o in 0..c_out {
-            for i in 0..c_in {
-                for t in 0..k {
-                    wt[(o * k + t) * c_in + i] = w[(o * c_in + i) * k + t];
+        Self::with_path(w, c_out, c_in, k, bias, dilation, direct::suits(c_out))
+    }
+
+    /// [`Conv1d::new`] on the given path (`direct` only where [`direct::available`]).
+    fn with_path(
+        w: &[f32],
+        c_out: usize,
+        c_in: usize,
+        k: usize,
+        bias: Option<Vec<f32>>,
+        dilation: usize,
+        direct: bool,
+    ) -> Self {
+        let direct = direct && direct::available();
+        let wt = if direct {
+            let depth = k * c_in;
+            let mut wt = vec![0f32; c_out.div_ceil(direct::MR) * depth * direct::MR];
+            for o in 0..c_out {
+                let (tile, r) = (o / direct::MR, o % direct::MR);
+                for i in 0..c_in {
+                    for t in 0..k {
+                        wt[(tile * depth + t * c_in + i) * direct::MR + r] =
+                            w[(o * c_in + i) * k + t];
+                    }
                 }
             }
-        }
+            wt
+        } else {
+            let mut wt = vec![0f32; k * c_out * c_in];
+            for o in 0..c_out {
+                for i in 0..c_in {
+                    for t in 0..k {
+                        wt[(o * k + t) * c_in + i] = w[(o * c_in + i) * k + t];
+                    }
+                }
+            }
+            wt
+        };
         let span = (k - 1) * dilation;
         Self {
             c_out,
@@ -178,6 +223,8 @@ impl Conv1d {
             pad_l: span / 2,
             w: Frozen::new(wt),
             bias: bias.unwrap_or_else(|| vec![0.0; c_out]),
+            direct,
+            offs: (0..k).map(|t| t * dilation).collect(),
         }
     }
 
@@ -197,6 +244,14 @@ impl Conv1d {
     /// is what makes the narrow, long layers at the end of the decoder fast.
     pub fn forward(&self, x: &[f32], l: usize, act: Act, residual: Option<&[f32]>) -> Vec<f32> {
         debug_assert_eq!(x.len(), self.c_in * l);
+        if self.direct {
+            let n = self.c_out * l;
+            let mut y = Vec::<f32>::with_capacity(n);
+            self.forward_direct(x, l, act, residual, SendPtr(y.as_mut_ptr()), false);
+            // SAFETY: forward_direct wrote every element.
+            unsafe { y.set_len(n) };
+            return y;
+        }
         // Not zeroed: every element is written by `init_rows` before the product adds to it
         // (zeroing and first-touch page faults of the fresh buffer cost about 8% of the
         // decoder's time).
@@ -247,6 +302,154 @@ impl Conv1d {
         // SAFETY: the parts cover columns 0..l, and init_rows wrote every row of each block.
         unsafe { y.set_len(n) };
         y
+    }
+
+    /// [`Conv1d::forward`] on the direct kernel: each block of columns is copied once into a
+    /// zero-padded slab with the activation applied (`C_in` rows, not `K * C_in` as gathered),
+    /// and the kernel reads every tap's window from it in place; bias and residual are added
+    /// as the tiles are stored.
+    ///
+    /// Writes `dst` `[C_out, l]` (uninitialized unless `accumulate`, which adds to it).
+    fn forward_direct(
+        &self,
+        x: &[f32],
+        l: usize,
+        act: Act,
+        residual: Option<&[f32]>,
+        dst: SendPtr,
+        accumulate: bool,
+    ) {
+        let (pl, pr) = self.reach();
+        let conv = direct::Weights {
+            w: &self.w,
+            depth: self.k * self.c_in,
+            c_in: self.c_in,
+            offs: &self.offs,
+            bias: &self.bias,
+            rows: self.c_out,
+        };
+        let res = residual.map(|r| SendPtr(r.as_ptr().cast_mut()));
+        let tiles = self.c_out.div_ceil(direct::MR);
+        let threads = rayon::current_num_threads().max(1);
+        if threads > 1
+            && tiles >= 2 * threads
+            && self.c_out * conv.depth * l >= MIN_ROW_SPLIT_MACS
+            && (l <= MIN_COLS
+                || self.c_in * direct::slab_width(l, pl + pr) <= DIRECT_ROW_SPLIT_SLAB)
+        {
+            // Too short to split by columns, or short enough for one cache-sized slab: the
+            // output tiles split over the threads (even parts, one shared slab).
+            let rs = direct::slab_width(l, pl + pr);
+            let mut slab = vec![0f32; self.c_in * rs];
+            direct::fill_slab(x, l, self.c_in, act, -(pl as isize), rs, &mut slab);
+            let parts = threads.min(tiles);
+            let per = tiles.div_ceil(parts);
+            let (slab, conv) = (&slab, &conv);
+            let work = move |t0: usize, t1: usize| {
+                // SAFETY: tiles t0..t1 cover output rows of this part alone; the slab is
+                // [c_in, rs] with rs >= round_up(l, 16) + span; dst and residual are
+                // [c_out, l].
+                unsafe {
+                    direct::block(
+                        conv,
+                        slab,
+                        rs,
+                        l,
+                        t0..t1,
+                        dst.get(),
+                        l,
+                        res.map(|r| (r.get().cast_const(), l)),
+                        accumulate,
+                    );
+                }
+            };
+            let work = &work;
+            rayon::scope(|s| {
+                for p in 1..parts {
+                    let (t0, t1) = ((p * per).min(tiles), ((p + 1) * per).min(tiles));
+                    if t0 < t1 {
+                        s.spawn(move |_| work(t0, t1));
+                    }
+                }
+                work(0, per.min(tiles));
+            });
+        } else {
+            // About 256 KiB of slab per block, a multiple of the kernel's columns.
+            let block =
+                ((65_536 / self.c_in.max(1)) / direct::NC * direct::NC).clamp(direct::NC, 4096);
+            let conv = &conv;
+            par_columns_by(l, direct::LANES, |l0, l1| {
+                let cap = block.min(l1 - l0);
+                let mut slab = vec![0f32; self.c_in * direct::slab_width(cap, pl + pr)];
+                let mut b0 = l0;
+                while b0 < l1 {
+                    let bw = block.min(l1 - b0);
+                    let rs = direct::slab_width(bw, pl + pr);
+                    let slab = &mut slab[..self.c_in * rs];
+                    #[allow(clippy::cast_possible_wrap)]
+                    let start = b0 as isize - pl as isize;
+                    direct::fill_slab(x, l, self.c_in, act, start, rs, slab);
+                    // SAFETY: columns b0..b0 + bw of every row belong to this part alone; the
+                    // slab is [c_in, rs] as the kernel needs; dst and residual are [c_out, l].
+                    unsafe {
+                        direct::block(
+                            conv,
+                            slab,
+                            rs,
+                            bw,
+                            0..tiles,
+                            dst.get().add(b0),
+                            l,
+                            res.map(|r| (r.get().cast_const().add(b0), l)),
+                            accumulate,
+                        );
+                    }
+                    b0 += bw;
+                }
+            });
+        }
+    }
+
+    /// [`Conv1d::forward`] into `out` (cleared; its allocation reused when large enough:
+    /// fresh multi-megabyte buffers cost a page fault per 4 KiB).
+    pub fn forward_to(
+        &self,
+        x: &[f32],
+        l: usize,
+        act: Act,
+        residual: Option<&[f32]>,
+        out: &mut Vec<f32>,
+    ) {
+        if !self.direct {
+            *out = self.forward(x, l, act, residual);
+            return;
+        }
+        let n = self.c_out * l;
+        out.clear();
+        if out.capacity() < n {
+            *out = Vec::with_capacity(n);
+        }
+        self.forward_direct(x, l, act, residual, SendPtr(out.as_mut_ptr()), false);
+        // SAFETY: forward_direct wrote every element.
+        unsafe { out.set_len(n) };
+    }
+
+    /// `acc += residual + bias + conv(act(x))` for `x` `[C_in, l]` and `acc` `[C_out, l]`.
+    pub fn forward_acc(
+        &self,
+        x: &[f32],
+        l: usize,
+        act: Act,
+        residual: Option<&[f32]>,
+        acc: &mut [f32],
+    ) {
+        assert_eq!(acc.len(), self.c_out * l);
+        if self.direct {
+            self.forward_direct(x, l, act, residual, SendPtr(acc.as_mut_ptr()), true);
+        } else {
+            let y = self.forward(x, l, act, residual);
+            acc.iter_mut().zip(&y).for_each(|(a, &v)| *a += v);
+        }
     }
 
     /// [`Conv1d::forward`] for short inputs (a sentence's phonemes, a streamed window's
@@ -382,9 +585,16 @@ pub(crate) struct ConvTranspose1d {
     /// Taps per phase, `ceil(K / stride)`.
     taps: usize,
     /// `[stride][C_out][taps][C_in]`: row `r * C_out + o`, column `m * C_in + i` is
-    /// `w[i, o, r + m * stride]` (0 past the kernel).
+    /// `w[i, o, r + m * stride]` (0 past the kernel). On the direct path the same rows in
+    /// tiles, `[ceil(stride * C_out / MR)][taps][C_in][MR]`.
     w: Frozen<f32>,
     bias: Vec<f32>,
+    /// Whether the direct kernel runs the product (see [`direct::available`]).
+    direct: bool,
+    /// The bias of each product row `r * C_out + o` (the direct path).
+    bias_rows: Vec<f32>,
+    /// Tap `m` reads the slab `taps - 1 - m` columns further (the direct path).
+    offs: Vec<usize>,
 }
 
 impl ConvTranspose1d {
@@ -398,10 +608,27 @@ impl ConvTranspose1d {
         stride: usize,
         pad: usize,
     ) -> Self {
+        let direct = direct::suits(stride.max(1) * c_out);
+        Self::with_path(w, c_in, c_out, k, bias, stride, pad, direct)
+    }
+
+    /// [`ConvTranspose1d::new`], on the direct path if `direct` and the CPU has it.
+    #[allow(clippy::too_many_arguments)]
+    fn with_path(
+        w: Vec<f32>,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        bias: Vec<f32>,
+        stride: usize,
+        pad: usize,
+        direct: bool,
+    ) -> Self {
         let stride = stride.max(1);
         let taps = k.div_ceil(stride);
         let depth = taps * c_in;
         let mut wp = vec![0f32; stride * c_out * depth];
+        let rows = stride * c_out;
         for r in 0..stride {
             for o in 0..c_out {
                 for m in 0..taps {
@@ -415,6 +642,17 @@ impl ConvTranspose1d {
                 }
             }
         }
+        let direct = direct && direct::available();
+        if direct {
+            let mut wt = vec![0f32; rows.div_ceil(direct::MR) * depth * direct::MR];
+            for row in 0..rows {
+                let (tile, r) = (row / direct::MR, row % direct::MR);
+                for d in 0..depth {
+                    wt[(tile * depth + d) * direct::MR + r] = wp[row * depth + d];
+                }
+            }
+            wp = wt;
+        }
         Self {
             c_in,
             c_out,
@@ -423,13 +661,73 @@ impl ConvTranspose1d {
             pad,
             taps,
             w: Frozen::new(wp),
+            bias_rows: (0..rows).map(|r| bias[r % c_out]).collect(),
             bias,
+            direct,
+            offs: (0..taps).map(|m| taps - 1 - m).collect(),
         }
     }
 
     /// Kernel size, stride and padding (trimmed from each end).
     pub fn geometry(&self) -> (usize, usize, usize) {
         (self.k, self.stride, self.pad)
+    }
+
+    /// The gathered path's product for the block of phase columns `b0..b0 + bw`: `tmp`
+    /// `[rows, bw]` gets the bias plus the product.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        &self,
+        x: &[f32],
+        l: usize,
+        act: Act,
+        b0: usize,
+        bw: usize,
+        col: &mut [f32],
+        tmp: &mut [f32],
+    ) {
+        let (c_in, c_out) = (self.c_in, self.c_out);
+        let depth = self.taps * c_in;
+        let rows = self.stride * c_out;
+        // col[(m * c_in + i) * bw + j] = act(x[i, b0 + j - m]), 0 outside.
+        for m in 0..self.taps {
+            for i in 0..c_in {
+                let row = &mut col[(m * c_in + i) * bw..(m * c_in + i + 1) * bw];
+                let src = &x[i * l..(i + 1) * l];
+                // Valid j: 0 <= b0 + j - m < l.
+                let j_lo = m.saturating_sub(b0).min(bw);
+                let j_hi = (l + m).saturating_sub(b0).min(bw).max(j_lo);
+                row[..j_lo].fill(0.0);
+                row[j_hi..].fill(0.0);
+                if j_lo == j_hi {
+                    continue;
+                }
+                let from = b0 + j_lo - m;
+                let seg = &mut row[j_lo..j_hi];
+                let src = &src[from..from + seg.len()];
+                act.copy(src, seg);
+            }
+        }
+        let tmp = &mut tmp[..rows * bw];
+        for (rr, row) in tmp.chunks_exact_mut(bw).enumerate() {
+            row.fill(self.bias[rr % c_out]);
+        }
+        // SAFETY: tmp is [rows, bw], the weights [rows, depth], col [depth, bw], all
+        // contiguous and distinct.
+        unsafe {
+            gemm_acc(
+                rows,
+                bw,
+                depth,
+                tmp.as_mut_ptr(),
+                bw,
+                self.w.as_ptr(),
+                depth,
+                1,
+                col.as_ptr(),
+                bw,
+            );
+        }
     }
 
     /// Output length for input length `l`.
@@ -455,57 +753,68 @@ impl ConvTranspose1d {
         // About 256 KiB of gathered input and of product per block, 16-column multiples.
         let block = ((65_536 / depth.max(rows).max(1)) / 16 * 16).clamp(16, 1024);
         let dst = SendPtr(y.as_mut_ptr());
-        par_columns(nq, |q0, q1| {
+        let conv = direct::Weights {
+            w: &self.w,
+            depth,
+            c_in,
+            offs: &self.offs,
+            bias: &self.bias_rows,
+            rows,
+        };
+        let conv = &conv;
+        let align = if self.direct { direct::LANES } else { 1 };
+        // The direct path: blocks of whole NC-column tiles, about 512 KiB of product (its slab
+        // is C_in rows, not taps * C_in).
+        let block = if self.direct {
+            ((131_072 / rows.max(c_in).max(1)) / direct::NC * direct::NC).clamp(direct::NC, 1008)
+        } else {
+            block
+        };
+        par_columns_by(nq, align, |q0, q1| {
             let cap = block.min(q1 - q0);
-            let mut col = vec![0f32; depth * cap];
+            let span = self.taps - 1;
+            let mut col = vec![
+                0f32;
+                if self.direct {
+                    c_in * direct::slab_width(cap, span)
+                } else {
+                    depth * cap
+                }
+            ];
             let mut tmp = vec![0f32; rows * cap];
             let mut b0 = q0;
             while b0 < q1 {
                 let bw = block.min(q1 - b0);
-                let col = &mut col[..depth * bw];
-                // col[(m * c_in + i) * bw + j] = act(x[i, b0 + j - m]), 0 outside.
-                for m in 0..self.taps {
-                    for i in 0..c_in {
-                        let row = &mut col[(m * c_in + i) * bw..(m * c_in + i + 1) * bw];
-                        let src = &x[i * l..(i + 1) * l];
-                        // Valid j: 0 <= b0 + j - m < l.
-                        let j_lo = m.saturating_sub(b0).min(bw);
-                        let j_hi = (l + m).saturating_sub(b0).min(bw).max(j_lo);
-                        row[..j_lo].fill(0.0);
-                        row[j_hi..].fill(0.0);
-                        if j_lo == j_hi {
-                            continue;
-                        }
-                        let from = b0 + j_lo - m;
-                        let seg = &mut row[j_lo..j_hi];
-                        let src = &src[from..from + seg.len()];
-                        act.copy(src, seg);
-                    }
-                }
                 let tmp = &mut tmp[..rows * bw];
-                for (rr, row) in tmp.chunks_exact_mut(bw).enumerate() {
-                    row.fill(self.bias[rr % c_out]);
-                }
-                // SAFETY: tmp is [rows, bw], the weights [rows, depth], col [depth, bw], all
-                // contiguous and distinct.
-                unsafe {
-                    gemm_acc(
-                        rows,
-                        bw,
-                        depth,
-                        tmp.as_mut_ptr(),
-                        bw,
-                        self.w.as_ptr(),
-                        depth,
-                        1,
-                        col.as_ptr(),
-                        bw,
-                    );
+                if self.direct {
+                    let rs = direct::slab_width(bw, span);
+                    let slab = &mut col[..c_in * rs];
+                    #[allow(clippy::cast_possible_wrap)]
+                    let start = b0 as isize - span as isize;
+                    direct::fill_slab(x, l, c_in, act, start, rs, slab);
+                    // SAFETY: tmp is [rows, bw], the slab [c_in, rs] as the kernel needs.
+                    unsafe {
+                        direct::block(
+                            conv,
+                            slab,
+                            rs,
+                            bw,
+                            0..rows.div_ceil(direct::MR),
+                            tmp.as_mut_ptr(),
+                            bw,
+                            None,
+                            false,
+                        );
+                    }
+                } else {
+                    self.product(x, l, act, b0, bw, &mut col[..depth * bw], tmp);
                 }
                 // Interleave the phases: y[o, q * s + r - p] = tmp[r * c_out + o, q - b0].
                 // Outputs n with (n + p) / s in b0..b0 + bw are this block's alone.
                 let n_lo = (b0 * s).saturating_sub(p);
                 let n_hi = ((b0 + bw) * s).saturating_sub(p).min(lo);
+                // Phase r's column j goes to n = (b0 + j) * s + r - p, kept if n_lo <= n < n_hi
+                // (no division per element).
                 for o in 0..c_out {
                     // SAFETY: row o's outputs n_lo..n_hi belong to this block alone.
                     let out = unsafe {
@@ -514,9 +823,22 @@ impl ConvTranspose1d {
                             n_hi - n_lo,
                         )
                     };
-                    for (d, n) in out.iter_mut().zip(n_lo..n_hi) {
-                        let (q, r) = ((n + p) / s, (n + p) % s);
-                        d.write(tmp[(r * c_out + o) * bw + q - b0]);
+                    for r in 0..s {
+                        let src = &tmp[(r * c_out + o) * bw..(r * c_out + o + 1) * bw];
+                        let first = b0 * s + r; // n + p at j = 0
+                        let j_lo = if first >= p {
+                            0
+                        } else {
+                            (p - first).div_ceil(s)
+                        };
+                        let j_hi = (n_hi + p)
+                            .saturating_sub(r)
+                            .div_ceil(s)
+                            .saturating_sub(b0)
+                            .min(bw);
+                        for j in j_lo..j_hi {
+                            out[(b0 + j) * s + r - p - n_lo].write(src[j]);
+                        }
                     }
                 }
                 b0 += bw;
@@ -527,6 +849,252 @@ impl ConvTranspose1d {
         // nq * s - p >= lo.
         unsafe { y.set_len(n) };
         y
+    }
+}
+
+/// The direct convolution kernel: output tiles of `MR` channels by up to `NC` columns,
+/// accumulated in registers over every tap and input channel, reading the taps' shifted
+/// windows straight from a zero-padded copy of the input (the slab) and broadcasting the
+/// weights. No gathered `[K * C_in, B]` matrix, no packing, and the bias and residual are
+/// added as the tile is stored. Each output column is summed in the same order wherever it
+/// lies in a block, so decoding in chunks stays bit-identical to decoding whole.
+///
+/// AVX-512 only for now; elsewhere (NEON, AVX2) the convolutions keep the gathered gemm path.
+mod direct {
+    use std::ops::Range;
+
+    use super::Act;
+
+    /// Output channels per tile.
+    pub(super) const MR: usize = 8;
+    /// Columns per tile (three 16-lane vectors).
+    pub(super) const NC: usize = 48;
+    /// Columns per vector; the slab's widths are multiples of it.
+    pub(super) const LANES: usize = 16;
+
+    /// Whether this CPU runs the kernel.
+    pub(super) fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Whether a convolution with `rows` outputs should take the direct path: fewer rows
+    /// than a tile would be mostly zero padding (Piper's last layer has one).
+    pub(super) fn suits(rows: usize) -> bool {
+        rows >= MR
+    }
+
+    /// A convolution's operands for [`block`].
+    pub(super) struct Weights<'a> {
+        /// `[ceil(rows / MR)][depth][MR]`.
+        pub w: &'a [f32],
+        /// `taps * c_in`.
+        pub depth: usize,
+        pub c_in: usize,
+        /// Per tap, the slab column offset of its window.
+        pub offs: &'a [usize],
+        /// Per output row.
+        pub bias: &'a [f32],
+        pub rows: usize,
+    }
+
+    /// Row stride of a slab for `cols` output columns and `span` extra input columns.
+    pub(super) fn slab_width(cols: usize, span: usize) -> usize {
+        cols.div_ceil(LANES) * LANES + span
+    }
+
+    /// `slab[i * rs + c] = act(x[i, start + c])`, 0 outside `0..l`, for `c < rs`.
+    pub(super) fn fill_slab(
+        x: &[f32],
+        l: usize,
+        c_in: usize,
+        act: Act,
+        start: isize,
+        rs: usize,
+        slab: &mut [f32],
+    ) {
+        // Valid c: 0 <= start + c < l.
+        let c_lo = usize::try_from(-start).unwrap_or(0).min(rs);
+        let c_hi = usize::try_from(l as isize - start)
+            .unwrap_or(0)
+            .min(rs)
+            .max(c_lo);
+        for (i, row) in slab.chunks_exact_mut(rs).take(c_in).enumerate() {
+            row[..c_lo].fill(0.0);
+            row[c_hi..].fill(0.0);
+            if c_lo < c_hi {
+                let from = (start + c_lo as isize) as usize;
+                act.copy(
+                    &x[i * l + from..i * l + from + (c_hi - c_lo)],
+                    &mut row[c_lo..c_hi],
+                );
+            }
+        }
+    }
+
+    /// Output rows of tiles `tiles`, columns `0..cols`: `dst[o * dst_rs + j] = bias[o] +
+    /// residual[o * res_rs + j] + sum_{t, i} w[o, t, i] * slab[i * rs + offs[t] + j]`, or
+    /// `+=` that if `accumulate`.
+    ///
+    /// # Safety
+    /// The slab is `[c_in, rs]` with `rs >= slab_width(cols, max(offs))`; `dst` (and the
+    /// residual) cover those rows and columns, and the rows' columns are the caller's alone.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn block(
+        conv: &Weights<'_>,
+        slab: &[f32],
+        rs: usize,
+        cols: usize,
+        tiles: Range<usize>,
+        dst: *mut f32,
+        dst_rs: usize,
+        res: Option<(*const f32, usize)>,
+        accumulate: bool,
+    ) {
+        debug_assert!(slab.len() >= conv.c_in * rs);
+        debug_assert!(rs >= slab_width(cols, conv.offs.iter().copied().max().unwrap_or(0)));
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded from the caller; `Weights` is only built where `available()`.
+        unsafe {
+            avx512::block(
+                conv,
+                slab.as_ptr(),
+                rs,
+                cols,
+                tiles,
+                dst,
+                dst_rs,
+                res,
+                accumulate,
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (conv, rs, cols, tiles, dst, dst_rs, res, accumulate);
+            unreachable!("the direct kernel is only chosen where available() holds");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod avx512 {
+        use std::arch::x86_64::*;
+        use std::ops::Range;
+
+        use super::{LANES, MR, NC, Weights};
+
+        /// See [`super::block`].
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn block(
+            conv: &Weights<'_>,
+            slab: *const f32,
+            rs: usize,
+            cols: usize,
+            tiles: Range<usize>,
+            dst: *mut f32,
+            dst_rs: usize,
+            res: Option<(*const f32, usize)>,
+            accumulate: bool,
+        ) {
+            for tile in tiles {
+                let o0 = tile * MR;
+                let rows = MR.min(conv.rows - o0);
+                // SAFETY: the tile's weights are [depth][MR] at tile * depth * MR.
+                let w = unsafe { conv.w.as_ptr().add(tile * conv.depth * MR) };
+                let bias = &conv.bias[o0..o0 + rows];
+                let mut j = 0;
+                while j < cols {
+                    let n = (cols - j).min(NC);
+                    // SAFETY: columns j..j + n of the tile's rows, within the caller's ranges;
+                    // the slab reads stay below round_up(cols, 16) + max(offs) <= rs.
+                    unsafe {
+                        let out = dst.add(o0 * dst_rs + j);
+                        let r = res.map(|(p, s)| (p.add(o0 * s + j), s));
+                        let x = slab.add(j);
+                        match n.div_ceil(LANES) {
+                            3 => tile_n::<3>(w, x, rs, conv, out, dst_rs, r, bias, n, accumulate),
+                            2 => tile_n::<2>(w, x, rs, conv, out, dst_rs, r, bias, n, accumulate),
+                            _ => tile_n::<1>(w, x, rs, conv, out, dst_rs, r, bias, n, accumulate),
+                        }
+                    }
+                    j += n;
+                }
+            }
+        }
+
+        /// One tile of `bias.len()` rows and `n <= V * 16` columns.
+        #[allow(clippy::too_many_arguments)]
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn tile_n<const V: usize>(
+            w: *const f32,
+            x: *const f32,
+            rs: usize,
+            conv: &Weights<'_>,
+            dst: *mut f32,
+            dst_rs: usize,
+            res: Option<(*const f32, usize)>,
+            bias: &[f32],
+            n: usize,
+            accumulate: bool,
+        ) {
+            let mut acc = [[_mm512_setzero_ps(); V]; MR];
+            let c_in = conv.c_in;
+            for (t, &off) in conv.offs.iter().enumerate() {
+                // SAFETY: row i of the slab at column off + j.. is inside it (see block); the
+                // tap's weights are [c_in][MR] at t * c_in * MR.
+                unsafe {
+                    let mut xp = x.add(off);
+                    let mut wp = w.add(t * c_in * MR);
+                    for _ in 0..c_in {
+                        let mut xv = [_mm512_setzero_ps(); V];
+                        for (v, xv) in xv.iter_mut().enumerate() {
+                            *xv = _mm512_loadu_ps(xp.add(v * LANES));
+                        }
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let b = _mm512_set1_ps(*wp.add(r));
+                            for (a, &xv) in acc.iter_mut().zip(&xv) {
+                                *a = _mm512_fmadd_ps(b, xv, *a);
+                            }
+                        }
+                        xp = xp.add(rs);
+                        wp = wp.add(MR);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate().take(bias.len()) {
+                let b = _mm512_set1_ps(bias[r]);
+                for (v, &a) in acc.iter().enumerate() {
+                    let m = n.saturating_sub(v * LANES).min(LANES);
+                    if m == 0 {
+                        break;
+                    }
+                    #[allow(clippy::cast_possible_truncation)]
+                    let mask: __mmask16 = ((1u32 << m) - 1) as u16;
+                    let mut val = _mm512_add_ps(a, b);
+                    // SAFETY: row r's columns v * 16.. + m are inside dst and the residual.
+                    unsafe {
+                        if let Some((p, s)) = res {
+                            val = _mm512_add_ps(
+                                val,
+                                _mm512_maskz_loadu_ps(mask, p.add(r * s + v * LANES)),
+                            );
+                        }
+                        let d = dst.add(r * dst_rs + v * LANES);
+                        if accumulate {
+                            val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mask, d));
+                        }
+                        _mm512_mask_storeu_ps(d, mask, val);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -584,23 +1152,44 @@ mod tests {
             (5, 3, 1, 1, 33),
             // Short and wide: split by output channels on 2 threads.
             (80, 64, 3, 1, 70),
+            // Several blocks of columns per part.
+            (16, 128, 3, 2, 1300),
         ] {
             let w: Vec<f32> = (0..c_out * c_in * k).map(|_| r()).collect();
             let b: Vec<f32> = (0..c_out).map(|_| r()).collect();
             let x: Vec<f32> = (0..c_in * l).map(|_| r()).collect();
-            let conv = Conv1d::new(&w, c_out, c_in, k, Some(b.clone()), d);
-            for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let y = pool.install(|| conv.forward(&x, l, Act::Leaky(0.1), None));
-                let want = naive_conv(&w, &b, &x, c_out, c_in, k, l, d);
-                for (a, b) in y.iter().zip(&want) {
-                    assert!(
-                        (a - b).abs() < 1e-4,
-                        "{c_out} {c_in} {k} {d} {l}: {a} vs {b}"
-                    );
+            let res: Vec<f32> = (0..c_out * l).map(|_| r()).collect();
+            let mut want = naive_conv(&w, &b, &x, c_out, c_in, k, l, d);
+            for (v, &rv) in want.iter_mut().zip(&res) {
+                *v += rv;
+            }
+            // Both paths: the direct kernel (where the CPU has it) and the gathered gemm.
+            for direct in [true, false] {
+                let conv = Conv1d::with_path(&w, c_out, c_in, k, Some(b.clone()), d, direct);
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let y = pool.install(|| conv.forward(&x, l, Act::Leaky(0.1), Some(&res)));
+                    assert_eq!(y.len(), want.len());
+                    for (a, b) in y.iter().zip(&want) {
+                        assert!(
+                            (a - b).abs() < 1e-4,
+                            "{c_out} {c_in} {k} {d} {l} direct {direct}: {a} vs {b}"
+                        );
+                    }
+                    // Added onto a buffer: res + (res + conv).
+                    let mut acc = res.clone();
+                    pool.install(|| {
+                        conv.forward_acc(&x, l, Act::Leaky(0.1), Some(&res), &mut acc);
+                    });
+                    for ((a, b), &rv) in acc.iter().zip(&want).zip(&res) {
+                        assert!(
+                            (a - (b + rv)).abs() < 1e-4,
+                            "{c_out} {c_in} {k} {d} {l} acc"
+                        );
+                    }
                 }
             }
         }
@@ -626,11 +1215,6 @@ mod tests {
             let ct = ConvTranspose1d::new(w.clone(), c_in, c_out, k, b.clone(), s, p);
             let lo = ct.out_len(l);
             assert_eq!(lo, ((l - 1) * s + k) - 2 * p);
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(2)
-                .build()
-                .unwrap();
-            let y = pool.install(|| ct.forward(&x, l, Act::Leaky(0.1)));
             let mut want = vec![0f32; c_out * lo];
             for o in 0..c_out {
                 for v in &mut want[o * lo..(o + 1) * lo] {
@@ -649,9 +1233,22 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(y.len(), want.len());
-            for (a, b) in y.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-4, "{k} {s} {p} {l}: {a} vs {b}");
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            // Both paths: the direct kernel (where the CPU has it) and the gathered gemm.
+            for direct in [true, false] {
+                let ct =
+                    ConvTranspose1d::with_path(w.clone(), c_in, c_out, k, b.clone(), s, p, direct);
+                let y = pool.install(|| ct.forward(&x, l, Act::Leaky(0.1)));
+                assert_eq!(y.len(), want.len());
+                for (a, b) in y.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "{k} {s} {p} {l} direct {direct}: {a} vs {b}"
+                    );
+                }
             }
         }
     }

@@ -385,14 +385,33 @@ impl Dds {
         for l in &self.layers {
             let mut y = l.depthwise(x, t);
             layer_norm(&mut y, t, &l.norm1);
-            y.iter_mut().for_each(|v| *v = gelu(*v));
+            par_halves(&mut y, None, |y, _| {
+                y.iter_mut().for_each(|v| *v = gelu(*v))
+            });
             let mut y = l.pw.forward(&y, t, Act::Identity, None);
             layer_norm(&mut y, t, &l.norm2);
-            for (xv, &yv) in x.iter_mut().zip(&y) {
-                *xv += gelu(yv);
-            }
+            par_halves(x, Some(&y), |x, y| {
+                for (xv, &yv) in x.iter_mut().zip(y) {
+                    *xv += gelu(yv);
+                }
+            });
         }
     }
+}
+
+/// Runs `f(part of x, same part of y)` over two halves of `x` (and `y`, the same length, or
+/// empty) on two threads when there is enough work (GELU's `erff` is ~20 ns an element), else
+/// `f(x, y)`.
+fn par_halves(x: &mut [f32], y: Option<&[f32]>, f: impl Fn(&mut [f32], &[f32]) + Sync) {
+    let y = y.unwrap_or(&[]);
+    if x.len() < 4096 || rayon::current_num_threads() < 2 {
+        f(x, y);
+        return;
+    }
+    let mid = x.len() / 2;
+    let (x0, x1) = x.split_at_mut(mid);
+    let (y0, y1) = y.split_at(mid.min(y.len()));
+    rayon::join(|| f(x0, y0), || f(x1, y1));
 }
 
 /// GELU with the exact error function (PyTorch's default; `libm::erff`, as candle's
@@ -683,6 +702,17 @@ impl Dp {
 // ----- flow --------------------------------------------------------------------------------
 
 fn fast_conv(voice: &PiperVoice, name: &str, dilation: usize, bias: bool) -> Result<Conv1d> {
+    scaled_conv(voice, name, dilation, bias, 1.0)
+}
+
+/// [`fast_conv`] with the weights (not the bias) multiplied by `scale`.
+fn scaled_conv(
+    voice: &PiperVoice,
+    name: &str,
+    dilation: usize,
+    bias: bool,
+    scale: f32,
+) -> Result<Conv1d> {
     let w = voice.param(&format!("{name}.weight"))?;
     let d: Vec<usize> = w
         .dims()
@@ -704,7 +734,11 @@ fn fast_conv(voice: &PiperVoice, name: &str, dilation: usize, bias: bool) -> Res
     } else {
         None
     };
-    Ok(Conv1d::new(&w.to_f32_vec()?, c_out, c_in, k, b, dilation))
+    let mut w = w.to_f32_vec()?;
+    if scale != 1.0 {
+        w.iter_mut().for_each(|v| *v *= scale);
+    }
+    Ok(Conv1d::new(&w, c_out, c_in, k, b, dilation))
 }
 
 #[derive(Debug, Clone)]
@@ -781,7 +815,7 @@ impl Coupling {
                     let a = &x_in[ch * f..(ch + 1) * f];
                     let b = &x_in[(hd + ch) * f..(hd + ch + 1) * f];
                     for ((o, &av), &bv) in o_row.iter_mut().zip(a).zip(b) {
-                        *o = (av + gt).tanh() * sigmoid(bv + gs);
+                        *o = tanh_fast(av + gt) * sigmoid_fast(bv + gs);
                     }
                 }
             };
@@ -806,9 +840,39 @@ impl Coupling {
     }
 }
 
+/// `e^x` within about 2 ulp, in plain arithmetic that the compiler vectorizes (AVX-512,
+/// NEON): `2^n * p(r)` with `x = n ln 2 + r`, `|r| <= ln 2 / 2`, `p` the degree-7 Taylor
+/// polynomial. Inputs are clamped to `[-87, 88]` (no infinities, no denormals).
 #[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+fn exp_fast(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+/// The logistic function on [`exp_fast`].
+#[inline]
+fn sigmoid_fast(x: f32) -> f32 {
+    1.0 / (1.0 + exp_fast(-x))
+}
+
+/// `tanh` on [`exp_fast`]: `1 - 2 / (1 + e^(2x))` (absolute error about 1e-7).
+#[inline]
+fn tanh_fast(x: f32) -> f32 {
+    1.0 - 2.0 / (1.0 + exp_fast(2.0 * x))
 }
 
 // ----- decoder -----------------------------------------------------------------------------
@@ -833,6 +897,10 @@ impl Decoder {
     fn load(voice: &PiperVoice, c: &VitsConfig) -> Result<Self> {
         let d = &c.decoder;
         let nk = d.resblock_kernel_sizes.len();
+        // Each level's output is the mean of its `nk` blocks; `forward` sums them and the
+        // next layer's weights carry the 1 / nk.
+        #[allow(clippy::cast_precision_loss)]
+        let mean = if nk > 0 { 1.0 / nk as f32 } else { 1.0 };
         let mut ups = Vec::new();
         let mut blocks = Vec::new();
         let mut ch = d.upsample_initial_channel;
@@ -842,8 +910,12 @@ impl Decoder {
             .zip(&d.upsample_kernel_sizes)
             .enumerate()
         {
-            let w = load_vec(voice, &format!("dec.ups.{u}.weight"))?;
+            let mut w = load_vec(voice, &format!("dec.ups.{u}.weight"))?;
             let b = load_vec(voice, &format!("dec.ups.{u}.bias"))?;
+            if u > 0 {
+                // The previous level's mean over its blocks (see `forward`).
+                w.iter_mut().for_each(|v| *v *= mean);
+            }
             ups.push(ConvTranspose1d::new(
                 w,
                 ch,
@@ -881,6 +953,7 @@ impl Decoder {
             }
             blocks.push(level);
         }
+        let ups_n = ups.len();
         Ok(Self {
             pre: fast_conv(voice, "dec.conv_pre", 1, true)?,
             cond: if c.gin_channels > 0 {
@@ -890,7 +963,13 @@ impl Decoder {
             },
             ups,
             blocks,
-            post: fast_conv(voice, "dec.conv_post", 1, false)?,
+            post: scaled_conv(
+                voice,
+                "dec.conv_post",
+                1,
+                false,
+                if ups_n > 0 { mean } else { 1.0 },
+            )?,
         })
     }
 
@@ -940,29 +1019,30 @@ impl Decoder {
             }
         }
         let mut l = f;
+        // Intermediate buffers of the blocks, reused by every block and level.
+        let mut scratch = Scratch::default();
         for (up, level) in self.ups.iter().zip(&self.blocks) {
             let y = up.forward(&x, l, Act::Leaky(0.1));
             l = up.out_len(l);
-            let mut sum: Option<Vec<f32>> = None;
-            for block in level {
-                let b = block.forward(&y, l);
-                match &mut sum {
-                    Some(s) => s.iter_mut().zip(&b).for_each(|(a, &v)| *a += v),
-                    None => sum = Some(b),
-                }
+            // The blocks' sum; the mean's 1 / n_kernels is folded into the next layer's
+            // weights at load (the leaky ReLU before it commutes with a positive scale).
+            if level.is_empty() {
+                x = y;
+                continue;
             }
-            x = match sum {
-                Some(mut s) => {
-                    #[allow(clippy::cast_precision_loss)]
-                    let inv = 1.0 / level.len() as f32;
-                    s.iter_mut().for_each(|v| *v *= inv);
-                    s
-                }
-                None => y,
-            };
+            let mut sum = Vec::new();
+            for (b, block) in level.iter().enumerate() {
+                let out = if b == 0 {
+                    Out::Write(&mut sum)
+                } else {
+                    Out::Acc(&mut sum)
+                };
+                block.run(&y, l, out, &mut scratch);
+            }
+            x = sum;
         }
         let mut out = self.post.forward(&x, l, Act::Leaky(0.01), None);
-        out.iter_mut().for_each(|v| *v = v.tanh());
+        out.iter_mut().for_each(|v| *v = tanh_fast(*v));
         out
     }
 }
@@ -980,26 +1060,81 @@ impl ResBlock {
         }
     }
 
-    fn forward(&self, x: &[f32], l: usize) -> Vec<f32> {
-        // The first layer reads the input in place; each layer returns a new buffer.
-        let mut cur: Option<Vec<f32>> = None;
-        match self {
-            ResBlock::One(convs) => {
-                for (c1, c2) in convs {
-                    let x = cur.as_deref().unwrap_or(x);
-                    let xt = c1.forward(x, l, Act::Leaky(0.1), None);
-                    cur = Some(c2.forward(&xt, l, Act::Leaky(0.1), Some(x)));
+    /// The block on `x` `[C, l]`: its output written to (or added onto) `out`; the
+    /// intermediate layers' outputs go to `s`'s buffers.
+    fn run(&self, x: &[f32], l: usize, out: Out<'_>, s: &mut Scratch) {
+        let act = Act::Leaky(0.1);
+        // Which buffer holds the current input: 0 = x, 1 = s.a, 2 = s.b.
+        let mut cur = 0u8;
+        // The layer on the current input with the current input as residual; the last one
+        // into `out`, the others into the other scratch buffer.
+        let mut step = |conv: &Conv1d,
+                        pre: Option<&Conv1d>,
+                        last: bool,
+                        cur: &mut u8,
+                        out: &mut Option<Out<'_>>| {
+            let Scratch { a, b, t } = &mut *s;
+            let (input, dst): (&[f32], &mut Vec<f32>) = match *cur {
+                0 => (x, a),
+                1 => (a.as_slice(), b),
+                _ => (b.as_slice(), a),
+            };
+            // ResBlock1's first convolution of a pair, into t.
+            let src: &[f32] = match pre {
+                Some(c1) => {
+                    c1.forward_to(input, l, act, None, t);
+                    t
                 }
+                None => input,
+            };
+            if last {
+                match out.take() {
+                    Some(Out::Write(o)) => conv.forward_to(src, l, act, Some(input), o),
+                    Some(Out::Acc(o)) => conv.forward_acc(src, l, act, Some(input), o),
+                    None => unreachable!("one last layer"),
+                }
+            } else {
+                conv.forward_to(src, l, act, Some(input), dst);
+                *cur = if *cur == 1 { 2 } else { 1 };
             }
-            ResBlock::Two(convs) => {
-                for c in convs {
-                    let x = cur.as_deref().unwrap_or(x);
-                    cur = Some(c.forward(x, l, Act::Leaky(0.1), Some(x)));
+        };
+        let mut out = Some(out);
+        let n = match self {
+            ResBlock::One(convs) => convs.len(),
+            ResBlock::Two(convs) => convs.len(),
+        };
+        for k in 0..n {
+            let last = k + 1 == n;
+            match self {
+                ResBlock::One(convs) => {
+                    step(&convs[k].1, Some(&convs[k].0), last, &mut cur, &mut out)
                 }
+                ResBlock::Two(convs) => step(&convs[k], None, last, &mut cur, &mut out),
             }
         }
-        cur.unwrap_or_else(|| x.to_vec())
+        // No layers: the block is the identity.
+        match out {
+            Some(Out::Write(o)) => *o = x.to_vec(),
+            Some(Out::Acc(o)) => o.iter_mut().zip(x).for_each(|(a, &v)| *a += v),
+            None => {}
+        }
     }
+}
+
+/// Where a residual block's output goes.
+enum Out<'a> {
+    /// Into this buffer (cleared first).
+    Write(&'a mut Vec<f32>),
+    /// Added onto this one.
+    Acc(&'a mut [f32]),
+}
+
+/// A decoder call's intermediate buffers, reused across its blocks and levels.
+#[derive(Default)]
+struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    t: Vec<f32>,
 }
 
 // ----- the model ---------------------------------------------------------------------------
@@ -1422,5 +1557,26 @@ impl DecodeStream<'_> {
         };
         times.decoder_ms += t.elapsed().as_secs_f64() * 1e3;
         Some((audio, self.next == self.plan.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_tanh_and_sigmoid_match_std() {
+        let mut worst = (0f64, 0f64, 0f64);
+        for i in -40_000..=40_000 {
+            let x = i as f32 * 0.002_5; // -100 ..= 100
+            let e = f64::from(x.clamp(-87.0, 88.0)).exp();
+            let rel = (f64::from(exp_fast(x)) - e).abs() / e;
+            let th = (f64::from(tanh_fast(x)) - f64::from(x).tanh()).abs();
+            let sg = (f64::from(sigmoid_fast(x)) - 1.0 / (1.0 + (-f64::from(x)).exp())).abs();
+            worst = (worst.0.max(rel), worst.1.max(th), worst.2.max(sg));
+        }
+        assert!(worst.0 < 4e-7, "exp relative error {}", worst.0);
+        assert!(worst.1 < 3e-7, "tanh absolute error {}", worst.1);
+        assert!(worst.2 < 3e-7, "sigmoid absolute error {}", worst.2);
     }
 }
