@@ -225,7 +225,7 @@ pub fn qmatmul(
 
 /// onnxruntime's `QLinearSoftmax` (u8, opset 13) over one row, in place: a table of
 /// `exp((i - 255 + shift) * x_scale)` in f32, shifted so the row's maximum reads entry 255,
-/// summed in f32, each entry `round(v * floor(1 / y_scale) / sum) + y_zp`, at most 255.
+/// summed in order in f32, each entry `round(v * floor(1 / y_scale) / sum) + y_zp`, at most 255.
 pub struct QSoftmax {
     table: [f32; 256],
     y_mul: f32,
@@ -235,7 +235,8 @@ pub struct QSoftmax {
 impl QSoftmax {
     /// The table for rows of `len` entries.
     pub fn new(x_scale: f32, y: QParam, len: usize) -> Self {
-        let bit_shift = f64::from(f32::MAX / len as f32).ln();
+        // onnxruntime takes this logarithm in f32 (`log` of a float).
+        let bit_shift = f64::from((f64::from(f32::MAX / len as f32).ln()) as f32);
         let bit_shift = (bit_shift - 5.0).max(0.0) / f64::from(x_scale);
         let mut table = [0.0f32; 256];
         for (i, t) in table.iter_mut().enumerate() {
@@ -253,18 +254,9 @@ impl QSoftmax {
         let max = x.iter().copied().max().unwrap_or(255);
         let shift = 255 - usize::from(max);
         let look = |v: u8| self.table[usize::from(v) + shift];
-        // onnxruntime's build sums this loop in four lanes (measured against its outputs).
-        let mut lanes = [0.0f32; 4];
-        let mut chunks = x.chunks_exact(4);
-        for c in &mut chunks {
-            for (l, &v) in lanes.iter_mut().zip(c) {
-                *l += look(v);
-            }
-        }
-        for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
-            *l += look(v);
-        }
-        let sum = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
+        // onnxruntime sums the row in order, in f32 (measured bit-exact against it on every
+        // row of the encoder's attention).
+        let sum = x.iter().fold(0.0f32, |s, &v| s + look(v));
         if sum == 0.0 {
             return;
         }
@@ -376,4 +368,96 @@ pub fn erf(x: f32) -> f32 {
         1.0 - y * pow2
     };
     r.copysign(x)
+}
+
+/// The hyperbolic tangent as onnxruntime's `Tanh` computes it on x86-64 (MLAS's FMA3 kernel,
+/// Eigen's rational approximation): `x` clamped to ±9, an odd polynomial of degree 13 over an
+/// even one of degree 6 in `x`, fused multiply-adds in f32. Bit-exact against onnxruntime 1.32
+/// on the model's pooling layer.
+pub fn tanh(x: f32) -> f32 {
+    const NUM: [f32; 7] = [
+        -2.7607684e-16,
+        2.000188e-13,
+        -8.604672e-11,
+        5.1222973e-8,
+        1.48572235e-5,
+        6.3726195e-4,
+        4.8935246e-3,
+    ];
+    const DEN: [f32; 4] = [1.1982584e-6, 1.1853471e-4, 2.2684347e-3, 4.893525e-3];
+    let x = x.clamp(-9.0, 9.0);
+    let x2 = x * x;
+    let p = NUM[1..].iter().fold(NUM[0], |p, &c| p.mul_add(x2, c)) * x;
+    let q = DEN[1..].iter().fold(DEN[0], |q, &c| q.mul_add(x2, c));
+    p / q
+}
+
+/// `exp(x)` as MLAS's softmax kernel computes it (`x` at most 0, clamped at -103.97):
+/// `2^m * p(r)`, `m = round(x / ln 2)`, `r = x - m ln 2` in two parts, `p` a degree-6
+/// polynomial, fused multiply-adds in f32, the power of two applied exactly.
+fn softmax_exp(x: f32) -> f32 {
+    const P: [f32; 5] = [1.3780594e-3, 8.3731245e-3, 4.1669536e-2, 1.6666472e-1, 4.9999985e-1];
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.max(-103.972_084);
+    let m = std::f32::consts::LOG2_E.mul_add(x, ROUND) - ROUND;
+    let r = m.mul_add(-0.69314575, x);
+    let r = m.mul_add(-1.4286068e-6, r);
+    let p = P[1..].iter().fold(P[0], |p, &c| p.mul_add(r, c));
+    let p = p.mul_add(r, 1.0).mul_add(r, 1.0);
+    // Exact scaling by 2^m (m is an integer in -150..=0), one rounding as VSCALEFPS.
+    (f64::from(p) * 2f64.powi(m as i32)) as f32
+}
+
+/// onnxruntime's float `Softmax` of one row in place, as MLAS computes it on an AVX-512 CPU
+/// (the reference machine): `e = exp(x - max)` ([`softmax_exp`]), summed in sixteen lanes
+/// (element `i` into lane `i % 16`; with `a[k] = l[k] + l[k + 8]`, the sum is
+/// `((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))`), then `e * (1 / sum)`.
+pub fn softmax_row(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut lanes = [0.0f32; 16];
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = softmax_exp(*v - max);
+        lanes[i % 16] += *v;
+    }
+    let a: [f32; 8] = std::array::from_fn(|k| lanes[k] + lanes[k + 8]);
+    let sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    let scale = 1.0 / sum;
+    for v in x {
+        *v *= scale;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The MLAS approximations stay close to the true functions (their exactness against
+    /// onnxruntime is checked by `tests/turn.rs` through the model's probabilities).
+    #[test]
+    fn mlas_approximations_are_close() {
+        for i in -4000..=4000 {
+            let x = i as f32 * 1.5e-3;
+            let e = (erf(x) - libm::erff(x)).abs();
+            assert!(e <= 2.5e-7, "erf({x}): {} vs {}", erf(x), libm::erff(x));
+            let t = (tanh(x) - x.tanh()).abs();
+            assert!(t <= 1e-6, "tanh({x}): {} vs {}", tanh(x), x.tanh());
+            if x <= 0.0 {
+                let r = (softmax_exp(x) - x.exp()).abs() / x.exp();
+                assert!(r <= 4e-7, "exp({x}): {} vs {}", softmax_exp(x), x.exp());
+            }
+        }
+        assert_eq!(erf(10.0), 1.0);
+        assert_eq!(erf(-0.0).to_bits(), (-0.0f32).to_bits());
+        let mut row: Vec<f32> = (0..400).map(|i| (i % 37) as f32 * 0.1 - 2.0).collect();
+        softmax_row(&mut row);
+        let sum: f32 = row.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{sum}");
+        let x: Vec<f32> = (0..384).map(|i| (i % 11) as f32 * 0.3 + 5.0).collect();
+        let (g, b) = (vec![1.0; 384], vec![0.0; 384]);
+        let mut y = Vec::new();
+        layer_norm(&x, 384, &g, &b, &mut y);
+        let mean = y.iter().sum::<f32>() / 384.0;
+        let var = y.iter().map(|v| v * v).sum::<f32>() / 384.0;
+        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3, "{mean} {var}");
+    }
 }

@@ -16,9 +16,15 @@
 //! classifier's last output is itself quantized (the probability takes one of 256 values),
 //! agreeing with onnxruntime means computing the same integers, so [`kernels`] follows the
 //! fused kernels' arithmetic (exact i32 accumulation, MLAS's requantization, the softmax
-//! table); the float parts (layer norms, GELU, tanh, pooling softmax) are computed in f32 as
-//! the graph spells them. `scripts/reference/smart_turn_reference.py` regenerates the
-//! reference probabilities the tests compare with.
+//! table, summed in order). The float parts between them round the same way too, because a
+//! one-ulp difference before a quantization flips an integer that the later layers amplify:
+//! the layer norms follow MLAS's centred two-pass kernel, the GELUs use MLAS's `erf`
+//! polynomial, the pooling `tanh` and softmax MLAS's rational `tanh` and polynomial `exp`
+//! (with the lane order of its AVX-512 sum), all in plain Rust with fused multiply-adds, so
+//! the result does not depend on the CPU. Found by comparing every intermediate tensor with
+//! onnxruntime 1.32's (`SmartTurn::probability_traced`, `examples/turn_trace.rs`).
+//! `scripts/reference/smart_turn_reference.py` regenerates the reference probabilities the
+//! tests compare with.
 //!
 //! # Loading
 //!
@@ -824,7 +830,7 @@ impl SmartTurn {
             .flat_map(|r| {
                 r.iter().zip(b1).map(|(&q, &b)| {
                     self.tanh_q
-                        .quantize((self.pool1.y.dequantize(q) + b).tanh())
+                        .quantize(kernels::tanh(self.pool1.y.dequantize(q) + b))
                 })
             })
             .collect();
@@ -852,12 +858,10 @@ impl SmartTurn {
             .map(|&q| self.pool2.y.dequantize(q) + b2)
             .collect();
         trace.emit("pool2 [t]", Traced::U8(&p2));
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
-        let sum: f32 = e.iter().sum();
+        let mut weights = logits;
+        kernels::softmax_row(&mut weights);
         let mut pooled = vec![0.0f32; D];
-        for (t, &w) in e.iter().enumerate() {
-            let w = w / sum;
+        for (t, &w) in weights.iter().enumerate() {
             for (p, &q) in pooled.iter_mut().zip(&lnq[t * D..(t + 1) * D]) {
                 *p += self.ln_final_q.dequantize(q) * w;
             }
