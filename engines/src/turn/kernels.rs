@@ -260,8 +260,46 @@ impl QSoftmax {
         if sum == 0.0 {
             return;
         }
+        self.finish(x, shift, sum, y);
+    }
+
+    /// [`Self::row`] for consecutive rows of `len` entries (`x` and `y` hold whole rows): four
+    /// rows at a time, their sums interleaved (each still in order) so they overlap in time.
+    pub fn rows(&self, x: &[u8], len: usize, y: &mut [u8]) {
+        for (xc, yc) in x.chunks(4 * len).zip(y.chunks_mut(4 * len)) {
+            if xc.len() < 4 * len {
+                for (xr, yr) in xc.chunks_exact(len).zip(yc.chunks_exact_mut(len)) {
+                    self.row(xr, yr);
+                }
+                continue;
+            }
+            let shift: [usize; 4] = std::array::from_fn(|r| {
+                255 - usize::from(
+                    xc[r * len..(r + 1) * len]
+                        .iter()
+                        .copied()
+                        .max()
+                        .unwrap_or(255),
+                )
+            });
+            let mut sums = [0.0f32; 4];
+            for i in 0..len {
+                for (r, s) in sums.iter_mut().enumerate() {
+                    *s += self.table[usize::from(xc[r * len + i]) + shift[r]];
+                }
+            }
+            for (r, yr) in yc.chunks_exact_mut(len).enumerate() {
+                if sums[r] != 0.0 {
+                    self.finish(&xc[r * len..(r + 1) * len], shift[r], sums[r], yr);
+                }
+            }
+        }
+    }
+
+    fn finish(&self, x: &[u8], shift: usize, sum: f32, y: &mut [u8]) {
         for (o, &v) in y.iter_mut().zip(x) {
-            let q = round_even((look(v) * self.y_mul) / sum) as u32 + self.y_zp;
+            let e = self.table[usize::from(v) + shift];
+            let q = round_even((e * self.y_mul) / sum) as u32 + self.y_zp;
             *o = q.min(255) as u8;
         }
     }
@@ -396,7 +434,13 @@ pub fn tanh(x: f32) -> f32 {
 /// `2^m * p(r)`, `m = round(x / ln 2)`, `r = x - m ln 2` in two parts, `p` a degree-6
 /// polynomial, fused multiply-adds in f32, the power of two applied exactly.
 fn softmax_exp(x: f32) -> f32 {
-    const P: [f32; 5] = [1.3780594e-3, 8.3731245e-3, 4.1669536e-2, 1.6666472e-1, 4.9999985e-1];
+    const P: [f32; 5] = [
+        1.3780594e-3,
+        8.3731245e-3,
+        4.1669536e-2,
+        1.6666472e-1,
+        4.9999985e-1,
+    ];
     const ROUND: f32 = 12_582_912.0;
     let x = x.max(-103.972_084);
     let m = std::f32::consts::LOG2_E.mul_add(x, ROUND) - ROUND;
@@ -458,6 +502,9 @@ mod tests {
         layer_norm(&x, 384, &g, &b, &mut y);
         let mean = y.iter().sum::<f32>() / 384.0;
         let var = y.iter().map(|v| v * v).sum::<f32>() / 384.0;
-        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3, "{mean} {var}");
+        assert!(
+            mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3,
+            "{mean} {var}"
+        );
     }
 }

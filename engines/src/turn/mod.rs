@@ -958,7 +958,7 @@ impl Layer {
         let mut per_head = Vec::with_capacity(HEADS);
         let mut scores = Vec::new();
         let mut probs = vec![0i16; T * T];
-        let mut prow = vec![0u8; T];
+        let mut prow = vec![0u8; T * T];
         let (mut traced_scores, mut traced_probs) = (Vec::new(), Vec::new());
         for hh in 0..HEADS {
             let qh = &qs[hh * T * HD..(hh + 1) * T * HD];
@@ -969,14 +969,12 @@ impl Layer {
             if trace.on() {
                 traced_scores.extend_from_slice(&scores);
             }
-            for (srow, p) in scores.chunks_exact(T).zip(probs.chunks_exact_mut(T)) {
-                self.softmax.row(srow, &mut prow);
-                for (c, &v) in p.iter_mut().zip(&prow) {
-                    *c = i16::from(v) - self.probs.zp as i16;
-                }
-                if trace.on() {
-                    traced_probs.extend_from_slice(&prow);
-                }
+            self.softmax.rows(&scores, T, &mut prow);
+            for (c, &v) in probs.iter_mut().zip(&prow) {
+                *c = i16::from(v) - self.probs.zp as i16;
+            }
+            if trace.on() {
+                traced_probs.extend_from_slice(&prow);
             }
             let vh = &vt[hh * HD * T..(hh + 1) * HD * T];
             let mut out = Vec::new();
