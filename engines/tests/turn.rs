@@ -59,39 +59,36 @@ fn reference() -> Vec<(String, usize, f32)> {
         .collect()
 }
 
-/// sotad computes onnxruntime's integers (see engines/src/turn/mod.rs), except that its
-/// `QLinearSoftmax` sometimes rounds an entry that lies within 1e-6 of a half the other way
-/// (not reproduced yet); the model amplifies that into a few hundredths of probability on
-/// some inputs. So: most entries within 1e-3, every entry within 0.05, every decision equal.
+/// sotad computes onnxruntime's integers and rounds its float steps the same way (MLAS's layer
+/// norm, erf, tanh and exp, the softmax sums in onnxruntime's order; see
+/// engines/src/turn/mod.rs), so on x86-64, where the reference was made, every probability
+/// agrees to the last digits (the final sigmoid aside: 1e-4 leaves room for that only). Other
+/// CPUs run the same Rust arithmetic but a different FFT code path for the features, so there
+/// only the decisions and a looser bound are checked.
 #[test]
 fn probabilities_match_onnxruntime() {
     let model = SmartTurn::load(model_path()).unwrap();
     let table = reference();
     assert!(table.len() >= 4);
     // Under qemu (aarch64) a decision takes seconds: the two whole clips only there.
-    let run: Vec<&(String, usize, f32)> = if cfg!(target_arch = "x86_64") {
+    let x86 = cfg!(target_arch = "x86_64");
+    let run: Vec<&(String, usize, f32)> = if x86 {
         table.iter().collect()
     } else {
         table.iter().step_by(2).collect()
     };
-    let mut close = 0;
+    let bound = if x86 { 1e-4 } else { 0.05 };
     for (name, samples, want) in run.iter().copied() {
         let audio = clip(&common::models_dir().join(name));
         let got = model.probability(&audio[..*samples]);
         let d = (got - want).abs();
         eprintln!("{name} (first {samples} samples): sotad {got}, onnxruntime {want}, |d| {d:.2e}");
         assert!(
-            d <= 0.05,
+            d <= bound,
             "{name} (first {samples} samples): sotad {got}, onnxruntime {want}"
         );
         assert_eq!(got > 0.5, *want > 0.5, "{name}: decisions differ");
-        close += usize::from(d <= 1e-3);
     }
-    assert!(
-        close * 4 >= run.len() * 3,
-        "only {close} of {} within 1e-3",
-        run.len()
-    );
     // The table must test something: the probabilities differ between whole and cut clips.
     let spread = table.iter().map(|t| t.2).fold(f32::NEG_INFINITY, f32::max)
         - table.iter().map(|t| t.2).fold(f32::INFINITY, f32::min);

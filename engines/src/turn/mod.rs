@@ -16,9 +16,15 @@
 //! classifier's last output is itself quantized (the probability takes one of 256 values),
 //! agreeing with onnxruntime means computing the same integers, so [`kernels`] follows the
 //! fused kernels' arithmetic (exact i32 accumulation, MLAS's requantization, the softmax
-//! table); the float parts (layer norms, GELU, tanh, pooling softmax) are computed in f32 as
-//! the graph spells them. `scripts/reference/smart_turn_reference.py` regenerates the
-//! reference probabilities the tests compare with.
+//! table, summed in order). The float parts between them round the same way too, because a
+//! one-ulp difference before a quantization flips an integer that the later layers amplify:
+//! the layer norms follow MLAS's centred two-pass kernel, the GELUs use MLAS's `erf`
+//! polynomial, the pooling `tanh` and softmax MLAS's rational `tanh` and polynomial `exp`
+//! (with the lane order of its AVX-512 sum), all in plain Rust with fused multiply-adds, so
+//! the result does not depend on the CPU. Found by comparing every intermediate tensor with
+//! onnxruntime 1.32's (`SmartTurn::probability_traced`, `examples/turn_trace.rs`).
+//! `scripts/reference/smart_turn_reference.py` regenerates the reference probabilities the
+//! tests compare with.
 //!
 //! # Loading
 //!
@@ -146,6 +152,31 @@ impl Layer {
 impl std::fmt::Debug for QSoftmax {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QSoftmax").finish_non_exhaustive()
+    }
+}
+
+/// An intermediate tensor shown by [`SmartTurn::probability_traced`].
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum Traced<'a> {
+    /// Quantized values.
+    U8(&'a [u8]),
+    /// Float values.
+    F32(&'a [f32]),
+}
+
+/// The optional observer of [`SmartTurn::probability_traced`].
+struct Tracer<'a, 'b>(Option<&'a mut (dyn FnMut(&str, Traced) + 'b)>);
+
+impl Tracer<'_, '_> {
+    fn on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn emit(&mut self, name: &str, t: Traced) {
+        if let Some(f) = self.0.as_mut() {
+            f(name, t);
+        }
     }
 }
 
@@ -730,6 +761,19 @@ impl SmartTurn {
     /// # Panics
     /// If `feats` does not hold exactly 80 × 800 values.
     pub fn probability_of_features(&self, feats: &[f32]) -> f32 {
+        self.run(feats, &mut Tracer(None))
+    }
+
+    /// [`Self::probability`], showing every intermediate tensor to `trace` (its name and
+    /// values), for comparing with onnxruntime's (`examples/turn_trace.rs`); not for serving.
+    #[doc(hidden)]
+    pub fn probability_traced(&self, samples: &[f32], trace: &mut dyn FnMut(&str, Traced)) -> f32 {
+        let feats = self.features.compute(samples);
+        trace("features", Traced::F32(&feats));
+        self.run(&feats, &mut Tracer(Some(trace)))
+    }
+
+    fn run(&self, feats: &[f32], trace: &mut Tracer) -> f32 {
         assert_eq!(
             feats.len(),
             N_MELS * N_FRAMES,
@@ -743,12 +787,16 @@ impl SmartTurn {
                 xq[t * N_MELS + m] = self.input.quantize(feats[m * N_FRAMES + t]);
             }
         }
+        trace.emit("input [t][m]", Traced::U8(&xq));
         self.conv1.x.centered(&xq, &mut xi);
         let c1 = conv(&self.conv1, &xi, N_MELS, N_FRAMES);
+        trace.emit("conv1 [t][c]", Traced::U8(&c1));
         let g1_tab = self.conv1.y.table(self.gelu1, gelu);
         let g1: Vec<u8> = c1.iter().map(|&q| g1_tab[usize::from(q)]).collect();
+        trace.emit("gelu1 [t][c]", Traced::U8(&g1));
         self.conv2.x.centered(&g1, &mut xi);
         let c2 = conv(&self.conv2, &xi, D, N_FRAMES);
+        trace.emit("conv2 [t][c]", Traced::U8(&c2));
         let g2: [f32; 256] = std::array::from_fn(|q| gelu(self.conv2.y.dequantize(q as u8)));
         let mut h: Vec<f32> = c2
             .iter()
@@ -757,12 +805,15 @@ impl SmartTurn {
             .collect();
         let n_layers = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            layer.forward(&mut h, i + 1 == n_layers);
+            trace.emit("h [t][c]", Traced::F32(&h));
+            layer.forward(&mut h, i + 1 == n_layers, trace);
         }
+        trace.emit("h [t][c]", Traced::F32(&h));
         // Head: final layer norm, attention pooling over time, classifier.
         let mut ln = Vec::new();
         layer_norm(&h, D, &self.ln_final.0, &self.ln_final.1, &mut ln);
         let lnq: Vec<u8> = ln.iter().map(|&v| self.ln_final_q.quantize(v)).collect();
+        trace.emit("ln_final [t][c]", Traced::U8(&lnq));
         let mut p1 = Vec::new();
         self.pool1.x.centered(&lnq, &mut xi);
         qmatmul(
@@ -779,10 +830,12 @@ impl SmartTurn {
             .flat_map(|r| {
                 r.iter().zip(b1).map(|(&q, &b)| {
                     self.tanh_q
-                        .quantize((self.pool1.y.dequantize(q) + b).tanh())
+                        .quantize(kernels::tanh(self.pool1.y.dequantize(q) + b))
                 })
             })
             .collect();
+        trace.emit("pool1 [t][c]", Traced::U8(&p1));
+        trace.emit("tanh [t][c]", Traced::U8(&th));
         let mut p2 = Vec::new();
         self.pool2.x.centered(&th, &mut xi);
         qmatmul(
@@ -804,27 +857,33 @@ impl SmartTurn {
             .iter()
             .map(|&q| self.pool2.y.dequantize(q) + b2)
             .collect();
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
-        let sum: f32 = e.iter().sum();
+        trace.emit("pool2 [t]", Traced::U8(&p2));
+        let mut weights = logits;
+        kernels::softmax_row(&mut weights);
         let mut pooled = vec![0.0f32; D];
-        for (t, &w) in e.iter().enumerate() {
-            let w = w / sum;
+        for (t, &w) in weights.iter().enumerate() {
             for (p, &q) in pooled.iter_mut().zip(&lnq[t * D..(t + 1) * D]) {
                 *p += self.ln_final_q.dequantize(q) * w;
             }
         }
         let pq: Vec<u8> = pooled.iter().map(|&v| self.pooled_q.quantize(v)).collect();
+        trace.emit("pooled", Traced::F32(&pooled));
+        trace.emit("pooled_q", Traced::U8(&pq));
         let y0 = gemm(&self.cls0, &pq);
+        trace.emit("cls0", Traced::U8(&y0));
         let f0: Vec<f32> = y0.iter().map(|&q| self.cls0.y.dequantize(q)).collect();
         layer_norm(&f0, POOL, &self.cls_ln.0, &self.cls_ln.1, &mut ln);
         let g6: Vec<u8> = ln.iter().map(|&v| self.gelu6.quantize(gelu(v))).collect();
+        trace.emit("gelu6", Traced::U8(&g6));
         let y4 = gemm(&self.cls4, &g6);
+        trace.emit("cls4", Traced::U8(&y4));
         let g7: Vec<u8> = y4
             .iter()
             .map(|&q| self.gelu7.quantize(gelu(self.cls4.y.dequantize(q))))
             .collect();
+        trace.emit("gelu7", Traced::U8(&g7));
         let y6 = gemm(&self.cls6, &g7);
+        trace.emit("cls6", Traced::U8(&y6));
         let logit = self.cls6.y.dequantize(y6[0]);
         1.0 / (1.0 + (-logit).exp())
     }
@@ -862,16 +921,20 @@ fn conv(c: &Conv, x: &[i16], c_in: usize, t_in: usize) -> Vec<u8> {
 }
 
 impl Layer {
-    fn forward(&self, h: &mut [f32], last: bool) {
+    fn forward(&self, h: &mut [f32], last: bool, trace: &mut Tracer) {
         let mut ln = Vec::new();
         let mut xi = Vec::new();
         layer_norm(h, D, &self.ln1.0, &self.ln1.1, &mut ln);
         let lnq: Vec<u8> = ln.iter().map(|&v| self.q.x.quantize(v)).collect();
+        trace.emit("ln1 [t][c]", Traced::U8(&lnq));
         self.q.x.centered(&lnq, &mut xi);
         let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
         qmatmul(&xi, self.q.x.scale, &self.q.w, None, self.q.y, &mut q);
         qmatmul(&xi, self.k.x.scale, &self.k.w, None, self.k.y, &mut k);
         qmatmul(&xi, self.v.x.scale, &self.v.w, None, self.v.y, &mut v);
+        trace.emit("q [t][c]", Traced::U8(&q));
+        trace.emit("k [t][c]", Traced::U8(&k));
+        trace.emit("v [t][c]", Traced::U8(&v));
         // Centred, head-major copies: q' [h][t][d], k' [h][t][d], v' transposed [h][d][t].
         let mut qs = vec![0i16; T * D];
         let mut ks = vec![0i16; T * D];
@@ -895,18 +958,23 @@ impl Layer {
         let mut per_head = Vec::with_capacity(HEADS);
         let mut scores = Vec::new();
         let mut probs = vec![0i16; T * T];
-        let mut prow = vec![0u8; T];
+        let mut prow = vec![0u8; T * T];
+        let (mut traced_scores, mut traced_probs) = (Vec::new(), Vec::new());
         for hh in 0..HEADS {
             let qh = &qs[hh * T * HD..(hh + 1) * T * HD];
             let kh = &ks[hh * T * HD..(hh + 1) * T * HD];
             kernels::matmul_i16(qh, kh, HD, &mut scores, |_, acc| {
                 self.scores.requantize(acc, s_scale)
             });
-            for (srow, p) in scores.chunks_exact(T).zip(probs.chunks_exact_mut(T)) {
-                self.softmax.row(srow, &mut prow);
-                for (c, &v) in p.iter_mut().zip(&prow) {
-                    *c = i16::from(v) - self.probs.zp as i16;
-                }
+            if trace.on() {
+                traced_scores.extend_from_slice(&scores);
+            }
+            self.softmax.rows(&scores, T, &mut prow);
+            for (c, &v) in probs.iter_mut().zip(&prow) {
+                *c = i16::from(v) - self.probs.zp as i16;
+            }
+            if trace.on() {
+                traced_probs.extend_from_slice(&prow);
             }
             let vh = &vt[hh * HD * T..(hh + 1) * HD * T];
             let mut out = Vec::new();
@@ -915,6 +983,8 @@ impl Layer {
             });
             per_head.push(out);
         }
+        trace.emit("scores [h][t][s]", Traced::U8(&traced_scores));
+        trace.emit("probs [h][t][s]", Traced::U8(&traced_probs));
         for (hh, o) in per_head.iter().enumerate() {
             for t in 0..T {
                 attn[t * D + hh * HD..t * D + (hh + 1) * HD]
@@ -927,6 +997,7 @@ impl Layer {
                 *a = self.out.x.quantize(self.attn.dequantize(*a));
             }
         }
+        trace.emit("attn [t][c]", Traced::U8(&attn));
         self.out.x.centered(&attn, &mut xi);
         let mut o = Vec::new();
         qmatmul(&xi, self.out.x.scale, &self.out.w, None, self.out.y, &mut o);
@@ -936,6 +1007,8 @@ impl Layer {
         }
         layer_norm(h, D, &self.ln2.0, &self.ln2.1, &mut ln);
         let lnq: Vec<u8> = ln.iter().map(|&v| self.fc1.x.quantize(v)).collect();
+        trace.emit("out [t][c]", Traced::U8(&o));
+        trace.emit("ln2 [t][c]", Traced::U8(&lnq));
         self.fc1.x.centered(&lnq, &mut xi);
         let mut f = Vec::new();
         qmatmul(&xi, self.fc1.x.scale, &self.fc1.w, None, self.fc1.y, &mut f);
@@ -944,8 +1017,11 @@ impl Layer {
             .enumerate()
             .map(|(i, &q)| self.gelu_tab[i % FF][usize::from(q)])
             .collect();
+        trace.emit("fc1 [t][c]", Traced::U8(&f));
+        trace.emit("gelu [t][c]", Traced::U8(&g));
         self.fc2.x.centered(&g, &mut xi);
         qmatmul(&xi, self.fc2.x.scale, &self.fc2.w, None, self.fc2.y, &mut f);
+        trace.emit("fc2 [t][c]", Traced::U8(&f));
         let b2 = self.fc2.bias.as_deref().unwrap_or_default();
         for (i, (hv, &q)) in h.iter_mut().zip(&f).enumerate() {
             if last {
