@@ -141,9 +141,16 @@ fn check_model(name: &str) {
             // KV cache and the logits stay, so no token may change.
             let mut session = model.session();
             session.eval(&prompt).unwrap();
-            assert!(session.scratch_bytes() > 0, "{name}: no batch scratch after a prompt");
+            assert!(
+                session.scratch_bytes() > 0,
+                "{name}: no batch scratch after a prompt"
+            );
             session.release_scratch();
-            assert_eq!(session.scratch_bytes(), 0, "{name}: scratch left after release");
+            assert_eq!(
+                session.scratch_bytes(),
+                0,
+                "{name}: scratch left after release"
+            );
             let mut got = Vec::with_capacity(n);
             for k in 0..n {
                 let t = Sampler::argmax(session.logits());

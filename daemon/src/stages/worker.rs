@@ -113,9 +113,8 @@ impl<E: 'static> Worker<E> {
                             // freed (activations) go back to the kernel, so that idle memory
                             // does not keep the largest job's.
                             if thread_shared.queued.load(Ordering::Relaxed) == 0 {
-                                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                    engine.rest()
-                                }));
+                                let _ =
+                                    std::panic::catch_unwind(AssertUnwindSafe(|| engine.rest()));
                                 crate::heap::trim();
                             }
                         }
