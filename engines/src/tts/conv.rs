@@ -872,16 +872,10 @@ mod direct {
     /// Columns per vector; the slab's widths are multiples of it.
     pub(super) const LANES: usize = 16;
 
-    /// Whether this CPU runs the kernel.
+    /// Whether this CPU runs the kernel: AVX-512 F, unless `SOTAD_MAX_ISA` caps it
+    /// ([`crate::cpu`]).
     pub(super) fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        crate::cpu::avx512_allowed()
     }
 
     /// Whether a convolution with `rows` outputs should take the direct path: fewer rows
