@@ -884,7 +884,8 @@ mod direct {
         rows >= MR
     }
 
-    /// A convolution's operands for [`block`].
+    /// A convolution's operands for [`block`] (read only by the x86-64 kernel).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) struct Weights<'a> {
         /// `[ceil(rows / MR)][depth][MR]`.
         pub w: &'a [f32],
